@@ -1,0 +1,1 @@
+"""Command groups of the `riverbeam` CLI: each module has ``register(subparsers)``."""

@@ -1,0 +1,56 @@
+"""``riverbeam config check FILE``: validate a job's configuration without running anything."""
+
+from __future__ import annotations
+
+import importlib
+
+from riverbeam.configuration import load_config, read_yaml
+from riverbeam.errors import ConfigError
+
+# job kind -> "module:Class" of its typed configuration (imported only when needed)
+JOB_CONFIGS = {
+    "consume": "online.config:ConsumeJobConfig",
+    "replay": "online.config:ReplayJobConfig",
+    "preprocess": "transforms.config:PreprocessJobConfig",
+}
+
+
+def config_class(job: str):
+    module, name = JOB_CONFIGS[job].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def detect_job(data) -> str:
+    """Guess the job kind from a configuration's top-level keys.
+
+    >>> detect_job({"kafka": {}, "model": {}})
+    'consume'
+    >>> detect_job({"model": {}})
+    'replay'
+    >>> detect_job({"features": []})
+    'preprocess'
+    """
+    keys = set(data) if isinstance(data, dict) else set()
+    if "kafka" in keys:
+        return "consume"
+    if "model" in keys or "models" in keys:
+        return "replay"
+    if "features" in keys:
+        return "preprocess"
+    raise ConfigError("", "cannot tell the job kind (expected a 'kafka', 'model' or 'features' section); pass --job")
+
+
+def register(subparsers) -> None:
+    config = subparsers.add_parser("config", help="work with job configuration files")
+    actions = config.add_subparsers(dest="action", metavar="ACTION", required=True)
+    check = actions.add_parser("check", help="validate a configuration file without running anything")
+    check.add_argument("file", help="the job's YAML file")
+    check.add_argument("--job", choices=sorted(JOB_CONFIGS), help="job kind (default: detected from the keys)")
+    check.set_defaults(handler=config_check)
+
+
+def config_check(args) -> int:
+    job = args.job or detect_job(read_yaml(args.file))
+    load_config(args.file, config_class(job))
+    print(f"{args.file}: valid {job} configuration")
+    return 0

@@ -1,0 +1,50 @@
+"""``riverbeam local up|status|down``: the embedded Kafka broker and GCS emulator."""
+
+from __future__ import annotations
+
+import json
+
+from riverbeam.local_stack import DEFAULT_DIR, LocalStack
+
+
+def register(subparsers) -> None:
+    local = subparsers.add_parser("local", help="start, inspect and stop the embedded local stack")
+    actions = local.add_subparsers(dest="action", metavar="ACTION", required=True)
+    up = actions.add_parser("up", help="start the Kafka broker and the GCS emulator in the background")
+    up.add_argument("--dir", default=DEFAULT_DIR, help="where pid files and logs go (default: %(default)s)")
+    up.add_argument("--kafka-port", type=int, default=None, help="broker port (default 9092; 0 picks a free port)")
+    up.add_argument("--gcs-port", type=int, default=None, help="emulator port (default 4443; 0 picks a free port)")
+    up.set_defaults(handler=local_up)
+    status = actions.add_parser("status", help="show what runs")
+    status.add_argument("--dir", default=DEFAULT_DIR)
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(handler=local_status)
+    down = actions.add_parser("down", help="stop the processes 'local up' started")
+    down.add_argument("--dir", default=DEFAULT_DIR)
+    down.set_defaults(handler=local_down)
+
+
+def local_up(args) -> int:
+    settings = LocalStack(args.dir, kafka_port=args.kafka_port, gcs_port=args.gcs_port).up()
+    print(f"Local stack is up (logs and pid files in {args.dir}/). Use these settings:")
+    print(f"  kafka.bootstrap_servers: {settings.bootstrap_servers}")
+    print(f"  GCS emulator bucket:     gs://{settings.bucket}")
+    print(settings.shell_exports())
+    return 0
+
+
+def local_status(args) -> int:
+    report = LocalStack(args.dir).status()
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for name, state in report.items():
+            what = f"running, pid {state['pid']}, port {state['port']}" if state["running"] else "not running"
+            print(f"{name}: {what}")
+    return 0 if all(state["running"] for state in report.values()) else 1
+
+
+def local_down(args) -> int:
+    stopped = LocalStack(args.dir).down()
+    print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    return 0

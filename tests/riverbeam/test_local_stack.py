@@ -1,0 +1,119 @@
+"""The embedded local stack with real processes, and the clients through the fixtures."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from riverbeam.local_stack import LocalStack, LocalStackError, free_port
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_up_status_down_leaves_nothing_running(tmp_path):
+    stack = LocalStack(tmp_path, kafka_port=0, gcs_port=0)
+    settings = stack.up()
+    status = stack.status()
+    pids = [state["pid"] for state in status.values()]
+    assert all(state["running"] and state["accepting"] for state in status.values())
+    assert settings.bootstrap_servers == f"127.0.0.1:{status['kafka']['port']}"
+    # a second launcher on the same directory finds the same processes through stack.json
+    assert LocalStack(tmp_path).status()["gcs"]["pid"] == status["gcs"]["pid"]
+    assert sorted(LocalStack(tmp_path).down()) == ["gcs", "kafka"]
+    assert not any(_running(pid) for pid in pids)
+    assert not any(state["running"] for state in LocalStack(tmp_path).status().values())
+
+
+def test_taken_port_is_a_clear_error(tmp_path):
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        stack = LocalStack(tmp_path, kafka_port=port, gcs_port=0)
+        with pytest.raises(LocalStackError, match=f"port {port} .* is taken"):
+            stack.up()
+    assert not any(state["running"] for state in stack.status().values())
+
+
+def test_cli_local_up_status_down(tmp_path):
+    env = dict(os.environ, NO_GCE_CHECK="true")
+    run = lambda *args: subprocess.run([sys.executable, "-m", "riverbeam.cli", "local", *args, "--dir", str(tmp_path)], capture_output=True, text=True, env=env, timeout=60)  # noqa: E731
+    kafka_port, gcs_port = free_port(), free_port()
+    up = subprocess.run(
+        [sys.executable, "-m", "riverbeam.cli", "local", "up", "--dir", str(tmp_path), "--kafka-port", str(kafka_port), "--gcs-port", str(gcs_port)],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    try:
+        assert up.returncode == 0, up.stderr
+        assert f"127.0.0.1:{kafka_port}" in up.stdout and f"STORAGE_EMULATOR_HOST=http://127.0.0.1:{gcs_port}" in up.stdout
+        status = run("status")
+        assert status.returncode == 0 and "kafka: running" in status.stdout
+        again = subprocess.run([sys.executable, "-m", "riverbeam.cli", "local", "up", "--dir", str(tmp_path)], capture_output=True, text=True, env=env, timeout=60)
+        assert again.returncode == 1 and "already running" in again.stderr
+    finally:
+        down = run("down")
+    assert down.returncode == 0 and "kafka" in down.stdout
+    assert run("status").returncode == 1
+
+
+def test_kafka_produce_consume_1000_with_group(kafka_bootstrap, topic):
+    from kafka import KafkaConsumer, KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    for i in range(1000):
+        producer.send(topic, value=f"message-{i}".encode(), partition=0)
+    producer.flush()
+    producer.close()
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=kafka_bootstrap,
+        group_id=f"g-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        session_timeout_ms=2000,
+        heartbeat_interval_ms=500,
+        max_poll_interval_ms=2000,
+    )
+    seen = []
+    try:
+        for _ in range(100):
+            for records in consumer.poll(timeout_ms=500).values():
+                seen.extend(record.value.decode() for record in records)
+            if len(seen) >= 1000:
+                break
+        consumer.commit()
+    finally:
+        consumer.close()
+    assert seen == [f"message-{i}" for i in range(1000)]
+
+
+def test_gcs_emulator_write_read(gcs_client, local_stack):
+    blob = gcs_client.bucket(local_stack.bucket).blob(f"probe/{uuid.uuid4().hex}.txt")
+    blob.upload_from_string(b"hello riverbeam")
+    assert blob.download_as_bytes() == b"hello riverbeam"
+
+
+@pytest.mark.beam
+def test_beam_gcs_filesystem_on_emulator(beam_gcs):
+    pytest.importorskip("apache_beam")
+    from apache_beam.io.filesystems import FileSystems
+
+    path = f"gs://{beam_gcs.bucket}/beam-probe/{uuid.uuid4().hex}.txt"
+    with FileSystems.create(path) as handle:
+        handle.write(b"through beam")
+    with FileSystems.open(path) as handle:
+        assert handle.read() == b"through beam"
+    assert FileSystems.exists(path)
+    FileSystems.delete([path])  # a batch request: needs the test-only Content-ID fix
+    assert not FileSystems.exists(path)
