@@ -1,0 +1,160 @@
+"""Typed configuration of the online jobs: model, events, checkpoints, Kafka, metrics.
+
+Every section is a strict `riverbeam.configuration.Section`: unknown keys and wrong types
+are errors naming the key path.
+
+>>> from riverbeam.configuration import parse_config
+>>> job = parse_config({"model": {"pipeline": [{"linear_model.LogisticRegression": {}}]},
+...                     "events": {"target": "label"}}, ReplayJobConfig, environ={})
+>>> job.model.metrics, job.events.target
+(['Accuracy'], 'label')
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pydantic
+
+from riverbeam.configuration import Section
+
+KAFKA_CLIENTS = ("kafka-python", "confluent-kafka")
+
+
+class DriftConfig(Section):
+    """Drift detection on the headline metric's errors (0/1 for classifiers, |error| for regressors)."""
+
+    detector: str = "drift.ADWIN"
+    params: dict[str, Any] = {}
+
+
+class ModelConfig(Section):
+    """A River pipeline, its metrics and optional drift detection.
+
+    `pipeline` is a list of one-key mappings ``{"module.Class": {param: value}}`` resolved inside
+    the `river` package only; a parameter may itself be such a mapping (nested estimators,
+    optimizers). `metrics` names `river.metrics` classes; the first is the headline.
+    """
+
+    name: str | None = None
+    pipeline: list[dict[str, dict[str, Any] | None]] = pydantic.Field(min_length=1)
+    metrics: list[str] = pydantic.Field(default=["Accuracy"], min_length=1)
+    drift: DriftConfig | None = None
+
+
+class DelayedLabelsConfig(Section):
+    """Bounds on predictions kept while waiting for their labels (needs `events.id`)."""
+
+    max_pending: int = pydantic.Field(default=100_000, gt=0)
+    ttl_seconds: float = pydantic.Field(default=3600.0, gt=0)
+
+
+class EventsConfig(Section):
+    """Which fields of an event are the label, the model key, the id, the time and the features."""
+
+    target: str | None = None
+    key: str | None = None
+    id: str | None = None
+    time: str | None = None
+    exclude: list[str] = []
+    features: list[str] | None = None
+    delayed_labels: DelayedLabelsConfig = DelayedLabelsConfig()
+
+
+class FeaturesConfig(Section):
+    """Fitted feature transforms from `riverbeam preprocess`, applied to each event before the model."""
+
+    transform_output: str | None = None
+
+
+class CheckpointConfig(Section):
+    """Where and how often the learner's state is written."""
+
+    uri: str
+    every_events: int = pydantic.Field(default=10_000, gt=0)
+    every_seconds: float = pydantic.Field(default=60.0, gt=0)
+    keep: int = pydantic.Field(default=10, ge=1)
+    signing_key_env: str = "RIVERBEAM_CHECKPOINT_KEY"
+
+
+class KafkaConfig(Section):
+    """Kafka source and outputs. `consumer` and `producer` go to the chosen client under its own key names."""
+
+    client: Literal["kafka-python", "confluent-kafka"] = "kafka-python"
+    bootstrap_servers: str = "localhost:9092"
+    topic: str | None = None
+    topics: list[str] | None = None
+    group_id: str = "riverbeam"
+    dead_letter_topic: str | None = None
+    predictions_topic: str | None = None
+    consumer: dict[str, Any] = {}
+    producer: dict[str, Any] = {}
+    poll_max_records: int = pydantic.Field(default=5000, gt=0)
+    poll_timeout_ms: int = pydantic.Field(default=500, gt=0)
+
+    @pydantic.model_validator(mode="after")
+    def _one_topic_setting(self) -> "KafkaConfig":
+        if (self.topic is None) == (self.topics is None):
+            raise ValueError("set exactly one of kafka.topic and kafka.topics")
+        return self
+
+    @property
+    def source_topics(self) -> list[str]:
+        return [self.topic] if self.topic is not None else list(self.topics or [])
+
+
+class MetricsServerConfig(Section):
+    """Prometheus /metrics, /healthz and /readyz; `port: null` turns the server off."""
+
+    host: str = "0.0.0.0"
+    port: int | None = 9108
+
+
+class LearningConfig(Section):
+    """Model, events and features: what every learning job (daemon, replay, Beam) shares."""
+
+    model: ModelConfig
+    events: EventsConfig = EventsConfig()
+    features: FeaturesConfig = FeaturesConfig()
+
+    def check_semantics(self) -> None:
+        """Resolve the River names (raises `ConfigError` naming the path), beyond types."""
+        from online.models import build_model
+
+        build_model(self.model, path="model")
+
+
+class ConsumeJobConfig(LearningConfig):
+    """``riverbeam consume``: the streaming consumer daemon."""
+
+    kafka: KafkaConfig
+    checkpoint: CheckpointConfig
+    metrics: MetricsServerConfig = MetricsServerConfig()
+
+
+class ReplayJobConfig(Section):
+    """``riverbeam replay``: one model (`model`) or several candidates (`models`), learned from files."""
+
+    model: ModelConfig | None = None
+    models: list[ModelConfig] | None = None
+    events: EventsConfig = EventsConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    checkpoint: CheckpointConfig | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _one_model_setting(self) -> "ReplayJobConfig":
+        if (self.model is None) == (self.models is None):
+            raise ValueError("set exactly one of model and models")
+        return self
+
+    def check_semantics(self) -> None:
+        from online.models import build_model
+
+        if self.model is not None:
+            build_model(self.model, path="model")
+        for i, candidate in enumerate(self.models or []):
+            build_model(candidate, path=f"models[{i}]")
+
+    @property
+    def candidates(self) -> list[ModelConfig]:
+        return [self.model] if self.model is not None else list(self.models or [])

@@ -1,0 +1,187 @@
+"""Build River objects from the declarative model specification.
+
+Names resolve only inside the `river` package, to public classes deriving from
+`river.base.Base` (estimators, optimizers, schedulers, initializers, metrics, drift detectors):
+no arbitrary imports and no user-supplied pickles.
+
+>>> model = build_pipeline([
+...     {"preprocessing.StandardScaler": {}},
+...     {"linear_model.LogisticRegression": {"optimizer": {"optim.SGD": {"lr": 0.1}}}},
+... ])
+>>> list(model.steps)
+['StandardScaler', 'LogisticRegression']
+>>> model["LogisticRegression"].optimizer.lr.learning_rate
+0.1
+>>> build_pipeline([{"linear_model.LogisticRegresion": {}}])
+Traceback (most recent call last):
+...
+riverbeam.errors.ConfigError: model.pipeline[0]: river has no linear_model.LogisticRegresion (did you mean LogisticRegression?)
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import pkgutil
+from functools import lru_cache
+from typing import Any, Callable
+
+from river import base, compose, metrics
+
+from riverbeam.errors import ConfigError
+
+_RIVER_METRICS_MODULE = "metrics"
+
+
+def _public_classes(module) -> dict[str, type]:
+    return {
+        name: obj
+        for name, obj in vars(module).items()
+        if not name.startswith("_") and inspect.isclass(obj) and issubclass(obj, base.Base)
+    }
+
+
+def resolve_river_class(name: str, path: str) -> type:
+    """Resolve ``"module.Class"`` inside `river`, or raise `ConfigError` with a suggestion.
+
+    >>> resolve_river_class("optim.SGD", "x").__name__
+    'SGD'
+    >>> resolve_river_class("os.system", "x")
+    Traceback (most recent call last):
+    ...
+    riverbeam.errors.ConfigError: x: river has no module os (names are river modules such as linear_model.LogisticRegression)
+    """
+    module_name, _, class_name = name.rpartition(".")
+    if not module_name or not class_name or module_name.startswith((".", "_")) or "._" in name:
+        raise ConfigError(path, f"{name!r} is not of the form module.Class (for example linear_model.LogisticRegression)")
+    try:
+        module = importlib.import_module(f"river.{module_name}")
+    except ImportError:
+        suggestion = difflib.get_close_matches(module_name, river_modules(), n=1)
+        hint = f" (did you mean {suggestion[0]}?)" if suggestion else " (names are river modules such as linear_model.LogisticRegression)"
+        raise ConfigError(path, f"river has no module {module_name}{hint}") from None
+    classes = _public_classes(module)
+    if class_name not in classes:
+        suggestion = difflib.get_close_matches(class_name, list(classes), n=1)
+        hint = f" (did you mean {suggestion[0]}?)" if suggestion else ""
+        raise ConfigError(path, f"river has no {name}{hint}")
+    return classes[class_name]
+
+
+@lru_cache(maxsize=1)
+def river_modules() -> list[str]:
+    """The public submodules of `river` (dotted, without the ``river.`` prefix)."""
+    import river
+
+    names = []
+    for info in pkgutil.walk_packages(river.__path__, prefix=""):
+        if any(part.startswith("_") for part in info.name.split(".")) or ".test" in info.name or info.name.startswith("test"):
+            continue
+        names.append(info.name)
+    return sorted(names)
+
+
+def _is_object_spec(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and isinstance(next(iter(value)), str) and "." in next(iter(value))
+
+
+def build_object(spec: dict, path: str) -> Any:
+    """Build one River object from ``{"module.Class": {param: value}}``; parameters may nest."""
+    (name, params), = spec.items()
+    cls = resolve_river_class(name, path)
+    params = params or {}
+    if not isinstance(params, dict):
+        raise ConfigError(path, f"parameters of {name} must be a mapping, got {params!r}")
+    accepted = inspect.signature(cls).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    kwargs = {}
+    for key, value in params.items():
+        if key not in accepted and not takes_any:
+            suggestion = difflib.get_close_matches(key, list(accepted), n=1)
+            hint = f" (did you mean {suggestion[0]}?)" if suggestion else f" (it takes: {', '.join(accepted) or 'nothing'})"
+            raise ConfigError(f"{path}.{key}", f"{name} has no parameter {key}{hint}")
+        kwargs[key] = _build_value(value, f"{path}.{key}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(path, f"{name}: {error}") from None
+
+
+def _build_value(value: Any, path: str) -> Any:
+    if _is_object_spec(value):
+        return build_object(value, path)
+    if isinstance(value, list):
+        return [_build_value(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def build_pipeline(steps: list[dict], path: str = "model.pipeline") -> base.Estimator:
+    """Compose the steps with `compose.Pipeline` (a single step is returned as it is)."""
+    built = []
+    for i, step in enumerate(steps):
+        where = f"{path}[{i}]"
+        if not isinstance(step, dict) or len(step) != 1:
+            raise ConfigError(where, "each step is a one-key mapping such as {preprocessing.StandardScaler: {}}")
+        obj = build_object(step, where)
+        if not isinstance(obj, base.Estimator):
+            raise ConfigError(where, f"{next(iter(step))} is not an estimator")
+        built.append(obj)
+    return built[0] if len(built) == 1 else compose.Pipeline(*built)
+
+
+def metric_factory(name: str, path: str) -> Callable[[], metrics.base.Metric]:
+    """Return a callable making fresh instances of the `river.metrics` class `name`."""
+    classes = {n: c for n, c in _public_classes(metrics).items() if issubclass(c, metrics.base.Metric)}
+    if name not in classes:
+        suggestion = difflib.get_close_matches(name, list(classes), n=1)
+        hint = f" (did you mean {suggestion[0]}?)" if suggestion else ""
+        raise ConfigError(path, f"river.metrics has no {name}{hint}")
+    return classes[name]
+
+
+def build_metrics(names: list[str], model: base.Estimator, path: str = "model.metrics") -> metrics.base.Metrics:
+    """A `river.metrics.base.Metrics` over fresh instances, checked against the model."""
+    built = metrics.base.Metrics([metric_factory(name, f"{path}[{i}]")() for i, name in enumerate(names)])
+    for i, metric in enumerate(built):
+        if not metric.works_with(model):
+            raise ConfigError(f"{path}[{i}]", f"{names[i]} does not work with a {type(_final_step(model)).__name__}")
+    return built
+
+
+def _final_step(model):
+    return list(model.steps.values())[-1] if isinstance(model, compose.Pipeline) else model
+
+
+def build_model(config, path: str = "model") -> base.Estimator:
+    """Build and check a `online.config.ModelConfig`: the pipeline, its metrics and drift detector."""
+    model = build_pipeline(config.pipeline, f"{path}.pipeline")
+    build_metrics(config.metrics, model, f"{path}.metrics")
+    if config.drift is not None:
+        build_object({config.drift.detector: config.drift.params}, f"{path}.drift.detector")
+    return model
+
+
+def list_models() -> dict[str, list[str]]:
+    """Names usable in a model spec, by kind: ``{"estimators": [...], "optimizers": [...], "metrics": [...], ...}``."""
+    kinds: dict[str, set[str]] = {"estimators": set(), "optimizers": set(), "metrics": set(), "drift": set(), "other": set()}
+    for module_name in river_modules():
+        try:
+            module = importlib.import_module(f"river.{module_name}")
+        except Exception:  # optional dependencies of some river modules
+            continue
+        for name, cls in _public_classes(module).items():
+            if cls.__module__.split(".")[1] != module_name.split(".")[0]:
+                continue  # re-exported from elsewhere
+            dotted = f"{module_name}.{name}"
+            if issubclass(cls, metrics.base.Metric):
+                kinds["metrics"].add(name)
+            elif issubclass(cls, base.Estimator):
+                kinds["estimators"].add(dotted)
+            elif module_name.startswith("optim"):
+                kinds["optimizers"].add(dotted)
+            elif module_name.startswith("drift"):
+                kinds["drift"].add(dotted)
+            else:
+                kinds["other"].add(dotted)
+    return {kind: sorted(names) for kind, names in kinds.items()}
