@@ -58,6 +58,7 @@ class EventsConfig(Section):
     time: str | None = None
     exclude: list[str] = []
     features: list[str] | None = None
+    categorical: list[str] = []
     delayed_labels: DelayedLabelsConfig = DelayedLabelsConfig()
 
 

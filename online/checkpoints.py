@@ -1,0 +1,288 @@
+"""Checkpoints: the learner's state, its source positions and metrics, written atomically.
+
+Layout below the checkpoint URI (a local path, ``file://`` or ``gs://bucket/prefix``)::
+
+    checkpoints/<id>/state.bin      the learner state (pickle), written first
+    checkpoints/<id>/manifest.json  id, counters, positions, metrics, model text, checksums
+    LATEST                          {"id", "sequence", "history"}: moved last, by compare-and-swap
+
+A reader never sees half a checkpoint: `LATEST` moves only after the blob and the manifest are
+complete. `LATEST` is replaced only if its generation is still the one this writer last saw, so
+of two concurrent writers only one can win; the other gets `FencingError` (never a silent
+overwrite). The state blob's SHA-256 is verified on load; with a signing key (the environment
+variable named by ``checkpoint.signing_key_env``) the blob also carries an HMAC-SHA256, and an
+unsigned or tampered blob is refused. Loading a pickle runs code: only load checkpoints from
+storage you trust, and set a signing key where others can write to it.
+
+A corrupt or missing checkpoint falls back to the previous good one in `history`, with a warning.
+
+>>> import tempfile
+>>> store = CheckpointStore(tempfile.mkdtemp(), keep=2)
+>>> for n in range(3):
+...     _ = store.save(b"state %d" % n, events_seen=n, events_learned=n, positions={"events/0": n})
+>>> [c["events_seen"] for c in store.list()]
+[2, 1]
+>>> store.load_latest().state
+b'state 2'
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import hmac
+import json
+import logging
+import os
+import platform
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from riverbeam import __version__
+from riverbeam.errors import RiverbeamError
+from online.storage import ObjectNotFound, ObjectStore, PreconditionFailed, StorageError, open_store
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FORMAT = 1
+LATEST = "LATEST"
+PREFIX = "checkpoints/"
+
+
+class CheckpointError(RiverbeamError):
+    """A checkpoint cannot be written or no usable checkpoint can be read."""
+
+
+class FencingError(CheckpointError):
+    """Another writer moved the latest checkpoint since this one last read it: this writer is stale."""
+
+
+class IntegrityError(CheckpointError):
+    """A checkpoint's blob does not match its manifest (truncated, corrupt, unsigned or tampered)."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A verified checkpoint: its manifest (plain JSON) and the state bytes."""
+
+    manifest: dict
+    state: bytes
+
+    @property
+    def id(self) -> str:
+        return self.manifest["id"]
+
+    @property
+    def positions(self) -> dict:
+        return self.manifest.get("positions", {})
+
+
+def config_hash(*sections: Any) -> str:
+    """A stable hash of configuration objects (pydantic models or plain data).
+
+    >>> config_hash({"a": 1}) == config_hash({"a": 1}) != config_hash({"a": 2})
+    True
+    """
+    plain = [s.model_dump(mode="json") if hasattr(s, "model_dump") else s for s in sections]
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def signing_key_from_env(name: str | None) -> bytes | None:
+    value = os.environ.get(name) if name else None
+    return value.encode() if value else None
+
+
+class CheckpointStore:
+    """Writes and reads checkpoints below `uri`, keeping the last `keep`.
+
+    A writer remembers the generation of `LATEST` it last read or wrote; `save` replaces
+    `LATEST` only if it is unchanged (see `FencingError`).
+    """
+
+    def __init__(self, uri: str | ObjectStore, keep: int = 10, signing_key: bytes | None = None):
+        self.store = uri if isinstance(uri, ObjectStore) else open_store(uri)
+        self.uri = self.store.uri
+        self.keep = keep
+        self.signing_key = signing_key
+        self._pointer: dict | None = None
+        self._generation: int | None = None  # None: not read yet
+
+    @classmethod
+    def from_config(cls, config) -> "CheckpointStore":
+        """From an `online.config.CheckpointConfig`."""
+        return cls(config.uri, keep=config.keep, signing_key=signing_key_from_env(config.signing_key_env))
+
+    # -- the pointer ------------------------------------------------------------------------
+
+    def _read_pointer(self) -> dict | None:
+        try:
+            data, generation = self.store.read_with_generation(LATEST)
+        except ObjectNotFound:
+            self._pointer, self._generation = None, 0
+            return None
+        self._generation = generation
+        try:
+            pointer = json.loads(data)
+            if not isinstance(pointer, dict) or not isinstance(pointer.get("id"), str):
+                raise ValueError("no id")
+        except ValueError:
+            log.warning("checkpoint pointer %s is corrupt; scanning for checkpoints", self.store.join(LATEST))
+            pointer = None
+        self._pointer = pointer
+        return pointer
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def save(
+        self,
+        state: bytes,
+        *,
+        events_seen: int,
+        events_learned: int,
+        positions: dict,
+        metrics: dict | None = None,
+        model: str = "",
+        config_hash: str = "",
+        extra: dict | None = None,
+    ) -> dict:
+        """Write one checkpoint and move `LATEST` to it; return its manifest.
+
+        Raises `FencingError` if another writer moved `LATEST` since this store last saw it.
+        """
+        if self._generation is None:
+            self._read_pointer()
+        previous = self._pointer or {}
+        sequence = int(previous.get("sequence", 0)) + 1
+        now = datetime.datetime.now(datetime.timezone.utc)
+        checkpoint_id = f"{sequence:012d}-{now.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
+        digest = hashlib.sha256(state).hexdigest()
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "id": checkpoint_id,
+            "sequence": sequence,
+            "created_at": now.isoformat(timespec="milliseconds"),
+            "events_seen": events_seen,
+            "events_learned": events_learned,
+            "positions": positions,
+            "metrics": metrics or {},
+            "model": model,
+            "config_hash": config_hash,
+            "versions": {"riverbeam": __version__, "river": _river_version(), "python": platform.python_version()},
+            "state": {
+                "file": "state.bin",
+                "size": len(state),
+                "sha256": digest,
+                "hmac_sha256": hmac.new(self.signing_key, state, hashlib.sha256).hexdigest() if self.signing_key else None,
+            },
+            "extra": extra or {},
+        }
+        base = f"{PREFIX}{checkpoint_id}/"
+        self.store.write(base + "state.bin", state)
+        self.store.write(base + "manifest.json", json.dumps(manifest, indent=1, default=str).encode())
+        history = [checkpoint_id] + [i for i in previous.get("history", []) if i != checkpoint_id][: self.keep - 1]
+        pointer = {"id": checkpoint_id, "sequence": sequence, "history": history}
+        try:
+            self._generation = self.store.write_if_generation(LATEST, json.dumps(pointer).encode(), self._generation)
+        except PreconditionFailed:
+            self._delete_checkpoint(checkpoint_id)  # our orphan: nobody will ever point at it
+            raise FencingError(
+                f"{self.uri}: another writer moved the latest checkpoint since this one last read it; "
+                "this instance is stale and stops (is a second daemon writing to the same checkpoint URI?)"
+            ) from None
+        self._pointer = pointer
+        self._apply_retention(history)
+        return manifest
+
+    def _apply_retention(self, history: list[str]) -> None:
+        keep = set(history)
+        for checkpoint_id in self.ids():
+            if checkpoint_id not in keep and checkpoint_id < history[-1]:
+                self._delete_checkpoint(checkpoint_id)
+
+    def _delete_checkpoint(self, checkpoint_id: str) -> None:
+        for suffix in ("manifest.json", "state.bin"):
+            try:
+                self.store.delete(f"{PREFIX}{checkpoint_id}/{suffix}")
+            except StorageError as error:
+                log.warning("could not delete old checkpoint %s: %s", checkpoint_id, error)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def ids(self) -> list[str]:
+        """Ids of the checkpoints present, oldest first."""
+        return sorted({name[len(PREFIX) :].split("/", 1)[0] for name in self.store.list(PREFIX) if name.endswith("/manifest.json")})
+
+    def manifest(self, checkpoint_id: str) -> dict:
+        try:
+            manifest = json.loads(self.store.read(f"{PREFIX}{checkpoint_id}/manifest.json"))
+        except ObjectNotFound:
+            raise CheckpointError(f"{self.uri}: no checkpoint {checkpoint_id}") from None
+        except ValueError:
+            raise IntegrityError(f"{self.uri}: checkpoint {checkpoint_id} has a corrupt manifest") from None
+        if not isinstance(manifest, dict) or manifest.get("id") != checkpoint_id:
+            raise IntegrityError(f"{self.uri}: checkpoint {checkpoint_id} has a manifest of another checkpoint")
+        return manifest
+
+    def load(self, checkpoint_id: str) -> Checkpoint:
+        """Read and verify one checkpoint (raises `IntegrityError` or `CheckpointError`)."""
+        manifest = self.manifest(checkpoint_id)
+        try:
+            state = self.store.read(f"{PREFIX}{checkpoint_id}/{manifest['state']['file']}")
+        except ObjectNotFound:
+            raise IntegrityError(f"{self.uri}: checkpoint {checkpoint_id} has no state blob") from None
+        expected = manifest["state"]
+        if len(state) != expected["size"]:
+            raise IntegrityError(f"{self.uri}: checkpoint {checkpoint_id} is truncated ({len(state)} of {expected['size']} bytes)")
+        if hashlib.sha256(state).hexdigest() != expected["sha256"]:
+            raise IntegrityError(f"{self.uri}: checkpoint {checkpoint_id} is corrupt (SHA-256 mismatch)")
+        if self.signing_key is not None:
+            signature = expected.get("hmac_sha256")
+            if not signature:
+                raise IntegrityError(f"{self.uri}: checkpoint {checkpoint_id} is not signed and a signing key is set")
+            if not hmac.compare_digest(signature, hmac.new(self.signing_key, state, hashlib.sha256).hexdigest()):
+                raise IntegrityError(f"{self.uri}: checkpoint {checkpoint_id} has a wrong signature (tampered, or another key)")
+        return Checkpoint(manifest, state)
+
+    def load_latest(self) -> Checkpoint | None:
+        """The newest good checkpoint, falling back (with a warning) past corrupt ones; None if there is none.
+
+        Also records the pointer's generation, so this store's next `save` is fenced against it.
+        """
+        pointer = self._read_pointer()
+        if pointer is not None:
+            candidates = pointer.get("history") or [pointer["id"]]
+        else:
+            candidates = list(reversed(self.ids()))
+            if candidates:
+                log.warning("%s: no readable LATEST pointer; trying the checkpoints present", self.uri)
+        for checkpoint_id in candidates:
+            try:
+                checkpoint = self.load(checkpoint_id)
+            except CheckpointError as error:
+                log.warning("skipping checkpoint: %s", error)
+                continue
+            if checkpoint_id != candidates[0]:
+                log.warning("%s: fell back to checkpoint %s", self.uri, checkpoint_id)
+            return checkpoint
+        if candidates:
+            raise CheckpointError(f"{self.uri}: none of the checkpoints {candidates} can be read; refusing to start from scratch")
+        return None
+
+    def list(self) -> list[dict]:
+        """Manifests of the checkpoints kept, newest first."""
+        pointer = self._read_pointer()
+        ids = pointer.get("history", [pointer["id"]]) if pointer else list(reversed(self.ids()))
+        manifests = []
+        for checkpoint_id in ids:
+            try:
+                manifests.append(self.manifest(checkpoint_id))
+            except CheckpointError as error:
+                log.warning("%s", error)
+        return manifests
+
+
+def _river_version() -> str:
+    import river
+
+    return river.__version__

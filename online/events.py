@@ -1,0 +1,110 @@
+"""Turning one decoded event into features, a label and a model key — or a reason to reject it.
+
+An event is a JSON object (a `dict`). `EventReader` splits it according to `events` in the
+job's configuration and checks, before anything learns from it, that the features are finite
+numbers (or strings for fields listed in `categorical`) and that the label fits the model.
+A rejected event raises `EventError` with the reason; it is never half-learned.
+
+>>> from online.config import EventsConfig
+>>> reader = EventReader(EventsConfig(target="label", exclude=["id"]), label_kind="class")
+>>> reader.split({"id": 7, "a": 1.5, "b": 2, "label": True})
+({'a': 1.5, 'b': 2}, True, None)
+>>> reader.split({"a": "x", "label": True})
+Traceback (most recent call last):
+...
+online.events.EventError: feature 'a' is not a number: 'x'
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+_NUMBER_TYPES = frozenset((int, float, bool))
+_LABEL_TYPES = {"class": (str, int, bool), "number": (int, float)}
+
+
+class EventError(ValueError):
+    """An event that cannot be learned from; the message is the reason (dead-letter records carry it)."""
+
+
+class EventReader:
+    """Splits events into ``(features, label, key)`` for one `online.config.EventsConfig`.
+
+    `label_kind` is ``"class"`` for classifiers (labels are strings, integers or booleans),
+    ``"number"`` for regressors (finite numbers) or ``None`` (any label, not checked).
+    `events.categorical` names fields that may hold strings. `transform` (a fitted
+    `transforms.fitted.FittedTransform`, or any callable ``dict -> dict``) is applied to the
+    features before they are checked.
+    """
+
+    def __init__(self, events, label_kind: str | None = None, transform=None):
+        self.target = events.target
+        self.key_field = events.key
+        self.id_field = events.id
+        self.features = tuple(events.features) if events.features is not None else None
+        self.drop = tuple(
+            f for f in {events.target, events.key, events.id, events.time, *events.exclude} if f is not None
+        )
+        self.label_types = _LABEL_TYPES.get(label_kind) if label_kind else None
+        self.categorical = frozenset(events.categorical)
+        self.transform = transform
+
+    def split(self, event: Any) -> tuple[dict, Any, Any]:
+        """Return ``(x, y, key)``; `y` is None when the event has no label. Consumes `event`."""
+        if type(event) is not dict:
+            raise EventError(f"event is not a JSON object but {_json_type(event)}")
+        y = event.get(self.target) if self.target is not None else None
+        key = None
+        if self.key_field is not None:
+            key = event.get(self.key_field)
+            if key is None:
+                raise EventError(f"model key field '{self.key_field}' is missing")
+            if type(key) not in (str, int):
+                raise EventError(f"model key field '{self.key_field}' must be a string or an integer, got {key!r}")
+        if self.features is not None:
+            try:
+                x = {name: event[name] for name in self.features}
+            except KeyError as missing:
+                raise EventError(f"feature {missing} is missing") from None
+        else:
+            x = event
+            for name in self.drop:
+                x.pop(name, None)
+        if self.transform is not None:
+            try:
+                x = self.transform(x)
+            except (KeyError, TypeError, ValueError) as error:
+                raise EventError(f"feature transform failed: {error}") from None
+        values = x.values()
+        if not _NUMBER_TYPES.issuperset(map(type, values)):
+            self._check_types(x)
+        else:
+            total = sum(values)
+            if total - total != 0:  # NaN or infinity somewhere
+                self._check_types(x)
+        if y is not None and self.label_types is not None:
+            if type(y) not in self.label_types or (type(y) is float and not math.isfinite(y)):
+                raise EventError(f"label '{self.target}' cannot be learned by this model: {y!r}")
+        return x, y, key
+
+    def _check_types(self, x: dict) -> None:
+        for name, value in x.items():
+            kind = type(value)
+            if kind in (int, bool):
+                continue
+            if kind is float:
+                if not math.isfinite(value):
+                    raise EventError(f"feature '{name}' is not finite: {value!r}")
+                continue
+            if kind is str and name in self.categorical:
+                continue
+            if value is None:
+                raise EventError(f"feature '{name}' is null")
+            raise EventError(f"feature '{name}' is not a number: {value!r}")
+
+
+def _json_type(value: Any) -> str:
+    return {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )

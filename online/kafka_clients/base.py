@@ -1,0 +1,277 @@
+"""What every Kafka client behind riverbeam shares: records, batches, errors and the two protocols.
+
+A consumer hands out `Batch` objects: consecutive records of one partition. The records are
+built lazily (`RecordSequence`): the daemon's hot loop reads `batch.values` and `batch.offsets`,
+plain lists taken straight from the client's own message objects, and never pays for a
+`Record` per event unless it asks for ``batch.records``.
+
+>>> batch = Batch(("events", 0), RecordList([Record("events", 0, 7, None, b"{}", 0, ())]))
+>>> batch.values, batch.first_offset, batch.next_offset
+([b'{}'], 7, 8)
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Protocol
+
+from riverbeam.errors import ConfigError, RiverbeamError
+
+TopicPartition = tuple[str, int]
+"""``(topic, partition)``."""
+
+PartitionsCallback = Callable[[list[TopicPartition]], None]
+
+
+class KafkaClientError(RiverbeamError):
+    """A Kafka operation failed at run time: broker unreachable, delivery failed, commit rejected..."""
+
+
+class Record(NamedTuple):
+    """One consumed record. `timestamp_ms` is the record's timestamp (create or log-append time)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+    headers: tuple[tuple[str, bytes], ...]
+
+
+class RecordSequence(Sequence):
+    """Records of one partition, in offset order, kept as the client's own message objects.
+
+    `values()` and `offsets()` are cheap list comprehensions over those objects; `Record`
+    tuples are built once, on the first indexing or iteration, then cached. Subclasses say
+    how to read one native message.
+    """
+
+    __slots__ = ("_native", "_records")
+
+    def __init__(self, native: list):
+        self._native = native
+        self._records: list[Record] | None = None
+
+    def __len__(self) -> int:
+        return len(self._native)
+
+    def _build(self) -> list[Record]:
+        raise NotImplementedError
+
+    def _materialised(self) -> list[Record]:
+        if self._records is None:
+            self._records = self._build()
+        return self._records
+
+    def __getitem__(self, index):
+        return self._materialised()[index]
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self._materialised())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._materialised()!r})"
+
+    def values(self) -> list[bytes | None]:
+        """The record values, in order."""
+        raise NotImplementedError
+
+    def offsets(self) -> list[int]:
+        """The record offsets, in order (not always contiguous: compaction, transaction markers)."""
+        raise NotImplementedError
+
+    def first_offset(self) -> int:
+        return self.offsets()[0]
+
+    def last_offset(self) -> int:
+        return self.offsets()[-1]
+
+
+class RecordList(RecordSequence):
+    """A `RecordSequence` over ready-made `Record` tuples (tests, helpers).
+
+    >>> RecordList([Record("t", 0, 3, None, b"x", 0, ())]).offsets()
+    [3]
+    """
+
+    __slots__ = ()
+
+    def _build(self) -> list[Record]:
+        return self._native
+
+    def values(self) -> list[bytes | None]:
+        return [record.value for record in self._native]
+
+    def offsets(self) -> list[int]:
+        return [record.offset for record in self._native]
+
+    def first_offset(self) -> int:
+        return self._native[0].offset
+
+    def last_offset(self) -> int:
+        return self._native[-1].offset
+
+
+class Batch(NamedTuple):
+    """Consecutive records of ONE partition, as returned by `EventConsumer.poll_batches`.
+
+    ``batch.records`` is a read-only sequence of `Record` built on first access; the hot
+    path uses ``batch.values`` (the raw values) and ``batch.offsets`` instead.
+    """
+
+    partition: TopicPartition
+    records: RecordSequence
+
+    @property
+    def values(self) -> list[bytes | None]:
+        """The raw record values, in offset order (cheap: no `Record` is built)."""
+        return self.records.values()
+
+    @property
+    def offsets(self) -> list[int]:
+        """The record offsets, in order."""
+        return self.records.offsets()
+
+    @property
+    def first_offset(self) -> int:
+        return self.records.first_offset()
+
+    @property
+    def next_offset(self) -> int:
+        """The offset after the last record: what to commit or checkpoint once the batch is done."""
+        return self.records.last_offset() + 1
+
+
+class EventConsumer(Protocol):
+    """A Kafka consumer with manual commits, as the daemon uses it (both clients behave the same).
+
+    Rebalance callbacks (`subscribe`) run inside `poll_batches` (and inside `close` when
+    partitions are held). Inside a callback you may call `seek`, `assignment`,
+    `high_watermarks` and `commit`; `commit` there is synchronous as far as the caller is
+    concerned: with kafka-python it is sent when the callback returns, before the rebalance
+    goes on (kafka-python 3 refuses blocking calls on its IO thread); it fails the
+    `poll_batches`/`close` call that ran the callback if the broker rejects it. `committed`,
+    `end_offsets`, `partitions_for` and `poll_batches` raise `KafkaClientError` inside a
+    callback: do that work after the poll returns.
+    """
+
+    def subscribe(self, topics: list[str], on_assign: PartitionsCallback, on_revoke: PartitionsCallback) -> None:
+        """Join the consumer group for `topics`; `on_revoke` runs before partitions are given up."""
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        """Read exactly these partitions, without group membership (no join wait)."""
+
+    def partitions_for(self, topic: str, timeout_s: float = 10) -> list[int]:
+        """The partition ids of `topic`, waiting up to `timeout_s` for it to appear."""
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Make `offset` the next offset read from `tp` (an assigned partition)."""
+
+    def poll_batches(self, timeout_s: float, max_records: int) -> list[Batch]:
+        """Up to `max_records` records, waiting up to `timeout_s` for the first."""
+
+    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit synchronously; each offset is the NEXT offset to read."""
+
+    def committed(self, tp: TopicPartition) -> int | None:
+        """The group's committed offset of `tp`, or None."""
+
+    def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The end offset of each partition (see the implementations about Tansu)."""
+
+    def high_watermarks(self) -> dict[TopicPartition, int]:
+        """The high watermark of each assigned partition, as last seen in a fetch response."""
+
+    def assignment(self) -> list[TopicPartition]:
+        """The partitions held now, sorted."""
+
+    def close(self) -> None:
+        """Leave the group (calling `on_revoke` first when partitions are held) and disconnect."""
+
+
+class EventProducer(Protocol):
+    """A Kafka producer (acks=all, idempotent) that never drops a record silently."""
+
+    def send(self, topic: str, value: bytes, key: bytes | None = None, headers: list[tuple[str, bytes]] | None = None, partition: int | None = None) -> None:
+        """Queue one record; raises `KafkaClientError` when it cannot even be queued."""
+
+    def flush(self, timeout_s: float = 30) -> None:
+        """Wait for every queued record; raises `KafkaClientError` if any failed since the last flush."""
+
+    def close(self) -> None:
+        """Flush what can be flushed and disconnect."""
+
+
+class ConsumerState:
+    """Bookkeeping both consumer implementations share: group mode, callback guard, callback errors."""
+
+    client_name = ""
+
+    def __init__(self, group: bool):
+        self._group = group
+        self._in_callback = False
+        self._callback_error: BaseException | None = None
+        self._on_assign: PartitionsCallback | None = None
+        self._on_revoke: PartitionsCallback | None = None
+
+    def _require_group(self, operation: str) -> None:
+        if not self._group:
+            raise KafkaClientError(f"{operation} needs a consumer group: make the consumer with group=True")
+
+    def _require_outside_callback(self, operation: str) -> None:
+        if self._in_callback:
+            raise KafkaClientError(f"{operation} cannot run inside a rebalance callback: do it after poll_batches returns")
+
+    def _run_callback(self, callback: PartitionsCallback | None, partitions: Iterable) -> None:
+        """Run a user callback with sorted plain tuples; keep its exception for the caller of poll."""
+        if callback is None or self._callback_error is not None:
+            return
+        self._in_callback = True
+        try:
+            callback(sorted((tp[0], tp[1]) for tp in partitions))
+        except BaseException as error:  # re-raised from poll_batches/close, unchanged
+            self._callback_error = error
+        finally:
+            self._in_callback = False
+
+    def _raise_callback_error(self) -> None:
+        error, self._callback_error = self._callback_error, None
+        if error is not None:
+            raise error
+
+
+def check_options(options: dict[str, Any], *, known: Iterable[str], managed: dict[str, str], section: str, client: str) -> None:
+    """Reject options the client does not know and options riverbeam sets itself.
+
+    `managed` maps an option to the reason it may not be set. Raises `ConfigError` naming
+    ``kafka.<section>.<key>``.
+
+    >>> check_options({"session_timout_ms": 1}, known=["session_timeout_ms"], managed={}, section="consumer", client="kafka-python")
+    Traceback (most recent call last):
+    ...
+    riverbeam.errors.ConfigError: kafka.consumer.session_timout_ms: unknown option for kafka-python (did you mean session_timeout_ms?)
+    """
+    known = list(known)
+    for key in options:
+        path = f"kafka.{section}.{key}"
+        if key in managed:
+            raise ConfigError(path, managed[key])
+        if key not in known:
+            raise ConfigError(path, unknown_option_message(key, known, client))
+
+
+def unknown_option_message(key: str, known: Iterable[str], client: str) -> str:
+    """``unknown option for CLIENT``, with the closest known names (either spelling: dots or underscores)."""
+    known = list(known)
+    separator = "." if any("." in name for name in known) else "_"
+    spelled = key.replace("_" if separator == "." else ".", separator)
+    close = difflib.get_close_matches(spelled, known, n=2, cutoff=0.75)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    return f"unknown option for {client}{hint}"

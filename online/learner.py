@@ -1,0 +1,329 @@
+"""The learner core: predict, score, then learn — River's progressive validation order.
+
+One implementation shared by the Kafka daemon, replay and the Beam streaming pipeline. For each
+event in order the model predicts (probabilities for classifiers when a metric needs them), the
+metrics are updated, then the model learns. The metrics therefore equal
+`river.evaluate.progressive_val_score` on the same data and model, exactly.
+
+>>> from river import datasets, evaluate, linear_model, metrics, preprocessing
+>>> from online.config import EventsConfig, ModelConfig
+>>> config = ModelConfig(pipeline=[{"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {}}],
+...                      metrics=["Accuracy", "LogLoss"])
+>>> learner = Learner(config, EventsConfig(target="label"))
+>>> for x, y in datasets.Phishing():
+...     _ = learner.process({**x, "label": y})
+>>> learner.metric_values()
+{'Accuracy': 0.8928, 'LogLoss': 0.33011204643883...}
+>>> evaluate.progressive_val_score(datasets.Phishing(), preprocessing.StandardScaler() | linear_model.LogisticRegression(),
+...                                metrics.Accuracy() + metrics.LogLoss())
+Accuracy: 89.28%
+LogLoss: 0.33011204643883...
+
+Per-key models (``events.key``): each distinct key value gets its own copy of the model; the
+metrics are computed over all events together.
+
+Delayed labels (``events.id``): an event with an id and no label is predicted and its prediction
+kept (at most ``events.delayed_labels.max_pending``, for ``ttl_seconds``). When an event with the
+same id and a label arrives, the metrics are updated with the *kept* prediction and the model
+learns from the *kept* features and the new label — River's `delay` semantics in
+`evaluate.progressive_val_score` / `stream.simulate_qa`. A labelled event whose id is not pending
+is predicted and learned at once. Pending predictions that expire or overflow are dropped and
+counted (``labels_expired``). Time is the event's ``events.time`` field (epoch seconds) when
+set, else the processing clock.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import datetime
+import math
+import pickle
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from river import base, compose
+
+from online.config import EventsConfig, ModelConfig
+from online.events import EventError, EventReader
+from online.models import build_metrics, build_object, build_pipeline
+
+STATE_FORMAT = 1
+
+
+@dataclass
+class LearnerState:
+    """Everything a checkpoint must hold to continue exactly where the learner stopped."""
+
+    models: dict = field(default_factory=dict)  # model key (None when global) -> River estimator
+    metrics: Any = None  # river.metrics.base.Metrics
+    drift_detector: Any = None
+    drifts_detected: int = 0
+    last_drift_at: int | None = None  # events_seen when the last drift was detected
+    pending: collections.OrderedDict = field(default_factory=collections.OrderedDict)  # id -> (x, y_pred, key, expires)
+    events_seen: int = 0
+    events_learned: int = 0
+    events_rejected: int = 0
+    labels_joined: int = 0
+    labels_expired: int = 0
+    format: int = STATE_FORMAT
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the learner said about one event: the key, the prediction and, for classifiers, probabilities."""
+
+    key: Any
+    y_pred: Any
+    y_true: Any
+    learned: bool
+
+    def label(self) -> Any:
+        """The predicted label (the most probable class when `y_pred` holds probabilities)."""
+        if isinstance(self.y_pred, dict):
+            return max(self.y_pred, key=self.y_pred.get) if self.y_pred else None
+        return self.y_pred
+
+
+def model_kind(model: base.Estimator) -> str | None:
+    """``"class"`` for classifiers, ``"number"`` for regressors, else None."""
+    if isinstance(model, base.Classifier):
+        return "class"
+    if isinstance(model, base.Regressor):
+        return "number"
+    return None
+
+
+class Learner:
+    """Predict-then-learn over events (dicts), with per-key models, delayed labels and drift detection.
+
+    `transform` is applied to each event's features first (see `online.events.EventReader`).
+    """
+
+    def __init__(self, model: ModelConfig, events: EventsConfig, transform: Callable[[dict], dict] | None = None, state: LearnerState | None = None):
+        self.model_config = model
+        self.events_config = events
+        self.prototype = build_pipeline(model.pipeline)
+        self.kind = model_kind(self.prototype)
+        self.reader = EventReader(events, label_kind=self.kind, transform=transform)
+        self.delayed = events.id is not None
+        self.max_pending = events.delayed_labels.max_pending
+        self.ttl = events.delayed_labels.ttl_seconds
+        self.time_field = events.time
+        if state is None:
+            state = LearnerState(metrics=build_metrics(model.metrics, self.prototype))
+            if events.key is None:
+                state.models[None] = self.prototype.clone()
+            if model.drift is not None:
+                state.drift_detector = build_object({model.drift.detector: model.drift.params}, "model.drift.detector")
+        self.state = state
+        self._bind()
+
+    def _bind(self) -> None:
+        metric = self.state.metrics
+        self._predict_name = "predict_proba_one" if self.kind == "class" and not metric.requires_labels else "predict_one"
+        self._metric_update = metric.update
+        self._supervised = self.prototype._supervised
+
+    def _model_for(self, key):
+        model = self.state.models.get(key)
+        if model is None:
+            model = self.state.models[key] = self.prototype.clone()
+        return model
+
+    # -- the hot path -----------------------------------------------------------------------
+
+    def process(self, event: dict) -> Prediction:
+        """Predict, score and learn one event; raise `EventError` (nothing learned) for a bad one."""
+        try:
+            meta = self._meta(event) if self.delayed else None
+            x, y, key = self.reader.split(event)
+        except EventError:
+            self.state.events_rejected += 1
+            raise
+        state = self.state
+        model = state.models.get(key)
+        if model is None:
+            model = self._model_for(key)
+        state.events_seen += 1
+        if self.delayed:
+            return self._process_delayed(meta, x, y, key, model)
+        y_pred = getattr(model, self._predict_name)(x)
+        if y is None:
+            return Prediction(key, y_pred, None, False)
+        self._score_and_learn(model, x, y, y_pred)
+        return Prediction(key, y_pred, y, True)
+
+    def process_many(self, events: Iterable[dict], on_error: Callable[[int, EventError], None] | None = None, predictions: list | None = None) -> int:
+        """Process events in order; bad ones go to `on_error(index, error)`; returns how many were learned.
+
+        With `predictions` (a list), each good event's `Prediction` is appended to it with its index.
+        The loop is written for speed: no per-event work beyond split, predict, score and learn.
+        """
+        state = self.state
+        split = self.reader.split
+        models = state.models
+        predict_name = self._predict_name
+        metric_update = self._metric_update
+        supervised = self._supervised
+        drift = state.drift_detector
+        learned = 0
+        delayed = self.delayed
+        for index, event in enumerate(events):
+            try:
+                meta = self._meta(event) if delayed else None
+                x, y, key = split(event)
+            except EventError as error:
+                state.events_rejected += 1
+                if on_error is None:
+                    raise
+                on_error(index, error)
+                continue
+            model = models.get(key)
+            if model is None:
+                model = self._model_for(key)
+            state.events_seen += 1
+            if delayed:
+                outcome = self._process_delayed(meta, x, y, key, model)
+                learned += outcome.learned
+                if predictions is not None:
+                    predictions.append((index, outcome))
+                continue
+            y_pred = getattr(model, predict_name)(x)
+            if y is not None:
+                if y_pred is not None and y_pred != {}:
+                    metric_update(y, y_pred)
+                if drift is not None:
+                    self._update_drift(y, y_pred)
+                model.learn_one(x, y) if supervised else model.learn_one(x)
+                learned += 1
+            if predictions is not None:
+                predictions.append((index, Prediction(key, y_pred, y, y is not None)))
+        if not delayed:
+            state.events_learned += learned
+        return learned
+
+    def _score_and_learn(self, model, x, y, y_pred) -> None:
+        if y_pred is not None and y_pred != {}:
+            self._metric_update(y, y_pred)
+        if self.state.drift_detector is not None:
+            self._update_drift(y, y_pred)
+        model.learn_one(x, y) if self._supervised else model.learn_one(x)
+        self.state.events_learned += 1
+
+    def _update_drift(self, y, y_pred) -> None:
+        if self.kind == "class":
+            label = max(y_pred, key=y_pred.get) if isinstance(y_pred, dict) and y_pred else y_pred
+            error = float(label != y)
+        else:
+            error = abs(y - y_pred) if y_pred is not None else 0.0
+        detector = self.state.drift_detector
+        detector.update(error)
+        if detector.drift_detected:
+            self.state.drifts_detected += 1
+            self.state.last_drift_at = self.state.events_seen
+
+    # -- delayed labels ---------------------------------------------------------------------
+
+    def _meta(self, event) -> tuple[Any, float]:
+        """The event's id and time, read before the reader consumes the event."""
+        if type(event) is not dict:
+            return None, time.time()
+        moment = event.get(self.time_field) if self.time_field is not None else None
+        if moment is None:
+            return event.get(self.events_config.id), time.time()
+        if isinstance(moment, str):
+            try:
+                moment = datetime.datetime.fromisoformat(moment).timestamp()
+            except ValueError:
+                raise EventError(f"time field '{self.time_field}' is not an ISO 8601 time: {moment!r}") from None
+        elif type(moment) not in (int, float):
+            raise EventError(f"time field '{self.time_field}' must be epoch seconds or ISO 8601, got {moment!r}")
+        return event.get(self.events_config.id), float(moment)
+
+    def _process_delayed(self, meta, x, y, key, model) -> Prediction:
+        state = self.state
+        event_id, now = meta
+        self._expire(now)
+        pending = state.pending.pop(event_id, None) if event_id is not None else None
+        if pending is not None and y is not None:
+            x_then, y_pred, key_then, _ = pending
+            state.labels_joined += 1
+            self._score_and_learn(self._model_for(key_then), x_then, y, y_pred)
+            return Prediction(key_then, y_pred, y, True)
+        y_pred = getattr(model, self._predict_name)(x)
+        if y is not None:
+            self._score_and_learn(model, x, y, y_pred)
+            return Prediction(key, y_pred, y, True)
+        if event_id is not None:
+            state.pending[event_id] = (x, y_pred, key, now + self.ttl)
+            if len(state.pending) > self.max_pending:
+                state.pending.popitem(last=False)
+                state.labels_expired += 1
+        return Prediction(key, y_pred, None, False)
+
+    def _expire(self, now: float) -> None:
+        pending = self.state.pending
+        while pending:
+            first = next(iter(pending.values()))
+            if first[3] > now:
+                break
+            pending.popitem(last=False)
+            self.state.labels_expired += 1
+
+    # -- reporting and state ----------------------------------------------------------------
+
+    def metric_values(self) -> dict[str, float]:
+        """The current value of each metric, by class name; the first is the headline."""
+        return {type(metric).__name__: _plain(metric.get()) for metric in self.state.metrics}
+
+    def headline(self) -> tuple[str, float]:
+        name, value = next(iter(self.metric_values().items()))
+        return name, value
+
+    def report(self) -> dict:
+        """Counters, metrics and drift, as plain JSON-able values."""
+        state = self.state
+        report = {
+            "events_seen": state.events_seen,
+            "events_learned": state.events_learned,
+            "events_rejected": state.events_rejected,
+            "models": len(state.models),
+            "metrics": self.metric_values(),
+        }
+        if self.delayed:
+            report.update(pending_labels=len(state.pending), labels_joined=state.labels_joined, labels_expired=state.labels_expired)
+        if state.drift_detector is not None:
+            report.update(drifts_detected=state.drifts_detected, last_drift_at=state.last_drift_at)
+        return report
+
+    def model_text(self) -> str:
+        """A readable description of the model(s)."""
+        if list(self.state.models) == [None]:
+            return repr(self.state.models[None])
+        return f"{len(self.state.models)} keyed copies of:\n{self.prototype!r}"
+
+    def snapshot(self) -> bytes:
+        """The learner's whole state as bytes (pickle: loading it runs code, so only load trusted, verified blobs)."""
+        return pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def restore(cls, blob: bytes, model: ModelConfig, events: EventsConfig, transform=None) -> "Learner":
+        """A learner continuing from `snapshot()` bytes (verify them first: see `online.checkpoints`)."""
+        state = pickle.loads(blob)
+        if not isinstance(state, LearnerState) or state.format != STATE_FORMAT:
+            raise ValueError("checkpoint state is not a riverbeam learner state of this format")
+        return cls(model, events, transform=transform, state=state)
+
+    def copy(self) -> "Learner":
+        return type(self)(self.model_config, self.events_config, self.reader.transform, copy.deepcopy(self.state))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+__all__ = ["Learner", "LearnerState", "Prediction", "EventError", "model_kind", "compose"]

@@ -1,0 +1,147 @@
+"""The learner core equals River's own progressive validation, exactly."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+
+import pytest
+from river import datasets, evaluate, linear_model, metrics, preprocessing, tree
+
+from online.config import DelayedLabelsConfig, DriftConfig, EventsConfig, ModelConfig
+from online.events import EventError
+from online.learner import Learner
+
+LOGREG = [{"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {"optimizer": {"optim.SGD": {"lr": 0.1}}}}]
+
+
+def events_of(dataset, target="y"):
+    return [{**x, target: y} for x, y in dataset]
+
+
+def test_classifier_metrics_equal_progressive_val_score():
+    learner = Learner(ModelConfig(pipeline=LOGREG, metrics=["Accuracy", "LogLoss"]), EventsConfig(target="y"))
+    learner.process_many(events_of(datasets.Phishing()))
+    from river import optim
+
+    expected = evaluate.progressive_val_score(
+        datasets.Phishing(), preprocessing.StandardScaler() | linear_model.LogisticRegression(optimizer=optim.SGD(0.1)), metrics.Accuracy() + metrics.LogLoss()
+    )
+    assert learner.metric_values() == {type(m).__name__: m.get() for m in expected}
+    assert learner.state.events_seen == learner.state.events_learned == 1250
+
+
+def test_regressor_metrics_equal_progressive_val_score():
+    spec = [{"preprocessing.StandardScaler": {}}, {"linear_model.LinearRegression": {"intercept_lr": 0.1}}]
+    learner = Learner(ModelConfig(pipeline=spec, metrics=["MAE", "RMSE"]), EventsConfig(target="y"))
+    learner.process_many(events_of(datasets.TrumpApproval()))
+    expected = evaluate.progressive_val_score(
+        datasets.TrumpApproval(), preprocessing.StandardScaler() | linear_model.LinearRegression(intercept_lr=0.1), metrics.MAE() + metrics.RMSE()
+    )
+    assert learner.metric_values() == {type(m).__name__: m.get() for m in expected}
+
+
+def test_tree_classifier_with_label_only_metric_uses_predict_one():
+    learner = Learner(ModelConfig(pipeline=[{"tree.HoeffdingTreeClassifier": {"grace_period": 50}}], metrics=["Accuracy"]), EventsConfig(target="y"))
+    learner.process_many(events_of(datasets.Bananas()))
+    expected = evaluate.progressive_val_score(datasets.Bananas(), tree.HoeffdingTreeClassifier(grace_period=50), metrics.Accuracy())
+    assert learner.metric_values()["Accuracy"] == expected.get()
+
+
+def test_snapshot_restore_continue_equals_uninterrupted():
+    config, events = ModelConfig(pipeline=LOGREG, metrics=["Accuracy", "LogLoss"]), EventsConfig(target="y")
+    data = events_of(datasets.Phishing())
+    whole = Learner(config, events)
+    whole.process_many(copy.deepcopy(data))
+    first = Learner(config, events)
+    first.process_many(copy.deepcopy(data[:600]))
+    resumed = Learner.restore(first.snapshot(), config, events)
+    resumed.process_many(copy.deepcopy(data[600:]))
+    assert resumed.metric_values() == whole.metric_values()
+    probe = {k: v for k, v in data[0].items() if k != "y"}
+    assert resumed.state.models[None].predict_proba_one(dict(probe)) == whole.state.models[None].predict_proba_one(dict(probe))
+
+
+def test_keyed_models_learn_separately():
+    config = ModelConfig(pipeline=[{"linear_model.LinearRegression": {}}], metrics=["MAE"])
+    learner = Learner(config, EventsConfig(target="y", key="shop"))
+    data = [{"shop": shop, "x": float(i), "y": float(i) * (1 if shop == "a" else -1)} for i, shop in zip(range(200), itertools.cycle("ab"))]
+    learner.process_many(copy.deepcopy(data))  # the learner consumes the event dicts it is given
+    assert set(learner.state.models) == {"a", "b"}
+    direct = linear_model.LinearRegression()
+    for event in data:
+        if event["shop"] == "a":
+            direct.learn_one({"x": event["x"]}, event["y"])
+    assert learner.state.models["a"].weights == direct.weights
+
+
+def test_bad_events_are_rejected_before_learning():
+    learner = Learner(ModelConfig(pipeline=LOGREG, metrics=["Accuracy"]), EventsConfig(target="y", features=["a", "b"]))
+    errors = []
+    good = {"a": 1.0, "b": 2.0, "y": True}
+    batch = [dict(good), [1, 2], {"a": 1.0, "y": True}, {"a": "x", "b": 1.0, "y": True}, {"a": math.nan, "b": 1.0, "y": True},
+             {"a": None, "b": 1.0, "y": False}, {"a": 1.0, "b": 2.0, "y": [1]}, dict(good)]  # fmt: skip
+    learned = learner.process_many(batch, on_error=lambda i, e: errors.append((i, str(e))))
+    assert learned == 2 and learner.state.events_rejected == 6
+    assert errors == [
+        (1, "event is not a JSON object but an array"),
+        (2, "feature 'b' is missing"),
+        (3, "feature 'a' is not a number: 'x'"),
+        (4, "feature 'a' is not finite: nan"),
+        (5, "feature 'a' is null"),
+        (6, "label 'y' cannot be learned by this model: [1]"),
+    ]
+    scaler = learner.state.models[None]["StandardScaler"]
+    assert scaler.counts["a"] == 2  # the bad events never reached the model
+
+
+def test_regressor_rejects_string_label():
+    learner = Learner(ModelConfig(pipeline=[{"linear_model.LinearRegression": {}}], metrics=["MAE"]), EventsConfig(target="y"))
+    with pytest.raises(EventError, match="label 'y' cannot be learned"):
+        learner.process({"x": 1.0, "y": "high"})
+    assert learner.state.events_learned == 0
+
+
+def test_delayed_labels_match_river_delay_semantics():
+    """Predictions are made when the question arrives; learning when the answer arrives."""
+    config, data = ModelConfig(pipeline=LOGREG, metrics=["Accuracy", "LogLoss"]), list(datasets.Phishing())
+    delay = 25
+    learner = Learner(config, EventsConfig(target="y", id="id", delayed_labels=DelayedLabelsConfig(max_pending=1000, ttl_seconds=1e9)))
+    stream = []
+    for i in range(len(data) + delay):
+        if i >= delay:  # as in river.stream.simulate_qa: the answer due at step i comes before question i
+            stream.append({"id": i - delay, "y": data[i - delay][1]})
+        if i < len(data):
+            stream.append({"id": i, **data[i][0]})
+    learner.process_many(stream)
+    from river import optim
+
+    expected = evaluate.progressive_val_score(
+        datasets.Phishing(), preprocessing.StandardScaler() | linear_model.LogisticRegression(optimizer=optim.SGD(0.1)),
+        metrics.Accuracy() + metrics.LogLoss(), delay=delay,
+    )  # fmt: skip
+    assert learner.metric_values() == {type(m).__name__: m.get() for m in expected}
+    assert learner.state.labels_joined == len(data) and not learner.state.pending
+
+
+def test_delayed_labels_are_bounded():
+    events = EventsConfig(target="y", id="id", time="t", delayed_labels=DelayedLabelsConfig(max_pending=3, ttl_seconds=10))
+    learner = Learner(ModelConfig(pipeline=LOGREG, metrics=["Accuracy"]), events)
+    for i in range(5):
+        learner.process({"id": i, "t": float(i), "a": 1.0})
+    assert list(learner.state.pending) == [2, 3, 4] and learner.state.labels_expired == 2
+    learner.process({"id": 99, "t": 12.5, "a": 1.0})  # ids 2 (expires at 12) leaves; 3 (13) stays
+    assert list(learner.state.pending) == [3, 4, 99] and learner.state.labels_expired == 3
+    with pytest.raises(EventError, match="time field 't'"):
+        learner.process({"id": 100, "t": [1], "a": 1.0})
+
+
+def test_drift_detection_is_reported():
+    config = ModelConfig(pipeline=LOGREG, metrics=["Accuracy"], drift=DriftConfig(detector="drift.ADWIN", params={"delta": 0.01}))
+    learner = Learner(config, EventsConfig(target="y"))
+    # the label flips half-way: a model that learned the first half is wrong on the second
+    events = [{"a": float(i % 2), "y": bool(i % 2) if i < 2000 else not bool(i % 2)} for i in range(4000)]
+    learner.process_many(events)
+    report = learner.report()
+    assert report["drifts_detected"] >= 1 and 2000 < report["last_drift_at"] < 2600
