@@ -1,5 +1,70 @@
-"""Placeholder: filled in by its issue."""
+"""``riverbeam checkpoints list|show URI``: what a checkpoint store holds."""
+
+from __future__ import annotations
+
+import json
 
 
 def register(subparsers) -> None:
-    pass
+    checkpoints = subparsers.add_parser("checkpoints", help="inspect checkpoints (local path, file:// or gs://)")
+    actions = checkpoints.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="list the checkpoints kept, newest first")
+    listing.add_argument("uri")
+    listing.set_defaults(handler=checkpoints_list)
+    show = actions.add_parser("show", help="show one checkpoint (default: the latest good one)")
+    show.add_argument("uri")
+    show.add_argument("--id", help="checkpoint id (default: latest)")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(handler=checkpoints_show)
+
+
+def _store(uri: str):
+    from online.checkpoints import CheckpointStore, signing_key_from_env
+
+    return CheckpointStore(uri, signing_key=signing_key_from_env("RIVERBEAM_CHECKPOINT_KEY"))
+
+
+def checkpoints_list(args) -> int:
+    manifests = _store(args.uri).list()
+    if not manifests:
+        print(f"no checkpoints at {args.uri}")
+        return 0
+    for manifest in manifests:
+        headline = next(iter(manifest.get("metrics", {}).items()), ("-", None))
+        print(f"{manifest['id']}  {manifest['created_at']}  events_seen={manifest['events_seen']}  {headline[0]}={headline[1]}")
+    return 0
+
+
+def checkpoint_summary(manifest: dict) -> dict:
+    """The documented JSON view of a checkpoint."""
+    return {
+        "id": manifest["id"],
+        "created_at": manifest["created_at"],
+        "events_seen": manifest["events_seen"],
+        "events_learned": manifest["events_learned"],
+        "positions": manifest["positions"],
+        "metrics": manifest["metrics"],
+        "model": manifest["model"],
+        "config_hash": manifest.get("config_hash"),
+        "versions": manifest.get("versions"),
+        "report": manifest.get("extra", {}).get("report"),
+    }
+
+
+def checkpoints_show(args) -> int:
+    from riverbeam.errors import RiverbeamError
+
+    store = _store(args.uri)
+    checkpoint = store.load(args.id) if args.id else store.load_latest()
+    if checkpoint is None:
+        raise RiverbeamError(f"no checkpoints at {args.uri}")
+    summary = checkpoint_summary(checkpoint.manifest)
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        for key in ("id", "created_at", "events_seen", "events_learned"):
+            print(f"{key}: {summary[key]}")
+        print("positions: " + json.dumps(summary["positions"]))
+        print("metrics: " + ", ".join(f"{k}={v}" for k, v in summary["metrics"].items()))
+        print("model:\n" + summary["model"])
+    return 0

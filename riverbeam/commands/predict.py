@@ -1,5 +1,32 @@
-"""Placeholder: filled in by its issue."""
+"""``riverbeam predict --checkpoint URI [--input FILE.jsonl | -]``: predictions from a checkpoint."""
+
+from __future__ import annotations
+
+import sys
 
 
 def register(subparsers) -> None:
-    pass
+    predict = subparsers.add_parser("predict", help="predict JSON lines with the model of a checkpoint (no learning)")
+    predict.add_argument("--checkpoint", required=True, help="checkpoint URI (local path, file:// or gs://)")
+    predict.add_argument("--id", help="checkpoint id (default: latest)")
+    predict.add_argument("--input", default="-", help="JSON lines file, or - for standard input (default)")
+    predict.set_defaults(handler=predict_command)
+
+
+def predict_command(args) -> int:
+    from online.checkpoints import CheckpointStore, signing_key_from_env
+    from online.predict import predict_lines
+    from riverbeam.errors import RiverbeamError, UsageError
+
+    store = CheckpointStore(args.checkpoint, signing_key=signing_key_from_env("RIVERBEAM_CHECKPOINT_KEY"))
+    checkpoint = store.load(args.id) if args.id else store.load_latest()
+    if checkpoint is None:
+        raise RiverbeamError(f"no checkpoints at {args.checkpoint}")
+    try:
+        source = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")
+    except OSError as error:
+        raise UsageError(f"--input {args.input}: {error.strerror}") from None
+    with source:
+        for line in predict_lines(checkpoint, (line for line in source if line.strip())):
+            sys.stdout.write(line + "\n")
+    return 0
