@@ -75,6 +75,7 @@ class CheckpointConfig(Section):
     every_events: int = pydantic.Field(default=10_000, gt=0)
     every_seconds: float = pydantic.Field(default=60.0, gt=0)
     keep: int = pydantic.Field(default=10, ge=1)
+    lease_seconds: float = pydantic.Field(default=30.0, gt=0)
     signing_key_env: str = "RIVERBEAM_CHECKPOINT_KEY"
 
 

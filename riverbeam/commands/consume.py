@@ -1,5 +1,27 @@
-"""Placeholder: filled in by its issue."""
+"""``riverbeam consume --config consumer.yaml``: the streaming consumer daemon."""
+
+from __future__ import annotations
+
+import json
 
 
 def register(subparsers) -> None:
-    pass
+    consume = subparsers.add_parser("consume", help="run the Kafka consumer daemon (learn online, checkpoint)")
+    consume.add_argument("--config", required=True, help="the daemon's YAML configuration")
+    consume.add_argument("--until-caught-up", action="store_true", help="stop (with a final checkpoint) once every partition reaches the end offset seen at start")
+    consume.add_argument("--progress", action="store_true", default=None, help="show the live progress line even when not on a terminal")
+    consume.set_defaults(handler=consume_command)
+
+
+def consume_command(args) -> int:
+    from online.config import ConsumeJobConfig
+    from online.daemon import run_daemon
+    from online.observability import configure_json_logging
+    from riverbeam.configuration import load_config
+
+    config = load_config(args.config, ConsumeJobConfig)
+    config.check_semantics()
+    configure_json_logging()
+    summary = run_daemon(config, until_caught_up=args.until_caught_up, progress=args.progress)
+    print(json.dumps({"summary": summary}, default=str))
+    return 0

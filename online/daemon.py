@@ -1,0 +1,427 @@
+"""The streaming consumer daemon: Kafka JSON events into the learner core, with exactly-once model state.
+
+``riverbeam consume --config consumer.yaml`` runs `run_daemon`. The unit of state is a
+`LearningUnit`: a learner, its checkpoint store and the next offset of each source partition it
+covers. Checkpoint positions are the truth; Kafka's committed offsets follow them (for lag
+monitoring only).
+
+* **Global model** (no ``events.key``): one unit over every partition of the topics, at the
+  checkpoint URI. One instance is active; it holds a lease in the checkpoint store
+  (`online.lease`) and reads all partitions by manual assignment. Other instances wait as
+  standby and take over from the last checkpoint when the lease expires. A single global model
+  cannot be split across instances without changing what it learns, hence active/standby.
+* **Keyed models** (``events.key``): one unit per source partition, at
+  ``<uri>/partitions/<topic>.<partition>``, holding the models of the keys seen on that partition
+  (produce events with the model key as the Kafka message key). Units move between instances
+  with the consumer group: on revoke a unit is checkpointed and committed before its partition is
+  given up; on assign it is restored. This scales out by partition.
+
+Per batch (never per event): decode with orjson, predict / score / learn, send dead letters and
+predictions (`online.outputs`: exactly once across crashes), update counters. A checkpoint is due
+every ``checkpoint.every_events`` events or ``every_seconds``: the producer is flushed and the
+learner serialised on the event loop, the upload runs on a background thread (one in flight:
+back-pressure), and the offsets are committed only once it is durable. After a kill -9 at any
+moment, a restart restores the last durable checkpoint and re-reads from its positions, so the
+final model equals an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+import orjson
+
+from riverbeam.errors import RiverbeamError
+from online.checkpoints import CheckpointStore, FencingError, signing_key_from_env
+from online.config import ConsumeJobConfig
+from online.kafka_clients import KafkaClientError, TopicPartition, make_consumer, make_producer
+from online.learner import Learner
+from online.lease import Lease, instance_id
+from online.observability import DaemonMetrics, HealthServer, ProgressLine
+from online.outputs import OutputWriter
+from online.persistence import checkpoint_fields, learning_extra, restore_learner
+
+log = logging.getLogger("riverbeam.daemon")
+
+
+class DaemonError(RiverbeamError):
+    """The daemon had to stop: it could not go on without losing or duplicating something."""
+
+
+def position_key(tp: TopicPartition) -> str:
+    return f"{tp[0]}/{tp[1]}"
+
+
+def parse_position_key(key: str) -> TopicPartition:
+    topic, partition = key.rsplit("/", 1)
+    return topic, int(partition)
+
+
+@dataclass
+class LearningUnit:
+    """A learner, where it checkpoints, and the next offset of each source partition it covers."""
+
+    name: str
+    store: CheckpointStore
+    learner: Learner
+    partitions: list[TopicPartition]
+    positions: dict[TopicPartition, int] = field(default_factory=dict)
+    since_checkpoint: int = 0
+    last_checkpoint: float = field(default_factory=time.monotonic)
+    pending: concurrent.futures.Future | None = None  # the checkpoint upload in flight
+    pending_positions: dict[TopicPartition, int] | None = None
+    restored_positions: dict[TopicPartition, int] | None = None  # positions of the last checkpoint written or read
+
+
+def load_transform(config):
+    """The fitted feature transform named by ``features.transform_output``, if any."""
+    if not config.features.transform_output:
+        return None
+    from transforms.fitted import FittedTransform
+
+    return FittedTransform.load(config.features.transform_output)
+
+
+class Daemon:
+    """One daemon instance; `run` returns a summary when it stops."""
+
+    def __init__(self, config: ConsumeJobConfig, until_caught_up: bool = False, progress: bool | None = None):
+        self.config = config
+        self.until_caught_up = until_caught_up
+        self.keyed = config.events.key is not None
+        self.lease_seconds = config.checkpoint.lease_seconds
+        self.metrics = DaemonMetrics()
+        self.progress = ProgressLine(progress)
+        self.transform = load_transform(config)
+        self.signing_key = signing_key_from_env(config.checkpoint.signing_key_env)
+        self.units: dict[str, LearningUnit] = {}
+        self.unit_of: dict[TopicPartition, LearningUnit] = {}
+        self.targets: dict[TopicPartition, int] = {}
+        self.needs_targets: set[TopicPartition] = set()
+        self.stopping = threading.Event()
+        self.uploader = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="riverbeam-checkpoint")
+        self.events_consumed = 0
+        self.events_learned = 0
+        self.events_rejected = 0
+        self.processing_seconds = 0.0
+        self.checkpoints_written = 0
+        self.consumer = None
+        self.producer = None
+        self.outputs: OutputWriter | None = None
+        self.lease: Lease | None = None
+        self.health: HealthServer | None = None
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    def _open_clients(self) -> None:
+        kafka = self.config.kafka
+        if kafka.dead_letter_topic or kafka.predictions_topic:
+            self.producer = make_producer(kafka)
+        self.outputs = OutputWriter(self.producer, kafka.dead_letter_topic, kafka.predictions_topic, scanner=lambda: make_consumer(kafka, group=False))
+        self.consumer = make_consumer(kafka, group=True)
+
+    def _store_for(self, name: str) -> CheckpointStore:
+        uri = self.config.checkpoint.uri.rstrip("/")
+        if name != "all":
+            uri = f"{uri}/partitions/{name}"
+        return CheckpointStore(uri, keep=self.config.checkpoint.keep, signing_key=self.signing_key)
+
+    def _restore_unit(self, name: str, partitions: list[TopicPartition]) -> LearningUnit:
+        store = self._store_for(name)
+        checkpoint = store.load_latest()
+        if checkpoint is None:
+            learner = Learner(self.config.model, self.config.events, transform=self.transform)
+            positions, outputs_since = {}, None
+        else:
+            learner = restore_learner(checkpoint, self.config.model, self.config.events, transform=self.transform)
+            positions = {parse_position_key(k): v for k, v in checkpoint.positions.items()}
+            outputs_since = checkpoint.manifest.get("extra", {}).get("outputs")
+        positions = {tp: positions.get(tp, 0) for tp in partitions}
+        self.outputs.restore(partitions, outputs_since)
+        unit = LearningUnit(name, store, learner, list(partitions), positions)
+        unit.restored_positions = dict(positions) if checkpoint is not None else None
+        self.units[name] = unit
+        for tp in partitions:
+            self.unit_of[tp] = unit
+            self.consumer.seek(tp, positions[tp])
+            self.needs_targets.add(tp)
+        log.info(
+            "restored" if checkpoint else "starting fresh",
+            extra={"fields": {"unit": name, "checkpoint": checkpoint.id if checkpoint else None, "events_seen": learner.state.events_seen, "positions": {position_key(tp): o for tp, o in positions.items()}}},
+        )
+        return unit
+
+    def _on_assign(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            if tp not in self.unit_of:
+                self._restore_unit(f"{tp[0]}.{tp[1]}", [tp])
+        self.metrics.ready = True
+
+    def _on_revoke(self, partitions: list[TopicPartition]) -> None:
+        for unit in {id(self.unit_of[tp]): self.unit_of[tp] for tp in partitions if tp in self.unit_of}.values():
+            self._checkpoint(unit, wait=True)
+            for tp in unit.partitions:
+                self.unit_of.pop(tp, None)
+                self.targets.pop(tp, None)
+                self.needs_targets.discard(tp)
+            self.units.pop(unit.name, None)
+        self.metrics.ready = bool(self.units)
+
+    def _start_global(self) -> None:
+        self.lease = Lease(self._store_for("all").store, instance_id(), ttl=self.lease_seconds)
+        waited = False
+        while not self.lease.try_acquire():
+            if not waited:
+                log.info("standby: another instance holds the lease for this global model", extra={"fields": {"uri": self.config.checkpoint.uri}})
+                waited = True
+            if self.stopping.wait(min(2.0, self.lease_seconds / 3)):
+                return
+        partitions = [(topic, p) for topic in self.config.kafka.source_topics for p in self.consumer.partitions_for(topic)]
+        self.consumer.assign(partitions)
+        self._restore_unit("all", partitions)
+        self.metrics.ready = True
+        self._lease_renewed = time.monotonic()
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def _collect(self, unit: LearningUnit, wait: bool) -> None:
+        """Finish the unit's upload in flight (if done, or `wait`): commit its offsets."""
+        if unit.pending is None or not (wait or unit.pending.done()):
+            return
+        future, positions = unit.pending, unit.pending_positions
+        unit.pending = unit.pending_positions = None
+        manifest, seconds = future.result()  # re-raises FencingError and storage errors
+        self.metrics.checkpoint_done(seconds)
+        self.checkpoints_written += 1
+        try:
+            self.consumer.commit(positions)
+        except KafkaClientError as error:  # the checkpoint is the truth; a failed commit only delays lag figures
+            log.warning("commit after checkpoint failed", extra={"fields": {"error": str(error)}})
+        log.info("checkpoint", extra={"fields": {"unit": unit.name, "id": manifest["id"], "events_seen": manifest["events_seen"], "seconds": round(seconds, 4)}})
+
+    def _checkpoint(self, unit: LearningUnit, wait: bool = False) -> None:
+        self._collect(unit, wait=True)  # back-pressure: one upload in flight per unit
+        if unit.since_checkpoint == 0 and unit.restored_positions == unit.positions:
+            return  # nothing new since the checkpoint this unit was restored from or last wrote
+        self.outputs.flush()
+        outputs_end = self.outputs.end_offsets() if self.outputs.topics else {}
+        started = time.perf_counter()
+        state = unit.learner.snapshot()
+        fields = checkpoint_fields(unit.learner)
+        extra = {**learning_extra(unit.learner), "outputs": outputs_end, "instance": self.lease.owner if self.lease else None}
+        positions = {position_key(tp): offset for tp, offset in unit.positions.items()}
+
+        def upload():
+            manifest = unit.store.save(state, positions=positions, extra=extra, **fields)
+            return manifest, time.perf_counter() - started
+
+        unit.pending = self.uploader.submit(upload)
+        unit.pending_positions = dict(unit.positions)
+        unit.restored_positions = dict(unit.positions)
+        unit.since_checkpoint = 0
+        unit.last_checkpoint = time.monotonic()
+        if wait:
+            self._collect(unit, wait=True)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def _decode(self, values: list) -> tuple[list, dict[int, str]]:
+        try:
+            return [orjson.loads(v) for v in values], {}
+        except (orjson.JSONDecodeError, TypeError):
+            pass
+        events, errors = [], {}
+        for index, value in enumerate(values):
+            try:
+                events.append(orjson.loads(value))
+            except orjson.JSONDecodeError as error:
+                events.append(None)
+                errors[index] = f"not JSON: {error}"
+            except TypeError:
+                events.append(None)
+                errors[index] = "record has no value"
+        return events, errors
+
+    def _process(self, batch) -> None:
+        tp = batch.partition
+        unit = self.unit_of.get(tp)
+        if unit is None:  # fetched before a revoke; the next owner reads it again
+            return
+        values = batch.values
+        events, decode_errors = self._decode(values)
+        rejected: list = []
+        outcomes = [] if self.outputs.predictions_topic else None
+        learner = unit.learner
+        learned = learner.process_many(events, on_error=lambda i, e: rejected.append((i, str(e))), predictions=outcomes)
+        if rejected or outcomes:
+            offsets = batch.offsets
+            for index, reason in rejected:
+                self.outputs.dead_letter(tp, offsets[index], values[index], decode_errors.get(index, reason))
+            if outcomes:
+                self.outputs.predictions(tp, offsets, outcomes)
+        count = len(values)
+        unit.positions[tp] = batch.next_offset
+        unit.since_checkpoint += count
+        self.events_consumed += count
+        self.events_learned += learned
+        self.events_rejected += len(rejected)
+
+    def _caught_up(self) -> bool:
+        """Every partition has reached the end offset seen at start (or at its assignment).
+
+        On Tansu, ListOffsets(latest) can fall short by one producer batch; the high watermark of
+        the first fetch is exact, so the target is the larger of the two (end offsets alone after
+        3 s without a fetch answer for that partition).
+        """
+        if self.needs_targets:
+            marks = self.consumer.high_watermarks()
+            now = time.monotonic()
+            self._targets_since = getattr(self, "_targets_since", now)
+            ready = [tp for tp in self.needs_targets if tp in marks or now - self._targets_since > 3.0]
+            if ready:
+                ends = self.consumer.end_offsets(sorted(ready))
+                for tp in ready:
+                    self.targets[tp] = max(ends.get(tp, 0), marks.get(tp, 0))
+                    self.needs_targets.discard(tp)
+            if self.needs_targets:
+                return False
+        if not self.units:
+            return False
+        return all(unit.positions[tp] >= self.targets.get(tp, 0) for tp, unit in self.unit_of.items())
+
+    def _report_progress(self, started: float, last: list) -> None:
+        now = time.monotonic()
+        if now - last[0] < 1.0:
+            return
+        rate = (self.events_consumed - last[1]) / (now - last[0])
+        last[0], last[1] = now, self.events_consumed
+        self.metrics.throughput.set(rate)
+        marks = self.consumer.high_watermarks()
+        for tp, unit in self.unit_of.items():
+            if tp in marks:
+                self.metrics.lag.labels(tp[0], str(tp[1])).set(max(0, marks[tp] - unit.positions[tp]))
+        for unit in self.units.values():
+            for name, value in unit.learner.metric_values().items():
+                if value is not None:
+                    self.metrics.model_metric.labels(unit.name, name).set(value)
+        headline = ""
+        if self.units:
+            unit = next(iter(self.units.values()))
+            name, value = unit.learner.headline()
+            headline = f" | {name} {value:.4f}" if isinstance(value, float) else ""
+        self.progress.update(f"riverbeam: {self.events_consumed:,} events | {rate:,.0f}/s | learned {self.events_learned:,} | rejected {self.events_rejected:,}{headline}")
+
+    def run(self) -> dict:
+        """Consume until stopped (signal, `until_caught_up`, or a fatal error); return a summary."""
+        started = time.monotonic()
+        self._open_clients()
+        port = self.config.metrics.port
+        if port is not None:
+            self.health = HealthServer(self.metrics, self.config.metrics.host, port)
+        try:
+            if self.keyed:
+                self.consumer.subscribe(self.config.kafka.source_topics, self._on_assign, self._on_revoke)
+            else:
+                self._start_global()
+            self._loop(started)
+            for unit in list(self.units.values()):
+                self._checkpoint(unit, wait=True)
+            if self.lease is not None:
+                self.lease.release()
+        finally:
+            self.progress.close()
+            self._close()
+        summary = self.summary(time.monotonic() - started)
+        log.info("stopped", extra={"fields": summary})
+        return summary
+
+    def _loop(self, started: float) -> None:
+        kafka = self.config.kafka
+        every_events = self.config.checkpoint.every_events
+        every_seconds = self.config.checkpoint.every_seconds
+        poll_timeout = kafka.poll_timeout_ms / 1000
+        progress = [time.monotonic(), 0]
+        renew_every = self.lease_seconds / 3
+        clock = time.perf_counter
+        while not self.stopping.is_set():
+            batches = self.consumer.poll_batches(poll_timeout, kafka.poll_max_records)
+            if batches:
+                begin = clock()
+                for batch in batches:
+                    self._process(batch)
+                self.processing_seconds += clock() - begin
+                self.metrics.consumed.inc(sum(len(b.records) for b in batches))
+            now = time.monotonic()
+            for unit in list(self.units.values()):
+                self._collect(unit, wait=False)
+                if unit.since_checkpoint >= every_events or (unit.since_checkpoint and now - unit.last_checkpoint >= every_seconds):
+                    self._checkpoint(unit)
+            if self.lease is not None and now - self._lease_renewed >= renew_every:
+                if not self.lease.renew():
+                    raise FencingError("this instance lost its lease on the global model to another instance; stopping")
+                self._lease_renewed = now
+            self._sync_counters()
+            self._report_progress(started, progress)
+            if self.until_caught_up and not batches and self._caught_up():
+                break
+
+    def _sync_counters(self) -> None:
+        metrics = self.metrics
+        learned_delta = self.events_learned - getattr(self, "_learned_reported", 0)
+        rejected_delta = self.events_rejected - getattr(self, "_rejected_reported", 0)
+        if learned_delta:
+            metrics.learned.inc(learned_delta)
+        if rejected_delta:
+            metrics.dead_lettered.inc(rejected_delta)
+        self._learned_reported, self._rejected_reported = self.events_learned, self.events_rejected
+
+    def _close(self) -> None:
+        for closer in (
+            lambda: self.uploader.shutdown(wait=True),
+            lambda: self.outputs and self.outputs.close(),
+            lambda: self.producer and self.producer.close(),
+            lambda: self.consumer and self.consumer.close(),
+            lambda: self.health and self.health.close(),
+        ):
+            try:
+                closer()
+            except Exception as error:  # closing must not hide the real outcome
+                log.warning("error while closing", extra={"fields": {"error": str(error)}})
+
+    def summary(self, seconds: float) -> dict:
+        units = {
+            name: {**unit.learner.report(), "positions": {position_key(tp): o for tp, o in unit.positions.items()}}
+            for name, unit in self.units.items()
+        }
+        return {
+            "events_consumed": self.events_consumed,
+            "events_learned": self.events_learned,
+            "events_rejected": self.events_rejected,
+            "checkpoints_written": self.checkpoints_written,
+            "outputs_skipped_as_already_written": self.outputs.skipped if self.outputs else 0,
+            "processing_seconds": round(self.processing_seconds, 4),
+            "seconds": round(seconds, 4),
+            "events_per_second": round(self.events_consumed / self.processing_seconds) if self.processing_seconds else None,
+            "checkpoint_uri": self.config.checkpoint.uri,
+            "units": units,
+        }
+
+    def request_stop(self, *_args) -> None:
+        """Finish the current batch, write a final checkpoint, commit and return (SIGTERM, SIGINT)."""
+        self.stopping.set()
+
+
+def run_daemon(config: ConsumeJobConfig, until_caught_up: bool = False, progress: bool | None = None) -> dict:
+    """Run the daemon in this process with SIGTERM/SIGINT handled gracefully; return its summary."""
+    daemon = Daemon(config, until_caught_up=until_caught_up, progress=progress)
+    previous = {sig: signal.signal(sig, daemon.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return daemon.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,205 @@
+"""Dead-letter and prediction records, written exactly once across crashes.
+
+Every output record carries its source position in the header ``riverbeam-source``
+(``topic/partition/offset``) and is keyed by its source partition, so the outputs of one source
+partition stay in order in one output partition. A checkpoint records the output topics' end
+offsets after the producer was flushed. On restore, `OutputWriter.restore` reads the output
+topics from those offsets to their end and finds, per source partition, the highest source
+offset already written; re-processing the events after the checkpoint then skips emitting up to
+it. Result: after any crash and restart, each expected dead-letter and prediction record is in
+its topic exactly once, and none is missing.
+
+Limits: the guarantee holds for one writer per source partition (the daemon's own fencing and
+group protocol give that) and needs the producer's idempotence (on by default) so that retries
+do not duplicate or reorder records; records written by anything other than riverbeam into the
+output topics are ignored by the scan.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import logging
+import time
+from typing import Callable
+
+import orjson
+
+from online.kafka_clients import EventConsumer, EventProducer, KafkaClientError, TopicPartition
+
+log = logging.getLogger(__name__)
+
+SOURCE_HEADER = "riverbeam-source"
+
+
+def source_header(topic: str, partition: int, offset: int) -> bytes:
+    return f"{topic}/{partition}/{offset}".encode()
+
+
+def parse_source_header(value: bytes) -> tuple[TopicPartition, int] | None:
+    """``b"events/0/42"`` → ``(("events", 0), 42)``; None if it is not one of ours.
+
+    >>> parse_source_header(b"events/0/42")
+    (('events', 0), 42)
+    """
+    try:
+        topic, partition, offset = value.decode().rsplit("/", 2)
+        return (topic, int(partition)), int(offset)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def dead_letter_record(tp: TopicPartition, offset: int, value: bytes | None, reason: str) -> bytes:
+    """The JSON value of a dead-letter record: where the event came from, why, when, and its exact bytes."""
+    record = {
+        "reason": reason,
+        "topic": tp[0],
+        "partition": tp[1],
+        "offset": offset,
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
+        "value_base64": base64.b64encode(value).decode() if value is not None else None,
+    }
+    try:
+        record["value"] = value.decode() if value is not None else None
+    except UnicodeDecodeError:
+        record["value"] = None
+    return orjson.dumps(record)
+
+
+class OutputWriter:
+    """Writes dead letters and predictions for the daemon, skipping what an earlier run already wrote."""
+
+    def __init__(self, producer: EventProducer | None, dead_letter_topic: str | None, predictions_topic: str | None, scanner: Callable[[], EventConsumer]):
+        self.producer = producer
+        self.dead_letter_topic = dead_letter_topic
+        self.predictions_topic = predictions_topic
+        self.topics = [t for t in (dead_letter_topic, predictions_topic) if t]
+        self._scanner_factory = scanner
+        self._scanner: EventConsumer | None = None
+        self.written_through: dict[tuple[str, TopicPartition], int] = {}  # (output topic, source tp) -> source offset
+        self.skipped = 0
+        self._partitions_of: dict[str, list[TopicPartition]] = {}  # output topics known to exist
+        self._sent: set[str] = set()  # output topics written by this process
+
+    @property
+    def scanner(self) -> EventConsumer:
+        if self._scanner is None:
+            self._scanner = self._scanner_factory()
+        return self._scanner
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def _already_written(self, topic: str, tp: TopicPartition, offset: int) -> bool:
+        through = self.written_through.get((topic, tp))
+        if through is not None and offset <= through:
+            self.skipped += 1
+            return True
+        return False
+
+    def dead_letter(self, tp: TopicPartition, offset: int, value: bytes | None, reason: str) -> None:
+        if self.dead_letter_topic is None:
+            log.warning("rejected event (no dead_letter_topic set)", extra={"fields": {"topic": tp[0], "partition": tp[1], "offset": offset, "reason": reason}})
+            return
+        if self._already_written(self.dead_letter_topic, tp, offset):
+            return
+        self._sent.add(self.dead_letter_topic)
+        self.producer.send(
+            self.dead_letter_topic, dead_letter_record(tp, offset, value, reason),
+            key=f"{tp[0]}/{tp[1]}".encode(), headers=[(SOURCE_HEADER, source_header(tp[0], tp[1], offset))],
+        )  # fmt: skip
+
+    def predictions(self, tp: TopicPartition, offsets: list[int], outcomes: list) -> None:
+        """Write one prediction record per ``(index, Prediction)`` in `outcomes`; `offsets[index]` is its source offset."""
+        topic = self.predictions_topic
+        if topic is None:
+            return
+        key = f"{tp[0]}/{tp[1]}".encode()
+        send = self.producer.send
+        through = self.written_through.get((topic, tp), -1)
+        self._sent.add(topic)
+        for index, outcome in outcomes:
+            offset = offsets[index]
+            if offset <= through:
+                self.skipped += 1
+                continue
+            record = {"topic": tp[0], "partition": tp[1], "offset": offset, "key": outcome.key, "prediction": outcome.label(), "label": outcome.y_true}
+            if isinstance(outcome.y_pred, dict):
+                record["probabilities"] = {str(k): v for k, v in outcome.y_pred.items()}
+            send(topic, orjson.dumps(record, default=str), key=key, headers=[(SOURCE_HEADER, source_header(tp[0], tp[1], offset))])
+
+    def flush(self) -> None:
+        """Make every record sent so far durable, or raise `KafkaClientError` (the daemon then stops)."""
+        if self.producer is not None:
+            self.producer.flush()
+
+    # -- exactly-once bookkeeping -----------------------------------------------------------
+
+    def _partitions(self, topic: str) -> list[TopicPartition]:
+        """The topic's partitions, cached once known; [] while it does not exist (nothing was written)."""
+        known = self._partitions_of.get(topic)
+        if known:
+            return known
+        try:
+            known = [(topic, p) for p in self.scanner.partitions_for(topic, timeout_s=2 if known is None else 10)]
+        except KafkaClientError:
+            known = []
+        self._partitions_of[topic] = known
+        return known
+
+    def end_offsets(self) -> dict[str, int]:
+        """``{"topic/partition": end offset}`` of the output topics (recorded in each checkpoint)."""
+        tps = [tp for topic in self.topics if topic in self._sent or self._partitions_of.get(topic) for tp in self._partitions(topic)]
+        if not tps:
+            return {}
+        return {f"{t}/{p}": offset for (t, p), offset in self.scanner.end_offsets(tps).items()}
+
+    def restore(self, sources: list[TopicPartition], since: dict[str, int] | None) -> None:
+        """Find what was already written for `sources` since the output offsets `since` (None: from the start)."""
+        since = since or {}
+        wanted = set(sources)
+        for topic in self.topics:
+            for key in [k for k in self.written_through if k[1] in wanted and k[0] == topic]:
+                del self.written_through[key]
+            tps = self._partitions(topic)
+            if not tps:
+                continue
+            start = {tp: since.get(f"{tp[0]}/{tp[1]}", 0) for tp in tps}
+            found = self._scan(tps, start, wanted)
+            for tp, offset in found.items():
+                self.written_through[(topic, tp)] = offset
+        if self.written_through:
+            log.info("outputs already written before the restart will be skipped", extra={"fields": {"through": {f"{o}:{t}/{p}": v for (o, (t, p)), v in self.written_through.items()}}})
+
+    def _scan(self, tps: list[TopicPartition], start: dict[TopicPartition, int], wanted: set[TopicPartition]) -> dict[TopicPartition, int]:
+        scanner = self.scanner
+        ends = scanner.end_offsets(tps)
+        remaining = {tp for tp in tps if ends.get(tp, 0) > start[tp]}
+        if not remaining:
+            return {}
+        scanner.assign(sorted(remaining))
+        for tp in remaining:
+            scanner.seek(tp, start[tp])
+        found: dict[TopicPartition, int] = {}
+        position = dict(start)
+        idle_deadline = time.monotonic() + 10
+        while remaining and time.monotonic() < idle_deadline:
+            batches = scanner.poll_batches(0.5, 5000)
+            for batch in batches:
+                idle_deadline = time.monotonic() + 10
+                for record in batch.records:
+                    for name, value in record.headers:
+                        if name == SOURCE_HEADER:
+                            parsed = parse_source_header(value)
+                            if parsed is not None and parsed[0] in wanted and parsed[1] > found.get(parsed[0], -1):
+                                found[parsed[0]] = parsed[1]
+                position[batch.partition] = batch.next_offset
+            marks = scanner.high_watermarks()
+            remaining = {tp for tp in remaining if position[tp] < max(ends.get(tp, 0), marks.get(tp, 0))}
+        if remaining:
+            raise KafkaClientError(f"could not read the output topics to their end ({sorted(remaining)}); refusing to risk duplicate outputs")
+        return found
+
+    def close(self) -> None:
+        if self._scanner is not None:
+            self._scanner.close()
+            self._scanner = None
