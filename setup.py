@@ -24,6 +24,7 @@ BASE = [
     "prometheus-client>=0.20",
     "tqdm>=4.66",
     "pyarrow>=14",
+    "pyfarmhash>=0.4",  # tft.hash_strings' FarmHash fingerprint, for fitted transforms online
 ]
 BEAM = [
     "apache-beam[gcp]>=2.77,<2.78",
@@ -51,7 +52,6 @@ setup(
         "local": LOCAL,
         "reports": REPORTS,
         "dev": DEV,
-        "bench": ["bytewax>=0.21", "quixstreams>=3"],
     },
     entry_points={"console_scripts": ["riverbeam=riverbeam.cli:main"]},
 )

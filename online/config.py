@@ -142,6 +142,7 @@ class ReplayJobConfig(Section):
     events: EventsConfig = EventsConfig()
     features: FeaturesConfig = FeaturesConfig()
     checkpoint: CheckpointConfig | None = None
+    search: dict[str, Any] | None = None  # hyperparameter search; validated by online.replay.SearchConfig
 
     @pydantic.model_validator(mode="after")
     def _one_model_setting(self) -> "ReplayJobConfig":

@@ -40,6 +40,7 @@ from riverbeam.errors import RiverbeamError
 from online.checkpoints import CheckpointStore, FencingError, signing_key_from_env
 from online.config import ConsumeJobConfig
 from online.kafka_clients import KafkaClientError, TopicPartition, make_consumer, make_producer
+from online.events import load_feature_transform
 from online.learner import Learner
 from online.lease import Lease, instance_id
 from online.observability import DaemonMetrics, HealthServer, ProgressLine
@@ -78,15 +79,6 @@ class LearningUnit:
     restored_positions: dict[TopicPartition, int] | None = None  # positions of the last checkpoint written or read
 
 
-def load_transform(config):
-    """The fitted feature transform named by ``features.transform_output``, if any."""
-    if not config.features.transform_output:
-        return None
-    from transforms.fitted import FittedTransform
-
-    return FittedTransform.load(config.features.transform_output)
-
-
 class Daemon:
     """One daemon instance; `run` returns a summary when it stops."""
 
@@ -97,7 +89,7 @@ class Daemon:
         self.lease_seconds = config.checkpoint.lease_seconds
         self.metrics = DaemonMetrics()
         self.progress = ProgressLine(progress)
-        self.transform = load_transform(config)
+        self.transform = load_feature_transform(config.features)
         self.signing_key = signing_key_from_env(config.checkpoint.signing_key_env)
         self.units: dict[str, LearningUnit] = {}
         self.unit_of: dict[TopicPartition, LearningUnit] = {}
@@ -109,6 +101,8 @@ class Daemon:
         self.events_learned = 0
         self.events_rejected = 0
         self.processing_seconds = 0.0
+        self.first_event_at: float | None = None
+        self.last_event_at: float | None = None
         self.checkpoints_written = 0
         self.consumer = None
         self.producer = None
@@ -331,12 +325,12 @@ class Daemon:
             self._loop(started)
             for unit in list(self.units.values()):
                 self._checkpoint(unit, wait=True)
+            summary = self.summary(time.monotonic() - started)  # before close() revokes the units
             if self.lease is not None:
                 self.lease.release()
         finally:
             self.progress.close()
             self._close()
-        summary = self.summary(time.monotonic() - started)
         log.info("stopped", extra={"fields": summary})
         return summary
 
@@ -352,9 +346,12 @@ class Daemon:
             batches = self.consumer.poll_batches(poll_timeout, kafka.poll_max_records)
             if batches:
                 begin = clock()
+                if self.first_event_at is None:
+                    self.first_event_at = time.time()
                 for batch in batches:
                     self._process(batch)
                 self.processing_seconds += clock() - begin
+                self.last_event_at = time.time()
                 self.metrics.consumed.inc(sum(len(b.records) for b in batches))
             now = time.monotonic()
             for unit in list(self.units.values()):
@@ -405,6 +402,8 @@ class Daemon:
             "checkpoints_written": self.checkpoints_written,
             "outputs_skipped_as_already_written": self.outputs.skipped if self.outputs else 0,
             "processing_seconds": round(self.processing_seconds, 4),
+            "first_event_at": self.first_event_at,
+            "first_event_to_last_seconds": round(self.last_event_at - self.first_event_at, 4) if self.first_event_at else None,
             "seconds": round(seconds, 4),
             "events_per_second": round(self.events_consumed / self.processing_seconds) if self.processing_seconds else None,
             "checkpoint_uri": self.config.checkpoint.uri,
@@ -416,9 +415,15 @@ class Daemon:
         self.stopping.set()
 
 
-def run_daemon(config: ConsumeJobConfig, until_caught_up: bool = False, progress: bool | None = None) -> dict:
-    """Run the daemon in this process with SIGTERM/SIGINT handled gracefully; return its summary."""
+def run_daemon(config: ConsumeJobConfig, until_caught_up: bool = False, progress: bool | None = None, stop: threading.Event | None = None) -> dict:
+    """Run the daemon in this process with SIGTERM/SIGINT handled gracefully; return its summary.
+
+    `stop` is an event the caller may already have wired to signals (set before the daemon
+    starts, it makes the daemon stop right after restoring).
+    """
     daemon = Daemon(config, until_caught_up=until_caught_up, progress=progress)
+    if stop is not None:
+        daemon.stopping = stop
     previous = {sig: signal.signal(sig, daemon.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         return daemon.run()

@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from riverbeam.errors import ConfigError, RiverbeamError
+
 _NUMBER_TYPES = frozenset((int, float, bool))
 _LABEL_TYPES = {"class": (str, int, bool), "number": (int, float)}
 
@@ -74,7 +76,7 @@ class EventReader:
         if self.transform is not None:
             try:
                 x = self.transform(x)
-            except (KeyError, TypeError, ValueError) as error:
+            except (KeyError, TypeError, ValueError, RiverbeamError) as error:
                 raise EventError(f"feature transform failed: {error}") from None
         values = x.values()
         if not _NUMBER_TYPES.issuperset(map(type, values)):
@@ -108,3 +110,17 @@ def _json_type(value: Any) -> str:
     return {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean", type(None): "null"}.get(
         type(value), type(value).__name__
     )
+
+
+def load_feature_transform(features) -> Any:
+    """The fitted transform named by ``features.transform_output`` (`online.config.FeaturesConfig`), or None.
+
+    It is applied to every event's features before the model sees them (see `EventReader`).
+    """
+    if not features.transform_output:
+        return None
+    try:
+        from transforms.fitted import FittedTransform
+    except ImportError as error:
+        raise ConfigError("features.transform_output", f"fitted feature transforms are not available: {error}") from None
+    return FittedTransform.load(features.transform_output).apply

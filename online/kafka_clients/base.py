@@ -152,14 +152,17 @@ class Batch(NamedTuple):
 class EventConsumer(Protocol):
     """A Kafka consumer with manual commits, as the daemon uses it (both clients behave the same).
 
-    Rebalance callbacks (`subscribe`) run inside `poll_batches` (and inside `close` when
-    partitions are held). Inside a callback you may call `seek`, `assignment`,
-    `high_watermarks` and `commit`; `commit` there is synchronous as far as the caller is
-    concerned: with kafka-python it is sent when the callback returns, before the rebalance
-    goes on (kafka-python 3 refuses blocking calls on its IO thread); it fails the
-    `poll_batches`/`close` call that ran the callback if the broker rejects it. `committed`,
-    `end_offsets`, `partitions_for` and `poll_batches` raise `KafkaClientError` inside a
-    callback: do that work after the poll returns.
+    Rebalance callbacks (`subscribe`) run while `poll_batches` (or `close`, when partitions
+    are held) blocks, and `on_revoke` runs before the partitions are given up. Inside a
+    callback you may call `seek` (applied before fetching starts), `assignment`,
+    `high_watermarks` and `commit` (synchronous: it raises `KafkaClientError` right there if
+    the broker rejects it, e.g. Tansu refusing commits once a rebalance is under way).
+    `committed`, `end_offsets`, `partitions_for` and `poll_batches` raise `KafkaClientError`
+    inside a callback: do that work after the poll returns. When membership was lost (session
+    expired), `on_revoke` is called for the lost partitions and a `commit` inside it is skipped
+    with a warning. An exception raised by a callback comes out of the `poll_batches` or
+    `close` call that ran it, unchanged. kafka-python runs callbacks on a worker thread (its IO
+    thread refuses blocking calls), confluent-kafka on the polling thread.
     """
 
     def subscribe(self, topics: list[str], on_assign: PartitionsCallback, on_revoke: PartitionsCallback) -> None:
@@ -217,6 +220,7 @@ class ConsumerState:
     def __init__(self, group: bool):
         self._group = group
         self._in_callback = False
+        self._losing = False  # inside a callback for partitions lost to an expired membership: commits are skipped
         self._callback_error: BaseException | None = None
         self._on_assign: PartitionsCallback | None = None
         self._on_revoke: PartitionsCallback | None = None
@@ -229,15 +233,25 @@ class ConsumerState:
         if self._in_callback:
             raise KafkaClientError(f"{operation} cannot run inside a rebalance callback: do it after poll_batches returns")
 
-    def _run_callback(self, callback: PartitionsCallback | None, partitions: Iterable) -> None:
-        """Run a user callback with sorted plain tuples; keep its exception for the caller of poll."""
-        if callback is None or self._callback_error is not None:
-            return
+    def _run_callback(self, callback: PartitionsCallback | None, partitions: Iterable, revoking: bool = False) -> bool:
+        """Run a user callback with sorted plain tuples; keep its exception for the caller of poll.
+
+        Returns whether it succeeded. The client's own callback machinery never sees the
+        exception: `poll_batches` or `close` re-raises it unchanged once the client returns.
+        A revocation of nothing (kafka-python's first join) is not reported.
+        """
+        partitions = list(partitions)
+        if callback is None or (revoking and not partitions):
+            return True
+        if self._callback_error is not None:
+            return False
         self._in_callback = True
         try:
             callback(sorted((tp[0], tp[1]) for tp in partitions))
-        except BaseException as error:  # re-raised from poll_batches/close, unchanged
+            return True
+        except BaseException as error:
             self._callback_error = error
+            return False
         finally:
             self._in_callback = False
 
@@ -247,8 +261,8 @@ class ConsumerState:
             raise error
 
 
-def check_options(options: dict[str, Any], *, known: Iterable[str], managed: dict[str, str], section: str, client: str) -> None:
-    """Reject options the client does not know and options riverbeam sets itself.
+def check_options(options: dict[str, Any], *, known: Iterable[str] | None, managed: dict[str, str], section: str, client: str) -> None:
+    """Reject options riverbeam sets itself and, when `known` is given, options the client does not know.
 
     `managed` maps an option to the reason it may not be set. Raises `ConfigError` naming
     ``kafka.<section>.<key>``.
@@ -258,12 +272,12 @@ def check_options(options: dict[str, Any], *, known: Iterable[str], managed: dic
     ...
     riverbeam.errors.ConfigError: kafka.consumer.session_timout_ms: unknown option for kafka-python (did you mean session_timeout_ms?)
     """
-    known = list(known)
+    known = None if known is None else set(known)
     for key in options:
         path = f"kafka.{section}.{key}"
         if key in managed:
             raise ConfigError(path, managed[key])
-        if key not in known:
+        if known is not None and key not in known:
             raise ConfigError(path, unknown_option_message(key, known, client))
 
 

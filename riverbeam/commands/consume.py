@@ -14,6 +14,13 @@ def register(subparsers) -> None:
 
 
 def consume_command(args) -> int:
+    import signal
+    import threading
+
+    stop = threading.Event()  # SIGTERM/SIGINT from here on: finish the batch, checkpoint, commit, exit 0
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+
     from online.config import ConsumeJobConfig
     from online.daemon import run_daemon
     from online.observability import configure_json_logging
@@ -22,6 +29,6 @@ def consume_command(args) -> int:
     config = load_config(args.config, ConsumeJobConfig)
     config.check_semantics()
     configure_json_logging()
-    summary = run_daemon(config, until_caught_up=args.until_caught_up, progress=args.progress)
+    summary = run_daemon(config, until_caught_up=args.until_caught_up, progress=args.progress, stop=stop)
     print(json.dumps({"summary": summary}, default=str))
     return 0

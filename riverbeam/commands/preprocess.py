@@ -1,5 +1,52 @@
-"""Placeholder: filled in by its issue."""
+"""``riverbeam preprocess --config FILE [Beam flags...]``: the batch preprocessing job.
+
+Unknown arguments go to Beam unchanged (``--runner=DataflowRunner --project=...``); without
+``--runner`` the job runs locally on the download-free ``FnApiRunner``. The code behind it is
+`pipelines.preprocess.run`.
+"""
+
+from __future__ import annotations
+
+import json
 
 
 def register(subparsers) -> None:
-    pass
+    parser = subparsers.add_parser(
+        "preprocess",
+        help="analyse and transform historical data with tensorflow-transform on Beam",
+        description=(
+            "Analyse and transform files with tensorflow-transform; write the transformed data, the "
+            "TFTransformOutput and fitted_transforms.json (for features.transform_output online). "
+            "Other arguments are Beam pipeline flags, e.g. --runner=DataflowRunner --project=P."
+        ),
+    )
+    parser.add_argument("--config", required=True, help="the preprocess job's YAML file (local or gs://)")
+    parser.set_defaults(handler=preprocess, beam_args=[])
+    parser.__class__ = _with_beam_flags(type(parser))
+
+
+def _with_beam_flags(parser_class: type) -> type:
+    """The parser class, keeping the arguments it does not know as ``beam_args`` (for Beam)."""
+
+    class BeamFlagsParser(parser_class):
+        def parse_known_args(self, args=None, namespace=None):
+            namespace, unknown = super().parse_known_args(args, namespace)
+            namespace.beam_args = list(getattr(namespace, "beam_args", None) or []) + list(unknown)
+            return namespace, []
+
+    return BeamFlagsParser
+
+
+def preprocess(args) -> int:
+    from riverbeam.configuration import parse_config, read_yaml
+
+    # validate the configuration before paying for TensorFlow's import (a local file only)
+    if not args.config.startswith("gs://"):
+        from transforms.config import PreprocessJobConfig
+
+        parse_config(read_yaml(args.config), PreprocessJobConfig, source=args.config)
+    from pipelines.preprocess import run
+
+    summary = run(["--config", args.config, *[a for a in args.beam_args if a != "--"]])
+    print(json.dumps(summary))
+    return 0

@@ -1,0 +1,323 @@
+"""The kafka-python (pure Python, the default) implementation of `EventConsumer` and `EventProducer`.
+
+kafka-python 3 runs rebalance listeners on its IO thread and refuses blocking calls there
+(a commit, an offset look-up). The listener below is asynchronous: it runs the caller's
+callback on a short-lived worker thread and awaits it, so the IO loop stays free and a
+synchronous `commit` inside ``on_revoke`` goes out and is confirmed before the partitions are
+given up, exactly as with confluent-kafka. The thread that called `poll_batches` (or `close`)
+is blocked meanwhile, so the callback never races the caller's own code.
+
+Record parsing is pure Python; CRC checks use the ``crc32c`` C extension when it is
+installed (`native_crc32c`), about four times faster than kafka-python's fallback.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka import TopicPartition as KafkaTopicPartition
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+from kafka.errors import KafkaConfigurationError, KafkaError
+from kafka.future import Future
+from kafka.structs import MemberState, OffsetAndMetadata
+
+from online.kafka_clients.base import (
+    Batch,
+    ConsumerState,
+    KafkaClientError,
+    PartitionsCallback,
+    Record,
+    RecordSequence,
+    TopicPartition,
+    check_options,
+)
+from riverbeam.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CLIENT = "kafka-python"
+CONSUMER_MANAGED = {
+    "bootstrap_servers": "set kafka.bootstrap_servers instead",
+    "group_id": "set kafka.group_id instead",
+    "enable_auto_commit": "riverbeam commits offsets itself, after each durable checkpoint: auto commit is always off",
+    "key_deserializer": "riverbeam reads raw bytes",
+    "value_deserializer": "riverbeam reads raw bytes",
+}
+CONSUMER_DEFAULTS = {"auto_offset_reset": "earliest", "allow_auto_create_topics": False}
+PRODUCER_MANAGED = {
+    "bootstrap_servers": "set kafka.bootstrap_servers instead",
+    "acks": "riverbeam always produces with acks=all",
+    "enable_idempotence": "riverbeam always produces idempotently",
+    "key_serializer": "riverbeam sends raw bytes",
+    "value_serializer": "riverbeam sends raw bytes",
+}
+
+
+def native_crc32c() -> bool:
+    """Whether kafka-python checks record CRCs with the ``crc32c`` C extension (else pure Python).
+
+    kafka-python binds the implementation when `kafka.record.util` is imported: ``crc32c``
+    must be installed before the process starts.
+    """
+    from kafka.record import util
+
+    return util.calc_crc32c.__defaults__[0] is not util.crc32c_py
+
+
+def _ktp(tp: TopicPartition) -> KafkaTopicPartition:
+    return KafkaTopicPartition(tp[0], tp[1])
+
+
+def _build_client(options: dict[str, Any], section: str, build):
+    try:
+        return build()
+    except (KafkaConfigurationError, AssertionError, TypeError, ValueError) as error:
+        raise ConfigError(f"kafka.{section}", f"kafka-python rejects the options: {error}") from None
+    except KafkaError as error:
+        raise KafkaClientError(f"kafka-python: cannot connect to {options.get('bootstrap_servers')}: {error!r}") from None
+
+
+class KafkaPythonRecords(RecordSequence):
+    """Records of one partition held as kafka-python ``ConsumerRecord`` tuples."""
+
+    __slots__ = ()
+
+    def _build(self) -> list[Record]:
+        return [
+            Record(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp, tuple(r.headers) if r.headers else ())
+            for r in self._native
+        ]
+
+    def values(self) -> list[bytes | None]:
+        return [r.value for r in self._native]
+
+    def offsets(self) -> list[int]:
+        return [r.offset for r in self._native]
+
+    def first_offset(self) -> int:
+        return self._native[0].offset
+
+    def last_offset(self) -> int:
+        return self._native[-1].offset
+
+
+class _RebalanceListener(AsyncConsumerRebalanceListener):
+    """Runs the caller's callbacks on a worker thread while kafka-python's IO loop keeps going."""
+
+    def __init__(self, owner: "KafkaPythonConsumer"):
+        self._owner = owner
+
+    async def on_partitions_revoked(self, revoked):
+        await self._owner._callback_off_loop(self._owner._on_revoke, revoked, revoking=True)
+
+    async def on_partitions_assigned(self, assigned):
+        await self._owner._callback_off_loop(self._owner._on_assign, assigned)
+
+    async def on_partitions_lost(self, lost):
+        # Membership is already gone: the caller still hears about it, but commits are skipped.
+        await self._owner._callback_off_loop(self._owner._on_revoke, lost, revoking=True, lost=True)
+
+
+class KafkaPythonConsumer(ConsumerState):
+    """`EventConsumer` over ``kafka.KafkaConsumer``; `options` are KafkaConsumer keyword arguments."""
+
+    client_name = CLIENT
+
+    def __init__(self, options: dict[str, Any], group: bool = True):
+        super().__init__(group)
+        self._consumer = _build_client(options, "consumer", lambda: KafkaConsumer(**options))
+        config = self._consumer.config
+        self._rebalance_budget_ms = config["max_poll_interval_ms"] + config["session_timeout_ms"]
+
+    # -- group membership ------------------------------------------------------------------
+    def subscribe(self, topics: list[str], on_assign: PartitionsCallback, on_revoke: PartitionsCallback) -> None:
+        self._require_group("subscribe")
+        self._on_assign, self._on_revoke = on_assign, on_revoke
+        self._consumer.subscribe(topics=list(topics), listener=_RebalanceListener(self))
+
+    async def _callback_off_loop(self, callback, partitions, revoking: bool = False, lost: bool = False) -> None:
+        """Run `callback` on a worker thread and await it on the IO loop (which stays free for its commits)."""
+        done = Future()
+        loop = self._consumer._net  # kafka-python's IO loop: wake it from the worker thread when done
+
+        async def resolve():
+            done.success(None)
+
+        def work():
+            self._losing = lost
+            try:
+                self._run_callback(callback, partitions, revoking)
+            finally:
+                self._losing = False
+                loop.call_soon_threadsafe(resolve)
+
+        threading.Thread(target=work, name="riverbeam-rebalance-callback", daemon=True).start()
+        await done
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        self._consumer.assign([_ktp(tp) for tp in partitions])
+
+    def assignment(self) -> list[TopicPartition]:
+        return sorted((tp.topic, tp.partition) for tp in self._consumer.assignment())
+
+    # -- reading ----------------------------------------------------------------------------
+    def partitions_for(self, topic: str, timeout_s: float = 10) -> list[int]:
+        self._require_outside_callback("partitions_for")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                partitions = self._consumer.partitions_for_topic(topic)
+            except KafkaError as error:
+                raise KafkaClientError(f"kafka-python: metadata for topic {topic} failed: {error}") from error
+            if partitions:
+                return sorted(partitions)
+            if time.monotonic() >= deadline:
+                raise KafkaClientError(f"topic {topic} does not exist (waited {timeout_s:g} s)")
+            time.sleep(0.1)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        try:
+            self._consumer.seek(_ktp(tp), offset)
+        except (KafkaError, AssertionError) as error:
+            raise KafkaClientError(f"kafka-python: cannot seek {tp[0]}[{tp[1]}] to {offset}: {error}") from None
+
+    def _finish_rebalance(self) -> None:
+        """Block through a group (re)join instead of leaving it to short polls.
+
+        kafka-python 3.0 keeps a join in flight across polls, but a SyncGroup answer that
+        arrives between two polls is dropped and the member joins again; on Tansu (which holds
+        SyncGroup until the leader syncs) short polls can then loop for ever. So once a
+        rebalance is due, wait for it here, bounded by the rebalance timeout.
+        """
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        if self._on_assign is None or coordinator is None:
+            return
+        if coordinator.need_rejoin() or self._consumer.group_metadata().state is not MemberState.STABLE:
+            coordinator.ensure_active_group(timeout_ms=self._rebalance_budget_ms)
+
+    def poll_batches(self, timeout_s: float, max_records: int) -> list[Batch]:
+        self._require_outside_callback("poll_batches")
+        try:
+            self._finish_rebalance()
+            polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        except Exception as error:
+            self._raise_callback_error()
+            if isinstance(error, KafkaError):
+                raise KafkaClientError(f"kafka-python: poll failed: {error}") from error
+            raise
+        self._raise_callback_error()
+        return [Batch((tp.topic, tp.partition), KafkaPythonRecords(records)) for tp, records in polled.items() if records]
+
+    def high_watermarks(self) -> dict[TopicPartition, int]:
+        marks = {}
+        for tp in self._consumer.assignment():
+            mark = self._consumer.highwater(tp)
+            if mark is not None:
+                marks[(tp.topic, tp.partition)] = mark
+        return marks
+
+    def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """ListOffsets(latest), raised to the fetch high watermark where one was seen.
+
+        On Tansu, ListOffsets may fall short by up to one producer batch; a fetch high
+        watermark is exact. Before the first fetch of a partition only ListOffsets is known.
+        """
+        self._require_outside_callback("end_offsets")
+        try:
+            listed = self._consumer.end_offsets([_ktp(tp) for tp in tps])
+        except KafkaError as error:
+            raise KafkaClientError(f"kafka-python: end offsets failed: {error}") from error
+        marks = self.high_watermarks()
+        return {(tp.topic, tp.partition): max(offset, marks.get((tp.topic, tp.partition), offset)) for tp, offset in listed.items()}
+
+    # -- commits ----------------------------------------------------------------------------
+    @staticmethod
+    def _kafka_offsets(offsets: dict[TopicPartition, int]) -> dict:
+        return {_ktp(tp): OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()}
+
+    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self._require_group("commit")
+        if not offsets:
+            return
+        if self._losing:
+            log.warning("partitions lost before their offsets could be committed: %s", sorted(offsets))
+            return
+        try:
+            self._consumer.commit(self._kafka_offsets(offsets))
+        except KafkaError as error:
+            raise KafkaClientError(f"kafka-python: commit failed: {error}") from error
+
+    def committed(self, tp: TopicPartition) -> int | None:
+        self._require_group("committed")
+        self._require_outside_callback("committed")
+        try:
+            return self._consumer.committed(_ktp(tp))
+        except KafkaError as error:
+            raise KafkaClientError(f"kafka-python: reading the committed offset failed: {error}") from error
+
+    def close(self) -> None:
+        try:
+            self._consumer.close(autocommit=False)
+        except KafkaError as error:
+            self._raise_callback_error()
+            raise KafkaClientError(f"kafka-python: close failed: {error}") from error
+        self._raise_callback_error()
+
+
+class KafkaPythonProducer:
+    """`EventProducer` over ``kafka.KafkaProducer``; `options` are KafkaProducer keyword arguments."""
+
+    def __init__(self, options: dict[str, Any]):
+        self._failures: list[BaseException] = []
+        self._producer = _build_client(options, "producer", lambda: KafkaProducer(**options))
+
+    def send(self, topic: str, value: bytes, key: bytes | None = None, headers: list[tuple[str, bytes]] | None = None, partition: int | None = None) -> None:
+        try:
+            future = self._producer.send(topic, value=value, key=key, headers=headers, partition=partition)
+        except KafkaError as error:
+            raise KafkaClientError(f"kafka-python: cannot send to {topic}: {error}") from error
+        future.add_errback(self._failures.append)
+
+    def flush(self, timeout_s: float = 30) -> None:
+        try:
+            self._producer.flush(timeout=timeout_s)
+        except KafkaError as error:
+            raise KafkaClientError(f"kafka-python: records not delivered within {timeout_s:g} s: {error}") from error
+        finally:
+            failures, self._failures = self._failures, []
+        if failures:
+            raise KafkaClientError(f"kafka-python: {len(failures)} record(s) failed delivery; first: {failures[0]!r}")
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._producer.close(timeout=5)
+
+
+def make_consumer(config, group: bool = True) -> KafkaPythonConsumer:
+    """A consumer for `config` (an `online.config.KafkaConfig`); `config.consumer` holds KafkaConsumer keywords."""
+    user = dict(config.consumer)
+    check_options(user, known=KafkaConsumer.DEFAULT_CONFIG, managed=CONSUMER_MANAGED, section="consumer", client=CLIENT)
+    if not native_crc32c():
+        log.warning("kafka-python checks CRCs in pure Python (slow): install the crc32c package")
+    options = {
+        **CONSUMER_DEFAULTS,
+        **user,
+        "bootstrap_servers": config.bootstrap_servers,
+        "group_id": config.group_id if group else None,
+        "enable_auto_commit": False,
+    }
+    return KafkaPythonConsumer(options, group)
+
+
+def make_producer(config) -> KafkaPythonProducer:
+    """A producer for `config`; `config.producer` holds KafkaProducer keywords (acks=all, idempotent)."""
+    user = dict(config.producer)
+    check_options(user, known=KafkaProducer.DEFAULT_CONFIG, managed=PRODUCER_MANAGED, section="producer", client=CLIENT)
+    options = {**user, "bootstrap_servers": config.bootstrap_servers, "acks": "all", "enable_idempotence": True}
+    return KafkaPythonProducer(options)

@@ -1,0 +1,866 @@
+"""Replaying historical events from files through the learner that serves the stream.
+
+Modes (`run_replay`):
+
+* **learn** — continue from the latest checkpoint (or start empty), feed `online.learner.Learner`
+  in replay order, write a checkpoint every ``checkpoint.every_events`` events (or
+  ``every_seconds``) and at the end. The checkpoint holds the same statistics the daemon writes
+  (``events_seen``, ``events_learned``, ``metrics``, ``positions``) and the replay position as
+  ``positions["replay"]`` (see `online.readers.ReplayPosition`); other positions (Kafka offsets
+  of a daemon's checkpoint used as a warm start) are kept as they were. After a crash (even
+  ``kill -9``) the next run continues from the last checkpoint, so the result equals one
+  uninterrupted run. Bad lines met after the last checkpoint are reported again.
+  Learn mode trains one model (``model:``); compare candidates with evaluate, then learn the winner.
+* **evaluate** — progressive validation only, nothing checkpointed. Several candidates
+  (``models:``) learn in one pass, each from its own copy of each event (the learner consumes
+  the events it is given). Writes a report directory (``--report``): ``metrics.csv`` and
+  ``metrics.json`` (a row per candidate every ``report_every`` events read, and at the end),
+  ``learning_curve.png`` (matplotlib, Agg backend) and a leaderboard sorted by the headline metric
+  (the first candidate's first metric).
+* **backfill** — produce each event as a JSON record to a Kafka topic, at most ``rate`` events
+  per second. Records carry headers ``riverbeam-file`` and ``riverbeam-line`` and all go to ONE
+  partition (``partition``, 0 by default), in replay order. On start, the last record of that
+  partition names the last line produced, and the backfill continues after it: an interrupted
+  backfill, even killed with ``kill -9``, produces every event exactly once provided nothing else
+  writes to that partition (the producer is idempotent and ordered, so the partition never holds
+  a record whose predecessors are missing). A topic whose last record lacks the headers is refused.
+* **search** (``search > 0`` in evaluate mode) — Optuna trials over the ranges of a `SearchConfig`,
+  progressive validation as the objective; ``search.parallel`` trials share one pass over the data.
+
+``dry_run`` validates and counts: every line is parsed and checked by the learner's event
+reader; nothing is learned, produced or written.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import orjson
+import pydantic
+
+from online.config import EventsConfig, ModelConfig, ReplayJobConfig
+from online.events import EventError
+from online.events import load_feature_transform
+from online.learner import Learner
+from online.readers import InputFile, ReplayPosition, SourceRecord, count_records, expand_inputs, read_inputs
+from riverbeam.configuration import Section, parse_config, read_yaml
+from riverbeam.errors import ConfigError, RiverbeamError, UsageError
+
+log = logging.getLogger(__name__)
+
+MODES = ("learn", "evaluate", "backfill")
+CHUNK_EVENTS = 1000
+FILE_HEADER = "riverbeam-file"
+LINE_HEADER = "riverbeam-line"
+
+
+class ReplayError(RiverbeamError):
+    """The replay stopped: too many bad lines, a topic it must not append to, ..."""
+
+
+# -- the search section of a replay configuration ----------------------------------------------
+
+
+class SearchRange(Section):
+    """The values one parameter may take: ``low``..``high`` (``log`` scale, ``step``; integers when
+    both bounds are integers) or a list of ``choices``."""
+
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    choices: list[Any] | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _range_or_choices(self) -> "SearchRange":
+        if self.choices is not None:
+            if self.low is not None or self.high is not None or not self.choices:
+                raise ValueError("give either non-empty choices or low and high")
+        elif self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError("give low < high (or choices)")
+        elif self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+class SearchConfig(Section):
+    """``search:`` in a replay configuration: which candidate to tune and the ranges of its parameters.
+
+    A parameter is named by the step's class then the parameter, descending through nested
+    objects by their parameter names: ``LogisticRegression.optimizer.lr`` is the ``lr`` of the
+    optimizer of the ``LogisticRegression`` step (``{optim.SGD: {lr: ...}}`` in the pipeline).
+
+    >>> SearchConfig(params={"LogisticRegression.l2": {"low": 0.0, "high": 0.1}}).params["LogisticRegression.l2"].high
+    0.1
+    """
+
+    model: int | str = 0
+    metric: str | None = None
+    parallel: int | None = pydantic.Field(default=None, gt=0)
+    seed: int = 0
+    params: dict[str, SearchRange] = pydantic.Field(min_length=1)
+
+
+def load_replay_job(path: str, environ=None) -> tuple[ReplayJobConfig, SearchConfig | None]:
+    """Read a replay job's YAML: the `ReplayJobConfig` and its optional ``search:`` section.
+
+    Raises `ConfigError` naming the file and key path; River names are resolved too.
+    """
+    data = read_yaml(path)
+    search_data = data.pop("search", None) if isinstance(data, dict) else None
+    job = parse_config(data, ReplayJobConfig, source=str(path), environ=environ)
+    try:
+        job.check_semantics()
+    except ConfigError as error:
+        raise ConfigError(error.path, error.message, source=str(path)) from None
+    search = None
+    if search_data is not None:
+        try:
+            search = parse_config(search_data, SearchConfig, environ={})
+        except ConfigError as error:
+            raise ConfigError(f"search.{error.path}".rstrip("."), error.message, source=str(path)) from None
+        target = search_model(job, search)
+        for name, spec in search.params.items():
+            value = spec.choices[0] if spec.choices is not None else spec.low
+            try:
+                from online.models import build_model
+
+                build_model(trial_model(target, {name: value}))
+            except ConfigError as error:
+                where = error.path if error.path.startswith("search.") else f"search.params.{name}"
+                raise ConfigError(where, error.message, source=str(path)) from None
+    return job, search
+
+
+def search_model(job: ReplayJobConfig, search: SearchConfig) -> ModelConfig:
+    """The candidate `search.model` names (index or name)."""
+    candidates = job.candidates
+    if isinstance(search.model, int):
+        if not 0 <= search.model < len(candidates):
+            raise ConfigError("search.model", f"there are {len(candidates)} candidate model(s), no index {search.model}")
+        return candidates[search.model]
+    for candidate in candidates:
+        if candidate.name == search.model:
+            return candidate
+    raise ConfigError("search.model", f"no candidate is named {search.model!r}")
+
+
+def trial_model(model: ModelConfig, values: dict[str, Any], name: str | None = None) -> ModelConfig:
+    """A copy of `model` with parameters set by search names (see `SearchConfig`).
+
+    >>> base = ModelConfig(pipeline=[{"preprocessing.StandardScaler": {}},
+    ...                              {"linear_model.LogisticRegression": {"optimizer": {"optim.SGD": {"lr": 0.1}}}}])
+    >>> trial_model(base, {"LogisticRegression.optimizer.lr": 0.5}).pipeline[1]
+    {'linear_model.LogisticRegression': {'optimizer': {'optim.SGD': {'lr': 0.5}}}}
+    """
+    pipeline = copy.deepcopy(model.pipeline)
+    for dotted, value in values.items():
+        step_name, *params = dotted.split(".")
+        path = f"search.params.{dotted}"
+        if not params:
+            raise ConfigError(path, "name a step and a parameter, e.g. LogisticRegression.l2")
+        steps = [step for step in pipeline if next(iter(step)).rpartition(".")[2] == step_name]
+        if len(steps) != 1:
+            raise ConfigError(path, f"{'no' if not steps else 'more than one'} pipeline step is a {step_name}")
+        (class_name, node), = steps[0].items()
+        if node is None:
+            node = steps[0][class_name] = {}
+        for i, param in enumerate(params[:-1]):
+            child = node.get(param)
+            if not (isinstance(child, dict) and len(child) == 1 and "." in next(iter(child))):
+                raise ConfigError(path, f"{'.'.join([step_name, *params[: i + 1]])} is not set to an object in the pipeline")
+            (inner, params_of), = child.items()
+            if params_of is None:
+                params_of = child[inner] = {}
+            node = params_of
+        node[params[-1]] = value
+    return model.model_copy(update={"pipeline": pipeline, "name": name or model.name})
+
+
+# -- options and results -----------------------------------------------------------------------
+
+
+@dataclass
+class ReplayOptions:
+    """What `riverbeam replay` was asked to do, beyond the job's configuration."""
+
+    inputs: list[str]
+    mode: str = "learn"
+    input_format: str | None = None
+    checkpoint_uri: str | None = None
+    checkpoint_every: int | None = None
+    report_dir: str | None = None
+    report_every: int = 1000
+    errors_path: str | None = None
+    max_errors: int | None = None
+    dry_run: bool = False
+    topic: str | None = None
+    bootstrap_servers: str | None = None
+    kafka_client: str = "kafka-python"
+    partition: int = 0
+    rate: float | None = None
+    search: int = 0
+    progress: bool | None = None  # None: only on a terminal
+
+
+@dataclass
+class ReplayResult:
+    """What a replay did: counts, the leaderboard, the checkpoint written, the report."""
+
+    mode: str
+    files: int = 0
+    lines: int = 0
+    events: int = 0
+    bad_lines: int = 0
+    produced: int = 0
+    seconds: float = 0.0
+    leaderboard: list[dict] = field(default_factory=list)
+    checkpoint: dict | None = None
+    position: dict | None = None
+    report_dir: str | None = None
+    search: dict | None = None
+    first_errors: list[dict] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """A few lines for people: counts, speed, leaderboard, where things went."""
+        rate = self.lines / self.seconds if self.seconds > 0 else 0.0
+        lines = [f"{self.mode}: {self.files} file(s), {self.lines} line(s) read, {self.events} event(s), "
+                 f"{self.bad_lines} bad, {self.seconds:.1f} s ({rate:,.0f} lines/s)"]
+        if self.mode == "backfill":
+            lines.append(f"produced {self.produced} record(s)")
+        for error in self.first_errors:
+            lines.append(f"  bad: {error['file']}: line {error['line']}: {error['reason']}")
+        if self.leaderboard:
+            lines.append(format_leaderboard(self.leaderboard))
+        if self.checkpoint:
+            lines.append(f"checkpoint {self.checkpoint['id']} ({self.checkpoint['events_seen']} events seen)")
+        if self.search:
+            lines.append(f"best trial {self.search['best']['trial']}: {json.dumps(self.search['best']['params'])}")
+        if self.report_dir:
+            lines.append(f"report in {self.report_dir}")
+        return "\n".join(lines)
+
+
+def format_leaderboard(rows: list[dict]) -> str:
+    """A plain-text table of the leaderboard (rank, model, metrics).
+
+    >>> print(format_leaderboard([{"rank": 1, "model": "a", "events": 10, "metrics": {"Accuracy": 0.9}}]))
+    rank  model  events  Accuracy
+    1     a      10      0.9
+    """
+    names = []
+    for row in rows:
+        names += [n for n in row["metrics"] if n not in names]
+    table = [["rank", "model", "events", *names]]
+    for row in rows:
+        table.append([str(row["rank"]), row["model"], str(row["events"]), *(_fmt(row["metrics"].get(n)) for n in names)])
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in table)
+
+
+def _fmt(value) -> str:
+    return "" if value is None else (f"{value:.6g}" if isinstance(value, float) else str(value))
+
+
+# -- bad lines ---------------------------------------------------------------------------------
+
+
+class ErrorLog:
+    """Bad lines: appended to a JSON-lines file (`file`, `line`, `reason`, and `model` when a
+    single candidate rejected the event), counted, and fatal past `max_errors`."""
+
+    def __init__(self, path: str | None, max_errors: int | None, keep_first: int = 5):
+        self.path = path
+        self.max_errors = max_errors
+        self.count = 0
+        self.first: list[dict] = []
+        self.keep_first = keep_first
+        self._handle = None
+
+    def add(self, file: str, line: int, reason: str, model: str | None = None) -> None:
+        record = {"file": file, "line": line, "reason": reason}
+        if model is not None:
+            record["model"] = model
+        self.count += 1
+        if len(self.first) < self.keep_first:
+            self.first.append(record)
+        if self.path is not None:
+            if self._handle is None:
+                os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+                self._handle = open(self.path, "ab")
+            self._handle.write(orjson.dumps(record) + b"\n")
+        if self.max_errors is not None and self.count > self.max_errors:
+            self.close()
+            where = f"; all are in {self.path}" if self.path else ""
+            raise ReplayError(
+                f"stopped: {self.count} bad lines, more than --max-errors {self.max_errors} "
+                f"(last: {file}: line {line}: {reason}){where}"
+            )
+
+    def close(self) -> None:
+        """Close the errors file (it reopens in append mode on the next bad line)."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+# -- candidates --------------------------------------------------------------------------------
+
+
+@dataclass
+class Candidate:
+    """One model learning in the replay: its display name and its learner."""
+
+    name: str
+    learner: Learner
+
+
+def candidate_names(models: list[ModelConfig]) -> list[str]:
+    """Unique display names: the configured `name`, else the pipeline's class names.
+
+    >>> m = ModelConfig(pipeline=[{"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {}}])
+    >>> candidate_names([m, m])
+    ['StandardScaler|LogisticRegression', 'StandardScaler|LogisticRegression #2']
+    """
+    names = []
+    for model in models:
+        name = model.name or "|".join(next(iter(step)).rpartition(".")[2] for step in model.pipeline)
+        unique, n = name, 1
+        while unique in names:
+            n += 1
+            unique = f"{name} #{n}"
+        names.append(unique)
+    return names
+
+
+def load_transform(job: ReplayJobConfig):
+    """The fitted feature transform of ``features.transform_output``, or None."""
+    return load_feature_transform(job.features)
+
+
+def leaderboard(candidates: list[Candidate]) -> list[dict]:
+    """Candidates ranked by the headline metric (the first candidate's first metric; best first)."""
+    from online.models import metric_factory
+
+    headline = candidates[0].learner.model_config.metrics[0]
+    better = metric_factory(headline, "metrics")().bigger_is_better
+
+    def sort_key(c: Candidate):
+        value = c.learner.metric_values().get(headline)
+        if value is None:
+            return (1, 0.0)
+        return (0, -value if better else value)
+
+    rows = []
+    for rank, candidate in enumerate(sorted(candidates, key=sort_key), start=1):
+        state = candidate.learner.state
+        rows.append({"rank": rank, "model": candidate.name, "events": state.events_seen, "learned": state.events_learned,
+                     "rejected": state.events_rejected, "metrics": candidate.learner.metric_values()})
+    return rows
+
+
+# -- one pass over the inputs ------------------------------------------------------------------
+
+
+class Pass:
+    """Reads the inputs once, in chunks, keeping the position and reporting bad lines.
+
+    `chunks()` yields lists of good `SourceRecord` objects; after each chunk, `position()` is the
+    position just after the last line consumed (bad lines included). Chunks end at every
+    multiple of `every` good records, so reports land exactly there.
+    """
+
+    def __init__(self, files: list[InputFile], errors: ErrorLog, time_field: str | None, start: ReplayPosition | None,
+                 categorical=(), chunk: int = CHUNK_EVENTS, every: int | None = None, progress=None):
+        self.files = files
+        self.errors = errors
+        self.time_field = time_field
+        self.order = "time" if time_field else "file"
+        self.start = start or ReplayPosition(order=self.order)
+        if self.start.order != self.order:
+            raise UsageError(f"the checkpoint's replay position is in {self.start.order} order, this replay reads in {self.order} "
+                             "order (events.time changed?): use another checkpoint URI")
+        self.categorical = categorical
+        self.chunk = chunk
+        self.every = every or chunk
+        self.progress = progress
+        self.lines = 0
+        self.good = 0
+        self.last: SourceRecord | None = None
+        self.consumed = {name: line for name, line in self.start.lines.items()}
+
+    def position(self) -> ReplayPosition:
+        """The position after the last line consumed (the start position before any)."""
+        if self.last is None:
+            return self.start
+        if self.order == "time":
+            return ReplayPosition(file=self.files[self.last.file_index].name, line=self.last.line, lines=dict(self.consumed),
+                                  files_done=len(self.consumed), order="time")
+        return ReplayPosition(file=self.files[self.last.file_index].name, line=self.last.line, files_done=self.last.file_index, order="file")
+
+    def chunks(self) -> Iterator[list[SourceRecord]]:
+        files, errors, consumed, time_order = self.files, self.errors, self.consumed, self.time_field is not None
+        chunk_size, every, progress = self.chunk, self.every, self.progress
+        records: list[SourceRecord] = []
+        lines = 0  # lines consumed since the last chunk was handed out
+        good = self.good
+        previous = None
+        try:
+            for record in read_inputs(files, self.start, self.time_field, self.categorical):
+                if record.event is None:
+                    if records:  # learn what precedes the bad line first: errors are reported in line order
+                        self.last, self.good, self.lines = previous, good, self.lines + lines
+                        if progress is not None:
+                            progress.update(lines)
+                        lines = 0
+                        yield records
+                        records = []
+                    if time_order:
+                        consumed[files[record.file_index].name] = record.line
+                    self.last, self.lines, previous = record, self.lines + lines + 1, record
+                    if progress is not None:
+                        progress.update(lines + 1)
+                    lines = 0
+                    errors.add(files[record.file_index].name, record.line, record.reason)
+                    continue
+                lines += 1
+                previous = record
+                if time_order:
+                    consumed[files[record.file_index].name] = record.line
+                records.append(record)
+                good += 1
+                if len(records) >= chunk_size or good % every == 0:
+                    self.last, self.good, self.lines = record, good, self.lines + lines
+                    if progress is not None:
+                        progress.update(lines)
+                    lines = 0
+                    yield records
+                    records = []
+            if records:
+                self.last, self.good, self.lines = previous, good, self.lines + lines
+                if progress is not None:
+                    progress.update(lines)
+                yield records
+        finally:
+            if progress is not None:
+                progress.close()
+
+    def learn(self, candidates: list[Candidate], records: list[SourceRecord]) -> None:
+        """Feed one chunk to every candidate, each on its own copy of the events (the last gets the originals)."""
+        files, errors = self.files, self.errors
+        rejected: set[int] = set()
+
+        def first_error(index: int, error: EventError) -> None:
+            rejected.add(index)
+            record = records[index]
+            errors.add(files[record.file_index].name, record.line, str(error))
+
+        for i, candidate in enumerate(candidates):
+            if i == 0:
+                on_error = first_error
+            else:
+                def on_error(index: int, error: EventError, name=candidate.name) -> None:
+                    if index not in rejected:
+                        record = records[index]
+                        errors.add(files[record.file_index].name, record.line, str(error), model=name)
+            if i == len(candidates) - 1:
+                events = [record.event for record in records]
+            else:
+                events = [dict(record.event) for record in records]
+            candidate.learner.process_many(events, on_error=on_error)
+
+
+def _progress(options: ReplayOptions, files: list[InputFile], unit: str = "line"):
+    show = options.progress if options.progress is not None else sys.stderr.isatty()
+    if not show:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=count_records(files), unit=unit, unit_scale=True, smoothing=0.1, file=sys.stderr, dynamic_ncols=True)
+
+
+def _inputs(options: ReplayOptions) -> list[InputFile]:
+    if not options.inputs:
+        raise UsageError("give at least one --input")
+    return expand_inputs(options.inputs, options.input_format)
+
+
+# -- modes -------------------------------------------------------------------------------------
+
+
+def run_replay(job: ReplayJobConfig, options: ReplayOptions, search: SearchConfig | None = None) -> ReplayResult:
+    """Run one replay as `options` says (see the module for the modes)."""
+    if options.mode not in MODES:
+        raise UsageError(f"unknown mode {options.mode!r} (choose among {', '.join(MODES)})")
+    if options.max_errors is not None and options.max_errors < 0:
+        raise UsageError("--max-errors must be 0 or more")
+    if options.search:
+        if options.mode != "evaluate":
+            raise UsageError("--search runs in evaluate mode (progressive validation is the objective): add --mode evaluate")
+        if search is None:
+            raise UsageError("--search needs a search: section in the configuration (the parameter ranges)")
+    files = _inputs(options)
+    if options.dry_run:
+        return dry_run(job, files, options)
+    if options.mode == "learn":
+        return learn(job, files, options)
+    if options.mode == "backfill":
+        return backfill(job, files, options)
+    if options.search:
+        return search_trials(job, search, files, options)
+    return evaluate(job, files, options)
+
+
+def dry_run(job: ReplayJobConfig, files: list[InputFile], options: ReplayOptions) -> ReplayResult:
+    """Parse every line and check every event with each candidate's event reader; learn and write nothing."""
+    started = time.monotonic()
+    errors = ErrorLog(None, options.max_errors)
+    readers = [Learner(model, job.events).reader for model in job.candidates]
+    replay = Pass(files, errors, job.events.time, None, job.events.categorical, progress=_progress(options, files))
+    events = 0
+    for records in replay.chunks():
+        for record in records:
+            try:
+                for reader in readers:
+                    reader.split(dict(record.event))
+            except EventError as error:
+                errors.add(files[record.file_index].name, record.line, str(error))
+                continue
+            events += 1
+    return ReplayResult("dry-run", len(files), replay.lines, events, errors.count, seconds=time.monotonic() - started,
+                        first_errors=errors.first)
+
+
+def _headline_rows(candidates: list[Candidate], lines: int) -> list[dict]:
+    return [{"events": c.learner.state.events_seen, "lines": lines, "model": c.name, **c.learner.metric_values()} for c in candidates]
+
+
+def evaluate(job: ReplayJobConfig, files: list[InputFile], options: ReplayOptions, models: list[ModelConfig] | None = None,
+             write_report: bool = True) -> ReplayResult:
+    """Progressive validation of every candidate in one pass; a report directory when asked."""
+    started = time.monotonic()
+    models = models if models is not None else job.candidates
+    transform = load_transform(job)
+    candidates = [Candidate(name, Learner(model, job.events, transform)) for name, model in zip(candidate_names(models), models)]
+    if options.checkpoint_uri:  # evaluate a checkpointed model on new data: read, never written
+        from online.checkpoints import CheckpointStore
+
+        latest = CheckpointStore(options.checkpoint_uri).load_latest()
+        if latest is not None:
+            if len(candidates) != 1:
+                raise UsageError("--checkpoint-uri in evaluate mode starts one model from its checkpoint: configure one model")
+            candidates[0].learner = Learner.restore(latest.state, models[0], job.events, transform)
+    errors = ErrorLog(options.errors_path, options.max_errors)
+    every = max(1, options.report_every)
+    replay = Pass(files, errors, job.events.time, None, job.events.categorical, every=every, progress=_progress(options, files))
+    rows: list[dict] = []
+    try:
+        for records in replay.chunks():
+            replay.learn(candidates, records)
+            if replay.good % every == 0:
+                rows += _headline_rows(candidates, replay.lines)
+    finally:
+        errors.close()
+    if not rows or rows[-1]["lines"] != replay.lines:
+        rows += _headline_rows(candidates, replay.lines)
+    board = leaderboard(candidates)
+    result = ReplayResult("evaluate", len(files), replay.lines, replay.good, errors.count, seconds=time.monotonic() - started,
+                          leaderboard=board, first_errors=errors.first)
+    if options.report_dir and write_report:
+        write_report_dir(options.report_dir, rows, board, [c.learner.report() | {"model": c.name} for c in candidates])
+        result.report_dir = options.report_dir
+    result.rows = rows
+    return result
+
+
+def learn(job: ReplayJobConfig, files: list[InputFile], options: ReplayOptions) -> ReplayResult:
+    """Learn one model from the inputs, checkpointing as it goes and at the end; resume from the latest checkpoint."""
+    from online.checkpoints import CheckpointStore, config_hash
+
+    started = time.monotonic()
+    if job.model is None:
+        raise UsageError("learn mode trains one model: set model: (compare several candidates with --mode evaluate)")
+    uri = options.checkpoint_uri or (job.checkpoint.uri if job.checkpoint else None)
+    if uri is None:
+        raise UsageError("learn mode writes checkpoints: set checkpoint.uri in the configuration or pass --checkpoint-uri")
+    if job.checkpoint is not None:
+        store = CheckpointStore.from_config(job.checkpoint.model_copy(update={"uri": uri}))
+        every_events, every_seconds = job.checkpoint.every_events, job.checkpoint.every_seconds
+    else:
+        store = CheckpointStore(uri)
+        every_events, every_seconds = 10_000, 60.0
+    if options.checkpoint_every is not None:
+        if options.checkpoint_every <= 0:
+            raise UsageError("--checkpoint-every must be positive")
+        every_events = options.checkpoint_every
+    transform = load_transform(job)
+    digest = config_hash(job.model, job.events, job.features)
+    latest = store.load_latest()
+    other_positions: dict = {}
+    start = None
+    if latest is None:
+        learner = Learner(job.model, job.events, transform)
+    else:
+        if latest.manifest.get("config_hash") not in ("", None, digest):
+            log.warning("%s: checkpoint %s was written with another model/events configuration", store.uri, latest.id)
+        learner = Learner.restore(latest.state, job.model, job.events, transform)
+        other_positions = {k: v for k, v in latest.positions.items() if k != "replay"}
+        start = ReplayPosition.from_json(latest.positions.get("replay"))
+        if start is not None and start.order == "file" and start.file and start.file not in {f.name for f in files}:
+            log.warning("the checkpoint's replay position names %s, which is not among the inputs; files sorting before it are skipped", start.file)
+    candidate = Candidate(candidate_names([job.model])[0], learner)
+    errors = ErrorLog(options.errors_path, options.max_errors)
+    every = max(1, min(options.report_every, every_events)) if options.report_dir else every_events
+    replay = Pass(files, errors, job.events.time, start, job.events.categorical, chunk=min(CHUNK_EVENTS, every_events),
+                  every=every, progress=_progress(options, files))
+    manifest = None
+    saved_at_lines, saved_at_time, since = 0, time.monotonic(), 0
+    rows: list[dict] = []
+
+    def save() -> dict:
+        state = learner.state
+        return store.save(
+            learner.snapshot(), events_seen=state.events_seen, events_learned=state.events_learned,
+            positions={**other_positions, "replay": replay.position().to_json()}, metrics=learner.metric_values(),
+            model=learner.model_text(), config_hash=digest,
+            extra={"source": "replay", "events_rejected": state.events_rejected, "inputs": len(files)},
+        )
+
+    try:
+        for records in replay.chunks():
+            replay.learn([candidate], records)
+            since += len(records)
+            if options.report_dir and replay.good % every == 0:
+                rows += _headline_rows([candidate], replay.lines)
+            if since >= every_events or time.monotonic() - saved_at_time >= every_seconds:
+                manifest = save()
+                saved_at_lines, saved_at_time, since = replay.lines, time.monotonic(), 0
+        if replay.lines != saved_at_lines:
+            manifest = save()
+    finally:
+        errors.close()
+    board = leaderboard([candidate])
+    result = ReplayResult("learn", len(files), replay.lines, replay.good, errors.count, seconds=time.monotonic() - started,
+                          leaderboard=board, position=replay.position().to_json(), first_errors=errors.first)
+    if manifest is not None:
+        result.checkpoint = {k: manifest[k] for k in ("id", "events_seen", "events_learned", "metrics", "positions")}
+    if options.report_dir:
+        if not rows or rows[-1]["lines"] != replay.lines:
+            rows += _headline_rows([candidate], replay.lines)
+        write_report_dir(options.report_dir, rows, board, [learner.report() | {"model": candidate.name}])
+        result.report_dir = options.report_dir
+    return result
+
+
+# -- report directory --------------------------------------------------------------------------
+
+
+def write_report_dir(directory: str, rows: list[dict], board: list[dict], reports: list[dict]) -> None:
+    """``metrics.csv``, ``metrics.json`` and ``learning_curve.png`` in `directory`."""
+    os.makedirs(directory, exist_ok=True)
+    columns = ["events", "lines", "model"]
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    with open(os.path.join(directory, "metrics.csv"), "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    final = {row["model"]: {k: v for k, v in row.items() if k not in ("model",)} for row in rows}
+    with open(os.path.join(directory, "metrics.json"), "wb") as handle:
+        handle.write(orjson.dumps({"rows": rows, "final": final, "leaderboard": board, "models": reports}, option=orjson.OPT_INDENT_2))
+    plot_learning_curve(rows, board, os.path.join(directory, "learning_curve.png"))
+
+
+def plot_learning_curve(rows: list[dict], board: list[dict], path: str) -> None:
+    """The headline metric of each candidate against events, as a PNG (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    headline = next(iter(board[0]["metrics"])) if board else None
+    figure = Figure(figsize=(8, 4.5), dpi=100)
+    axes = figure.subplots()
+    for name in dict.fromkeys(row["model"] for row in rows):
+        points = [(row["events"], row.get(headline)) for row in rows if row["model"] == name and row.get(headline) is not None]
+        if points:
+            axes.plot([p[0] for p in points], [p[1] for p in points], label=name)
+    axes.set_xlabel("events")
+    axes.set_ylabel(headline or "metric")
+    axes.set_title(f"Progressive validation: {headline}")
+    axes.grid(alpha=0.3)
+    if rows:
+        axes.legend(loc="best", fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+# -- hyperparameter search ---------------------------------------------------------------------
+
+
+def search_trials(job: ReplayJobConfig, search: SearchConfig, files: list[InputFile], options: ReplayOptions) -> ReplayResult:
+    """Optuna trials over `search.params`; `search.parallel` trials (default: all) learn in one pass.
+
+    The objective is the trial's final progressive-validation value of `search.metric` (default:
+    the model's headline metric), maximised or minimised as the River metric says.
+    """
+    try:
+        import optuna
+    except ImportError:
+        raise UsageError("--search needs optuna (pip install 'riverbeam[reports]')") from None
+    from online.models import metric_factory
+
+    started = time.monotonic()
+    base = search_model(job, search)
+    metric = search.metric or base.metrics[0]
+    if metric not in base.metrics:
+        raise ConfigError("search.metric", f"{metric} is not among the model's metrics {base.metrics}")
+    base = base.model_copy(update={"metrics": [metric] + [m for m in base.metrics if m != metric]})
+    maximise = metric_factory(metric, "search.metric")().bigger_is_better
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize" if maximise else "minimize", sampler=optuna.samplers.TPESampler(seed=search.seed))
+    per_pass = search.parallel or options.search
+    trials_done: list[dict] = []
+    lines = events = bad = 0
+    errors_path = options.errors_path
+    while len(trials_done) < options.search:
+        batch = [study.ask() for _ in range(min(per_pass, options.search - len(trials_done)))]
+        models = [trial_model(base, {name: _suggest(trial, name, spec) for name, spec in search.params.items()}, name=f"trial {trial.number}")
+                  for trial in batch]
+        result = evaluate(job, files, ReplayOptions(**{**options.__dict__, "errors_path": errors_path}), models=models, write_report=False)
+        errors_path = None  # bad lines are the same on every pass: report them once
+        lines, events, bad = result.lines, result.events, max(bad, result.bad_lines)
+        by_name = {row["model"]: row for row in result.leaderboard}
+        for trial, model in zip(batch, models):
+            value = by_name[model.name]["metrics"].get(metric)
+            study.tell(trial, value if value is not None else float("nan"), state=None if value is not None else optuna.trial.TrialState.FAIL)
+            trials_done.append({"trial": trial.number, "params": trial.params, "value": value})
+    ranked = sorted(trials_done, key=lambda t: (t["value"] is None, -(t["value"] or 0) if maximise else (t["value"] or 0)))
+    board = [{"rank": i, "model": f"trial {t['trial']}", "events": events, "metrics": {metric: t["value"]}, "params": t["params"]}
+             for i, t in enumerate(ranked, start=1)]
+    summary = {"metric": metric, "direction": "maximize" if maximise else "minimize", "best": ranked[0], "trials": ranked}
+    out = ReplayResult("search", len(files), lines, events, bad, seconds=time.monotonic() - started, leaderboard=board, search=summary)
+    if options.report_dir:
+        os.makedirs(options.report_dir, exist_ok=True)
+        with open(os.path.join(options.report_dir, "search.json"), "wb") as handle:
+            handle.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+        out.report_dir = options.report_dir
+    return out
+
+
+def _suggest(trial, name: str, spec: SearchRange):
+    if spec.choices is not None:
+        return trial.suggest_categorical(name, spec.choices)
+    if isinstance(spec.low, int) and isinstance(spec.high, int) and (spec.step is None or isinstance(spec.step, int)):
+        return trial.suggest_int(name, spec.low, spec.high, step=spec.step or 1, log=spec.log)
+    return trial.suggest_float(name, float(spec.low), float(spec.high), step=spec.step, log=spec.log)
+
+
+# -- backfill ----------------------------------------------------------------------------------
+
+
+def _kafka_config(options: ReplayOptions):
+    from online.config import KafkaConfig
+
+    return KafkaConfig(client=options.kafka_client, bootstrap_servers=options.bootstrap_servers, topic=options.topic)
+
+
+def last_produced(options: ReplayOptions) -> tuple[str, int] | None:
+    """``(file, line)`` of the last record in the backfill's partition, or None when it is empty.
+
+    Raises `ReplayError` when that record was not written by a backfill (no source headers).
+    """
+    from online.kafka_clients import create_topic, read_tail
+
+    create_topic(options.bootstrap_servers, options.topic, partitions=1)
+    tails = read_tail(_kafka_config(options), options.topic, 1)
+    if options.partition not in tails:
+        raise UsageError(f"topic {options.topic} has no partition {options.partition} (it has {sorted(tails)})")
+    tail = tails[options.partition]
+    if not tail:
+        return None
+    headers = dict(tail[-1].headers or ())
+    if FILE_HEADER not in headers or LINE_HEADER not in headers:
+        raise ReplayError(
+            f"topic {options.topic} partition {options.partition} already holds records not written by a backfill "
+            f"(no {FILE_HEADER}/{LINE_HEADER} headers): refusing to append; use an empty topic"
+        )
+    return headers[FILE_HEADER].decode(), int(headers[LINE_HEADER])
+
+
+def backfill(job: ReplayJobConfig, files: list[InputFile], options: ReplayOptions) -> ReplayResult:
+    """Produce the events to `options.topic`, rate-limited, continuing after the last record produced."""
+    if not options.topic or not options.bootstrap_servers:
+        raise UsageError("backfill needs --topic and --bootstrap-servers")
+    if options.rate is not None and options.rate <= 0:
+        raise UsageError("--rate must be positive (events per second)")
+    from online.kafka_clients import make_producer
+
+    started = time.monotonic()
+    last = last_produced(options)
+    start, skip_until = None, None
+    if last is not None:
+        names = {f.name for f in files}
+        if last[0] not in names:
+            raise ReplayError(f"the topic's last record came from {last[0]}, which is not among the inputs: is this the same backfill?")
+        if job.events.time is None:
+            start = ReplayPosition(file=last[0], line=last[1])
+        else:
+            skip_until = last
+    errors = ErrorLog(options.errors_path, options.max_errors)
+    replay = Pass(files, errors, job.events.time, start, job.events.categorical, chunk=256, progress=_progress(options, files))
+    producer = make_producer(_kafka_config(options))
+    headers_of = {i: f.name.encode() for i, f in enumerate(files)}
+    key_field = job.events.key
+    topic, partition, rate = options.topic, options.partition, options.rate
+    produced = 0
+    dumps, clock, sleep = orjson.dumps, time.monotonic, time.sleep
+    began = clock()
+    try:
+        for records in replay.chunks():
+            for record in records:
+                if skip_until is not None:
+                    if (files[record.file_index].name, record.line) == skip_until:
+                        skip_until = None
+                    continue
+                event = record.event
+                key = event.get(key_field) if key_field is not None else None
+                producer.send(topic, dumps(event), key=None if key is None else str(key).encode(),
+                              headers=[(FILE_HEADER, headers_of[record.file_index]), (LINE_HEADER, str(record.line).encode())],
+                              partition=partition)
+                produced += 1
+                if rate is not None:
+                    ahead = began + produced / rate - clock()
+                    if ahead > 0.002:
+                        sleep(ahead)
+            if produced and produced % 5000 < len(records):
+                producer.flush()
+        if skip_until is not None:
+            raise ReplayError(f"the topic's last record ({skip_until[0]}: line {skip_until[1]}) was not met in the inputs: is this the same backfill?")
+        producer.flush()
+    finally:
+        errors.close()
+        try:
+            producer.close()
+        except RiverbeamError as error:
+            log.warning("closing the producer: %s", error)
+    return ReplayResult("backfill", len(files), replay.lines, replay.good, errors.count, produced=produced,
+                        seconds=time.monotonic() - started, position=replay.position().to_json(), first_errors=errors.first)
+
+
+__all__ = [
+    "ReplayError", "ReplayOptions", "ReplayResult", "SearchConfig", "SearchRange", "ErrorLog", "Pass", "Candidate",
+    "run_replay", "learn", "evaluate", "backfill", "dry_run", "search_trials", "load_replay_job", "trial_model",
+    "leaderboard", "format_leaderboard", "write_report_dir", "last_produced", "FILE_HEADER", "LINE_HEADER",
+]  # fmt: skip

@@ -1,0 +1,531 @@
+"""Batch preprocessing with tensorflow-transform: analyse historical data, transform it, fit once.
+
+::
+
+    ReadRawRecords | ValidateRows --(rows)--> GateOnBadRows | SplitTrainEval
+                                 --(bad rows, with the reason)--> WriteBadRows   (errors/bad_rows-*.jsonl)
+    train --> AnalyzeAndTransformDataset --> WriteTransformedData             (data/train-*.tfrecord|.parquet)
+                      \\--transform_fn--> TransformDataset(eval) --> WriteTransformedData  (data/eval-*)
+                      \\--transform_fn--> WriteTransformFn --> PublishFittedTransform
+                                            (transform_fn/, transformed_metadata/, fitted_transforms.json)
+
+The output directory has the ``TFTransformOutput`` layout, so ``tft.TFTransformOutput(dir)``
+serves the fitted graph, and ``fitted_transforms.json`` holds the same fitted constants for
+`transforms.fitted.FittedTransform`, which applies them online without TensorFlow.
+
+Run it locally (the default runner is the download-free ``FnApiRunner``), on Dataflow or Flink::
+
+    python -m pipelines.preprocess --config preprocess.yaml
+    python -m pipelines.preprocess --config gs://b/preprocess.yaml --runner=DataflowRunner \\
+        --project=P --region=R --temp_location=gs://b/tmp --staging_location=gs://b/staging \\
+        --setup_file=./setup.py
+    python -m pipelines.preprocess --config preprocess.yaml --runner=FlinkRunner --flink_master=host:8081
+
+>>> split_of({"x": 1.0}, 0.0), split_of({"x": 1.0}, 0.999999)
+('train', 'eval')
+>>> parse_csv_line('1.5,"a,b"', ["x", "s"])
+{'x': '1.5', 's': 'a,b'}
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import sys
+import tempfile
+from typing import Any, Iterable
+
+import apache_beam as beam
+import farmhash
+import orjson
+import yaml
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
+
+from pipelines.templates import add_required_argument, check_required
+from riverbeam.configuration import parse_config
+from riverbeam.errors import ConfigError, RiverbeamError, UsageError
+from transforms.config import PreprocessJobConfig
+from transforms.fitted import FITTED_FILENAME, fitted_document
+from transforms.spec import FeatureSpec, InvalidFeatureError, LabelSpec
+
+BAD_ROWS = "bad_rows"
+DEFAULT_RUNNER = "FnApiRunner"
+_TOO_MANY = "too many bad rows"
+
+
+class TooManyBadRowsError(RiverbeamError):
+    """More rows failed validation than the configuration's ``max_bad_rows`` allows."""
+
+
+class PreprocessOptions(PipelineOptions):
+    """Analyse and transform historical data with tensorflow-transform; write the fitted transform for online use.
+
+    The job is described by a YAML file (``--config``); the other flags override its input and
+    output settings, for templates and one-off runs.
+    """
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        add_required_argument(
+            parser, "--config",
+            help="The preprocess job's YAML file (local or gs://): features, label, input, output.",
+        )
+        parser.add_argument("--input_pattern", default=None, help="Overrides input.pattern: files to read (local or gs:// glob).")
+        parser.add_argument(
+            "--input_format", default=None, choices=["csv", "jsonl", "parquet", "tfrecord"],
+            help="Overrides input.format.",
+        )
+        parser.add_argument("--output_dir", default=None, help="Overrides output.dir: where data, errors and the fitted transform go.")
+        parser.add_argument("--eval_fraction", default=None, type=float, help="Overrides output.split.eval_fraction (0 for no eval split).")
+        parser.add_argument("--max_bad_rows", default=None, type=int, help="Overrides max_bad_rows: bad rows tolerated before the job fails.")
+
+
+def read_text(uri: str) -> str:
+    """The text of a local or ``gs://`` file (through Beam's filesystems)."""
+    try:
+        with FileSystems.open(uri, compression_type="uncompressed") as file:
+            return file.read().decode("utf-8")
+    except Exception as error:  # Beam raises IOError, BeamIOError or FileNotFoundError by filesystem
+        raise ConfigError("", f"cannot read: {error}", source=uri) from None
+
+
+def load_job(options: PipelineOptions) -> PreprocessJobConfig:
+    """The job configuration from ``--config``, with the flags' overrides applied and validated."""
+    view = options.view_as(PreprocessOptions)
+    check_required(options, PreprocessOptions)
+    try:
+        data = yaml.safe_load(read_text(view.config))
+    except yaml.YAMLError as error:
+        raise ConfigError("", f"invalid YAML: {getattr(error, 'problem', error)}", source=view.config) from None
+    if isinstance(data, dict):
+        if view.input_pattern is not None:
+            data.setdefault("input", {})["pattern"] = view.input_pattern
+        if view.input_format is not None:
+            data.setdefault("input", {})["format"] = view.input_format
+        if view.output_dir is not None:
+            data.setdefault("output", {})["dir"] = view.output_dir
+        if view.eval_fraction is not None:
+            data.setdefault("output", {}).setdefault("split", {})["eval_fraction"] = view.eval_fraction
+        if view.max_bad_rows is not None:
+            data["max_bad_rows"] = view.max_bad_rows
+    return parse_config(data, PreprocessJobConfig, source=view.config)
+
+
+# ---------------------------------------------------------------------------------------- reading
+
+
+def parse_csv_line(line: str, header: list[str]) -> dict[str, str]:
+    """One CSV line as a dict keyed by the header; raises ``ValueError`` on a wrong field count."""
+    fields = next(csv.reader([line]))
+    if len(fields) != len(header):
+        raise ValueError(f"expected {len(header)} fields, got {len(fields)}")
+    return dict(zip(header, fields))
+
+
+def csv_header(pattern: str) -> list[str]:
+    """The header row of the first file matching `pattern` (every file must share it)."""
+    matches = FileSystems.match([pattern])[0].metadata_list
+    if not matches:
+        raise UsageError(f"input.pattern {pattern!r} matches no files")
+    with FileSystems.open(sorted(m.path for m in matches)[0]) as file:
+        first = file.readline().decode("utf-8-sig").rstrip("\r\n")
+    if not first:
+        raise UsageError(f"{matches[0].path}: the CSV file has no header row")
+    return next(csv.reader([first]))
+
+
+class _Malformed:
+    """A record that could not be parsed into a row: its text and why."""
+
+    def __init__(self, text: str, reason: str):
+        self.text, self.reason = text, reason
+
+
+def _parse_csv(line: str, header: list[str]):
+    try:
+        return parse_csv_line(line, header)
+    except (ValueError, csv.Error) as error:
+        return _Malformed(line, f"malformed CSV: {error}")
+
+
+def _parse_json(line: str):
+    try:
+        row = orjson.loads(line)
+    except orjson.JSONDecodeError as error:
+        return _Malformed(line, f"malformed JSON: {error}")
+    return row if isinstance(row, dict) else _Malformed(line, "expected a JSON object")
+
+
+def _parse_example(record: bytes):
+    from tensorflow.core.example import example_pb2
+
+    try:
+        example = example_pb2.Example.FromString(record)
+    except Exception as error:  # protobuf's DecodeError
+        return _Malformed(repr(record[:200]), f"malformed tf.Example: {error}")
+    row = {}
+    for name, feature in example.features.feature.items():
+        kind = feature.WhichOneof("kind")
+        values = list(getattr(feature, kind).value) if kind else []
+        if len(values) > 1:
+            return _Malformed(str(example)[:500], f"{name}: expected one value, got {len(values)}")
+        row[name] = values[0] if values else None
+    return row
+
+
+class ReadRawRecords(beam.PTransform):
+    """Rows of the input files as dicts of raw values (or `_Malformed` records)."""
+
+    def __init__(self, pattern: str, file_format: str):
+        super().__init__()
+        self.pattern, self.file_format = pattern, file_format
+
+    def expand(self, pbegin):
+        if self.file_format == "csv":
+            header = csv_header(self.pattern)
+            return (
+                pbegin
+                | "ReadCsv" >> beam.io.ReadFromText(self.pattern, skip_header_lines=1)
+                | "SkipBlank" >> beam.Filter(lambda line: line.strip() != "")
+                | "ParseCsv" >> beam.Map(_parse_csv, header)
+            )
+        if self.file_format == "jsonl":
+            return (
+                pbegin
+                | "ReadJsonLines" >> beam.io.ReadFromText(self.pattern)
+                | "SkipBlank" >> beam.Filter(lambda line: line.strip() != "")
+                | "ParseJson" >> beam.Map(_parse_json)
+            )
+        if self.file_format == "parquet":
+            return pbegin | "ReadParquet" >> beam.io.ReadFromParquet(self.pattern)
+        if self.file_format == "tfrecord":
+            return (
+                pbegin
+                | "ReadTFRecord" >> beam.io.ReadFromTFRecord(self.pattern)
+                | "ParseExamples" >> beam.Map(_parse_example)
+            )
+        raise UsageError(f"input.format: unknown format {self.file_format!r}")
+
+
+# ------------------------------------------------------------------------------------- validation
+
+
+def _raw_text(record: Any) -> str:
+    if isinstance(record, _Malformed):
+        return record.text
+    return orjson.dumps(record, default=str).decode()
+
+
+class ValidateRowFn(beam.DoFn):
+    """Typed rows (features and label only) to the main output; bad rows, with the reason, to ``bad_rows``."""
+
+    def __init__(self, features: list[FeatureSpec], label: LabelSpec | None):
+        self.features, self.label = features, label
+        self.rows = Metrics.counter("preprocess", "rows")
+        self.bad_rows = Metrics.counter("preprocess", "bad_rows")
+
+    def process(self, record: Any) -> Iterable:
+        reason = record.reason if isinstance(record, _Malformed) else None
+        row: dict[str, Any] = {}
+        if reason is None:
+            specs = list(self.features) + ([self.label] if self.label is not None else [])
+            try:
+                for spec in specs:
+                    if spec.name not in record:
+                        raise InvalidFeatureError(spec.name, "missing")
+                    row[spec.name] = spec.coerce(record[spec.name])
+            except InvalidFeatureError as error:
+                reason = str(error)
+        if reason is not None:
+            self.bad_rows.inc()
+            yield beam.pvalue.TaggedOutput(BAD_ROWS, {"reason": reason, "row": _raw_text(record)})
+            return
+        self.rows.inc()
+        yield row
+
+
+class ValidateRows(beam.PTransform):
+    """Split raw records into typed rows (main output) and bad rows (``bad_rows`` output)."""
+
+    def __init__(self, features: list[FeatureSpec], label: LabelSpec | None):
+        super().__init__()
+        self.features, self.label_spec = features, label
+
+    def expand(self, records):
+        return records | "Validate" >> beam.ParDo(ValidateRowFn(self.features, self.label_spec)).with_outputs(BAD_ROWS, main="rows")
+
+
+def _check_bad_rows(row: dict, bad_rows: int, limit: int, where: str) -> dict:
+    if bad_rows > limit:
+        raise TooManyBadRowsError(f"{_TOO_MANY}: {bad_rows} rows failed validation, max_bad_rows is {limit} (reasons in {where})")
+    return row
+
+
+class GateOnBadRows(beam.PTransform):
+    """Pass the rows on only if the bad rows are at most `limit`; otherwise fail the job."""
+
+    def __init__(self, bad_rows, limit: int, where: str):
+        super().__init__()
+        self.bad_rows, self.limit, self.where = bad_rows, limit, where
+
+    def expand(self, rows):
+        count = self.bad_rows | "CountBadRows" >> beam.combiners.Count.Globally()
+        return rows | "CheckBadRows" >> beam.Map(_check_bad_rows, beam.pvalue.AsSingleton(count), self.limit, self.where)
+
+
+def split_of(row: dict, eval_fraction: float) -> str:
+    """``"eval"`` or ``"train"``, decided by a fingerprint of the row (the same on every run)."""
+    if eval_fraction <= 0:
+        return "train"
+    bucket = farmhash.fingerprint64(orjson.dumps(row, option=orjson.OPT_SORT_KEYS)) % 1_000_000
+    return "eval" if bucket < eval_fraction * 1_000_000 else "train"
+
+
+class WriteBadRows(beam.PTransform):
+    """Bad rows as JSON lines ``{"reason": ..., "row": ...}`` under ``<dir>/errors/``."""
+
+    def __init__(self, output_dir: str):
+        super().__init__()
+        self.output_dir = output_dir
+
+    def expand(self, bad_rows):
+        return (
+            bad_rows
+            | "ToJson" >> beam.Map(lambda bad: orjson.dumps(bad).decode())
+            | "Write" >> beam.io.WriteToText(join(self.output_dir, "errors", "bad_rows"), file_name_suffix=".jsonl")
+        )
+
+
+# ---------------------------------------------------------------------------------------- writing
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts for local and ``gs://`` paths alike."""
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return value.item() if hasattr(value, "item") else value
+
+
+def parquet_schema(features: list[FeatureSpec], label: LabelSpec | None):
+    """The pyarrow schema of transformed rows (float outputs are float32, as in TFT)."""
+    import pyarrow as pa
+
+    types = {"float": pa.float32(), "int": pa.int64(), "string": pa.string()}
+    fields = [pa.field(f.name, types[f.output_kind], nullable=False) for f in features]
+    if label is not None:
+        fields.append(pa.field(label.name, types[label.type], nullable=False))
+    return pa.schema(fields)
+
+
+class WriteTransformedData(beam.PTransform):
+    """Transformed rows of one split as sharded TFRecord files of ``tf.Example`` and/or Parquet."""
+
+    def __init__(self, output_dir: str, split: str, formats: list[str], schema, features, label):
+        super().__init__()
+        self.output_dir, self.split, self.formats = output_dir, split, formats
+        self.schema, self.features, self.label_spec = schema, features, label
+
+    def expand(self, rows):
+        import tensorflow_transform as tft
+
+        prefix = join(self.output_dir, "data", self.split)
+        written = []
+        if "tfrecord" in self.formats:
+            written.append(
+                rows
+                | "EncodeExamples" >> beam.Map(tft.coders.ExampleProtoCoder(self.schema).encode)
+                | "WriteTFRecord" >> beam.io.WriteToTFRecord(prefix, file_name_suffix=".tfrecord")
+            )
+        if "parquet" in self.formats:
+            written.append(
+                rows
+                | "ToPlain" >> beam.Map(lambda row: {k: _plain(v) for k, v in row.items()})
+                | "WriteParquet" >> beam.io.WriteToParquet(prefix, parquet_schema(self.features, self.label_spec), file_name_suffix=".parquet")
+            )
+        return written
+
+
+def _copy_tree(source_dir: str, target_dir: str) -> None:
+    for root, _, files in os.walk(source_dir):
+        for name in files:
+            local = os.path.join(root, name)
+            relative = os.path.relpath(local, source_dir).replace(os.sep, "/")
+            with open(local, "rb") as src, FileSystems.create(join(target_dir, relative)) as dst:
+                dst.write(src.read())
+
+
+def publish_fitted_transform(_, artifacts_dir: str, output_dir: str, features: list[dict], label: dict | None) -> str:
+    """Read the fitted constants back from the written ``transform_fn``; write ``fitted_transforms.json``.
+
+    When the TFT artifacts were staged locally (``gs://`` output on the local emulator, which
+    TensorFlow's own GCS client cannot reach), copy them to `output_dir` first.
+    """
+    import json
+
+    from transforms.tft_fn import read_fitted_constants, vocabulary_filename
+
+    specs = [FeatureSpec(**f) for f in features]
+    label_spec = LabelSpec(**label) if label else None
+    transform_fn = join(artifacts_dir, "transform_fn")
+    with FileSystems.open(join(transform_fn, "saved_model.pb"), compression_type="uncompressed") as file:
+        constants = read_fitted_constants(file.read())
+    vocabularies = {}
+    for i, spec in enumerate(specs):
+        if spec.transform == "vocabulary":
+            with FileSystems.open(join(transform_fn, "assets", vocabulary_filename(i, spec)), compression_type="uncompressed") as file:
+                vocabularies[i] = file.read().decode("utf-8").splitlines()
+    document = fitted_document(specs, label_spec, constants, vocabularies)
+    if artifacts_dir != output_dir:
+        _copy_tree(artifacts_dir, output_dir)
+    target = join(output_dir, FITTED_FILENAME)
+    with FileSystems.create(target) as file:
+        file.write(json.dumps(document, indent=1).encode("utf-8"))
+    return target
+
+
+class PublishFittedTransform(beam.PTransform):
+    """After `tft_beam.WriteTransformFn`: write the fitted constants as JSON for online use."""
+
+    def __init__(self, artifacts_dir: str, output_dir: str, features: list[FeatureSpec], label: LabelSpec | None):
+        super().__init__()
+        self.artifacts_dir, self.output_dir = artifacts_dir, output_dir
+        self.features = [f.model_dump() for f in features]
+        self.label_spec = label.model_dump() if label is not None else None
+
+    def expand(self, written):
+        return written | "WriteFittedJson" >> beam.Map(
+            publish_fitted_transform, self.artifacts_dir, self.output_dir, self.features, self.label_spec
+        )
+
+
+# ---------------------------------------------------------------------------------------- the job
+
+
+def working_dirs(job: PreprocessJobConfig, options: PipelineOptions) -> tuple[str, str]:
+    """``(temp_dir, artifacts_dir)`` for tensorflow-transform.
+
+    TFT writes through TensorFlow's own file system, whose GCS client ignores
+    ``STORAGE_EMULATOR_HOST``: with ``gs://`` output on the local emulator, TFT works in a local
+    directory and `publish_fitted_transform` copies its artifacts over through Beam.
+    """
+    output_dir = job.output.dir
+    temp_location = options.view_as(GoogleCloudOptions).temp_location
+    on_emulator = output_dir.startswith("gs://") and bool(os.environ.get("STORAGE_EMULATOR_HOST"))
+    if on_emulator:
+        local = tempfile.mkdtemp(prefix="riverbeam-preprocess-")
+        return os.path.join(local, "tmp"), os.path.join(local, "artifacts")
+    if temp_location and not (temp_location.startswith("gs://") and os.environ.get("STORAGE_EMULATOR_HOST")):
+        return join(temp_location, "tft"), output_dir
+    if output_dir.startswith("gs://"):
+        return join(output_dir, "tmp"), output_dir
+    return tempfile.mkdtemp(prefix="riverbeam-tft-"), output_dir
+
+
+def build_preprocess(pipeline: beam.Pipeline, job: PreprocessJobConfig, temp_dir: str, artifacts_dir: str) -> dict[str, Any]:
+    """Add the preprocess graph to `pipeline`; returns its main collections by name."""
+    import tensorflow_transform.beam as tft_beam
+
+    from transforms.tft_fn import build_preprocessing_fn, raw_metadata
+
+    features, label, output = list(job.features), job.label, job.output
+    records = pipeline | "ReadRawRecords" >> ReadRawRecords(job.input.pattern, job.input.format)
+    validated = records | "ValidateRows" >> ValidateRows(features, label)
+    bad_rows = validated[BAD_ROWS]
+    errors_where = join(output.dir, "errors")
+    bad_rows | "WriteBadRows" >> WriteBadRows(output.dir)
+    rows = validated.rows | "GateOnBadRows" >> GateOnBadRows(bad_rows, job.max_bad_rows, errors_where)
+    fraction = output.split.eval_fraction
+    if fraction > 0:
+        train, evaluation = rows | "SplitTrainEval" >> beam.Partition(
+            lambda row, _n: 0 if split_of(row, fraction) == "train" else 1, 2
+        )
+    else:
+        train, evaluation = rows, None
+    metadata = raw_metadata(features, label)
+    with tft_beam.Context(temp_dir=temp_dir):
+        (train_out, train_meta), transform_fn = (train, metadata) | "AnalyzeAndTransform" >> tft_beam.AnalyzeAndTransformDataset(
+            build_preprocessing_fn(features, label)
+        )
+        collections = {"rows": rows, "bad_rows": bad_rows, "train": train_out}
+        train_out | "WriteTrain" >> WriteTransformedData(output.dir, "train", output.formats, train_meta.schema, features, label)
+        if evaluation is not None:
+            eval_out, _ = ((evaluation, metadata), transform_fn) | "TransformEval" >> tft_beam.TransformDataset()
+            eval_out | "WriteEval" >> WriteTransformedData(output.dir, "eval", output.formats, train_meta.schema, features, label)
+            collections["eval"] = eval_out
+        written = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(artifacts_dir)
+    collections["fitted"] = written | "PublishFittedTransform" >> PublishFittedTransform(artifacts_dir, output.dir, features, label)
+    return collections
+
+
+def pipeline_options(argv: list[str] | None) -> PipelineOptions:
+    """Options from `argv`, with the download-free ``FnApiRunner`` when no runner is given."""
+    options = PipelineOptions(argv)
+    if options.view_as(StandardOptions).runner is None:
+        options.view_as(StandardOptions).runner = DEFAULT_RUNNER
+    return options
+
+
+def _counter(result, name: str) -> int | None:
+    try:
+        counters = result.metrics().query(beam.metrics.MetricsFilter().with_name(name))["counters"]
+    except Exception:  # some runners do not report metrics
+        return None
+    values = [c.committed if c.committed is not None else c.attempted for c in counters]
+    return int(sum(v for v in values if v is not None)) if values else 0
+
+
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    """Build and run the preprocess pipeline from command-line flags; waits for it to finish.
+
+    Returns a summary: the output directory, the fitted transform file, rows and bad rows.
+    Raises `riverbeam.errors.ConfigError` for a wrong configuration and `TooManyBadRowsError`
+    when more rows fail validation than ``max_bad_rows``.
+    """
+    if os.environ.get("STORAGE_EMULATOR_HOST"):  # the local emulator never needs the GCE metadata probe
+        os.environ.setdefault("NO_GCE_CHECK", "true")
+    options = pipeline_options(argv)
+    job = load_job(options)
+    temp_dir, artifacts_dir = working_dirs(job, options)
+    pipeline = beam.Pipeline(options=options)
+    build_preprocess(pipeline, job, temp_dir, artifacts_dir)
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    except Exception as error:
+        text = str(error)
+        if _TOO_MANY in text:
+            start = text.index(_TOO_MANY)
+            raise TooManyBadRowsError(text[start:].splitlines()[0].rstrip("'\"] ")) from None
+        raise
+    return {
+        "output_dir": job.output.dir,
+        "fitted_transform": join(job.output.dir, FITTED_FILENAME),
+        "rows": _counter(result, "rows"),
+        "bad_rows": _counter(result, "bad_rows"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m pipelines.preprocess``: user mistakes become one line, not a traceback."""
+    try:
+        summary = run(argv)
+    except UsageError as error:
+        print(f"preprocess: error: {error}", file=sys.stderr)
+        return 2
+    except RiverbeamError as error:
+        print(f"preprocess: error: {error}", file=sys.stderr)
+        return 1
+    print(orjson.dumps(summary).decode())
+    return 0
+
+
+if __name__ == "__main__":
+    logging.getLogger().setLevel(logging.INFO)
+    sys.exit(main())

@@ -1,0 +1,284 @@
+"""The consumer daemon against the real local broker, with both Kafka clients."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+
+import orjson
+import pytest
+import yaml
+from river import datasets, evaluate, linear_model, metrics, preprocessing
+
+from online.checkpoints import CheckpointStore
+from online.config import EventsConfig, KafkaConfig, ModelConfig
+from online.kafka_clients import create_topic, make_consumer, make_producer
+from online.learner import Learner
+from online.outputs import SOURCE_HEADER
+
+CLIENTS = ["kafka-python", "confluent-kafka"]
+SHORT_GROUP_TIMEOUTS = {
+    "kafka-python": {"session_timeout_ms": 2000, "heartbeat_interval_ms": 300, "max_poll_interval_ms": 4000},
+    "confluent-kafka": {"session.timeout.ms": 2000, "heartbeat.interval.ms": 300},
+}
+MODEL = {"pipeline": [{"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {}}], "metrics": ["Accuracy", "LogLoss"]}
+PHISHING = [{**x, "label": y} for x, y in datasets.Phishing()]
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes], partitions: int = 1, keys: list[bytes] | None = None) -> None:
+    create_topic(bootstrap, topic, partitions=partitions)
+    producer = make_producer(KafkaConfig(bootstrap_servers=bootstrap, topic=topic))
+    for i, value in enumerate(values):
+        key = keys[i] if keys else None
+        producer.send(topic, value, key=key, partition=None if keys else i % partitions)
+    producer.flush()
+    producer.close()
+
+
+def job_config(tmp_path, bootstrap, topic, client, **overrides) -> str:
+    config = {
+        "kafka": {"client": client, "bootstrap_servers": bootstrap, "topic": topic, "group_id": f"g-{uuid.uuid4().hex[:8]}", "consumer": SHORT_GROUP_TIMEOUTS[client]},
+        "model": MODEL,
+        "events": {"target": "label"},
+        "checkpoint": {"uri": str(tmp_path / "checkpoints"), "every_events": 500, "lease_seconds": 3},
+        "metrics": {"port": None},
+    }
+    for section, values in overrides.items():
+        config[section] = {**config.get(section, {}), **values} if isinstance(values, dict) else values
+    path = tmp_path / f"consumer-{uuid.uuid4().hex[:6]}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def start_daemon(config_path: str, *extra: str) -> subprocess.Popen:
+    env = dict(os.environ, NO_GCE_CHECK="true", PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        [sys.executable, "-m", "riverbeam.cli", "consume", "--config", config_path, *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+
+
+def wait_for_log(process: subprocess.Popen, *needles: str, timeout: float = 60) -> str:
+    """Read the daemon's stderr until one of `needles` appears (the rest is kept for communicate)."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line and process.poll() is not None:
+            break
+        seen.append(line)
+        if any(needle in line for needle in needles):
+            return "".join(seen)
+    raise AssertionError(f"daemon never logged {needles}: {''.join(seen)[-2000:]}")
+
+
+def run_daemon(config_path: str, timeout: float = 120) -> dict:
+    process = start_daemon(config_path, "--until-caught-up")
+    out, err = process.communicate(timeout=timeout)
+    assert process.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])["summary"]
+
+
+def read_topic(bootstrap: str, topic: str, client: str = "kafka-python") -> list:
+    config = KafkaConfig(client=client, bootstrap_servers=bootstrap, topic=topic)
+    consumer = make_consumer(config, group=False)
+    try:
+        tps = [(topic, p) for p in consumer.partitions_for(topic, timeout_s=10)]
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, 0)
+        ends = consumer.end_offsets(tps)
+        records, idle = [], 0
+        while idle < 4:
+            batches = consumer.poll_batches(0.5, 5000)
+            idle = 0 if batches else idle + 1
+            for batch in batches:
+                records.extend(batch.records)
+            marks = consumer.high_watermarks()
+            counts = {tp: sum(1 for r in records if (r.topic, r.partition) == tp) for tp in tps}
+            if all(counts[tp] >= max(ends.get(tp, 0), marks.get(tp, 0)) for tp in tps) and idle:
+                break
+        return records
+    finally:
+        consumer.close()
+
+
+def expected_phishing_metrics(events=PHISHING) -> dict:
+    learner = Learner(ModelConfig(**MODEL), EventsConfig(target="label"))
+    learner.process_many([dict(e) for e in events])  # the learner consumes its events; cycled lists repeat objects
+    return learner.metric_values()
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_end_to_end_equals_progressive_val_score_with_dead_letters(tmp_path, kafka_bootstrap, topic, client):
+    values = [orjson.dumps(e) for e in PHISHING]
+    bad = {17: b"not json", 400: b"[1, 2]", 401: orjson.dumps({**PHISHING[0], "label": [1]}), 900: orjson.dumps({**PHISHING[0], "empty_server_form_handler": "x"})}
+    for position, value in sorted(bad.items()):  # ascending: each lands at its final offset
+        values.insert(position, value)
+    produce(kafka_bootstrap, topic, values)
+    summary = run_daemon(job_config(tmp_path, kafka_bootstrap, topic, client, kafka={"dead_letter_topic": f"{topic}.dlq"}))
+    expected = evaluate.progressive_val_score(datasets.Phishing(), preprocessing.StandardScaler() | linear_model.LogisticRegression(), metrics.Accuracy() + metrics.LogLoss())
+    unit = summary["units"]["all"]
+    assert unit["metrics"] == {type(m).__name__: m.get() for m in expected}
+    assert summary["events_consumed"] == len(values) and unit["events_learned"] == 1250 and summary["events_rejected"] == 4
+    latest = CheckpointStore(str(tmp_path / "checkpoints")).load_latest().manifest
+    assert latest["events_learned"] == 1250 and latest["positions"] == {f"{topic}/0": len(values)}
+    dead = [orjson.loads(r.value) for r in read_topic(kafka_bootstrap, f"{topic}.dlq")]
+    assert sorted(d["offset"] for d in dead) == sorted(bad)
+    reasons = {d["offset"]: d["reason"] for d in dead}
+    assert reasons[17].startswith("not JSON") and reasons[400] == "event is not a JSON object but an array"
+    assert reasons[401] == "label 'label' cannot be learned by this model: [1]"
+    assert reasons[900] == "feature 'empty_server_form_handler' is not a number: 'x'"
+    assert next(d for d in dead if d["offset"] == 17)["value"] == "not json"
+
+
+def test_sigterm_writes_a_final_checkpoint(tmp_path, kafka_bootstrap, topic):
+    events = list(itertools.islice(itertools.cycle(PHISHING), 30_000))
+    produce(kafka_bootstrap, topic, [orjson.dumps(e) for e in events])
+    config = job_config(tmp_path, kafka_bootstrap, topic, "kafka-python", checkpoint={"every_events": 1_000_000, "every_seconds": 3600})
+    process = start_daemon(config)
+    store = CheckpointStore(str(tmp_path / "checkpoints"))
+    wait_for_log(process, '"msg":"restored"', '"msg":"starting fresh"')
+    time.sleep(1)
+    assert store.load_latest() is None  # no checkpoint was due yet
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err[-2000:]
+    summary = json.loads(out.strip().splitlines()[-1])["summary"]
+    latest = store.load_latest().manifest
+    assert latest["events_seen"] == summary["units"]["all"]["events_seen"] > 0
+    assert latest["positions"][f"{topic}/0"] == summary["units"]["all"]["positions"][f"{topic}/0"]
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_kill_9_repeatedly_equals_uninterrupted_run_and_outputs_exactly_once(tmp_path, kafka_bootstrap, topic, client):
+    events = list(itertools.islice(itertools.cycle(PHISHING), 12_000))
+    values = [orjson.dumps(e) for e in events]
+    bad_positions = set(range(150, len(values), 997))
+    for position in sorted(bad_positions):
+        values.insert(position, b"{broken")
+    produce(kafka_bootstrap, topic, values)
+    outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred", "poll_max_records": 500}
+    config = job_config(tmp_path, kafka_bootstrap, topic, client, kafka=outputs, checkpoint={"every_events": 700})
+    rng = random.Random(7)
+    for _ in range(3):
+        process = start_daemon(config)
+        time.sleep(rng.uniform(2.5, 5.0))
+        process.kill()  # kill -9, at a random moment
+        process.wait()
+    summary = run_daemon(config)
+    unit = summary["units"]["all"]
+    assert unit["events_seen"] == unit["events_learned"] == len(events)
+    assert unit["metrics"] == expected_phishing_metrics(events)
+    dead = read_topic(kafka_bootstrap, f"{topic}.dlq", client)
+    assert sorted(orjson.loads(r.value)["offset"] for r in dead) == sorted(bad_positions)  # each exactly once
+    predictions = read_topic(kafka_bootstrap, f"{topic}.pred", client)
+    sources = [dict(r.headers)[SOURCE_HEADER] for r in predictions]
+    assert len(sources) == len(set(sources)) == len(events)  # no prediction missing or doubled
+
+
+def test_checkpoints_on_gcs_emulator(tmp_path, kafka_bootstrap, topic, gcs_prefix):
+    produce(kafka_bootstrap, topic, [orjson.dumps(e) for e in PHISHING[:600]])
+    config = job_config(tmp_path, kafka_bootstrap, topic, "kafka-python", checkpoint={"uri": gcs_prefix, "every_events": 200})
+    summary = run_daemon(config)
+    latest = CheckpointStore(gcs_prefix).load_latest()
+    assert latest.manifest["events_seen"] == 600 == summary["units"]["all"]["events_seen"]
+    assert latest.manifest["metrics"] == expected_phishing_metrics(PHISHING[:600])
+
+
+def test_global_model_standby_takes_over_after_kill(tmp_path, kafka_bootstrap, topic):
+    events = list(itertools.islice(itertools.cycle(PHISHING), 15_000))
+    produce(kafka_bootstrap, topic, [orjson.dumps(e) for e in events], partitions=2)
+    config = job_config(tmp_path, kafka_bootstrap, topic, "kafka-python", kafka={"poll_max_records": 300})
+    active = start_daemon(config)
+    wait_for_log(active, '"msg":"starting fresh"')
+    standby = start_daemon(config, "--until-caught-up")
+    wait_for_log(standby, '"msg":"standby')
+    assert standby.poll() is None  # waiting, not learning
+    active.kill()
+    active.wait()
+    out, err = standby.communicate(timeout=120)
+    assert standby.returncode == 0, err[-2000:]
+    assert '"msg":"restored"' in err  # took over from the active instance's last checkpoint
+    summary = json.loads(out.strip().splitlines()[-1])["summary"]
+    assert summary["units"]["all"]["events_seen"] == len(events)
+
+
+def test_keyed_models_split_partitions_and_survive_a_kill(tmp_path, kafka_bootstrap, topic):
+    shops = ["a", "b", "c", "d", "e", "f"]
+    events = [{**e, "shop": shops[i % len(shops)]} for i, e in enumerate(itertools.islice(itertools.cycle(PHISHING), 12_000))]
+    produce(kafka_bootstrap, topic, [orjson.dumps(e) for e in events], partitions=4, keys=[e["shop"].encode() for e in events])
+    config = job_config(tmp_path, kafka_bootstrap, topic, "kafka-python", events={"target": "label", "key": "shop"}, kafka={"poll_max_records": 200})
+    first, second = start_daemon(config), start_daemon(config)
+    wait_for_log(first, '"msg":"starting fresh"', '"msg":"restored"')
+    wait_for_log(second, '"msg":"starting fresh"', '"msg":"restored"')  # the group split the partitions
+    first.kill()  # kill -9 while learning: its partitions move to the second instance
+    first.wait()
+
+    def unit_manifests():
+        found = {}
+        for p in range(4):
+            checkpoint = CheckpointStore(str(tmp_path / "checkpoints" / "partitions" / f"{topic}.{p}")).load_latest()
+            found[p] = checkpoint.manifest if checkpoint else None
+        return found
+
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        manifests = unit_manifests()
+        if all(manifests.values()) and sum(m["events_seen"] for m in manifests.values()) == len(events):
+            break
+        time.sleep(1)
+    second.send_signal(signal.SIGTERM)
+    out, err = second.communicate(timeout=60)
+    assert second.returncode == 0, err[-2000:]
+    summary = json.loads(out.strip().splitlines()[-1])["summary"]
+    assert sorted(summary["units"]) == sorted(f"{topic}.{p}" for p in range(4))  # the survivor holds every partition
+    # every partition's unit holds exactly the events of its partition, each learned once
+    manifests = unit_manifests()
+    for p, manifest in manifests.items():
+        assert manifest["positions"][f"{topic}/{p}"] == manifest["events_seen"] == manifest["events_learned"]
+    assert sum(m["events_seen"] for m in manifests.values()) == len(events)
+
+
+def test_metrics_and_health_endpoints(tmp_path, kafka_bootstrap, topic):
+    from riverbeam.local_stack import free_port
+
+    produce(kafka_bootstrap, topic, [orjson.dumps(e) for e in PHISHING[:300]])
+    port = free_port()
+    process = start_daemon(job_config(tmp_path, kafka_bootstrap, topic, "kafka-python", metrics={"port": port, "host": "127.0.0.1"}))
+    try:
+        deadline = time.monotonic() + 30
+        body = ""
+        while time.monotonic() < deadline:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1).status == 200:
+                    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()
+                    if "riverbeam_events_learned_total 300.0" in body and "riverbeam_model_metric{" in body:
+                        break
+            except OSError:
+                pass
+            time.sleep(0.3)
+        assert "riverbeam_events_learned_total 300.0" in body
+        assert 'riverbeam_model_metric{metric="Accuracy",unit="all"}' in body
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read() == b"ok\n"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    assert process.returncode == 0
+
+
+def test_unknown_client_option_is_a_configuration_error(tmp_path, kafka_bootstrap, topic):
+    config = job_config(tmp_path, kafka_bootstrap, topic, "confluent-kafka", kafka={"consumer": {"session.timeout.mss": 2000}})
+    process = start_daemon(config)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert "kafka.consumer.session.timeout.mss" in err

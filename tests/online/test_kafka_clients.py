@@ -1,0 +1,316 @@
+"""Both Kafka clients behind one interface, on the real local broker (Tansu)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from online.config import KafkaConfig
+from online.kafka_clients import (
+    Batch,
+    KafkaClientError,
+    Record,
+    RecordList,
+    create_topic,
+    make_consumer,
+    make_producer,
+    read_records,
+    read_tail,
+)
+from riverbeam.errors import ConfigError
+
+CLIENTS = ["kafka-python", "confluent-kafka"]
+# Tansu finishes a group join after half the session timeout: keep it short here.
+SHORT_GROUP_TIMEOUTS = {
+    "kafka-python": {"session_timeout_ms": 2000, "heartbeat_interval_ms": 300, "max_poll_interval_ms": 2000},
+    "confluent-kafka": {"session.timeout.ms": 2000, "heartbeat.interval.ms": 300, "max.poll.interval.ms": 2000},
+}
+
+
+def kafka_config(client: str, bootstrap: str, topic: str, group: str | None = None, **options) -> KafkaConfig:
+    return KafkaConfig(
+        client=client,
+        bootstrap_servers=bootstrap,
+        topic=topic,
+        group_id=group or f"g-{topic}",
+        consumer={**SHORT_GROUP_TIMEOUTS[client], **options},
+    )
+
+
+def produce(config: KafkaConfig, topic: str, values: list[bytes], partition: int | None = 0, **kwargs) -> None:
+    producer = make_producer(config)
+    for value in values:
+        producer.send(topic, value, partition=partition, **kwargs)
+    producer.flush()
+    producer.close()
+
+
+def poll_until(consumer, count: int, timeout_s: float = 15.0, max_records: int = 1000) -> list[Batch]:
+    batches, seen, deadline = [], 0, time.monotonic() + timeout_s
+    while seen < count and time.monotonic() < deadline:
+        for batch in consumer.poll_batches(0.2, max_records):
+            batches.append(batch)
+            seen += len(batch.records)
+    return batches
+
+
+@pytest.fixture(params=CLIENTS)
+def client(request) -> str:
+    return request.param
+
+
+def test_batch_exposes_values_and_offsets_without_building_records():
+    records = RecordList([Record("t", 0, offset, None, b"v%d" % offset, 0, ()) for offset in (4, 5, 7)])
+    batch = Batch(("t", 0), records)
+    assert (batch.values, batch.offsets, batch.first_offset, batch.next_offset) == ([b"v4", b"v5", b"v7"], [4, 5, 7], 4, 8)
+    assert batch.records == list(records) and len(batch.records) == 3
+
+
+def test_kafka_python_checks_crcs_with_the_c_extension():
+    from online.kafka_clients.kafka_python import native_crc32c
+
+    assert native_crc32c()
+
+
+def test_manual_assignment_seek_and_headers_round_trip(client, kafka_bootstrap, topic):
+    create_topic(kafka_bootstrap, topic, partitions=2)
+    config = kafka_config(client, kafka_bootstrap, topic)
+    produce(config, topic, [b"a%d" % i for i in range(10)], partition=0, key=b"k", headers=[("source", b"s0"), ("n", b"1")])
+    produce(config, topic, [b"b%d" % i for i in range(3)], partition=1)
+    consumer = make_consumer(config, group=False)
+    try:
+        assert consumer.partitions_for(topic) == [0, 1]
+        consumer.assign([(topic, 0), (topic, 1)])
+        consumer.seek((topic, 0), 6)
+        assert consumer.assignment() == [(topic, 0), (topic, 1)]
+        batches = poll_until(consumer, 7)
+        by_partition = {}
+        for batch in batches:
+            assert {r.partition for r in batch.records} == {batch.partition[1]}
+            by_partition.setdefault(batch.partition, []).extend(batch.records)
+        assert [r.value for r in by_partition[(topic, 0)]] == [b"a6", b"a7", b"a8", b"a9"]
+        assert [r.offset for r in by_partition[(topic, 0)]] == [6, 7, 8, 9]
+        assert [r.value for r in by_partition[(topic, 1)]] == [b"b0", b"b1", b"b2"]
+        first = by_partition[(topic, 0)][0]
+        assert (first.topic, first.key, first.headers) == (topic, b"k", (("source", b"s0"), ("n", b"1")))
+        assert abs(first.timestamp_ms / 1000 - time.time()) < 60
+        assert by_partition[(topic, 1)][0].headers == ()
+        assert consumer.high_watermarks() == {(topic, 0): 10, (topic, 1): 3}
+        with pytest.raises(KafkaClientError, match="consumer group"):
+            consumer.commit({(topic, 0): 10})
+    finally:
+        consumer.close()
+
+
+def test_partitions_for_a_missing_topic_is_an_error(client, kafka_bootstrap, topic):
+    consumer = make_consumer(kafka_config(client, kafka_bootstrap, topic), group=False)
+    try:
+        with pytest.raises(KafkaClientError, match=f"topic {topic} does not exist"):
+            consumer.partitions_for(topic, timeout_s=0.5)
+    finally:
+        consumer.close()
+
+
+def test_group_seek_in_on_assign_commit_and_commit_in_on_revoke_at_close(client, kafka_bootstrap, topic):
+    create_topic(kafka_bootstrap, topic, partitions=1)
+    config = kafka_config(client, kafka_bootstrap, topic)
+    produce(config, topic, [b"%d" % i for i in range(20)])
+    tp = (topic, 0)
+    consumer = make_consumer(config)
+    calls = []
+
+    def on_assign(partitions):
+        calls.append(("assign", partitions))
+        for partition in partitions:
+            consumer.seek(partition, 5)
+        with pytest.raises(KafkaClientError, match="inside a rebalance callback"):
+            consumer.end_offsets(partitions)
+
+    def on_revoke(partitions):
+        calls.append(("revoke", partitions))
+        consumer.commit({partition: 12 for partition in partitions})
+
+    consumer.subscribe([topic], on_assign, on_revoke)
+    batches = poll_until(consumer, 15)
+    assert calls == [("assign", [tp])]
+    assert batches[0].first_offset == 5 and sum(len(b.records) for b in batches) == 15
+    assert batches[-1].next_offset == 20
+    assert consumer.committed(tp) is None
+    consumer.commit({tp: 9})
+    assert consumer.committed(tp) == 9
+    assert consumer.assignment() == [tp]
+    consumer.close()
+    assert calls[-1] == ("revoke", [tp])
+
+    # The commit made inside on_revoke (during close) is what the group holds now.
+    reader = make_consumer(config)
+    try:
+        assert reader.committed(tp) == 12
+    finally:
+        reader.close()
+
+
+def test_an_exception_in_a_callback_comes_out_of_poll_unchanged(client, kafka_bootstrap, topic):
+    create_topic(kafka_bootstrap, topic, partitions=1)
+    consumer = make_consumer(kafka_config(client, kafka_bootstrap, topic))
+
+    def on_assign(partitions):
+        raise ValueError(f"cannot restore {partitions}")
+
+    consumer.subscribe([topic], on_assign, lambda partitions: None)
+    try:
+        with pytest.raises(ValueError, match="cannot restore"):
+            poll_until(consumer, 1, timeout_s=10)
+    finally:
+        consumer.close()
+
+
+class PollingMember(threading.Thread):
+    """One group member polling in its own thread, as separate daemon processes would."""
+
+    def __init__(self, name: str, config: KafkaConfig, topic: str, events: list):
+        super().__init__(daemon=True)
+        self.name_, self.events, self.stop = name, events, threading.Event()
+        self.consumer = make_consumer(config)
+        self.held: list = []
+        self.error: BaseException | None = None
+        self.consumer.subscribe([topic], self.on_assign, self.on_revoke)
+
+    def on_assign(self, partitions):
+        self.events.append((time.monotonic(), self.name_, "assign", partitions))
+
+    def on_revoke(self, partitions):
+        self.events.append((time.monotonic(), self.name_, "revoke", partitions))
+        # what the daemon does: checkpoint, then commit, before the partitions are given up
+        self.consumer.commit({tp: 5 for tp in partitions})
+
+    def run(self):
+        try:
+            while not self.stop.is_set():
+                self.consumer.poll_batches(0.1, 100)
+                self.held = self.consumer.assignment()
+        except BaseException as error:
+            self.error = error
+        finally:
+            self.consumer.close()
+
+
+def test_two_members_split_partitions_and_revoke_comes_before_reassign(client, kafka_bootstrap, topic):
+    create_topic(kafka_bootstrap, topic, partitions=4)
+    config = kafka_config(client, kafka_bootstrap, topic)
+    for partition in range(4):
+        produce(config, topic, [b"p%d-%d" % (partition, i) for i in range(5)], partition=partition)
+    events: list = []
+    everything = [(topic, p) for p in range(4)]
+    first = PollingMember("first", config, topic, events)
+    first.start()
+    second = None
+    try:
+        deadline = time.monotonic() + 10
+        while first.held != everything and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first.held == everything
+        second = PollingMember("second", config, topic, events)
+        second.start()
+        deadline = time.monotonic() + 15
+        while not (len(first.held) == 2 and len(second.held) == 2) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sorted(first.held + second.held) == everything and len(first.held) == 2
+    finally:
+        for member in (first, second):
+            if member is not None:
+                member.stop.set()
+                member.join(10)
+    assert first.error is None and second.error is None
+    calls = [(name, kind, partitions) for _, name, kind, partitions in events]
+    assert calls[0] == ("first", "assign", everything)
+    assert ("first", "revoke", everything) in calls
+    revoked_at = next(at for at, name, kind, _ in events if (name, kind) == ("first", "revoke"))
+    second_assigned_at = next(at for at, name, kind, _ in events if (name, kind) == ("second", "assign"))
+    assert revoked_at < second_assigned_at
+    reader = make_consumer(config)
+    try:
+        assert [reader.committed(tp) for tp in everything] == [5, 5, 5, 5]  # committed inside on_revoke
+    finally:
+        reader.close()
+
+
+def test_end_offsets_reach_the_true_end_despite_the_tansu_short_fall(client, kafka_bootstrap, topic):
+    create_topic(kafka_bootstrap, topic, partitions=1)
+    config = kafka_config(client, kafka_bootstrap, topic)
+    for batch in range(3):  # one producer batch per flush
+        produce(config, topic, [b"%d-%d" % (batch, i) for i in range(10)])
+    tp = (topic, 0)
+    consumer = make_consumer(config, group=False)
+    try:
+        listed = consumer.end_offsets([tp])[tp]
+        assert 21 <= listed <= 30  # Tansu: base offset of the last batch + 1; real Kafka: 30
+        consumer.assign([tp])
+        consumer.seek(tp, 0)
+        assert sum(len(b.records) for b in poll_until(consumer, 30)) == 30
+        assert consumer.high_watermarks() == {tp: 30}
+        assert consumer.end_offsets([tp]) == {tp: 30}
+    finally:
+        consumer.close()
+    assert [r.offset for r in read_records(config, topic)] == list(range(30))
+    assert [r.value for r in read_records(config, topic, {0: 28})] == [b"2-8", b"2-9"]
+    assert [r.offset for r in read_tail(config, topic, 4)[0]] == [26, 27, 28, 29]
+
+
+def test_read_tail_of_an_empty_topic(client, kafka_bootstrap, topic):
+    create_topic(kafka_bootstrap, topic, partitions=2)
+    assert read_tail(kafka_config(client, kafka_bootstrap, topic), topic, 3) == {0: [], 1: []}
+
+
+def test_a_record_too_large_is_never_dropped_silently(client, kafka_bootstrap, topic):
+    create_topic(kafka_bootstrap, topic, partitions=1)
+    limit = {"kafka-python": {"max_request_size": 1000}, "confluent-kafka": {"message.max.bytes": 1000}}[client]
+    config = KafkaConfig(client=client, bootstrap_servers=kafka_bootstrap, topic=topic, producer=limit)
+    producer = make_producer(config)
+    with pytest.raises(KafkaClientError, match="(?i)too large|size"):
+        producer.send(topic, b"x" * 5000)
+        producer.flush(5)
+    producer.send(topic, b"small")
+    producer.flush(10)  # the producer goes on after the failure was reported
+
+
+def test_an_unreachable_broker_fails_the_flush(client, topic):
+    from riverbeam.local_stack import free_port
+
+    options = {
+        "kafka-python": {"bootstrap_timeout_ms": 1000, "max_block_ms": 500, "request_timeout_ms": 500, "delivery_timeout_ms": 1000},
+        "confluent-kafka": {"message.timeout.ms": 500},
+    }[client]
+    config = KafkaConfig(client=client, bootstrap_servers=f"127.0.0.1:{free_port()}", topic=topic, producer=options)
+    with pytest.raises(KafkaClientError):
+        producer = make_producer(config)
+        producer.send(topic, b"lost?", partition=0)
+        producer.flush(5)
+
+
+@pytest.mark.parametrize(
+    "client, section, key, message",
+    [
+        ("kafka-python", "consumer", "session.timeout.ms", "unknown option for kafka-python (did you mean session_timeout_ms?)"),
+        ("kafka-python", "producer", "lingr_ms", "unknown option for kafka-python (did you mean linger_ms?)"),
+        ("kafka-python", "consumer", "enable_auto_commit", "auto commit is always off"),
+        ("confluent-kafka", "consumer", "no.such.option", "unknown option for confluent-kafka"),
+        ("confluent-kafka", "consumer", "session_timeout_ms", "librdkafka names use dots: session.timeout.ms?"),
+        ("confluent-kafka", "producer", "acks", "acks=all"),
+    ],
+)
+def test_an_option_the_client_does_not_take_is_a_config_error_naming_it(client, section, key, message, kafka_bootstrap):
+    config = KafkaConfig(client=client, bootstrap_servers=kafka_bootstrap, topic="t", **{section: {key: 1}})
+    with pytest.raises(ConfigError) as error:
+        (make_consumer if section == "consumer" else make_producer)(config)
+    assert error.value.path == f"kafka.{section}.{key}"
+    assert message in error.value.message
+
+
+def test_a_bad_librdkafka_value_is_a_config_error_naming_it(kafka_bootstrap):
+    config = KafkaConfig(client="confluent-kafka", bootstrap_servers=kafka_bootstrap, topic="t", consumer={"session.timeout.ms": "soon"})
+    with pytest.raises(ConfigError) as error:
+        make_consumer(config)
+    assert error.value.path == "kafka.consumer.session.timeout.ms"

@@ -1,0 +1,290 @@
+"""Replay: learn (checkpoints, resume after kill -9), evaluate (report), backfill (Kafka), search, bad lines."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from river import datasets, evaluate, linear_model, metrics, optim, preprocessing, tree
+
+from online.checkpoints import CheckpointStore
+from online.config import EventsConfig, ModelConfig, ReplayJobConfig
+from online.learner import Learner
+from online.replay import FILE_HEADER, LINE_HEADER, ReplayError, ReplayOptions, load_replay_job, run_replay, trial_model
+from riverbeam.cli import main
+from riverbeam.configuration import parse_config
+from tests.online.test_readers import phishing_events, write_csv, write_jsonl, write_parquet
+
+LOGREG = [{"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {"optimizer": {"optim.SGD": {"lr": 0.1}}}}]
+JOB = {"model": {"pipeline": LOGREG, "metrics": ["Accuracy", "LogLoss"]}, "events": {"target": "label"}}
+WRITERS = {"jsonl": write_jsonl, "csv": write_csv, "parquet": write_parquet}
+
+
+def job_config(**changes) -> ReplayJobConfig:
+    return parse_config({**JOB, **changes}, ReplayJobConfig, environ={})
+
+
+def expected_phishing(model=None, metric=None):
+    model = model or preprocessing.StandardScaler() | linear_model.LogisticRegression(optimizer=optim.SGD(0.1))
+    result = evaluate.progressive_val_score(datasets.Phishing(), model, metric or metrics.Accuracy() + metrics.LogLoss())
+    return {type(m).__name__: m.get() for m in result} if isinstance(result, metrics.base.Metrics) else {type(result).__name__: result.get()}
+
+
+def write_yaml(path, data) -> str:
+    import yaml
+
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+@pytest.mark.parametrize("fmt", sorted(WRITERS))
+def test_evaluate_equals_progressive_val_score_and_writes_a_report(tmp_path, fmt):
+    WRITERS[fmt](tmp_path / f"phishing.{fmt}", phishing_events())
+    report = tmp_path / "report"
+    result = run_replay(job_config(), ReplayOptions([str(tmp_path / f"phishing.{fmt}")], mode="evaluate", report_dir=str(report), report_every=500))
+    expected = expected_phishing()
+    assert result.leaderboard[0]["metrics"] == expected
+    data = json.loads((report / "metrics.json").read_text())
+    assert [row["events"] for row in data["rows"]] == [500, 1000, 1250]
+    assert {k: data["final"]["StandardScaler|LogisticRegression"][k] for k in expected} == expected
+    lines = (report / "metrics.csv").read_text().splitlines()
+    assert lines[0] == "events,lines,model,Accuracy,LogLoss" and lines[-1].startswith("1250,")
+    assert float(lines[-1].split(",")[3]) == expected["Accuracy"]
+    assert (report / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_candidates_learn_in_one_pass_and_are_ranked(tmp_path):
+    write_jsonl(tmp_path / "p.jsonl", phishing_events())
+    tree_spec = {"name": "tree", "pipeline": [{"tree.HoeffdingTreeClassifier": {"grace_period": 50}}], "metrics": ["Accuracy"]}
+    job = parse_config({"models": [{**tree_spec}, JOB["model"]], "events": {"target": "label"}}, ReplayJobConfig, environ={})
+    result = run_replay(job, ReplayOptions([str(tmp_path / "p.jsonl")], mode="evaluate"))
+    tree_accuracy = expected_phishing(tree.HoeffdingTreeClassifier(grace_period=50), metrics.Accuracy())["Accuracy"]
+    assert [(row["rank"], row["model"], row["metrics"]["Accuracy"]) for row in result.leaderboard] == [
+        (1, "StandardScaler|LogisticRegression", expected_phishing()["Accuracy"]),
+        (2, "tree", tree_accuracy),
+    ]
+
+
+def test_learn_from_parquet_on_gcs_with_checkpoints_on_gcs(gcs_client, gcs_prefix):
+    events = phishing_events()
+    bucket_name, prefix = gcs_prefix[len("gs://"):].split("/", 1)
+    for i, part in enumerate((events[:700], events[700:])):
+        buffer = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(part), buffer)
+        gcs_client.bucket(bucket_name).blob(f"{prefix}/in/part-{i}.parquet").upload_from_string(buffer.getvalue())
+    options = ReplayOptions([f"{gcs_prefix}/in/*.parquet"], checkpoint_uri=f"{gcs_prefix}/ckpt", checkpoint_every=500)
+    result = run_replay(job_config(), options)
+    latest = CheckpointStore(f"{gcs_prefix}/ckpt").load_latest()
+    assert latest.manifest["metrics"] == expected_phishing()
+    assert (latest.manifest["events_seen"], latest.manifest["events_learned"]) == (1250, 1250)
+    assert latest.positions["replay"] == {"order": "file", "file": f"{gcs_prefix}/in/part-1.parquet", "line": 550, "files_done": 1}
+    assert result.checkpoint["id"] == latest.id
+    again = run_replay(job_config(), options)  # nothing new to read: nothing written
+    assert again.lines == 0 and again.checkpoint is None and CheckpointStore(f"{gcs_prefix}/ckpt").load_latest().id == latest.id
+
+
+def test_learn_continues_from_checkpoint_with_new_files(tmp_path):
+    events = phishing_events()
+    write_jsonl(tmp_path / "day-1.jsonl", events[:800])
+    ckpt = str(tmp_path / "ckpt")
+    run_replay(job_config(), ReplayOptions([str(tmp_path / "*.jsonl")], checkpoint_uri=ckpt))
+    write_jsonl(tmp_path / "day-2.jsonl", events[800:])
+    result = run_replay(job_config(), ReplayOptions([str(tmp_path / "*.jsonl")], checkpoint_uri=ckpt))
+    assert result.lines == 450
+    assert result.checkpoint["metrics"] == expected_phishing() and result.checkpoint["events_seen"] == 1250
+    restored = Learner.restore(CheckpointStore(ckpt).load_latest().state, job_config().model, job_config().events)
+    assert restored.metric_values() == expected_phishing()
+
+
+def _latest_sequence(path) -> int:
+    try:
+        return json.loads((path / "LATEST").read_text())["sequence"]
+    except (OSError, ValueError):
+        return 0
+
+
+def test_learn_resumes_after_kill_9_as_if_uninterrupted(tmp_path):
+    events = phishing_events() * 20  # 25k events: a few seconds of learning
+    write_jsonl(tmp_path / "a.jsonl", events[:12_000])
+    write_jsonl(tmp_path / "b.jsonl", events[12_000:])
+    config = write_yaml(tmp_path / "job.yaml", JOB)
+    inputs = str(tmp_path / "*.jsonl")
+    reference = run_replay(job_config(), ReplayOptions([inputs], checkpoint_uri=str(tmp_path / "whole"), checkpoint_every=2000))
+
+    ckpt = tmp_path / "killed"
+    command = [sys.executable, "-m", "riverbeam.cli", "replay", "--config", config, "--input", inputs,
+               "--checkpoint-uri", str(ckpt), "--checkpoint-every", "2000", "--no-progress"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=os.getcwd())
+    deadline = time.monotonic() + 60
+    while _latest_sequence(ckpt) < 3 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL, "the replay finished before it could be killed"
+    interrupted = CheckpointStore(str(ckpt)).load_latest().manifest
+    assert 0 < interrupted["events_seen"] < len(events)
+
+    resumed = run_replay(job_config(), ReplayOptions([inputs], checkpoint_uri=str(ckpt), checkpoint_every=2000))
+    assert resumed.lines == len(events) - interrupted["events_seen"]
+    assert {k: resumed.checkpoint[k] for k in ("events_seen", "events_learned", "metrics", "positions")} == {
+        k: reference.checkpoint[k] for k in ("events_seen", "events_learned", "metrics", "positions")
+    }
+
+
+def test_bad_lines_go_to_the_errors_file_and_max_errors_stops(tmp_path, capsys):
+    events = phishing_events()[:100]
+    lines = [orjson.dumps(e) for e in events]
+    lines[10] = b"{broken"
+    lines[20] = orjson.dumps({**events[20], "is_popular": "high"})
+    lines[30] = b"[1, 2, 3]"
+    (tmp_path / "p.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    config = write_yaml(tmp_path / "job.yaml", JOB)
+    errors = tmp_path / "errors.jsonl"
+    base = ["replay", "--config", config, "--input", str(tmp_path / "p.jsonl"), "--mode", "evaluate", "--errors", str(errors)]
+    assert main(base) == 0
+    records = [json.loads(line) for line in errors.read_text().splitlines()]
+    assert [(r["file"], r["line"], r["reason"].split(":")[0]) for r in records] == [
+        (str(tmp_path / "p.jsonl"), 11, "not JSON"),
+        (str(tmp_path / "p.jsonl"), 21, "feature 'is_popular' is not a number"),
+        (str(tmp_path / "p.jsonl"), 31, "not a JSON object but an array"),
+    ]
+    assert "100 line(s) read, 98 event(s), 3 bad" in capsys.readouterr().out
+    errors.unlink()
+    assert main(base + ["--max-errors", "2"]) == 1
+    message = capsys.readouterr().err
+    assert "stopped: 3 bad lines, more than --max-errors 2" in message and "line 31" in message
+    assert len(errors.read_text().splitlines()) == 3
+
+
+def test_dry_run_counts_and_writes_nothing(tmp_path, capsys):
+    events = phishing_events()[:50]
+    (tmp_path / "p.jsonl").write_bytes(b"\n".join(orjson.dumps(e) for e in events) + b"\nnope\n")
+    config = write_yaml(tmp_path / "job.yaml", {**JOB, "checkpoint": {"uri": str(tmp_path / "ckpt")}})
+    argv = ["replay", "--config", config, "--input", str(tmp_path / "p.jsonl"), "--dry-run", "--errors", str(tmp_path / "e.jsonl"),
+            "--report", str(tmp_path / "report")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "51 line(s) read, 50 event(s), 1 bad" in out and "line 51: not JSON" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml", "p.jsonl"]
+
+
+def test_configuration_errors_are_one_line(tmp_path, capsys):
+    bad = write_yaml(tmp_path / "job.yaml", {**JOB, "search": {"params": {"LogisticRegression.optimizer.lrr": {"low": 0.01, "high": 1}}}})
+    (tmp_path / "p.jsonl").write_text("{}\n")
+    assert main(["replay", "--config", bad, "--input", str(tmp_path / "p.jsonl")]) == 2
+    assert "job.yaml: search.params.LogisticRegression.optimizer.lrr: optim.SGD has no parameter lrr (did you mean lr?)" in capsys.readouterr().err
+    good = write_yaml(tmp_path / "good.yaml", JOB)
+    assert main(["replay", "--config", good, "--input", str(tmp_path / "nothing-*.jsonl")]) == 2
+    assert "no file matches" in capsys.readouterr().err
+    assert main(["replay", "--config", good, "--input", str(tmp_path / "p.jsonl"), "--mode", "backfill"]) == 2
+    assert "backfill needs --topic and --bootstrap-servers" in capsys.readouterr().err
+
+
+def test_search_ranks_trials_by_their_progressive_score(tmp_path):
+    write_jsonl(tmp_path / "p.jsonl", phishing_events())
+    path = write_yaml(tmp_path / "job.yaml", {**JOB, "search": {"seed": 1, "parallel": 2, "params": {
+        "LogisticRegression.optimizer.lr": {"low": 0.001, "high": 1.0, "log": True}}}})
+    job, search = load_replay_job(path)
+    result = run_replay(job, ReplayOptions([str(tmp_path / "p.jsonl")], mode="evaluate", search=4, report_dir=str(tmp_path / "r")), search)
+    trials = result.search["trials"]
+    assert len(trials) == 4 and result.search["direction"] == "maximize"
+    assert [t["value"] for t in trials] == sorted((t["value"] for t in trials), reverse=True)
+    best = trials[0]
+    lr = best["params"]["LogisticRegression.optimizer.lr"]
+    assert best["value"] == expected_phishing(preprocessing.StandardScaler() | linear_model.LogisticRegression(optimizer=optim.SGD(lr)))["Accuracy"]
+    assert json.loads((tmp_path / "r" / "search.json").read_text())["best"] == best
+
+
+def test_trial_model_sets_nested_parameters():
+    model = trial_model(job_config().model, {"LogisticRegression.l2": 0.01, "LogisticRegression.optimizer.lr": 0.3})
+    assert model.pipeline[1] == {"linear_model.LogisticRegression": {"optimizer": {"optim.SGD": {"lr": 0.3}}, "l2": 0.01}}
+    assert job_config().model.pipeline[1]["linear_model.LogisticRegression"] == {"optimizer": {"optim.SGD": {"lr": 0.1}}}
+
+
+# -- backfill ----------------------------------------------------------------------------------
+
+
+def consume_all(bootstrap, topic, expected, timeout=30):
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    tp = TopicPartition(topic, 0)
+    consumer.assign([tp])
+    consumer.seek_to_beginning(tp)
+    records, deadline = [], time.monotonic() + timeout
+    while len(records) < expected and time.monotonic() < deadline:
+        for batch in consumer.poll(timeout_ms=500).values():
+            records += batch
+    for batch in consumer.poll(timeout_ms=500).values():  # anything beyond what was expected
+        records += batch
+    consumer.close()
+    return records
+
+
+def test_backfill_then_consume_equals_a_direct_replay(tmp_path, kafka_bootstrap, topic):
+    events = phishing_events()
+    write_jsonl(tmp_path / "a.jsonl", events[:600])
+    write_csv(tmp_path / "b.csv", events[600:])
+    result = run_replay(job_config(), ReplayOptions([str(tmp_path / "*")], mode="backfill", topic=topic, bootstrap_servers=kafka_bootstrap))
+    assert result.produced == 1250
+    records = consume_all(kafka_bootstrap, topic, 1250)
+    assert len(records) == 1250
+    assert dict(records[0].headers) == {FILE_HEADER: str(tmp_path / "a.jsonl").encode(), LINE_HEADER: b"1"}
+    assert dict(records[-1].headers) == {FILE_HEADER: str(tmp_path / "b.csv").encode(), LINE_HEADER: b"651"}
+    learner = Learner(job_config().model, job_config().events)
+    learner.process_many(orjson.loads(r.value) for r in records)
+    direct = run_replay(job_config(), ReplayOptions([str(tmp_path / "*")], mode="evaluate"))
+    assert learner.metric_values() == direct.leaderboard[0]["metrics"] == expected_phishing()
+
+
+def test_backfill_resumes_after_kill_9_without_duplicates(tmp_path, kafka_bootstrap, topic):
+    from kafka import KafkaConsumer, TopicPartition
+
+    events = phishing_events()
+    write_jsonl(tmp_path / "p.jsonl", events)
+    config = write_yaml(tmp_path / "job.yaml", JOB)
+    command = [sys.executable, "-m", "riverbeam.cli", "replay", "--config", config, "--input", str(tmp_path / "p.jsonl"),
+               "--mode", "backfill", "--topic", topic, "--bootstrap-servers", kafka_bootstrap, "--rate", "400", "--no-progress"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    watcher = KafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False, group_id=None)
+    seen, deadline = 0, time.monotonic() + 60
+    while seen < 200 and process.poll() is None and time.monotonic() < deadline:
+        if TopicPartition(topic, 0) in (watcher.assignment() or set()):
+            seen += sum(len(b) for b in watcher.poll(timeout_ms=100).values())
+        elif watcher.partitions_for_topic(topic):
+            watcher.assign([TopicPartition(topic, 0)])
+        else:
+            time.sleep(0.1)
+    watcher.close()
+    process.send_signal(signal.SIGKILL)
+    _, err = process.communicate()
+    assert process.returncode == -signal.SIGKILL, err.decode()
+
+    resumed = run_replay(job_config(), ReplayOptions([str(tmp_path / "p.jsonl")], mode="backfill", topic=topic, bootstrap_servers=kafka_bootstrap))
+    assert 0 < resumed.produced < 1250
+    records = consume_all(kafka_bootstrap, topic, 1250)
+    assert [int(dict(r.headers)[LINE_HEADER]) for r in records] == list(range(1, 1251))
+    assert [orjson.loads(r.value) for r in records] == events
+
+
+def test_backfill_refuses_a_topic_with_foreign_records(tmp_path, kafka_bootstrap, topic):
+    from online.config import KafkaConfig
+    from online.kafka_clients import create_topic, make_producer
+
+    create_topic(kafka_bootstrap, topic, partitions=1)
+    producer = make_producer(KafkaConfig(bootstrap_servers=kafka_bootstrap, topic=topic))
+    producer.send(topic, b'{"x": 1}', partition=0)
+    producer.close()
+    write_jsonl(tmp_path / "p.jsonl", phishing_events()[:10])
+    with pytest.raises(ReplayError, match="not written by a backfill"):
+        run_replay(job_config(), ReplayOptions([str(tmp_path / "p.jsonl")], mode="backfill", topic=topic, bootstrap_servers=kafka_bootstrap))

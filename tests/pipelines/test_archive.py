@@ -1,0 +1,110 @@
+"""The archive pipeline on the DirectRunner: TestStream in place of Kafka, files read back as events."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+beam = pytest.importorskip("apache_beam")
+
+from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
+from apache_beam.testing.test_stream import TestStream as RecordStream  # noqa: E402
+from apache_beam.transforms.window import TimestampedValue  # noqa: E402
+
+from pipelines.archive import ArchiveOptions, build_archive, read_archive, source_transform  # noqa: E402
+from riverbeam.errors import UsageError  # noqa: E402
+
+pytestmark = pytest.mark.beam
+
+BASE = 1714568400  # 2024-05-01T13:00:00Z
+EVENTS = [{"time": BASE + 1200 + 170 * i, "x": i, "label": i % 2 == 0, "name": f"e{i}"} for i in range(40)]
+# records as Kafka delivers them: bytes with a record timestamp
+BAD = [
+    (b"not json", "invalid JSON"),
+    (b"[1, 2]", "expected a JSON object, got list"),
+    (b'{"x": 1}', "missing event time field 'time'"),
+    (b'{"time": "yesterday", "x": 2}', "bad event time field 'time'"),
+]
+
+
+def event_stream() -> RecordStream:
+    """Events over three hours (13h, 14h, 15h), with bad records and a late watermark step."""
+    first, second = EVENTS[:20], EVENTS[20:]
+    return (
+        RecordStream()
+        .add_elements([json.dumps(e).encode() for e in first] + [TimestampedValue(b, BASE + 1300) for b, _ in BAD])
+        .advance_watermark_to(BASE + 4200)
+        .add_elements([json.dumps(e).encode() for e in second])
+        .advance_watermark_to_infinity()
+    )
+
+
+def run_archive(output: str, *flags: str) -> None:
+    options = PipelineOptions(
+        ["--runner=BundleBasedDirectRunner", "--streaming", f"--archive_output={output}", "--event_time_field=time", *flags]
+    )
+    with beam.Pipeline(options=options) as pipeline:
+        build_archive(pipeline, options, source=event_stream())
+
+
+def expected_partitions() -> set[str]:
+    return {f"date=2024-05-01/hour={13 + (e['time'] - BASE) // 3600}" for e in EVENTS}
+
+
+def check_dead_letters(output: str) -> None:
+    dead = sorted(read_archive(f"{output}/dead_letter/date=2024-05-01/hour=13/*.jsonl"), key=lambda d: d["payload"])
+    expected = sorted(BAD, key=lambda b: b[0].decode())
+    assert [d["payload"] for d in dead] == [b.decode() for b, _ in expected]
+    for letter, (_, reason) in zip(dead, expected):
+        assert letter["reason"].startswith(reason), letter
+
+
+def test_jsonl_archive_on_gcs_emulator_reads_back_by_partition(beam_gcs, gcs_prefix, gcs_client):
+    output = f"{gcs_prefix}/archive"
+    run_archive(output)
+    bucket, prefix = output[len("gs://"):].split("/", 1)
+    names = sorted(b.name[len(prefix) + 1:] for b in gcs_client.list_blobs(bucket, prefix=prefix + "/") if "/.temp" not in b.name)
+    partitions = {"/".join(name.split("/")[:2]) for name in names if name.startswith("date=")}
+    assert partitions == expected_partitions() == {"date=2024-05-01/hour=13", "date=2024-05-01/hour=14", "date=2024-05-01/hour=15"}
+    # one file set per 10-minute window: the 13h partition holds the windows from 13:20 on
+    assert "date=2024-05-01/hour=13/part-20240501T132000Z-00000-of-00001.jsonl" in names
+    for partition in partitions:  # each file holds only the events of its hour
+        hour = int(partition[-2:])
+        in_partition = list(read_archive(f"{output}/{partition}/*.jsonl"))
+        assert in_partition and all(13 + (e["time"] - BASE) // 3600 == hour for e in in_partition)
+    back = sorted(read_archive(f"{output}/date=*/hour=*/*.jsonl"), key=lambda e: e["x"])
+    assert back == EVENTS
+    check_dead_letters(output)
+
+
+def test_parquet_archive_reads_back_as_the_same_events(tmp_path):
+    output = str(tmp_path / "archive")
+    run_archive(output, "--archive_format=parquet")
+    files = sorted(p.relative_to(output).as_posix() for p in (tmp_path / "archive").rglob("*.parquet"))
+    assert {"/".join(f.split("/")[:2]) for f in files} == expected_partitions()
+    assert sorted(read_archive(f"{output}/date=*/hour=*/*.parquet"), key=lambda e: e["x"]) == EVENTS
+    check_dead_letters(output)  # dead letters stay JSON lines
+
+
+def test_archive_window_must_divide_an_hour(tmp_path):
+    with pytest.raises(UsageError, match="archive_window_seconds: 7000 must be a positive divisor of 3600"):
+        run_archive(str(tmp_path), "--archive_window_seconds=7000")
+
+
+def test_archive_output_is_required():
+    options = PipelineOptions(["--event_time_field=time"])
+    with pytest.raises(UsageError, match="missing required flag.*--archive_output"):
+        build_archive(beam.Pipeline(options=options), options, source=event_stream())
+
+
+def test_kafka_source_needs_servers_and_topics_and_a_json_config():
+    view = PipelineOptions(["--kafka_topics=a, b"]).view_as(ArchiveOptions)
+    with pytest.raises(UsageError, match="--kafka_bootstrap_servers and --kafka_topics are required"):
+        source_transform(view)
+    view = PipelineOptions(["--kafka_bootstrap_servers=k:9092", "--kafka_topics=a, b"]).view_as(ArchiveOptions)
+    reader = source_transform(view)
+    assert (reader.bootstrap_servers, reader.topics) == ("k:9092", ["a", "b"])
+    view = PipelineOptions(["--kafka_bootstrap_servers=k:9092", "--kafka_topics=a", "--kafka_consumer_config=[1]"]).view_as(ArchiveOptions)
+    with pytest.raises(UsageError, match="kafka_consumer_config: expected a JSON object"):
+        source_transform(view)

@@ -1,0 +1,296 @@
+"""The preprocess pipeline on River's ImageSegments: analyzers against numpy/pandas, online parity,
+bad rows, ``gs://`` on the emulator and the portable runner."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+pytestmark = pytest.mark.beam
+
+FEATURES = [
+    {"name": "intensity-mean", "type": "float", "transform": "z_score"},
+    {"name": "region-centroid-row", "type": "int", "transform": "z_score"},
+    {"name": "hue-mean", "type": "float", "transform": "min_max"},
+    {"name": "saturation-mean", "type": "float", "transform": "bucketize", "num_buckets": 4},
+    {"name": "vedge-mean", "type": "float", "transform": "log1p"},
+    {"name": "region-centroid-col", "type": "string", "transform": "vocabulary", "top_k": 20, "frequency_threshold": 5, "num_oov_buckets": 2},
+    {"name": "rawred-mean", "type": "float", "transform": "identity"},
+    {"name": "short-line-density-2", "type": "float", "transform": "identity"},
+]
+HASHED = {"name": "region-centroid-row", "type": "string", "transform": "hash", "hash_buckets": 16}
+LABEL = {"name": "class", "type": "string"}
+BAD_LINES = ["1,2,3", "", ",".join(["x"] * 20)]
+
+
+def segment_rows(limit: int | None = None) -> list[dict]:
+    from river import datasets
+
+    rows = [{**x, "class": y} for x, y in datasets.ImageSegments()]
+    return rows[:limit] if limit else rows
+
+
+def write_csv(path, rows, extra_lines=()):
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        for line in extra_lines:
+            file.write(line + "\n")
+
+
+def write_config(path, features, input_, output, max_bad_rows=0):
+    path.write_text(yaml.safe_dump({"features": features, "label": LABEL, "input": input_, "output": output, "max_bad_rows": max_bad_rows}))
+    return str(path)
+
+
+def read_parquet_rows(pattern: str) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return [row for path in sorted(glob.glob(pattern)) for row in pq.read_table(path).to_pylist()]
+
+
+def typed(rows, specs):
+    from transforms.spec import FeatureSpec, LabelSpec
+
+    features = [FeatureSpec(**f) for f in specs]
+    label = LabelSpec(**LABEL)
+    return [{**{f.name: f.coerce(r[f.name]) for f in features}, label.name: label.coerce(r[label.name])} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def fitted_run(tmp_path_factory):
+    """One FnApiRunner run on all 2310 ImageSegments rows plus bad lines, with an eval split."""
+    from pipelines.preprocess import run
+
+    root = tmp_path_factory.mktemp("preprocess")
+    rows = segment_rows()
+    write_csv(root / "segment.csv", rows, BAD_LINES)
+    config = write_config(
+        root / "job.yaml", FEATURES, {"pattern": str(root / "segment.csv"), "format": "csv"},
+        {"dir": str(root / "out"), "formats": ["tfrecord", "parquet"], "split": {"eval_fraction": 0.25}}, max_bad_rows=5,
+    )
+    summary = run(["--config", config, "--runner=FnApiRunner"])
+    return {"root": root, "out": str(root / "out"), "rows": rows, "summary": summary}
+
+
+def train_frame(fitted_run) -> pd.DataFrame:
+    from pipelines.preprocess import split_of
+
+    rows = typed(fitted_run["rows"], FEATURES)
+    return pd.DataFrame([r for r in rows if split_of(r, 0.25) == "train"])
+
+
+def fitted_features(fitted_run) -> dict:
+    doc = json.loads(open(os.path.join(fitted_run["out"], "fitted_transforms.json")).read())
+    return {f["name"]: f for f in doc["features"]}
+
+
+def test_layout_and_counts(fitted_run):
+    out = fitted_run["out"]
+    for part in ("transform_fn/saved_model.pb", "transformed_metadata/schema.pbtxt", "fitted_transforms.json"):
+        assert os.path.exists(os.path.join(out, part)), part
+    assert glob.glob(f"{out}/data/train-*.tfrecord") and glob.glob(f"{out}/data/eval-*.parquet")
+    assert fitted_run["summary"]["rows"] == 2310 and fitted_run["summary"]["bad_rows"] == 2  # the blank line is skipped
+    train, evaluation = read_parquet_rows(f"{out}/data/train-*.parquet"), read_parquet_rows(f"{out}/data/eval-*.parquet")
+    assert len(train) + len(evaluation) == 2310 and 0.2 < len(evaluation) / 2310 < 0.3
+    assert len(train) == len(train_frame(fitted_run))
+
+
+def test_bad_rows_are_written_with_the_reason(fitted_run):
+    lines = [json.loads(line) for path in glob.glob(f"{fitted_run['out']}/errors/bad_rows-*.jsonl") for line in open(path)]
+    assert sorted(b["reason"] for b in lines) == ["malformed CSV: expected 19 fields, got 20", "malformed CSV: expected 19 fields, got 3"]
+    assert sorted(b["row"] for b in lines) == sorted([BAD_LINES[0], BAD_LINES[2]])
+
+
+def test_analyzers_match_numpy_and_pandas(fitted_run):
+    frame, fitted = train_frame(fitted_run), fitted_features(fitted_run)
+    x32 = frame["intensity-mean"].to_numpy(np.float32).astype(np.float64)
+    assert fitted["intensity-mean"]["mean"] == pytest.approx(x32.mean(), rel=1e-12)
+    assert fitted["intensity-mean"]["var"] == pytest.approx(x32.var(), rel=1e-9)
+    ints = frame["region-centroid-row"].to_numpy(np.float64)
+    assert fitted["region-centroid-row"]["mean"] == pytest.approx(ints.mean(), rel=1e-12)
+    assert fitted["region-centroid-row"]["var"] == pytest.approx(ints.var(), rel=1e-9)
+    hue = frame["hue-mean"].to_numpy(np.float32)
+    assert (fitted["hue-mean"]["min"], fitted["hue-mean"]["max"]) == (float(hue.min()), float(hue.max()))
+    # quantile boundaries: approximate (epsilon 0.01), so compare ranks, and with numpy's quantiles loosely
+    saturation = frame["saturation-mean"].to_numpy(np.float32)
+    boundaries = fitted["saturation-mean"]["boundaries"]
+    assert len(boundaries) == 3
+    assert [np.mean(saturation < b) for b in boundaries] == pytest.approx([0.25, 0.5, 0.75], abs=0.02)
+    assert boundaries == pytest.approx(np.quantile(saturation, [0.25, 0.5, 0.75]), rel=0.05)
+    # vocabulary: frequency >= 5, most frequent first, ties broken by the value, descending; top 20
+    counts = frame["region-centroid-col"].value_counts()
+    ordered = sorted(((n, v.encode()) for v, n in counts.items() if n >= 5), reverse=True)[:20]
+    assert fitted["region-centroid-col"]["vocabulary"] == [v.decode() for _, v in ordered]
+
+
+def test_online_parity_with_tft_graph(fitted_run):
+    """FittedTransform.apply against TFT's own transform of the same raw rows: within 1e-6 on every feature."""
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    from transforms.fitted import FittedTransform
+
+    fitted = FittedTransform.load(fitted_run["out"])
+    rows = typed(fitted_run["rows"], FEATURES)
+    extra = [dict(rows[0], **{"region-centroid-col": "99999"}), dict(rows[1], **{"region-centroid-col": "-3"}),
+             dict(rows[2], **{"saturation-mean": 10.0, "intensity-mean": -1000.0, "hue-mean": 50.0})]
+    rows = rows + extra
+    raw = {f["name"]: tf.constant([r[f["name"]] for r in rows], dtype={"float": tf.float32, "int": tf.int64, "string": tf.string}[f["type"]])
+           for f in FEATURES}
+    raw["class"] = tf.constant([r["class"] for r in rows])
+    graph_out = tft.TFTransformOutput(fitted_run["out"]).transform_raw_features(raw)
+    online = fitted.apply_many(rows)
+    for feature in FEATURES:
+        name = feature["name"]
+        expected = graph_out[name].numpy()
+        got = np.array([o[name] for o in online], dtype=object)
+        if expected.dtype.kind == "O":
+            assert [e.decode() for e in expected] == list(got), name
+        else:
+            assert np.max(np.abs(expected.astype(np.float64) - got.astype(np.float64))) <= 1e-6, name
+    assert [o["region-centroid-col"] for o in online[-3:-1]] == [int(v) for v in graph_out["region-centroid-col"].numpy()[-3:-1]]
+    assert all(o["region-centroid-col"] >= 20 for o in online[-3:-1])  # out of vocabulary: the OOV buckets
+
+
+def test_online_parity_with_written_data(fitted_run):
+    """The written Parquet rows (TFT's transformed output) equal FittedTransform.apply on the raw rows, as multisets."""
+    from transforms.fitted import FittedTransform
+
+    fitted = FittedTransform.load(fitted_run["out"])
+    online = fitted.apply_many(typed(fitted_run["rows"], FEATURES))
+    written = read_parquet_rows(f"{fitted_run['out']}/data/*.parquet")
+    names = [f["name"] for f in FEATURES] + ["class"]
+    key = lambda row: tuple(round(row[n], 5) if isinstance(row[n], float) else row[n] for n in names)  # noqa: E731
+    online, written = sorted(online, key=key), sorted(written, key=key)
+    assert len(online) == len(written)
+    for a, b in zip(online, written):
+        for n in names:
+            assert (abs(a[n] - b[n]) <= 1e-6) if isinstance(a[n], float) else a[n] == b[n], n
+
+
+def test_tfrecord_output_decodes_with_the_transformed_spec(fitted_run):
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    spec = tft.TFTransformOutput(fitted_run["out"]).transformed_feature_spec()
+    files = glob.glob(f"{fitted_run['out']}/data/train-*.tfrecord")
+    batch = next(iter(tf.data.TFRecordDataset(files).batch(5000).map(lambda s: tf.io.parse_example(s, spec))))
+    assert batch["saturation-mean"].shape[0] == len(read_parquet_rows(f"{fitted_run['out']}/data/train-*.parquet"))
+    assert set(np.unique(batch["saturation-mean"].numpy())) == {0, 1, 2, 3}
+
+
+def test_hash_matches_tensorflow(fitted_run):
+    import tensorflow as tf
+
+    from transforms.fitted import fingerprint64
+
+    values = sorted({str(r["region-centroid-row"]) for r in fitted_run["rows"]}) + ["", "é", "a b", "x" * 100]
+    expected = tf.strings.to_hash_bucket_fast(values, 1009).numpy().tolist()
+    assert [fingerprint64(v) % 1009 for v in values] == expected
+
+
+def test_too_many_bad_rows_fail_the_job(tmp_path):
+    from pipelines.preprocess import TooManyBadRowsError, run
+
+    write_csv(tmp_path / "small.csv", segment_rows(50), BAD_LINES)
+    config = write_config(tmp_path / "job.yaml", FEATURES[:2], {"pattern": str(tmp_path / "small.csv")}, {"dir": str(tmp_path / "out")})
+    with pytest.raises(TooManyBadRowsError, match="too many bad rows: 2 rows failed validation, max_bad_rows is 1"):
+        run(["--config", config, "--runner=FnApiRunner", "--max_bad_rows=1"])
+    assert not os.path.exists(tmp_path / "out" / "fitted_transforms.json")
+
+
+def test_gcs_input_and_output_on_the_emulator(beam_gcs, gcs_client, gcs_prefix, tmp_path):
+    from pipelines.preprocess import run
+    from transforms.fitted import FittedTransform
+
+    rows = segment_rows(300)
+    bucket_name, prefix = gcs_prefix[len("gs://"):].split("/", 1)
+    bucket = gcs_client.bucket(bucket_name)
+    bucket.blob(f"{prefix}/input/part-0.jsonl").upload_from_string("\n".join(json.dumps(r) for r in rows) + "\n")
+    features = FEATURES[:3] + [HASHED | {"name": "region-centroid-col"}]
+    config = write_config(tmp_path / "job.yaml", features, {"pattern": f"{gcs_prefix}/input/*.jsonl", "format": "jsonl"},
+                          {"dir": f"{gcs_prefix}/out", "formats": ["parquet"]})
+    summary = run(["--config", config, "--runner=FnApiRunner"])
+    assert summary["rows"] == 300 and summary["bad_rows"] == 0
+    names = {b.name[len(prefix) + 1:] for b in bucket.list_blobs(prefix=prefix)}
+    assert {"out/fitted_transforms.json", "out/transform_fn/saved_model.pb", "out/transformed_metadata/schema.pbtxt"} <= names
+    data = [n for n in names if n.startswith("out/data/train-") and n.endswith(".parquet")]
+    assert data
+    import io
+
+    import pyarrow.parquet as pq
+
+    written = [r for n in data for r in pq.read_table(io.BytesIO(bucket.blob(f"{prefix}/{n}").download_as_bytes())).to_pylist()]
+    fitted = FittedTransform.load(f"{gcs_prefix}/out")
+    online = fitted.apply_many(typed(rows, features))
+    key = lambda r: (r["region-centroid-col"], round(r["intensity-mean"], 5), r["class"])  # noqa: E731
+    for a, b in zip(sorted(online, key=key), sorted(written, key=key)):
+        assert a["region-centroid-col"] == b["region-centroid-col"] and abs(a["intensity-mean"] - b["intensity-mean"]) <= 1e-6
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_portable_runner_through_the_cli(tmp_path):
+    """`riverbeam preprocess` on PortableRunner against Beam's local job service (LOOPBACK workers).
+
+    The job runs in a subprocess: Beam's portable client has been seen to abort at interpreter
+    exit (rc 134) after the job is DONE, so the test checks the outputs and accepts that exit.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = segment_rows(400)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "segment.parquet")
+    config = write_config(tmp_path / "job.yaml", FEATURES[:4], {"pattern": str(tmp_path / "segment.parquet"), "format": "parquet"},
+                          {"dir": str(tmp_path / "out"), "formats": ["parquet"]})
+    port = _free_port()
+    env = {**os.environ, "NO_GCE_CHECK": "true"}
+    service = subprocess.Popen(
+        [sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main", f"--port={port}", f"--staging_dir={tmp_path / 'staging'}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.3)
+        job = subprocess.run(
+            [sys.executable, "-m", "riverbeam.cli", "preprocess", "--config", config, "--runner=PortableRunner",
+             f"--job_endpoint=localhost:{port}", "--environment_type=LOOPBACK"],
+            capture_output=True, text=True, env=env, timeout=240,
+        )
+    finally:
+        service.terminate()
+        service.wait(timeout=30)
+    assert job.returncode in (0, 134), job.stderr[-3000:]
+    assert os.path.exists(tmp_path / "out" / "fitted_transforms.json"), job.stderr[-3000:]
+    from transforms.fitted import FittedTransform
+
+    fitted = FittedTransform.load(str(tmp_path / "out"))
+    written = read_parquet_rows(str(tmp_path / "out" / "data" / "train-*.parquet"))
+    assert len(written) == 400
+    online = fitted.apply_many(typed(rows, FEATURES[:4]))
+    key = lambda r: (round(r["intensity-mean"], 5), r["region-centroid-row"], r["class"])  # noqa: E731
+    for a, b in zip(sorted(online, key=key), sorted(written, key=key)):
+        assert all(abs(a[n] - b[n]) <= 1e-6 for n in ("intensity-mean", "region-centroid-row", "hue-mean", "saturation-mean"))
