@@ -51,6 +51,12 @@ def register(subparsers) -> None:
 
 def config_check(args) -> int:
     job = args.job or detect_job(read_yaml(args.file))
-    load_config(args.file, config_class(job))
+    config = load_config(args.file, config_class(job))
+    check_semantics = getattr(config, "check_semantics", None)
+    if check_semantics is not None:  # River names, metric/model fit: beyond types
+        try:
+            check_semantics()
+        except ConfigError as error:
+            raise ConfigError(error.path, error.message, source=args.file) from None
     print(f"{args.file}: valid {job} configuration")
     return 0

@@ -1,0 +1,109 @@
+"""The `riverbeam` command: help, version, exit codes, configuration errors, the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from riverbeam import __version__
+from riverbeam.cli import COMMAND_GROUPS, main
+
+ENV = dict(os.environ, NO_GCE_CHECK="true")
+
+
+def riverbeam(*args: str, cwd=None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "riverbeam.cli", *args], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=timeout)
+
+
+def test_version_and_help_everywhere(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"riverbeam {__version__}"
+    for group in COMMAND_GROUPS:
+        with pytest.raises(SystemExit) as exit_info:
+            main([group, "--help"])
+        assert exit_info.value.code == 0, group
+        assert "usage: riverbeam" in capsys.readouterr().out
+
+
+def test_help_does_not_import_beam_or_tensorflow():
+    probe = "import sys; from riverbeam.cli import build_parser; build_parser(); import online.daemon; print(sorted(m for m in ('apache_beam', 'tensorflow') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=ENV, timeout=60).stdout
+    assert out.strip() == "[]"
+
+
+def test_usage_error_exits_2():
+    result = riverbeam("consume")
+    assert result.returncode == 2 and "--config" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("kafka: {bootstrap_servers: 9092, topic: t}\nmodel: {pipeline: [{linear_model.LogisticRegression: {}}]}\ncheckpoint: {uri: x}\n",
+         "kafka.bootstrap_servers: expected a string, got 9092"),
+        ("kafka: {topic: t, bogus: 1}\nmodel: {pipeline: [{linear_model.LogisticRegression: {}}]}\ncheckpoint: {uri: x}\n",
+         "kafka.bogus: unknown key"),
+        ("kafka: {topic: t}\nmodel: {pipeline: [{preprocessing.StandardScaler: {}}, {linear_model.LogisticRegresion: {}}]}\ncheckpoint: {uri: x}\n",
+         "model.pipeline[1]: river has no linear_model.LogisticRegresion (did you mean LogisticRegression?)"),
+        ("kafka: {topic: t}\nmodel: {pipeline: [{linear_model.LogisticRegression: {lr: 1}}]}\ncheckpoint: {uri: x}\n",
+         "model.pipeline[0].lr: linear_model.LogisticRegression has no parameter lr"),
+        ("kafka: {topic: t}\nmodel: {pipeline: [{linear_model.LinearRegression: {}}], metrics: [Accuracy]}\ncheckpoint: {uri: x}\n",
+         "model.metrics[0]: Accuracy does not work with a LinearRegression"),
+        ("kafka: [unclosed\n", "invalid YAML"),
+    ],
+)  # fmt: skip
+def test_bad_configuration_is_one_line_and_exit_2(tmp_path, yaml_text, message):
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml_text)
+    result = riverbeam("config", "check", str(path))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"riverbeam: error: {path}: ") and message in lines[0]
+
+
+def test_config_check_accepts_a_good_file_and_env_overrides(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("kafka: {topic: t, bootstrap_servers: '${BROKER:-localhost:9092}'}\nmodel: {pipeline: [{linear_model.LogisticRegression: {}}]}\ncheckpoint: {uri: x}\n")
+    assert riverbeam("config", "check", str(path)).returncode == 0
+    from online.config import ConsumeJobConfig
+    from riverbeam.configuration import load_config
+
+    job = load_config(path, ConsumeJobConfig, environ={"BROKER": "b:1", "RIVERBEAM__CHECKPOINT__EVERY_EVENTS": "7"})
+    assert job.kafka.bootstrap_servers == "b:1" and job.checkpoint.every_events == 7
+
+
+def test_demo_runs_end_to_end_and_stops_what_it_started(tmp_path):
+    result = riverbeam("demo", "--events", "3000", "--dir", str(tmp_path / "demo"), timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "events learned:    3,000 of 3,000" in result.stdout and "Accuracy:" in result.stdout
+    shown = riverbeam("checkpoints", "show", str(tmp_path / "demo" / "checkpoints"), "--json")
+    assert json.loads(shown.stdout)["events_seen"] == 3000
+    for name in ("kafka", "gcs"):
+        assert not (tmp_path / "demo" / "stack" / f"{name}.pid").exists()
+
+
+def test_predict_from_a_checkpoint(tmp_path):
+    from river import datasets
+
+    from online.checkpoints import CheckpointStore
+    from online.config import EventsConfig, ModelConfig
+    from online.learner import Learner
+    from online.persistence import save_learner
+
+    learner = Learner(ModelConfig(pipeline=[{"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {}}]), EventsConfig(target="y"))
+    rows = list(datasets.Phishing())
+    learner.process_many([{**x, "y": y} for x, y in rows])
+    save_learner(CheckpointStore(str(tmp_path / "ck")), learner, positions={})
+    lines = [json.dumps(rows[0][0]), "not json", json.dumps({**rows[1][0], "url_length": "long"})]
+    result = subprocess.run([sys.executable, "-m", "riverbeam.cli", "predict", "--checkpoint", str(tmp_path / "ck")], input="\n".join(lines), capture_output=True, text=True, env=ENV, timeout=60)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    expected = learner.state.models[None].predict_proba_one(dict(rows[0][0]))
+    assert records[0]["probabilities"] == {str(k): v for k, v in expected.items()}
+    assert records[0]["prediction"] == max(expected, key=expected.get)
+    assert records[1]["error"].startswith("not JSON") and records[2]["error"] == "feature 'url_length' is not a number: 'long'"
