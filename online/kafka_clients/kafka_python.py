@@ -141,6 +141,8 @@ class KafkaPythonConsumer(ConsumerState):
 
     async def _callback_off_loop(self, callback, partitions, revoking: bool = False, lost: bool = False) -> None:
         """Run `callback` on a worker thread and await it on the IO loop (which stays free for its commits)."""
+        if callback is None or (revoking and not partitions):
+            return
         done = Future()
         loop = self._consumer._net  # kafka-python's IO loop: wake it from the worker thread when done
 
