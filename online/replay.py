@@ -560,7 +560,9 @@ def evaluate(job: ReplayJobConfig, files: list[InputFile], options: ReplayOption
         if latest is not None:
             if len(candidates) != 1:
                 raise UsageError("--checkpoint-uri in evaluate mode starts one model from its checkpoint: configure one model")
-            candidates[0].learner = Learner.restore(latest.state, models[0], job.events, transform)
+            from online.persistence import restore_learner
+
+            candidates[0].learner = restore_learner(latest, models[0], job.events, transform)
     errors = ErrorLog(options.errors_path, options.max_errors)
     every = max(1, options.report_every)
     replay = Pass(files, errors, job.events.time, None, job.events.categorical, every=every, progress=_progress(options, files))
@@ -586,7 +588,8 @@ def evaluate(job: ReplayJobConfig, files: list[InputFile], options: ReplayOption
 
 def learn(job: ReplayJobConfig, files: list[InputFile], options: ReplayOptions) -> ReplayResult:
     """Learn one model from the inputs, checkpointing as it goes and at the end; resume from the latest checkpoint."""
-    from online.checkpoints import CheckpointStore, config_hash
+    from online.checkpoints import CheckpointStore
+    from online.persistence import restore_learner, save_learner
 
     started = time.monotonic()
     if job.model is None:
@@ -605,16 +608,13 @@ def learn(job: ReplayJobConfig, files: list[InputFile], options: ReplayOptions) 
             raise UsageError("--checkpoint-every must be positive")
         every_events = options.checkpoint_every
     transform = load_transform(job)
-    digest = config_hash(job.model, job.events, job.features)
     latest = store.load_latest()
     other_positions: dict = {}
     start = None
     if latest is None:
         learner = Learner(job.model, job.events, transform)
     else:
-        if latest.manifest.get("config_hash") not in ("", None, digest):
-            log.warning("%s: checkpoint %s was written with another model/events configuration", store.uri, latest.id)
-        learner = Learner.restore(latest.state, job.model, job.events, transform)
+        learner = restore_learner(latest, job.model, job.events, transform)  # refuses another model/events configuration
         other_positions = {k: v for k, v in latest.positions.items() if k != "replay"}
         start = ReplayPosition.from_json(latest.positions.get("replay"))
         if start is not None and start.order == "file" and start.file and start.file not in {f.name for f in files}:
@@ -629,12 +629,9 @@ def learn(job: ReplayJobConfig, files: list[InputFile], options: ReplayOptions) 
     rows: list[dict] = []
 
     def save() -> dict:
-        state = learner.state
-        return store.save(
-            learner.snapshot(), events_seen=state.events_seen, events_learned=state.events_learned,
-            positions={**other_positions, "replay": replay.position().to_json()}, metrics=learner.metric_values(),
-            model=learner.model_text(), config_hash=digest,
-            extra={"source": "replay", "events_rejected": state.events_rejected, "inputs": len(files)},
+        return save_learner(
+            store, learner, positions={**other_positions, "replay": replay.position().to_json()},
+            extra={"source": "replay", "events_rejected": learner.state.events_rejected, "inputs": len(files)},
         )
 
     try:

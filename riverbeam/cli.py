@@ -29,6 +29,7 @@ COMMAND_GROUPS = (
     "replay",
     "preprocess",
     "templates",
+    "beam_jobs",
 )
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 
+from riverbeam.commands.beam_flags import with_beam_flags
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -22,19 +24,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--config", required=True, help="the preprocess job's YAML file (local or gs://)")
     parser.set_defaults(handler=preprocess, beam_args=[])
-    parser.__class__ = _with_beam_flags(type(parser))
-
-
-def _with_beam_flags(parser_class: type) -> type:
-    """The parser class, keeping the arguments it does not know as ``beam_args`` (for Beam)."""
-
-    class BeamFlagsParser(parser_class):
-        def parse_known_args(self, args=None, namespace=None):
-            namespace, unknown = super().parse_known_args(args, namespace)
-            namespace.beam_args = list(getattr(namespace, "beam_args", None) or []) + list(unknown)
-            return namespace, []
-
-    return BeamFlagsParser
+    parser.__class__ = with_beam_flags(type(parser))
 
 
 def preprocess(args) -> int:

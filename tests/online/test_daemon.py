@@ -59,12 +59,28 @@ def job_config(tmp_path, bootstrap, topic, client, **overrides) -> str:
     return str(path)
 
 
+STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def no_daemon_left_behind():
+    """Whatever a test does (or fails to do), no daemon it started outlives it."""
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
 def start_daemon(config_path: str, *extra: str) -> subprocess.Popen:
     env = dict(os.environ, NO_GCE_CHECK="true", PYTHONUNBUFFERED="1")
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-m", "riverbeam.cli", "consume", "--config", config_path, *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
+    STARTED.append(process)
+    return process
 
 
 def wait_for_log(process: subprocess.Popen, *needles: str, timeout: float = 60) -> str:
@@ -282,3 +298,28 @@ def test_unknown_client_option_is_a_configuration_error(tmp_path, kafka_bootstra
     out, err = process.communicate(timeout=60)
     assert process.returncode == 2
     assert "kafka.consumer.session.timeout.mss" in err
+
+
+def test_replay_equals_the_daemon_on_the_same_events(tmp_path, kafka_bootstrap, topic):
+    """The same events through the daemon and through `riverbeam replay --mode learn`: the same checkpoint statistics and model."""
+    from online.config import ReplayJobConfig
+    from online.persistence import restore_learner
+    from online.replay import ReplayOptions, run_replay
+    from riverbeam.configuration import parse_config
+
+    events = list(itertools.islice(itertools.cycle(PHISHING), 5000))
+    values = [orjson.dumps(e) for e in events]
+    values.insert(100, b"{broken")  # bad input is skipped by both
+    produce(kafka_bootstrap, topic, values)
+    run_daemon(job_config(tmp_path, kafka_bootstrap, topic, "confluent-kafka"))
+    (tmp_path / "events.jsonl").write_bytes(b"\n".join(values) + b"\n")
+    job = parse_config({"model": MODEL, "events": {"target": "label"}, "checkpoint": {"uri": str(tmp_path / "replayed")}}, ReplayJobConfig, environ={})
+    run_replay(job, ReplayOptions([str(tmp_path / "events.jsonl")], mode="learn"))
+    daemon = CheckpointStore(str(tmp_path / "checkpoints")).load_latest()
+    replayed = CheckpointStore(str(tmp_path / "replayed")).load_latest()
+    for field in ("events_seen", "events_learned", "metrics", "config_hash"):
+        assert daemon.manifest[field] == replayed.manifest[field], field
+    assert daemon.manifest["events_seen"] == 5000
+    probe = {k: v for k, v in PHISHING[3].items() if k != "label"}
+    by_daemon, by_replay = restore_learner(daemon).state.models[None], restore_learner(replayed).state.models[None]
+    assert by_daemon.predict_proba_one(dict(probe)) == by_replay.predict_proba_one(dict(probe))

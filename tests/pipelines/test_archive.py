@@ -108,3 +108,22 @@ def test_kafka_source_needs_servers_and_topics_and_a_json_config():
     view = PipelineOptions(["--kafka_bootstrap_servers=k:9092", "--kafka_topics=a", "--kafka_consumer_config=[1]"]).view_as(ArchiveOptions)
     with pytest.raises(UsageError, match="kafka_consumer_config: expected a JSON object"):
         source_transform(view)
+
+
+def test_archive_is_the_input_of_replay(tmp_path):
+    """The archive's partitioned files replay in event-time order through the same learner."""
+    from online.config import EventsConfig, ModelConfig, ReplayJobConfig
+    from online.learner import Learner
+    from online.replay import ReplayOptions, run_replay
+    from riverbeam.configuration import parse_config
+
+    output = str(tmp_path / "archive")
+    run_archive(output)
+    model = {"pipeline": [{"linear_model.LogisticRegression": {}}], "metrics": ["Accuracy", "LogLoss"]}
+    events = {"target": "label", "time": "time", "exclude": ["name"]}
+    job = parse_config({"model": model, "events": events}, ReplayJobConfig, environ={})
+    result = run_replay(job, ReplayOptions([f"{output}/date=*/hour=*/*.jsonl"], mode="evaluate"))
+    direct = Learner(ModelConfig(**model), EventsConfig(**events))
+    direct.process_many([dict(e) for e in sorted(EVENTS, key=lambda e: e["time"])])
+    assert result.events == len(EVENTS)
+    assert result.leaderboard[0]["metrics"] == direct.metric_values()
