@@ -41,6 +41,7 @@ from online.checkpoints import CheckpointStore, FencingError, signing_key_from_e
 from online.config import ConsumeJobConfig
 from online.kafka_clients import KafkaClientError, TopicPartition, make_consumer, make_producer
 from online.events import load_feature_transform
+from online.gc_tuning import restore_gc, steady_state_gc
 from online.learner import Learner
 from online.lease import Lease, instance_id
 from online.observability import DaemonMetrics, HealthServer, ProgressLine
@@ -322,7 +323,11 @@ class Daemon:
                 self.consumer.subscribe(self.config.kafka.source_topics, self._on_assign, self._on_revoke)
             else:
                 self._start_global()
-            self._loop(started)
+            previous_gc = steady_state_gc()
+            try:
+                self._loop(started)
+            finally:
+                restore_gc(previous_gc)
             for unit in list(self.units.values()):
                 self._checkpoint(unit, wait=True)
             summary = self.summary(time.monotonic() - started)  # before close() revokes the units
@@ -364,7 +369,7 @@ class Daemon:
                 self._lease_renewed = now
             self._sync_counters()
             self._report_progress(started, progress)
-            if self.until_caught_up and not batches and self._caught_up():
+            if self.until_caught_up and self._caught_up():
                 break
 
     def _sync_counters(self) -> None:

@@ -86,6 +86,38 @@ class Prediction:
         return self.y_pred
 
 
+def score_function(metrics: list, probabilities: bool) -> Callable[[Any, Any], None]:
+    """One call that updates every metric as `river.metrics.base.Metrics.update` would, without its per-event overhead.
+
+    With `probabilities`, metrics that need labels get the most probable class and the others
+    the probabilities (what `Metrics.update` does); otherwise every metric gets the prediction.
+
+    >>> from river import metrics
+    >>> accuracy, log_loss = metrics.Accuracy(), metrics.LogLoss()
+    >>> score = score_function([accuracy, log_loss], probabilities=True)
+    >>> score(True, {True: 0.8, False: 0.2})
+    >>> accuracy.get(), round(log_loss.get(), 4)
+    (1.0, 0.2231)
+    """
+    label_updates = [m.update for m in metrics if probabilities and m.requires_labels]
+    value_updates = [m.update for m in metrics if not (probabilities and m.requires_labels)]
+    if not label_updates and len(value_updates) == 1:
+        return value_updates[0]
+    if not value_updates and len(label_updates) == 1:
+        update = label_updates[0]
+        return lambda y, y_pred: update(y, max(y_pred, key=y_pred.get))
+
+    def score(y, y_pred) -> None:
+        if label_updates:
+            label = max(y_pred, key=y_pred.get)
+            for update in label_updates:
+                update(y, label)
+        for update in value_updates:
+            update(y, y_pred)
+
+    return score
+
+
 def model_kind(model: base.Estimator) -> str | None:
     """``"class"`` for classifiers, ``"number"`` for regressors, else None."""
     if isinstance(model, base.Classifier):
@@ -122,8 +154,9 @@ class Learner:
 
     def _bind(self) -> None:
         metric = self.state.metrics
-        self._predict_name = "predict_proba_one" if self.kind == "class" and not metric.requires_labels else "predict_one"
-        self._metric_update = metric.update
+        probabilities = self.kind == "class" and not metric.requires_labels
+        self._predict_name = "predict_proba_one" if probabilities else "predict_one"
+        self._metric_update = score_function(list(metric), probabilities)
         self._supervised = self.prototype._supervised
 
     def _model_for(self, key):
@@ -170,6 +203,7 @@ class Learner:
         drift = state.drift_detector
         learned = 0
         delayed = self.delayed
+        last_model = predict = learn = None
         for index, event in enumerate(events):
             try:
                 meta = self._meta(event) if delayed else None
@@ -190,13 +224,15 @@ class Learner:
                 if predictions is not None:
                     predictions.append((index, outcome))
                 continue
-            y_pred = getattr(model, predict_name)(x)
+            if model is not last_model:  # bind once per model, not once per event
+                last_model, predict, learn = model, getattr(model, predict_name), model.learn_one
+            y_pred = predict(x)
             if y is not None:
                 if y_pred is not None and y_pred != {}:
                     metric_update(y, y_pred)
                 if drift is not None:
                     self._update_drift(y, y_pred)
-                model.learn_one(x, y) if supervised else model.learn_one(x)
+                learn(x, y) if supervised else learn(x)
                 learned += 1
             if predictions is not None:
                 predictions.append((index, Prediction(key, y_pred, y, y is not None)))

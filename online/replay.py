@@ -51,6 +51,7 @@ import pydantic
 from online.config import EventsConfig, ModelConfig, ReplayJobConfig
 from online.events import EventError
 from online.events import load_feature_transform
+from online.gc_tuning import restore_gc, steady_state_gc
 from online.learner import Learner
 from online.readers import InputFile, ReplayPosition, SourceRecord, count_records, expand_inputs, read_inputs
 from riverbeam.configuration import Section, parse_config, read_yaml
@@ -513,13 +514,17 @@ def run_replay(job: ReplayJobConfig, options: ReplayOptions, search: SearchConfi
     files = _inputs(options)
     if options.dry_run:
         return dry_run(job, files, options)
-    if options.mode == "learn":
-        return learn(job, files, options)
-    if options.mode == "backfill":
-        return backfill(job, files, options)
-    if options.search:
-        return search_trials(job, search, files, options)
-    return evaluate(job, files, options)
+    previous_gc = steady_state_gc()
+    try:
+        if options.mode == "learn":
+            return learn(job, files, options)
+        if options.mode == "backfill":
+            return backfill(job, files, options)
+        if options.search:
+            return search_trials(job, search, files, options)
+        return evaluate(job, files, options)
+    finally:
+        restore_gc(previous_gc)
 
 
 def dry_run(job: ReplayJobConfig, files: list[InputFile], options: ReplayOptions) -> ReplayResult:
