@@ -154,7 +154,11 @@ class Learner:
 
     def _bind(self) -> None:
         metric = self.state.metrics
-        probabilities = self.kind == "class" and not metric.requires_labels
+        # Classifiers predict probabilities when a metric needs them, and also when the model's
+        # predict_one is River's default (the most probable class): the same label, one call less.
+        final = self.prototype._last_step if isinstance(self.prototype, compose.Pipeline) else self.prototype
+        default_label = type(final).predict_one is base.Classifier.predict_one
+        probabilities = self.kind == "class" and (not metric.requires_labels or default_label)
         self._predict_name = "predict_proba_one" if probabilities else "predict_one"
         self._metric_update = score_function(list(metric), probabilities)
         self._supervised = self.prototype._supervised
@@ -201,43 +205,48 @@ class Learner:
         metric_update = self._metric_update
         supervised = self._supervised
         drift = state.drift_detector
-        learned = 0
         delayed = self.delayed
+        learned = seen = rejected = 0
         last_model = predict = learn = None
-        for index, event in enumerate(events):
-            try:
-                meta = self._meta(event) if delayed else None
-                x, y, key = split(event)
-            except EventError as error:
-                state.events_rejected += 1
-                if on_error is None:
-                    raise
-                on_error(index, error)
-                continue
-            model = models.get(key)
-            if model is None:
-                model = self._model_for(key)
-            state.events_seen += 1
-            if delayed:
-                outcome = self._process_delayed(meta, x, y, key, model)
-                learned += outcome.learned
+        try:
+            for index, event in enumerate(events):
+                try:
+                    meta = self._meta(event) if delayed else None
+                    x, y, key = split(event)
+                except EventError as error:
+                    rejected += 1
+                    if on_error is None:
+                        raise
+                    on_error(index, error)
+                    continue
+                model = models.get(key)
+                if model is None:
+                    model = self._model_for(key)
+                if delayed:
+                    state.events_seen += 1
+                    outcome = self._process_delayed(meta, x, y, key, model)
+                    learned += outcome.learned
+                    if predictions is not None:
+                        predictions.append((index, outcome))
+                    continue
+                seen += 1
+                if model is not last_model:  # bind once per model, not once per event
+                    last_model, predict, learn = model, getattr(model, predict_name), model.learn_one
+                y_pred = predict(x)
+                if y is not None:
+                    if y_pred is not None and y_pred != {}:
+                        metric_update(y, y_pred)
+                    if drift is not None:
+                        self._update_drift(y, y_pred, at=state.events_seen + seen)
+                    learn(x, y) if supervised else learn(x)
+                    learned += 1
                 if predictions is not None:
-                    predictions.append((index, outcome))
-                continue
-            if model is not last_model:  # bind once per model, not once per event
-                last_model, predict, learn = model, getattr(model, predict_name), model.learn_one
-            y_pred = predict(x)
-            if y is not None:
-                if y_pred is not None and y_pred != {}:
-                    metric_update(y, y_pred)
-                if drift is not None:
-                    self._update_drift(y, y_pred)
-                learn(x, y) if supervised else learn(x)
-                learned += 1
-            if predictions is not None:
-                predictions.append((index, Prediction(key, y_pred, y, y is not None)))
-        if not delayed:
-            state.events_learned += learned
+                    predictions.append((index, Prediction(key, y_pred, y, y is not None)))
+        finally:  # counters are kept per call, not per event
+            state.events_rejected += rejected
+            if not delayed:
+                state.events_seen += seen
+                state.events_learned += learned
         return learned
 
     def _score_and_learn(self, model, x, y, y_pred) -> None:
@@ -248,7 +257,7 @@ class Learner:
         model.learn_one(x, y) if self._supervised else model.learn_one(x)
         self.state.events_learned += 1
 
-    def _update_drift(self, y, y_pred) -> None:
+    def _update_drift(self, y, y_pred, at: int | None = None) -> None:
         if self.kind == "class":
             label = max(y_pred, key=y_pred.get) if isinstance(y_pred, dict) and y_pred else y_pred
             error = float(label != y)
@@ -258,7 +267,7 @@ class Learner:
         detector.update(error)
         if detector.drift_detected:
             self.state.drifts_detected += 1
-            self.state.last_drift_at = self.state.events_seen
+            self.state.last_drift_at = self.state.events_seen if at is None else at
 
     # -- delayed labels ---------------------------------------------------------------------
 
