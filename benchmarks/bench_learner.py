@@ -32,9 +32,21 @@ def phishing_events(n: int) -> list[dict]:
     return [base[i % len(base)] for i in range(n)]
 
 
-def bare_loop(events: list[dict]) -> tuple[float, dict]:
+def bare_loop(events: list[dict], names: list[str]) -> tuple[float, dict]:
+    """The hand-written loop: River's own `Metrics` for several metrics, the metric itself for one."""
     model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
-    metric = metrics.Accuracy() + metrics.LogLoss()
+    if names == ["Accuracy"]:
+        accuracy = metrics.Accuracy()
+        copies = [dict(e) for e in events]
+        start = time.perf_counter()
+        for event in copies:
+            y = event.pop("label")
+            y_pred = model.predict_proba_one(event)
+            if y_pred:
+                accuracy.update(y, max(y_pred, key=y_pred.get))
+            model.learn_one(event, y)
+        return time.perf_counter() - start, {"Accuracy": accuracy.get()}
+    metric = metrics.base.Metrics([getattr(metrics, name)() for name in names])
     copies = [dict(e) for e in events]
     start = time.perf_counter()
     for event in copies:
@@ -45,8 +57,8 @@ def bare_loop(events: list[dict]) -> tuple[float, dict]:
     return time.perf_counter() - start, {type(m).__name__: m.get() for m in metric}
 
 
-def core_loop(events: list[dict]) -> tuple[float, dict]:
-    learner = Learner(ModelConfig(pipeline=SPEC, metrics=["Accuracy", "LogLoss"]), EventsConfig(target="label"))
+def core_loop(events: list[dict], names: list[str]) -> tuple[float, dict]:
+    learner = Learner(ModelConfig(pipeline=SPEC, metrics=names), EventsConfig(target="label"))
     copies = [dict(e) for e in events]
     start = time.perf_counter()
     learner.process_many(copies)
@@ -81,17 +93,19 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
     events = phishing_events(args.events)
-    bare_best = core_best = float("inf")
-    for _ in range(args.rounds):
-        bare_seconds, bare_metrics = bare_loop(events)
-        core_seconds, core_metrics = core_loop(events)
-        assert bare_metrics == core_metrics, (bare_metrics, core_metrics)
-        bare_best, core_best = min(bare_best, bare_seconds), min(core_best, core_seconds)
     n = len(events)
-    print(f"events: {n:,} (Phishing cycled), StandardScaler | LogisticRegression, Accuracy + LogLoss; metrics identical: yes")
-    print(f"bare River loop : {n / bare_best:10,.0f} events/s  {bare_best / n * 1e6:6.2f} µs/event")
-    print(f"learner core    : {n / core_best:10,.0f} events/s  {core_best / n * 1e6:6.2f} µs/event")
-    print(f"ratio core/bare : {bare_best / core_best:.3f}   (target >= 0.95)")
+    print(f"events: {n:,} (Phishing cycled), StandardScaler | LogisticRegression, best of {args.rounds} alternating rounds")
+    for names in (["Accuracy"], ["Accuracy", "LogLoss"]):
+        bare_best = core_best = float("inf")
+        for _ in range(args.rounds):
+            bare_seconds, bare_metrics = bare_loop(events, names)
+            core_seconds, core_metrics = core_loop(events, names)
+            assert bare_metrics == core_metrics, (bare_metrics, core_metrics)
+            bare_best, core_best = min(bare_best, bare_seconds), min(core_best, core_seconds)
+        print(f"metrics {' + '.join(names)} (identical on both sides)")
+        print(f"  bare River loop : {n / bare_best:10,.0f} events/s  {bare_best / n * 1e6:6.2f} µs/event")
+        print(f"  learner core    : {n / core_best:10,.0f} events/s  {core_best / n * 1e6:6.2f} µs/event")
+        print(f"  ratio core/bare : {bare_best / core_best:.3f}   (target >= 0.95)")
     print("\ncheckpoint write (save_learner, local disk) and read (load + verify + unpickle), mean of 5:")
     for name, size, write, read in checkpoint_costs(events):
         print(f"  {name:<36} {size / 1024:9.1f} KiB   write {write * 1000:7.2f} ms   read {read * 1000:7.2f} ms")
