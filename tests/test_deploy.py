@@ -47,3 +47,27 @@ def test_daemon_install_pulls_in_neither_beam_nor_tensorflow(tmp_path):
     names = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
     assert {"river", "kafka-python", "confluent-kafka", "google-cloud-storage"} <= names
     assert not names & {"apache-beam", "tensorflow", "tensorflow-transform", "tfx-bsl"}
+
+
+def test_kubernetes_manifest_runs_the_daemon_with_its_probes_and_a_valid_configuration(tmp_path):
+    import yaml
+
+    from online.config import ConsumeJobConfig
+    from riverbeam.configuration import load_config
+
+    documents = list(yaml.safe_load_all((ROOT / "deploy" / "kubernetes.yaml").read_text()))
+    config_map = next(d for d in documents if d["kind"] == "ConfigMap")
+    deployment = next(d for d in documents if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["consume", "--config", "/config/consumer.yaml"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"] != 0
+    # the mounted configuration validates, with the environment the pod gives it
+    path = tmp_path / "consumer.yaml"
+    path.write_text(config_map["data"]["consumer.yaml"])
+    environ = {e["name"]: e.get("value", "secret") for e in container["env"]}
+    job = load_config(path, ConsumeJobConfig, environ=environ)
+    job.check_semantics()
+    assert job.kafka.bootstrap_servers == "kafka:9092" and job.metrics.port == 9108
+    assert job.checkpoint.uri == "gs://my-bucket/riverbeam/phishing"
