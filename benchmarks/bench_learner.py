@@ -17,7 +17,8 @@ import argparse
 import tempfile
 import time
 
-from river import datasets, linear_model, metrics, preprocessing, tree
+from river import datasets, linear_model, metrics, preprocessing
+
 
 from online.checkpoints import CheckpointStore
 from online.config import EventsConfig, ModelConfig

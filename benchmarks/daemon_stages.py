@@ -13,7 +13,6 @@ the bare loop's µs/event measured in the same run.
 from __future__ import annotations
 
 import argparse
-import itertools
 import tempfile
 import time
 import uuid
@@ -21,6 +20,7 @@ import uuid
 import orjson
 from river import datasets, linear_model, metrics, preprocessing
 
+from bench_learner import bare_loop  # benchmarks/ is on sys.path when run as a script
 from online.checkpoints import CheckpointStore
 from online.config import EventsConfig, KafkaConfig, ModelConfig
 from online.events import EventReader
@@ -63,19 +63,6 @@ def river_stages(events: list[dict]) -> dict[str, float]:
     return {"predict": predict, "metric": update, "learn": learn}
 
 
-def bare_seconds(events: list[dict]) -> float:
-    model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
-    metric = metrics.Accuracy() + metrics.LogLoss()
-    copies = [dict(e) for e in events]
-    start = time.perf_counter()
-    for event in copies:
-        y = event.pop("label")
-        y_pred = model.predict_proba_one(event)
-        metric.update(y, y_pred)
-        model.learn_one(event, y)
-    return time.perf_counter() - start
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
@@ -111,7 +98,7 @@ def main(argv=None) -> None:
     for _ in range(10):
         save_learner(store, learner, positions={f"{topic}/0": 1})
     checkpoint_per_event = (time.perf_counter() - start) / 10 / args.every_events
-    bare = bare_seconds(events)
+    bare, _ = bare_loop(events, ["Accuracy", "LogLoss"])  # the anchor of bench_learner.py
     print(f"{n:,} events (Phishing cycled), StandardScaler | LogisticRegression, checkpoint every {args.every_events:,}")
     print(f"{'stage':<28}{'µs/event':>10}")
     rows = [

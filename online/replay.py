@@ -35,10 +35,8 @@ from __future__ import annotations
 
 import copy
 import csv
-import io
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -48,7 +46,7 @@ from typing import Any, Iterator
 import orjson
 import pydantic
 
-from online.config import EventsConfig, ModelConfig, ReplayJobConfig
+from online.config import ModelConfig, ReplayJobConfig
 from online.events import EventError
 from online.events import load_feature_transform
 from online.gc_tuning import restore_gc, steady_state_gc

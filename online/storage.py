@@ -157,7 +157,6 @@ class GcsStore(ObjectStore):
 
     def __init__(self, uri: str, client=None):
         from google.api_core import exceptions
-        from google.cloud import storage
 
         self._exceptions = exceptions
         bucket, _, prefix = uri[len("gs://") :].partition("/")

@@ -13,6 +13,8 @@ plain lists taken straight from the client's own message objects, and never pays
 from __future__ import annotations
 
 import difflib
+import logging
+import time
 from collections.abc import Sequence
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Protocol
 
@@ -224,6 +226,32 @@ class ConsumerState:
         self._callback_error: BaseException | None = None
         self._on_assign: PartitionsCallback | None = None
         self._on_revoke: PartitionsCallback | None = None
+
+    def partitions_for(self, topic: str, timeout_s: float = 10) -> list[int]:
+        """The topic's partitions, waiting up to `timeout_s` for its metadata (`KafkaClientError` after)."""
+        self._require_outside_callback("partitions_for")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            partitions = self._partitions_once(topic, max(0.1, min(5.0, deadline - time.monotonic())))
+            if partitions:
+                return sorted(partitions)
+            if time.monotonic() >= deadline:
+                raise KafkaClientError(f"topic {topic} does not exist (waited {timeout_s:g} s)")
+            time.sleep(0.1)
+
+    def _partitions_once(self, topic: str, timeout_s: float) -> list[int] | None:
+        """One metadata look-up: the partitions, or None/[] when the topic is unknown (yet)."""
+        raise NotImplementedError
+
+    def _may_commit(self, offsets: dict) -> bool:
+        """Whether `commit` should go on: needs a group, something to commit and a membership not lost."""
+        self._require_group("commit")
+        if not offsets:
+            return False
+        if self._losing:
+            logging.getLogger(__name__).warning("partitions lost before their offsets could be committed: %s", sorted(offsets))
+            return False
+        return True
 
     def _require_group(self, operation: str) -> None:
         if not self._group:

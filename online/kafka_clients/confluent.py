@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from itertools import groupby
 from typing import Any, Callable
 
@@ -168,20 +167,12 @@ class ConfluentConsumer(ConsumerState):
         return sorted((p.topic, p.partition) for p in self._consumer.assignment())
 
     # -- reading ----------------------------------------------------------------------------
-    def partitions_for(self, topic: str, timeout_s: float = 10) -> list[int]:
-        self._require_outside_callback("partitions_for")
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                metadata = self._consumer.list_topics(topic, timeout=max(0.1, min(5.0, deadline - time.monotonic())))
-                found = metadata.topics.get(topic)
-            except KafkaException:
-                found = None
-            if found is not None and found.error is None and found.partitions:
-                return sorted(found.partitions)
-            if time.monotonic() >= deadline:
-                raise KafkaClientError(f"topic {topic} does not exist (waited {timeout_s:g} s)")
-            time.sleep(0.1)
+    def _partitions_once(self, topic: str, timeout_s: float) -> list[int] | None:
+        try:
+            found = self._consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        except KafkaException:
+            return None
+        return list(found.partitions) if found is not None and found.error is None else None
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         if self._in_callback:
@@ -262,11 +253,7 @@ class ConfluentConsumer(ConsumerState):
 
     # -- commits ----------------------------------------------------------------------------
     def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        self._require_group("commit")
-        if not offsets:
-            return
-        if self._losing:
-            log.warning("partitions lost before their offsets could be committed: %s", sorted(offsets))
+        if not self._may_commit(offsets):
             return
         try:
             results = self._consumer.commit(offsets=[_ctp(tp, offset) for tp, offset in offsets.items()], asynchronous=False)

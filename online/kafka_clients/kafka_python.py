@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
@@ -167,19 +166,11 @@ class KafkaPythonConsumer(ConsumerState):
         return sorted((tp.topic, tp.partition) for tp in self._consumer.assignment())
 
     # -- reading ----------------------------------------------------------------------------
-    def partitions_for(self, topic: str, timeout_s: float = 10) -> list[int]:
-        self._require_outside_callback("partitions_for")
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                partitions = self._consumer.partitions_for_topic(topic)
-            except KafkaError as error:
-                raise KafkaClientError(f"kafka-python: metadata for topic {topic} failed: {error}") from error
-            if partitions:
-                return sorted(partitions)
-            if time.monotonic() >= deadline:
-                raise KafkaClientError(f"topic {topic} does not exist (waited {timeout_s:g} s)")
-            time.sleep(0.1)
+    def _partitions_once(self, topic: str, timeout_s: float) -> list[int] | None:
+        try:
+            return self._consumer.partitions_for_topic(topic)
+        except KafkaError as error:
+            raise KafkaClientError(f"kafka-python: metadata for topic {topic} failed: {error}") from error
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         try:
@@ -242,11 +233,7 @@ class KafkaPythonConsumer(ConsumerState):
         return {_ktp(tp): OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()}
 
     def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        self._require_group("commit")
-        if not offsets:
-            return
-        if self._losing:
-            log.warning("partitions lost before their offsets could be committed: %s", sorted(offsets))
+        if not self._may_commit(offsets):
             return
         try:
             self._consumer.commit(self._kafka_offsets(offsets))

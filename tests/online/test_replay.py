@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import os
@@ -18,7 +17,7 @@ import pytest
 from river import datasets, evaluate, linear_model, metrics, optim, preprocessing, tree
 
 from online.checkpoints import CheckpointStore
-from online.config import EventsConfig, ModelConfig, ReplayJobConfig
+from online.config import ReplayJobConfig
 from online.learner import Learner
 from online.replay import FILE_HEADER, LINE_HEADER, ReplayError, ReplayOptions, load_replay_job, run_replay, trial_model
 from riverbeam.cli import main
