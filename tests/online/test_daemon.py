@@ -228,11 +228,15 @@ def test_global_model_standby_takes_over_after_kill(tmp_path, kafka_bootstrap, t
     assert summary["units"]["all"]["events_seen"] == len(events)
 
 
-def test_keyed_models_split_partitions_and_survive_a_kill(tmp_path, kafka_bootstrap, topic):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_keyed_models_split_partitions_and_survive_a_kill(tmp_path, kafka_bootstrap, topic, client):
     shops = ["a", "b", "c", "d", "e", "f"]
     events = [{**e, "shop": shops[i % len(shops)]} for i, e in enumerate(itertools.islice(itertools.cycle(PHISHING), 12_000))]
     produce(kafka_bootstrap, topic, [orjson.dumps(e) for e in events], partitions=4, keys=[e["shop"].encode() for e in events])
-    config = job_config(tmp_path, kafka_bootstrap, topic, "kafka-python", events={"target": "label", "key": "shop"}, kafka={"poll_max_records": 200})
+    config = job_config(
+        tmp_path, kafka_bootstrap, topic, client, events={"target": "label", "key": "shop"}, kafka={"poll_max_records": 200},
+        checkpoint={"every_seconds": 1},  # the tail of each partition is checkpointed within a second
+    )  # fmt: skip
     first, second = start_daemon(config), start_daemon(config)
     wait_for_log(first, '"msg":"starting fresh"', '"msg":"restored"')
     wait_for_log(second, '"msg":"starting fresh"', '"msg":"restored"')  # the group split the partitions
