@@ -24,8 +24,10 @@ Modes (`run_replay`):
   backfill, even killed with ``kill -9``, produces every event exactly once provided nothing else
   writes to that partition (the producer is idempotent and ordered, so the partition never holds
   a record whose predecessors are missing). A topic whose last record lacks the headers is refused.
+  (`online.backfill`.)
 * **search** (``search > 0`` in evaluate mode) — Optuna trials over the ranges of a `SearchConfig`,
   progressive validation as the objective; ``search.parallel`` trials share one pass over the data.
+  (`online.replay_search`; reports: `online.replay_report`.)
 
 ``dry_run`` validates and counts: every line is parsed and checked by the learner's event
 reader; nothing is learned, produced or written.
@@ -33,18 +35,15 @@ reader; nothing is learned, produced or written.
 
 from __future__ import annotations
 
-import copy
-import csv
 import json
 import logging
 import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Iterator
 
 import orjson
-import pydantic
 
 from online.config import ModelConfig, ReplayJobConfig
 from online.events import EventError
@@ -52,7 +51,9 @@ from online.events import load_feature_transform
 from online.gc_tuning import restore_gc, steady_state_gc
 from online.learner import Learner
 from online.readers import InputFile, ReplayPosition, SourceRecord, count_records, expand_inputs, read_inputs
-from riverbeam.configuration import Section, parse_config, read_yaml
+from online.replay_report import format_leaderboard, write_report_dir
+from online.replay_search import SearchConfig, search_model, trial_model
+from riverbeam.configuration import parse_config, read_yaml
 from riverbeam.errors import ConfigError, RiverbeamError, UsageError
 
 log = logging.getLogger(__name__)
@@ -65,49 +66,6 @@ LINE_HEADER = "riverbeam-line"
 
 class ReplayError(RiverbeamError):
     """The replay stopped: too many bad lines, a topic it must not append to, ..."""
-
-
-# -- the search section of a replay configuration ----------------------------------------------
-
-
-class SearchRange(Section):
-    """The values one parameter may take: ``low``..``high`` (``log`` scale, ``step``; integers when
-    both bounds are integers) or a list of ``choices``."""
-
-    low: float | int | None = None
-    high: float | int | None = None
-    log: bool = False
-    step: float | int | None = None
-    choices: list[Any] | None = None
-
-    @pydantic.model_validator(mode="after")
-    def _range_or_choices(self) -> "SearchRange":
-        if self.choices is not None:
-            if self.low is not None or self.high is not None or not self.choices:
-                raise ValueError("give either non-empty choices or low and high")
-        elif self.low is None or self.high is None or not self.low < self.high:
-            raise ValueError("give low < high (or choices)")
-        elif self.log and self.low <= 0:
-            raise ValueError("a log range needs low > 0")
-        return self
-
-
-class SearchConfig(Section):
-    """``search:`` in a replay configuration: which candidate to tune and the ranges of its parameters.
-
-    A parameter is named by the step's class then the parameter, descending through nested
-    objects by their parameter names: ``LogisticRegression.optimizer.lr`` is the ``lr`` of the
-    optimizer of the ``LogisticRegression`` step (``{optim.SGD: {lr: ...}}`` in the pipeline).
-
-    >>> SearchConfig(params={"LogisticRegression.l2": {"low": 0.0, "high": 0.1}}).params["LogisticRegression.l2"].high
-    0.1
-    """
-
-    model: int | str = 0
-    metric: str | None = None
-    parallel: int | None = pydantic.Field(default=None, gt=0)
-    seed: int = 0
-    params: dict[str, SearchRange] = pydantic.Field(min_length=1)
 
 
 def load_replay_job(path: str, environ=None) -> tuple[ReplayJobConfig, SearchConfig | None]:
@@ -139,51 +97,6 @@ def load_replay_job(path: str, environ=None) -> tuple[ReplayJobConfig, SearchCon
                 where = error.path if error.path.startswith("search.") else f"search.params.{name}"
                 raise ConfigError(where, error.message, source=str(path)) from None
     return job, search
-
-
-def search_model(job: ReplayJobConfig, search: SearchConfig) -> ModelConfig:
-    """The candidate `search.model` names (index or name)."""
-    candidates = job.candidates
-    if isinstance(search.model, int):
-        if not 0 <= search.model < len(candidates):
-            raise ConfigError("search.model", f"there are {len(candidates)} candidate model(s), no index {search.model}")
-        return candidates[search.model]
-    for candidate in candidates:
-        if candidate.name == search.model:
-            return candidate
-    raise ConfigError("search.model", f"no candidate is named {search.model!r}")
-
-
-def trial_model(model: ModelConfig, values: dict[str, Any], name: str | None = None) -> ModelConfig:
-    """A copy of `model` with parameters set by search names (see `SearchConfig`).
-
-    >>> base = ModelConfig(pipeline=[{"preprocessing.StandardScaler": {}},
-    ...                              {"linear_model.LogisticRegression": {"optimizer": {"optim.SGD": {"lr": 0.1}}}}])
-    >>> trial_model(base, {"LogisticRegression.optimizer.lr": 0.5}).pipeline[1]
-    {'linear_model.LogisticRegression': {'optimizer': {'optim.SGD': {'lr': 0.5}}}}
-    """
-    pipeline = copy.deepcopy(model.pipeline)
-    for dotted, value in values.items():
-        step_name, *params = dotted.split(".")
-        path = f"search.params.{dotted}"
-        if not params:
-            raise ConfigError(path, "name a step and a parameter, e.g. LogisticRegression.l2")
-        steps = [step for step in pipeline if next(iter(step)).rpartition(".")[2] == step_name]
-        if len(steps) != 1:
-            raise ConfigError(path, f"{'no' if not steps else 'more than one'} pipeline step is a {step_name}")
-        (class_name, node), = steps[0].items()
-        if node is None:
-            node = steps[0][class_name] = {}
-        for i, param in enumerate(params[:-1]):
-            child = node.get(param)
-            if not (isinstance(child, dict) and len(child) == 1 and "." in next(iter(child))):
-                raise ConfigError(path, f"{'.'.join([step_name, *params[: i + 1]])} is not set to an object in the pipeline")
-            (inner, params_of), = child.items()
-            if params_of is None:
-                params_of = child[inner] = {}
-            node = params_of
-        node[params[-1]] = value
-    return model.model_copy(update={"pipeline": pipeline, "name": name or model.name})
 
 
 # -- options and results -----------------------------------------------------------------------
@@ -249,27 +162,6 @@ class ReplayResult:
         if self.report_dir:
             lines.append(f"report in {self.report_dir}")
         return "\n".join(lines)
-
-
-def format_leaderboard(rows: list[dict]) -> str:
-    """A plain-text table of the leaderboard (rank, model, metrics).
-
-    >>> print(format_leaderboard([{"rank": 1, "model": "a", "events": 10, "metrics": {"Accuracy": 0.9}}]))
-    rank  model  events  Accuracy
-    1     a      10      0.9
-    """
-    names = []
-    for row in rows:
-        names += [n for n in row["metrics"] if n not in names]
-    table = [["rank", "model", "events", *names]]
-    for row in rows:
-        table.append([str(row["rank"]), row["model"], str(row["events"]), *(_fmt(row["metrics"].get(n)) for n in names)])
-    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in table)
-
-
-def _fmt(value) -> str:
-    return "" if value is None else (f"{value:.6g}" if isinstance(value, float) else str(value))
 
 
 # -- bad lines ---------------------------------------------------------------------------------
@@ -517,8 +409,12 @@ def run_replay(job: ReplayJobConfig, options: ReplayOptions, search: SearchConfi
         if options.mode == "learn":
             return learn(job, files, options)
         if options.mode == "backfill":
+            from online.backfill import backfill
+
             return backfill(job, files, options)
         if options.search:
+            from online.replay_search import search_trials
+
             return search_trials(job, search, files, options)
         return evaluate(job, files, options)
     finally:
@@ -663,204 +559,8 @@ def learn(job: ReplayJobConfig, files: list[InputFile], options: ReplayOptions) 
     return result
 
 
-# -- report directory --------------------------------------------------------------------------
-
-
-def write_report_dir(directory: str, rows: list[dict], board: list[dict], reports: list[dict]) -> None:
-    """``metrics.csv``, ``metrics.json`` and ``learning_curve.png`` in `directory`."""
-    os.makedirs(directory, exist_ok=True)
-    columns = ["events", "lines", "model"]
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-    with open(os.path.join(directory, "metrics.csv"), "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    final = {row["model"]: {k: v for k, v in row.items() if k not in ("model",)} for row in rows}
-    with open(os.path.join(directory, "metrics.json"), "wb") as handle:
-        handle.write(orjson.dumps({"rows": rows, "final": final, "leaderboard": board, "models": reports}, option=orjson.OPT_INDENT_2))
-    plot_learning_curve(rows, board, os.path.join(directory, "learning_curve.png"))
-
-
-def plot_learning_curve(rows: list[dict], board: list[dict], path: str) -> None:
-    """The headline metric of each candidate against events, as a PNG (matplotlib, Agg backend)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    headline = next(iter(board[0]["metrics"])) if board else None
-    figure = Figure(figsize=(8, 4.5), dpi=100)
-    axes = figure.subplots()
-    for name in dict.fromkeys(row["model"] for row in rows):
-        points = [(row["events"], row.get(headline)) for row in rows if row["model"] == name and row.get(headline) is not None]
-        if points:
-            axes.plot([p[0] for p in points], [p[1] for p in points], label=name)
-    axes.set_xlabel("events")
-    axes.set_ylabel(headline or "metric")
-    axes.set_title(f"Progressive validation: {headline}")
-    axes.grid(alpha=0.3)
-    if rows:
-        axes.legend(loc="best", fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path)
-
-
-# -- hyperparameter search ---------------------------------------------------------------------
-
-
-def search_trials(job: ReplayJobConfig, search: SearchConfig, files: list[InputFile], options: ReplayOptions) -> ReplayResult:
-    """Optuna trials over `search.params`; `search.parallel` trials (default: all) learn in one pass.
-
-    The objective is the trial's final progressive-validation value of `search.metric` (default:
-    the model's headline metric), maximised or minimised as the River metric says.
-    """
-    try:
-        import optuna
-    except ImportError:
-        raise UsageError("--search needs optuna (pip install 'riverbeam[reports]')") from None
-    from online.models import metric_factory
-
-    started = time.monotonic()
-    base = search_model(job, search)
-    metric = search.metric or base.metrics[0]
-    if metric not in base.metrics:
-        raise ConfigError("search.metric", f"{metric} is not among the model's metrics {base.metrics}")
-    base = base.model_copy(update={"metrics": [metric] + [m for m in base.metrics if m != metric]})
-    maximise = metric_factory(metric, "search.metric")().bigger_is_better
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize" if maximise else "minimize", sampler=optuna.samplers.TPESampler(seed=search.seed))
-    per_pass = search.parallel or options.search
-    trials_done: list[dict] = []
-    lines = events = bad = 0
-    errors_path = options.errors_path
-    while len(trials_done) < options.search:
-        batch = [study.ask() for _ in range(min(per_pass, options.search - len(trials_done)))]
-        models = [trial_model(base, {name: _suggest(trial, name, spec) for name, spec in search.params.items()}, name=f"trial {trial.number}")
-                  for trial in batch]
-        result = evaluate(job, files, ReplayOptions(**{**options.__dict__, "errors_path": errors_path}), models=models, write_report=False)
-        errors_path = None  # bad lines are the same on every pass: report them once
-        lines, events, bad = result.lines, result.events, max(bad, result.bad_lines)
-        by_name = {row["model"]: row for row in result.leaderboard}
-        for trial, model in zip(batch, models):
-            value = by_name[model.name]["metrics"].get(metric)
-            study.tell(trial, value if value is not None else float("nan"), state=None if value is not None else optuna.trial.TrialState.FAIL)
-            trials_done.append({"trial": trial.number, "params": trial.params, "value": value})
-    ranked = sorted(trials_done, key=lambda t: (t["value"] is None, -(t["value"] or 0) if maximise else (t["value"] or 0)))
-    board = [{"rank": i, "model": f"trial {t['trial']}", "events": events, "metrics": {metric: t["value"]}, "params": t["params"]}
-             for i, t in enumerate(ranked, start=1)]
-    summary = {"metric": metric, "direction": "maximize" if maximise else "minimize", "best": ranked[0], "trials": ranked}
-    out = ReplayResult("search", len(files), lines, events, bad, seconds=time.monotonic() - started, leaderboard=board, search=summary)
-    if options.report_dir:
-        os.makedirs(options.report_dir, exist_ok=True)
-        with open(os.path.join(options.report_dir, "search.json"), "wb") as handle:
-            handle.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
-        out.report_dir = options.report_dir
-    return out
-
-
-def _suggest(trial, name: str, spec: SearchRange):
-    if spec.choices is not None:
-        return trial.suggest_categorical(name, spec.choices)
-    if isinstance(spec.low, int) and isinstance(spec.high, int) and (spec.step is None or isinstance(spec.step, int)):
-        return trial.suggest_int(name, spec.low, spec.high, step=spec.step or 1, log=spec.log)
-    return trial.suggest_float(name, float(spec.low), float(spec.high), step=spec.step, log=spec.log)
-
-
-# -- backfill ----------------------------------------------------------------------------------
-
-
-def _kafka_config(options: ReplayOptions):
-    from online.config import KafkaConfig
-
-    return KafkaConfig(client=options.kafka_client, bootstrap_servers=options.bootstrap_servers, topic=options.topic)
-
-
-def last_produced(options: ReplayOptions) -> tuple[str, int] | None:
-    """``(file, line)`` of the last record in the backfill's partition, or None when it is empty.
-
-    Raises `ReplayError` when that record was not written by a backfill (no source headers).
-    """
-    from online.kafka_clients import create_topic, read_tail
-
-    create_topic(options.bootstrap_servers, options.topic, partitions=1)
-    tails = read_tail(_kafka_config(options), options.topic, 1)
-    if options.partition not in tails:
-        raise UsageError(f"topic {options.topic} has no partition {options.partition} (it has {sorted(tails)})")
-    tail = tails[options.partition]
-    if not tail:
-        return None
-    headers = dict(tail[-1].headers or ())
-    if FILE_HEADER not in headers or LINE_HEADER not in headers:
-        raise ReplayError(
-            f"topic {options.topic} partition {options.partition} already holds records not written by a backfill "
-            f"(no {FILE_HEADER}/{LINE_HEADER} headers): refusing to append; use an empty topic"
-        )
-    return headers[FILE_HEADER].decode(), int(headers[LINE_HEADER])
-
-
-def backfill(job: ReplayJobConfig, files: list[InputFile], options: ReplayOptions) -> ReplayResult:
-    """Produce the events to `options.topic`, rate-limited, continuing after the last record produced."""
-    if not options.topic or not options.bootstrap_servers:
-        raise UsageError("backfill needs --topic and --bootstrap-servers")
-    if options.rate is not None and options.rate <= 0:
-        raise UsageError("--rate must be positive (events per second)")
-    from online.kafka_clients import make_producer
-
-    started = time.monotonic()
-    last = last_produced(options)
-    start, skip_until = None, None
-    if last is not None:
-        names = {f.name for f in files}
-        if last[0] not in names:
-            raise ReplayError(f"the topic's last record came from {last[0]}, which is not among the inputs: is this the same backfill?")
-        if job.events.time is None:
-            start = ReplayPosition(file=last[0], line=last[1])
-        else:
-            skip_until = last
-    errors = ErrorLog(options.errors_path, options.max_errors)
-    replay = Pass(files, errors, job.events.time, start, job.events.categorical, chunk=256, progress=_progress(options, files))
-    producer = make_producer(_kafka_config(options))
-    headers_of = {i: f.name.encode() for i, f in enumerate(files)}
-    key_field = job.events.key
-    topic, partition, rate = options.topic, options.partition, options.rate
-    produced = 0
-    dumps, clock, sleep = orjson.dumps, time.monotonic, time.sleep
-    began = clock()
-    try:
-        for records in replay.chunks():
-            for record in records:
-                if skip_until is not None:
-                    if (files[record.file_index].name, record.line) == skip_until:
-                        skip_until = None
-                    continue
-                event = record.event
-                key = event.get(key_field) if key_field is not None else None
-                producer.send(topic, dumps(event), key=None if key is None else str(key).encode(),
-                              headers=[(FILE_HEADER, headers_of[record.file_index]), (LINE_HEADER, str(record.line).encode())],
-                              partition=partition)
-                produced += 1
-                if rate is not None:
-                    ahead = began + produced / rate - clock()
-                    if ahead > 0.002:
-                        sleep(ahead)
-            if produced and produced % 5000 < len(records):
-                producer.flush()
-        if skip_until is not None:
-            raise ReplayError(f"the topic's last record ({skip_until[0]}: line {skip_until[1]}) was not met in the inputs: is this the same backfill?")
-        producer.flush()
-    finally:
-        errors.close()
-        try:
-            producer.close()
-        except RiverbeamError as error:
-            log.warning("closing the producer: %s", error)
-    return ReplayResult("backfill", len(files), replay.lines, replay.good, errors.count, produced=produced,
-                        seconds=time.monotonic() - started, position=replay.position().to_json(), first_errors=errors.first)
-
-
 __all__ = [
-    "ReplayError", "ReplayOptions", "ReplayResult", "SearchConfig", "SearchRange", "ErrorLog", "Pass", "Candidate",
-    "run_replay", "learn", "evaluate", "backfill", "dry_run", "search_trials", "load_replay_job", "trial_model",
-    "leaderboard", "format_leaderboard", "write_report_dir", "last_produced", "FILE_HEADER", "LINE_HEADER",
+    "ReplayError", "ReplayOptions", "ReplayResult", "ErrorLog", "Pass", "Candidate", "SearchConfig",
+    "run_replay", "learn", "evaluate", "dry_run", "load_replay_job", "trial_model", "search_model",
+    "leaderboard", "format_leaderboard", "write_report_dir", "FILE_HEADER", "LINE_HEADER",
 ]  # fmt: skip
