@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 from riverbeam.errors import RiverbeamError
+from riverbeam.gcs import gcs_client
 
 
 class StorageError(RiverbeamError):
@@ -209,20 +210,6 @@ class GcsStore(ObjectStore):
             self._call("delete", name, lambda: self.bucket.blob(self._name(name)).delete())
         except ObjectNotFound:
             pass
-
-
-def gcs_client():
-    """A google-cloud-storage client: anonymous on the emulator, application-default credentials otherwise."""
-    from google.cloud import storage
-
-    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
-    if emulator:
-        from google.auth.credentials import AnonymousCredentials
-
-        os.environ.setdefault("NO_GCE_CHECK", "true")
-        project = os.environ.get("GOOGLE_CLOUD_PROJECT", "riverbeam-local")
-        return storage.Client(project=project, credentials=AnonymousCredentials(), client_options={"api_endpoint": emulator})
-    return storage.Client()
 
 
 def open_store(uri: str) -> ObjectStore:

@@ -2,7 +2,8 @@
 
 Package layering (lower never imports higher)::
 
-    riverbeam.errors, riverbeam.configuration   shared base: typed errors, YAML into typed objects
+    riverbeam.errors, riverbeam.configuration,
+    riverbeam.gcs                               shared base: typed errors, YAML into typed objects, the GCS client
         <- transforms                           feature specs, fitted transforms
         <- online                               learners, checkpoints, Kafka daemon, replay
         <- pipelines                            Beam jobs, Dataflow templates

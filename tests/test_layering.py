@@ -13,6 +13,7 @@ FORBIDDEN = {
     "riverbeam/errors.py": ("transforms", "online", "pipelines", *TOP, "riverbeam.configuration"),
     "riverbeam/configuration.py": ("transforms", "online", "pipelines", *TOP),
     "riverbeam/local_stack.py": ("transforms", "online", "pipelines", *TOP),
+    "riverbeam/gcs.py": ("transforms", "online", "pipelines", *TOP),
     "transforms": ("online", "pipelines", *TOP),
     "online": ("pipelines", *TOP),
     "pipelines": TOP,

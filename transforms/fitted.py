@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
 from bisect import bisect_right
 from typing import Any, Callable, Iterable
@@ -191,20 +190,10 @@ def _read_uri(uri: str) -> bytes:
     if uri.startswith("gs://"):
         bucket, _, name = uri[len("gs://") :].partition("/")
         from google.api_core import exceptions
-        from google.cloud import storage
 
-        emulator = os.environ.get("STORAGE_EMULATOR_HOST")
-        if emulator:
-            from google.auth.credentials import AnonymousCredentials
+        from riverbeam.gcs import gcs_client
 
-            os.environ.setdefault("NO_GCE_CHECK", "true")
-            client = storage.Client(
-                project=os.environ.get("GOOGLE_CLOUD_PROJECT", "riverbeam-local"),
-                credentials=AnonymousCredentials(),
-                client_options={"api_endpoint": emulator},
-            )
-        else:
-            client = storage.Client()
+        client = gcs_client()
         try:
             return client.bucket(bucket).blob(name).download_as_bytes()
         except exceptions.NotFound:
