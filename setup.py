@@ -44,7 +44,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["riverbeam", "riverbeam.*", "transforms", "transforms.*", "online", "online.*", "pipelines", "pipelines.*"]),
-    package_data={"riverbeam": ["examples/*.yaml"]},
+    package_data={"transforms": ["examples/*.yaml"]},
     install_requires=BASE,
     extras_require={
         "beam": BEAM,

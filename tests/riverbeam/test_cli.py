@@ -109,3 +109,13 @@ def test_predict_from_a_checkpoint(tmp_path):
     assert records[0]["probabilities"] == {str(k): v for k, v in expected.items()}
     assert records[0]["prediction"] == max(expected, key=expected.get)
     assert records[1]["error"].startswith("not JSON") and records[2]["error"] == "feature 'url_length' is not a number: 'long'"
+
+
+@pytest.mark.parametrize("example", ["deploy/consumer.yaml", "transforms/examples/preprocess.yaml"])
+def test_shipped_example_configurations_stay_valid(example):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    result = riverbeam("config", "check", str(root / example))
+    assert result.returncode == 0, result.stderr
+    assert "valid" in result.stdout
