@@ -95,7 +95,7 @@ class Daemon:
         self.units: dict[str, LearningUnit] = {}
         self.unit_of: dict[TopicPartition, LearningUnit] = {}
         self.targets: dict[TopicPartition, int] = {}
-        self.needs_targets: set[TopicPartition] = set()
+        self.needs_targets: dict[TopicPartition, float] = {}  # partitions without a caught-up target yet -> when assigned
         self.stopping = threading.Event()
         self.uploader = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="riverbeam-checkpoint")
         self.events_consumed = 0
@@ -110,6 +110,7 @@ class Daemon:
         self.outputs: OutputWriter | None = None
         self.lease: Lease | None = None
         self.health: HealthServer | None = None
+        self._lease_renewed = 0.0
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -144,7 +145,7 @@ class Daemon:
         for tp in partitions:
             self.unit_of[tp] = unit
             self.consumer.seek(tp, positions[tp])
-            self.needs_targets.add(tp)
+            self.needs_targets[tp] = time.monotonic()
         log.info(
             "restored" if checkpoint else "starting fresh",
             extra={"fields": {"unit": name, "checkpoint": checkpoint.id if checkpoint else None, "events_seen": learner.state.events_seen, "positions": {position_key(tp): o for tp, o in positions.items()}}},
@@ -163,7 +164,7 @@ class Daemon:
             for tp in unit.partitions:
                 self.unit_of.pop(tp, None)
                 self.targets.pop(tp, None)
-                self.needs_targets.discard(tp)
+                self.needs_targets.pop(tp, None)
             self.units.pop(unit.name, None)
         self.metrics.ready = bool(self.units)
 
@@ -265,6 +266,10 @@ class Daemon:
         self.events_consumed += count
         self.events_learned += learned
         self.events_rejected += len(rejected)
+        self.metrics.consumed.inc(count)
+        self.metrics.learned.inc(learned)
+        if rejected:
+            self.metrics.dead_lettered.inc(len(rejected))
 
     def _caught_up(self) -> bool:
         """Every partition has reached the end offset seen at start (or at its assignment).
@@ -276,20 +281,19 @@ class Daemon:
         if self.needs_targets:
             marks = self.consumer.high_watermarks()
             now = time.monotonic()
-            self._targets_since = getattr(self, "_targets_since", now)
-            ready = [tp for tp in self.needs_targets if tp in marks or now - self._targets_since > 3.0]
+            ready = [tp for tp, since in self.needs_targets.items() if tp in marks or now - since > 3.0]
             if ready:
                 ends = self.consumer.end_offsets(sorted(ready))
                 for tp in ready:
                     self.targets[tp] = max(ends.get(tp, 0), marks.get(tp, 0))
-                    self.needs_targets.discard(tp)
+                    del self.needs_targets[tp]
             if self.needs_targets:
                 return False
         if not self.units:
             return False
         return all(unit.positions[tp] >= self.targets.get(tp, 0) for tp, unit in self.unit_of.items())
 
-    def _report_progress(self, started: float, last: list) -> None:
+    def _report_progress(self, last: list) -> None:
         now = time.monotonic()
         if now - last[0] < 1.0:
             return
@@ -325,7 +329,7 @@ class Daemon:
                 self._start_global()
             previous_gc = steady_state_gc()
             try:
-                self._loop(started)
+                self._loop()
             finally:
                 restore_gc(previous_gc)
             for unit in list(self.units.values()):
@@ -339,7 +343,7 @@ class Daemon:
         log.info("stopped", extra={"fields": summary})
         return summary
 
-    def _loop(self, started: float) -> None:
+    def _loop(self) -> None:
         kafka = self.config.kafka
         every_events = self.config.checkpoint.every_events
         every_seconds = self.config.checkpoint.every_seconds
@@ -357,7 +361,6 @@ class Daemon:
                     self._process(batch)
                 self.processing_seconds += clock() - begin
                 self.last_event_at = time.time()
-                self.metrics.consumed.inc(sum(len(b.records) for b in batches))
             now = time.monotonic()
             for unit in list(self.units.values()):
                 self._collect(unit, wait=False)
@@ -367,20 +370,9 @@ class Daemon:
                 if not self.lease.renew():
                     raise FencingError("this instance lost its lease on the global model to another instance; stopping")
                 self._lease_renewed = now
-            self._sync_counters()
-            self._report_progress(started, progress)
+            self._report_progress(progress)
             if self.until_caught_up and self._caught_up():
                 break
-
-    def _sync_counters(self) -> None:
-        metrics = self.metrics
-        learned_delta = self.events_learned - getattr(self, "_learned_reported", 0)
-        rejected_delta = self.events_rejected - getattr(self, "_rejected_reported", 0)
-        if learned_delta:
-            metrics.learned.inc(learned_delta)
-        if rejected_delta:
-            metrics.dead_lettered.inc(rejected_delta)
-        self._learned_reported, self._rejected_reported = self.events_learned, self.events_rejected
 
     def _close(self) -> None:
         for closer in (

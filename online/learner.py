@@ -35,7 +35,6 @@ set, else the processing clock.
 from __future__ import annotations
 
 import collections
-import copy
 import datetime
 import math
 import pickle
@@ -361,8 +360,6 @@ class Learner:
             raise ValueError("checkpoint state is not a riverbeam learner state of this format")
         return cls(model, events, transform=transform, state=state)
 
-    def copy(self) -> "Learner":
-        return type(self)(self.model_config, self.events_config, self.reader.transform, copy.deepcopy(self.state))
 
 
 def _plain(value: Any) -> Any:
@@ -371,4 +368,4 @@ def _plain(value: Any) -> Any:
     return value
 
 
-__all__ = ["Learner", "LearnerState", "Prediction", "EventError", "model_kind", "compose"]
+__all__ = ["Learner", "LearnerState", "Prediction", "EventError", "model_kind", "score_function"]

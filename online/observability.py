@@ -53,8 +53,6 @@ class HealthServer:
     """``/metrics``, ``/healthz`` and ``/readyz`` on a background thread (port 0 picks a free one)."""
 
     def __init__(self, metrics: DaemonMetrics, host: str, port: int):
-        owner = self
-
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 (http.server's naming)
                 if self.path == "/metrics":
@@ -79,7 +77,7 @@ class HealthServer:
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, name="riverbeam-health", daemon=True)
-        owner.thread.start()
+        self.thread.start()
 
     def close(self) -> None:
         self.server.shutdown()
