@@ -300,9 +300,15 @@ class Pass:
                                   files_done=len(self.consumed), order="time")
         return ReplayPosition(file=self.files[self.last.file_index].name, line=self.last.line, files_done=self.last.file_index, order="file")
 
+    def _advance(self, last: SourceRecord, good: int, lines: int) -> None:
+        """Account for `lines` more lines read, up to `last`, `good` of all lines so far being events."""
+        self.last, self.good, self.lines = last, good, self.lines + lines
+        if self.progress is not None:
+            self.progress.update(lines)
+
     def chunks(self) -> Iterator[list[SourceRecord]]:
         files, errors, consumed, time_order = self.files, self.errors, self.consumed, self.time_field is not None
-        chunk_size, every, progress = self.chunk, self.every, self.progress
+        chunk_size, every = self.chunk, self.every
         records: list[SourceRecord] = []
         lines = 0  # lines consumed since the last chunk was handed out
         good = self.good
@@ -311,18 +317,14 @@ class Pass:
             for record in read_inputs(files, self.start, self.time_field, self.categorical):
                 if record.event is None:
                     if records:  # learn what precedes the bad line first: errors are reported in line order
-                        self.last, self.good, self.lines = previous, good, self.lines + lines
-                        if progress is not None:
-                            progress.update(lines)
+                        self._advance(previous, good, lines)
                         lines = 0
                         yield records
                         records = []
                     if time_order:
                         consumed[files[record.file_index].name] = record.line
-                    self.last, self.lines, previous = record, self.lines + lines + 1, record
-                    if progress is not None:
-                        progress.update(lines + 1)
-                    lines = 0
+                    self._advance(record, good, lines + 1)
+                    previous, lines = record, 0
                     errors.add(files[record.file_index].name, record.line, record.reason)
                     continue
                 lines += 1
@@ -332,20 +334,16 @@ class Pass:
                 records.append(record)
                 good += 1
                 if len(records) >= chunk_size or good % every == 0:
-                    self.last, self.good, self.lines = record, good, self.lines + lines
-                    if progress is not None:
-                        progress.update(lines)
+                    self._advance(record, good, lines)
                     lines = 0
                     yield records
                     records = []
             if records:
-                self.last, self.good, self.lines = previous, good, self.lines + lines
-                if progress is not None:
-                    progress.update(lines)
+                self._advance(previous, good, lines)
                 yield records
         finally:
-            if progress is not None:
-                progress.close()
+            if self.progress is not None:
+                self.progress.close()
 
     def learn(self, candidates: list[Candidate], records: list[SourceRecord]) -> None:
         """Feed one chunk to every candidate, each on its own copy of the events (the last gets the originals)."""
