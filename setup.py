@@ -11,7 +11,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
-VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "riverbeam" / "__init__.py").read_text()).group(1)
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "core" / "__init__.py").read_text()).group(1)
 
 BASE = [
     "river>=0.26,<0.27",
@@ -43,7 +43,7 @@ setup(
     long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["riverbeam", "riverbeam.*", "transforms", "transforms.*", "online", "online.*", "pipelines", "pipelines.*"]),
+    packages=find_packages(include=["core", "core.*", "riverbeam", "riverbeam.*", "transforms", "transforms.*", "online", "online.*", "pipelines", "pipelines.*"]),
     package_data={"transforms": ["examples/*.yaml"]},
     install_requires=BASE,
     extras_require={

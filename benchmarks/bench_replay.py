@@ -24,7 +24,7 @@ from river import datasets, linear_model, metrics, optim, preprocessing
 
 from online.config import ReplayJobConfig
 from online.replay import ReplayOptions, run_replay
-from riverbeam.configuration import parse_config
+from core.configuration import parse_config
 
 JOB = {
     "model": {

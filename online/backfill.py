@@ -15,7 +15,7 @@ import orjson
 from online.config import ReplayJobConfig
 from online.readers import InputFile, ReplayPosition
 from online.replay import FILE_HEADER, LINE_HEADER, ErrorLog, Pass, ReplayError, ReplayOptions, ReplayResult, _progress
-from riverbeam.errors import RiverbeamError, UsageError
+from core.errors import RiverbeamError, UsageError
 
 log = logging.getLogger(__name__)
 

@@ -39,9 +39,9 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from riverbeam import __version__
-from riverbeam.errors import RiverbeamError
-from online.storage import ObjectNotFound, ObjectStore, PreconditionFailed, StorageError, open_store
+from core import __version__
+from core.errors import RiverbeamError
+from core.storage import ObjectNotFound, ObjectStore, PreconditionFailed, StorageError, open_store
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """Typed configuration of the online jobs: model, events, checkpoints, Kafka, metrics.
 
-Every section is a strict `riverbeam.configuration.Section`: unknown keys and wrong types
+Every section is a strict `core.configuration.Section`: unknown keys and wrong types
 are errors naming the key path.
 
->>> from riverbeam.configuration import parse_config
+>>> from core.configuration import parse_config
 >>> job = parse_config({"model": {"pipeline": [{"linear_model.LogisticRegression": {}}]},
 ...                     "events": {"target": "label"}}, ReplayJobConfig, environ={})
 >>> job.model.metrics, job.events.target
@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import pydantic
 
-from riverbeam.configuration import Section
+from core.configuration import Section
 
 KAFKA_CLIENTS = ("kafka-python", "confluent-kafka")
 

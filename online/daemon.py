@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from riverbeam.errors import RiverbeamError
+from core.errors import RiverbeamError
 from online.checkpoints import CheckpointStore, FencingError, signing_key_from_env
 from online.config import ConsumeJobConfig
 from online.kafka_clients import KafkaClientError, TopicPartition, make_consumer, make_producer

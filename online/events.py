@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from riverbeam.errors import ConfigError, RiverbeamError
+from core.errors import ConfigError, RiverbeamError
 
 _LABEL_TYPES = {"class": (str, int, bool), "number": (int, float)}
 

@@ -8,7 +8,7 @@ checkpoint and goes on. Checkpoint writes are fenced independently (`online.chec
 even a holder that lost its lease without noticing cannot overwrite its successor's checkpoints.
 
 >>> import tempfile
->>> from online.storage import open_store
+>>> from core.storage import open_store
 >>> store = open_store(tempfile.mkdtemp())
 >>> a, b = Lease(store, "a", ttl=30), Lease(store, "b", ttl=30)
 >>> a.try_acquire(), b.try_acquire()
@@ -23,7 +23,7 @@ import socket
 import time
 import uuid
 
-from online.storage import ObjectNotFound, ObjectStore, PreconditionFailed
+from core.storage import ObjectNotFound, ObjectStore, PreconditionFailed
 
 LEASE = "LEASE"
 

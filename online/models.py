@@ -15,7 +15,7 @@ no arbitrary imports and no user-supplied pickles.
 >>> build_pipeline([{"linear_model.LogisticRegresion": {}}])
 Traceback (most recent call last):
 ...
-riverbeam.errors.ConfigError: model.pipeline[0]: river has no linear_model.LogisticRegresion (did you mean LogisticRegression?)
+core.errors.ConfigError: model.pipeline[0]: river has no linear_model.LogisticRegresion (did you mean LogisticRegression?)
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from river import base, compose, metrics
 
-from riverbeam.errors import ConfigError
+from core.errors import ConfigError
 
 _RIVER_METRICS_MODULE = "metrics"
 
@@ -50,7 +50,7 @@ def resolve_river_class(name: str, path: str) -> type:
     >>> resolve_river_class("os.system", "x")
     Traceback (most recent call last):
     ...
-    riverbeam.errors.ConfigError: x: river has no module os (names are river modules such as linear_model.LogisticRegression)
+    core.errors.ConfigError: x: river has no module os (names are river modules such as linear_model.LogisticRegression)
     """
     module_name, _, class_name = name.rpartition(".")
     if not module_name or not class_name or module_name.startswith((".", "_")) or "._" in name:

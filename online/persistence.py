@@ -18,7 +18,7 @@ different model configuration is stopped instead of silently mixing two models.
 
 from __future__ import annotations
 
-from riverbeam.errors import ConfigError
+from core.errors import ConfigError
 from online.checkpoints import Checkpoint, CheckpointStore, config_hash
 from online.config import EventsConfig, ModelConfig
 from online.learner import Learner

@@ -46,7 +46,7 @@ from typing import Any, Iterable, Iterator, NamedTuple
 
 import orjson
 
-from riverbeam.errors import RiverbeamError, UsageError
+from core.errors import RiverbeamError, UsageError
 
 FORMATS = {
     ".jsonl": "json",
@@ -162,7 +162,7 @@ def input_format(name: str, forced: str | None = None) -> tuple[str, bool]:
     >>> input_format("data.txt")
     Traceback (most recent call last):
     ...
-    riverbeam.errors.UsageError: data.txt: unknown input format (use a suffix among .csv, .json, .jsonl, .ndjson, .parquet, .pq, .tfrecord, .tfrecords, optionally with .gz, or --format)
+    core.errors.UsageError: data.txt: unknown input format (use a suffix among .csv, .json, .jsonl, .ndjson, .parquet, .pq, .tfrecord, .tfrecords, optionally with .gz, or --format)
     """
     base = name[:-3] if name.endswith(".gz") else name
     compressed = base != name
@@ -217,7 +217,7 @@ def _split_gcs(uri: str) -> tuple[str, str]:
 
 
 def _expand_gcs(pattern: str) -> list[tuple[str, int]]:
-    from online.storage import gcs_client
+    from core.storage import gcs_client
 
     bucket_name, path = _split_gcs(pattern)
     literal = path
@@ -237,7 +237,7 @@ def _expand_gcs(pattern: str) -> list[tuple[str, int]]:
 
 
 def _gcs_blob(uri: str):
-    from online.storage import gcs_client
+    from core.storage import gcs_client
 
     bucket_name, path = _split_gcs(uri)
     return gcs_client().bucket(bucket_name).blob(path)

@@ -53,8 +53,8 @@ from online.learner import Learner
 from online.readers import InputFile, ReplayPosition, SourceRecord, count_records, expand_inputs, read_inputs
 from online.replay_report import format_leaderboard, write_report_dir
 from online.replay_search import SearchConfig, search_model, trial_model
-from riverbeam.configuration import parse_config, read_yaml
-from riverbeam.errors import ConfigError, RiverbeamError, UsageError
+from core.configuration import parse_config, read_yaml
+from core.errors import ConfigError, RiverbeamError, UsageError
 
 log = logging.getLogger(__name__)
 

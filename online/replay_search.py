@@ -17,8 +17,8 @@ import orjson
 import pydantic
 
 from online.config import ModelConfig, ReplayJobConfig
-from riverbeam.configuration import Section
-from riverbeam.errors import ConfigError, UsageError
+from core.configuration import Section
+from core.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
     from online.readers import InputFile

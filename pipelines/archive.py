@@ -43,7 +43,7 @@ from apache_beam.options.value_provider import StaticValueProvider, ValueProvide
 from apache_beam.transforms import window
 
 from pipelines.templates import add_required_argument, check_required
-from riverbeam.errors import UsageError
+from core.errors import UsageError
 
 DEAD_LETTER = "dead_letter"
 DEAD_LETTER_PREFIX = f"{DEAD_LETTER}/"

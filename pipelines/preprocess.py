@@ -45,8 +45,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 
 from pipelines.templates import add_required_argument, check_required
-from riverbeam.configuration import parse_config
-from riverbeam.errors import ConfigError, RiverbeamError, UsageError
+from core.configuration import parse_config
+from core.errors import ConfigError, RiverbeamError, UsageError
 from transforms.config import PreprocessJobConfig
 from transforms.fitted import FITTED_FILENAME, fitted_document
 from transforms.spec import FeatureSpec, InvalidFeatureError, LabelSpec
@@ -485,7 +485,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Build and run the preprocess pipeline from command-line flags; waits for it to finish.
 
     Returns a summary: the output directory, the fitted transform file, rows and bad rows.
-    Raises `riverbeam.errors.ConfigError` for a wrong configuration and `TooManyBadRowsError`
+    Raises `core.errors.ConfigError` for a wrong configuration and `TooManyBadRowsError`
     when more rows fail validation than ``max_bad_rows``.
     """
     if os.environ.get("STORAGE_EMULATOR_HOST"):  # the local emulator never needs the GCE metadata probe

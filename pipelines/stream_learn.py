@@ -108,8 +108,8 @@ from online.config import ConsumeJobConfig
 from online.events import EventError, _json_type
 from online.learner import Learner, Prediction
 from pipelines.templates import add_required_argument, check_required
-from riverbeam.configuration import load_config, parse_config
-from riverbeam.errors import ConfigError, UsageError
+from core.configuration import load_config, parse_config
+from core.errors import ConfigError, UsageError
 
 log = logging.getLogger(__name__)
 

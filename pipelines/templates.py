@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 from urllib.parse import urlencode, urlsplit
 
-from riverbeam.errors import RiverbeamError, UsageError
+from core.errors import RiverbeamError, UsageError
 
 # pipeline name -> "module:OptionsClass"; imported lazily, a missing module means "not built yet"
 PIPELINES = {
@@ -323,7 +323,7 @@ def parse_parameters(items: Iterable[str]) -> dict[str, str]:
     >>> parse_parameters(["oops"])
     Traceback (most recent call last):
     ...
-    riverbeam.errors.UsageError: --parameter: expected KEY=VALUE, got 'oops'
+    core.errors.UsageError: --parameter: expected KEY=VALUE, got 'oops'
     """
     parameters: dict[str, str] = {}
     for item in items:

@@ -1,15 +1,9 @@
 """riverbeam: Apache Beam preprocessing and online River learning from event streams.
 
-Package layering (lower never imports higher)::
-
-    riverbeam.errors, riverbeam.configuration,
-    riverbeam.gcs                               shared base: typed errors, YAML into typed objects, the GCS client
-        <- transforms                           feature specs, fitted transforms
-        <- online                               learners, checkpoints, Kafka daemon, replay
-        <- pipelines                            Beam jobs, Dataflow templates
-        <- riverbeam.cli, riverbeam.demo         the `riverbeam` command
-
-`riverbeam.local_stack` (the embedded Kafka broker and GCS emulator) imports nothing of ours.
+The package at the top of riverbeam's layers: the `riverbeam` command (`riverbeam.cli`) and
+the Python API. The shared lowest layer is the `core` package; see its docstring for the layering.
 """
 
-__version__ = "0.1.0"
+from core import __version__
+
+__all__ = ["__version__"]

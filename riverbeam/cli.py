@@ -16,7 +16,7 @@ import os
 import sys
 
 from riverbeam import __version__
-from riverbeam.errors import RiverbeamError, UsageError
+from core.errors import RiverbeamError, UsageError
 
 COMMAND_GROUPS = (
     "config",

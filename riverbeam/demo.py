@@ -17,7 +17,7 @@ from pathlib import Path
 
 import orjson
 
-from riverbeam.errors import UsageError
+from core.errors import UsageError
 from riverbeam.local_stack import LocalStack
 
 MODELS = {

@@ -25,7 +25,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from riverbeam.errors import RiverbeamError
+from core.errors import RiverbeamError
 
 DEFAULT_DIR = ".riverbeam"
 DEFAULT_KAFKA_PORT = 9092

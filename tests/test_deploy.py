@@ -53,7 +53,7 @@ def test_kubernetes_manifest_runs_the_daemon_with_its_probes_and_a_valid_configu
     import yaml
 
     from online.config import ConsumeJobConfig
-    from riverbeam.configuration import load_config
+    from core.configuration import load_config
 
     documents = list(yaml.safe_load_all((ROOT / "deploy" / "kubernetes.yaml").read_text()))
     config_map = next(d for d in documents if d["kind"] == "ConfigMap")

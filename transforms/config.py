@@ -1,6 +1,6 @@
 """Typed configuration of ``riverbeam preprocess``: features, label, input, output.
 
->>> from riverbeam.configuration import parse_config
+>>> from core.configuration import parse_config
 >>> job = parse_config({
 ...     "features": [{"name": "x", "type": "float", "transform": "z_score"}],
 ...     "label": {"name": "y", "type": "int"},
@@ -13,7 +13,7 @@
 ...              PreprocessJobConfig, environ={})
 Traceback (most recent call last):
 ...
-riverbeam.errors.ConfigError: features: List should have at least 1 item after validation, not 0
+core.errors.ConfigError: features: List should have at least 1 item after validation, not 0
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Literal
 
 import pydantic
 
-from riverbeam.configuration import Section
+from core.configuration import Section
 from transforms.spec import FeatureSpec, LabelSpec, check_unique_names
 
 INPUT_FORMATS = ("csv", "jsonl", "parquet", "tfrecord")

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable
 
 import farmhash
 
-from riverbeam.errors import RiverbeamError
+from core.errors import RiverbeamError
 from transforms.spec import FeatureSpec, InvalidFeatureError, LabelSpec, coerce_value
 
 FORMAT = "riverbeam.fitted_transforms/1"
@@ -191,7 +191,7 @@ def _read_uri(uri: str) -> bytes:
         bucket, _, name = uri[len("gs://") :].partition("/")
         from google.api_core import exceptions
 
-        from riverbeam.gcs import gcs_client
+        from core.gcs import gcs_client
 
         client = gcs_client()
         try:

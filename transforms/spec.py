@@ -4,18 +4,18 @@ A spec is a list of features, each with a name, a type (``float``, ``int``, ``st
 transform; the label, if any, passes through unchanged. Parameters that a transform does not
 take are errors, and so are missing ones, each naming the feature's position and the field:
 
->>> from riverbeam.configuration import parse_config
+>>> from core.configuration import parse_config
 >>> class Job(Section):
 ...     features: list[FeatureSpec]
 >>> parse_config({"features": [{"name": "x", "type": "float", "transform": "bucketize",
 ...                             "num_buckets": "four"}]}, Job, environ={})
 Traceback (most recent call last):
 ...
-riverbeam.errors.ConfigError: features[0].num_buckets: expected an integer, got 'four'
+core.errors.ConfigError: features[0].num_buckets: expected an integer, got 'four'
 >>> parse_config({"features": [{"name": "x", "type": "string", "transform": "z_score"}]}, Job, environ={})
 Traceback (most recent call last):
 ...
-riverbeam.errors.ConfigError: features[0].transform: z_score needs a float or int feature, not string
+core.errors.ConfigError: features[0].transform: z_score needs a float or int feature, not string
 
 The same coercion rules hold in the batch pipeline (a value that fails them makes a bad row) and
 online (`FittedTransform.apply` raises `InvalidFeatureError`):
@@ -33,8 +33,8 @@ from typing import Any, Literal
 
 import pydantic
 
-from riverbeam.configuration import Section
-from riverbeam.errors import RiverbeamError
+from core.configuration import Section
+from core.errors import RiverbeamError
 
 FeatureType = Literal["float", "int", "string"]
 TransformName = Literal["z_score", "min_max", "bucketize", "vocabulary", "hash", "log1p", "identity"]

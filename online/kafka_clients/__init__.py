@@ -14,7 +14,7 @@ per record parsing in Python. confluent-kafka (extra ``fast``) parses in librdka
 >>> make_consumer(KafkaConfig(topic="events", consumer={"session.timeout.ms": 6000}))
 Traceback (most recent call last):
 ...
-riverbeam.errors.ConfigError: kafka.consumer.session.timeout.ms: unknown option for kafka-python (did you mean session_timeout_ms?)
+core.errors.ConfigError: kafka.consumer.session.timeout.ms: unknown option for kafka-python (did you mean session_timeout_ms?)
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from online.kafka_clients.base import (
     RecordSequence,
     TopicPartition,
 )
-from riverbeam.errors import ConfigError
+from core.errors import ConfigError
 
 if TYPE_CHECKING:
     from online.config import KafkaConfig

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Protocol
 
-from riverbeam.errors import ConfigError, RiverbeamError
+from core.errors import ConfigError, RiverbeamError
 
 TopicPartition = tuple[str, int]
 """``(topic, partition)``."""
@@ -298,7 +298,7 @@ def check_options(options: dict[str, Any], *, known: Iterable[str] | None, manag
     >>> check_options({"session_timout_ms": 1}, known=["session_timeout_ms"], managed={}, section="consumer", client="kafka-python")
     Traceback (most recent call last):
     ...
-    riverbeam.errors.ConfigError: kafka.consumer.session_timout_ms: unknown option for kafka-python (did you mean session_timeout_ms?)
+    core.errors.ConfigError: kafka.consumer.session_timout_ms: unknown option for kafka-python (did you mean session_timeout_ms?)
     """
     known = None if known is None else set(known)
     for key in options:

@@ -30,7 +30,7 @@ from online.kafka_clients.base import (
     TopicPartition,
     check_options,
 )
-from riverbeam.errors import ConfigError
+from core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -52,7 +52,7 @@ def checkpoint_summary(manifest: dict) -> dict:
 
 
 def checkpoints_show(args) -> int:
-    from riverbeam.errors import RiverbeamError
+    from core.errors import RiverbeamError
 
     store = _store(args.uri)
     checkpoint = store.load(args.id) if args.id else store.load_latest()

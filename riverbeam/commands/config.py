@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib
 
-from riverbeam.configuration import load_config, read_yaml
-from riverbeam.errors import ConfigError
+from core.configuration import load_config, read_yaml
+from core.errors import ConfigError
 
 # job kind -> "module:Class" of its typed configuration (imported only when needed)
 JOB_CONFIGS = {

@@ -24,7 +24,7 @@ def consume_command(args) -> int:
     from online.config import ConsumeJobConfig
     from online.daemon import run_daemon
     from online.observability import configure_json_logging
-    from riverbeam.configuration import load_config
+    from core.configuration import load_config
 
     config = load_config(args.config, ConsumeJobConfig)
     config.check_semantics()

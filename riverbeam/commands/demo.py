@@ -14,7 +14,7 @@ def register(subparsers) -> None:
 
 def demo_command(args) -> int:
     from riverbeam.demo import print_summary, run_demo
-    from riverbeam.errors import UsageError
+    from core.errors import UsageError
 
     if args.events is not None and args.events <= 0:
         raise UsageError("--events must be a positive number")

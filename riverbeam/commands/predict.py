@@ -16,7 +16,7 @@ def register(subparsers) -> None:
 def predict_command(args) -> int:
     from online.checkpoints import CheckpointStore, signing_key_from_env
     from online.predict import predict_lines
-    from riverbeam.errors import RiverbeamError, UsageError
+    from core.errors import RiverbeamError, UsageError
 
     store = CheckpointStore(args.checkpoint, signing_key=signing_key_from_env("RIVERBEAM_CHECKPOINT_KEY"))
     checkpoint = store.load(args.id) if args.id else store.load_latest()

@@ -28,7 +28,7 @@ def register(subparsers) -> None:
 
 
 def preprocess(args) -> int:
-    from riverbeam.configuration import parse_config, read_yaml
+    from core.configuration import parse_config, read_yaml
 
     # validate the configuration before paying for TensorFlow's import (a local file only)
     if not args.config.startswith("gs://"):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from online.checkpoints import CheckpointError, CheckpointStore, FencingError, IntegrityError
-from online.storage import open_store
+from core.storage import open_store
 
 
 @pytest.fixture(params=["local", "gcs"])

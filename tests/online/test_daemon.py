@@ -308,7 +308,7 @@ def test_replay_equals_the_daemon_on_the_same_events(tmp_path, kafka_bootstrap, 
     from online.config import ReplayJobConfig
     from online.persistence import restore_learner
     from online.replay import ReplayOptions, run_replay
-    from riverbeam.configuration import parse_config
+    from core.configuration import parse_config
 
     events = list(itertools.islice(itertools.cycle(PHISHING), 5000))
     values = [orjson.dumps(e) for e in events]

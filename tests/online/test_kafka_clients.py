@@ -19,7 +19,7 @@ from online.kafka_clients import (
     read_records,
     read_tail,
 )
-from riverbeam.errors import ConfigError
+from core.errors import ConfigError
 
 CLIENTS = ["kafka-python", "confluent-kafka"]
 # Tansu finishes a group join after half the session timeout: keep it short here.

@@ -13,7 +13,7 @@ import pytest
 from river import datasets
 
 from online.readers import InputError, ReplayPosition, expand_inputs, read_inputs
-from riverbeam.errors import UsageError
+from core.errors import UsageError
 
 
 def phishing_events():

@@ -21,7 +21,7 @@ from online.config import ReplayJobConfig
 from online.learner import Learner
 from online.replay import FILE_HEADER, LINE_HEADER, ReplayError, ReplayOptions, load_replay_job, run_replay, trial_model
 from riverbeam.cli import main
-from riverbeam.configuration import parse_config
+from core.configuration import parse_config
 from tests.online.test_readers import phishing_events, write_csv, write_jsonl, write_parquet
 
 LOGREG = [{"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {"optimizer": {"optim.SGD": {"lr": 0.1}}}}]

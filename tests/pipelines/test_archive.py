@@ -13,7 +13,7 @@ from apache_beam.testing.test_stream import TestStream as RecordStream  # noqa: 
 from apache_beam.transforms.window import TimestampedValue  # noqa: E402
 
 from pipelines.archive import ArchiveOptions, build_archive, read_archive, source_transform  # noqa: E402
-from riverbeam.errors import UsageError  # noqa: E402
+from core.errors import UsageError  # noqa: E402
 
 pytestmark = pytest.mark.beam
 
@@ -115,7 +115,7 @@ def test_archive_is_the_input_of_replay(tmp_path):
     from online.config import EventsConfig, ModelConfig, ReplayJobConfig
     from online.learner import Learner
     from online.replay import ReplayOptions, run_replay
-    from riverbeam.configuration import parse_config
+    from core.configuration import parse_config
 
     output = str(tmp_path / "archive")
     run_archive(output)

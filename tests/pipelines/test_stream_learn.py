@@ -45,8 +45,8 @@ from pipelines.stream_learn import (  # noqa: E402
     prediction_record,
     to_json,
 )
-from riverbeam.configuration import parse_config  # noqa: E402
-from riverbeam.errors import UsageError  # noqa: E402
+from core.configuration import parse_config  # noqa: E402
+from core.errors import UsageError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = {"pipeline": [{"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {}}], "metrics": ["Accuracy", "LogLoss"]}

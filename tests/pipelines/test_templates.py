@@ -14,7 +14,7 @@ import pytest
 
 from pipelines import templates
 from riverbeam.cli import main
-from riverbeam.errors import UsageError
+from core.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = "europe-docker.pkg.dev/p/riverbeam/archive:1.0"

@@ -73,7 +73,7 @@ def test_config_check_accepts_a_good_file_and_env_overrides(tmp_path):
     path.write_text("kafka: {topic: t, bootstrap_servers: '${BROKER:-localhost:9092}'}\nmodel: {pipeline: [{linear_model.LogisticRegression: {}}]}\ncheckpoint: {uri: x}\n")
     assert riverbeam("config", "check", str(path)).returncode == 0
     from online.config import ConsumeJobConfig
-    from riverbeam.configuration import load_config
+    from core.configuration import load_config
 
     job = load_config(path, ConsumeJobConfig, environ={"BROKER": "b:1", "RIVERBEAM__CHECKPOINT__EVERY_EVENTS": "7"})
     assert job.kafka.bootstrap_servers == "b:1" and job.checkpoint.every_events == 7

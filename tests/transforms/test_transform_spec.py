@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from riverbeam.configuration import load_config, parse_config
-from riverbeam.errors import ConfigError
+from core.configuration import load_config, parse_config
+from core.errors import ConfigError
 from transforms.config import PreprocessJobConfig
 from transforms.spec import FeatureSpec, InvalidFeatureError, coerce_value
 

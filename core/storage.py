@@ -14,7 +14,7 @@ True
 >>> store.write_if_generation("LATEST", b"b", 0)
 Traceback (most recent call last):
 ...
-online.storage.PreconditionFailed: LATEST: generation is ..., expected 0
+core.storage.PreconditionFailed: LATEST: generation is ..., expected 0
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from riverbeam.errors import RiverbeamError
-from riverbeam.gcs import gcs_client
+from core.errors import RiverbeamError
+from core.gcs import gcs_client
 
 
 class StorageError(RiverbeamError):

@@ -16,7 +16,7 @@ Environment variables reach a configuration in two documented ways:
 >>> parse_config({"kafka": {"bootstrap_servers": 9092}}, Job, environ={})
 Traceback (most recent call last):
 ...
-riverbeam.errors.ConfigError: kafka.bootstrap_servers: expected a string, got 9092
+core.errors.ConfigError: kafka.bootstrap_servers: expected a string, got 9092
 >>> parse_config({}, Job, environ={"RIVERBEAM__KAFKA__BOOTSTRAP_SERVERS": "k:1"}).kafka
 {'bootstrap_servers': 'k:1'}
 """
@@ -31,7 +31,7 @@ from typing import Any, Mapping, TypeVar
 import pydantic
 import yaml
 
-from riverbeam.errors import ConfigError
+from core.errors import ConfigError
 
 ENV_OVERRIDE_PREFIX = "RIVERBEAM__"
 _INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
