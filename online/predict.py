@@ -1,7 +1,10 @@
-"""Predictions from a checkpoint, one JSON line per input line, without learning.
+"""Predictions from a checkpoint, without learning: one record per event.
 
-A line that cannot be predicted gets an error record (``{"line": n, "error": reason}``), never
-a crash.
+`prediction_record` is the one place that turns an event into what riverbeam answers for it
+(``riverbeam predict`` prints it as a JSON line, ``riverbeam serve`` returns it over HTTP): the
+model key (per-key models), the prediction, the class probabilities (classifiers) and the id of
+the checkpoint the model came from. A line that cannot be predicted gets an error record
+(``{"line": n, "error": reason}``), never a crash.
 
 >>> import tempfile
 >>> from online.checkpoints import CheckpointStore
@@ -14,46 +17,65 @@ a crash.
 >>> store = CheckpointStore(tempfile.mkdtemp()); _ = save_learner(store, learner, positions={})
 >>> for line in predict_lines(store.load_latest(), ['{"x": 1.0}', 'oops']):
 ...     print(line)
-{"line":1,"prediction":2.33287...}
+{"line":1,"prediction":2.33287...,"checkpoint":"000000000001-..."}
 {"line":2,"error":"not JSON: ..."}
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import orjson
 
 from online.checkpoints import Checkpoint
 from online.events import EventError
+from online.learner import Learner
 from online.persistence import restore_learner
 
 
+def prediction_record(learner: Learner, event: Any, checkpoint_id: str | None) -> dict:
+    """What riverbeam answers for one decoded event; raises `EventError` (the daemon's reason) for a bad one.
+
+    Nothing is learned and the learner's counters do not move.
+
+    >>> from online.config import EventsConfig, ModelConfig
+    >>> learner = Learner(ModelConfig(pipeline=[{"linear_model.LogisticRegression": {}}]), EventsConfig(target="y"))
+    >>> for i in range(20):
+    ...     _ = learner.process({"x": float(i % 2), "y": i % 2 == 1})
+    >>> prediction_record(learner, {"x": 1.0}, "ck-1")
+    {'prediction': True, 'probabilities': {'False': 0.48..., 'True': 0.51...}, 'checkpoint': 'ck-1'}
+    >>> prediction_record(learner, {"x": "a"}, "ck-1")
+    Traceback (most recent call last):
+    ...
+    online.events.EventError: feature 'x' is not a number: 'a'
+    """
+    x, _, key = learner.reader.split(event)
+    model = learner.state.models.get(key)
+    if model is None:
+        raise EventError(f"no model for key {key!r} in this checkpoint")
+    record: dict = {}
+    if key is not None:
+        record["key"] = key
+    if learner.kind == "class":
+        probabilities = model.predict_proba_one(x)
+        record["prediction"] = max(probabilities, key=probabilities.get) if probabilities else None
+        record["probabilities"] = {str(k): v for k, v in probabilities.items()}
+    else:
+        record["prediction"] = model.predict_one(x)
+    record["checkpoint"] = checkpoint_id
+    return record
+
+
 def predict_lines(checkpoint: Checkpoint, lines: Iterable[str | bytes]) -> Iterator[str]:
-    """Yield one JSON line per input line: the prediction (and class probabilities), or an error."""
+    """Yield one JSON line per input line: ``{"line": n, **prediction_record(...)}``, or an error."""
     learner = restore_learner(checkpoint)
-    models = learner.state.models
-    split = learner.reader.split
-    classifier = learner.kind == "class"
     for number, line in enumerate(lines, start=1):
-        record: dict = {"line": number}
         try:
             try:
                 event = orjson.loads(line)
             except orjson.JSONDecodeError as error:
                 raise EventError(f"not JSON: {error}") from None
-            x, _, key = split(event)
-            model = models.get(key)
-            if model is None:
-                raise EventError(f"no model for key {key!r} in this checkpoint")
-            if key is not None:
-                record["key"] = key
-            if classifier:
-                probabilities = model.predict_proba_one(x)
-                record["prediction"] = max(probabilities, key=probabilities.get) if probabilities else None
-                record["probabilities"] = {str(k): v for k, v in probabilities.items()}
-            else:
-                record["prediction"] = model.predict_one(x)
+            record = {"line": number, **prediction_record(learner, event, checkpoint.id)}
         except EventError as error:
-            record["error"] = str(error)
+            record = {"line": number, "error": str(error)}
         yield orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY).decode()
