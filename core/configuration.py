@@ -31,7 +31,7 @@ from typing import Any, Mapping, TypeVar
 import pydantic
 import yaml
 
-from core.errors import ConfigError
+from core.errors import ConfigError, ConfigErrorCollector, config_error
 
 ENV_OVERRIDE_PREFIX = "RIVERBEAM__"
 _INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -135,7 +135,8 @@ def parse_config(
 ) -> SectionT:
     """Validate plain data (as loaded from YAML) into `cls`, applying environment overrides.
 
-    Raises `ConfigError` naming the first wrong key path.
+    Raises `ConfigError` naming the wrong key path; with several mistakes, a `ConfigErrors`
+    naming every one of them (one line each).
     """
     environ = os.environ if environ is None else environ
     if data is None:
@@ -149,8 +150,7 @@ def parse_config(
     try:
         return cls.model_validate(data)
     except pydantic.ValidationError as error:
-        first = error.errors()[0]
-        raise ConfigError(format_key_path(first["loc"]), _describe(first), source=source) from None
+        raise config_error([ConfigError(format_key_path(e["loc"]), _describe(e), source=source) for e in error.errors()]) from None
 
 
 def read_yaml(path: str | os.PathLike) -> Any:
@@ -169,8 +169,18 @@ def read_yaml(path: str | os.PathLike) -> Any:
 
 
 def load_config(path: str | os.PathLike, cls: type[SectionT], environ: Mapping[str, str] | None = None) -> SectionT:
-    """Read and validate one job's YAML file.
+    """Read and validate one job's YAML file: the types, then the checks beyond types.
 
-    Errors read ``FILE: key.path: what is wrong``.
+    A `Section` may define ``check_semantics()`` (River names, values that depend on each
+    other); it runs when the types are right. Errors read ``FILE: key.path: what is wrong``, every
+    mistake of the file at once, one line each.
     """
-    return parse_config(read_yaml(path), cls, source=str(path), environ=environ)
+    source = str(path)
+    config = parse_config(read_yaml(path), cls, source=source, environ=environ)
+    check_semantics = getattr(config, "check_semantics", None)
+    if check_semantics is not None:
+        collect = ConfigErrorCollector(source=source)
+        with collect.check():
+            check_semantics()
+        collect.raise_if_any()
+    return config

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import pydantic
 
 from core.configuration import Section
+from core.errors import ConfigErrorCollector
 
 KAFKA_CLIENTS = ("kafka-python", "confluent-kafka")
 
@@ -153,10 +154,14 @@ class ReplayJobConfig(Section):
     def check_semantics(self) -> None:
         from online.models import build_model
 
+        collect = ConfigErrorCollector()
         if self.model is not None:
-            build_model(self.model, path="model")
+            with collect.check():
+                build_model(self.model, path="model")
         for i, candidate in enumerate(self.models or []):
-            build_model(candidate, path=f"models[{i}]")
+            with collect.check():
+                build_model(candidate, path=f"models[{i}]")
+        collect.raise_if_any()
 
     @property
     def candidates(self) -> list[ModelConfig]:

@@ -35,7 +35,6 @@ set, else the processing clock.
 from __future__ import annotations
 
 import collections
-import datetime
 import math
 import pickle
 import time
@@ -47,6 +46,7 @@ from river import base, compose
 from online.config import EventsConfig, ModelConfig
 from online.events import EventError, EventReader
 from online.models import build_metrics, build_object, build_pipeline
+from core.eventtime import event_time
 
 STATE_FORMAT = 1
 
@@ -277,14 +277,11 @@ class Learner:
         moment = event.get(self.time_field) if self.time_field is not None else None
         if moment is None:
             return event.get(self.events_config.id), time.time()
-        if isinstance(moment, str):
-            try:
-                moment = datetime.datetime.fromisoformat(moment).timestamp()
-            except ValueError:
-                raise EventError(f"time field '{self.time_field}' is not an ISO 8601 time: {moment!r}") from None
-        elif type(moment) not in (int, float):
-            raise EventError(f"time field '{self.time_field}' must be epoch seconds or ISO 8601, got {moment!r}")
-        return event.get(self.events_config.id), float(moment)
+        try:
+            moment = event_time(moment)
+        except ValueError as error:
+            raise EventError(f"time field '{self.time_field}': {error}") from None
+        return event.get(self.events_config.id), moment
 
     def _process_delayed(self, meta, x, y, key, model) -> Prediction:
         state = self.state

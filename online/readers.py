@@ -46,6 +46,7 @@ from typing import Any, Iterable, Iterator, NamedTuple
 
 import orjson
 
+from core.eventtime import event_time
 from core.errors import RiverbeamError, UsageError
 
 FORMATS = {
@@ -427,24 +428,6 @@ def read_inputs(
                for index, source in enumerate(files)]
     for _, _, _, record in heapq.merge(*streams):
         yield record
-
-
-def event_time(value: Any) -> float:
-    """An event time as epoch seconds: a number, or an ISO 8601 string (naive means UTC).
-
-    >>> event_time("1970-01-01T00:01:00Z"), event_time(12.5)
-    (60.0, 12.5)
-    """
-    if type(value) in (int, float):
-        return float(value)
-    if isinstance(value, str):
-        moment = datetime.datetime.fromisoformat(value)
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=datetime.timezone.utc)
-        return moment.timestamp()
-    if isinstance(value, datetime.datetime):  # Parquet timestamps
-        return (value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)).timestamp()
-    raise ValueError(f"{value!r}")
 
 
 def _timed(source: InputFile, index: int, records: Iterator[SourceRecord], time_field: str):

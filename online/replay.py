@@ -1,6 +1,6 @@
 """Replaying historical events from files through the learner that serves the stream.
 
-Modes (`run_replay`):
+Modes (chosen by `online.replay_job.run_replay`):
 
 * **learn** — continue from the latest checkpoint (or start empty), feed `online.learner.Learner`
   in replay order, write a checkpoint every ``checkpoint.every_events`` events (or
@@ -48,12 +48,9 @@ import orjson
 from online.config import ModelConfig, ReplayJobConfig
 from online.events import EventError
 from online.events import load_feature_transform
-from online.gc_tuning import restore_gc, steady_state_gc
 from online.learner import Learner
 from online.readers import InputFile, ReplayPosition, SourceRecord, count_records, expand_inputs, read_inputs
 from online.replay_report import format_leaderboard, write_report_dir
-from online.replay_search import SearchConfig, search_model, trial_model
-from core.configuration import parse_config, read_yaml
 from core.errors import ConfigError, RiverbeamError, UsageError
 
 log = logging.getLogger(__name__)
@@ -66,37 +63,6 @@ LINE_HEADER = "riverbeam-line"
 
 class ReplayError(RiverbeamError):
     """The replay stopped: too many bad lines, a topic it must not append to, ..."""
-
-
-def load_replay_job(path: str, environ=None) -> tuple[ReplayJobConfig, SearchConfig | None]:
-    """Read a replay job's YAML: the `ReplayJobConfig` and its optional ``search:`` section.
-
-    Raises `ConfigError` naming the file and key path; River names are resolved too.
-    """
-    data = read_yaml(path)
-    search_data = data.pop("search", None) if isinstance(data, dict) else None
-    job = parse_config(data, ReplayJobConfig, source=str(path), environ=environ)
-    try:
-        job.check_semantics()
-    except ConfigError as error:
-        raise ConfigError(error.path, error.message, source=str(path)) from None
-    search = None
-    if search_data is not None:
-        try:
-            search = parse_config(search_data, SearchConfig, environ={})
-        except ConfigError as error:
-            raise ConfigError(f"search.{error.path}".rstrip("."), error.message, source=str(path)) from None
-        target = search_model(job, search)
-        for name, spec in search.params.items():
-            value = spec.choices[0] if spec.choices is not None else spec.low
-            try:
-                from online.models import build_model
-
-                build_model(trial_model(target, {name: value}))
-            except ConfigError as error:
-                where = error.path if error.path.startswith("search.") else f"search.params.{name}"
-                raise ConfigError(where, error.message, source=str(path)) from None
-    return job, search
 
 
 # -- options and results -----------------------------------------------------------------------
@@ -379,44 +345,7 @@ def _progress(options: ReplayOptions, files: list[InputFile], unit: str = "line"
     return tqdm(total=count_records(files), unit=unit, unit_scale=True, smoothing=0.1, file=sys.stderr, dynamic_ncols=True)
 
 
-def _inputs(options: ReplayOptions) -> list[InputFile]:
-    if not options.inputs:
-        raise UsageError("give at least one --input")
-    return expand_inputs(options.inputs, options.input_format)
-
-
 # -- modes -------------------------------------------------------------------------------------
-
-
-def run_replay(job: ReplayJobConfig, options: ReplayOptions, search: SearchConfig | None = None) -> ReplayResult:
-    """Run one replay as `options` says (see the module for the modes)."""
-    if options.mode not in MODES:
-        raise UsageError(f"unknown mode {options.mode!r} (choose among {', '.join(MODES)})")
-    if options.max_errors is not None and options.max_errors < 0:
-        raise UsageError("--max-errors must be 0 or more")
-    if options.search:
-        if options.mode != "evaluate":
-            raise UsageError("--search runs in evaluate mode (progressive validation is the objective): add --mode evaluate")
-        if search is None:
-            raise UsageError("--search needs a search: section in the configuration (the parameter ranges)")
-    files = _inputs(options)
-    if options.dry_run:
-        return dry_run(job, files, options)
-    previous_gc = steady_state_gc()
-    try:
-        if options.mode == "learn":
-            return learn(job, files, options)
-        if options.mode == "backfill":
-            from online.backfill import backfill
-
-            return backfill(job, files, options)
-        if options.search:
-            from online.replay_search import search_trials
-
-            return search_trials(job, search, files, options)
-        return evaluate(job, files, options)
-    finally:
-        restore_gc(previous_gc)
 
 
 def dry_run(job: ReplayJobConfig, files: list[InputFile], options: ReplayOptions) -> ReplayResult:

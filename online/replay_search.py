@@ -17,12 +17,13 @@ import orjson
 import pydantic
 
 from online.config import ModelConfig, ReplayJobConfig
+from online.models import build_model
+from online.replay import ReplayOptions, ReplayResult, evaluate
 from core.configuration import Section
-from core.errors import ConfigError, UsageError
+from core.errors import ConfigError, ConfigErrorCollector, UsageError
 
 if TYPE_CHECKING:
     from online.readers import InputFile
-    from online.replay import ReplayOptions, ReplayResult
 
 
 class SearchRange(Section):
@@ -78,6 +79,28 @@ def search_model(job: ReplayJobConfig, search: SearchConfig) -> ModelConfig:
     raise ConfigError("search.model", f"no candidate is named {search.model!r}")
 
 
+def check_search(job: ReplayJobConfig, search: SearchConfig) -> None:
+    """Check that every searched parameter exists on the tuned model (each wrong one named).
+
+    >>> job = ReplayJobConfig.model_validate({"model": {"pipeline": [{"linear_model.LinearRegression": {}}], "metrics": ["MAE"]}})
+    >>> check_search(job, SearchConfig(params={"LinearRegression.l3": {"low": 0.0, "high": 1.0}}))
+    Traceback (most recent call last):
+    ...
+    core.errors.ConfigError: search.params.LinearRegression.l3: ...
+    """
+    target = search_model(job, search)
+    collect = ConfigErrorCollector()
+    for name, spec in search.params.items():
+        value = spec.choices[0] if spec.choices is not None else spec.low
+        with collect.check():
+            try:
+                build_model(trial_model(target, {name: value}))
+            except ConfigError as error:
+                where = error.path if error.path.startswith("search.") else f"search.params.{name}"
+                raise ConfigError(where, error.message) from None
+    collect.raise_if_any()
+
+
 def trial_model(model: ModelConfig, values: dict[str, Any], name: str | None = None) -> ModelConfig:
     """A copy of `model` with parameters set by search names (see `SearchConfig`).
 
@@ -116,7 +139,6 @@ def search_trials(job: ReplayJobConfig, search: SearchConfig, files: list[InputF
     The objective is the trial's final progressive-validation value of `search.metric` (default:
     the model's headline metric), maximised or minimised as the River metric says.
     """
-    from online.replay import ReplayOptions, ReplayResult, evaluate
 
     try:
         import optuna

@@ -43,7 +43,8 @@ from apache_beam.options.value_provider import StaticValueProvider, ValueProvide
 from apache_beam.transforms import window
 
 from pipelines.templates import add_required_argument, check_required
-from core.errors import UsageError
+from core.errors import UsageError, run_main
+from core.eventtime import event_time
 
 DEAD_LETTER = "dead_letter"
 DEAD_LETTER_PREFIX = f"{DEAD_LETTER}/"
@@ -107,25 +108,6 @@ class ArchiveOptions(PipelineOptions):
 # ---------------------------------------------------------------------------------------------
 
 
-def event_timestamp(value: Any) -> float:
-    """Seconds since the epoch of an ISO 8601 string (naive means UTC) or a number of seconds.
-
-    >>> event_timestamp("2024-05-01T13:45:00Z"), event_timestamp(1714571100)
-    (1714571100.0, 1714571100.0)
-    """
-    if isinstance(value, bool):
-        raise ValueError(f"expected a time, got {value!r}")
-    if isinstance(value, (int, float)):
-        dt.datetime.fromtimestamp(value, tz=dt.timezone.utc)  # in range (milliseconds are not)
-        return float(value)
-    if isinstance(value, str):
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=dt.timezone.utc)
-        return parsed.timestamp()
-    raise ValueError(f"expected a time, got {type(value).__name__}")
-
-
 def parse_event(payload: bytes | str, time_field: str | None) -> tuple[dict | None, str | None]:
     """Decode one record into an event, or return the reason it is rejected."""
     try:
@@ -138,7 +120,7 @@ def parse_event(payload: bytes | str, time_field: str | None) -> tuple[dict | No
         if time_field not in event:
             return None, f"missing event time field {time_field!r}"
         try:
-            event_timestamp(event[time_field])
+            event_time(event[time_field])
         except (ValueError, TypeError, OverflowError) as error:
             return None, f"bad event time field {time_field!r}: {error}"
     return event, None
@@ -156,7 +138,7 @@ class ParseEventFn(beam.DoFn):
             text = payload.decode("utf-8", errors="replace") if isinstance(payload, bytes) else str(payload)
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, {"reason": reason, "payload": text})
         elif self.time_field:
-            yield window.TimestampedValue(event, event_timestamp(event[self.time_field]))
+            yield window.TimestampedValue(event, event_time(event[self.time_field]))
         else:
             yield event
 
@@ -447,8 +429,4 @@ if __name__ == "__main__":
     import sys
 
     logging.getLogger().setLevel(logging.INFO)
-    try:
-        run()
-    except UsageError as error:
-        print(f"pipelines.archive: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(run_main(run, prog="pipelines.archive"))

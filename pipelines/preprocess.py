@@ -46,7 +46,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 
 from pipelines.templates import add_required_argument, check_required
 from core.configuration import parse_config
-from core.errors import ConfigError, RiverbeamError, UsageError
+from core.errors import ConfigError, RiverbeamError, UsageError, run_main
 from transforms.config import PreprocessJobConfig
 from transforms.fitted import FITTED_FILENAME, fitted_document
 from transforms.spec import FeatureSpec, InvalidFeatureError, LabelSpec
@@ -514,17 +514,11 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m pipelines.preprocess``: user mistakes become one line, not a traceback."""
-    try:
-        summary = run(argv)
-    except UsageError as error:
-        print(f"preprocess: error: {error}", file=sys.stderr)
-        return 2
-    except RiverbeamError as error:
-        print(f"preprocess: error: {error}", file=sys.stderr)
-        return 1
-    print(orjson.dumps(summary).decode())
-    return 0
+    def run_and_print() -> int:
+        print(orjson.dumps(run(argv)).decode())
+        return 0
 
+    return run_main(run_and_print, prog="preprocess")
 
 if __name__ == "__main__":
     logging.getLogger().setLevel(logging.INFO)

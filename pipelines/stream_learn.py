@@ -109,7 +109,7 @@ from online.events import EventError, _json_type
 from online.learner import Learner, Prediction
 from pipelines.templates import add_required_argument, check_required
 from core.configuration import load_config, parse_config
-from core.errors import ConfigError, UsageError
+from core.errors import ConfigError, UsageError, run_main
 
 log = logging.getLogger(__name__)
 
@@ -730,5 +730,7 @@ def run(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
+    import sys
+
     logging.getLogger().setLevel(logging.INFO)
-    run()
+    sys.exit(run_main(run, prog="pipelines.stream_learn"))

@@ -5,7 +5,8 @@ handlers parse, load configuration and call one function of `online`, `transform
 `pipelines`. Heavy modules (apache_beam, tensorflow) are imported only inside the handlers
 that need them, so ``riverbeam --help`` and the daemon start fast.
 
-Exit codes: 0 success; 2 usage or configuration error (one line); 1 runtime failure (one line).
+Exit codes (`core.errors.run_main`): 0 success; 2 usage or configuration error (one line per
+problem); 1 runtime failure (one line); a closed output pipe ends quietly.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import sys
 
 from riverbeam import __version__
-from core.errors import RiverbeamError, UsageError
+from core.errors import run_main
 
 COMMAND_GROUPS = (
     "config",
@@ -60,18 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
-    try:
-        return int(args.handler(args) or 0)
-    except UsageError as error:
-        print(f"riverbeam: error: {error}", file=sys.stderr)
-        return 2
-    except RiverbeamError as error:
-        print(f"riverbeam: error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("riverbeam: interrupted", file=sys.stderr)
-        return 130
-
+    return run_main(lambda: args.handler(args), prog="riverbeam")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -27,7 +27,6 @@ def consume_command(args) -> int:
     from core.configuration import load_config
 
     config = load_config(args.config, ConsumeJobConfig)
-    config.check_semantics()
     configure_json_logging()
     summary = run_daemon(config, until_caught_up=args.until_caught_up, progress=args.progress, stop=stop)
     print(json.dumps({"summary": summary}, default=str))

@@ -307,7 +307,7 @@ def test_replay_equals_the_daemon_on_the_same_events(tmp_path, kafka_bootstrap, 
     """The same events through the daemon and through `riverbeam replay --mode learn`: the same checkpoint statistics and model."""
     from online.config import ReplayJobConfig
     from online.persistence import restore_learner
-    from online.replay import ReplayOptions, run_replay
+    from online.replay_job import ReplayOptions, run_replay
     from core.configuration import parse_config
 
     events = list(itertools.islice(itertools.cycle(PHISHING), 5000))

@@ -19,7 +19,9 @@ from river import datasets, evaluate, linear_model, metrics, optim, preprocessin
 from online.checkpoints import CheckpointStore
 from online.config import ReplayJobConfig
 from online.learner import Learner
-from online.replay import FILE_HEADER, LINE_HEADER, ReplayError, ReplayOptions, load_replay_job, run_replay, trial_model
+from online.replay import FILE_HEADER, LINE_HEADER, ReplayError
+from online.replay_job import ReplayOptions, load_replay_job, run_replay
+from online.replay_search import trial_model
 from riverbeam.cli import main
 from core.configuration import parse_config
 from tests.online.test_readers import phishing_events, write_csv, write_jsonl, write_parquet

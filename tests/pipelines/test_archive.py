@@ -114,7 +114,7 @@ def test_archive_is_the_input_of_replay(tmp_path):
     """The archive's partitioned files replay in event-time order through the same learner."""
     from online.config import EventsConfig, ModelConfig, ReplayJobConfig
     from online.learner import Learner
-    from online.replay import ReplayOptions, run_replay
+    from online.replay_job import ReplayOptions, run_replay
     from core.configuration import parse_config
 
     output = str(tmp_path / "archive")

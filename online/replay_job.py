@@ -1,0 +1,83 @@
+"""A replay job: its configuration file and the choice of mode.
+
+`load_replay_job` reads and checks a replay YAML (every mistake of the file reported at once,
+the ``search:`` section included); `run_replay` validates the options and runs one mode:
+learn and evaluate (`online.replay`), backfill (`online.backfill`, a Kafka sink fed by the same
+file pass) or search (`online.replay_search`). The modes never import this module.
+
+>>> import tempfile, pathlib
+>>> path = pathlib.Path(tempfile.mkdtemp()) / "job.yaml"
+>>> _ = path.write_text("model: {pipeline: [{linear_model.LinearRegresion: {}}], metrics: [MAE]}\\nevents: {target: 7}\\n")
+>>> load_replay_job(str(path))
+Traceback (most recent call last):
+...
+core.errors.ConfigError: ...job.yaml: events.target: expected a string, got 7
+"""
+
+from __future__ import annotations
+
+from online.backfill import backfill
+from online.config import ReplayJobConfig
+from online.gc_tuning import restore_gc, steady_state_gc
+from online.readers import expand_inputs
+from online.replay import MODES, ReplayOptions, ReplayResult, dry_run, evaluate, learn
+from online.replay_search import SearchConfig, check_search, search_trials
+from core.configuration import parse_config, read_yaml
+from core.errors import ConfigErrorCollector, UsageError
+
+__all__ = ["load_replay_job", "run_replay", "ReplayOptions", "ReplayResult"]
+
+
+def load_replay_job(path: str, environ=None) -> tuple[ReplayJobConfig, SearchConfig | None]:
+    """Read a replay job's YAML: the `ReplayJobConfig` and its optional ``search:`` section.
+
+    Raises `ConfigError` (one line per mistake, each naming the file and key path); River names
+    and the search ranges are resolved too.
+    """
+    source = str(path)
+    data = read_yaml(path)
+    search_data = data.pop("search", None) if isinstance(data, dict) else None
+    collect = ConfigErrorCollector(source=source)
+    job = search = None
+    with collect.check():
+        job = parse_config(data, ReplayJobConfig, source=source, environ=environ)  # types first
+    if search_data is not None:
+        with collect.check(prefix="search"):
+            search = parse_config(search_data, SearchConfig, environ={})
+    if job is not None:
+        with collect.check():
+            job.check_semantics()
+        if search is not None:
+            with collect.check():
+                check_search(job, search)
+    collect.raise_if_any()
+    return job, search
+
+
+def run_replay(job: ReplayJobConfig, options: ReplayOptions, search: SearchConfig | None = None) -> ReplayResult:
+    """Run one replay as `options` says (see `online.replay` for the modes)."""
+    if options.mode not in MODES:
+        raise UsageError(f"unknown mode {options.mode!r} (choose among {', '.join(MODES)})")
+    if options.max_errors is not None and options.max_errors < 0:
+        raise UsageError("--max-errors must be 0 or more")
+    if options.search:
+        if options.mode != "evaluate":
+            raise UsageError("--search runs in evaluate mode (progressive validation is the objective): add --mode evaluate")
+        if search is None:
+            raise UsageError("--search needs a search: section in the configuration (the parameter ranges)")
+    if not options.inputs:
+        raise UsageError("give at least one --input")
+    files = expand_inputs(options.inputs, options.input_format)
+    if options.dry_run:
+        return dry_run(job, files, options)
+    previous_gc = steady_state_gc()
+    try:
+        if options.mode == "learn":
+            return learn(job, files, options)
+        if options.mode == "backfill":
+            return backfill(job, files, options)
+        if options.search:
+            return search_trials(job, search, files, options)
+        return evaluate(job, files, options)
+    finally:
+        restore_gc(previous_gc)
