@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
@@ -176,11 +177,41 @@ def load_config(path: str | os.PathLike, cls: type[SectionT], environ: Mapping[s
     mistake of the file at once, one line each.
     """
     source = str(path)
-    config = parse_config(read_yaml(path), cls, source=source, environ=environ)
-    check_semantics = getattr(config, "check_semantics", None)
-    if check_semantics is not None:
-        collect = ConfigErrorCollector(source=source)
+    data = read_yaml(path)
+    collect = ConfigErrorCollector(source=source)
+    config = None
+    with collect.check():
+        config = parse_config(data, cls, source=source, environ=environ)
+    if config is None:  # type errors: still check the sections whose own types are right
+        if isinstance(data, dict):
+            _check_sections(data, cls, collect, environ)
+    elif hasattr(config, "check_semantics"):
         with collect.check():
-            check_semantics()
-        collect.raise_if_any()
+            config.check_semantics()
+    collect.raise_if_any()
     return config
+
+
+def _check_sections(data: dict, cls: type[Section], collect: ConfigErrorCollector, environ) -> None:
+    """Run ``check_semantics`` of every well-typed top-level section (or list item) of `data`."""
+    for name, field in cls.model_fields.items():
+        value = data.get(name)
+        if value is None:
+            continue
+        annotation = field.annotation
+        for kind in typing.get_args(annotation) or (annotation,):
+            items = None
+            if typing.get_origin(kind) is list and isinstance(value, list):
+                kind, items = typing.get_args(kind)[0], list(enumerate(value))
+            elif isinstance(value, dict):
+                items = [(None, value)]
+            if not (isinstance(kind, type) and issubclass(kind, Section) and hasattr(kind, "check_semantics")) or items is None:
+                continue
+            for index, item in items:
+                where = name if index is None else f"{name}[{index}]"
+                try:
+                    section = parse_config(item, kind, environ={})
+                except ConfigError:
+                    continue  # its type errors are reported already
+                with collect.check(prefix=where):
+                    section.check_semantics()

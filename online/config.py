@@ -42,6 +42,12 @@ class ModelConfig(Section):
     metrics: list[str] = pydantic.Field(default=["Accuracy"], min_length=1)
     drift: DriftConfig | None = None
 
+    def check_semantics(self) -> None:
+        """Resolve the River names (`ConfigError` with a path relative to this section)."""
+        from online.models import build_model
+
+        build_model(self, path="")
+
 
 class DelayedLabelsConfig(Section):
     """Bounds on predictions kept while waiting for their labels (needs `events.id`)."""

@@ -155,10 +155,11 @@ def _final_step(model):
 
 def build_model(config, path: str = "model") -> base.Estimator:
     """Build and check a `online.config.ModelConfig`: the pipeline, its metrics and drift detector."""
-    model = build_pipeline(config.pipeline, f"{path}.pipeline")
-    build_metrics(config.metrics, model, f"{path}.metrics")
+    prefix = f"{path}." if path else ""
+    model = build_pipeline(config.pipeline, f"{prefix}pipeline")
+    build_metrics(config.metrics, model, f"{prefix}metrics")
     if config.drift is not None:
-        build_object({config.drift.detector: config.drift.params}, f"{path}.drift.detector")
+        build_object({config.drift.detector: config.drift.params}, f"{prefix}drift.detector")
     return model
 
 
