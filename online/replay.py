@@ -487,7 +487,6 @@ def learn(job: ReplayJobConfig, files: list[InputFile], options: ReplayOptions) 
 
 
 __all__ = [
-    "ReplayError", "ReplayOptions", "ReplayResult", "ErrorLog", "Pass", "Candidate", "SearchConfig",
-    "run_replay", "learn", "evaluate", "dry_run", "load_replay_job", "trial_model", "search_model",
-    "leaderboard", "format_leaderboard", "write_report_dir", "FILE_HEADER", "LINE_HEADER",
+    "ReplayError", "ReplayOptions", "ReplayResult", "ErrorLog", "Pass", "Candidate",
+    "learn", "evaluate", "dry_run", "leaderboard", "format_leaderboard", "write_report_dir", "FILE_HEADER", "LINE_HEADER",
 ]  # fmt: skip
