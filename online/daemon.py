@@ -308,6 +308,8 @@ class Daemon:
             for name, value in unit.learner.metric_values().items():
                 if value is not None:
                     self.metrics.model_metric.labels(unit.name, name).set(value)
+            if unit.learner.state.drift_detector is not None:
+                self.metrics.drifts.labels(unit.name).set(unit.learner.state.drifts_detected)
         headline = ""
         if self.units:
             unit = next(iter(self.units.values()))

@@ -1,17 +1,21 @@
 """What the daemon tells operators: Prometheus metrics, health endpoints, JSON logs, a progress line.
 
 `DaemonMetrics` holds the Prometheus series (updated once per batch, never per event).
-`HealthServer` serves ``/metrics``, ``/healthz`` (the process is alive) and ``/readyz`` (partitions
-are assigned and restored) on one port.
+`HealthServer` serves ``/metrics``, ``/healthz`` (the process is alive), ``/readyz`` (partitions
+are assigned and restored) and the live dashboard (``/``, fed by ``/dashboard/history``) on one port.
+`MetricsHistory` keeps the samples the dashboard draws (the same for ``riverbeam serve``).
 """
 
 from __future__ import annotations
 
+import collections
 import http.server
 import logging
 import sys
 import threading
 import time
+import urllib.parse
+from importlib import resources
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -34,8 +38,19 @@ class DaemonMetrics:
         )  # fmt: skip
         self.model_metric = Gauge("riverbeam_model_metric", "Progressive validation metric of the model", ["unit", "metric"], registry=registry)
         self.throughput = Gauge("riverbeam_events_per_second", "Events per second over the last interval", registry=registry)
+        self.drifts = Gauge("riverbeam_drifts_detected", "Concept drifts detected by the model's drift detector", ["unit"], registry=registry)
+        self.ready_gauge = Gauge("riverbeam_ready", "1 when this instance is ready (restored, active), else 0", registry=registry)
         self.ready = False
         self._last_checkpoint = time.monotonic()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    @ready.setter
+    def ready(self, value: bool) -> None:
+        self._ready = bool(value)
+        self.ready_gauge.set(1 if value else 0)
 
     def checkpoint_done(self, seconds: float) -> None:
         self.checkpoint_duration.observe(seconds)
@@ -49,17 +64,97 @@ class DaemonMetrics:
         return generate_latest(self.registry)
 
 
+class MetricsHistory:
+    """Timed samples of a Prometheus registry, kept in a bounded ring for the live dashboard.
+
+    Each point is ``{"t": epoch seconds, "values": {"name{label=\"v\"}": value}}`` with every
+    sample of the registry except histogram buckets and ``_created`` stamps.
+
+    >>> registry = CollectorRegistry()
+    >>> counter = Counter("demo_events", "Events", registry=registry)
+    >>> history = MetricsHistory(registry, size=2)
+    >>> counter.inc(3); _ = history.sample(now=1.0); counter.inc(); _ = history.sample(now=2.0)
+    >>> [(p["t"], p["values"]["demo_events_total"]) for p in history.since(1.0)]
+    [(2.0, 4.0)]
+    """
+
+    def __init__(self, registry: CollectorRegistry, size: int = 3600, before=None):
+        self.registry = registry
+        self.before = before
+        self._points: collections.deque = collections.deque(maxlen=size)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def sample(self, now: float | None = None) -> dict:
+        """Record one point now (after calling `before`, e.g. to refresh an age gauge) and return it."""
+        if self.before is not None:
+            self.before()
+        values = {}
+        for family in self.registry.collect():
+            for sample in family.samples:
+                if sample.name.endswith(("_bucket", "_created")):
+                    continue
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+        point = {"t": round(time.time() if now is None else now, 3), "values": values}
+        with self._lock:
+            self._points.append(point)
+        return point
+
+    def since(self, t: float = 0.0) -> list[dict]:
+        """The points recorded after `t` (epoch seconds), oldest first."""
+        with self._lock:
+            return [p for p in self._points if p["t"] > t]
+
+    def json(self, query: str = "") -> bytes:
+        """The ``/dashboard/history`` answer for a query string (``since=<t>``)."""
+        try:
+            since = float(urllib.parse.parse_qs(query).get("since", ["0"])[0])
+        except ValueError:
+            since = 0.0
+        return orjson.dumps({"now": round(time.time(), 3), "points": self.since(since)})
+
+    def start(self, interval: float = 1.0) -> "MetricsHistory":
+        """Sample every `interval` seconds on a daemon thread until `stop`."""
+
+        def run():
+            while not self._stop.wait(interval):
+                try:
+                    self.sample()
+                except Exception as error:  # a failed sample must not stop the dashboard
+                    logging.getLogger(__name__).warning("dashboard sample failed", extra={"fields": {"error": str(error)}})
+
+        self.sample()
+        threading.Thread(target=run, name="riverbeam-history", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def dashboard_page() -> bytes:
+    """The live dashboard (one self-contained HTML page, shipped with the package)."""
+    return resources.files("online.serving").joinpath("dashboard.html").read_bytes()
+
+
 class HealthServer:
-    """``/metrics``, ``/healthz`` and ``/readyz`` on a background thread (port 0 picks a free one)."""
+    """``/metrics``, ``/healthz``, ``/readyz`` and the dashboard on a background thread (port 0 picks a free one)."""
 
     def __init__(self, metrics: DaemonMetrics, host: str, port: int):
+        self.history = history = MetricsHistory(metrics.registry, before=metrics.refresh_checkpoint_age).start()
+
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 (http.server's naming)
-                if self.path == "/metrics":
+                path, _, query = self.path.partition("?")
+                if path == "/metrics":
                     body, ctype, status = metrics.exposition(), CONTENT_TYPE_LATEST, 200
-                elif self.path == "/healthz":
+                elif path == "/":
+                    body, ctype, status = dashboard_page(), "text/html; charset=utf-8", 200
+                elif path == "/dashboard/history":
+                    body, ctype, status = history.json(query), "application/json", 200
+                elif path == "/healthz":
                     body, ctype, status = b"ok\n", "text/plain", 200
-                elif self.path == "/readyz":
+                elif path == "/readyz":
                     ready = metrics.ready
                     body, ctype, status = (b"ready\n" if ready else b"not ready\n"), "text/plain", 200 if ready else 503
                 else:
@@ -80,6 +175,7 @@ class HealthServer:
         self.thread.start()
 
     def close(self) -> None:
+        self.history.stop()
         self.server.shutdown()
         self.server.server_close()
 

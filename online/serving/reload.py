@@ -1,0 +1,133 @@
+"""The model a serving instance answers with, and the watcher that swaps in each new checkpoint.
+
+A read-only instance polls the checkpoint store's ``LATEST`` pointer every
+``serve.reload_seconds``. A new id is loaded, verified (SHA-256; HMAC with a signing key) and
+restored through `online.persistence` on a worker thread while the current model keeps answering;
+then one reference is swapped, so no request fails or waits during the swap. A checkpoint that
+fails verification or restoring is refused (logged, ``riverbeam_serve_reload_failures_total``)
+and the model already served stays; the watcher tries again only when ``LATEST`` moves again.
+
+>>> import tempfile
+>>> from online.checkpoints import CheckpointStore
+>>> from online.config import EventsConfig, ModelConfig
+>>> from online.learner import Learner
+>>> from online.persistence import save_learner
+>>> from online.serving.metrics import ServeMetrics
+>>> store = CheckpointStore(tempfile.mkdtemp())
+>>> learner = Learner(ModelConfig(pipeline=[{"linear_model.LinearRegression": {}}], metrics=["MAE"]), EventsConfig(target="y"))
+>>> first = save_learner(store, learner, positions={})
+>>> slot = ModelSlot()
+>>> watcher = CheckpointWatcher(store, slot, ServeMetrics())
+>>> watcher.poll() == first["id"] == slot.current.checkpoint_id
+True
+>>> bad = CheckpointStore(store.uri, signing_key=b"another key")
+>>> signed = CheckpointStore(store.uri, signing_key=b"the key")
+>>> watcher = CheckpointWatcher(signed, slot, ServeMetrics())
+>>> _ = bad.save(b"not a learner", events_seen=0, events_learned=0, positions={})
+>>> watcher.poll() is None and slot.current.checkpoint_id == first["id"]
+True
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from online.checkpoints import LATEST, Checkpoint, CheckpointStore
+from online.learner import Learner
+from online.persistence import restore_learner
+from online.serving.metrics import ServeMetrics
+from core.storage import ObjectNotFound, StorageError
+
+log = logging.getLogger("riverbeam.serve")
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A learner and the checkpoint it came from (None: a learning instance that has not checkpointed yet)."""
+
+    learner: Learner
+    checkpoint_id: str | None
+    manifest: dict
+
+
+class ModelSlot:
+    """Holds the model answering requests; replaced whole, never changed in place (read-only instances)."""
+
+    def __init__(self, current: ServedModel | None = None):
+        self.current = current
+
+
+def latest_id(store: CheckpointStore) -> str | None:
+    """The id ``LATEST`` points at, without loading anything (None: no checkpoint, or no readable pointer)."""
+    try:
+        pointer = json.loads(store.store.read(LATEST))
+    except ObjectNotFound:
+        return None
+    except ValueError:
+        return None
+    return pointer.get("id") if isinstance(pointer, dict) and isinstance(pointer.get("id"), str) else None
+
+
+class CheckpointWatcher:
+    """Swap each new verified checkpoint into `slot`; refuse (and count) the ones that fail."""
+
+    def __init__(self, store: CheckpointStore, slot: ModelSlot, metrics: ServeMetrics, restore: Callable[[Checkpoint], Learner] = restore_learner, interval: float = 2.0):
+        self.store = store
+        self.slot = slot
+        self.metrics = metrics
+        self.restore = restore
+        self.interval = interval
+        self.refused: str | None = None
+
+    def _swap(self, checkpoint: Checkpoint, started: float) -> str:
+        learner = self.restore(checkpoint)
+        self.slot.current = ServedModel(learner, checkpoint.id, checkpoint.manifest)
+        self.metrics.checkpoint_is(checkpoint.manifest)
+        self.metrics.model_is(learner.report())
+        self.metrics.reloads.inc()
+        self.metrics.reload_seconds.set(time.perf_counter() - started)
+        self.metrics.ready_gauge.set(1)
+        log.info("serving checkpoint", extra={"fields": {"id": checkpoint.id, "events_learned": checkpoint.manifest.get("events_learned"), "seconds": round(time.perf_counter() - started, 4)}})
+        return checkpoint.id
+
+    def load_initial(self) -> str | None:
+        """Serve the newest good checkpoint (falling back past corrupt ones, as `riverbeam predict` does)."""
+        started = time.perf_counter()
+        checkpoint = self.store.load_latest()
+        return self._swap(checkpoint, started) if checkpoint is not None else None
+
+    def poll(self) -> str | None:
+        """Look once: the id swapped in, or None (nothing new, or refused)."""
+        current = self.slot.current.checkpoint_id if self.slot.current else None
+        try:
+            newest = latest_id(self.store)
+        except StorageError as error:
+            log.warning("cannot read the checkpoint pointer", extra={"fields": {"uri": self.store.uri, "error": str(error)}})
+            return None
+        if newest is None:
+            return self.load_initial() if current is None else None
+        if newest in (current, self.refused):
+            return None
+        started = time.perf_counter()
+        try:
+            return self._swap(self.store.load(newest), started)
+        except Exception as error:  # any failure to verify or restore: refuse it, never stop serving
+            self.refused = newest
+            self.metrics.reload_failures.inc()
+            log.error("refused checkpoint; the current model keeps serving", extra={"fields": {"id": newest, "serving": current, "error": str(error)}})
+            return None
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Poll every `interval` seconds (on a worker thread) until `stopping` is set."""
+        while not stopping.is_set():
+            try:
+                await asyncio.wait_for(stopping.wait(), self.interval)
+            except asyncio.TimeoutError:
+                pass
+            if not stopping.is_set():
+                await asyncio.to_thread(self.poll)
