@@ -1,6 +1,8 @@
 """Backfill: produce replayed events to a Kafka topic, rate-limited, resumable without duplicates.
 
-Records carry headers ``riverbeam-file`` and ``riverbeam-line`` and all go to ONE partition, in
+The target is the job's ``kafka:`` section, the same section the daemon reads (``bootstrap_servers``,
+``topic``, ``client``, ``producer`` options); ``--topic``, ``--bootstrap-servers`` and ``--kafka-client``
+override it. Records carry headers ``riverbeam-file`` and ``riverbeam-line`` and all go to ONE partition, in
 replay order. On start, the partition's last record names the last line produced and the backfill
 continues after it (see `online.replay` for the guarantee and its limits).
 """
@@ -12,7 +14,7 @@ import time
 
 import orjson
 
-from online.config import ReplayJobConfig
+from online.config import KafkaConfig, ReplayJobConfig
 from online.readers import InputFile, ReplayPosition
 from online.replay import FILE_HEADER, LINE_HEADER, ErrorLog, Pass, ReplayError, ReplayOptions, ReplayResult, _progress
 from core.errors import RiverbeamError, UsageError
@@ -20,45 +22,58 @@ from core.errors import RiverbeamError, UsageError
 log = logging.getLogger(__name__)
 
 
-def _kafka_config(options: ReplayOptions):
-    from online.config import KafkaConfig
+def backfill_kafka_config(job: ReplayJobConfig, options: ReplayOptions) -> KafkaConfig:
+    """The Kafka settings of a backfill: the job's ``kafka:`` section (the daemon's), flags override.
 
-    return KafkaConfig(client=options.kafka_client, bootstrap_servers=options.bootstrap_servers, topic=options.topic)
+    >>> from online.config import KafkaConfig, ReplayJobConfig
+    >>> job = ReplayJobConfig.model_validate({"model": {"pipeline": [{"linear_model.LinearRegression": {}}]},
+    ...                                       "kafka": {"bootstrap_servers": "k:9092", "topic": "events"}})
+    >>> config = backfill_kafka_config(job, ReplayOptions(inputs=[], topic="other"))
+    >>> config.bootstrap_servers, config.topic, config.client
+    ('k:9092', 'other', 'kafka-python')
+    """
+    section = job.kafka.model_dump(exclude={"topics"}) if job.kafka is not None else {}
+    flags = {"client": options.kafka_client, "bootstrap_servers": options.bootstrap_servers, "topic": options.topic}
+    merged = {**section, **{k: v for k, v in flags.items() if v is not None}}
+    if not merged.get("topic") or not merged.get("bootstrap_servers"):
+        raise UsageError("backfill needs a target: kafka.topic and kafka.bootstrap_servers in the configuration, or --topic and --bootstrap-servers")
+    if job.kafka is not None and job.kafka.topics is not None and options.topic is None:
+        raise UsageError("backfill writes one topic: set kafka.topic (not kafka.topics) or pass --topic")
+    return KafkaConfig.model_validate(merged, strict=False)
 
 
-def last_produced(options: ReplayOptions) -> tuple[str, int] | None:
+def last_produced(kafka: KafkaConfig, partition: int) -> tuple[str, int] | None:
     """``(file, line)`` of the last record in the backfill's partition, or None when it is empty.
 
     Raises `ReplayError` when that record was not written by a backfill (no source headers).
     """
     from online.kafka_clients import create_topic, read_tail
 
-    create_topic(options.bootstrap_servers, options.topic, partitions=1)
-    tails = read_tail(_kafka_config(options), options.topic, 1)
-    if options.partition not in tails:
-        raise UsageError(f"topic {options.topic} has no partition {options.partition} (it has {sorted(tails)})")
-    tail = tails[options.partition]
+    create_topic(kafka.bootstrap_servers, kafka.topic, partitions=1)
+    tails = read_tail(kafka, kafka.topic, 1)
+    if partition not in tails:
+        raise UsageError(f"topic {kafka.topic} has no partition {partition} (it has {sorted(tails)})")
+    tail = tails[partition]
     if not tail:
         return None
     headers = dict(tail[-1].headers or ())
     if FILE_HEADER not in headers or LINE_HEADER not in headers:
         raise ReplayError(
-            f"topic {options.topic} partition {options.partition} already holds records not written by a backfill "
+            f"topic {kafka.topic} partition {partition} already holds records not written by a backfill "
             f"(no {FILE_HEADER}/{LINE_HEADER} headers): refusing to append; use an empty topic"
         )
     return headers[FILE_HEADER].decode(), int(headers[LINE_HEADER])
 
 
 def backfill(job: ReplayJobConfig, files: list[InputFile], options: ReplayOptions) -> ReplayResult:
-    """Produce the events to `options.topic`, rate-limited, continuing after the last record produced."""
-    if not options.topic or not options.bootstrap_servers:
-        raise UsageError("backfill needs --topic and --bootstrap-servers")
+    """Produce the events to the backfill's topic, rate-limited, continuing after the last record produced."""
+    kafka = backfill_kafka_config(job, options)
     if options.rate is not None and options.rate <= 0:
         raise UsageError("--rate must be positive (events per second)")
     from online.kafka_clients import make_producer
 
     started = time.monotonic()
-    last = last_produced(options)
+    last = last_produced(kafka, options.partition)
     start, skip_until = None, None
     if last is not None:
         names = {f.name for f in files}
@@ -70,10 +85,10 @@ def backfill(job: ReplayJobConfig, files: list[InputFile], options: ReplayOption
             skip_until = last
     errors = ErrorLog(options.errors_path, options.max_errors)
     replay = Pass(files, errors, job.events.time, start, job.events.categorical, chunk=256, progress=_progress(options, files))
-    producer = make_producer(_kafka_config(options))
+    producer = make_producer(kafka)
     headers_of = {i: f.name.encode() for i, f in enumerate(files)}
     key_field = job.events.key
-    topic, partition, rate = options.topic, options.partition, options.rate
+    topic, partition, rate = kafka.topic, options.partition, options.rate
     produced = 0
     dumps, clock, sleep = orjson.dumps, time.monotonic, time.sleep
     began = clock()

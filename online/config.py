@@ -20,6 +20,9 @@ from core.configuration import Section
 from core.errors import ConfigErrorCollector
 
 KAFKA_CLIENTS = ("kafka-python", "confluent-kafka")
+LEASE_RENEWALS = 3  # renewals per lease period
+LEASE_MIN_SECONDS = 1.5
+CHECKPOINT_SCHEMES = ("file", "gs", "s3")
 
 
 class DriftConfig(Section):
@@ -67,6 +70,9 @@ class EventsConfig(Section):
     features: list[str] | None = None
     categorical: list[str] = []
     delayed_labels: DelayedLabelsConfig = DelayedLabelsConfig()
+    # A feature or numeric label beyond this (absolute value) makes the event a dead letter: a finite
+    # 1e308 passes the finite check but overflows the model's sums and ruins it for good.
+    max_abs_value: float | None = pydantic.Field(default=None, gt=0)
 
 
 class FeaturesConfig(Section):
@@ -85,6 +91,26 @@ class CheckpointConfig(Section):
     lease_seconds: float = pydantic.Field(default=30.0, gt=0)
     signing_key_env: str = "RIVERBEAM_CHECKPOINT_KEY"
 
+    @pydantic.field_validator("lease_seconds")
+    @classmethod
+    def _lease_outlives_renewals(cls, value: float) -> float:
+        # The lease is renewed every lease_seconds / LEASE_RENEWALS; below LEASE_MIN_SECONDS one
+        # slow storage round trip would let it expire while its holder is alive and learning.
+        if value < LEASE_MIN_SECONDS:
+            raise ValueError(
+                f"must be at least {LEASE_MIN_SECONDS:g} s: the lease is renewed every lease_seconds / {LEASE_RENEWALS} "
+                f"and each renewal is a storage round trip"
+            )
+        return value
+
+    @pydantic.field_validator("uri")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        scheme, sep, _ = value.partition("://")
+        if sep and scheme.lower() not in CHECKPOINT_SCHEMES:
+            raise ValueError(f"unsupported URI scheme {scheme}:// (use a local path, file://, {', '.join(s + '://' for s in CHECKPOINT_SCHEMES if s != 'file')})")
+        return value
+
 
 class KafkaConfig(Section):
     """Kafka source and outputs. `consumer` and `producer` go to the chosen client under its own key names."""
@@ -100,6 +126,9 @@ class KafkaConfig(Section):
     producer: dict[str, Any] = {}
     poll_max_records: int = pydantic.Field(default=5000, gt=0)
     poll_timeout_ms: int = pydantic.Field(default=500, gt=0)
+    # A checkpointed offset the broker no longer has (topic recreated, records deleted, log truncated):
+    # fail (one line naming topic, partition, offset and the broker's range; exit 1) or skip (counted, logged).
+    on_offset_gap: Literal["fail", "skip"] = "fail"
 
     @pydantic.model_validator(mode="after")
     def _one_topic_setting(self) -> "KafkaConfig":
@@ -116,7 +145,7 @@ class MetricsServerConfig(Section):
     """Prometheus /metrics, /healthz and /readyz; `port: null` turns the server off."""
 
     host: str = "0.0.0.0"
-    port: int | None = 9108
+    port: int | None = pydantic.Field(default=9108, ge=0, le=65535)
 
 
 class LearningConfig(Section):
@@ -149,7 +178,7 @@ class ReplayJobConfig(Section):
     events: EventsConfig = EventsConfig()
     features: FeaturesConfig = FeaturesConfig()
     checkpoint: CheckpointConfig | None = None
-    search: dict[str, Any] | None = None  # hyperparameter search; validated by online.replay.SearchConfig
+    kafka: KafkaConfig | None = None  # backfill's target: the daemon's kafka section
 
     @pydantic.model_validator(mode="after")
     def _one_model_setting(self) -> "ReplayJobConfig":

@@ -49,6 +49,7 @@ from online.config import ModelConfig, ReplayJobConfig
 from online.events import EventError
 from online.events import load_feature_transform
 from online.learner import Learner
+from online.persistence import Cadence, Checkpointer, LearnerSpec, checkpoint_store, open_checkpoint_store, resume
 from online.readers import InputFile, ReplayPosition, SourceRecord, count_records, expand_inputs, read_inputs
 from online.replay_report import format_leaderboard, write_report_dir
 from core.errors import ConfigError, RiverbeamError, UsageError
@@ -84,11 +85,12 @@ class ReplayOptions:
     dry_run: bool = False
     topic: str | None = None
     bootstrap_servers: str | None = None
-    kafka_client: str = "kafka-python"
+    kafka_client: str | None = None
     partition: int = 0
     rate: float | None = None
     search: int = 0
     progress: bool | None = None  # None: only on a terminal
+    signing_key_env: str | None = None  # overrides checkpoint.signing_key_env (default RIVERBEAM_CHECKPOINT_KEY)
 
 
 @dataclass
@@ -380,15 +382,11 @@ def evaluate(job: ReplayJobConfig, files: list[InputFile], options: ReplayOption
     transform = load_transform(job)
     candidates = [Candidate(name, Learner(model, job.events, transform)) for name, model in zip(candidate_names(models), models)]
     if options.checkpoint_uri:  # evaluate a checkpointed model on new data: read, never written
-        from online.checkpoints import CheckpointStore
-
-        latest = CheckpointStore(options.checkpoint_uri).load_latest()
+        latest = _checkpoint_store(job, options.checkpoint_uri, options).load_latest()
         if latest is not None:
             if len(candidates) != 1:
                 raise UsageError("--checkpoint-uri in evaluate mode starts one model from its checkpoint: configure one model")
-            from online.persistence import restore_learner
-
-            candidates[0].learner = restore_learner(latest, models[0], job.events, transform)
+            candidates[0].learner = LearnerSpec(models[0], job.events, job.features, transform).restore(latest)
     errors = ErrorLog(options.errors_path, options.max_errors)
     every = max(1, options.report_every)
     replay = Pass(files, errors, job.events.time, None, job.events.categorical, every=every, progress=_progress(options, files))
@@ -412,36 +410,32 @@ def evaluate(job: ReplayJobConfig, files: list[InputFile], options: ReplayOption
     return result
 
 
+def _checkpoint_store(job: ReplayJobConfig, uri: str, options: ReplayOptions):
+    """The store at `uri`: keep and signing key from the ``checkpoint:`` section, else ``--signing-key-env`` or its default."""
+    if job.checkpoint is None:
+        return checkpoint_store(uri, options.signing_key_env)
+    config = job.checkpoint if options.signing_key_env is None else job.checkpoint.model_copy(update={"signing_key_env": options.signing_key_env})
+    return open_checkpoint_store(config, uri)
+
+
 def learn(job: ReplayJobConfig, files: list[InputFile], options: ReplayOptions) -> ReplayResult:
     """Learn one model from the inputs, checkpointing as it goes and at the end; resume from the latest checkpoint."""
-    from online.checkpoints import CheckpointStore
-    from online.persistence import restore_learner, save_learner
-
     started = time.monotonic()
     if job.model is None:
         raise UsageError("learn mode trains one model: set model: (compare several candidates with --mode evaluate)")
     uri = options.checkpoint_uri or (job.checkpoint.uri if job.checkpoint else None)
     if uri is None:
         raise UsageError("learn mode writes checkpoints: set checkpoint.uri in the configuration or pass --checkpoint-uri")
-    if job.checkpoint is not None:
-        store = CheckpointStore.from_config(job.checkpoint.model_copy(update={"uri": uri}))
-        every_events, every_seconds = job.checkpoint.every_events, job.checkpoint.every_seconds
-    else:
-        store = CheckpointStore(uri)
-        every_events, every_seconds = 10_000, 60.0
-    if options.checkpoint_every is not None:
-        if options.checkpoint_every <= 0:
-            raise UsageError("--checkpoint-every must be positive")
-        every_events = options.checkpoint_every
-    transform = load_transform(job)
-    latest = store.load_latest()
-    other_positions: dict = {}
+    if options.checkpoint_every is not None and options.checkpoint_every <= 0:
+        raise UsageError("--checkpoint-every must be positive")
+    store = _checkpoint_store(job, uri, options)
+    cadence = Cadence.from_config(job.checkpoint, every_events=options.checkpoint_every)
+    every_events = cadence.every_events
+    spec = LearnerSpec(job.model, job.events, job.features, load_transform(job))
+    learner, latest = resume(store, spec)  # refuses a checkpoint of another model/events/features configuration
+    checkpointer = Checkpointer(store, learner, spec, cadence, restored=latest)  # keeps other jobs' positions
     start = None
-    if latest is None:
-        learner = Learner(job.model, job.events, transform)
-    else:
-        learner = restore_learner(latest, job.model, job.events, transform)  # refuses another model/events configuration
-        other_positions = {k: v for k, v in latest.positions.items() if k != "replay"}
+    if latest is not None:
         start = ReplayPosition.from_json(latest.positions.get("replay"))
         if start is not None and start.order == "file" and start.file and start.file not in {f.name for f in files}:
             log.warning("the checkpoint's replay position names %s, which is not among the inputs; files sorting before it are skipped", start.file)
@@ -450,29 +444,25 @@ def learn(job: ReplayJobConfig, files: list[InputFile], options: ReplayOptions) 
     every = max(1, min(options.report_every, every_events)) if options.report_dir else every_events
     replay = Pass(files, errors, job.events.time, start, job.events.categorical, chunk=min(CHUNK_EVENTS, every_events),
                   every=every, progress=_progress(options, files))
-    manifest = None
-    saved_at_lines, saved_at_time, since = 0, time.monotonic(), 0
     rows: list[dict] = []
 
-    def save() -> dict:
-        return save_learner(
-            store, learner, positions={**other_positions, "replay": replay.position().to_json()},
-            extra={"source": "replay", "events_rejected": learner.state.events_rejected, "inputs": len(files)},
-        )
+    def save() -> None:
+        checkpointer.checkpoint({"replay": replay.position().to_json()},
+                                {"source": "replay", "events_rejected": learner.state.events_rejected, "inputs": len(files)})
 
     try:
         for records in replay.chunks():
             replay.learn([candidate], records)
-            since += len(records)
+            checkpointer.add(len(records))
             if options.report_dir and replay.good % every == 0:
                 rows += _headline_rows([candidate], replay.lines)
-            if since >= every_events or time.monotonic() - saved_at_time >= every_seconds:
-                manifest = save()
-                saved_at_lines, saved_at_time, since = replay.lines, time.monotonic(), 0
-        if replay.lines != saved_at_lines:
-            manifest = save()
+            if checkpointer.due():
+                save()
+        if replay.lines:
+            save()  # skipped when nothing changed since the last one
     finally:
         errors.close()
+    manifest = checkpointer.last_manifest if checkpointer.written else None
     board = leaderboard([candidate])
     result = ReplayResult("learn", len(files), replay.lines, replay.good, errors.count, seconds=time.monotonic() - started,
                           leaderboard=board, position=replay.position().to_json(), first_errors=errors.first)

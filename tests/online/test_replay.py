@@ -188,7 +188,7 @@ def test_configuration_errors_are_one_line(tmp_path, capsys):
     assert main(["replay", "--config", good, "--input", str(tmp_path / "nothing-*.jsonl")]) == 2
     assert "no file matches" in capsys.readouterr().err
     assert main(["replay", "--config", good, "--input", str(tmp_path / "p.jsonl"), "--mode", "backfill"]) == 2
-    assert "backfill needs --topic and --bootstrap-servers" in capsys.readouterr().err
+    assert "backfill needs a target: kafka.topic and kafka.bootstrap_servers in the configuration, or --topic and --bootstrap-servers" in capsys.readouterr().err
 
 
 def test_search_ranks_trials_by_their_progressive_score(tmp_path):
@@ -236,7 +236,9 @@ def test_backfill_then_consume_equals_a_direct_replay(tmp_path, kafka_bootstrap,
     events = phishing_events()
     write_jsonl(tmp_path / "a.jsonl", events[:600])
     write_csv(tmp_path / "b.csv", events[600:])
-    result = run_replay(job_config(), ReplayOptions([str(tmp_path / "*")], mode="backfill", topic=topic, bootstrap_servers=kafka_bootstrap))
+    # the target comes from the job's kafka: section, the daemon's (no flags)
+    target = job_config(kafka={"bootstrap_servers": kafka_bootstrap, "topic": topic})
+    result = run_replay(target, ReplayOptions([str(tmp_path / "*")], mode="backfill"))
     assert result.produced == 1250
     records = consume_all(kafka_bootstrap, topic, 1250)
     assert len(records) == 1250
