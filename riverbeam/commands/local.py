@@ -1,19 +1,20 @@
-"""``riverbeam local up|status|down``: the embedded Kafka broker and GCS emulator."""
+"""``riverbeam local up|status|down``: the embedded Kafka broker, GCS emulator and S3 server."""
 
 from __future__ import annotations
 
 import json
 
-from riverbeam.local_stack import DEFAULT_DIR, LocalStack
+from riverbeam.local_stack import DEFAULT_DIR, DEFAULT_S3_PORT, LocalStack
 
 
 def register(subparsers) -> None:
     local = subparsers.add_parser("local", help="start, inspect and stop the embedded local stack")
     actions = local.add_subparsers(dest="action", metavar="ACTION", required=True)
-    up = actions.add_parser("up", help="start the Kafka broker and the GCS emulator in the background")
+    up = actions.add_parser("up", help="start the Kafka broker, the GCS emulator and the S3 server in the background")
     up.add_argument("--dir", default=DEFAULT_DIR, help="where pid files and logs go (default: %(default)s)")
     up.add_argument("--kafka-port", type=int, default=None, help="broker port (default 9092; 0 picks a free port)")
     up.add_argument("--gcs-port", type=int, default=None, help="emulator port (default 4443; 0 picks a free port)")
+    up.add_argument("--s3-port", type=int, default=DEFAULT_S3_PORT, help="S3 server port (default %(default)s; 0 picks a free port)")
     up.set_defaults(handler=local_up)
     status = actions.add_parser("status", help="show what runs")
     status.add_argument("--dir", default=DEFAULT_DIR)
@@ -25,10 +26,11 @@ def register(subparsers) -> None:
 
 
 def local_up(args) -> int:
-    settings = LocalStack(args.dir, kafka_port=args.kafka_port, gcs_port=args.gcs_port).up()
+    settings = LocalStack(args.dir, kafka_port=args.kafka_port, gcs_port=args.gcs_port, s3_port=args.s3_port).up()
     print(f"Local stack is up (logs and pid files in {args.dir}/). Use these settings:")
     print(f"  kafka.bootstrap_servers: {settings.bootstrap_servers}")
     print(f"  GCS emulator bucket:     gs://{settings.bucket}")
+    print(f"  S3 server bucket:        s3://{settings.bucket} (endpoint {settings.s3_endpoint_url})")
     print(settings.shell_exports())
     return 0
 

@@ -1,4 +1,4 @@
-"""Checkpoints on a local directory and on the GCS emulator: the same tests on both."""
+"""Checkpoints on a local directory, the GCS emulator and the S3 server: the same tests on all three."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from online.checkpoints import CheckpointError, CheckpointStore, FencingError, I
 from core.storage import open_store
 
 
-@pytest.fixture(params=["local", "gcs"])
+@pytest.fixture(params=["local", "gcs", "s3"])
 def uri(request, tmp_path):
     if request.param == "local":
         return str(tmp_path / "ckpt")
-    return request.getfixturevalue("gcs_prefix")
+    return request.getfixturevalue(f"{request.param}_prefix")
 
 
 def save(store, n, state=None):
@@ -111,3 +111,30 @@ def test_first_writers_race_on_empty_store(uri):
     save(first, 1)
     with pytest.raises(FencingError):
         save(second, 1)
+
+
+def test_two_writers_racing_on_one_pointer_one_is_fenced(uri):
+    """Both writers read the same LATEST, then save at the same moment: exactly one wins."""
+    import threading
+
+    save(CheckpointStore(uri), 0)
+    writers = [CheckpointStore(uri) for _ in range(2)]
+    for writer in writers:
+        writer.load_latest()
+    start, outcomes = threading.Barrier(2), {}
+
+    def race(i):
+        start.wait()
+        try:
+            outcomes[i] = save(writers[i], 10 + i)["id"]
+        except FencingError:
+            outcomes[i] = "fenced"
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes.values()).count("fenced") == 1
+    winner = next(v for v in outcomes.values() if v != "fenced")
+    assert CheckpointStore(uri).load_latest().id == winner

@@ -22,15 +22,19 @@ def _running(pid: int) -> bool:
 
 
 def test_up_status_down_leaves_nothing_running(tmp_path):
-    stack = LocalStack(tmp_path, kafka_port=0, gcs_port=0)
+    stack = LocalStack(tmp_path, kafka_port=0, gcs_port=0, s3_port=0)
     settings = stack.up()
     status = stack.status()
     pids = [state["pid"] for state in status.values()]
+    assert sorted(status) == ["gcs", "kafka", "s3"]
     assert all(state["running"] and state["accepting"] for state in status.values())
     assert settings.bootstrap_servers == f"127.0.0.1:{status['kafka']['port']}"
+    assert settings.s3_endpoint_url == f"http://127.0.0.1:{status['s3']['port']}"
+    assert settings.environment()["AWS_ENDPOINT_URL"] == settings.s3_endpoint_url
     # a second launcher on the same directory finds the same processes through stack.json
     assert LocalStack(tmp_path).status()["gcs"]["pid"] == status["gcs"]["pid"]
-    assert sorted(LocalStack(tmp_path).down()) == ["gcs", "kafka"]
+    assert LocalStack(tmp_path).status()["s3"]["pid"] == status["s3"]["pid"]
+    assert sorted(LocalStack(tmp_path).down()) == ["gcs", "kafka", "s3"]
     assert not any(_running(pid) for pid in pids)
     assert not any(state["running"] for state in LocalStack(tmp_path).status().values())
 
@@ -49,21 +53,29 @@ def test_taken_port_is_a_clear_error(tmp_path):
 def test_cli_local_up_status_down(tmp_path):
     env = dict(os.environ, NO_GCE_CHECK="true")
     run = lambda *args: subprocess.run([sys.executable, "-m", "riverbeam.cli", "local", *args, "--dir", str(tmp_path)], capture_output=True, text=True, env=env, timeout=60)  # noqa: E731
-    kafka_port, gcs_port = free_port(), free_port()
+    kafka_port, gcs_port, s3_port = free_port(), free_port(), free_port()
     up = subprocess.run(
-        [sys.executable, "-m", "riverbeam.cli", "local", "up", "--dir", str(tmp_path), "--kafka-port", str(kafka_port), "--gcs-port", str(gcs_port)],
+        [sys.executable, "-m", "riverbeam.cli", "local", "up", "--dir", str(tmp_path), "--kafka-port", str(kafka_port), "--gcs-port", str(gcs_port), "--s3-port", str(s3_port)],
         capture_output=True, text=True, env=env, timeout=60,
     )  # fmt: skip
     try:
         assert up.returncode == 0, up.stderr
         assert f"127.0.0.1:{kafka_port}" in up.stdout and f"STORAGE_EMULATOR_HOST=http://127.0.0.1:{gcs_port}" in up.stdout
+        assert f"AWS_ENDPOINT_URL=http://127.0.0.1:{s3_port}" in up.stdout and "s3://riverbeam" in up.stdout
+        # the printed settings are all a client needs: the bucket exists on the S3 server
+        exports = dict(line[len("export "):].split("=", 1) for line in up.stdout.splitlines() if line.startswith("export "))
+        probe = subprocess.run(
+            [sys.executable, "-c", "import boto3; print(boto3.client('s3').head_bucket(Bucket='riverbeam')['ResponseMetadata']['HTTPStatusCode'])"],
+            capture_output=True, text=True, env={**env, **exports}, timeout=60,
+        )  # fmt: skip
+        assert probe.stdout.strip() == "200", probe.stderr[-1000:]
         status = run("status")
-        assert status.returncode == 0 and "kafka: running" in status.stdout
+        assert status.returncode == 0 and "kafka: running" in status.stdout and "s3: running" in status.stdout
         again = subprocess.run([sys.executable, "-m", "riverbeam.cli", "local", "up", "--dir", str(tmp_path)], capture_output=True, text=True, env=env, timeout=60)
         assert again.returncode == 1 and "already running" in again.stderr
     finally:
         down = run("down")
-    assert down.returncode == 0 and "kafka" in down.stdout
+    assert down.returncode == 0 and "kafka" in down.stdout and "s3" in down.stdout
     assert run("status").returncode == 1
 
 
@@ -98,6 +110,22 @@ def test_kafka_produce_consume_1000_with_group(kafka_bootstrap, topic):
     assert seen == [f"message-{i}" for i in range(1000)]
 
 
+def test_stack_without_an_s3_port_leaves_s3_out(tmp_path):
+    stack = LocalStack(tmp_path, kafka_port=0, gcs_port=0)  # as the demo builds it: Kafka and GCS only
+    assert stack.s3 is None and sorted(stack.status()) == ["gcs", "kafka"]
+    assert "AWS_ENDPOINT_URL" not in stack.settings.environment()
+
+
+def test_s3_server_write_read_and_conditional_writes(s3_client, local_stack):
+    key = f"probe/{uuid.uuid4().hex}"
+    first = s3_client.put_object(Bucket=local_stack.bucket, Key=key, Body=b"hello", IfNoneMatch="*")["ETag"]
+    assert s3_client.get_object(Bucket=local_stack.bucket, Key=key)["Body"].read() == b"hello"
+    for condition in ({"IfNoneMatch": "*"}, {"IfMatch": '"0123456789abcdef0123456789abcdef"'}):
+        with pytest.raises(s3_client.exceptions.ClientError, match="PreconditionFailed"):
+            s3_client.put_object(Bucket=local_stack.bucket, Key=key, Body=b"other", **condition)
+    s3_client.put_object(Bucket=local_stack.bucket, Key=key, Body=b"again", IfMatch=first)
+
+
 def test_gcs_emulator_write_read(gcs_client, local_stack):
     blob = gcs_client.bucket(local_stack.bucket).blob(f"probe/{uuid.uuid4().hex}.txt")
     blob.upload_from_string(b"hello riverbeam")
@@ -116,4 +144,23 @@ def test_beam_gcs_filesystem_on_emulator(beam_gcs):
         assert handle.read() == b"through beam"
     assert FileSystems.exists(path)
     FileSystems.delete([path])  # a batch request: needs the test-only Content-ID fix
+    assert not FileSystems.exists(path)
+
+
+@pytest.mark.beam
+def test_beam_s3_filesystem_on_the_s3_server(local_stack):
+    pytest.importorskip("apache_beam")
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines.filesystems import configure_filesystems
+
+    configure_filesystems(PipelineOptions([]))  # Beam's S3 options from the standard AWS variables
+    path = f"s3://{local_stack.bucket}/beam-probe/{uuid.uuid4().hex}.txt"
+    with FileSystems.create(path) as handle:
+        handle.write(b"through beam")
+    with FileSystems.open(path) as handle:
+        assert handle.read() == b"through beam"
+    assert [m.path for m in FileSystems.match([path])[0].metadata_list] == [path]
+    FileSystems.delete([path])
     assert not FileSystems.exists(path)
