@@ -1,6 +1,7 @@
-"""Reading historical events from files: JSON lines, CSV, Parquet (and TFRecord), local or ``gs://``.
+"""Reading historical events from files: JSON lines, CSV, Parquet (and TFRecord), local, ``gs://`` or ``s3://``.
 
-`expand_inputs` turns paths and glob patterns (``data/*.jsonl``, ``gs://bucket/events/2024-*.parquet``)
+`expand_inputs` turns paths and glob patterns (``data/*.jsonl``, ``s3://bucket/events/2024-*.parquet``)
+(matched by `core.storage.match`, which also names what a pattern means in a bucket)
 into `InputFile` objects sorted by name; `read_file` yields one `SourceRecord` per line or row,
 and `read_inputs` yields them for all files in replay order, starting after a `ReplayPosition`.
 
@@ -35,8 +36,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import fnmatch
-import glob
 import gzip
 import heapq
 import io
@@ -47,6 +46,7 @@ from typing import Any, Iterable, Iterator, NamedTuple
 import orjson
 
 from core.eventtime import event_time
+from core import storage
 from core.errors import RiverbeamError, UsageError
 
 FORMATS = {
@@ -59,7 +59,6 @@ FORMATS = {
     ".tfrecord": "tfrecord",
     ".tfrecords": "tfrecord",
 }
-_GLOB_CHARS = "*?["
 PARQUET_BATCH_ROWS = 4096
 
 
@@ -78,7 +77,7 @@ class SourceRecord(NamedTuple):
 
 @dataclass(frozen=True)
 class InputFile:
-    """One input file: its name (a local path or ``gs://`` URI), format and compression."""
+    """One input file: its name (a local path, ``gs://`` or ``s3://`` URI), format and compression."""
 
     name: str
     format: str
@@ -88,16 +87,11 @@ class InputFile:
     def open_binary(self) -> io.BufferedIOBase:
         """The file's bytes (decompressed when the name ends with ``.gz``)."""
         try:
-            if self.name.startswith("gs://"):
-                raw = _gcs_blob(self.name).open("rb")
-            else:
-                raw = open(self.name, "rb")
-        except FileNotFoundError:
+            raw = storage.open_binary(self.name)
+        except storage.ObjectNotFound:
             raise InputError(f"{self.name}: no such file") from None
-        except OSError as error:
-            raise InputError(f"{self.name}: cannot open: {error.strerror or error}") from None
-        except Exception as error:  # google.api_core errors
-            raise InputError(f"{self.name}: cannot open: {error}") from None
+        except storage.StorageError as error:
+            raise InputError(f"{self.name}: {error}") from None
         return gzip.GzipFile(fileobj=raw, mode="rb") if self.compressed else raw
 
 
@@ -183,65 +177,24 @@ def input_format(name: str, forced: str | None = None) -> tuple[str, bool]:
 
 
 def expand_inputs(patterns: Iterable[str], forced_format: str | None = None) -> list[InputFile]:
-    """The files matching paths or glob patterns, local or ``gs://``, sorted by name, without repeats.
+    """The files matching paths, folders or glob patterns (local, ``gs://``, ``s3://``), sorted by name, without repeats.
 
     A pattern matching nothing is a `UsageError` (a typo should not replay nothing).
     """
     found: dict[str, InputFile] = {}
     for pattern in patterns:
-        if pattern.startswith("gs://"):
-            matches = _expand_gcs(pattern)
-        else:
-            path = pattern[len("file://") :] if pattern.startswith("file://") else pattern
-            if any(c in path for c in _GLOB_CHARS):
-                matches = [(os.path.abspath(p), os.path.getsize(p)) for p in glob.glob(path, recursive=True) if os.path.isfile(p)]
-            elif os.path.isdir(path):
-                matches = [(os.path.abspath(os.path.join(path, p)), os.path.getsize(os.path.join(path, p))) for p in os.listdir(path)
-                           if os.path.isfile(os.path.join(path, p)) and not p.startswith((".", "_"))]
-            elif os.path.isfile(path):
-                matches = [(os.path.abspath(path), os.path.getsize(path))]
-            else:
-                matches = []
+        try:
+            matches = storage.match(pattern)
+        except storage.InvalidUri:
+            raise
+        except storage.StorageError as error:
+            raise InputError(f"{pattern}: cannot list: {error}") from None
         if not matches:
             raise UsageError(f"--input {pattern}: no file matches")
         for name, size in matches:
             fmt, compressed = input_format(name, forced_format)
             found[name] = InputFile(name, fmt, compressed, size)
     return [found[name] for name in sorted(found)]
-
-
-def _split_gcs(uri: str) -> tuple[str, str]:
-    bucket, _, path = uri[len("gs://") :].partition("/")
-    if not bucket:
-        raise UsageError(f"{uri}: no bucket in the URI (expected gs://bucket/path)")
-    return bucket, path
-
-
-def _expand_gcs(pattern: str) -> list[tuple[str, int]]:
-    from core.storage import gcs_client
-
-    bucket_name, path = _split_gcs(pattern)
-    literal = path
-    for i, char in enumerate(path):
-        if char in _GLOB_CHARS:
-            literal = path[:i]
-            break
-    try:
-        blobs = list(gcs_client().bucket(bucket_name).list_blobs(prefix=literal))
-    except Exception as error:  # google.api_core errors, auth errors
-        raise InputError(f"{pattern}: cannot list: {error}") from None
-    if literal == path:  # no wildcard: the object itself, or every object below a "folder"
-        wanted = [b for b in blobs if b.name == path or (b.name.startswith(path.rstrip("/") + "/") and not b.name.endswith("/"))]
-    else:
-        wanted = [b for b in blobs if fnmatch.fnmatchcase(b.name, path)]
-    return [(f"gs://{bucket_name}/{b.name}", b.size) for b in wanted if not b.name.endswith("/")]
-
-
-def _gcs_blob(uri: str):
-    from core.storage import gcs_client
-
-    bucket_name, path = _split_gcs(uri)
-    return gcs_client().bucket(bucket_name).blob(path)
 
 
 # -- reading one file --------------------------------------------------------------------------
@@ -460,7 +413,7 @@ def count_records(files: list[InputFile]) -> int | None:
 
             with source.open_binary() as stream:
                 total += pq.ParquetFile(stream).metadata.num_rows
-        elif source.format in ("json", "csv") and not source.compressed and not source.name.startswith("gs://"):
+        elif source.format in ("json", "csv") and not source.compressed and storage.is_local(source.name):
             with open(source.name, "rb") as handle:
                 lines = sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
             total += lines - (1 if source.format == "csv" else 0)

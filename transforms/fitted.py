@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable
 
 import farmhash
 
+from core import storage
 from core.errors import RiverbeamError
 from transforms.spec import FeatureSpec, InvalidFeatureError, LabelSpec, coerce_value
 
@@ -187,23 +188,13 @@ def fitted_document(
 
 
 def _read_uri(uri: str) -> bytes:
-    if uri.startswith("gs://"):
-        bucket, _, name = uri[len("gs://") :].partition("/")
-        from google.api_core import exceptions
-
-        from core.gcs import gcs_client
-
-        client = gcs_client()
-        try:
-            return client.bucket(bucket).blob(name).download_as_bytes()
-        except exceptions.NotFound:
-            raise FittedTransformError(f"{uri}: not found (is it the output directory of 'riverbeam preprocess'?)") from None
-    path = uri[len("file://") :] if uri.startswith("file://") else uri
+    """The bytes at `uri` (local, ``file://``, ``gs://``, ``s3://``), failures as `FittedTransformError`."""
     try:
-        with open(path, "rb") as file:
-            return file.read()
-    except OSError as error:
-        raise FittedTransformError(f"{uri}: cannot read: {error.strerror} (is it the output directory of 'riverbeam preprocess'?)") from None
+        return storage.read_bytes(uri)
+    except storage.ObjectNotFound:
+        raise FittedTransformError(f"{uri}: cannot read: it does not exist (is it the output directory of 'riverbeam preprocess'?)") from None
+    except storage.StorageError as error:
+        raise FittedTransformError(f"{uri}: cannot read: {error}") from None
 
 
 class FittedTransform:
@@ -235,7 +226,7 @@ class FittedTransform:
 
     @classmethod
     def load(cls, uri: str) -> "FittedTransform":
-        """Load from a preprocess output directory (or the JSON file itself), local or ``gs://``."""
+        """Load from a preprocess output directory (or the JSON file itself): local, ``gs://`` or ``s3://``."""
         target = uri if uri.endswith(".json") else uri.rstrip("/") + "/" + FITTED_FILENAME
         try:
             document = json.loads(_read_uri(target))

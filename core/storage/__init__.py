@@ -39,6 +39,7 @@ from typing import BinaryIO
 from core.storage.base import (
     ABSENT,
     Generation,
+    InvalidUri,
     ObjectInfo,
     ObjectNotFound,
     ObjectStore,
@@ -49,7 +50,7 @@ from core.storage.base import (
 from core.storage.uri import StorageUri, is_local, parse_uri
 
 __all__ = [
-    "ABSENT", "Generation", "ObjectInfo", "ObjectNotFound", "ObjectStore", "PreconditionFailed", "StorageError",
+    "ABSENT", "Generation", "InvalidUri", "ObjectInfo", "ObjectNotFound", "ObjectStore", "PreconditionFailed", "StorageError",
     "StorageUri", "is_local", "parse_uri", "open_store", "read_bytes", "write_bytes", "open_binary", "match",
 ]  # fmt: skip
 
@@ -78,7 +79,7 @@ def _parent_and_name(uri: str) -> tuple[ObjectStore, str]:
     location = parse_uri(uri)
     parent, name = posixpath.split(location.key)
     if not name:
-        raise StorageError(f"{uri}: names a folder, not an object")
+        raise InvalidUri(f"{uri}: names a folder, not an object")
     return _store_at(location, parent), name
 
 

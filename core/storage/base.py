@@ -12,7 +12,7 @@ from __future__ import annotations
 import fnmatch
 from typing import BinaryIO, NamedTuple, Union
 
-from core.errors import RiverbeamError
+from core.errors import RiverbeamError, UsageError
 
 Generation = Union[int, str]
 ABSENT: Generation = 0
@@ -20,6 +20,10 @@ ABSENT: Generation = 0
 
 class StorageError(RiverbeamError):
     """Object storage failed (unreachable, permission denied, bad URI...)."""
+
+
+class InvalidUri(StorageError, UsageError):
+    """A storage URI cannot be used as written (unknown scheme, no bucket): a usage error, exit code 2."""
 
 
 class ObjectNotFound(StorageError):

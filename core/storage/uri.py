@@ -13,7 +13,7 @@ StorageUri(scheme='s3', bucket='data', key='events/2024-*.jsonl')
 >>> parse_uri("hdfs://n/x")
 Traceback (most recent call last):
 ...
-core.storage.base.StorageError: hdfs://n/x: unsupported scheme 'hdfs' (use a local path, file://, gs:// or s3://)
+core.storage.base.InvalidUri: hdfs://n/x: unsupported scheme 'hdfs' (use a local path, file://, gs:// or s3://)
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from core.storage.base import StorageError
+from core.storage.base import InvalidUri
 
 SCHEMES = ("gs", "s3")
 GLOB_CHARS = "*?["
@@ -82,10 +82,10 @@ def parse_uri(uri: str) -> StorageUri:
     if scheme == "file":
         return StorageUri("file", "", rest)
     if scheme not in SCHEMES:
-        raise StorageError(f"{uri}: unsupported scheme {scheme!r} (use a local path, file://, gs:// or s3://)")
+        raise InvalidUri(f"{uri}: unsupported scheme {scheme!r} (use a local path, file://, gs:// or s3://)")
     bucket, _, key = rest.partition("/")
     if not bucket:
-        raise StorageError(f"{uri}: no bucket in the URI (expected {scheme}://bucket/path)")
+        raise InvalidUri(f"{uri}: no bucket in the URI (expected {scheme}://bucket/path)")
     return StorageUri(scheme, bucket, key.lstrip("/"))
 
 
