@@ -1,0 +1,135 @@
+"""The summary every command ends with: the same names for the same counts, one metric precision.
+
+A `JobSummary` is what a job returns to the command that ran it; the command prints it as text
+on a terminal or as one JSON object with ``--json``. The counts are always named:
+
+* ``events_seen``: events (lines, records, rows) read from the source, good and bad;
+* ``events_learned``: events a model learned from;
+* ``events_predicted``: events predicted (with or without a label);
+* ``events_dead_lettered``: events refused, each written with its reason to the dead-letter
+  topic, the errors file or the bad-rows output;
+* ``events_produced``: records written to Kafka (backfill).
+
+Metrics are printed with four decimals everywhere (`format_metric`); JSON keeps full floats.
+
+>>> summary = JobSummary("replay", "learn", counts={"events_seen": 1250, "events_learned": 1249, "events_dead_lettered": 1},
+...                      metrics={"Accuracy": 0.89282, "LogLoss": 0.28431}, seconds=0.5, details={"checkpoint": "ckpt/0001"})
+>>> print(summary.to_text())
+replay learn: 1,250 events in 0.50 s (2,500 events/s)
+  events_seen 1,250 · events_learned 1,249 · events_dead_lettered 1
+  Accuracy 0.8928 · LogLoss 0.2843
+  checkpoint: ckpt/0001
+>>> summary.to_json()["events_learned"], summary.to_json()["metrics"]["Accuracy"]
+(1249, 0.89282)
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import orjson
+
+COUNT_NAMES = ("events_seen", "events_learned", "events_predicted", "events_dead_lettered", "events_produced")
+METRIC_DECIMALS = 4
+
+
+def format_metric(value: Any) -> str:
+    """A metric value as every command prints it: four decimals, ``n/a`` when there is none.
+
+    >>> format_metric(0.892817), format_metric(None), format_metric(float("nan")), format_metric(12)
+    ('0.8928', 'n/a', 'n/a', '12.0000')
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:.{METRIC_DECIMALS}f}"
+
+
+def format_count(value: int) -> str:
+    """A count with thousands separators.
+
+    >>> format_count(1234567)
+    '1,234,567'
+    """
+    return f"{value:,}"
+
+
+@dataclass
+class JobSummary:
+    """What one run of a job did: counts (named as in `COUNT_NAMES`), metrics, time, details."""
+
+    job: str
+    mode: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    seconds: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.counts) - set(COUNT_NAMES)
+        if unknown:
+            raise ValueError(f"unknown count names {sorted(unknown)}: use {', '.join(COUNT_NAMES)}")
+
+    @property
+    def title(self) -> str:
+        return f"{self.job} {self.mode}" if self.mode else self.job
+
+    @property
+    def events_per_second(self) -> float | None:
+        seen = self.counts.get("events_seen")
+        if seen is None or not self.seconds:
+            return None
+        return seen / self.seconds
+
+    def to_json(self) -> dict:
+        """One flat JSON object: job, mode, every count, metrics, seconds, events_per_second, details."""
+        data: dict[str, Any] = {"job": self.job}
+        if self.mode:
+            data["mode"] = self.mode
+        data.update({name: self.counts[name] for name in COUNT_NAMES if name in self.counts})
+        data["metrics"] = dict(self.metrics)
+        if self.seconds is not None:
+            data["seconds"] = round(self.seconds, 3)
+            rate = self.events_per_second
+            if rate is not None:
+                data["events_per_second"] = round(rate, 1)
+        data.update(self.details)
+        return data
+
+    def to_text(self) -> str:
+        """Lines for a person: what ran and how fast, the counts, the metrics, then the details."""
+        head = self.title
+        seen = self.counts.get("events_seen")
+        if seen is not None:
+            head += f": {format_count(seen)} events"
+            if self.seconds is not None:
+                head += f" in {self.seconds:.2f} s"
+                rate = self.events_per_second
+                if rate is not None:
+                    head += f" ({format_count(round(rate))} events/s)"
+        elif self.seconds is not None:
+            head += f": {self.seconds:.2f} s"
+        lines = [head]
+        counts = [f"{name} {format_count(self.counts[name])}" for name in COUNT_NAMES if name in self.counts]
+        if counts:
+            lines.append("  " + " · ".join(counts))
+        if self.metrics:
+            lines.append("  " + " · ".join(f"{name} {format_metric(value)}" for name, value in self.metrics.items()))
+        for key, value in self.details.items():
+            if isinstance(value, (dict, list)):
+                value = orjson.dumps(value).decode()
+            lines.append(f"  {key}: {value}")
+        return "\n".join(lines)
+
+    def print(self, as_json: bool = False, file: TextIO | None = None) -> None:
+        """Print to standard output (the summary is the command's result; logs go to stderr)."""
+        out = file or sys.stdout
+        if as_json:
+            out.write(orjson.dumps(self.to_json(), option=orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
+        else:
+            out.write(self.to_text() + "\n")
+        out.flush()
