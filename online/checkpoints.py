@@ -11,8 +11,11 @@ complete. `LATEST` is replaced only if its generation is still the one this writ
 of two concurrent writers only one can win; the other gets `FencingError` (never a silent
 overwrite). The state blob's SHA-256 is verified on load; with a signing key (the environment
 variable named by ``checkpoint.signing_key_env``) the blob also carries an HMAC-SHA256, and an
-unsigned or tampered blob is refused. Loading a pickle runs code: only load checkpoints from
-storage you trust, and set a signing key where others can write to it.
+unsigned or wrongly signed blob is refused outright (`SignatureError`, never a fall-back to an
+older checkpoint). Loading a pickle runs code: only load checkpoints from storage you trust, and
+set a signing key where others can write to it. Without a key, the first load in a process
+warns that checkpoints are not verified. (Stores are built from configuration by
+`online.persistence.open_checkpoint_store`.)
 
 A corrupt or missing checkpoint falls back to the previous good one in `history`, with a warning.
 
@@ -62,6 +65,24 @@ class IntegrityError(CheckpointError):
     """A checkpoint's blob does not match its manifest (truncated, corrupt, unsigned or tampered)."""
 
 
+class SignatureError(IntegrityError):
+    """A signing key is set and a checkpoint is unsigned or signed with another key: refused, no fall-back."""
+
+
+_warned_unverified = False
+
+
+def _warn_unverified(uri: str) -> None:
+    global _warned_unverified
+    if not _warned_unverified:
+        _warned_unverified = True
+        log.warning(
+            "%s: checkpoints are not verified: no signing key is set (a checkpoint is a pickle and loading it runs code; "
+            "set RIVERBEAM_CHECKPOINT_KEY, or the variable named by checkpoint.signing_key_env / --signing-key-env)",
+            uri,
+        )
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """A verified checkpoint: its manifest (plain JSON) and the state bytes."""
@@ -107,11 +128,6 @@ class CheckpointStore:
         self.signing_key = signing_key
         self._pointer: dict | None = None
         self._generation: Generation | None = None  # None: not read yet; an opaque token from the store
-
-    @classmethod
-    def from_config(cls, config) -> "CheckpointStore":
-        """From an `online.config.CheckpointConfig`."""
-        return cls(config.uri, keep=config.keep, signing_key=signing_key_from_env(config.signing_key_env))
 
     # -- the pointer ------------------------------------------------------------------------
 
@@ -236,12 +252,14 @@ class CheckpointStore:
             raise IntegrityError(f"{self.uri}: checkpoint {checkpoint_id} is truncated ({len(state)} of {expected['size']} bytes)")
         if hashlib.sha256(state).hexdigest() != expected["sha256"]:
             raise IntegrityError(f"{self.uri}: checkpoint {checkpoint_id} is corrupt (SHA-256 mismatch)")
-        if self.signing_key is not None:
+        if self.signing_key is None:
+            _warn_unverified(self.uri)
+        else:
             signature = expected.get("hmac_sha256")
             if not signature:
-                raise IntegrityError(f"{self.uri}: checkpoint {checkpoint_id} is not signed and a signing key is set")
+                raise SignatureError(f"{self.uri}: checkpoint {checkpoint_id} is not signed and a signing key is set: refusing to load it")
             if not hmac.compare_digest(signature, hmac.new(self.signing_key, state, hashlib.sha256).hexdigest()):
-                raise IntegrityError(f"{self.uri}: checkpoint {checkpoint_id} has a wrong signature (tampered, or another key)")
+                raise SignatureError(f"{self.uri}: checkpoint {checkpoint_id} has a wrong signature (tampered, or another key): refusing to load it")
         return Checkpoint(manifest, state)
 
     def load_latest(self) -> Checkpoint | None:
@@ -259,6 +277,8 @@ class CheckpointStore:
         for checkpoint_id in candidates:
             try:
                 checkpoint = self.load(checkpoint_id)
+            except SignatureError:
+                raise  # a security failure, not damage: never fall back to an older checkpoint
             except CheckpointError as error:
                 log.warning("skipping checkpoint: %s", error)
                 continue

@@ -18,7 +18,8 @@ monitoring only).
 
 Per batch (never per event): decode with orjson, predict / score / learn, send dead letters and
 predictions (`online.outputs`: exactly once across crashes), update counters. A checkpoint is due
-every ``checkpoint.every_events`` events or ``every_seconds``: the producer is flushed and the
+every ``checkpoint.every_events`` events or ``every_seconds`` (each unit's
+`online.persistence.Checkpointer`, the cadence every job shares): the producer is flushed and the
 learner serialised on the event loop, the upload runs on a background thread (one in flight:
 back-pressure), and the offsets are committed only once it is durable. After a kill -9 at any
 moment, a restart restores the last durable checkpoint and re-reads from its positions, so the
@@ -37,16 +38,15 @@ from dataclasses import dataclass, field
 import orjson
 
 from core.errors import RiverbeamError
-from online.checkpoints import CheckpointStore, FencingError, signing_key_from_env
+from online.checkpoints import CheckpointStore, FencingError
 from online.config import ConsumeJobConfig
 from online.kafka_clients import KafkaClientError, TopicPartition, make_consumer, make_producer
-from online.events import load_feature_transform
 from online.gc_tuning import restore_gc, steady_state_gc
 from online.learner import Learner
 from online.lease import Lease, instance_id
 from online.observability import DaemonMetrics, HealthServer, ProgressLine
 from online.outputs import OutputWriter
-from online.persistence import checkpoint_fields, learning_extra, restore_learner
+from online.persistence import Cadence, Checkpointer, Durable, LearnerSpec, open_checkpoint_store, resume
 
 log = logging.getLogger("riverbeam.daemon")
 
@@ -64,6 +64,15 @@ def parse_position_key(key: str) -> TopicPartition:
     return topic, int(partition)
 
 
+def kafka_positions(positions: dict) -> dict[TopicPartition, int]:
+    """The Kafka offsets among a checkpoint's positions (a replay or stream-learn position is not one).
+
+    >>> kafka_positions({"events/0": 7, "replay": {"file": "a.jsonl", "line": 3}, "files": {}})
+    {('events', 0): 7}
+    """
+    return {parse_position_key(k): v for k, v in positions.items() if "/" in k and k.rsplit("/", 1)[1].isdigit() and type(v) is int}
+
+
 @dataclass
 class LearningUnit:
     """A learner, where it checkpoints, and the next offset of each source partition it covers."""
@@ -73,11 +82,7 @@ class LearningUnit:
     learner: Learner
     partitions: list[TopicPartition]
     positions: dict[TopicPartition, int] = field(default_factory=dict)
-    since_checkpoint: int = 0
-    last_checkpoint: float = field(default_factory=time.monotonic)
-    pending: concurrent.futures.Future | None = None  # the checkpoint upload in flight
-    pending_positions: dict[TopicPartition, int] | None = None
-    restored_positions: dict[TopicPartition, int] | None = None  # positions of the last checkpoint written or read
+    checkpointer: Checkpointer | None = None  # cadence, the upload in flight, commits once durable (online.persistence)
 
 
 class Daemon:
@@ -90,8 +95,7 @@ class Daemon:
         self.lease_seconds = config.checkpoint.lease_seconds
         self.metrics = DaemonMetrics()
         self.progress = ProgressLine(progress)
-        self.transform = load_feature_transform(config.features)
-        self.signing_key = signing_key_from_env(config.checkpoint.signing_key_env)
+        self.spec = LearnerSpec.of(config)  # model, events, features and the fitted transform
         self.units: dict[str, LearningUnit] = {}
         self.unit_of: dict[TopicPartition, LearningUnit] = {}
         self.targets: dict[TopicPartition, int] = {}
@@ -125,22 +129,20 @@ class Daemon:
         uri = self.config.checkpoint.uri.rstrip("/")
         if name != "all":
             uri = f"{uri}/partitions/{name}"
-        return CheckpointStore(uri, keep=self.config.checkpoint.keep, signing_key=self.signing_key)
+        return open_checkpoint_store(self.config.checkpoint, uri)
 
     def _restore_unit(self, name: str, partitions: list[TopicPartition]) -> LearningUnit:
         store = self._store_for(name)
-        checkpoint = store.load_latest()
-        if checkpoint is None:
-            learner = Learner(self.config.model, self.config.events, transform=self.transform)
-            positions, outputs_since = {}, None
-        else:
-            learner = restore_learner(checkpoint, self.config.model, self.config.events, transform=self.transform)
-            positions = {parse_position_key(k): v for k, v in checkpoint.positions.items()}
-            outputs_since = checkpoint.manifest.get("extra", {}).get("outputs")
+        learner, checkpoint = resume(store, self.spec)  # refuses a checkpoint of another configuration, or unsigned with a key
+        positions = kafka_positions(checkpoint.positions) if checkpoint is not None else {}
+        outputs_since = checkpoint.manifest.get("extra", {}).get("outputs") if checkpoint is not None else None
         positions = {tp: positions.get(tp, 0) for tp in partitions}
         self.outputs.restore(partitions, outputs_since)
         unit = LearningUnit(name, store, learner, list(partitions), positions)
-        unit.restored_positions = dict(positions) if checkpoint is not None else None
+        unit.checkpointer = Checkpointer(
+            store, learner, self.spec, Cadence.from_config(self.config.checkpoint), uploader=self.uploader,
+            on_durable=lambda durable: self._durable(unit, durable), restored=checkpoint,
+        )
         self.units[name] = unit
         for tp in partitions:
             self.unit_of[tp] = unit
@@ -185,44 +187,26 @@ class Daemon:
 
     # -- checkpoints ------------------------------------------------------------------------
 
-    def _collect(self, unit: LearningUnit, wait: bool) -> None:
-        """Finish the unit's upload in flight (if done, or `wait`): commit its offsets."""
-        if unit.pending is None or not (wait or unit.pending.done()):
-            return
-        future, positions = unit.pending, unit.pending_positions
-        unit.pending = unit.pending_positions = None
-        manifest, seconds = future.result()  # re-raises FencingError and storage errors
-        self.metrics.checkpoint_done(seconds)
+    def _durable(self, unit: LearningUnit, durable: Durable) -> None:
+        """A checkpoint of `unit` is in storage: only now commit its offsets (for lag monitoring)."""
+        self.metrics.checkpoint_done(durable.seconds)
         self.checkpoints_written += 1
         try:
-            self.consumer.commit(positions)
+            self.consumer.commit(kafka_positions(durable.positions))
         except KafkaClientError as error:  # the checkpoint is the truth; a failed commit only delays lag figures
             log.warning("commit after checkpoint failed", extra={"fields": {"error": str(error)}})
-        log.info("checkpoint", extra={"fields": {"unit": unit.name, "id": manifest["id"], "events_seen": manifest["events_seen"], "seconds": round(seconds, 4)}})
+        manifest = durable.manifest
+        log.info("checkpoint", extra={"fields": {"unit": unit.name, "id": manifest["id"], "events_seen": manifest["events_seen"], "seconds": round(durable.seconds, 4)}})
 
     def _checkpoint(self, unit: LearningUnit, wait: bool = False) -> None:
-        self._collect(unit, wait=True)  # back-pressure: one upload in flight per unit
-        if unit.since_checkpoint == 0 and unit.restored_positions == unit.positions:
-            return  # nothing new since the checkpoint this unit was restored from or last wrote
-        self.outputs.flush()
-        outputs_end = self.outputs.end_offsets() if self.outputs.topics else {}
-        started = time.perf_counter()
-        state = unit.learner.snapshot()
-        fields = checkpoint_fields(unit.learner)
-        extra = {**learning_extra(unit.learner), "outputs": outputs_end, "instance": self.lease.owner if self.lease else None}
+        """Checkpoint `unit` (skipped when nothing is new); the upload runs on the uploader thread unless `wait`."""
+
+        def prepare() -> dict:  # outputs flushed before the snapshot: their end offsets go into the manifest
+            self.outputs.flush()
+            return {"outputs": self.outputs.end_offsets() if self.outputs.topics else {}, "instance": self.lease.owner if self.lease else None}
+
         positions = {position_key(tp): offset for tp, offset in unit.positions.items()}
-
-        def upload():
-            manifest = unit.store.save(state, positions=positions, extra=extra, **fields)
-            return manifest, time.perf_counter() - started
-
-        unit.pending = self.uploader.submit(upload)
-        unit.pending_positions = dict(unit.positions)
-        unit.restored_positions = dict(unit.positions)
-        unit.since_checkpoint = 0
-        unit.last_checkpoint = time.monotonic()
-        if wait:
-            self._collect(unit, wait=True)
+        unit.checkpointer.checkpoint(positions, prepare=prepare, wait=wait)  # re-raises FencingError and storage errors
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -262,7 +246,7 @@ class Daemon:
                 self.outputs.predictions(tp, offsets, outcomes)
         count = len(values)
         unit.positions[tp] = batch.next_offset
-        unit.since_checkpoint += count
+        unit.checkpointer.add(count)
         self.events_consumed += count
         self.events_learned += learned
         self.events_rejected += len(rejected)
@@ -347,8 +331,6 @@ class Daemon:
 
     def _loop(self) -> None:
         kafka = self.config.kafka
-        every_events = self.config.checkpoint.every_events
-        every_seconds = self.config.checkpoint.every_seconds
         poll_timeout = kafka.poll_timeout_ms / 1000
         progress = [time.monotonic(), 0]
         renew_every = self.lease_seconds / 3
@@ -365,8 +347,8 @@ class Daemon:
                 self.last_event_at = time.time()
             now = time.monotonic()
             for unit in list(self.units.values()):
-                self._collect(unit, wait=False)
-                if unit.since_checkpoint >= every_events or (unit.since_checkpoint and now - unit.last_checkpoint >= every_seconds):
+                unit.checkpointer.collect()  # an upload that finished: its offsets are committed now
+                if unit.checkpointer.due():
                     self._checkpoint(unit)
             if self.lease is not None and now - self._lease_renewed >= renew_every:
                 if not self.lease.renew():

@@ -1,78 +1,445 @@
-"""Saving a `Learner` into a checkpoint and restoring it: the one bridge between the two.
+"""The checkpoint bridge: the one place where a `Learner` becomes a checkpoint and back.
 
-The manifest records the learning configuration (model and events sections) and its hash, so
-`riverbeam predict` can rebuild a learner from a checkpoint alone, and a job restarted with a
-different model configuration is stopped instead of silently mixing two models.
+Every job that writes or reads checkpoints goes through here: the daemon, replay (learn,
+evaluate, ``--checkpoint-uri``), the Beam stream-learn pipeline, ``riverbeam predict``,
+``riverbeam checkpoints`` and ``riverbeam serve``. So a checkpoint written by any of them
+resumes in any other. The bridge owns three things.
+
+**What a checkpoint says about its learner** (`LearnerSpec`). The manifest records the
+learning configuration (``model``, ``events``, ``features`` and the fitted transform's digest)
+and one configuration hash over what changes the model: the ``model`` and ``events`` sections
+and, when ``features.transform_output`` is set, the SHA-256 of the fitted transform document
+(its content, not its location: moving the output keeps the hash, re-fitting it changes it).
+Only settings that differ from their defaults are hashed, so a setting added to riverbeam later
+does not invalidate existing checkpoints; checkpoints written before this scheme (a hash over
+the full ``model`` and ``events`` sections, or stream-learn's over ``model``, ``events`` and
+``features``) are still accepted. A job restarted with another configuration is stopped instead of silently
+mixing two models; `riverbeam predict` rebuilds the exact learner, transform included, from the
+checkpoint alone.
+
+**Which store, with which key** (`open_checkpoint_store`, `checkpoint_store`). A job with a
+``checkpoint:`` section signs and verifies with the key in the environment variable named by
+``checkpoint.signing_key_env``; commands without one (``riverbeam checkpoints``, ``predict``,
+``replay --checkpoint-uri``) take the variable's name by ``--signing-key-env`` and default to
+``RIVERBEAM_CHECKPOINT_KEY``. With a key every reader refuses an unsigned or wrongly signed
+checkpoint; without one, reading warns once that checkpoints are not verified (a checkpoint is
+a pickle: loading it runs code).
+
+**When, and in what order** (`Cadence`, `Checkpointer`). One `Checkpointer` per learning unit
+(the daemon's unit, a replay, a Beam key) decides when a checkpoint is due (every N events or
+T seconds), snapshots the learner on the caller's thread, uploads it (on a background thread
+when given one: one upload in flight, the next waits), and only once the checkpoint is durable
+reports it (`Durable`) so that the caller may commit source offsets. Positions written by other
+jobs (a replay position in a daemon's checkpoint, Kafka offsets in a replay's) are kept.
 
 >>> import tempfile
 >>> from online.config import EventsConfig, ModelConfig
->>> from online.checkpoints import CheckpointStore
->>> from online.learner import Learner
->>> learner = Learner(ModelConfig(pipeline=[{"linear_model.LinearRegression": {}}], metrics=["MAE"]), EventsConfig(target="y"))
->>> _ = learner.process({"x": 1.0, "y": 2.0})
->>> store = CheckpointStore(tempfile.mkdtemp())
->>> manifest = save_learner(store, learner, positions={"events/0": 1})
->>> restore_learner(store.load_latest()).report()["events_learned"]
-1
+>>> spec = LearnerSpec(ModelConfig(pipeline=[{"linear_model.LinearRegression": {}}], metrics=["MAE"]), EventsConfig(target="y"))
+>>> store = checkpoint_store(tempfile.mkdtemp())
+>>> learner, restored = resume(store, spec)
+>>> checkpointer = Checkpointer(store, learner, spec, Cadence(every_events=2), restored=restored)
+>>> for i in range(3):
+...     _ = learner.process({"x": float(i), "y": 2.0 * i})
+...     checkpointer.add(1)
+...     if checkpointer.due():
+...         _ = checkpointer.checkpoint({"events/0": i + 1})
+>>> _ = checkpointer.checkpoint({"events/0": 3}, wait=True)
+>>> [m["events_seen"] for m in store.list()], store.list()[0]["positions"]
+([3, 2], {'events/0': 3})
+>>> again, restored = resume(checkpoint_store(store.uri), spec)
+>>> again.report() == learner.report()
+True
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
 from core.errors import ConfigError
-from online.checkpoints import Checkpoint, CheckpointStore, config_hash
-from online.config import EventsConfig, ModelConfig
+from online.checkpoints import Checkpoint, CheckpointStore, config_hash, signing_key_from_env
+from online.config import CheckpointConfig, EventsConfig, FeaturesConfig, ModelConfig
+from online.events import load_feature_transform
 from online.learner import Learner
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIGNING_KEY_ENV = "RIVERBEAM_CHECKPOINT_KEY"
+
+__all__ = [
+    "DEFAULT_SIGNING_KEY_ENV", "LearnerSpec", "Cadence", "Checkpointer", "Durable",
+    "open_checkpoint_store", "checkpoint_store", "resume", "restore_learner", "save_learner",
+    "learning_hash", "transform_digest", "checkpoint_fields", "learning_extra",
+]  # fmt: skip
+
+
+# -- stores ------------------------------------------------------------------------------------
+
+
+def open_checkpoint_store(config: CheckpointConfig, uri: str | None = None) -> CheckpointStore:
+    """The store of a job's ``checkpoint:`` section (at `uri` instead of ``checkpoint.uri`` when given).
+
+    It keeps ``checkpoint.keep`` checkpoints and signs/verifies with the key in the environment
+    variable named by ``checkpoint.signing_key_env`` (none when that variable is unset or empty).
+
+    >>> import tempfile
+    >>> store = open_checkpoint_store(CheckpointConfig(uri=tempfile.mkdtemp(), keep=3, signing_key_env="NO_SUCH_VARIABLE"))
+    >>> store.keep, store.signing_key
+    (3, None)
+    """
+    return CheckpointStore(uri or config.uri, keep=config.keep, signing_key=signing_key_from_env(config.signing_key_env))
+
+
+def checkpoint_store(uri: str, signing_key_env: str | None = None, keep: int = 10) -> CheckpointStore:
+    """The store at `uri` for a command without a ``checkpoint:`` section.
+
+    The signing key is read from the environment variable `signing_key_env` (the
+    ``--signing-key-env`` flag), by default ``RIVERBEAM_CHECKPOINT_KEY``: the same rule as a
+    configured job with its default ``checkpoint.signing_key_env``.
+
+    >>> import os, tempfile
+    >>> os.environ["MY_TEST_KEY"] = "s3cret"
+    >>> checkpoint_store(tempfile.mkdtemp(), "MY_TEST_KEY").signing_key
+    b's3cret'
+    """
+    return CheckpointStore(uri, keep=keep, signing_key=signing_key_from_env(signing_key_env or DEFAULT_SIGNING_KEY_ENV))
+
+
+# -- what a checkpoint says about its learner --------------------------------------------------
+
+
+def transform_digest(transform: Callable | None) -> str | None:
+    """The SHA-256 (16 hex digits) of a fitted transform's document, None without a transform.
+
+    `transform` is what `online.events.load_feature_transform` returns (a fitted transform's
+    ``apply``); any other callable is identified by its qualified name.
+
+    >>> transform_digest(None) is None
+    True
+    """
+    if transform is None:
+        return None
+    document = getattr(getattr(transform, "__self__", None), "document", None)
+    text = json.dumps(document, sort_keys=True, default=str) if document is not None else getattr(transform, "__qualname__", repr(transform))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _hash(model: ModelConfig, events: EventsConfig, digest: str | None) -> str:
+    """Over the settings that differ from their defaults: a setting added later (with a default) keeps old hashes."""
+    sections = [model.model_dump(mode="json", exclude_defaults=True), events.model_dump(mode="json", exclude_defaults=True)]
+    return config_hash(*sections, *([{"transform_sha256": digest}] if digest is not None else []))
+
+
+@dataclass
+class LearnerSpec:
+    """What defines a learner: its model, events and features sections and the fitted transform.
+
+    `LearnerSpec.load` reads the fitted transform of ``features.transform_output`` once; `hash`
+    is the configuration hash a checkpoint of this learner carries; `recorded` is the
+    configuration written into the manifest; `from_checkpoint` rebuilds the spec a checkpoint
+    recorded (for readers without a configuration: ``predict``, ``serve``).
+
+    >>> spec = LearnerSpec(ModelConfig(pipeline=[{"linear_model.LogisticRegression": {}}]), EventsConfig(target="label"))
+    >>> spec.hash == LearnerSpec(spec.model, spec.events, FeaturesConfig()).hash
+    True
+    >>> spec.new_learner().report()["events_seen"]
+    0
+    """
+
+    model: ModelConfig
+    events: EventsConfig
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    transform: Callable[[dict], dict] | None = None
+
+    @classmethod
+    def load(cls, model: ModelConfig, events: EventsConfig, features: FeaturesConfig | None = None) -> "LearnerSpec":
+        """The spec with its fitted transform loaded from ``features.transform_output`` (if set)."""
+        features = features or FeaturesConfig()
+        return cls(model, events, features, load_feature_transform(features))
+
+    @classmethod
+    def of(cls, config) -> "LearnerSpec":
+        """From a job configuration with ``model``, ``events`` and ``features`` (`online.config.LearningConfig`)."""
+        return cls.load(config.model, config.events, config.features)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint) -> "LearnerSpec":
+        """The spec recorded in `checkpoint` (`ConfigError` if it records none), transform loaded."""
+        recorded = checkpoint.manifest.get("extra", {}).get("learning")
+        if not recorded:
+            raise ConfigError("checkpoint", f"checkpoint {checkpoint.id} does not record its model configuration")
+        model = ModelConfig.model_validate(recorded["model"], strict=False)
+        events = EventsConfig.model_validate(recorded["events"], strict=False)
+        features = FeaturesConfig.model_validate(recorded.get("features") or {}, strict=False)
+        return cls.load(model, events, features)
+
+    @classmethod
+    def of_learner(cls, learner: Learner, features: FeaturesConfig | None = None) -> "LearnerSpec":
+        """The spec of a live learner (its transform is the one it applies)."""
+        return cls(learner.model_config, learner.events_config, features or FeaturesConfig(), learner.reader.transform)
+
+    @functools.cached_property
+    def transform_digest(self) -> str | None:
+        return transform_digest(self.transform)
+
+    @functools.cached_property
+    def hash(self) -> str:
+        """The configuration hash: model and events, plus the fitted transform's digest when there is one."""
+        return _hash(self.model, self.events, self.transform_digest)
+
+    def recorded(self) -> dict:
+        """The configuration written into a manifest (``extra.learning``)."""
+        return {
+            "model": self.model.model_dump(mode="json"),
+            "events": self.events.model_dump(mode="json"),
+            "features": self.features.model_dump(mode="json"),
+            "transform_sha256": self.transform_digest,
+        }
+
+    def new_learner(self) -> Learner:
+        return Learner(self.model, self.events, transform=self.transform)
+
+    def accepts(self, checkpoint: Checkpoint) -> bool:
+        """Whether `checkpoint` was written with this configuration (a checkpoint without a hash is accepted)."""
+        written = checkpoint.manifest.get("config_hash")
+        if not written or written == self.hash:
+            return True
+        if self.transform is not None:
+            return False
+        # written before this scheme: the daemon and replay hashed the full sections, stream-learn with features
+        return written in (config_hash(self.model, self.events), config_hash(self.model, self.events, self.features))
+
+    def restore(self, checkpoint: Checkpoint) -> Learner:
+        """A learner continuing from `checkpoint`; `ConfigError` if it was written with another configuration."""
+        if not self.accepts(checkpoint):
+            recorded = checkpoint.manifest.get("extra", {}).get("learning") or {}
+            what = "the fitted feature transform" if _same_sections(recorded, self) else "the configuration"
+            raise ConfigError(
+                "model",
+                f"{what} differs from the one checkpoint {checkpoint.id} was written with; "
+                "use a new checkpoint URI for a new model (or restore the old model, events and features sections)",
+            )
+        return Learner.restore(checkpoint.state, self.model, self.events, transform=self.transform)
+
+
+def _same_sections(recorded: dict, spec: LearnerSpec) -> bool:
+    return recorded.get("model") == spec.model.model_dump(mode="json") and recorded.get("events") == spec.events.model_dump(mode="json")
 
 
 def learning_hash(learner: Learner) -> str:
-    return config_hash(learner.model_config, learner.events_config)
+    """The configuration hash of a live learner (its model, events and fitted transform)."""
+    return LearnerSpec.of_learner(learner).hash
 
 
-def save_learner(store: CheckpointStore, learner: Learner, positions: dict, extra: dict | None = None) -> dict:
-    """Write the learner's state, counters, metrics and configuration as one checkpoint."""
-    return store.save(
-        learner.snapshot(),
-        **checkpoint_fields(learner),
-        positions=positions,
-        extra={**(extra or {}), **learning_extra(learner)},
-    )
-
-
-def checkpoint_fields(learner: Learner) -> dict:
-    """The manifest fields describing a learner (for writers that serialise elsewhere)."""
+def checkpoint_fields(learner: Learner, spec: LearnerSpec | None = None) -> dict:
+    """The manifest fields describing a learner: counters, metrics, model text, configuration hash."""
     report = learner.report()
     return {
         "events_seen": report["events_seen"],
         "events_learned": report["events_learned"],
         "metrics": report["metrics"],
         "model": learner.model_text(),
-        "config_hash": learning_hash(learner),
+        "config_hash": (spec or LearnerSpec.of_learner(learner)).hash,
     }
 
 
-def learning_extra(learner: Learner) -> dict:
-    return {
-        "learning": {"model": learner.model_config.model_dump(mode="json"), "events": learner.events_config.model_dump(mode="json")},
-        "report": learner.report(),
-    }
+def learning_extra(learner: Learner, features: FeaturesConfig | None = None, spec: LearnerSpec | None = None) -> dict:
+    """The manifest's ``extra`` about a learner: its recorded configuration and its report."""
+    return {"learning": (spec or LearnerSpec.of_learner(learner, features)).recorded(), "report": learner.report()}
 
 
-def restore_learner(checkpoint: Checkpoint, model: ModelConfig | None = None, events: EventsConfig | None = None, transform=None) -> Learner:
+def save_learner(store: CheckpointStore, learner: Learner, positions: dict, extra: dict | None = None, features: FeaturesConfig | None = None) -> dict:
+    """Write the learner's state, counters, metrics and configuration as one checkpoint; return the manifest."""
+    return store.save(
+        learner.snapshot(),
+        **checkpoint_fields(learner),
+        positions=positions,
+        extra={**(extra or {}), **learning_extra(learner, features)},
+    )
+
+
+def restore_learner(
+    checkpoint: Checkpoint,
+    model: ModelConfig | None = None,
+    events: EventsConfig | None = None,
+    transform=None,
+    features: FeaturesConfig | None = None,
+) -> Learner:
     """A learner continuing from `checkpoint`.
 
-    Without `model`/`events`, the configuration recorded in the checkpoint is used. With them,
-    they must hash to what the checkpoint was written with (else `ConfigError`).
+    Without `model`/`events`, the configuration recorded in the checkpoint is used (its fitted
+    transform loaded from the recorded ``features.transform_output``). With them, they (and the
+    `transform`, or the one `features` names) must hash to what the checkpoint was written with,
+    else `ConfigError`.
     """
-    recorded = checkpoint.manifest.get("extra", {}).get("learning")
     if model is None or events is None:
-        if recorded is None:
-            raise ConfigError("checkpoint", f"checkpoint {checkpoint.id} does not record its model configuration")
-        model = model or ModelConfig.model_validate(recorded["model"], strict=False)
-        events = events or EventsConfig.model_validate(recorded["events"], strict=False)
-    elif checkpoint.manifest.get("config_hash") and checkpoint.manifest["config_hash"] != config_hash(model, events):
-        raise ConfigError(
-            "model",
-            f"the configuration differs from the one checkpoint {checkpoint.id} was written with; "
-            "use a new checkpoint URI for a new model (or restore the old model and events sections)",
-        )
-    return Learner.restore(checkpoint.state, model, events, transform=transform)
+        spec = LearnerSpec.from_checkpoint(checkpoint)
+        spec = LearnerSpec(model or spec.model, events or spec.events, spec.features, spec.transform)
+    elif transform is None and features is not None:
+        spec = LearnerSpec.load(model, events, features)
+    else:
+        spec = LearnerSpec(model, events, features or FeaturesConfig(), transform)
+    return spec.restore(checkpoint)
+
+
+def resume(store: CheckpointStore, spec: LearnerSpec) -> tuple[Learner, Checkpoint | None]:
+    """The learner continuing from `store`'s latest checkpoint (and that checkpoint), or a new one (and None).
+
+    Also records the store's pointer generation, so the next save through `store` is fenced.
+    """
+    checkpoint = store.load_latest()
+    if checkpoint is None:
+        return spec.new_learner(), None
+    return spec.restore(checkpoint), checkpoint
+
+
+# -- when, and in what order -------------------------------------------------------------------
+
+
+class Cadence:
+    """When a checkpoint is due: `every_events` events, or `every_seconds` with at least one event.
+
+    >>> now = [0.0]
+    >>> cadence = Cadence(every_events=3, every_seconds=10, clock=lambda: now[0])
+    >>> cadence.add(2); cadence.due()
+    False
+    >>> now[0] = 10.0; cadence.due()
+    True
+    >>> cadence.reset(); cadence.add(3); cadence.due()
+    True
+    """
+
+    def __init__(self, every_events: int = 10_000, every_seconds: float = math.inf, clock: Callable[[], float] = time.monotonic, since: int = 0):
+        if every_events <= 0 or every_seconds <= 0:
+            raise ValueError("checkpoint cadence must be positive")
+        self.every_events = every_events
+        self.every_seconds = every_seconds
+        self.clock = clock
+        self.since = since
+        self.last = clock()
+
+    @classmethod
+    def from_config(cls, config: CheckpointConfig | None, every_events: int | None = None, every_seconds: float | None = None, **kwargs) -> "Cadence":
+        """From a ``checkpoint:`` section (defaults without one), overridden by flags when given."""
+        events = every_events or (config.every_events if config else CheckpointConfig.model_fields["every_events"].default)
+        seconds = every_seconds or (config.every_seconds if config else CheckpointConfig.model_fields["every_seconds"].default)
+        return cls(events, seconds, **kwargs)
+
+    def add(self, events: int) -> None:
+        """Count `events` more events processed since the last checkpoint."""
+        self.since += events
+
+    def due(self) -> bool:
+        return self.since >= self.every_events or (self.since > 0 and self.clock() - self.last >= self.every_seconds)
+
+    def reset(self) -> None:
+        """A checkpoint was just taken."""
+        self.since = 0
+        self.last = self.clock()
+
+
+@dataclass(frozen=True)
+class Durable:
+    """A checkpoint now in storage: its manifest, the positions its writer gave, and how long it took."""
+
+    manifest: dict
+    positions: dict
+    seconds: float
+
+
+class Checkpointer:
+    """The checkpoints of one learning unit: when they are due, one upload in flight, durable in order.
+
+    Quix Streams' ``Checkpoint``, for a learner: `add` counts events, `due` says when a checkpoint
+    is needed, `checkpoint` writes one in numbered steps — (1) finish the upload in flight,
+    (2) skip if nothing changed since the last checkpoint written or restored, (3) `prepare`
+    (flush the producer, note output offsets: returns extra manifest fields), (4) snapshot the
+    learner on this thread, (5) upload (on `uploader`, a one-thread executor, or inline), and
+    (6) once the upload returned, hand a `Durable` to `on_durable` (commit source offsets there:
+    never before). `collect` finishes an upload that is done (or waits with ``wait=True``) and
+    re-raises its error (`online.checkpoints.FencingError`, storage errors).
+
+    `positions` given to `checkpoint` are the writer's own (Kafka offsets, a replay position,
+    files); positions recorded by other jobs in the restored checkpoint are kept.
+    """
+
+    def __init__(
+        self,
+        store: CheckpointStore,
+        learner: Learner,
+        spec: LearnerSpec | None = None,
+        cadence: Cadence | None = None,
+        *,
+        uploader: concurrent.futures.Executor | None = None,
+        on_durable: Callable[[Durable], None] | None = None,
+        restored: Checkpoint | None = None,
+        base_positions: dict | None = None,
+    ):
+        self.store = store
+        self.learner = learner
+        self.spec = spec or LearnerSpec.of_learner(learner)
+        self.cadence = cadence or Cadence()
+        self.uploader = uploader
+        self.on_durable = on_durable
+        self.base_positions = dict(restored.positions if restored is not None else base_positions or {})
+        self.last_positions: dict | None = dict(self.base_positions) if restored is not None else None
+        self.pending: concurrent.futures.Future | None = None
+        self.written = 0
+        self.last_manifest: dict | None = restored.manifest if restored is not None else None
+
+    def add(self, events: int) -> None:
+        self.cadence.add(events)
+
+    def due(self) -> bool:
+        return self.cadence.due()
+
+    def has_news(self, positions: dict) -> bool:
+        """Whether a checkpoint at `positions` would differ from the last one written or restored."""
+        return self.cadence.since > 0 or self.last_positions != {**self.base_positions, **positions}
+
+    def checkpoint(self, positions: dict, extra: dict | None = None, *, prepare: Callable[[], dict] | None = None,
+                   wait: bool = False) -> Durable | None:
+        """Write a checkpoint at `positions` (see the class for the steps); the `Durable` when it finished here."""
+        done = self.collect(wait=True)
+        if not self.has_news(positions):
+            return done if wait else None
+        extra = {**(extra or {}), **(prepare() if prepare is not None else {})}
+        started = time.perf_counter()
+        state = self.learner.snapshot()
+        fields = checkpoint_fields(self.learner, self.spec)
+        all_positions = {**self.base_positions, **positions}
+        manifest_extra = {**extra, **learning_extra(self.learner, spec=self.spec)}
+        store = self.store
+
+        def upload() -> Durable:
+            manifest = store.save(state, positions=all_positions, extra=manifest_extra, **fields)
+            return Durable(manifest, dict(positions), time.perf_counter() - started)
+
+        self.last_positions = all_positions
+        self.cadence.reset()
+        if self.uploader is None:
+            return self._finish(upload())
+        self.pending = self.uploader.submit(upload)
+        return self.collect(wait=True) if wait else None
+
+    def collect(self, wait: bool = False) -> Durable | None:
+        """Finish the upload in flight if it is done (or `wait`): report it durable and return it."""
+        if self.pending is None or not (wait or self.pending.done()):
+            return None
+        future, self.pending = self.pending, None
+        return self._finish(future.result())
+
+    def _finish(self, durable: Durable) -> Durable:
+        self.written += 1
+        self.last_manifest = durable.manifest
+        if self.on_durable is not None:
+            self.on_durable(durable)
+        return durable
+
