@@ -1,4 +1,9 @@
-"""``riverbeam checkpoints list|show URI``: what a checkpoint store holds."""
+"""``riverbeam checkpoints list|show URI``: what a checkpoint store holds.
+
+Commands that read checkpoints without a ``checkpoint:`` section (this one, ``predict``,
+``replay --checkpoint-uri``) verify signatures with the key in the environment variable named by
+``--signing-key-env`` (`add_signing_key_env`), ``RIVERBEAM_CHECKPOINT_KEY`` by default.
+"""
 
 from __future__ import annotations
 
@@ -10,28 +15,40 @@ def register(subparsers) -> None:
     actions = checkpoints.add_subparsers(dest="action", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="list the checkpoints kept, newest first")
     listing.add_argument("uri")
+    add_signing_key_env(listing)
     listing.set_defaults(handler=checkpoints_list)
     show = actions.add_parser("show", help="show one checkpoint (default: the latest good one)")
     show.add_argument("uri")
+    add_signing_key_env(show)
     show.add_argument("--id", help="checkpoint id (default: latest)")
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(handler=checkpoints_show)
 
 
-def _store(uri: str):
-    from online.checkpoints import CheckpointStore, signing_key_from_env
+def add_signing_key_env(parser) -> None:
+    """The ``--signing-key-env NAME`` flag of every command that reads checkpoints without a configuration."""
+    parser.add_argument(
+        "--signing-key-env", metavar="NAME", default=None,
+        help="environment variable holding the checkpoint signing key (default RIVERBEAM_CHECKPOINT_KEY); "
+        "when it is set, unsigned or wrongly signed checkpoints are refused",
+    )
 
-    return CheckpointStore(uri, signing_key=signing_key_from_env("RIVERBEAM_CHECKPOINT_KEY"))
+
+def _store(args):
+    from online.persistence import checkpoint_store
+
+    return checkpoint_store(args.uri, args.signing_key_env)
 
 
 def checkpoints_list(args) -> int:
-    manifests = _store(args.uri).list()
+    manifests = _store(args).list()
     if not manifests:
         print(f"no checkpoints at {args.uri}")
         return 0
     for manifest in manifests:
         headline = next(iter(manifest.get("metrics", {}).items()), ("-", None))
-        print(f"{manifest['id']}  {manifest['created_at']}  events_seen={manifest['events_seen']}  {headline[0]}={headline[1]}")
+        signed = "signed" if (manifest.get("state") or {}).get("hmac_sha256") else "unsigned"
+        print(f"{manifest['id']}  {manifest['created_at']}  events_seen={manifest['events_seen']}  {headline[0]}={headline[1]}  {signed}")
     return 0
 
 
@@ -54,7 +71,7 @@ def checkpoint_summary(manifest: dict) -> dict:
 def checkpoints_show(args) -> int:
     from core.errors import RiverbeamError
 
-    store = _store(args.uri)
+    store = _store(args)
     checkpoint = store.load(args.id) if args.id else store.load_latest()
     if checkpoint is None:
         raise RiverbeamError(f"no checkpoints at {args.uri}")

@@ -5,20 +5,24 @@ from __future__ import annotations
 import sys
 
 
+from riverbeam.commands.checkpoints import add_signing_key_env
+
+
 def register(subparsers) -> None:
     predict = subparsers.add_parser("predict", help="predict JSON lines with the model of a checkpoint (no learning)")
     predict.add_argument("--checkpoint", required=True, help="checkpoint URI (local path, file:// or gs://)")
     predict.add_argument("--id", help="checkpoint id (default: latest)")
     predict.add_argument("--input", default="-", help="JSON lines file, or - for standard input (default)")
+    add_signing_key_env(predict)
     predict.set_defaults(handler=predict_command)
 
 
 def predict_command(args) -> int:
-    from online.checkpoints import CheckpointStore, signing_key_from_env
+    from online.persistence import checkpoint_store
     from online.predict import predict_lines
     from core.errors import RiverbeamError, UsageError
 
-    store = CheckpointStore(args.checkpoint, signing_key=signing_key_from_env("RIVERBEAM_CHECKPOINT_KEY"))
+    store = checkpoint_store(args.checkpoint, args.signing_key_env)
     checkpoint = store.load(args.id) if args.id else store.load_latest()
     if checkpoint is None:
         raise RiverbeamError(f"no checkpoints at {args.checkpoint}")

@@ -21,6 +21,8 @@ def register(subparsers) -> None:
                         help="input format (default: from each file's suffix)")
     parser.add_argument("--mode", choices=MODES, default="learn", help="learn (default), evaluate or backfill")
     parser.add_argument("--checkpoint-uri", help="checkpoint URI (overrides checkpoint.uri); in evaluate mode, start from it without writing")
+    parser.add_argument("--signing-key-env", metavar="NAME",
+                        help="environment variable holding the checkpoint signing key (overrides checkpoint.signing_key_env; default RIVERBEAM_CHECKPOINT_KEY)")
     parser.add_argument("--checkpoint-every", type=int, metavar="N", help="write a checkpoint every N events (overrides checkpoint.every_events)")
     parser.add_argument("--report", dest="report_dir", metavar="DIR", help="write metrics.csv, metrics.json and learning_curve.png here")
     parser.add_argument("--report-every", type=int, default=1000, metavar="K", help="a report row every K events read (default 1000)")
@@ -48,7 +50,7 @@ def replay(args) -> int:
         checkpoint_every=args.checkpoint_every, report_dir=args.report_dir, report_every=args.report_every,
         errors_path=args.errors_path, max_errors=args.max_errors, dry_run=args.dry_run, topic=args.topic,
         bootstrap_servers=args.bootstrap_servers, kafka_client=args.kafka_client, partition=args.partition,
-        rate=args.rate, search=args.search, progress=args.progress,
+        rate=args.rate, search=args.search, progress=args.progress, signing_key_env=args.signing_key_env,
     )
     result = run_replay(job, options, search)
     print(result.summary())
