@@ -44,7 +44,9 @@ from apache_beam.transforms import window
 
 from pipelines.templates import add_required_argument, check_required
 from core.errors import UsageError, run_main
+from core import storage
 from core.eventtime import event_time
+from pipelines.filesystems import configure_filesystems
 
 DEAD_LETTER = "dead_letter"
 DEAD_LETTER_PREFIX = f"{DEAD_LETTER}/"
@@ -383,6 +385,7 @@ def build_archive(pipeline: beam.Pipeline, options: ArchiveOptions, source: beam
     """
     view = options.view_as(ArchiveOptions)
     check_required(options, ArchiveOptions)
+    configure_filesystems(options)  # s3:// output through Beam's S3 filesystem, at the configured endpoint
     windowing = WindowEvents(view.archive_window_seconds)
     writer = WriteArchive(view.archive_output, view.archive_format, view.archive_shards)
     payloads = pipeline | "ReadEvents" >> (source if source is not None else source_transform(view))
@@ -407,17 +410,14 @@ def run(argv: list[str] | None = None):
 
 
 def read_archive(pattern: str) -> Iterable[dict]:
-    """Events of archived files matching `pattern` (JSON lines or Parquet, gs:// or local).
+    """Events of archived files matching `pattern` (JSON lines or Parquet; local, gs:// or s3://).
 
     >>> list(read_archive("/nonexistent/*.jsonl"))
     []
     """
-    from apache_beam.io.filesystems import FileSystems
-
-    for match in FileSystems.match([pattern])[0].metadata_list:
-        with FileSystems.open(match.path, compression_type="uncompressed") as fh:
-            data = fh.read()
-        if match.path.endswith(".parquet"):
+    for match in storage.match(pattern):
+        data = storage.read_bytes(match.name)
+        if match.name.endswith(".parquet"):
             import pyarrow.parquet as pq
 
             yield from pq.read_table(io.BytesIO(data)).to_pylist()

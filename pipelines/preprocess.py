@@ -45,7 +45,9 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 
 from pipelines.templates import add_required_argument, check_required
+from pipelines.filesystems import configure_filesystems
 from core.configuration import parse_config
+from core.storage import parse_uri
 from core.errors import ConfigError, RiverbeamError, UsageError, run_main
 from transforms.config import PreprocessJobConfig
 from transforms.fitted import FITTED_FILENAME, fitted_document
@@ -295,7 +297,8 @@ class WriteBadRows(beam.PTransform):
         return (
             bad_rows
             | "ToJson" >> beam.Map(lambda bad: orjson.dumps(bad).decode())
-            | "Write" >> beam.io.WriteToText(join(self.output_dir, "errors", "bad_rows"), file_name_suffix=".jsonl")
+            # no empty file when no row is bad: Beam's S3 writer cannot complete an empty upload (apache/beam#21427)
+            | "Write" >> beam.io.WriteToText(join(self.output_dir, "errors", "bad_rows"), file_name_suffix=".jsonl", skip_if_empty=True)
         )
 
 
@@ -411,17 +414,18 @@ class PublishFittedTransform(beam.PTransform):
 def working_dirs(job: PreprocessJobConfig, options: PipelineOptions) -> tuple[str, str]:
     """``(temp_dir, artifacts_dir)`` for tensorflow-transform.
 
-    TFT writes through TensorFlow's own file system, whose GCS client ignores
-    ``STORAGE_EMULATOR_HOST``: with ``gs://`` output on the local emulator, TFT works in a local
-    directory and `publish_fitted_transform` copies its artifacts over through Beam.
+    TFT writes through TensorFlow's own file system, which has no ``s3://`` and whose GCS client
+    ignores ``STORAGE_EMULATOR_HOST``: with ``s3://`` output, or ``gs://`` output on the local
+    emulator, TFT works in a local directory and `publish_fitted_transform` copies its artifacts
+    over through Beam.
     """
     output_dir = job.output.dir
     temp_location = options.view_as(GoogleCloudOptions).temp_location
-    on_emulator = output_dir.startswith("gs://") and bool(os.environ.get("STORAGE_EMULATOR_HOST"))
-    if on_emulator:
+    emulated = bool(os.environ.get("STORAGE_EMULATOR_HOST"))
+    if parse_uri(output_dir).scheme == "s3" or (parse_uri(output_dir).scheme == "gs" and emulated):
         local = tempfile.mkdtemp(prefix="riverbeam-preprocess-")
         return os.path.join(local, "tmp"), os.path.join(local, "artifacts")
-    if temp_location and not (temp_location.startswith("gs://") and os.environ.get("STORAGE_EMULATOR_HOST")):
+    if temp_location and parse_uri(temp_location).scheme != "s3" and not (parse_uri(temp_location).scheme == "gs" and emulated):
         return join(temp_location, "tft"), output_dir
     if output_dir.startswith("gs://"):
         return join(output_dir, "tmp"), output_dir
@@ -469,7 +473,7 @@ def pipeline_options(argv: list[str] | None) -> PipelineOptions:
     options = PipelineOptions(argv)
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = DEFAULT_RUNNER
-    return options
+    return configure_filesystems(options)  # s3:// through Beam's S3 filesystem, at the configured endpoint
 
 
 def _counter(result, name: str) -> int | None:

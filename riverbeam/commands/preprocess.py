@@ -22,16 +22,17 @@ def register(subparsers) -> None:
             "Other arguments are Beam pipeline flags, e.g. --runner=DataflowRunner --project=P."
         ),
     )
-    parser.add_argument("--config", required=True, help="the preprocess job's YAML file (local or gs://)")
+    parser.add_argument("--config", required=True, help="the preprocess job's YAML file (local, gs:// or s3://)")
     parser.set_defaults(handler=preprocess, beam_args=[])
     parser.__class__ = with_beam_flags(type(parser))
 
 
 def preprocess(args) -> int:
     from core.configuration import parse_config, read_yaml
+    from core.storage import is_local
 
     # validate the configuration before paying for TensorFlow's import (a local file only)
-    if not args.config.startswith("gs://"):
+    if is_local(args.config):
         from transforms.config import PreprocessJobConfig
 
         parse_config(read_yaml(args.config), PreprocessJobConfig, source=args.config)

@@ -87,6 +87,17 @@ def test_parquet_archive_reads_back_as_the_same_events(tmp_path):
     check_dead_letters(output)  # dead letters stay JSON lines
 
 
+def test_parquet_archive_on_s3_reads_back_as_the_same_events(local_stack, s3_prefix):
+    from core.storage import open_store
+
+    output = f"{s3_prefix}/archive"
+    run_archive(output, "--archive_format=parquet")  # Beam's S3 filesystem, at the local S3 server
+    names = [n for n in open_store(output).list() if "/.temp" not in n and not n.startswith(".temp")]
+    assert {"/".join(n.split("/")[:2]) for n in names if n.startswith("date=")} == expected_partitions()
+    assert sorted(read_archive(f"{output}/date=*/hour=*/*.parquet"), key=lambda e: e["x"]) == EVENTS
+    check_dead_letters(output)
+
+
 def test_archive_window_must_divide_an_hour(tmp_path):
     with pytest.raises(UsageError, match="archive_window_seconds: 7000 must be a positive divisor of 3600"):
         run_archive(str(tmp_path), "--archive_window_seconds=7000")

@@ -241,6 +241,39 @@ def test_gcs_input_and_output_on_the_emulator(beam_gcs, gcs_client, gcs_prefix, 
         assert a["region-centroid-col"] == b["region-centroid-col"] and abs(a["intensity-mean"] - b["intensity-mean"]) <= 1e-6
 
 
+def test_s3_config_input_and_output_on_the_s3_server(local_stack, s3_client, s3_prefix):
+    """Beam's own S3 filesystem, pointed at the local S3 server by the standard AWS variables."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from pipelines.preprocess import run
+    from transforms.fitted import FittedTransform
+
+    rows = segment_rows(300)
+    bucket, prefix = local_stack.bucket, s3_prefix[len(f"s3://{local_stack.bucket}/"):]
+    s3_client.put_object(Bucket=bucket, Key=f"{prefix}/input/part-0.jsonl", Body="\n".join(json.dumps(r) for r in rows) + "\n")
+    features = FEATURES[:3] + [HASHED | {"name": "region-centroid-col"}]
+    job = {"features": features, "label": LABEL, "input": {"pattern": f"{s3_prefix}/input/*.jsonl", "format": "jsonl"},
+           "output": {"dir": f"{s3_prefix}/out", "formats": ["parquet"]}, "max_bad_rows": 0}
+    s3_client.put_object(Bucket=bucket, Key=f"{prefix}/job.yaml", Body=yaml.safe_dump(job))
+    summary = run(["--config", f"{s3_prefix}/job.yaml", "--runner=FnApiRunner"])
+    assert summary["rows"] == 300 and summary["bad_rows"] == 0
+    pages = s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
+    names = {item["Key"][len(prefix) + 1:] for page in pages for item in page.get("Contents", ())}
+    assert {"out/fitted_transforms.json", "out/transform_fn/saved_model.pb", "out/transformed_metadata/schema.pbtxt"} <= names
+    data = [n for n in names if n.startswith("out/data/") and n.endswith(".parquet")]
+    assert any(n.startswith("out/data/train-") for n in data) and not any(n.startswith("s3:") for n in os.listdir("."))
+    written = [r for n in data for r in pq.read_table(io.BytesIO(s3_client.get_object(Bucket=bucket, Key=f"{prefix}/{n}")["Body"].read())).to_pylist()]
+    assert len(written) == 300  # train and eval together: every row, once
+    fitted = FittedTransform.load(f"{s3_prefix}/out")
+    online = fitted.apply_many(typed(rows, features))
+    key = lambda r: (r["region-centroid-col"], round(r["intensity-mean"], 5), r["class"])  # noqa: E731
+    matched = {key(r) for r in online}
+    for row in written:  # every written (train) row is the online transform of an input row
+        assert key(row) in matched
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
