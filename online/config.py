@@ -37,12 +37,14 @@ class ModelConfig(Section):
 
     `pipeline` is a list of one-key mappings ``{"module.Class": {param: value}}`` resolved inside
     the `river` package only; a parameter may itself be such a mapping (nested estimators,
-    optimizers). `metrics` names `river.metrics` classes; the first is the headline.
+    optimizers). `metrics` names `river.metrics` classes, or windows over the last N events
+    (``{Rolling: {metric: Accuracy, window_size: 500}}``, see `online.models.build_metric`);
+    the first is the headline.
     """
 
     name: str | None = None
     pipeline: list[dict[str, dict[str, Any] | None]] = pydantic.Field(min_length=1)
-    metrics: list[str] = pydantic.Field(default=["Accuracy"], min_length=1)
+    metrics: list[str | dict[str, dict[str, Any]]] = pydantic.Field(default=["Accuracy"], min_length=1)
     drift: DriftConfig | None = None
 
     def check_semantics(self) -> None:

@@ -45,7 +45,7 @@ from river import base, compose
 
 from online.config import EventsConfig, ModelConfig
 from online.events import EventError, EventReader
-from online.models import build_metrics, build_object, build_pipeline
+from online.models import build_metrics, build_object, build_pipeline, metric_name
 from core.eventtime import event_time
 
 STATE_FORMAT = 1
@@ -316,8 +316,8 @@ class Learner:
     # -- reporting and state ----------------------------------------------------------------
 
     def metric_values(self) -> dict[str, float]:
-        """The current value of each metric, by class name; the first is the headline."""
-        return {type(metric).__name__: _plain(metric.get()) for metric in self.state.metrics}
+        """The current value of each metric, by name (`online.models.metric_name`); the first is the headline."""
+        return {metric_name(metric): _plain(metric.get()) for metric in self.state.metrics}
 
     def headline(self) -> tuple[str, float]:
         name, value = next(iter(self.metric_values().items()))

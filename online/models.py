@@ -27,7 +27,7 @@ import pkgutil
 from functools import lru_cache
 from typing import Any, Callable
 
-from river import base, compose, metrics
+from river import base, compose, metrics, utils
 
 from core.errors import ConfigError
 
@@ -140,12 +140,91 @@ def metric_factory(name: str, path: str) -> Callable[[], metrics.base.Metric]:
     return classes[name]
 
 
-def build_metrics(names: list[str], model: base.Estimator, path: str = "model.metrics") -> metrics.base.Metrics:
-    """A `river.metrics.base.Metrics` over fresh instances, checked against the model."""
-    built = metrics.base.Metrics([metric_factory(name, f"{path}[{i}]")() for i, name in enumerate(names)])
+ROLLING = "Rolling"
+_METRIC_SPEC_HELP = "a metric is a river.metrics name such as Accuracy, or {Rolling: {metric: Accuracy, window_size: 500}}"
+
+
+def build_metric(spec: str | dict, path: str) -> metrics.base.Metric:
+    """One fresh metric from its spec: a `river.metrics` class name, or a window over the last
+    ``window_size`` events, built as River's ``utils.Rolling(cls, window_size, **kwargs)`` (further
+    keys are the metric's own parameters).
+
+    >>> build_metric("MAE", "m")
+    MAE: 0.
+    >>> rolling = build_metric({"Rolling": {"metric": "Accuracy", "window_size": 2}}, "m")
+    >>> for y, p in [(True, False), (True, True), (False, False)]:
+    ...     rolling.update(y, p)
+    >>> metric_name(rolling), rolling.get()
+    ('Rolling(Accuracy, 2)', 1.0)
+    >>> build_metric({"Rolling": {"metric": "Acuracy", "window_size": 2}}, "model.metrics[1]")
+    Traceback (most recent call last):
+    ...
+    core.errors.ConfigError: model.metrics[1].Rolling.metric: river.metrics has no Acuracy (did you mean Accuracy?)
+    """
+    if isinstance(spec, str):
+        return metric_factory(spec, path)()
+    if not (isinstance(spec, dict) and len(spec) == 1):
+        raise ConfigError(path, _METRIC_SPEC_HELP)
+    (kind, params), = spec.items()
+    if kind == "TimeRolling":
+        raise ConfigError(path, "TimeRolling is not supported (metrics are updated without the event's time): use "
+                                "{Rolling: {metric: ..., window_size: N}}, a window over the last N events")
+    if kind != ROLLING:
+        raise ConfigError(path, f"unknown metric wrapper {kind!r}: {_METRIC_SPEC_HELP}")
+    where = f"{path}.{ROLLING}"
+    if not isinstance(params, dict):
+        raise ConfigError(where, "give {metric: Accuracy, window_size: 500}")
+    params = dict(params)
+    inner, window = params.pop("metric", None), params.pop("window_size", None)
+    if not isinstance(inner, str):
+        raise ConfigError(f"{where}.metric", "name the river.metrics class to roll, e.g. metric: Accuracy")
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ConfigError(f"{where}.window_size", f"a positive whole number of events, e.g. window_size: 500 (got {window!r})")
+    cls = metric_factory(inner, f"{where}.metric")
+    accepted = inspect.signature(cls).parameters
+    for key in params:
+        if key not in accepted:
+            suggestion = difflib.get_close_matches(key, [*accepted, "metric", "window_size"], n=1)
+            hint = f" (did you mean {suggestion[0]}?)" if suggestion else " (Rolling takes metric, window_size and the metric's parameters)"
+            raise ConfigError(f"{where}.{key}", f"{inner} has no parameter {key}{hint}")
+    try:
+        return utils.Rolling(cls, window_size=window, **params)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(where, f"{inner}: {error}") from None
+
+
+def metric_name(metric: metrics.base.Metric) -> str:
+    """The name a metric's values are keyed by everywhere (reports, checkpoints, /metrics):
+    its class name, and ``Rolling(<name>, <window_size>)`` for a rolling window.
+
+    >>> metric_name(metrics.Accuracy()), metric_name(utils.Rolling(metrics.MAE, window_size=500))
+    ('Accuracy', 'Rolling(MAE, 500)')
+    """
+    if isinstance(metric, utils.Rolling):
+        return f"{ROLLING}({metric_name(metric.obj)}, {metric.window_size})"
+    return type(metric).__name__
+
+
+def metric_spec_name(spec: str | dict, path: str = "metrics") -> str:
+    """The name (see `metric_name`) of the metric a spec builds.
+
+    >>> metric_spec_name({"Rolling": {"metric": "Accuracy", "window_size": 500}})
+    'Rolling(Accuracy, 500)'
+    """
+    return metric_name(build_metric(spec, path))
+
+
+def build_metrics(specs: list[str | dict], model: base.Estimator, path: str = "model.metrics") -> metrics.base.Metrics:
+    """A `river.metrics.base.Metrics` over fresh instances, checked against the model; names (`metric_name`) are unique."""
+    built = metrics.base.Metrics([build_metric(spec, f"{path}[{i}]") for i, spec in enumerate(specs)])
+    names: list[str] = []
     for i, metric in enumerate(built):
+        name = metric_name(metric)
         if not metric.works_with(model):
-            raise ConfigError(f"{path}[{i}]", f"{names[i]} does not work with a {type(_final_step(model)).__name__}")
+            raise ConfigError(f"{path}[{i}]", f"{name} does not work with a {type(_final_step(model)).__name__}")
+        if name in names:
+            raise ConfigError(f"{path}[{i}]", f"{name} is listed twice (metric values are keyed by name)")
+        names.append(name)
     return built
 
 

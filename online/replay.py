@@ -14,9 +14,10 @@ Modes (chosen by `online.replay_job.run_replay`):
 * **evaluate** — progressive validation only, nothing checkpointed. Several candidates
   (``models:``) learn in one pass, each from its own copy of each event (the learner consumes
   the events it is given). Writes a report directory (``--report``): ``metrics.csv`` and
-  ``metrics.json`` (a row per candidate every ``report_every`` events read, and at the end),
-  ``learning_curve.png`` (matplotlib, Agg backend) and a leaderboard sorted by the headline metric
-  (the first candidate's first metric).
+  ``metrics.json`` (a row per candidate every ``report_every`` events read, and at the end; by
+  default about `REPORT_POINTS` rows per candidate, the inputs' records counted once),
+  ``learning_curve.png`` (matplotlib, Agg backend; one panel per metric, a line per candidate)
+  and a leaderboard sorted by the headline metric (the first candidate's first metric).
 * **backfill** — produce each event as a JSON record to a Kafka topic, at most ``rate`` events
   per second. Records carry headers ``riverbeam-file`` and ``riverbeam-line`` and all go to ONE
   partition (``partition``, 0 by default), in replay order. On start, the last record of that
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("learn", "evaluate", "backfill")
 CHUNK_EVENTS = 1000
+REPORT_POINTS = 100  # report rows per candidate when --report-every is not given
 FILE_HEADER = "riverbeam-file"
 LINE_HEADER = "riverbeam-line"
 
@@ -79,7 +81,7 @@ class ReplayOptions:
     checkpoint_uri: str | None = None
     checkpoint_every: int | None = None
     report_dir: str | None = None
-    report_every: int = 1000
+    report_every: int | None = None  # None: about REPORT_POINTS rows (see report_step)
     errors_path: str | None = None
     max_errors: int | None = None
     dry_run: bool = False
@@ -210,10 +212,8 @@ def load_transform(job: ReplayJobConfig):
 
 def leaderboard(candidates: list[Candidate]) -> list[dict]:
     """Candidates ranked by the headline metric (the first candidate's first metric; best first)."""
-    from online.models import metric_factory
-
-    headline = candidates[0].learner.model_config.metrics[0]
-    better = metric_factory(headline, "metrics")().bigger_is_better
+    headline_metric = candidates[0].learner.state.metrics[0]
+    headline, better = next(iter(candidates[0].learner.metric_values())), headline_metric.bigger_is_better
 
     def sort_key(c: Candidate):
         value = c.learner.metric_values().get(headline)
@@ -338,13 +338,27 @@ class Pass:
             candidate.learner.process_many(events, on_error=on_error)
 
 
-def _progress(options: ReplayOptions, files: list[InputFile], unit: str = "line"):
+def report_step(report_every: int | None, total: int | None) -> int:
+    """Events between report rows: `report_every` when given, else about `REPORT_POINTS` rows over
+    `total` records (1000 when the total is unknown: compressed or remote inputs).
+
+    >>> report_step(None, 1250), report_step(None, 50), report_step(None, None), report_step(300, 1250)
+    (13, 1, 1000, 300)
+    """
+    if report_every is not None:
+        return max(1, report_every)
+    if total is None:
+        return CHUNK_EVENTS
+    return max(1, -(-total // REPORT_POINTS))
+
+
+def _progress(options: ReplayOptions, files: list[InputFile], unit: str = "line", total: int | None = None):
     show = options.progress if options.progress is not None else sys.stderr.isatty()
     if not show:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=count_records(files), unit=unit, unit_scale=True, smoothing=0.1, file=sys.stderr, dynamic_ncols=True)
+    return tqdm(total=total if total is not None else count_records(files), unit=unit, unit_scale=True, smoothing=0.1, file=sys.stderr, dynamic_ncols=True)
 
 
 # -- modes -------------------------------------------------------------------------------------
@@ -388,8 +402,9 @@ def evaluate(job: ReplayJobConfig, files: list[InputFile], options: ReplayOption
                 raise UsageError("--checkpoint-uri in evaluate mode starts one model from its checkpoint: configure one model")
             candidates[0].learner = LearnerSpec(models[0], job.events, job.features, transform).restore(latest)
     errors = ErrorLog(options.errors_path, options.max_errors)
-    every = max(1, options.report_every)
-    replay = Pass(files, errors, job.events.time, None, job.events.categorical, every=every, progress=_progress(options, files))
+    total = count_records(files) if options.report_every is None else None  # counted once: the report step and the progress bar
+    every = report_step(options.report_every, total)
+    replay = Pass(files, errors, job.events.time, None, job.events.categorical, every=every, progress=_progress(options, files, total=total))
     rows: list[dict] = []
     try:
         for records in replay.chunks():
@@ -441,7 +456,7 @@ def learn(job: ReplayJobConfig, files: list[InputFile], options: ReplayOptions) 
             log.warning("the checkpoint's replay position names %s, which is not among the inputs; files sorting before it are skipped", start.file)
     candidate = Candidate(candidate_names([job.model])[0], learner)
     errors = ErrorLog(options.errors_path, options.max_errors)
-    every = max(1, min(options.report_every, every_events)) if options.report_dir else every_events
+    every = max(1, min(report_step(options.report_every, count_records(files) if options.report_every is None else None), every_events)) if options.report_dir else every_events
     replay = Pass(files, errors, job.events.time, start, job.events.categorical, chunk=min(CHUNK_EVENTS, every_events),
                   every=every, progress=_progress(options, files))
     rows: list[dict] = []

@@ -3,7 +3,9 @@
 A `SearchConfig` names parameters of one candidate model by step and path
 (``LogisticRegression.optimizer.lr``) with a range or choices; `search_trials` asks Optuna for
 values, builds each trial's model with `trial_model` and evaluates the trials in shared passes
-over the data (`online.replay.evaluate`).
+over the data (`online.replay.evaluate`). With a report directory it writes ``search.json``
+(every trial), ``best.yaml`` (the replay configuration with the best trial's parameters: it runs
+as is with ``riverbeam replay --config best.yaml``) and ``leaderboard.png``.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import orjson
 import pydantic
 
 from online.config import ModelConfig, ReplayJobConfig
-from online.models import build_model
-from online.replay import ReplayOptions, ReplayResult, evaluate
+from online.models import build_metric, build_model, metric_name
+from online.replay import CHUNK_EVENTS, ReplayOptions, ReplayResult, evaluate
+from online.replay_report import plot_search_leaderboard
 from core.configuration import Section
 from core.errors import ConfigError, ConfigErrorCollector, UsageError
 
@@ -144,26 +147,29 @@ def search_trials(job: ReplayJobConfig, search: SearchConfig, files: list[InputF
         import optuna
     except ImportError:
         raise UsageError("--search needs optuna (pip install 'riverbeam[reports]')") from None
-    from online.models import metric_factory
 
     started = time.monotonic()
-    base = search_model(job, search)
-    metric = search.metric or base.metrics[0]
-    if metric not in base.metrics:
-        raise ConfigError("search.metric", f"{metric} is not among the model's metrics {base.metrics}")
-    base = base.model_copy(update={"metrics": [metric] + [m for m in base.metrics if m != metric]})
-    maximise = metric_factory(metric, "search.metric")().bigger_is_better
+    target = base = search_model(job, search)
+    names = [metric_name(build_metric(spec, f"metrics[{i}]")) for i, spec in enumerate(base.metrics)]
+    metric = search.metric or names[0]
+    if metric not in names:
+        raise ConfigError("search.metric", f"{metric} is not among the model's metrics {names}")
+    first = names.index(metric)
+    base = base.model_copy(update={"metrics": [base.metrics[first]] + [m for i, m in enumerate(base.metrics) if i != first]})
+    maximise = build_metric(base.metrics[0], "search.metric").bigger_is_better
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize" if maximise else "minimize", sampler=optuna.samplers.TPESampler(seed=search.seed))
     per_pass = search.parallel or options.search
     trials_done: list[dict] = []
     lines = events = bad = 0
     errors_path = options.errors_path
+    # Trials are ranked on their final values: no report rows are written, so no records are counted for them.
+    pass_options = {**options.__dict__, "report_every": options.report_every or CHUNK_EVENTS}
     while len(trials_done) < options.search:
         batch = [study.ask() for _ in range(min(per_pass, options.search - len(trials_done)))]
         models = [trial_model(base, {name: _suggest(trial, name, spec) for name, spec in search.params.items()}, name=f"trial {trial.number}")
                   for trial in batch]
-        result = evaluate(job, files, ReplayOptions(**{**options.__dict__, "errors_path": errors_path}), models=models, write_report=False)
+        result = evaluate(job, files, ReplayOptions(**{**pass_options, "errors_path": errors_path}), models=models, write_report=False)
         errors_path = None  # bad lines are the same on every pass: report them once
         lines, events, bad = result.lines, result.events, max(bad, result.bad_lines)
         by_name = {row["model"]: row for row in result.leaderboard}
@@ -180,8 +186,43 @@ def search_trials(job: ReplayJobConfig, search: SearchConfig, files: list[InputF
         os.makedirs(options.report_dir, exist_ok=True)
         with open(os.path.join(options.report_dir, "search.json"), "wb") as handle:
             handle.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+        if ranked[0]["value"] is not None:
+            with open(os.path.join(options.report_dir, "best.yaml"), "w") as handle:
+                handle.write(best_config_yaml(job, trial_model(target, ranked[0]["params"]), ranked[0], metric, len(trials_done)))
+        plot_search_leaderboard(board, metric, maximise, os.path.join(options.report_dir, "leaderboard.png"))
         out.report_dir = options.report_dir
     return out
+
+
+def best_config_yaml(job: ReplayJobConfig, model: ModelConfig, best: dict, metric: str, trials: int) -> str:
+    """The replay configuration of `job` with `model` as its one model, as YAML that runs as is.
+
+    The ``events``, ``features`` and ``checkpoint`` sections are kept as the job has them; ``kafka``
+    (backfill's target, unrelated to the model and possibly holding credentials resolved from the
+    environment) and ``search`` are left out.
+
+    >>> import yaml
+    >>> job = ReplayJobConfig.model_validate({"models": [{"pipeline": [{"linear_model.LinearRegression": {}}], "metrics": ["MAE"]}],
+    ...                                       "events": {"target": "y"}})
+    >>> model = trial_model(job.candidates[0], {"LinearRegression.l2": 0.5})
+    >>> text = best_config_yaml(job, model, {"trial": 3, "value": 1.25, "params": {"LinearRegression.l2": 0.5}}, "MAE", 8)
+    >>> print(text.splitlines()[0])
+    # riverbeam replay search: best of 8 trials is trial 3, MAE = 1.25
+    >>> loaded = yaml.safe_load(text)
+    >>> loaded["model"]["pipeline"], loaded["events"]["target"], "models" in loaded
+    ([{'linear_model.LinearRegression': {'l2': 0.5}}], 'y', False)
+    """
+    import yaml
+
+    data = {"model": {k: v for k, v in model.model_dump(mode="json").items() if v is not None}}
+    for section in ("events", "features", "checkpoint"):
+        value = getattr(job, section)
+        if value is not None:
+            data[section] = value.model_dump(mode="json")
+    params = ", ".join(f"{name}={value!r}" for name, value in best["params"].items())
+    header = (f"# riverbeam replay search: best of {trials} trials is trial {best['trial']}, {metric} = {best['value']:.6g}\n"
+              f"# parameters: {params}\n")
+    return header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
 def _suggest(trial, name: str, spec: SearchRange):

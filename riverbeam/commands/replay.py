@@ -24,8 +24,11 @@ def register(subparsers) -> None:
     parser.add_argument("--signing-key-env", metavar="NAME",
                         help="environment variable holding the checkpoint signing key (overrides checkpoint.signing_key_env; default RIVERBEAM_CHECKPOINT_KEY)")
     parser.add_argument("--checkpoint-every", type=int, metavar="N", help="write a checkpoint every N events (overrides checkpoint.every_events)")
-    parser.add_argument("--report", dest="report_dir", metavar="DIR", help="write metrics.csv, metrics.json and learning_curve.png here")
-    parser.add_argument("--report-every", type=int, default=1000, metavar="K", help="a report row every K events read (default 1000)")
+    parser.add_argument("--report", dest="report_dir", metavar="DIR",
+                        help="write metrics.csv, metrics.json and learning_curve.png (every metric) here; with --search also "
+                             "search.json, best.yaml and leaderboard.png")
+    parser.add_argument("--report-every", type=int, metavar="K",
+                        help="a report row every K events read (default: about 100 rows, the inputs' records counted once)")
     parser.add_argument("--errors", dest="errors_path", metavar="FILE", help="append bad lines here as JSON lines (file, line, reason)")
     parser.add_argument("--max-errors", type=int, metavar="N", help="stop with exit code 1 past N bad lines")
     parser.add_argument("--dry-run", action="store_true", help="parse and check every line, count; learn and write nothing")
