@@ -7,6 +7,8 @@ import os
 
 import orjson
 
+from core.summary import format_metric
+
 
 def format_leaderboard(rows: list[dict]) -> str:
     """A plain-text table of the leaderboard (rank, model, metrics).
@@ -97,8 +99,8 @@ def plot_learning_curve(rows: list[dict], board: list[dict], path: str) -> list[
 
 
 def plot_search_leaderboard(board: list[dict], metric: str, maximise: bool, path: str, top: int = 30) -> None:
-    """The search's trials ranked by `metric` as horizontal bars (best on top, at most `top`), each
-    labelled with its parameters; a PNG (matplotlib, Agg backend).
+    """The search's trials ranked by `metric` as a dot plot (best on top, in green; at most `top`),
+    each labelled with its parameters; a PNG (matplotlib, Agg backend).
 
     >>> import tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "leaderboard.png")
@@ -113,11 +115,16 @@ def plot_search_leaderboard(board: list[dict], metric: str, maximise: bool, path
     labels = [f"{row['model']}: " + ", ".join(f"{k.rpartition('.')[2]}={_fmt(v)}" for k, v in row.get("params", {}).items())
               for row in shown]
     values = [row["metrics"][metric] for row in shown]
-    axes.barh(range(len(shown)), values, color=["tab:green"] + ["tab:blue"] * (len(shown) - 1) if shown else None)
+    if values:  # dots on a zoomed axis: the trials often differ in the third decimal
+        low, high = min(values), max(values)
+        pad = (high - low) * 0.15 or abs(high) * 0.01 or 0.01
+        axes.set_xlim(low - pad, high + 2 * pad)
+        axes.hlines(range(len(shown)), low - pad, values, color="lightgray", zorder=1)
+        axes.scatter(values, range(len(shown)), color=["tab:green"] + ["tab:blue"] * (len(shown) - 1), zorder=2)
     axes.set_yticks(range(len(shown)), labels, fontsize="small")
     axes.invert_yaxis()
     for i, value in enumerate(values):
-        axes.annotate(_fmt(value), (value, i), xytext=(3, 0), textcoords="offset points", va="center", fontsize="small")
+        axes.annotate(format_metric(value), (value, i), xytext=(3, 0), textcoords="offset points", va="center", fontsize="small")
     axes.set_xlabel(f"{metric} ({'higher' if maximise else 'lower'} is better)")
     axes.set_title(f"Search leaderboard: {len(shown)} of {len(board)} trials by {metric}")
     axes.grid(axis="x", alpha=0.3)

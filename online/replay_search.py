@@ -214,11 +214,12 @@ def best_config_yaml(job: ReplayJobConfig, model: ModelConfig, best: dict, metri
     """
     import yaml
 
-    data = {"model": {k: v for k, v in model.model_dump(mode="json").items() if v is not None}}
+    data = {"model": model.model_dump(mode="json", exclude_defaults=True)}
     for section in ("events", "features", "checkpoint"):
         value = getattr(job, section)
-        if value is not None:
-            data[section] = value.model_dump(mode="json")
+        dumped = value.model_dump(mode="json", exclude_defaults=True) if value is not None else None
+        if dumped:  # a section left at its defaults is left out
+            data[section] = dumped
     params = ", ".join(f"{name}={value!r}" for name, value in best["params"].items())
     header = (f"# riverbeam replay search: best of {trials} trials is trial {best['trial']}, {metric} = {best['value']:.6g}\n"
               f"# parameters: {params}\n")
