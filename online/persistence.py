@@ -405,14 +405,17 @@ class Checkpointer:
         return self.cadence.since > 0 or self.last_positions != {**self.base_positions, **positions}
 
     def checkpoint(self, positions: dict, extra: dict | None = None, *, prepare: Callable[[], dict] | None = None,
-                   wait: bool = False) -> Durable | None:
-        """Write a checkpoint at `positions` (see the class for the steps); the `Durable` when it finished here."""
+                   wait: bool = False, state: bytes | None = None) -> Durable | None:
+        """Write a checkpoint at `positions` (see the class for the steps); the `Durable` when it finished here.
+
+        `state` is the learner's `snapshot()` when the caller has just taken it (not taken twice).
+        """
         done = self.collect(wait=True)
         if not self.has_news(positions):
             return done if wait else None
         extra = {**(extra or {}), **(prepare() if prepare is not None else {})}
         started = time.perf_counter()
-        state = self.learner.snapshot()
+        state = self.learner.snapshot() if state is None else state
         fields = checkpoint_fields(self.learner, self.spec)
         all_positions = {**self.base_positions, **positions}
         manifest_extra = {**extra, **learning_extra(self.learner, spec=self.spec)}

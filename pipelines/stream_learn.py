@@ -53,10 +53,21 @@ in arrival order (the daemon does the same within a Kafka partition). With delay
 ``events.time``: pending predictions then expire by event time, and a replay expires them exactly
 as the first pass did (by the processing clock it could not).
 
+Checkpoints go through `online.persistence`, the bridge every job shares: the same
+configuration hash and recorded configuration as the daemon and replay, the store built from
+the ``checkpoint:`` section (signing key from ``checkpoint.signing_key_env``), and a
+`online.persistence.Checkpointer` per key (the events cadence; the seconds cadence is a
+processing-time timer, since a key without events is not called). So a checkpoint of this job
+resumes in the daemon, replay, ``predict`` and ``serve``, and theirs resume here.
+
 A new job (empty state) starts each key from the newest checkpoint in object storage
-(``--learn_from_checkpoint=latest``, the default) or from scratch (``none``); the Kafka
-positions are Beam's (``ReadFromKafka`` commits offsets for the consumer group), not the
-checkpoint's.
+(``--learn_from_checkpoint=latest``, the default; a checkpoint of another configuration is
+refused) or from scratch (``none``). The Kafka positions are Beam's (``ReadFromKafka`` commits
+offsets for the consumer group), not the checkpoint's. The ``files`` source reads each file in
+line order and records, per key, the last line of each file learned
+(``positions["files"] = {path: line}``); a rerun over the same files skips what the
+checkpoint already holds, so it learns only new lines (appended ones, new files). Parse-stage
+dead letters are written again on a rerun (they never reach a key's checkpoint).
 
 Run on Dataflow (or Flink): ``ReadFromKafka`` is a cross-language transform that needs the Java
 expansion service, so the Kafka source never runs on a laptop::
@@ -103,10 +114,11 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 
-from online.checkpoints import CheckpointStore, FencingError, config_hash, signing_key_from_env
+from online.checkpoints import CheckpointStore, FencingError
 from online.config import ConsumeJobConfig
 from online.events import EventError, _json_type
 from online.learner import Learner, Prediction
+from online.persistence import Cadence, Checkpointer, LearnerSpec, open_checkpoint_store, resume
 from pipelines.templates import add_required_argument, check_required
 from core.configuration import load_config, parse_config
 from core.errors import ConfigError, UsageError, run_main
@@ -116,6 +128,7 @@ log = logging.getLogger(__name__)
 DEAD_LETTER = "dead_letter"
 CHECKPOINTS = "checkpoints"
 GLOBAL_KEY = ""  # the one Beam key of a global (unkeyed) model
+SOURCE_FIELD = "__riverbeam_source__"  # (file, line) of an event from the files source, removed before learning
 SOURCES = ("kafka", "pubsub", "files")
 LOCAL_RUNNERS = (None, "DirectRunner", "BundleBasedDirectRunner", "FnApiRunner", "SwitchingDirectRunner")
 
@@ -261,8 +274,13 @@ class ParseEventFn(beam.DoFn):
         self.rejected = Metrics.counter("stream_learn", "events_rejected_parse")
 
     def process(self, payload):
+        source = None
+        if type(payload) is tuple:  # (file, line, bytes) from the files source
+            *source, payload = payload
         event, reason = parse_event(payload, self.key_field)
         if reason is None:
+            if source is not None:
+                event[SOURCE_FIELD] = tuple(source)
             yield event
         else:
             self.rejected.inc()
@@ -346,26 +364,6 @@ def _json_default(value):
 # ---------------------------------------------------------------------------------------------
 
 
-def load_transform(uri: str):
-    """The fitted feature transform of ``features.transform_output`` as a callable ``dict -> dict``.
-
-    Imported only when configured (it pulls in the transforms layer); a value the transform
-    refuses becomes an `EventError`, i.e. a dead letter with the reason.
-    """
-    from transforms.fitted import FittedTransform
-    from transforms.spec import InvalidFeatureError
-
-    apply = FittedTransform.load(uri).apply
-
-    def transform(x: dict) -> dict:
-        try:
-            return apply(x)
-        except InvalidFeatureError as error:  # the event's fault, not the job's
-            raise EventError(str(error)) from None
-
-    return transform
-
-
 @dataclasses.dataclass
 class CachedLearner:
     """A key's learner in a DoFn instance: valid while Beam's committed `version` names `token`."""
@@ -373,6 +371,8 @@ class CachedLearner:
     learner: Learner
     token: str
     logged: int  # events applied since the snapshot in state
+    checkpointer: Checkpointer  # the events cadence and the save through the checkpoint bridge
+    files: dict = dataclasses.field(default_factory=dict)  # files source: path -> last line learned
 
 
 class LearnStateFn(beam.DoFn):
@@ -386,6 +386,7 @@ class LearnStateFn(beam.DoFn):
     SNAPSHOT = userstate.ReadModifyWriteStateSpec("snapshot", BytesCoder())
     LOG = userstate.BagStateSpec("log", BytesCoder())
     VERSION = userstate.ReadModifyWriteStateSpec("version", TupleCoder([StrUtf8Coder(), VarIntCoder()]))
+    POSITIONS = userstate.ReadModifyWriteStateSpec("positions", BytesCoder())  # JSON {"base": {...}, "files": {...}}
     TIMER_DUE = userstate.ReadModifyWriteStateSpec("timer_due", VarIntCoder())
     CHECKPOINT_TIMER = userstate.TimerSpec("checkpoint", TimeDomain.REAL_TIME)
     FLUSH_TIMER = userstate.TimerSpec("flush", TimeDomain.WATERMARK)
@@ -398,16 +399,14 @@ class LearnStateFn(beam.DoFn):
         self.rejected = Metrics.counter("stream_learn", "events_rejected_learn")
         self.replayed = Metrics.counter("stream_learn", "events_replayed")
         self.checkpoints = Metrics.counter("stream_learn", "checkpoints_written")
+        self.skipped = Metrics.counter("stream_learn", "events_skipped_in_checkpoint")
 
     # -- life cycle -------------------------------------------------------------------------
 
     def setup(self):
         self._learners: collections.OrderedDict[Any, CachedLearner] = collections.OrderedDict()  # least recently used first
         self._token = ""
-        uri = self.config.features.transform_output
-        self._transform = load_transform(uri) if uri else None
-        self._signing_key = signing_key_from_env(self.config.checkpoint.signing_key_env)
-        self._hash = config_hash(self.config.model, self.config.events, self.config.features)
+        self._spec = LearnerSpec.of(self.config)  # model, events, features, fitted transform: the daemon's hash
         self._id_field = self.config.events.id
 
     def start_bundle(self):
@@ -415,33 +414,44 @@ class LearnStateFn(beam.DoFn):
 
     # -- learners ---------------------------------------------------------------------------
 
-    def new_learner(self, key: Any) -> Learner:
-        """A learner for a key Beam has no state for: the latest checkpoint's, or a fresh one."""
-        config = self.config
+    def new_learner(self, key: Any, store: CheckpointStore | None = None):
+        """A learner for a key Beam has no state for, and the checkpoint it continues (None for a fresh one).
+
+        Through the checkpoint bridge: a checkpoint of another configuration, or unsigned while a
+        signing key is set, is refused.
+        """
         if self.settings.from_checkpoint:
-            checkpoint = self.store(key).load_latest()
+            learner, checkpoint = resume(store or self.store(key), self._spec)
             if checkpoint is not None:
                 log.info("key %r starts from checkpoint %s", key, checkpoint.id)
-                return Learner.restore(checkpoint.state, config.model, config.events, transform=self._transform)
-        return Learner(config.model, config.events, transform=self._transform)
+            return learner, checkpoint
+        return self._spec.new_learner(), None
 
     def store(self, key: Any) -> CheckpointStore:
-        """A fresh store per use: it reads ``LATEST`` first, so only a concurrent writer is fenced out."""
-        return CheckpointStore(checkpoint_uri(self.config.checkpoint.uri, key), keep=self.config.checkpoint.keep, signing_key=self._signing_key)
+        """The key's store, from the ``checkpoint:`` section. One per cached learner: it learns ``LATEST``'s
+        generation when the key starts (or at its first save), so only a concurrent writer is fenced out."""
+        return open_checkpoint_store(self.config.checkpoint, checkpoint_uri(self.config.checkpoint.uri, key))
 
-    def learner_for(self, key, snapshot_state, log_state, version_state) -> CachedLearner:
+    def learner_for(self, key, snapshot_state, log_state, version_state, positions_state) -> CachedLearner:
         """The key's learner, rebuilt from committed state when the cache is missing or stale."""
         version = version_state.read()
         cached = self._learners.get(key)
         if cached is not None and version is not None and cached.token == version[0]:
             self._learners.move_to_end(key)
             return cached
+        store = self.store(key)
         if version is None:  # a key this job has never seen: start it and record where it started
-            learner = self.new_learner(key)
+            learner, checkpoint = self.new_learner(key, store)
             snapshot_state.write(learner.snapshot())
+            base = dict(checkpoint.positions) if checkpoint is not None else {}
+            files = dict(base.get("files") or {})
+            if base:
+                positions_state.write(orjson.dumps({"base": base, "files": files}))
             logged = 0
         else:
-            learner = Learner.restore(snapshot_state.read(), self.config.model, self.config.events, transform=self._transform)
+            learner = Learner.restore(snapshot_state.read(), self._spec.model, self._spec.events, transform=self._spec.transform)
+            recorded = orjson.loads(positions_state.read() or b"{}")
+            base, files = recorded.get("base") or {}, recorded.get("files") or {}
             logged = 0
             for raw in log_state.read():
                 try:
@@ -452,7 +462,9 @@ class LearnStateFn(beam.DoFn):
             self.replayed.inc(logged)
             if logged != version[1]:
                 log.warning("key %r: replayed %d logged events, state says %d", key, logged, version[1])
-        cached = self._learners[key] = CachedLearner(learner, "", logged)
+        cadence = Cadence(self.settings.every_events, self.settings.every_seconds, clock=self.settings.clock, since=logged)
+        checkpointer = Checkpointer(store, learner, self._spec, cadence, base_positions=base)
+        cached = self._learners[key] = CachedLearner(learner, "", logged, checkpointer, files)
         self._learners.move_to_end(key)
         while len(self._learners) > self.settings.cached_learners:
             self._learners.popitem(last=False)
@@ -469,11 +481,18 @@ class LearnStateFn(beam.DoFn):
         timer_due=beam.DoFn.StateParam(TIMER_DUE),
         checkpoint_timer=beam.DoFn.TimerParam(CHECKPOINT_TIMER),
         flush_timer=beam.DoFn.TimerParam(FLUSH_TIMER),
+        positions_state=beam.DoFn.StateParam(POSITIONS),
     ):
         key, event = element
-        cached = self.learner_for(key, snapshot_state, log_state, version_state)
+        cached = self.learner_for(key, snapshot_state, log_state, version_state, positions_state)
         if cached.token == "":  # first event of this key in this DoFn instance: end-of-input checkpoint
             flush_timer.set(GlobalWindow().max_timestamp())
+        source = event.pop(SOURCE_FIELD, None) if type(event) is dict else None
+        if source is not None:
+            path, line = source
+            if line <= cached.files.get(path, 0):  # in the checkpoint already (a rerun over the same files)
+                self.skipped.inc()
+                return
         raw = orjson.dumps(event)
         event_id = event.get(self._id_field) if self._id_field is not None and type(event) is dict else None
         try:
@@ -487,10 +506,14 @@ class LearnStateFn(beam.DoFn):
                 self.learned.inc()
             yield to_json(prediction_record(prediction, event_id))
         log_state.add(raw)
+        if source is not None:
+            cached.files[path] = line
+            positions_state.write(orjson.dumps({"base": cached.checkpointer.base_positions, "files": cached.files}))
         cached.logged += 1
         cached.token = self._token
         version_state.write((self._token, cached.logged))
-        if cached.logged >= self.settings.every_events:
+        cached.checkpointer.add(1)
+        if cached.checkpointer.due():
             yield from self.checkpoint(key, cached, snapshot_state, log_state, version_state)
         elif not timer_due.read():
             checkpoint_timer.set(Timestamp.of(self.settings.clock() + self.settings.every_seconds))
@@ -507,24 +530,18 @@ class LearnStateFn(beam.DoFn):
         cached.logged = 0
         cached.token = self._token
         version_state.write((self._token, 0))
-        state = learner.state
-        store = self.store(key)
+        checkpointer = cached.checkpointer
+        positions = {"files": dict(cached.files)} if cached.files else {}
         try:
-            manifest = store.save(
-                blob,
-                events_seen=state.events_seen,
-                events_learned=state.events_learned,
-                positions={},
-                metrics=learner.metric_values(),
-                model=learner.model_text(),
-                config_hash=self._hash,
-                extra={"pipeline": "stream-learn", "key": key, "report": learner.report()},
-            )
+            durable = checkpointer.checkpoint(positions, {"pipeline": "stream-learn", "key": key}, state=blob, wait=True)
         except FencingError:
-            log.warning("key %r: another writer moved the latest checkpoint at %s; the bundle is retried", key, store.uri)
+            log.warning("key %r: another writer moved the latest checkpoint at %s; the bundle is retried", key, checkpointer.store.uri)
             raise
+        if durable is None:  # nothing new since the checkpoint this key started from
+            return
         self.checkpoints.inc()
-        record = {"key": key, "id": manifest["id"], "uri": store.uri, "events_seen": state.events_seen, "events_learned": state.events_learned}
+        manifest = durable.manifest
+        record = {"key": key, "id": manifest["id"], "uri": checkpointer.store.uri, "events_seen": manifest["events_seen"], "events_learned": manifest["events_learned"]}
         yield beam.pvalue.TaggedOutput(CHECKPOINTS, record)
 
     @userstate.on_timer(CHECKPOINT_TIMER)
@@ -535,10 +552,11 @@ class LearnStateFn(beam.DoFn):
         log_state=beam.DoFn.StateParam(LOG),
         version_state=beam.DoFn.StateParam(VERSION),
         timer_due=beam.DoFn.StateParam(TIMER_DUE),
+        positions_state=beam.DoFn.StateParam(POSITIONS),
     ):
         """Every ``every_seconds`` of processing time while a key receives events."""
         timer_due.clear()
-        yield from self._checkpoint_if_new(key, snapshot_state, log_state, version_state)
+        yield from self._checkpoint_if_new(key, snapshot_state, log_state, version_state, positions_state)
 
     @userstate.on_timer(FLUSH_TIMER)
     def on_flush_timer(
@@ -547,15 +565,16 @@ class LearnStateFn(beam.DoFn):
         snapshot_state=beam.DoFn.StateParam(SNAPSHOT),
         log_state=beam.DoFn.StateParam(LOG),
         version_state=beam.DoFn.StateParam(VERSION),
+        positions_state=beam.DoFn.StateParam(POSITIONS),
     ):
         """At the end of the input (a bounded source, or a drained streaming job)."""
-        yield from self._checkpoint_if_new(key, snapshot_state, log_state, version_state)
+        yield from self._checkpoint_if_new(key, snapshot_state, log_state, version_state, positions_state)
 
-    def _checkpoint_if_new(self, key, snapshot_state, log_state, version_state):
+    def _checkpoint_if_new(self, key, snapshot_state, log_state, version_state, positions_state):
         version = version_state.read()
         if version is None or version[1] == 0:
             return
-        cached = self.learner_for(key, snapshot_state, log_state, version_state)
+        cached = self.learner_for(key, snapshot_state, log_state, version_state, positions_state)
         yield from self.checkpoint(key, cached, snapshot_state, log_state, version_state)
 
 
@@ -578,8 +597,24 @@ class LearnStateful(beam.PTransform):
 # ---------------------------------------------------------------------------------------------
 
 
+def numbered_lines(readable) -> typing.Iterator[tuple[str, int, bytes]]:
+    """``(path, line number, line)`` for each non-blank line of a matched file, in order (``.gz`` decompressed).
+
+    A file is read whole, by one call, so a key learns its lines in file order: what the
+    checkpoint's ``positions["files"]`` (the last line learned per file) relies on.
+    """
+    path = readable.metadata.path
+    with readable.open() as handle:
+        for number, line in enumerate(handle, start=1):
+            line = line.rstrip(b"\r\n")
+            if line.strip():
+                yield path, number, line
+
+
 class ReadEvents(beam.PTransform):
     """Raw event records (bytes) from Kafka (the config's ``kafka`` section), Pub/Sub or JSON-lines files.
+
+    The files source yields ``(path, line, bytes)`` (`numbered_lines`), so positions reach the checkpoint.
 
     ``ReadFromKafka`` is cross-language: it needs Dataflow, Flink or another portable runner
     with the Java expansion service, so it never runs on a laptop. Tests put a ``TestStream``
@@ -605,9 +640,14 @@ class ReadEvents(beam.PTransform):
 
             return pbegin | "ReadFromPubSub" >> ReadFromPubSub(subscription=self.subscription)
         if self.source == "files":
-            from apache_beam.io import ReadFromText
+            from apache_beam.io import fileio
 
-            return pbegin | "ReadFromText" >> ReadFromText(self.pattern) | "NonEmpty" >> beam.Filter(lambda line: line.strip() != "")
+            return (
+                pbegin
+                | "MatchFiles" >> fileio.MatchFiles(self.pattern)
+                | "ReadMatches" >> fileio.ReadMatches()
+                | "NumberedLines" >> beam.FlatMap(numbered_lines)
+            )
         from apache_beam.io.kafka import ReadFromKafka
 
         kafka = self.config.kafka
