@@ -188,7 +188,7 @@ def expand_inputs(patterns: Iterable[str], forced_format: str | None = None) -> 
         except storage.InvalidUri:
             raise
         except storage.StorageError as error:
-            raise InputError(f"{pattern}: cannot list: {error}") from None
+            raise InputError(f"{pattern}: {error}") from None
         if not matches:
             raise UsageError(f"--input {pattern}: no file matches")
         for name, size in matches:

@@ -210,6 +210,33 @@ def test_checkpoints_on_gcs_emulator(tmp_path, kafka_bootstrap, topic, gcs_prefi
     assert latest.manifest["metrics"] == expected_phishing_metrics(PHISHING[:600])
 
 
+def test_checkpoints_on_s3_survive_kill_9_as_on_local_disk(tmp_path, kafka_bootstrap, topic, s3_prefix):
+    events = list(itertools.islice(itertools.cycle(PHISHING), 12_000))
+    produce(kafka_bootstrap, topic, [orjson.dumps(e) for e in events])
+    outputs = {"predictions_topic": f"{topic}.pred", "poll_max_records": 500}
+    config = job_config(tmp_path, kafka_bootstrap, topic, "kafka-python", kafka=outputs, checkpoint={"uri": s3_prefix, "every_events": 700})
+    store, seen = CheckpointStore(s3_prefix), 0
+    for _ in range(2):
+        process = start_daemon(config)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:  # kill -9 just after a new checkpoint on S3
+            latest = store.list()
+            if latest and latest[0]["events_seen"] > seen:
+                seen = latest[0]["events_seen"]
+                break
+            time.sleep(0.02)
+        process.kill()
+        process.wait()
+    before = store.load_latest().manifest
+    assert 0 < before["events_seen"] < len(events)  # the last run resumes from a checkpoint the killed ones left
+    unit = run_daemon(config)["units"]["all"]
+    assert unit["events_seen"] == unit["events_learned"] == len(events)
+    assert unit["metrics"] == expected_phishing_metrics(events)
+    assert store.load_latest().manifest["events_seen"] == len(events)
+    sources = [dict(r.headers)[SOURCE_HEADER] for r in read_topic(kafka_bootstrap, f"{topic}.pred")]
+    assert len(sources) == len(set(sources)) == len(events)  # no prediction missing or doubled
+
+
 def test_global_model_standby_takes_over_after_kill(tmp_path, kafka_bootstrap, topic):
     events = list(itertools.islice(itertools.cycle(PHISHING), 15_000))
     produce(kafka_bootstrap, topic, [orjson.dumps(e) for e in events], partitions=2)

@@ -291,3 +291,32 @@ def test_backfill_refuses_a_topic_with_foreign_records(tmp_path, kafka_bootstrap
     write_jsonl(tmp_path / "p.jsonl", phishing_events()[:10])
     with pytest.raises(ReplayError, match="not written by a backfill"):
         run_replay(job_config(), ReplayOptions([str(tmp_path / "p.jsonl")], mode="backfill", topic=topic, bootstrap_servers=kafka_bootstrap))
+
+
+def test_replay_from_s3_equals_the_same_replay_from_local_files(tmp_path, s3_prefix):
+    """Three formats (gzip JSON lines, CSV, Parquet) with a bad line, merged by time, local and on S3."""
+    from core import storage
+
+    events = [{**e, "t": i} for i, e in enumerate(phishing_events())]
+    local = tmp_path / "in"
+    local.mkdir()
+    (local / "a.jsonl.gz").write_bytes(__import__("gzip").compress(b"".join(orjson.dumps(e) + b"\n" for e in events[0::3]) + b"{broken\n"))
+    write_csv(local / "b.csv", events[1::3])
+    write_parquet(local / "c.parquet", events[2::3])
+    for path in sorted(local.iterdir()):
+        storage.write_bytes(f"{s3_prefix}/in/{path.name}", path.read_bytes())
+    job = job_config(events={"target": "label", "time": "t"})
+    results = {}
+    for where, root, ckpt in (("local", str(local), str(tmp_path / "ckpt")), ("s3", f"{s3_prefix}/in", f"{s3_prefix}/ckpt")):
+        results[where] = run_replay(job, ReplayOptions([f"{root}/*"], checkpoint_uri=ckpt, checkpoint_every=500))
+        results[where + "-eval"] = run_replay(job, ReplayOptions([f"{root}/*"], mode="evaluate"))
+    local_run, s3_run = results["local"], results["s3"]
+    assert (s3_run.files, s3_run.lines, s3_run.events, s3_run.bad_lines) == (local_run.files, local_run.lines, local_run.events, local_run.bad_lines) == (3, 1251, 1250, 1)
+    assert s3_run.checkpoint["metrics"] == local_run.checkpoint["metrics"] == expected_phishing()
+    assert results["s3-eval"].leaderboard == results["local-eval"].leaderboard
+    restored = CheckpointStore(f"{s3_prefix}/ckpt").load_latest()
+    assert restored.manifest["events_learned"] == 1250
+    lines = restored.positions["replay"]["lines"]
+    assert lines == {f"{s3_prefix}/in/a.jsonl.gz": 418, f"{s3_prefix}/in/b.csv": 418, f"{s3_prefix}/in/c.parquet": 416}
+    again = run_replay(job, ReplayOptions([f"{s3_prefix}/in/*"], checkpoint_uri=f"{s3_prefix}/ckpt"))  # resumes: nothing left
+    assert again.lines == 0

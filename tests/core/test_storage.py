@@ -1,0 +1,150 @@
+"""The storage contract, the same on a local directory, the GCS emulator and the S3 server.
+
+Read, write, list, delete, compare-and-swap, not found and lost preconditions behave alike on
+every backend; URIs are parsed in one place; an unreachable store is one line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from core import storage
+from core.storage import ABSENT, InvalidUri, ObjectNotFound, PreconditionFailed, StorageError, open_store, parse_uri
+from riverbeam.local_stack import free_port
+
+
+@pytest.fixture(params=["local", "gs", "s3"])
+def root(request, tmp_path) -> str:
+    if request.param == "local":
+        return str(tmp_path / "store")
+    return request.getfixturevalue(f"{request.param.replace('gs', 'gcs')}_prefix")
+
+
+def test_write_read_list_delete(root):
+    store = open_store(root)
+    assert store.list() == [] and store.list_info() == []
+    store.write("a/one.bin", b"1")
+    store.write("a/two.bin", b"22")
+    store.write("b.bin", b"333")
+    store.write("a/one.bin", b"111")  # replace
+    assert store.read("a/one.bin") == b"111"
+    assert store.list() == ["a/one.bin", "a/two.bin", "b.bin"]
+    assert store.list("a/") == ["a/one.bin", "a/two.bin"]
+    assert [(i.name, i.size) for i in store.list_info()] == [("a/one.bin", 3), ("a/two.bin", 2), ("b.bin", 3)]
+    store.delete("a/one.bin")
+    store.delete("a/one.bin")  # deleting what is gone is no error
+    assert store.list() == ["a/two.bin", "b.bin"]
+    assert store.join("b.bin") == f"{root.rstrip('/')}/b.bin"
+
+
+def test_not_found_is_one_error_everywhere(root):
+    store = open_store(root)
+    with pytest.raises(ObjectNotFound, match="does not exist"):
+        store.read("missing")
+    with pytest.raises(ObjectNotFound):
+        store.read_with_generation("missing")
+    with pytest.raises(ObjectNotFound):
+        store.open_read("missing")
+    with pytest.raises(ObjectNotFound):
+        storage.read_bytes(f"{root}/missing")
+
+
+def test_compare_and_swap(root):
+    store = open_store(root)
+    first = store.write_if_generation("LATEST", b"v1", ABSENT)
+    assert store.read_with_generation("LATEST") == (b"v1", first)
+    with pytest.raises(PreconditionFailed):
+        store.write_if_generation("LATEST", b"v1-again", ABSENT)  # it exists now
+    second = store.write_if_generation("LATEST", b"v2", first)
+    assert second != first and store.read_with_generation("LATEST") == (b"v2", second)
+    with pytest.raises(PreconditionFailed):
+        store.write_if_generation("LATEST", b"stale", first)  # a stale writer loses
+    assert store.read("LATEST") == b"v2"
+    store.delete("LATEST")
+    with pytest.raises(PreconditionFailed):
+        store.write_if_generation("LATEST", b"gone", second)  # it vanished since it was read
+    assert store.write_if_generation("LATEST", b"v3", ABSENT)
+
+
+def test_racing_creators_exactly_one_wins(root):
+    store = open_store(root)
+    start, results = threading.Barrier(4), []
+
+    def create(i):
+        start.wait()
+        try:
+            store.write_if_generation("LEASE", b"owner-%d" % i, ABSENT)
+            results.append(i)
+        except PreconditionFailed:
+            pass
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 1 and store.read("LEASE") == b"owner-%d" % results[0]
+
+
+def test_open_binary_is_seekable_and_match_lists_by_glob(root):
+    data = bytes(range(256)) * 64  # 16 KiB
+    storage.write_bytes(f"{root}/in/part-0.bin", data)
+    storage.write_bytes(f"{root}/in/part-1.bin", b"x")
+    storage.write_bytes(f"{root}/in/notes.txt", b"t")
+    storage.write_bytes(f"{root}/in/sub/part-2.bin", b"yz")
+    with storage.open_binary(f"{root}/in/part-0.bin") as handle:
+        assert handle.read(4) == data[:4]
+        handle.seek(-3, io.SEEK_END)
+        assert handle.read() == data[-3:]
+        handle.seek(1000)
+        assert handle.read(10) == data[1000:1010] and handle.tell() == 1010
+    names = lambda pattern: [(os.path.basename(i.name), i.size) for i in storage.match(pattern)]  # noqa: E731
+    if parse_uri(root).is_local:
+        assert names(f"{root}/in/*.bin") == [("part-0.bin", len(data)), ("part-1.bin", 1)]
+        assert names(f"{root}/in/**/*.bin") == [("part-0.bin", len(data)), ("part-1.bin", 1), ("part-2.bin", 2)]
+    else:  # in a bucket, * also crosses "/" (as gsutil and Beam match), and a folder is every object below it
+        assert names(f"{root}/in/*.bin") == [("part-0.bin", len(data)), ("part-1.bin", 1), ("part-2.bin", 2)]
+        assert [i.name for i in storage.match(f"{root}/in/part-1.bin")] == [f"{root}/in/part-1.bin"]
+    # a folder: its files on a disk; every object below it in a bucket (buckets have no folders)
+    assert len(storage.match(f"{root}/in")) == (3 if parse_uri(root).is_local else 4)
+    assert storage.match(f"{root}/nothing/*.bin") == []
+
+
+def test_uris_are_parsed_in_one_place():
+    assert parse_uri("s3://bucket/a/b.jsonl") == storage.StorageUri("s3", "bucket", "a/b.jsonl")
+    assert parse_uri("gs://bucket").key == "" and parse_uri("file:///x/y").path == "/x/y"
+    assert open_store("s3://bucket/pre/").uri == "s3://bucket/pre"
+    for bad, message in (("hdfs://n/x", "unsupported scheme 'hdfs'"), ("s3:///key", "no bucket"), ("gs://", "no bucket")):
+        with pytest.raises(InvalidUri, match=message):
+            open_store(bad)
+    assert issubclass(InvalidUri, StorageError)
+
+
+def test_local_errors_are_storage_errors(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StorageError, match="cannot write"):
+        open_store(str(tmp_path / "file")).write("below-a-file", b"x")  # its root is a file, not a folder
+
+
+@pytest.mark.parametrize("scheme", ["s3"])
+def test_unreachable_store_is_one_line_not_a_traceback(tmp_path, scheme):
+    """S3 down: replay and checkpoint listing end with one line and exit 1."""
+    env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}", AWS_ACCESS_KEY_ID="k",
+               AWS_SECRET_ACCESS_KEY="s", AWS_DEFAULT_REGION="us-east-1", AWS_MAX_ATTEMPTS="2", NO_GCE_CHECK="true")  # fmt: skip
+    (tmp_path / "job.yaml").write_text("model: {pipeline: [{linear_model.LogisticRegression: {}}]}\nevents: {target: label}\n")
+    commands = [
+        ["replay", "--config", str(tmp_path / "job.yaml"), "--input", f"{scheme}://bucket/events/*.jsonl", "--no-progress"],
+        ["checkpoints", "list", f"{scheme}://bucket/ckpt"],
+    ]
+    for command in commands:
+        done = subprocess.run([sys.executable, "-m", "riverbeam.cli", *command], capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 1, (command, done.stderr[-2000:])
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert "Traceback" not in done.stderr and len(lines) == 1, done.stderr[-2000:]
+        assert "S3 unreachable" in lines[0] and f"{scheme}://bucket" in lines[0]
