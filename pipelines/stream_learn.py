@@ -120,6 +120,8 @@ from online.events import EventError, _json_type
 from online.learner import Learner, Prediction
 from online.persistence import Cadence, Checkpointer, LearnerSpec, open_checkpoint_store, resume
 from pipelines.templates import add_required_argument, check_required
+from pipelines.filesystems import configure_filesystems
+from core import storage
 from core.configuration import load_config, parse_config
 from core.errors import ConfigError, UsageError, run_main
 
@@ -190,16 +192,13 @@ class StreamLearnOptions(PipelineOptions):
 
 
 def read_job_config(uri: str) -> ConsumeJobConfig:
-    """The job's `ConsumeJobConfig` from a local path or ``gs://`` (`ConfigError` names the key path)."""
-    if not uri.startswith("gs://"):
+    """The job's `ConsumeJobConfig` from a local path, ``gs://`` or ``s3://`` (`ConfigError` names the key path)."""
+    if storage.is_local(uri):
         config = load_config(uri, ConsumeJobConfig)
     else:
-        from apache_beam.io.filesystems import FileSystems
-
         try:
-            with FileSystems.open(uri) as handle:
-                text = handle.read().decode("utf-8")
-        except (IOError, OSError) as error:
+            text = storage.read_bytes(uri).decode("utf-8")
+        except storage.StorageError as error:
             raise ConfigError("", f"cannot read: {error}", source=uri) from None
         try:
             data = yaml.safe_load(text)
@@ -729,7 +728,7 @@ def run(argv: list[str] | None = None):
     Local runs and the bounded files source are waited for; a streaming job submitted to
     Dataflow or Flink is not (the launcher, e.g. a flex template's, must return).
     """
-    options = PipelineOptions(argv)
+    options = configure_filesystems(PipelineOptions(argv))  # s3:// through Beam's S3 filesystem, at the configured endpoint
     view = options.view_as(StreamLearnOptions)
     check_required(options, StreamLearnOptions)
     standard = options.view_as(StandardOptions)
