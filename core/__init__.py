@@ -2,7 +2,7 @@
 
 Package layering (lower never imports higher, and no import cycles, function-level imports included)::
 
-    core                    errors and exit codes, configuration, storage (local, gs://), event time
+    core                    errors and exit codes, configuration, storage (local, gs://, s3://), event time
         <- transforms       feature specs, fitted transforms
         <- online           learners, checkpoints, Kafka daemon, replay
         <- pipelines        Beam jobs, Dataflow templates

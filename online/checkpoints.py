@@ -1,6 +1,6 @@
 """Checkpoints: the learner's state, its source positions and metrics, written atomically.
 
-Layout below the checkpoint URI (a local path, ``file://`` or ``gs://bucket/prefix``)::
+Layout below the checkpoint URI (a local path, ``file://``, ``gs://bucket/prefix`` or ``s3://bucket/prefix``)::
 
     checkpoints/<id>/state.bin      the learner state (pickle), written first
     checkpoints/<id>/manifest.json  id, counters, positions, metrics, model text, checksums

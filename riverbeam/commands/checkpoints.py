@@ -11,7 +11,7 @@ import json
 
 
 def register(subparsers) -> None:
-    checkpoints = subparsers.add_parser("checkpoints", help="inspect checkpoints (local path, file:// or gs://)")
+    checkpoints = subparsers.add_parser("checkpoints", help="inspect checkpoints (local path, file://, gs:// or s3://)")
     actions = checkpoints.add_subparsers(dest="action", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="list the checkpoints kept, newest first")
     listing.add_argument("uri")

@@ -10,7 +10,7 @@ from riverbeam.commands.checkpoints import add_signing_key_env
 
 def register(subparsers) -> None:
     predict = subparsers.add_parser("predict", help="predict JSON lines with the model of a checkpoint (no learning)")
-    predict.add_argument("--checkpoint", required=True, help="checkpoint URI (local path, file:// or gs://)")
+    predict.add_argument("--checkpoint", required=True, help="checkpoint URI (local path, file://, gs:// or s3://)")
     predict.add_argument("--id", help="checkpoint id (default: latest)")
     predict.add_argument("--input", default="-", help="JSON lines file, or - for standard input (default)")
     add_signing_key_env(predict)

@@ -12,11 +12,11 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "replay",
         help="replay historical files: learn (checkpoints), evaluate (report), backfill (Kafka topic)",
-        description="Replay JSON lines, CSV, Parquet or TFRecord files (local or gs://, .gz too) through the online learner.",
+        description="Replay JSON lines, CSV, Parquet or TFRecord files (local, gs:// or s3://, .gz too) through the online learner.",
     )
     parser.add_argument("--config", required=True, help="the replay job's YAML (model or models, events, checkpoint, search)")
     parser.add_argument("--input", action="append", required=True, metavar="PATTERN",
-                        help="a file, directory or glob, local or gs:// (repeat for more)")
+                        help="a file, directory or glob: local, gs:// or s3:// (repeat for more)")
     parser.add_argument("--format", dest="input_format", choices=("json", "csv", "parquet", "tfrecord"),
                         help="input format (default: from each file's suffix)")
     parser.add_argument("--mode", choices=MODES, default="learn", help="learn (default), evaluate or backfill")
