@@ -48,7 +48,8 @@ class EventReader:
             f for f in {events.target, events.key, events.id, events.time, *events.exclude} if f is not None
         )
         self.label_types = _LABEL_TYPES.get(label_kind) if label_kind else None
-        self.categorical = frozenset(events.categorical)
+        # a fitted transform declares the string columns it emits (category encodings)
+        self.categorical = frozenset(events.categorical) | frozenset(getattr(getattr(transform, "__self__", None), "categorical_outputs", ()))
         self.transform = transform
         if self.features is None and self.key_field is None and transform is None:
             self.split = self._plain_split()  # the common case, with its attributes bound once
@@ -140,7 +141,11 @@ def _json_type(value: Any) -> str:
 def load_feature_transform(features) -> Any:
     """The fitted transform named by ``features.transform_output`` (`online.config.FeaturesConfig`), or None.
 
-    It is applied to every event's features before the model sees them (see `EventReader`).
+    It is applied to every event's features before the model sees them (see `EventReader`): the
+    raw event in the types the preprocess configuration declares is what it accepts (text that
+    reads as them too); a value it refuses makes the event a dead letter with the reason. The
+    result is the bound ``apply`` of a `transforms.fitted.FittedTransform` (its ``__self__``
+    names the string columns it emits, ``categorical_outputs``).
     """
     if not features.transform_output:
         return None

@@ -51,7 +51,7 @@ from core.storage import parse_uri
 from core.errors import ConfigError, RiverbeamError, UsageError, run_main
 from transforms.config import PreprocessJobConfig
 from transforms.fitted import FITTED_FILENAME, fitted_document
-from transforms.spec import FeatureSpec, InvalidFeatureError, LabelSpec
+from transforms.spec import FeatureSpec, InvalidFeatureError, LabelSpec, coerce_value, consumed_features, raw_columns
 
 BAD_ROWS = "bad_rows"
 DEFAULT_RUNNER = "FnApiRunner"
@@ -226,6 +226,7 @@ class ValidateRowFn(beam.DoFn):
 
     def __init__(self, features: list[FeatureSpec], label: LabelSpec | None):
         self.features, self.label = features, label
+        self.columns = raw_columns(features, label)
         self.rows = Metrics.counter("preprocess", "rows")
         self.bad_rows = Metrics.counter("preprocess", "bad_rows")
 
@@ -233,12 +234,11 @@ class ValidateRowFn(beam.DoFn):
         reason = record.reason if isinstance(record, _Malformed) else None
         row: dict[str, Any] = {}
         if reason is None:
-            specs = list(self.features) + ([self.label] if self.label is not None else [])
             try:
-                for spec in specs:
-                    if spec.name not in record:
-                        raise InvalidFeatureError(spec.name, "missing")
-                    row[spec.name] = spec.coerce(record[spec.name])
+                for name, kind in self.columns:
+                    if name not in record:
+                        raise InvalidFeatureError(name, "missing")
+                    row[name] = coerce_value(name, kind, record[name])
             except InvalidFeatureError as error:
                 reason = str(error)
         if reason is not None:
@@ -321,7 +321,9 @@ def parquet_schema(features: list[FeatureSpec], label: LabelSpec | None):
     import pyarrow as pa
 
     types = {"float": pa.float32(), "int": pa.int64(), "string": pa.string()}
-    fields = [pa.field(f.name, types[f.output_kind], nullable=False) for f in features]
+    consumed = consumed_features(features)
+    fields = [pa.field(name, types[f.output_kind], nullable=False)
+              for i, f in enumerate(features) if i not in consumed for name in f.output_names]
     if label is not None:
         fields.append(pa.field(label.name, types[label.type], nullable=False))
     return pa.schema(fields)
@@ -364,7 +366,7 @@ def _copy_tree(source_dir: str, target_dir: str) -> None:
                 dst.write(src.read())
 
 
-def publish_fitted_transform(_, artifacts_dir: str, output_dir: str, features: list[dict], label: dict | None) -> str:
+def publish_fitted_transform(_, artifacts_dir: str, output_dir: str, features: list[dict], label: dict | None, passthrough: bool = False) -> str:
     """Read the fitted constants back from the written ``transform_fn``; write ``fitted_transforms.json``.
 
     When the TFT artifacts were staged locally (``gs://`` output on the local emulator, which
@@ -384,7 +386,7 @@ def publish_fitted_transform(_, artifacts_dir: str, output_dir: str, features: l
         if spec.transform == "vocabulary":
             with FileSystems.open(join(transform_fn, "assets", vocabulary_filename(i, spec)), compression_type="uncompressed") as file:
                 vocabularies[i] = file.read().decode("utf-8").splitlines()
-    document = fitted_document(specs, label_spec, constants, vocabularies)
+    document = fitted_document(specs, label_spec, constants, vocabularies, passthrough=passthrough)
     if artifacts_dir != output_dir:
         _copy_tree(artifacts_dir, output_dir)
     target = join(output_dir, FITTED_FILENAME)
@@ -396,15 +398,16 @@ def publish_fitted_transform(_, artifacts_dir: str, output_dir: str, features: l
 class PublishFittedTransform(beam.PTransform):
     """After `tft_beam.WriteTransformFn`: write the fitted constants as JSON for online use."""
 
-    def __init__(self, artifacts_dir: str, output_dir: str, features: list[FeatureSpec], label: LabelSpec | None):
+    def __init__(self, artifacts_dir: str, output_dir: str, features: list[FeatureSpec], label: LabelSpec | None, passthrough: bool = False):
         super().__init__()
         self.artifacts_dir, self.output_dir = artifacts_dir, output_dir
         self.features = [f.model_dump() for f in features]
         self.label_spec = label.model_dump() if label is not None else None
+        self.passthrough = passthrough
 
     def expand(self, written):
         return written | "WriteFittedJson" >> beam.Map(
-            publish_fitted_transform, self.artifacts_dir, self.output_dir, self.features, self.label_spec
+            publish_fitted_transform, self.artifacts_dir, self.output_dir, self.features, self.label_spec, self.passthrough
         )
 
 
@@ -464,7 +467,7 @@ def build_preprocess(pipeline: beam.Pipeline, job: PreprocessJobConfig, temp_dir
             eval_out | "WriteEval" >> WriteTransformedData(output.dir, "eval", output.formats, train_meta.schema, features, label)
             collections["eval"] = eval_out
         written = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(artifacts_dir)
-    collections["fitted"] = written | "PublishFittedTransform" >> PublishFittedTransform(artifacts_dir, output.dir, features, label)
+    collections["fitted"] = written | "PublishFittedTransform" >> PublishFittedTransform(artifacts_dir, output.dir, features, label, job.passthrough)
     return collections
 
 

@@ -67,6 +67,10 @@ class PreprocessJobConfig(Section):
     input: InputConfig
     output: OutputConfig
     max_bad_rows: int = pydantic.Field(default=0, ge=0)
+    passthrough: bool = False
+    """What happens online to an event's fields the spec does not name: with ``false`` they are
+    dropped (a warning names them, once), with ``true`` they reach the model unchanged. The
+    batch outputs hold the spec's columns and the label only (declare a field ``identity`` to keep it)."""
 
     @pydantic.model_validator(mode="after")
     def _unique_names(self) -> "PreprocessJobConfig":

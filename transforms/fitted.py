@@ -26,8 +26,10 @@ buckets, as ``tf.strings.to_hash_bucket_fast`` does.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import struct
+import types
 from bisect import bisect_right
 from typing import Any, Callable, Iterable
 
@@ -36,6 +38,8 @@ import farmhash
 from core import storage
 from core.errors import RiverbeamError
 from transforms.spec import FeatureSpec, InvalidFeatureError, LabelSpec, coerce_value
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "riverbeam.fitted_transforms/1"
 FITTED_FILENAME = "fitted_transforms.json"
@@ -78,60 +82,9 @@ def _log1p(x: float) -> float:
     return -math.inf if x == -1.0 else math.nan
 
 
-def _compile(entry: dict) -> Callable[[Any], Any]:
-    """One feature's ``raw value -> transformed value`` function."""
-    name, kind, transform = entry["name"], entry["type"], entry["transform"]
-
-    def read(value):
-        if kind == "float":
-            if type(value) is float and value - value == 0.0:  # fast path: a finite Python float
-                return _unpack(_pack(value))[0] if -3.4e38 < value < 3.4e38 else to_float32(value)
-            return to_float32(coerce_value(name, kind, value))  # TFT reads float features as float32
-        if type(value) is (int if kind == "int" else str):
-            return value
-        return coerce_value(name, kind, value)
-
-    if transform == "identity":
-        return read
-    if transform == "hash":
-        buckets = int(entry["hash_buckets"])
-        return lambda value: fingerprint64(read(value) if kind == "string" else str(read(value))) % buckets
-    if transform == "vocabulary":
-        index = {token: i for i, token in enumerate(entry["vocabulary"])}
-        size, oov = len(index), int(entry.get("num_oov_buckets") or 0)
-
-        def lookup(value):
-            token = read(value)
-            token = token if isinstance(token, str) else str(token)
-            found = index.get(token)
-            if found is not None:
-                return found
-            return size + fingerprint64(token) % oov if oov else -1
-
-        return lookup
-    if transform == "bucketize":
-        boundaries = [float(b) for b in entry["boundaries"]]
-        last = len(boundaries)
-
-        def bucket(value):
-            x = to_float32(float(read(value)))
-            return last if math.isnan(x) else bisect_right(boundaries, x)
-
-        return bucket
-    if transform == "log1p":
-        return lambda value: to_float32(_log1p(float(read(value))))
-    if transform == "z_score":
-        mean, std = float(entry["mean"]), math.sqrt(float(entry["var"]))
-        if std != 0.0:
-            return lambda value: to_float32((float(read(value)) - mean) / std)
-        return lambda value: to_float32(float(read(value)) - mean)
-    if transform == "min_max":
-        low, high = float(entry["min"]), float(entry["max"])
-        spread = high - low
-        if low < high:
-            return lambda value: to_float32((float(read(value)) - low) / spread)
-        return lambda value: to_float32(_sigmoid(float(read(value))))
-    raise FittedTransformError(f"feature {name!r}: unknown transform {transform!r}")
+def _read_float(name: str, value: Any) -> float:
+    """A float feature's value as TFT reads it: a finite number rounded to float32."""
+    return to_float32(coerce_value(name, "float", value))
 
 
 _CONSTANTS = {
@@ -142,6 +95,7 @@ _CONSTANTS = {
     "hash": ("hash_buckets",),
     "log1p": (),
     "identity": (),
+    "pca": ("inputs", "matrix"),
 }
 
 
@@ -154,6 +108,7 @@ def fitted_document(
     label: LabelSpec | None,
     constants: dict[int, dict[str, Any]],
     vocabularies: dict[int, list[str]],
+    passthrough: bool = False,
 ) -> dict:
     """The JSON document of a fitted transform: the spec plus, per feature, its fitted constants.
 
@@ -179,12 +134,222 @@ def fitted_document(
             entry.update(vocabulary=list(vocabularies[i]), num_oov_buckets=feature.num_oov_buckets or 0)
         elif feature.transform == "hash":
             entry.update(hash_buckets=feature.hash_buckets)
+        elif feature.transform == "pca":
+            entry.update(inputs=list(feature.inputs), k=feature.k, center=feature.center, scale=feature.scale)
+            if feature.center or feature.scale:
+                entry["mean"] = list(fitted["mean"])
+            if feature.scale:
+                entry["var"] = list(fitted["var"])
+            entry["matrix"] = [list(row) for row in fitted["matrix"]]
+        if feature.encoding != "index":
+            entry.update(encoding=feature.encoding, width=feature.width)
         entries.append(entry)
-    return {
+    document = {
         "format": FORMAT,
         "label": None if label is None else {"name": label.name, "type": label.type},
         "features": entries,
     }
+    if passthrough:
+        document["passthrough"] = True
+    return document
+
+
+class _Compiler:
+    """Writes the straight-line Python function of a fitted transform document.
+
+    Each feature becomes a few statements with its constants bound (finite floats as literals,
+    vocabularies and one-hot rows as dicts, boundaries as a list for `bisect`); the function reads
+    every raw column once, so a dozen features cost a few µs per event.
+    """
+
+    def __init__(self, document: dict):
+        self.document = document
+        self.lines: list[str] = []
+        self.namespace: dict[str, Any] = {
+            "_unpack": _unpack, "_pack": _pack, "_f32": to_float32, "_read_float": _read_float,
+            "_coerce": coerce_value, "_bisect": bisect_right, "_fp": farmhash.fingerprint64,
+            "_log1p": _log1p, "_sigmoid": _sigmoid, "_missing": InvalidFeatureError,
+        }
+        self.raw: dict[str, str] = {}  # raw column -> its variable
+        self.outputs: list[tuple[str, str]] = []  # (column name or "" for one-hot rows, expression)
+        self.categorical: list[str] = []
+        self.names: list[str] = []  # the output columns, in spec order
+
+    def constant(self, value: Any) -> str:
+        if type(value) in (int, float) and math.isfinite(value):
+            return repr(value)
+        name = f"K{len(self.namespace)}"
+        self.namespace[name] = value
+        return name
+
+    def emit(self, line: str) -> None:
+        self.lines.append("        " + line)
+
+    def read(self, name: str, kind: str) -> str:
+        """The variable holding raw column `name` read as `kind` (float32-rounded for floats)."""
+        if name in self.raw:
+            return self.raw[name]
+        var = self.raw[name] = f"r{len(self.raw)}"
+        self.emit(f"{var} = event[{name!r}]")
+        if kind == "float":
+            self.emit(f"{var} = _unpack(_pack({var}))[0] if type({var}) is float and -3.4e38 < {var} < 3.4e38 else _read_float({name!r}, {var})")
+        else:
+            self.emit(f"if type({var}) is not {'int' if kind == 'int' else 'str'}: {var} = _coerce({name!r}, {kind!r}, {var})")
+        return var
+
+    def f32(self, var: str, expression: str) -> str:
+        self.emit(f"{var} = {expression}")
+        self.emit(f"{var} = _unpack(_pack({var}))[0] if -3.4e38 < {var} < 3.4e38 else _f32({var})")
+        return var
+
+    def feature(self, i: int, entry: dict) -> str:
+        """Statements computing feature `i`'s value (before encoding); returns its variable."""
+        name, kind, transform = entry["name"], entry["type"], entry["transform"]
+        out = f"o{i}"
+        if transform == "pca":
+            return self.pca(i, entry)
+        x = self.read(name, kind)
+        if transform == "identity":
+            return x
+        if transform in ("hash", "vocabulary"):
+            token = x if kind == "string" else f"str({x})"
+            if transform == "hash":
+                self.emit(f"{out} = _fp({token}) % {int(entry['hash_buckets'])}")
+                return out
+            index = {token: j for j, token in enumerate(entry["vocabulary"])}
+            size, oov = len(index), int(entry.get("num_oov_buckets") or 0)
+            self.emit(f"{out} = {self.constant(index)}.get({token})")
+            fallback = f"{size} + _fp({token}) % {oov}" if oov else "-1"
+            self.emit(f"if {out} is None: {out} = {fallback}")
+            return out
+        if transform == "bucketize":
+            boundaries = [float(b) for b in entry["boundaries"]]
+            self.emit(f"{out} = _bisect({self.constant(boundaries)}, {x if kind == 'float' else f'_f32({x})'})")
+            return out
+        if transform == "log1p":
+            self.emit(f"{out} = _f32(_log1p({x}))")
+            return out
+        if transform == "z_score":
+            mean, std = float(entry["mean"]), math.sqrt(float(entry["var"]))
+            if std != 0.0:
+                return self.f32(out, f"({x} - {self.constant(mean)}) / {self.constant(std)}")
+            return self.f32(out, f"{x} - {self.constant(mean)}")
+        if transform == "min_max":
+            low, high = float(entry["min"]), float(entry["max"])
+            if low < high:
+                return self.f32(out, f"({x} - {self.constant(low)}) / {self.constant(high - low)}")
+            self.emit(f"{out} = _f32(_sigmoid({x}))")
+            return out
+        raise FittedTransformError(f"feature {name!r}: unknown transform {transform!r}")
+
+    def pca(self, i: int, entry: dict) -> str:
+        matrix = [[float(w) for w in row] for row in entry["matrix"]]
+        inputs, k = entry["inputs"], int(entry.get("k") or len(matrix[0]))
+        if len(matrix) != len(inputs) or any(len(row) < k for row in matrix):
+            raise FittedTransformError(f"feature {entry['name']!r}: the pca matrix is not {len(inputs)} x {k}")
+        mean = [float(m) for m in entry["mean"]] if "mean" in entry else None
+        std = [math.sqrt(float(v)) or 1.0 for v in entry["var"]] if entry.get("scale") else None
+        terms = []
+        for d, source in enumerate(inputs):
+            x = self.consumed.get(source) or self.read(source, entry["type"])
+            expression = x if mean is None else f"{x} - {self.constant(mean[d])}"
+            if std is not None:
+                expression = f"({expression}) / {self.constant(std[d])}"
+            self.emit(f"d{i}_{d} = {expression}")
+            terms.append(f"d{i}_{d}")
+        for j in range(k):
+            total = " + ".join(f"{t} * {self.constant(matrix[d][j])}" for d, t in enumerate(terms))
+            self.outputs.append((f"{entry['name']}_{j}", self.f32(f"o{i}_{j}", total)))
+            self.names.append(f"{entry['name']}_{j}")
+        return ""
+
+    def encode(self, entry: dict, var: str) -> None:
+        name, encoding = entry["name"], entry.get("encoding", "index")
+        if encoding == "one_hot":
+            width = int(entry["width"])
+            rows = {j: {f"{name}_{c}": float(c == j) for c in range(width)} for j in range(width)}
+            self.outputs.append(("", f"{self.constant(rows)}.get({var}, {self.constant(dict.fromkeys(rows[0], 0.0))})"))
+            self.names += list(rows[0])
+            return
+        self.names.append(name)
+        if encoding == "category":
+            self.outputs.append((name, f"str({var})"))
+            self.categorical.append(name)
+        else:
+            self.outputs.append((name, var))
+            if entry["transform"] == "identity" and entry["type"] == "string":
+                self.categorical.append(name)
+
+    def compile(self) -> tuple[Callable[[dict], dict], str]:
+        document = self.document
+        entries = document["features"]
+        earlier: dict[str, int] = {}
+        consumed_index: dict[int, str] = {}
+        for i, entry in enumerate(entries):
+            if entry["transform"] == "pca":
+                for source in entry["inputs"]:
+                    if source in earlier:
+                        consumed_index[earlier[source]] = source
+            earlier[entry["name"]] = i
+        self.consumed: dict[str, str] = {}
+        for i, entry in enumerate(entries):
+            var = self.feature(i, entry)
+            if i in consumed_index:
+                self.consumed[entry["name"]] = var
+            elif entry["transform"] != "pca":
+                self.encode(entry, var)
+        label = document.get("label")
+        known = set(self.raw) | ({label["name"]} if label else set())
+        self.namespace["_KNOWN"] = frozenset(known)
+        body, self.lines = self.lines, []
+        literal = []  # the leading plain columns form the dict literal; the rest are assignments
+        for column, expression in self.outputs:
+            if column and literal is not None:
+                literal.append(f"{column!r}: {expression}")
+                continue
+            if literal is not None:
+                self.emit("out = {" + ", ".join(literal) + "}")
+                literal = None
+            self.emit(f"out[{column!r}] = {expression}" if column else f"out.update({expression})")
+        if literal is not None:
+            self.emit("out = {" + ", ".join(literal) + "}")
+        raw_count = len(self.raw)
+        if document.get("passthrough"):
+            self.emit(f"if len(event) > {raw_count}:")
+            self.emit("    for key in event:")
+            self.emit("        if key not in _KNOWN: out[key] = event[key]")
+        else:
+            self.namespace["_dropping"] = _DroppedFields(known)
+            self.emit(f"if len(event) > {raw_count} and _dropping.armed: _dropping.check(event)")
+        if label:
+            self.namespace["_label"] = lambda value, n=label["name"], t=label["type"]: (
+                to_float32(coerce_value(n, t, value)) if t == "float" else coerce_value(n, t, value)
+            )
+            self.emit(f"if {label['name']!r} in event: out[{label['name']!r}] = _label(event[{label['name']!r}])")
+        self.emit("return out")
+        source = "\n".join(
+            ["def apply(self, event):", "    try:", *body, *self.lines,
+             "    except KeyError as error:", "        raise _missing(str(error.args[0]), 'missing value') from None"]
+        )
+        exec(compile(source, "<fitted transform>", "exec"), self.namespace)  # noqa: S102 - our own generated code
+        return self.namespace["apply"], source
+
+
+class _DroppedFields:
+    """Warns once when events carry fields the spec does not name (``passthrough: false`` drops them)."""
+
+    def __init__(self, known: set[str]):
+        self.known, self.armed = frozenset(known), True
+
+    def check(self, event: dict) -> None:
+        dropped = [key for key in event if key not in self.known]
+        if dropped:
+            self.armed = False
+            logger.warning(
+                "fitted transform: dropping %d event field(s) the feature spec does not name: %s "
+                "(set passthrough: true in the preprocess configuration to keep them)",
+                len(dropped), ", ".join(map(str, dropped[:20])),
+            )
 
 
 def _read_uri(uri: str) -> bytes:
@@ -200,24 +365,40 @@ def _read_uri(uri: str) -> bytes:
 class FittedTransform:
     """The fitted feature transforms of one ``riverbeam preprocess`` run, applied to events.
 
-    `apply` maps one event (a dict of raw values) to the transformed features, named like the
-    inputs, plus the label when the event has it; a missing or unreadable feature raises
-    `transforms.spec.InvalidFeatureError` naming it. Other keys of the event are ignored.
+    `apply` (also the instance itself, as a callable) maps one event (a dict of raw values in the
+    declared types, or text that reads as them) to the transformed columns (`output_names`),
+    plus the label when the event has it; a missing or unreadable input raises
+    `transforms.spec.InvalidFeatureError` naming it. Fields the spec does not name are dropped
+    (with one warning) or, with ``passthrough``, passed on unchanged.
+
+    At load time the document is compiled into one straight-line function (`source_code`): the
+    per-event cost is what the arithmetic costs, not walking the spec.
     """
 
-    def __init__(self, document: dict):
+    def __init__(self, document: dict, source: str | None = None):
         if not isinstance(document, dict) or document.get("format") != FORMAT:
             raise FittedTransformError(f"not a fitted transform document (expected format {FORMAT!r})")
         self.document = document
+        self.source = source
         label = document.get("label")
         self.label = label["name"] if label else None
-        self._label_type = label["type"] if label else None
-        self._steps: list[tuple[str, Callable[[Any], Any]]] = []
+        self.passthrough = bool(document.get("passthrough"))
         for entry in document["features"]:
             missing = [key for key in _CONSTANTS.get(entry.get("transform"), ()) if key not in entry]
+            if entry.get("transform") == "pca" and (entry.get("center", True) or entry.get("scale")) and "mean" not in entry:
+                missing.append("mean")
+            if entry.get("transform") == "pca" and entry.get("scale") and "var" not in entry:
+                missing.append("var")
+            if entry.get("encoding", "index") == "one_hot" and "width" not in entry:
+                missing.append("width")
             if missing:
                 raise FittedTransformError(f"feature {entry.get('name')!r}: fitted constants missing: {', '.join(missing)}")
-            self._steps.append((entry["name"], _compile(entry)))
+        compiler = _Compiler(document)
+        function, self.source_code = compiler.compile()
+        self.apply = types.MethodType(function, self)  # a bound method, as the class attribute would give
+        self.output_names = compiler.names
+        self.categorical_outputs = frozenset(compiler.categorical)
+        self.raw_columns = list(compiler.raw)
 
     @classmethod
     def from_document(cls, document: dict) -> "FittedTransform":
@@ -232,28 +413,30 @@ class FittedTransform:
             document = json.loads(_read_uri(target))
         except ValueError as error:
             raise FittedTransformError(f"{target}: invalid JSON: {error}") from None
-        return cls(document)
+        return cls(document, source=uri)
 
     @property
     def feature_names(self) -> list[str]:
-        """Names of the transformed features, in spec order."""
-        return [name for name, _ in self._steps]
+        """Names of the transformed columns, in spec order (one-hot and pca columns expanded)."""
+        return list(self.output_names)
 
-    def apply(self, event: dict) -> dict:
+    def apply(self, event: dict) -> dict:  # replaced per instance by the compiled function
         """Transform one event's features exactly as the fitted TFT graph does."""
-        try:
-            out = {name: step(event[name]) for name, step in self._steps}
-        except KeyError as error:
-            raise InvalidFeatureError(str(error.args[0]), "missing value") from None
-        if self.label is not None and self.label in event:
-            label = coerce_value(self.label, self._label_type, event[self.label])
-            out[self.label] = to_float32(label) if self._label_type == "float" else label
-        return out
+        raise NotImplementedError  # pragma: no cover
+
+    def __call__(self, event: dict) -> dict:
+        return self.apply(event)
 
     def apply_many(self, events: Iterable[dict]) -> list[dict]:
         """Transform a micro-batch of events; same results as `apply` on each."""
         apply = self.apply
         return [apply(event) for event in events]
+
+    def __getstate__(self) -> dict:
+        return {"document": self.document, "source": self.source}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["document"], state["source"])
 
     def __repr__(self) -> str:
         steps = ", ".join(f"{e['name']}:{e['transform']}" for e in self.document["features"])

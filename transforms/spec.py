@@ -37,10 +37,12 @@ from core.configuration import Section
 from core.errors import RiverbeamError
 
 FeatureType = Literal["float", "int", "string"]
-TransformName = Literal["z_score", "min_max", "bucketize", "vocabulary", "hash", "log1p", "identity"]
+TransformName = Literal["z_score", "min_max", "bucketize", "vocabulary", "hash", "log1p", "identity", "pca"]
+Encoding = Literal["index", "one_hot", "category"]
 
-NUMERIC_TRANSFORMS = ("z_score", "min_max", "bucketize", "log1p")
+NUMERIC_TRANSFORMS = ("z_score", "min_max", "bucketize", "log1p", "pca")
 CATEGORICAL_TRANSFORMS = ("vocabulary", "hash")
+INDEX_TRANSFORMS = ("bucketize", "vocabulary", "hash")  # outputs an index: `encoding` applies
 
 # parameter -> the transform that takes it
 _PARAMETERS = {
@@ -49,8 +51,10 @@ _PARAMETERS = {
     "frequency_threshold": "vocabulary",
     "num_oov_buckets": "vocabulary",
     "hash_buckets": "hash",
+    "inputs": "pca",
+    "k": "pca",
 }
-_REQUIRED = {"num_buckets": "bucketize", "hash_buckets": "hash"}
+_REQUIRED = {"num_buckets": "bucketize", "hash_buckets": "hash", "inputs": "pca", "k": "pca"}
 
 
 class InvalidFeatureError(RiverbeamError):
@@ -147,10 +151,23 @@ class FeatureSpec(Section):
       indices; with 0 they map to -1);
     * ``hash``: FarmHash fingerprint of x modulo ``hash_buckets`` (required);
     * ``log1p``: log(1 + x);
-    * ``identity``: x as read.
+    * ``identity``: x as read;
+    * ``pca``: the first ``k`` principal components of the numeric features ``inputs`` (each the
+      raw column read as ``type``, or the output of an earlier feature of the spec, which it then
+      consumes), centred first (``center``, default true) and scaled to unit variance first
+      (``scale``, default false); written as ``<name>_0`` ... ``<name>_<k-1>``.
+
+    ``encoding`` says how an index (``bucketize``, ``vocabulary``, ``hash``) reaches the model:
+    ``index`` (an integer, TFT's own output; right for trees, wrong for linear models, which read
+    it as a magnitude), ``one_hot`` (one 0/1 float column ``<name>_<i>`` per index: dense, for
+    linear models; a vocabulary needs ``top_k`` to fix its width) or ``category`` (the index as a
+    string, for River's ``OneHotEncoder`` and other categorical learners).
 
     Numeric transforms take ``float`` or ``int`` features, ``vocabulary`` and ``hash`` take
     ``string`` or ``int`` ones (integers in decimal). Float outputs are 32-bit, as TFT writes them.
+
+    >>> FeatureSpec(name="c", type="int", transform="hash", hash_buckets=3, encoding="one_hot").output_names
+    ['c_0', 'c_1', 'c_2']
     """
 
     name: str = pydantic.Field(min_length=1)
@@ -161,6 +178,11 @@ class FeatureSpec(Section):
     frequency_threshold: int | None = pydantic.Field(default=None, validate_default=True)
     num_oov_buckets: int | None = pydantic.Field(default=None, validate_default=True)
     hash_buckets: int | None = pydantic.Field(default=None, validate_default=True)
+    inputs: list[str] | None = pydantic.Field(default=None, validate_default=True)
+    k: int | None = pydantic.Field(default=None, validate_default=True)
+    center: bool = True
+    scale: bool = False
+    encoding: Encoding = "index"
 
     @pydantic.field_validator("transform")
     @classmethod
@@ -172,7 +194,7 @@ class FeatureSpec(Section):
             raise ValueError(f"{transform} needs a string or int feature, not float")
         return transform
 
-    @pydantic.field_validator("num_buckets", "top_k", "frequency_threshold", "num_oov_buckets", "hash_buckets")
+    @pydantic.field_validator("num_buckets", "top_k", "frequency_threshold", "num_oov_buckets", "hash_buckets", "k")
     @classmethod
     def _parameter_fits_transform(cls, value: int | None, info: pydantic.ValidationInfo) -> int | None:
         transform = info.data.get("transform")
@@ -192,18 +214,70 @@ class FeatureSpec(Section):
             raise ValueError(f"must be at least {minimum}, got {value}")
         return value
 
+    @pydantic.field_validator("inputs")
+    @classmethod
+    def _inputs_fit_transform(cls, value: list[str] | None, info: pydantic.ValidationInfo) -> list[str] | None:
+        transform = info.data.get("transform")
+        if transform is None:
+            return value
+        if value is None:
+            if transform == "pca":
+                raise ValueError("required by transform pca")
+            return value
+        if transform != "pca":
+            raise ValueError(f"applies only to transform pca, not {transform}")
+        if len(value) < 2:
+            raise ValueError(f"pca needs at least 2 inputs, got {len(value)}")
+        if len(set(value)) != len(value):
+            raise ValueError("names an input twice")
+        return value
+
+    @pydantic.model_validator(mode="after")
+    def _options_fit_transform(self) -> "FeatureSpec":
+        if self.transform != "pca" and (not self.center or self.scale):
+            raise ValueError("center and scale apply only to transform pca")
+        if self.transform == "pca" and self.k is not None and self.inputs is not None and self.k > len(self.inputs):
+            raise ValueError(f"k: at most the number of inputs ({len(self.inputs)}), got {self.k}")
+        if self.encoding != "index" and self.transform not in INDEX_TRANSFORMS:
+            raise ValueError(f"encoding applies only to transforms {', '.join(INDEX_TRANSFORMS)}, not {self.transform}")
+        if self.encoding == "one_hot" and self.transform == "vocabulary" and self.top_k is None:
+            raise ValueError("encoding one_hot of a vocabulary needs top_k (the width of the one-hot columns)")
+        return self
+
+    @property
+    def width(self) -> int:
+        """How many indices an index transform has (the one-hot width); 1 for the others.
+
+        >>> FeatureSpec(name="v", type="string", transform="vocabulary", top_k=5, num_oov_buckets=2).width
+        7
+        """
+        if self.transform == "bucketize":
+            return self.num_buckets
+        if self.transform == "hash":
+            return self.hash_buckets
+        if self.transform == "vocabulary":
+            return (self.top_k or 0) + (self.num_oov_buckets or 0)
+        return self.k if self.transform == "pca" else 1
+
+    @property
+    def output_names(self) -> list[str]:
+        """Names of the transformed columns: the feature's name, or ``<name>_<i>`` for one-hot and pca."""
+        if self.transform == "pca" or self.encoding == "one_hot":
+            return [f"{self.name}_{i}" for i in range(self.width)]
+        return [self.name]
+
     @property
     def output_kind(self) -> str:
-        """Type of the transformed value: ``float``, ``int`` or ``string``.
+        """Type of the transformed value(s): ``float``, ``int`` or ``string``.
 
         >>> FeatureSpec(name="x", type="int", transform="z_score").output_kind
         'float'
         """
-        if self.transform in ("z_score", "min_max", "log1p"):
+        if self.transform in ("z_score", "min_max", "log1p", "pca") or self.encoding == "one_hot":
             return "float"
         if self.transform == "identity":
             return self.type
-        return "int"
+        return "string" if self.encoding == "category" else "int"
 
     def coerce(self, value: Any) -> float | int | str:
         """Read one raw value as this feature's type (see `coerce_value`)."""
@@ -221,8 +295,53 @@ class LabelSpec(Section):
         return coerce_value(self.name, self.type, value)
 
 
+def raw_columns(features: list[FeatureSpec], label: LabelSpec | None = None) -> list[tuple[str, str]]:
+    """The raw columns a spec reads, ``(name, type)`` in order: features, pca inputs, the label.
+
+    A pca input that names an earlier feature reads nothing new; any other is a raw column read
+    as the pca feature's type.
+
+    >>> raw_columns([FeatureSpec(name="a", type="float", transform="z_score"),
+    ...              FeatureSpec(name="p", type="float", transform="pca", inputs=["a", "b"], k=1)])
+    [('a', 'float'), ('b', 'float')]
+    """
+    columns: dict[str, str] = {}
+    for feature in features:
+        if feature.transform == "pca":
+            for name in feature.inputs:
+                columns.setdefault(name, feature.type)
+        else:
+            columns[feature.name] = feature.type
+    if label is not None:
+        columns[label.name] = label.type
+    return list(columns.items())
+
+
+def pca_sources(features: list[FeatureSpec]) -> dict[int, list[int | None]]:
+    """For each pca feature (by index): per input, the index of the earlier feature it consumes, or None (a raw column).
+
+    >>> pca_sources([FeatureSpec(name="a", type="float", transform="z_score"),
+    ...              FeatureSpec(name="p", type="float", transform="pca", inputs=["b", "a"], k=1)])
+    {1: [None, 0]}
+    """
+    found: dict[int, list[int | None]] = {}
+    for i, feature in enumerate(features):
+        if feature.transform == "pca":
+            earlier = {f.name: j for j, f in enumerate(features[:i])}
+            found[i] = [earlier.get(name) for name in feature.inputs]
+    return found
+
+
+def consumed_features(features: list[FeatureSpec]) -> set[int]:
+    """Indices of features whose output a pca feature consumes (they are not written themselves)."""
+    return {j for sources in pca_sources(features).values() for j in sources if j is not None}
+
+
 def check_unique_names(features: list[FeatureSpec], label: LabelSpec | None) -> None:
     """Raise ``ValueError`` naming a feature (or the label) whose name is taken twice.
+
+    Also checks what the spec writes (one-hot and pca columns) and what pca consumes: an earlier
+    feature with a float output, consumed once.
 
     >>> check_unique_names([FeatureSpec(name="a", type="float", transform="log1p")],
     ...                    LabelSpec(name="a", type="int"))
@@ -237,3 +356,25 @@ def check_unique_names(features: list[FeatureSpec], label: LabelSpec | None) -> 
         seen[feature.name] = i
     if label is not None and label.name in seen:
         raise ValueError(f"label name {label.name!r} is also features[{seen[label.name]}].name")
+    consumed: dict[int, int] = {}
+    for i, sources in pca_sources(features).items():
+        for name, j in zip(features[i].inputs, sources):
+            if j is None:
+                if name in seen or (label is not None and name == label.name):
+                    raise ValueError(f"features[{i}].inputs: {name!r} is features[{seen.get(name)}] or the label, which comes later")
+                continue
+            if features[j].output_kind != "float" or len(features[j].output_names) != 1:
+                raise ValueError(f"features[{i}].inputs: {name!r} (features[{j}]) must have one float output, not {features[j].transform}")
+            if j in consumed:
+                raise ValueError(f"features[{i}].inputs: {name!r} is already consumed by features[{consumed[j]}]")
+            consumed[j] = i
+    written: dict[str, str] = {}
+    for i, feature in enumerate(features):
+        if i in consumed:
+            continue
+        for column in feature.output_names:
+            if column in written or (column != feature.name and column in seen):
+                raise ValueError(f"features[{i}]: output column {column!r} is also written by {written.get(column, 'another feature')}")
+            written[column] = f"features[{i}]"
+    if label is not None and label.name in written:
+        raise ValueError(f"label name {label.name!r} is also an output column of {written[label.name]}")

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from transforms.spec import FeatureSpec, LabelSpec
+from transforms.spec import FeatureSpec, LabelSpec, consumed_features, pca_sources, raw_columns
 
 FITTED_NODE = re.compile(r"^riverbeam_fitted__(\d+)__([a-z_]+)$")
 
@@ -28,11 +28,8 @@ _TF_TYPES = {"float": tf.float32, "int": tf.int64, "string": tf.string}
 
 
 def raw_feature_spec(features: list[FeatureSpec], label: LabelSpec | None) -> dict[str, tf.io.FixedLenFeature]:
-    """The raw (input) feature spec: one scalar per feature and for the label."""
-    spec = {f.name: tf.io.FixedLenFeature([], _TF_TYPES[f.type]) for f in features}
-    if label is not None:
-        spec[label.name] = tf.io.FixedLenFeature([], _TF_TYPES[label.type])
-    return spec
+    """The raw (input) feature spec: one scalar per raw column the spec reads (`transforms.spec.raw_columns`)."""
+    return {name: tf.io.FixedLenFeature([], _TF_TYPES[kind]) for name, kind in raw_columns(features, label)}
 
 
 def raw_metadata(features: list[FeatureSpec], label: LabelSpec | None):
@@ -98,15 +95,59 @@ def transform_feature(index: int, feature: FeatureSpec, x: tf.Tensor) -> tf.Tens
     return tf.cast(out, tf.float32)
 
 
+def encode_index(feature: FeatureSpec, index: tf.Tensor) -> dict[str, tf.Tensor]:
+    """An index output in the feature's ``encoding``: as is, one 0/1 float32 column per index, or as text."""
+    if feature.encoding == "one_hot":
+        return {name: tf.cast(tf.equal(index, i), tf.float32) for i, name in enumerate(feature.output_names)}
+    if feature.encoding == "category":
+        return {feature.name: tf.strings.as_string(index)}
+    return {feature.name: index}
+
+
+def pca_outputs(index: int, feature: FeatureSpec, columns: list[tf.Tensor]) -> dict[str, tf.Tensor]:
+    """``k`` principal components of the stacked input columns (float64), centred/scaled first as asked.
+
+    The matrix is `tft.pca` over the whole data set (its covariance is centred by definition, so
+    centring is applied to the projection only); with ``scale`` it is the PCA of the columns
+    divided by their standard deviations (`tft.var`). Mean and variance are per column, bound
+    like the other fitted constants. This keeps a pca to one analysis phase after its inputs
+    (two with ``scale``).
+    """
+    x = tf.stack([tf.cast(c, tf.float64) for c in columns], axis=1)
+    std = None
+    if feature.scale:
+        std = tf.sqrt(_fitted(index, "var", tft.var(x, reduce_instance_dims=False)))
+        std = tf.where(tf.not_equal(std, 0.0), std, tf.ones_like(std))
+    matrix = _fitted(index, "matrix", tft.pca(x if std is None else x / std, feature.k, dtype=tf.float64))
+    if feature.center or feature.scale:
+        x = x - _fitted(index, "mean", tft.mean(x, reduce_instance_dims=False))
+    if std is not None:
+        x = x / std
+    projected = tf.cast(tf.matmul(x, matrix), tf.float32)
+    return {name: projected[:, i] for i, name in enumerate(feature.output_names)}
+
+
 def build_preprocessing_fn(features: list[FeatureSpec], label: LabelSpec | None) -> Callable[[dict], dict]:
     """Compile a feature spec into a tensorflow-transform ``preprocessing_fn``.
 
-    Outputs are named like the inputs; the label passes through unchanged.
+    Outputs are named like the inputs (``<name>_<i>`` for one-hot and pca columns); features a pca
+    consumes are not written; the label passes through unchanged.
     """
     features = list(features)
+    sources = pca_sources(features)
+    consumed = consumed_features(features)
 
     def preprocessing_fn(inputs: dict) -> dict:
-        outputs = {f.name: transform_feature(i, f, inputs[f.name]) for i, f in enumerate(features)}
+        results: dict[int, tf.Tensor] = {}
+        outputs: dict[str, tf.Tensor] = {}
+        for i, f in enumerate(features):
+            if f.transform == "pca":
+                columns = [inputs[name] if j is None else results[j] for name, j in zip(f.inputs, sources[i])]
+                outputs.update(pca_outputs(i, f, columns))
+                continue
+            results[i] = transform_feature(i, f, inputs[f.name])
+            if i not in consumed:
+                outputs.update(encode_index(f, results[i]) if f.transform in ("bucketize", "vocabulary", "hash") else {f.name: results[i]})
         if label is not None:
             outputs[label.name] = tf.identity(inputs[label.name])
         return outputs
@@ -165,7 +206,9 @@ def read_fitted_constants(saved_model_pb: bytes) -> dict[int, dict[str, list | f
 
             for match, node in fitted:
                 value = np.asarray(evaluate(node.input[0]))
-                found.setdefault(int(match.group(1)), {})[match.group(2)] = (
-                    value.reshape(-1).tolist() if value.ndim else value.item()
-                )
+                constant = match.group(2)
+                if constant == "matrix":  # pca: input dimension x k, kept as rows
+                    found.setdefault(int(match.group(1)), {})[constant] = value.reshape(value.shape[-2], -1).tolist()
+                else:
+                    found.setdefault(int(match.group(1)), {})[constant] = value.reshape(-1).tolist() if value.ndim else value.item()
     return found

@@ -327,3 +327,199 @@ def test_portable_runner_through_the_cli(tmp_path):
     key = lambda r: (round(r["intensity-mean"], 5), r["region-centroid-row"], r["class"])  # noqa: E731
     for a, b in zip(sorted(online, key=key), sorted(written, key=key)):
         assert all(abs(a[n] - b[n]) <= 1e-6 for n in ("intensity-mean", "region-centroid-row", "hue-mean", "saturation-mean"))
+
+
+# -- the README's example helps the model (issue 16.0) ---------------------------------------
+
+EXAMPLE = "transforms/examples/preprocess.yaml"
+REPLAY_MODEL = {"pipeline": [{"preprocessing.StandardScaler": {}}, {"linear_model.SoftmaxRegression": {}}], "metrics": ["Accuracy"]}
+
+
+@pytest.fixture(scope="module")
+def example_run(tmp_path_factory):
+    """The README's example configuration, as shipped, on all of ImageSegments (CSV)."""
+    from pipelines.preprocess import run
+
+    root = tmp_path_factory.mktemp("example")
+    rows = segment_rows()
+    write_csv(root / "segment.csv", rows)
+    with open(root / "segment.jsonl", "w") as file:
+        file.writelines(json.dumps(r) + "\n" for r in rows)
+    summary = run(["--config", EXAMPLE, "--runner=FnApiRunner", f"--input_pattern={root / 'segment.csv'}", f"--output_dir={root / 'out'}"])
+    return {"root": root, "out": str(root / "out"), "rows": rows, "summary": summary}
+
+
+def _replay_accuracy(root, name: str, features: dict | None, capsys) -> float:
+    from riverbeam.cli import main
+
+    config = root / f"{name}.yaml"
+    config.write_text(yaml.safe_dump({"model": REPLAY_MODEL, "events": {"target": "class"}, **({"features": features} if features else {})}))
+    capsys.readouterr()
+    assert main(["replay", "--config", str(config), "--input", str(root / "segment.jsonl"), "--mode", "evaluate",
+                 "--report", str(root / f"report-{name}"), "--no-progress"]) == 0
+    report = json.loads((root / f"report-{name}" / "metrics.json").read_text())
+    (final,) = report["final"].values()
+    assert final["events"] == 2310
+    return final["Accuracy"]
+
+
+def test_the_readme_example_makes_the_model_at_least_as_accurate(example_run, capsys):
+    """ImageSegments, StandardScaler | SoftmaxRegression, progressive validation: raw events vs the example's transform."""
+    raw = _replay_accuracy(example_run["root"], "raw", None, capsys)
+    transformed = _replay_accuracy(example_run["root"], "transformed", {"transform_output": example_run["out"]}, capsys)
+    assert raw == pytest.approx(0.8255, abs=0.001)  # the figure of issue 16
+    assert transformed >= raw + 0.01, (raw, transformed)
+
+
+def test_the_example_keeps_unnamed_features_and_one_hot_encodes_buckets(example_run):
+    from transforms.fitted import FittedTransform
+
+    fitted = FittedTransform.load(example_run["out"])
+    out = fitted.apply(dict(example_run["rows"][0]))
+    assert len(out) == 19 - 2 + 8 + 4  # two bucketized columns become 8 + 4 one-hot columns; the label stays
+    assert sum(out[f"region-centroid-row_{i}"] for i in range(8)) == 1.0 and "rawred-mean" in out and out["class"] == "path"
+    written = read_parquet_rows(f"{example_run['out']}/data/train-*.parquet")
+    assert set(written[0]) == set(fitted.feature_names) | {"class"}  # batch outputs: the spec's columns, same encoding
+    assert {row["saturation-mean_3"] for row in written} == {0.0, 1.0}
+
+
+def test_example_parity_with_tft_graph(example_run):
+    """Every output column of the example (one-hot included) against TFT's transform_raw_features, on every row."""
+    _assert_graph_parity(example_run["out"], yaml.safe_load(open(EXAMPLE))["features"], example_run["rows"])
+
+
+def test_predict_accepts_the_raw_event_in_the_declared_types(example_run, tmp_path, capsys):
+    from riverbeam.cli import main
+
+    root = example_run["root"]
+    config = tmp_path / "learn.yaml"
+    config.write_text(yaml.safe_dump({"model": REPLAY_MODEL, "events": {"target": "class"}, "features": {"transform_output": example_run["out"]},
+                                      "checkpoint": {"uri": str(tmp_path / "ckpt")}}))
+    assert main(["replay", "--config", str(config), "--input", str(root / "segment.jsonl"), "--no-progress"]) == 0
+    event = {k: v for k, v in example_run["rows"][0].items() if k != "class"}
+    as_text = {**event, "region-centroid-row": str(event["region-centroid-row"]), "intensity-mean": str(event["intensity-mean"])}
+    (tmp_path / "events.jsonl").write_text(json.dumps(event) + "\n" + json.dumps(as_text) + "\n" + json.dumps({**event, "hedge-sd": "x"}) + "\n")
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(tmp_path / "ckpt"), "--input", str(tmp_path / "events.jsonl")]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0]["prediction"] == lines[1]["prediction"] == "path" and "error" not in lines[0]
+    assert lines[1]["probabilities"] == lines[0]["probabilities"]
+    assert "hedge-sd: expected a number, got 'x'" in lines[2]["error"]
+
+
+# -- PCA (issue 16.2) ---------------------------------------------------------------------------
+
+PCA_FEATURES = [
+    {"name": "a", "type": "float", "transform": "z_score"},
+    {"name": "p", "type": "float", "transform": "pca", "inputs": ["a", "b", "c"], "k": 2},  # z-score first, then pca
+    {"name": "q", "type": "int", "transform": "pca", "inputs": ["m", "n", "o"], "k": 2, "scale": True},
+    {"name": "h", "type": "string", "transform": "hash", "hash_buckets": 4, "encoding": "one_hot"},
+    {"name": "v", "type": "string", "transform": "vocabulary", "top_k": 3, "num_oov_buckets": 1, "encoding": "category"},
+]
+PCA_LABEL = {"name": "y", "type": "int"}
+
+
+def pca_rows(count: int = 600) -> list[dict]:
+    """Correlated Gaussian columns (a, b, c) and integer columns of very different scales (m, n, o)."""
+    rng = np.random.default_rng(16)
+    latent = rng.normal(size=(count, 2))
+    abc = latent @ np.array([[3.0, 1.0, -2.0], [0.5, -1.5, 1.0]]) + rng.normal(scale=0.3, size=(count, 3)) + [10.0, -4.0, 0.5]
+    mno = np.column_stack([latent[:, 0] * 1000, latent[:, 1] * 3 - latent[:, 0], rng.normal(size=count) * 50]).round().astype(int)
+    return [{"a": float(r[0]), "b": float(r[1]), "c": float(r[2]), "m": int(s[0]), "n": int(s[1]), "o": int(s[2]),
+             "h": f"h{i % 7}", "v": "xyzw"[i % 4] * (1 + i % 5 // 4), "y": int(r[0] > 10)} for i, (r, s) in enumerate(zip(abc, mno))]
+
+
+@pytest.fixture(scope="module")
+def pca_run(tmp_path_factory):
+    from pipelines.preprocess import run
+
+    root = tmp_path_factory.mktemp("pca")
+    rows = pca_rows()
+    bad = [{**rows[0], "b": ""}, {**rows[1], "m": "1.5"}, {k: v for k, v in rows[2].items() if k != "c"}]
+    with open(root / "data.jsonl", "w") as file:
+        file.writelines(json.dumps(r) + "\n" for r in rows + bad)
+    (root / "job.yaml").write_text(yaml.safe_dump({
+        "features": PCA_FEATURES, "label": PCA_LABEL, "input": {"pattern": str(root / "data.jsonl"), "format": "jsonl"},
+        "output": {"dir": str(root / "out"), "formats": ["parquet"]}, "max_bad_rows": 3}))
+    summary = run(["--config", str(root / "job.yaml"), "--runner=FnApiRunner"])
+    return {"out": str(root / "out"), "rows": rows, "summary": summary}
+
+
+def _assert_graph_parity(out_dir: str, features: list[dict], rows: list[dict], label: dict = LABEL) -> None:
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    from transforms.fitted import FittedTransform
+    from transforms.spec import FeatureSpec, LabelSpec, raw_columns
+
+    specs = [FeatureSpec(**f) for f in features]
+    columns = raw_columns(specs, LabelSpec(**label))
+    typed_rows = [{name: coerce(name, kind, r[name]) for name, kind in columns} for r in rows]
+    dtypes = {"float": tf.float32, "int": tf.int64, "string": tf.string}
+    raw = {name: tf.constant([r[name] for r in typed_rows], dtype=dtypes[kind]) for name, kind in columns}
+    graph_out = tft.TFTransformOutput(out_dir).transform_raw_features(raw)
+    fitted = FittedTransform.load(out_dir)
+    online = fitted.apply_many(typed_rows)
+    assert set(graph_out) == set(fitted.feature_names) | {label["name"]}
+    for name in fitted.feature_names:
+        expected = graph_out[name].numpy()
+        got = [o[name] for o in online]
+        if expected.dtype.kind == "O":
+            assert [e.decode() for e in expected] == got, name
+        else:
+            assert np.max(np.abs(expected.astype(np.float64) - np.array(got, dtype=np.float64))) <= 1e-6, name
+
+
+def coerce(name, kind, value):
+    from transforms.spec import coerce_value
+
+    return coerce_value(name, kind, value)
+
+
+def test_pca_bad_rows_carry_the_reason(pca_run):
+    assert pca_run["summary"]["rows"] == 600 and pca_run["summary"]["bad_rows"] == 3
+    reasons = sorted(json.loads(line)["reason"] for path in glob.glob(f"{pca_run['out']}/errors/bad_rows-*.jsonl") for line in open(path))
+    assert reasons == ["b: missing value", "c: missing", "m: expected an int, got '1.5'"]
+
+
+def test_pca_matrix_equals_numpy_covariance_eigenvectors_up_to_sign(pca_run):
+    doc = json.loads(open(os.path.join(pca_run["out"], "fitted_transforms.json")).read())
+    fitted = {f["name"]: f for f in doc["features"]}
+    rows = pca_run["rows"]
+    f32 = lambda values: np.asarray(values, dtype=np.float32).astype(np.float64)  # noqa: E731
+    # p: a z-scored (float32 output), then b, c as float32; centred
+    a = f32(rows_of(rows, "a"))
+    z = f32((a - a.mean()) / a.std())
+    p_in = np.column_stack([z, f32(rows_of(rows, "b")), f32(rows_of(rows, "c"))])
+    # q: integers, centred and scaled to unit variance (a correlation-matrix PCA)
+    q_in = np.column_stack([np.array(rows_of(rows, n), dtype=np.float64) for n in "mno"])
+    q_in = (q_in - q_in.mean(axis=0)) / q_in.std(axis=0)
+    for name, x in (("p", p_in), ("q", q_in)):
+        values, vectors = np.linalg.eigh(np.cov(x, rowvar=False, bias=True))
+        expected = vectors[:, np.argsort(values)[::-1][:2]]
+        got = np.array(fitted[name]["matrix"])
+        assert got.shape == (3, 2)
+        signs = np.sign(np.sum(got * expected, axis=0))
+        assert np.max(np.abs(got - expected * signs)) < 1e-6, name
+    assert fitted["q"]["mean"] == pytest.approx(np.mean([rows_of(rows, n) for n in "mno"], axis=1), rel=1e-9)
+
+
+def rows_of(rows, name):
+    return [r[name] for r in rows]
+
+
+def test_pca_online_parity_with_tft_graph(pca_run):
+    rows = pca_run["rows"] + [{**pca_run["rows"][0], "a": -1e4, "m": 10**6, "h": "never seen", "v": "unknown"}]
+    _assert_graph_parity(pca_run["out"], PCA_FEATURES, rows, PCA_LABEL)
+
+
+def test_pca_written_data_equals_online(pca_run):
+    from transforms.fitted import FittedTransform
+
+    fitted = FittedTransform.load(pca_run["out"])
+    written = read_parquet_rows(f"{pca_run['out']}/data/train-*.parquet")
+    assert set(written[0]) == {"p_0", "p_1", "q_0", "q_1", "h_0", "h_1", "h_2", "h_3", "v", "y"}  # a, b, c, m, n, o consumed
+    online = fitted.apply_many(pca_run["rows"])
+    key = lambda r: (round(r["p_0"], 4), round(r["q_1"], 4), r["v"])  # noqa: E731
+    for a, b in zip(sorted(online, key=key), sorted(written, key=key)):
+        assert all(abs(a[n] - b[n]) <= 1e-6 if isinstance(a[n], float) else a[n] == b[n] for n in b)

@@ -100,3 +100,136 @@ def test_online_side_does_not_import_tensorflow_or_beam():
     code = "import transforms.fitted, transforms.config, sys; print('tensorflow' in sys.modules, 'apache_beam' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False False"
+
+
+# -- encodings, passthrough, pca, the compiled function --------------------------------------
+
+ENCODED = {
+    "format": FORMAT,
+    "label": {"name": "y", "type": "string"},
+    "features": [
+        {"name": "b", "type": "float", "transform": "bucketize", "boundaries": [0.0, 1.0], "encoding": "one_hot", "width": 3},
+        {"name": "h", "type": "int", "transform": "hash", "hash_buckets": 4, "encoding": "category", "width": 4},
+        {"name": "v", "type": "string", "transform": "vocabulary", "vocabulary": ["a", "b"], "num_oov_buckets": 0,
+         "encoding": "one_hot", "width": 2},
+        {"name": "x", "type": "float", "transform": "log1p"},
+    ],
+}
+
+
+def test_one_hot_and_category_encodings():
+    fitted = FittedTransform.from_document(ENCODED)
+    out = fitted.apply({"b": 0.5, "h": 12, "v": "b", "x": 0.0, "y": "yes"})
+    assert out == {"b_0": 0.0, "b_1": 1.0, "b_2": 0.0, "h": str(farmhash.fingerprint64(b"12") % 4),
+                   "v_0": 0.0, "v_1": 1.0, "x": 0.0, "y": "yes"}
+    assert fitted.feature_names == ["b_0", "b_1", "b_2", "h", "v_0", "v_1", "x"]
+    assert fitted.categorical_outputs == {"h"}
+    # an unknown token without OOV buckets (index -1) is all zeros, as tf.one_hot gives
+    assert [fitted.apply({"b": 9.0, "h": 1, "v": "zz", "x": 0.0})[k] for k in ("b_2", "v_0", "v_1")] == [1.0, 0.0, 0.0]
+
+
+def test_passthrough_keeps_unnamed_fields_in_event_order():
+    fitted = FittedTransform.from_document({**ENCODED, "passthrough": True})
+    out = fitted.apply({"q": 1.5, "b": 0.5, "h": 1, "v": "a", "x": 1.0, "s": "text", "y": "no"})
+    assert list(out)[-3:] == ["q", "s", "y"] and out["q"] == 1.5 and out["s"] == "text"
+    assert fitted.apply({"b": 0.5, "h": 1, "v": "a", "x": 1.0}).keys() == set(fitted.feature_names)
+
+
+def test_dropping_unnamed_fields_warns_once(caplog):
+    fitted = FittedTransform.from_document(ENCODED)
+    event = {"b": 0.5, "h": 1, "v": "a", "x": 1.0}
+    with caplog.at_level("WARNING", logger="transforms.fitted"):
+        fitted.apply(event)
+        fitted.apply({**event, "y": "label only"})  # the label is not dropped
+        assert not caplog.records
+        fitted.apply({**event, "q": 1.0, "r": 2.0})
+        fitted.apply({**event, "q": 1.0})
+    assert len(caplog.records) == 1 and "dropping 2 event field(s) the feature spec does not name: q, r" in caplog.text
+    assert "passthrough: true" in caplog.text
+
+
+PCA = {
+    "format": FORMAT,
+    "label": None,
+    "features": [
+        {"name": "a", "type": "float", "transform": "z_score", "mean": 1.0, "var": 4.0},
+        {"name": "p", "type": "float", "transform": "pca", "inputs": ["a", "b", "c"], "k": 2, "center": True, "scale": True,
+         "mean": [0.5, -1.0, 2.0], "var": [1.0, 0.25, 0.0], "matrix": [[0.6, 0.0], [0.8, 0.0], [0.0, 1.0]]},
+        {"name": "n", "type": "int", "transform": "identity"},
+    ],
+}
+
+
+def test_pca_projects_centred_scaled_inputs_and_consumes_earlier_features():
+    fitted = FittedTransform.from_document(PCA)
+    a, b, c = (f32(3.0) - 1.0) / 2.0, f32(0.1), f32(7.0)
+    centred = [(f32(a) - 0.5) / 1.0, (b + 1.0) / 0.5, (c - 2.0) / 1.0]  # variance 0: not scaled
+    out = fitted.apply({"a": 3.0, "b": 0.1, "c": 7, "n": 4})
+    assert out == {"p_0": f32(centred[0] * 0.6 + centred[1] * 0.8 + centred[2] * 0.0),
+                   "p_1": f32(centred[0] * 0.0 + centred[1] * 0.0 + centred[2] * 1.0), "n": 4}
+    assert fitted.feature_names == ["p_0", "p_1", "n"] and fitted.raw_columns == ["a", "b", "c", "n"]
+
+
+def test_bad_or_missing_pca_inputs_are_dead_letters_with_the_reason():
+    from online.config import EventsConfig, ModelConfig
+    from online.events import EventError
+    from online.learner import Learner
+
+    fitted = FittedTransform.from_document(PCA)
+    learner = Learner(ModelConfig(pipeline=[{"linear_model.LinearRegression": {}}], metrics=["MAE"]), EventsConfig(target="y"),
+                      transform=fitted.apply)
+    good = {"a": 1.0, "b": 2.0, "c": 3.0, "n": 1, "y": 0.5}
+    learner.process(dict(good))
+    cases = [({k: v for k, v in good.items() if k != "c"}, "feature transform failed: c: missing value"),
+             ({**good, "b": "high"}, "feature transform failed: b: expected a number, got 'high'"),
+             ({**good, "b": float("nan")}, "feature transform failed: b: expected a finite number, got nan"),
+             ({**good, "n": 1.5}, "feature transform failed: n: expected an int, got 1.5")]
+    for event, reason in cases:
+        with pytest.raises(EventError) as caught:
+            learner.process(event)
+        assert str(caught.value) == reason
+    assert learner.report()["events_learned"] == 1
+
+
+def test_a_wrong_pca_matrix_is_refused():
+    bad = {**PCA, "features": [PCA["features"][0], {**PCA["features"][1], "matrix": [[1.0, 0.0]]}]}
+    with pytest.raises(FittedTransformError, match="'p': the pca matrix is not 3 x 2"):
+        FittedTransform.from_document(bad)
+    with pytest.raises(FittedTransformError, match="'p': fitted constants missing: var"):
+        FittedTransform.from_document({**PCA, "features": [{k: v for k, v in PCA["features"][1].items() if k != "var"}]})
+
+
+def test_raw_events_in_the_declared_types_and_their_text_are_read_alike():
+    fitted = FittedTransform.from_document(DOCUMENT)
+    as_text = {k: (str(v) if k != "extra" else v) for k, v in EVENT.items()}
+    assert fitted.apply(as_text) == fitted.apply(EVENT)
+    assert fitted.apply({**EVENT, "v0": "7"})["v0"] == fitted.apply(EVENT)["v0"] == 0
+
+
+def test_compiled_function_is_straight_line_and_bound():
+    fitted = FittedTransform.from_document(DOCUMENT)
+    assert "for " not in fitted.source_code.split("if len(event)")[0]  # no loop over the spec per event
+    assert "1.5" in fitted.source_code and "_bisect(" in fitted.source_code  # constants bound as literals
+    assert fitted.apply.__self__ is fitted and fitted(EVENT) == fitted.apply(EVENT)
+
+
+def test_pickles_and_reloads_the_same_function():
+    import pickle
+
+    fitted = FittedTransform.from_document({**ENCODED, "passthrough": True})
+    event = {"b": 0.5, "h": 12, "v": "b", "x": 0.0, "extra": 3}
+    assert pickle.loads(pickle.dumps(fitted)).apply(event) == fitted.apply(event)
+    assert pickle.loads(pickle.dumps(fitted.apply))(event) == fitted.apply(event)
+
+
+def test_event_reader_accepts_category_outputs_of_the_transform():
+    from online.config import EventsConfig
+    from online.events import EventError, EventReader
+
+    fitted = FittedTransform.from_document(ENCODED)
+    reader = EventReader(EventsConfig(target="y"), label_kind="class", transform=fitted.apply)
+    x, y, _ = reader.split({"b": 0.5, "h": 12, "v": "b", "x": 0.0, "y": "yes"})
+    assert isinstance(x["h"], str) and y == "yes"
+    passing = EventReader(EventsConfig(target="y"), label_kind="class", transform=FittedTransform.from_document({**ENCODED, "passthrough": True}).apply)
+    with pytest.raises(EventError, match="feature 'note' is not a number: 'free text'"):  # passed-through strings are still checked
+        passing.split({"b": 0.5, "h": 12, "v": "b", "x": 0.0, "note": "free text", "y": "yes"})

@@ -85,6 +85,7 @@ def test_input_output_and_limits_are_checked():
 def test_example_configuration_is_valid():
     config = load_config("transforms/examples/preprocess.yaml", PreprocessJobConfig, environ={})
     assert config.label.name == "class" and len(config.features) == 7 and config.output.formats == ["tfrecord", "parquet"]
+    assert config.passthrough is True and {f.encoding for f in config.features if f.transform == "bucketize"} == {"one_hot"}
 
 
 def test_config_check_detects_a_preprocess_job(capsys):
@@ -110,3 +111,62 @@ def test_coercion_reads_text_and_numbers(kind, raw, expected):
 def test_coercion_errors_name_the_feature(kind, raw, reason):
     with pytest.raises(InvalidFeatureError, match=rf"^f: .*{reason}"):
         FeatureSpec(name="f", type=kind, transform="identity").coerce(raw)
+
+
+def test_passthrough_defaults_to_false():
+    assert job({"name": "a", "type": "float", "transform": "log1p"}).passthrough is False
+    assert job({"name": "a", "type": "float", "transform": "log1p"}, passthrough=True).passthrough is True
+
+
+def test_encoding_applies_to_index_transforms_only():
+    config = job({"name": "c", "type": "float", "transform": "bucketize", "num_buckets": 3, "encoding": "one_hot"},
+                 {"name": "h", "type": "string", "transform": "hash", "hash_buckets": 2, "encoding": "category"},
+                 {"name": "v", "type": "int", "transform": "vocabulary", "top_k": 2, "num_oov_buckets": 1, "encoding": "one_hot"})
+    assert [f.output_names for f in config.features] == [["c_0", "c_1", "c_2"], ["h"], ["v_0", "v_1", "v_2"]]
+    assert [f.output_kind for f in config.features] == ["float", "string", "float"]
+    assert error_of({"name": "x", "type": "float", "transform": "z_score", "encoding": "one_hot"}) == (
+        "features[0]: encoding applies only to transforms bucketize, vocabulary, hash, not z_score"
+    )
+    assert error_of({"name": "v", "type": "string", "transform": "vocabulary", "encoding": "one_hot"}) == (
+        "features[0]: encoding one_hot of a vocabulary needs top_k (the width of the one-hot columns)"
+    )
+    assert error_of({"name": "x", "type": "int", "transform": "hash", "hash_buckets": 2, "encoding": "binary"}).startswith("features[0].encoding: ")
+
+
+def test_one_hot_columns_must_not_collide():
+    assert "output column 'c_0' is also written by another feature" in error_of(
+        {"name": "c", "type": "float", "transform": "bucketize", "num_buckets": 2, "encoding": "one_hot"},
+        {"name": "c_0", "type": "float", "transform": "log1p"},
+    )
+
+
+def test_pca_parameters_and_inputs_are_checked():
+    config = job({"name": "a", "type": "float", "transform": "z_score"},
+                 {"name": "p", "type": "float", "transform": "pca", "inputs": ["a", "b"], "k": 2, "scale": True})
+    assert config.features[1].output_names == ["p_0", "p_1"] and config.features[1].center is True
+    assert error_of({"name": "p", "type": "float", "transform": "pca", "k": 1}) == "features[0].inputs: required by transform pca"
+    assert error_of({"name": "p", "type": "float", "transform": "pca", "inputs": ["a", "b"]}) == "features[0].k: required by transform pca"
+    assert error_of({"name": "p", "type": "float", "transform": "pca", "inputs": ["a"], "k": 1}) == "features[0].inputs: pca needs at least 2 inputs, got 1"
+    assert error_of({"name": "p", "type": "float", "transform": "pca", "inputs": ["a", "b"], "k": 3}) == (
+        "features[0]: k: at most the number of inputs (2), got 3"
+    )
+    assert error_of({"name": "p", "type": "string", "transform": "pca", "inputs": ["a", "b"], "k": 1}) == (
+        "features[0].transform: pca needs a float or int feature, not string"
+    )
+    assert error_of({"name": "x", "type": "float", "transform": "z_score", "scale": True}) == "features[0]: center and scale apply only to transform pca"
+    assert error_of({"name": "x", "type": "float", "transform": "z_score", "inputs": ["a", "b"]}) == (
+        "features[0].inputs: applies only to transform pca, not z_score"
+    )
+    assert "'s' (features[0]) must have one float output, not vocabulary" in error_of(
+        {"name": "s", "type": "string", "transform": "vocabulary"},
+        {"name": "p", "type": "float", "transform": "pca", "inputs": ["s", "b"], "k": 1},
+    )
+    assert "'a' is already consumed by features[1]" in error_of(
+        {"name": "a", "type": "float", "transform": "z_score"},
+        {"name": "p", "type": "float", "transform": "pca", "inputs": ["a", "b"], "k": 1},
+        {"name": "q", "type": "float", "transform": "pca", "inputs": ["a", "c"], "k": 1},
+    )
+    assert "'z' is features[1] or the label, which comes later" in error_of(
+        {"name": "p", "type": "float", "transform": "pca", "inputs": ["z", "b"], "k": 1},
+        {"name": "z", "type": "float", "transform": "log1p"},
+    )
