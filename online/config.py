@@ -52,6 +52,23 @@ class ModelConfig(Section):
         from online.models import build_model
 
         build_model(self, path="")
+        check_drift_detector(self, path="")
+
+
+def check_drift_detector(model: "ModelConfig", path: str = "model") -> Any:
+    """The model's drift detector, built and checked to be one (`ConfigError` naming ``drift.detector``), or None."""
+    if model.drift is None:
+        return None
+    from river import base
+
+    from core.errors import ConfigError
+    from online.models import build_object
+
+    where = f"{path}.drift.detector" if path else "drift.detector"
+    detector = build_object({model.drift.detector: model.drift.params}, where)
+    if not isinstance(detector, base.DriftDetector):
+        raise ConfigError(where, f"{model.drift.detector} is not a drift detector (use one of river.drift, e.g. drift.ADWIN)")
+    return detector
 
 
 class DelayedLabelsConfig(Section):

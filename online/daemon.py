@@ -29,6 +29,7 @@ final model equals an uninterrupted run.
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import logging
 import signal
 import threading
@@ -41,9 +42,11 @@ from core.errors import RiverbeamError
 from online.checkpoints import CheckpointStore, FencingError
 from online.config import ConsumeJobConfig
 from online.kafka_clients import KafkaClientError, TopicPartition, make_consumer, make_producer
+from online.kafka_clients.base import ProducerFencedError
 from online.gc_tuning import restore_gc, steady_state_gc
 from online.learner import Learner
-from online.lease import Lease, instance_id
+from online.config import LEASE_RENEWALS
+from online.lease import Lease, LeaseKeeper, instance_id
 from online.observability import DaemonMetrics, HealthServer, ProgressLine
 from online.outputs import OutputWriter
 from online.persistence import Cadence, Checkpointer, Durable, LearnerSpec, open_checkpoint_store, resume
@@ -53,6 +56,37 @@ log = logging.getLogger("riverbeam.daemon")
 
 class DaemonError(RiverbeamError):
     """The daemon had to stop: it could not go on without losing or duplicating something."""
+
+
+class LeaseLost(Exception):
+    """This instance no longer holds the global model's lease: drop what is not durable, go back to standby."""
+
+
+STORAGE_LOG_EVERY = 30.0  # seconds between log lines while a checkpoint upload keeps retrying
+
+
+def offset_gap(position: int, start: int, end: int, recorded_id: str | None = None, current_id: str | None = None) -> str | None:
+    """Why the checkpointed `position` is not a place the broker can resume from, or None.
+
+    `start`/`end` are the partition's log start and end offsets; the topic ids are the one the
+    checkpoint recorded and the broker's current one.
+
+    >>> offset_gap(500, 0, 1000) is None, offset_gap(1000, 0, 1000) is None
+    (True, True)
+    >>> offset_gap(500, 0, 1000, "a", "b")
+    'the topic was recreated (its id changed)'
+    >>> offset_gap(500, 700, 1000)
+    'the checkpointed offset is below the log start (records deleted, e.g. by retention)'
+    >>> offset_gap(500, 0, 300)
+    'the checkpointed offset is past the end of the log (topic recreated or truncated)'
+    """
+    if recorded_id and current_id and recorded_id != current_id:
+        return "the topic was recreated (its id changed)"
+    if position < start:
+        return "the checkpointed offset is below the log start (records deleted, e.g. by retention)"
+    if position > end:
+        return "the checkpointed offset is past the end of the log (topic recreated or truncated)"
+    return None
 
 
 def position_key(tp: TopicPartition) -> str:
@@ -114,16 +148,32 @@ class Daemon:
         self.outputs: OutputWriter | None = None
         self.lease: Lease | None = None
         self.health: HealthServer | None = None
-        self._lease_renewed = 0.0
+        self.keeper: LeaseKeeper | None = None
+        self.topic_ids: dict[str, str | None] = {}
+        self._upload_started: dict[str, float] = {}
+        self._pending_logged = 0.0
+        self.final_summary: dict | None = None
 
     # -- set-up -----------------------------------------------------------------------------
 
-    def _open_clients(self) -> None:
+    def _open_clients(self, transactional: bool = False) -> None:
+        """The consumer and, with output topics, the producer and its `OutputWriter`.
+
+        A global model's producer is transactional with an id derived from the checkpoint URI:
+        opening it fences any older instance's producer at the broker, so records a stale
+        instance sends after a takeover are refused (measured on Tansu with both clients).
+        """
         kafka = self.config.kafka
-        if kafka.dead_letter_topic or kafka.predictions_topic:
-            self.producer = make_producer(kafka)
+        if self.consumer is None:
+            self.consumer = make_consumer(kafka, group=True)
+        if (kafka.dead_letter_topic or kafka.predictions_topic) and self.producer is None:
+            if transactional:
+                digest = hashlib.sha256(self.config.checkpoint.uri.rstrip("/").encode()).hexdigest()[:20]
+                timeout = min(900.0, max(60.0, 3 * self.config.checkpoint.every_seconds))
+                self.producer = make_producer(kafka, transactional_id=f"riverbeam-{digest}", transaction_timeout_s=timeout)
+            else:
+                self.producer = make_producer(kafka)
         self.outputs = OutputWriter(self.producer, kafka.dead_letter_topic, kafka.predictions_topic, scanner=lambda: make_consumer(kafka, group=False))
-        self.consumer = make_consumer(kafka, group=True)
 
     def _store_for(self, name: str) -> CheckpointStore:
         uri = self.config.checkpoint.uri.rstrip("/")
@@ -137,6 +187,8 @@ class Daemon:
         positions = kafka_positions(checkpoint.positions) if checkpoint is not None else {}
         outputs_since = checkpoint.manifest.get("extra", {}).get("outputs") if checkpoint is not None else None
         positions = {tp: positions.get(tp, 0) for tp in partitions}
+        if checkpoint is not None and not self.keyed:  # no broker look-ups inside a rebalance callback (keyed units)
+            positions = self._resolve_offset_gaps(positions, checkpoint.manifest.get("extra", {}).get("topic_ids") or {})
         self.outputs.restore(partitions, outputs_since)
         unit = LearningUnit(name, store, learner, list(partitions), positions)
         unit.checkpointer = Checkpointer(
@@ -154,6 +206,51 @@ class Daemon:
         )
         return unit
 
+    def _resolve_offset_gaps(self, positions: dict[TopicPartition, int], recorded_ids: dict[str, str]) -> dict[TopicPartition, int]:
+        """Check each checkpointed position against the broker (topic id, log start, end); apply ``kafka.on_offset_gap``."""
+        tps = sorted(positions)
+        for topic in {tp[0] for tp in tps}:
+            self.topic_ids[topic] = self.consumer.topic_id(topic)
+        starts = self.consumer.beginning_offsets(tps)
+        ends = self.consumer.end_offsets(tps)
+        resolved = dict(positions)
+        for tp in tps:
+            position, start, end = positions[tp], starts.get(tp, 0), ends.get(tp, 0)
+            if position > end:
+                end = self._exact_end(tp, end)  # Tansu's ListOffsets may fall short by one batch
+            why = offset_gap(position, start, end, recorded_ids.get(tp[0]), self.topic_ids.get(tp[0]))
+            if why is None:
+                continue
+            recreated = "recreated (its id" in why
+            target = start if recreated or position < start else end
+            if self.config.kafka.on_offset_gap == "fail":
+                raise DaemonError(
+                    f"offset gap on {tp[0]}[{tp[1]}]: the checkpoint resumes at offset {position} but the broker holds [{start}, {end}): "
+                    f"{why}; set kafka.on_offset_gap: skip to go on from offset {target}"
+                )
+            log.warning("offset gap skipped", extra={"fields": {"topic": tp[0], "partition": tp[1], "checkpointed": position, "log_start": start, "log_end": end, "reason": why, "resume_at": target}})
+            self.metrics.offset_gaps.labels(tp[0], str(tp[1])).inc()
+            if not recreated:
+                self.metrics.offsets_skipped.labels(tp[0], str(tp[1])).inc(abs(target - position))
+            resolved[tp] = target
+        return resolved
+
+    def _exact_end(self, tp: TopicPartition, listed: int) -> int:
+        """The partition's true end: ListOffsets raised to the high watermark of a fetch near it."""
+        scanner = make_consumer(self.config.kafka, group=False)
+        try:
+            scanner.assign([tp])
+            scanner.seek(tp, max(0, listed - 1))
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                scanner.poll_batches(0.2, 1)
+                mark = scanner.high_watermarks().get(tp)
+                if mark is not None:
+                    return max(listed, mark)
+            return listed
+        finally:
+            scanner.close()
+
     def _on_assign(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             if tp not in self.unit_of:
@@ -170,20 +267,82 @@ class Daemon:
             self.units.pop(unit.name, None)
         self.metrics.ready = bool(self.units)
 
-    def _start_global(self) -> None:
+    def _wait_for_lease(self) -> bool:
+        """Standby until this instance holds the lease (renewed from then on by a `LeaseKeeper`); False if stopped."""
         self.lease = Lease(self._store_for("all").store, instance_id(), ttl=self.lease_seconds)
         waited = False
-        while not self.lease.try_acquire():
+        while True:
+            try:
+                acquired = self.lease.try_acquire()
+            except Exception as error:  # storage down: stay standby
+                acquired = False
+                log.warning("standby: cannot read the lease", extra={"fields": {"error": f"{type(error).__name__}: {error}"}})
+            if acquired:
+                break
             if not waited:
                 log.info("standby: another instance holds the lease for this global model", extra={"fields": {"uri": self.config.checkpoint.uri}})
                 waited = True
-            if self.stopping.wait(min(2.0, self.lease_seconds / 3)):
-                return
+            if self.stopping.wait(min(2.0, self.lease_seconds / LEASE_RENEWALS)):
+                return False
+        self.keeper = LeaseKeeper(self.lease, self.lease_seconds / LEASE_RENEWALS).start()
+        return True
+
+    def _activate_global(self) -> None:
+        self._open_clients(transactional=True)  # fences a stale instance's producer before the outputs are scanned
         partitions = [(topic, p) for topic in self.config.kafka.source_topics for p in self.consumer.partitions_for(topic)]
         self.consumer.assign(partitions)
         self._restore_unit("all", partitions)
+        self._check_lease()
         self.metrics.ready = True
-        self._lease_renewed = time.monotonic()
+
+    def _check_lease(self) -> None:
+        if self.keeper is not None and not self.keeper.valid():
+            raise LeaseLost("this instance's lease on the global model expired or was taken over")
+
+    def _back_to_standby(self, error: BaseException) -> None:
+        """Lost the lease: drop (never flush) what is not durable, forget the unit, wait as standby again."""
+        log.warning("lost the lease on the global model: dropping what was not durable, back to standby", extra={"fields": {"reason": str(error)}})
+        self.metrics.lease_lost.inc()
+        self.metrics.ready = False
+        if self.keeper is not None:
+            self.keeper.stop()
+            self.keeper = None
+        for unit in self.units.values():
+            try:
+                unit.checkpointer.collect(wait=True)  # the store fences a stale write itself
+            except Exception:
+                pass
+        if self.outputs is not None:
+            self.outputs.drop()
+            self.outputs.close()
+        self.producer = None
+        try:
+            self.consumer.assign([])
+        except Exception:
+            pass
+        self.units.clear()
+        self.unit_of.clear()
+        self.targets.clear()
+        self.needs_targets.clear()
+
+    def _run_global(self, started: float) -> None:
+        while not self.stopping.is_set():
+            if not self._wait_for_lease():
+                return
+            try:
+                self._activate_global()
+                self._loop()
+                for unit in list(self.units.values()):
+                    self._checkpoint(unit, wait=True)
+                self._check_lease()
+            except (LeaseLost, FencingError, ProducerFencedError) as error:
+                self._back_to_standby(error)
+                continue
+            self.final_summary = self.summary(time.monotonic() - started)
+            self.keeper.stop()
+            self.keeper = None
+            self.lease.release()
+            return
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -202,11 +361,53 @@ class Daemon:
         """Checkpoint `unit` (skipped when nothing is new); the upload runs on the uploader thread unless `wait`."""
 
         def prepare() -> dict:  # outputs flushed before the snapshot: their end offsets go into the manifest
-            self.outputs.flush()
-            return {"outputs": self.outputs.end_offsets() if self.outputs.topics else {}, "instance": self.lease.owner if self.lease else None}
+            self._check_lease()
+            self.outputs.flush()  # a transactional producer commits here; ProducerFencedError if taken over
+            self._check_lease()
+            return {
+                "outputs": self.outputs.end_offsets() if self.outputs.topics else {},
+                "instance": self.lease.owner if self.lease else None,
+                "topic_ids": dict(self.topic_ids),
+            }
 
         positions = {position_key(tp): offset for tp, offset in unit.positions.items()}
-        unit.checkpointer.checkpoint(positions, prepare=prepare, wait=wait)  # re-raises FencingError and storage errors
+        try:
+            unit.checkpointer.checkpoint(positions, prepare=prepare, wait=wait)  # re-raises FencingError and storage errors
+        except (FencingError, LeaseLost, KafkaClientError):
+            raise
+        except Exception as error:
+            self._upload_failed(unit, error)
+            return
+        if unit.checkpointer.pending is not None:
+            self._upload_started[unit.name] = time.monotonic()
+
+    def _collect(self, unit: LearningUnit) -> None:
+        """Finish `unit`'s upload if it is done; a storage failure is logged and retried, never fatal."""
+        try:
+            unit.checkpointer.collect()
+        except FencingError:
+            raise
+        except Exception as error:
+            self._upload_failed(unit, error)
+
+    def _upload_failed(self, unit: LearningUnit, error: BaseException) -> None:
+        # Nothing is lost: the offsets stay uncommitted and the next checkpoint holds the whole state.
+        self.metrics.checkpoint_failures.inc()
+        unit.checkpointer.last_positions = None  # the next due checkpoint is written even without new events
+        log.error("checkpoint upload failed; retrying at the next due checkpoint", extra={"fields": {"unit": unit.name, "error": f"{type(error).__name__}: {error}"}})
+
+    def _watch_uploads(self, now: float) -> None:
+        """While a checkpoint upload keeps retrying (storage slow or down): a log line after 5 s, then every 30 s, and a gauge."""
+        started = [self._upload_started.get(unit.name, now) for unit in self.units.values() if unit.checkpointer.pending is not None]
+        if not started:
+            self.metrics.storage_retrying.set(0)
+            self._pending_logged = 0.0
+            return
+        waiting = now - min(started)
+        self.metrics.storage_retrying.set(waiting)
+        if waiting >= 5.0 and now - self._pending_logged >= STORAGE_LOG_EVERY:
+            self._pending_logged = now
+            log.warning("checkpoint upload still retrying (storage slow or unreachable)", extra={"fields": {"seconds": round(waiting, 1), "uri": self.config.checkpoint.uri}})
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -304,26 +505,24 @@ class Daemon:
     def run(self) -> dict:
         """Consume until stopped (signal, `until_caught_up`, or a fatal error); return a summary."""
         started = time.monotonic()
-        self._open_clients()
         port = self.config.metrics.port
         if port is not None:
             self.health = HealthServer(self.metrics, self.config.metrics.host, port)
+        previous_gc = steady_state_gc()
         try:
             if self.keyed:
+                self._open_clients()
                 self.consumer.subscribe(self.config.kafka.source_topics, self._on_assign, self._on_revoke)
-            else:
-                self._start_global()
-            previous_gc = steady_state_gc()
-            try:
                 self._loop()
-            finally:
-                restore_gc(previous_gc)
-            for unit in list(self.units.values()):
-                self._checkpoint(unit, wait=True)
-            summary = self.summary(time.monotonic() - started)  # before close() revokes the units
-            if self.lease is not None:
-                self.lease.release()
+                for unit in list(self.units.values()):
+                    self._checkpoint(unit, wait=True)
+                summary = self.summary(time.monotonic() - started)  # before close() revokes the units
+            else:
+                self.consumer = make_consumer(self.config.kafka, group=True)  # the producer comes once the lease is held
+                self._run_global(started)
+                summary = self.final_summary or self.summary(time.monotonic() - started)
         finally:
+            restore_gc(previous_gc)
             self.progress.close()
             self._close()
         log.info("stopped", extra={"fields": summary})
@@ -333,7 +532,6 @@ class Daemon:
         kafka = self.config.kafka
         poll_timeout = kafka.poll_timeout_ms / 1000
         progress = [time.monotonic(), 0]
-        renew_every = self.lease_seconds / 3
         clock = time.perf_counter
         while not self.stopping.is_set():
             batches = self.consumer.poll_batches(poll_timeout, kafka.poll_max_records)
@@ -347,18 +545,18 @@ class Daemon:
                 self.last_event_at = time.time()
             now = time.monotonic()
             for unit in list(self.units.values()):
-                unit.checkpointer.collect()  # an upload that finished: its offsets are committed now
+                self._collect(unit)  # an upload that finished: its offsets are committed now
                 if unit.checkpointer.due():
                     self._checkpoint(unit)
-            if self.lease is not None and now - self._lease_renewed >= renew_every:
-                if not self.lease.renew():
-                    raise FencingError("this instance lost its lease on the global model to another instance; stopping")
-                self._lease_renewed = now
+            self._check_lease()
+            self._watch_uploads(now)
             self._report_progress(progress)
             if self.until_caught_up and self._caught_up():
                 break
 
     def _close(self) -> None:
+        if self.keeper is not None:  # stopped by an error while active: a standby takes over when the lease expires
+            self.keeper.stop()
         for closer in (
             lambda: self.uploader.shutdown(wait=True),
             lambda: self.outputs and self.outputs.close(),

@@ -22,7 +22,7 @@ from typing import Any
 
 from core.errors import ConfigError, RiverbeamError
 
-_LABEL_TYPES = {"class": (str, int, bool), "number": (int, float)}
+_LABEL_TYPES = {"class": (str, int, bool), "binary": (int, bool), "number": (int, float)}
 
 
 class EventError(ValueError):
@@ -33,10 +33,26 @@ class EventReader:
     """Splits events into ``(features, label, key)`` for one `online.config.EventsConfig`.
 
     `label_kind` is ``"class"`` for classifiers (labels are strings, integers or booleans),
-    ``"number"`` for regressors (finite numbers) or ``None`` (any label, not checked).
+    ``"binary"`` for binary classifiers (``True``/``False``/``1``/``0`` only: River learns ``2``
+    or ``-1`` silently and fails inside ``learn_one`` on a string), ``"number"`` for regressors
+    (finite numbers) or ``None`` (any label, not checked). With `max_abs_value` (from
+    ``events.max_abs_value``), a feature or numeric label beyond it in absolute value is refused:
+    a finite ``1e308`` would overflow the model's arithmetic and ruin it for good.
+
     `events.categorical` names fields that may hold strings. `transform` (a fitted
     `transforms.fitted.FittedTransform`, or any callable ``dict -> dict``) is applied to the
     features before they are checked.
+
+    >>> from online.config import EventsConfig
+    >>> reader = EventReader(EventsConfig(target="y", max_abs_value=1e9), label_kind="binary")
+    >>> reader.split({"a": 1e308, "y": True})
+    Traceback (most recent call last):
+    ...
+    online.events.EventError: feature 'a' is beyond events.max_abs_value (1e+09): 1e+308
+    >>> reader.split({"a": 1.0, "y": 2})
+    Traceback (most recent call last):
+    ...
+    online.events.EventError: label 'y' cannot be learned by this model (a binary classifier takes true/false or 1/0): 2
     """
 
     def __init__(self, events, label_kind: str | None = None, transform=None):
@@ -48,6 +64,8 @@ class EventReader:
             f for f in {events.target, events.key, events.id, events.time, *events.exclude} if f is not None
         )
         self.label_types = _LABEL_TYPES.get(label_kind) if label_kind else None
+        self.binary = label_kind == "binary"
+        self.max_abs = getattr(events, "max_abs_value", None)
         # a fitted transform declares the string columns it emits (category encodings)
         self.categorical = frozenset(events.categorical) | frozenset(getattr(getattr(transform, "__self__", None), "categorical_outputs", ()))
         self.transform = transform
@@ -56,8 +74,10 @@ class EventReader:
 
     def _plain_split(self):
         """`split` for events whose features are all fields but the dropped ones (no key, no transform)."""
-        target, label_types, check = self.target, self.label_types, self._check_types
+        target, label_types, check, label_error = self.target, self.label_types, self._check_types, self._label_error
         others = tuple(f for f in self.drop if f != target)
+        bound = self.max_abs
+        binary = self.binary
 
         def split(event: Any) -> tuple[dict, Any, Any]:
             if type(event) is not dict:
@@ -70,10 +90,12 @@ class EventReader:
             except TypeError:
                 check(event)
             else:
-                if total - total != 0:  # NaN or infinity somewhere
-                    check(event)
-            if y is not None and label_types is not None and (type(y) not in label_types or (type(y) is float and y - y != 0)):
-                raise EventError(f"label '{target}' cannot be learned by this model: {y!r}")
+                if total - total != 0 or (bound is not None and event and (max(event.values()) > bound or min(event.values()) < -bound)):
+                    check(event)  # NaN, infinity or a value beyond events.max_abs_value somewhere
+            if y is not None and label_types is not None and (type(y) not in label_types or (type(y) is float and y - y != 0) or (binary and y not in (0, 1))):
+                label_error(y)
+            if bound is not None and type(y) in (int, float) and not -bound <= y <= bound:
+                label_error(y)
             return event, y, None
 
         return split
@@ -109,21 +131,33 @@ class EventReader:
         except TypeError:
             self._check_types(x)
         else:
-            if total - total != 0:
+            bound = self.max_abs
+            if total - total != 0 or (bound is not None and x and (max(x.values()) > bound or min(x.values()) < -bound)):
                 self._check_types(x)
         if y is not None and self.label_types is not None:
-            if type(y) not in self.label_types or (type(y) is float and not math.isfinite(y)):
-                raise EventError(f"label '{self.target}' cannot be learned by this model: {y!r}")
+            if type(y) not in self.label_types or (type(y) is float and not math.isfinite(y)) or (self.binary and y not in (0, 1)):
+                self._label_error(y)
+            if self.max_abs is not None and type(y) in (int, float) and type(y) is not bool and abs(y) > self.max_abs:
+                self._label_error(y)
         return x, y, key
+
+    def _label_error(self, y: Any) -> None:
+        if self.binary and type(y) in (int, bool, str, float):
+            raise EventError(f"label '{self.target}' cannot be learned by this model (a binary classifier takes true/false or 1/0): {y!r}")
+        if self.max_abs is not None and type(y) in (int, float) and abs(y) > self.max_abs:
+            raise EventError(f"label '{self.target}' is beyond events.max_abs_value ({self.max_abs:g}): {y!r}")
+        raise EventError(f"label '{self.target}' cannot be learned by this model: {y!r}")
 
     def _check_types(self, x: dict) -> None:
         for name, value in x.items():
             kind = type(value)
-            if kind in (int, bool):
+            if kind is bool:
                 continue
-            if kind is float:
-                if not math.isfinite(value):
+            if kind in (int, float):
+                if kind is float and not math.isfinite(value):
                     raise EventError(f"feature '{name}' is not finite: {value!r}")
+                if self.max_abs is not None and abs(value) > self.max_abs:
+                    raise EventError(f"feature '{name}' is beyond events.max_abs_value ({self.max_abs:g}): {value!r}")
                 continue
             if kind is str and name in self.categorical:
                 continue

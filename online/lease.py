@@ -18,14 +18,17 @@ even a holder that lost its lease without noticing cannot overwrite its successo
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
+import threading
 import time
 import uuid
 
 from core.storage import ABSENT, Generation, ObjectNotFound, ObjectStore, PreconditionFailed
 
 LEASE = "LEASE"
+log = logging.getLogger("riverbeam.lease")
 
 
 def instance_id() -> str:
@@ -88,3 +91,64 @@ class Lease:
             except PreconditionFailed:
                 pass
             self.generation = None
+
+
+class LeaseKeeper:
+    """Holds a `Lease` from the moment it is taken: renews it every `every` seconds on its own thread.
+
+    Renewal goes on while the holder restores, looks up topics or uploads a checkpoint, so a
+    slow step never lets the lease lapse under a live holder. `lost` is set when a renewal finds
+    another owner, or when renewals kept failing (storage down) until the lease's own expiry:
+    from then on another instance may hold it, so the holder must stop writing and go back to
+    standby.
+
+    >>> import tempfile
+    >>> from core.storage import open_store
+    >>> lease = Lease(open_store(tempfile.mkdtemp()), "a", ttl=3)
+    >>> lease.try_acquire()
+    True
+    >>> keeper = LeaseKeeper(lease, every=1.0).start()
+    >>> keeper.lost.is_set()
+    False
+    >>> keeper.stop()
+    """
+
+    def __init__(self, lease: Lease, every: float):
+        self.lease = lease
+        self.every = every
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "LeaseKeeper":
+        self._thread = threading.Thread(target=self._run, name="riverbeam-lease", daemon=True)
+        self._thread.start()
+        return self
+
+    def valid(self) -> bool:
+        """Still ours: not lost and not past its expiry by this process's clock."""
+        return not self.lost.is_set() and time.time() < self.lease.expires_at
+
+    def _run(self) -> None:
+        failing_since = None
+        while not self._stop.wait(self.every):
+            try:
+                renewed = self.lease.renew()
+            except Exception as error:  # storage unreachable: keep trying until the lease would expire
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    log.warning("lease renewal failed; retrying until the lease expires", extra={"fields": {"error": str(error)}})
+                if time.time() >= self.lease.expires_at:
+                    log.warning("lease expired while storage was unreachable")
+                    self.lost.set()
+                    return
+                continue
+            failing_since = None
+            if not renewed or time.time() >= self.lease.expires_at:
+                self.lost.set()
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)

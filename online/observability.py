@@ -40,6 +40,11 @@ class DaemonMetrics:
         self.throughput = Gauge("riverbeam_events_per_second", "Events per second over the last interval", registry=registry)
         self.drifts = Gauge("riverbeam_drifts_detected", "Concept drifts detected by the model's drift detector", ["unit"], registry=registry)
         self.ready_gauge = Gauge("riverbeam_ready", "1 when this instance is ready (restored, active), else 0", registry=registry)
+        self.offset_gaps = Counter("riverbeam_offset_gaps", "Checkpointed offsets the broker no longer had, skipped (kafka.on_offset_gap: skip)", ["topic", "partition"], registry=registry)
+        self.offsets_skipped = Counter("riverbeam_offsets_skipped", "Offsets jumped over by skipped offset gaps", ["topic", "partition"], registry=registry)
+        self.storage_retrying = Gauge("riverbeam_checkpoint_pending_seconds", "Seconds the checkpoint upload in flight has been retrying (0: none)", registry=registry)
+        self.checkpoint_failures = Counter("riverbeam_checkpoint_failures", "Checkpoint uploads that failed (storage down); retried at the next due checkpoint", registry=registry)
+        self.lease_lost = Counter("riverbeam_lease_lost", "Times this instance lost the global model's lease and went back to standby", registry=registry)
         self.ready = False
         self._last_checkpoint = time.monotonic()
 

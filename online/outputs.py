@@ -17,14 +17,13 @@ output topics are ignored by the scan.
 
 from __future__ import annotations
 
-import base64
-import datetime
 import logging
 import time
 from typing import Callable
 
 import orjson
 
+from online.dead_letters import DEFAULT_MAX_BYTES, DeadLetterRecord
 from online.kafka_clients import EventConsumer, EventProducer, KafkaClientError, TopicPartition
 
 log = logging.getLogger(__name__)
@@ -49,21 +48,9 @@ def parse_source_header(value: bytes) -> tuple[TopicPartition, int] | None:
         return None
 
 
-def dead_letter_record(tp: TopicPartition, offset: int, value: bytes | None, reason: str) -> bytes:
-    """The JSON value of a dead-letter record: where the event came from, why, when, and its exact bytes."""
-    record = {
-        "reason": reason,
-        "topic": tp[0],
-        "partition": tp[1],
-        "offset": offset,
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
-        "value_base64": base64.b64encode(value).decode() if value is not None else None,
-    }
-    try:
-        record["value"] = value.decode() if value is not None else None
-    except UnicodeDecodeError:
-        record["value"] = None
-    return orjson.dumps(record)
+def dead_letter_record(tp: TopicPartition, offset: int, value: bytes | None, reason: str, max_bytes: int | None = DEFAULT_MAX_BYTES) -> bytes:
+    """The JSON value of a dead-letter record (`online.dead_letters`, schema version 1), at most `max_bytes` long."""
+    return DeadLetterRecord.from_kafka(tp, offset, value, reason).to_json(max_bytes)
 
 
 class OutputWriter:
@@ -103,8 +90,9 @@ class OutputWriter:
         if self._already_written(self.dead_letter_topic, tp, offset):
             return
         self._sent.add(self.dead_letter_topic)
+        limit = getattr(self.producer, "max_record_bytes", DEFAULT_MAX_BYTES)
         self.producer.send(
-            self.dead_letter_topic, dead_letter_record(tp, offset, value, reason),
+            self.dead_letter_topic, dead_letter_record(tp, offset, value, reason, limit),
             key=f"{tp[0]}/{tp[1]}".encode(), headers=[(SOURCE_HEADER, source_header(tp[0], tp[1], offset))],
         )  # fmt: skip
 
@@ -128,9 +116,18 @@ class OutputWriter:
             send(topic, orjson.dumps(record, default=str), key=key, headers=[(SOURCE_HEADER, source_header(tp[0], tp[1], offset))])
 
     def flush(self) -> None:
-        """Make every record sent so far durable, or raise `KafkaClientError` (the daemon then stops)."""
+        """Make every record sent so far durable (a transactional producer commits), or raise `KafkaClientError`.
+
+        `online.kafka_clients.ProducerFencedError` means a newer instance took over: call `drop`.
+        """
         if self.producer is not None:
-            self.producer.flush()
+            self.producer.commit_transaction()
+
+    def drop(self) -> None:
+        """Discard what was sent but is not durable yet (a fenced instance): never flush it."""
+        if self.producer is not None:
+            self.producer.drop()
+            self.producer = None
 
     # -- exactly-once bookkeeping -----------------------------------------------------------
 

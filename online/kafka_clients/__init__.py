@@ -27,6 +27,7 @@ from online.kafka_clients.base import (
     EventConsumer,
     EventProducer,
     KafkaClientError,
+    ProducerFencedError,
     Record,
     RecordList,
     RecordSequence,
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from online.config import KafkaConfig
 
 __all__ = [
-    "Batch", "EventConsumer", "EventProducer", "KafkaClientError", "Record", "RecordList", "RecordSequence",
+    "Batch", "EventConsumer", "EventProducer", "KafkaClientError", "ProducerFencedError", "Record", "RecordList", "RecordSequence",
     "TopicPartition", "create_topic", "make_consumer", "make_producer", "read_records", "read_tail",
 ]  # fmt: skip
 
@@ -64,9 +65,14 @@ def make_consumer(config: "KafkaConfig", *, group: bool = True) -> EventConsumer
     return _implementation(config).make_consumer(config, group)
 
 
-def make_producer(config: "KafkaConfig") -> EventProducer:
-    """A producer of the client `config.client` names (acks=all, idempotence)."""
-    return _implementation(config).make_producer(config)
+def make_producer(config: "KafkaConfig", transactional_id: str | None = None, transaction_timeout_s: float = 60) -> EventProducer:
+    """A producer of the client `config.client` names (acks=all, idempotence).
+
+    With `transactional_id`, opening it fences every older producer of that id at the broker
+    (their later records are refused: `ProducerFencedError`); `EventProducer.commit_transaction`
+    then commits at each checkpoint.
+    """
+    return _implementation(config).make_producer(config, transactional_id, transaction_timeout_s)
 
 
 def create_topic(bootstrap: str, topic: str, partitions: int = 1, config: dict[str, str] | None = None, timeout_s: float = 30) -> None:

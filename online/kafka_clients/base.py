@@ -30,6 +30,55 @@ class KafkaClientError(RiverbeamError):
     """A Kafka operation failed at run time: broker unreachable, delivery failed, commit rejected..."""
 
 
+class ProducerFencedError(KafkaClientError):
+    """A newer instance took over this producer's transactional id: this instance must stop writing."""
+
+
+RETRY_SECONDS = 60.0  # how long a look-up, metadata call or commit is retried before it fails for good
+
+
+def retry_call(call: Callable[[], Any], what: str, *, seconds: float = RETRY_SECONDS, permanent: tuple = (),
+               first_backoff: float = 0.1, sleep: Callable[[float], None] = time.sleep) -> Any:
+    """`call()`, retried with exponential backoff (0.1 s doubling to 5 s) while it raises, for at most `seconds`.
+
+    Any exception but a `ConfigError`, `ProducerFencedError` or one of `permanent` is transient: kafka-python
+    raises `KeyError` inside ``end_offsets`` when the broker answers a look-up partially, and
+    ``KafkaTimeoutError`` when it answers late. When `call` still fails after `seconds`, one
+    `KafkaClientError` naming `what` and the last error is raised: never a traceback.
+
+    >>> answers = iter([KeyError("TopicPartition(topic='t', partition=0)"), {"t": 3}])
+    >>> def flaky():
+    ...     answer = next(answers)
+    ...     if isinstance(answer, Exception):
+    ...         raise answer
+    ...     return answer
+    >>> retry_call(flaky, "end offsets", sleep=lambda s: None)
+    {'t': 3}
+    >>> retry_call(lambda: {}[1], "end offsets", seconds=0, sleep=lambda s: None)
+    Traceback (most recent call last):
+    ...
+    online.kafka_clients.base.KafkaClientError: end offsets failed after 1 attempt(s) in 0 s: KeyError: 1
+    """
+    deadline = time.monotonic() + seconds
+    backoff, attempts = first_backoff, 0
+    while True:
+        attempts += 1
+        try:
+            return call()
+        except (ConfigError, ProducerFencedError, *permanent):
+            raise
+        except Exception as error:
+            last = error
+        if time.monotonic() + backoff > deadline:
+            break
+        if attempts == 1:
+            logging.getLogger(__name__).warning("%s failed (%s: %s); retrying for up to %g s", what, type(last).__name__, last, seconds)
+        sleep(backoff)
+        backoff = min(backoff * 2, 5.0)
+    detail = str(last) if isinstance(last, KafkaClientError) else f"{type(last).__name__}: {last}"
+    raise KafkaClientError(f"{what} failed after {attempts} attempt(s) in {seconds:g} s: {detail}") from None
+
+
 class Record(NamedTuple):
     """One consumed record. `timestamp_ms` is the record's timestamp (create or log-append time)."""
 
@@ -212,6 +261,19 @@ class EventProducer(Protocol):
 
     def close(self) -> None:
         """Flush what can be flushed and disconnect."""
+
+    def drop(self) -> None:
+        """Discard every record not yet delivered and disconnect, without flushing (a fenced writer)."""
+
+    def commit_transaction(self) -> None:
+        """Transactional producers: commit the records sent since the last commit and begin the next transaction.
+
+        Raises `ProducerFencedError` when a newer producer with the same transactional id took over.
+        A producer without a transactional id just flushes.
+        """
+
+    max_record_bytes: int
+    """The largest record value this producer sends (its request size limit, less headroom for key and headers)."""
 
 
 class ConsumerState:

@@ -25,10 +25,12 @@ from online.kafka_clients.base import (
     ConsumerState,
     KafkaClientError,
     PartitionsCallback,
+    ProducerFencedError,
     Record,
     RecordSequence,
     TopicPartition,
     check_options,
+    retry_call,
 )
 from core.errors import ConfigError
 
@@ -47,6 +49,7 @@ PRODUCER_MANAGED = {
     "acks": "riverbeam always produces with acks=all",
     "request.required.acks": "riverbeam always produces with acks=all",
     "enable.idempotence": "riverbeam always produces idempotently",
+    "transactional.id": "riverbeam sets it for a global model's outputs (fencing a stale instance)",
     "delivery.report.only.error": "riverbeam checks every delivery itself",
     "on_delivery": "riverbeam checks every delivery itself",
     "error_cb": "riverbeam reports client errors itself",
@@ -129,6 +132,7 @@ class ConfluentConsumer(ConsumerState):
         super().__init__(group)
         self._pending_seek: dict[TopicPartition, int] = {}
         self._cooperative = "cooperative" in str(options.get("partition.assignment.strategy", ""))
+        self._bootstrap = options.get("bootstrap.servers")
         self._consumer = build_client(Consumer, options, user_options or {}, "consumer")
 
     # -- group membership ------------------------------------------------------------------
@@ -244,21 +248,56 @@ class ConfluentConsumer(ConsumerState):
         marks = self.high_watermarks()
         ends = {}
         for tp in tps:
-            try:
-                _, high = self._consumer.get_watermark_offsets(_ctp(tp), timeout=LOOKUP_TIMEOUT_S, cached=False)
-            except KafkaException as error:
-                raise KafkaClientError(f"confluent-kafka: end offset of {tp[0]}[{tp[1]}] failed: {error}") from None
+            _, high = self._watermarks(tp, "end offset")
             ends[tuple(tp)] = max(high, marks.get(tuple(tp), high))
         return ends
+
+    def _watermarks(self, tp: TopicPartition, what: str) -> tuple[int, int]:
+        def look_up():
+            low, high = self._consumer.get_watermark_offsets(_ctp(tp), timeout=LOOKUP_TIMEOUT_S / 3, cached=False)
+            if low is None or high is None or high < 0:
+                raise KafkaClientError(f"no {what} answered")
+            return low, high
+
+        return retry_call(look_up, f"confluent-kafka: {what} of {tp[0]}[{tp[1]}]", permanent=())
+
+    def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The log start offset of each partition, retried like `end_offsets`."""
+        self._require_outside_callback("beginning_offsets")
+        return {tuple(tp): self._watermarks(tp, "log start offset")[0] for tp in tps}
+
+    def topic_id(self, topic: str) -> str | None:
+        """The topic's id as a UUID string (a recreated topic gets a new one), or None if the broker has none."""
+        import uuid
+
+        from confluent_kafka import TopicCollection
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": self._bootstrap})
+
+        def describe():
+            return admin.describe_topics(TopicCollection([topic]))[topic].result(timeout=LOOKUP_TIMEOUT_S / 3)
+
+        found = retry_call(describe, f"confluent-kafka: describing topic {topic}")
+        topic_id = getattr(found, "topic_id", None)
+        if topic_id is None:
+            return None
+        bits = (topic_id.get_most_significant_bits() << 64) | (topic_id.get_least_significant_bits() & (2**64 - 1))
+        return str(uuid.UUID(int=bits & (2**128 - 1))) if bits else None
 
     # -- commits ----------------------------------------------------------------------------
     def commit(self, offsets: dict[TopicPartition, int]) -> None:
         if not self._may_commit(offsets):
             return
-        try:
-            results = self._consumer.commit(offsets=[_ctp(tp, offset) for tp, offset in offsets.items()], asynchronous=False)
-        except KafkaException as error:
-            raise KafkaClientError(f"confluent-kafka: commit failed: {error}") from None
+        def commit():
+            try:
+                return self._consumer.commit(offsets=[_ctp(tp, offset) for tp, offset in offsets.items()], asynchronous=False)
+            except KafkaException as error:
+                if error.args and isinstance(error.args[0], KafkaError) and error.args[0].retriable():
+                    raise
+                raise KafkaClientError(f"confluent-kafka: commit failed: {error}") from None
+
+        results = retry_call(commit, "confluent-kafka: commit", seconds=10, permanent=(KafkaClientError,))
         failed = [p for p in results or [] if p.error is not None]
         if failed:
             raise KafkaClientError(f"confluent-kafka: commit failed for {failed[0].topic}[{failed[0].partition}]: {failed[0].error}")
@@ -266,10 +305,7 @@ class ConfluentConsumer(ConsumerState):
     def committed(self, tp: TopicPartition) -> int | None:
         self._require_group("committed")
         self._require_outside_callback("committed")
-        try:
-            (result,) = self._consumer.committed([_ctp(tp)], timeout=LOOKUP_TIMEOUT_S)
-        except KafkaException as error:
-            raise KafkaClientError(f"confluent-kafka: reading the committed offset failed: {error}") from None
+        (result,) = retry_call(lambda: self._consumer.committed([_ctp(tp)], timeout=LOOKUP_TIMEOUT_S / 3), f"confluent-kafka: committed offset of {tp[0]}[{tp[1]}]")
         if result.error is not None:
             raise KafkaClientError(f"confluent-kafka: reading the committed offset failed: {result.error}")
         return result.offset if result.offset >= 0 else None
@@ -284,12 +320,34 @@ class ConfluentConsumer(ConsumerState):
 
 
 class ConfluentProducer:
-    """`EventProducer` over ``confluent_kafka.Producer``; `options` are librdkafka properties."""
+    """`EventProducer` over ``confluent_kafka.Producer``; `options` are librdkafka properties.
+
+    With ``transactional.id`` in `options` the producer fences any older producer of that id
+    (``init_transactions``) and keeps a transaction open between `commit_transaction` calls.
+    """
 
     def __init__(self, options: dict[str, Any], user_options: dict[str, Any] | None = None):
         self._failures: list[KafkaError] = []
+        self.max_record_bytes = int(options.get("message.max.bytes", 1_000_000)) - 16_384
+        self.transactional = bool(options.get("transactional.id"))
         options = {**options, "delivery.report.only.error": True, "on_delivery": self._delivered, "error_cb": self._client_error}
         self._producer = build_client(Producer, options, user_options or {}, "producer")
+        if self.transactional:
+            self._transaction_call(lambda: self._producer.init_transactions(LOOKUP_TIMEOUT_S), "init_transactions")
+            self._transaction_call(self._producer.begin_transaction, "begin_transaction")
+
+    @staticmethod
+    def _fenced(error: KafkaError | None) -> bool:
+        return error is not None and error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)
+
+    def _transaction_call(self, call, what: str):
+        try:
+            return call()
+        except KafkaException as exception:
+            error = exception.args[0] if exception.args and isinstance(exception.args[0], KafkaError) else None
+            if self._fenced(error) or (error is not None and error.fatal()):
+                raise ProducerFencedError(f"confluent-kafka: producer fenced by a newer instance ({what}): {error.str()}") from None
+            raise KafkaClientError(f"confluent-kafka: {what} failed: {error.str() if error else exception}") from None
 
     def _delivered(self, error, message) -> None:
         if error is not None:
@@ -312,21 +370,38 @@ class ConfluentProducer:
             except BufferError:  # the local queue is full: serve delivery reports, then retry
                 self._producer.poll(0.05)
             except KafkaException as error:
+                if error.args and self._fenced(error.args[0]):
+                    raise ProducerFencedError(f"confluent-kafka: producer fenced by a newer instance: {error.args[0].str()}") from None
                 raise KafkaClientError(f"confluent-kafka: cannot send to {topic}: {error.args[0].str() if error.args else error}") from None
 
     def flush(self, timeout_s: float = 30) -> None:
         remaining = self._producer.flush(timeout_s)
         failures, self._failures = self._failures, []
+        if any(self._fenced(f) or f.fatal() for f in failures):
+            raise ProducerFencedError(f"confluent-kafka: producer fenced by a newer instance; its records were refused: {failures[0].str()}")
         if failures:
             raise KafkaClientError(f"confluent-kafka: {len(failures)} record(s) failed delivery; first: {failures[0].str()}")
         if remaining:
             raise KafkaClientError(f"confluent-kafka: {remaining} record(s) not delivered within {timeout_s:g} s")
 
+    def commit_transaction(self) -> None:
+        self.flush()
+        if self.transactional:
+            self._transaction_call(lambda: self._producer.commit_transaction(LOOKUP_TIMEOUT_S), "commit_transaction")
+            self._transaction_call(self._producer.begin_transaction, "begin_transaction")
+
+    def drop(self) -> None:
+        try:
+            self._producer.purge(in_queue=True, in_flight=True, blocking=False)
+            self._producer.flush(0)
+        except (KafkaException, RuntimeError) as error:  # dropping must not fail
+            log.warning("confluent-kafka: dropping the producer's records: %s", error)
+
     def close(self) -> None:
         try:
-            self.flush()
+            self.commit_transaction()
         finally:
-            self._producer.close()
+            self._producer.close() if hasattr(self._producer, "close") else None
 
 
 def make_consumer(config, group: bool = True) -> ConfluentConsumer:
@@ -343,9 +418,14 @@ def make_consumer(config, group: bool = True) -> ConfluentConsumer:
     return ConfluentConsumer(options, group, user)
 
 
-def make_producer(config) -> ConfluentProducer:
-    """A producer for `config`; `config.producer` holds librdkafka properties (acks=all, idempotent)."""
+def make_producer(config, transactional_id: str | None = None, transaction_timeout_s: float = 60) -> ConfluentProducer:
+    """A producer for `config`; `config.producer` holds librdkafka properties (acks=all, idempotent).
+
+    With `transactional_id`, older producers of that id are fenced (see `ConfluentProducer`).
+    """
     user = dict(config.producer)
     check_options(user, known=None, managed=PRODUCER_MANAGED, section="producer", client=CLIENT)
     options = {**user, "bootstrap.servers": config.bootstrap_servers, "acks": "all", "enable.idempotence": True}
+    if transactional_id:
+        options.update({"transactional.id": transactional_id, "transaction.timeout.ms": int(transaction_timeout_s * 1000)})
     return ConfluentProducer(options, user)

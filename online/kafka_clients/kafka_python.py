@@ -20,7 +20,7 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KafkaTopicPartition
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.errors import KafkaConfigurationError, KafkaError
+from kafka.errors import CommitFailedError, KafkaConfigurationError, KafkaError, ProducerFencedError as KafkaProducerFenced
 from kafka.future import Future
 from kafka.structs import MemberState, OffsetAndMetadata
 
@@ -29,10 +29,12 @@ from online.kafka_clients.base import (
     ConsumerState,
     KafkaClientError,
     PartitionsCallback,
+    ProducerFencedError,
     Record,
     RecordSequence,
     TopicPartition,
     check_options,
+    retry_call,
 )
 from core.errors import ConfigError
 
@@ -51,6 +53,7 @@ PRODUCER_MANAGED = {
     "bootstrap_servers": "set kafka.bootstrap_servers instead",
     "acks": "riverbeam always produces with acks=all",
     "enable_idempotence": "riverbeam always produces idempotently",
+    "transactional_id": "riverbeam sets it for a global model's outputs (fencing a stale instance)",
     "key_serializer": "riverbeam sends raw bytes",
     "value_serializer": "riverbeam sends raw bytes",
 }
@@ -218,14 +221,27 @@ class KafkaPythonConsumer(ConsumerState):
 
         On Tansu, ListOffsets may fall short by up to one producer batch; a fetch high
         watermark is exact. Before the first fetch of a partition only ListOffsets is known.
+        A look-up the broker answers partially or late (kafka-python then raises `KeyError` or a
+        timeout) is retried with backoff (`retry_call`).
         """
         self._require_outside_callback("end_offsets")
-        try:
-            listed = self._consumer.end_offsets([_ktp(tp) for tp in tps])
-        except KafkaError as error:
-            raise KafkaClientError(f"kafka-python: end offsets failed: {error}") from error
+        wanted = [_ktp(tp) for tp in tps]
+        listed = retry_call(lambda: self._consumer.end_offsets(wanted), f"kafka-python: end offsets of {sorted(tps)}")
         marks = self.high_watermarks()
         return {(tp.topic, tp.partition): max(offset, marks.get((tp.topic, tp.partition), offset)) for tp, offset in listed.items()}
+
+    def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The log start offset of each partition (ListOffsets(earliest)), retried like `end_offsets`."""
+        self._require_outside_callback("beginning_offsets")
+        wanted = [_ktp(tp) for tp in tps]
+        listed = retry_call(lambda: self._consumer.beginning_offsets(wanted), f"kafka-python: log start offsets of {sorted(tps)}")
+        return {(tp.topic, tp.partition): offset for tp, offset in listed.items()}
+
+    def topic_id(self, topic: str) -> str | None:
+        """The topic's id (a UUID string; a recreated topic gets a new one), or None if the broker has none."""
+        self.partitions_for(topic)
+        topic_id = self._consumer._client.cluster.topic_id(topic)
+        return str(topic_id) if topic_id else None
 
     # -- commits ----------------------------------------------------------------------------
     @staticmethod
@@ -235,18 +251,16 @@ class KafkaPythonConsumer(ConsumerState):
     def commit(self, offsets: dict[TopicPartition, int]) -> None:
         if not self._may_commit(offsets):
             return
+        kafka_offsets = self._kafka_offsets(offsets)
         try:
-            self._consumer.commit(self._kafka_offsets(offsets))
-        except KafkaError as error:
-            raise KafkaClientError(f"kafka-python: commit failed: {error}") from error
+            retry_call(lambda: self._consumer.commit(kafka_offsets), "kafka-python: commit", seconds=10, permanent=(CommitFailedError, KafkaClientError))
+        except CommitFailedError as error:
+            raise KafkaClientError(f"kafka-python: commit failed: {error}") from None
 
     def committed(self, tp: TopicPartition) -> int | None:
         self._require_group("committed")
         self._require_outside_callback("committed")
-        try:
-            return self._consumer.committed(_ktp(tp))
-        except KafkaError as error:
-            raise KafkaClientError(f"kafka-python: reading the committed offset failed: {error}") from error
+        return retry_call(lambda: self._consumer.committed(_ktp(tp)), f"kafka-python: committed offset of {tp[0]}[{tp[1]}]")
 
     def close(self) -> None:
         try:
@@ -258,15 +272,34 @@ class KafkaPythonConsumer(ConsumerState):
 
 
 class KafkaPythonProducer:
-    """`EventProducer` over ``kafka.KafkaProducer``; `options` are KafkaProducer keyword arguments."""
+    """`EventProducer` over ``kafka.KafkaProducer``; `options` are KafkaProducer keyword arguments.
+
+    With ``transactional_id`` in `options` the producer fences any older producer of that id
+    (``init_transactions``) and keeps a transaction open between `commit_transaction` calls.
+    """
 
     def __init__(self, options: dict[str, Any]):
         self._failures: list[BaseException] = []
         self._producer = _build_client(options, "producer", lambda: KafkaProducer(**options))
+        self.max_record_bytes = self._producer.config["max_request_size"] - 16_384
+        self.transactional = bool(options.get("transactional_id"))
+        if self.transactional:
+            self._fenced_call(self._producer.init_transactions, "init_transactions")
+            self._fenced_call(self._producer.begin_transaction, "begin_transaction")
+
+    def _fenced_call(self, call, what: str):
+        try:
+            return call()
+        except KafkaProducerFenced as error:
+            raise ProducerFencedError(f"kafka-python: producer fenced by a newer instance ({what}): {error}") from None
+        except KafkaError as error:
+            raise KafkaClientError(f"kafka-python: {what} failed: {error}") from None
 
     def send(self, topic: str, value: bytes, key: bytes | None = None, headers: list[tuple[str, bytes]] | None = None, partition: int | None = None) -> None:
         try:
             future = self._producer.send(topic, value=value, key=key, headers=headers, partition=partition)
+        except KafkaProducerFenced as error:
+            raise ProducerFencedError(f"kafka-python: producer fenced by a newer instance: {error}") from None
         except KafkaError as error:
             raise KafkaClientError(f"kafka-python: cannot send to {topic}: {error}") from error
         future.add_errback(self._failures.append)
@@ -278,12 +311,28 @@ class KafkaPythonProducer:
             raise KafkaClientError(f"kafka-python: records not delivered within {timeout_s:g} s: {error}") from error
         finally:
             failures, self._failures = self._failures, []
+        if any(isinstance(f, KafkaProducerFenced) for f in failures):
+            raise ProducerFencedError("kafka-python: producer fenced by a newer instance; its records were refused")
         if failures:
             raise KafkaClientError(f"kafka-python: {len(failures)} record(s) failed delivery; first: {failures[0]!r}")
 
+    def commit_transaction(self) -> None:
+        if not self.transactional:
+            self.flush()
+            return
+        self.flush()
+        self._fenced_call(self._producer.commit_transaction, "commit_transaction")
+        self._fenced_call(self._producer.begin_transaction, "begin_transaction")
+
+    def drop(self) -> None:
+        try:
+            self._producer.close(timeout=0)  # a forced close aborts the batches not yet sent
+        except Exception as error:  # dropping must not fail
+            log.warning("kafka-python: closing a dropped producer: %s", error)
+
     def close(self) -> None:
         try:
-            self.flush()
+            self.commit_transaction()
         finally:
             self._producer.close(timeout=5)
 
@@ -304,9 +353,14 @@ def make_consumer(config, group: bool = True) -> KafkaPythonConsumer:
     return KafkaPythonConsumer(options, group)
 
 
-def make_producer(config) -> KafkaPythonProducer:
-    """A producer for `config`; `config.producer` holds KafkaProducer keywords (acks=all, idempotent)."""
+def make_producer(config, transactional_id: str | None = None, transaction_timeout_s: float = 60) -> KafkaPythonProducer:
+    """A producer for `config`; `config.producer` holds KafkaProducer keywords (acks=all, idempotent).
+
+    With `transactional_id`, older producers of that id are fenced (see `KafkaPythonProducer`).
+    """
     user = dict(config.producer)
     check_options(user, known=KafkaProducer.DEFAULT_CONFIG, managed=PRODUCER_MANAGED, section="producer", client=CLIENT)
     options = {**user, "bootstrap_servers": config.bootstrap_servers, "acks": "all", "enable_idempotence": True}
+    if transactional_id:
+        options.update(transactional_id=transactional_id, transaction_timeout_ms=int(transaction_timeout_s * 1000))
     return KafkaPythonProducer(options)

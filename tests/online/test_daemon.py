@@ -148,12 +148,13 @@ def test_end_to_end_equals_progressive_val_score_with_dead_letters(tmp_path, kaf
     latest = CheckpointStore(str(tmp_path / "checkpoints")).load_latest().manifest
     assert latest["events_learned"] == 1250 and latest["positions"] == {f"{topic}/0": len(values)}
     dead = [orjson.loads(r.value) for r in read_topic(kafka_bootstrap, f"{topic}.dlq")]
-    assert sorted(d["offset"] for d in dead) == sorted(bad)
-    reasons = {d["offset"]: d["reason"] for d in dead}
+    assert sorted(d["source"]["offset"] for d in dead) == sorted(bad)
+    assert all(d["version"] == 1 and d["source"]["topic"] == topic for d in dead)
+    reasons = {d["source"]["offset"]: d["reason"] for d in dead}
     assert reasons[17].startswith("not JSON") and reasons[400] == "event is not a JSON object but an array"
     assert reasons[401] == "label 'label' cannot be learned by this model: [1]"
     assert reasons[900] == "feature 'empty_server_form_handler' is not a number: 'x'"
-    assert next(d for d in dead if d["offset"] == 17)["value"] == "not json"
+    assert next(d for d in dead if d["source"]["offset"] == 17)["value"] == "not json"
 
 
 def test_sigterm_writes_a_final_checkpoint(tmp_path, kafka_bootstrap, topic):
@@ -195,7 +196,7 @@ def test_kill_9_repeatedly_equals_uninterrupted_run_and_outputs_exactly_once(tmp
     assert unit["events_seen"] == unit["events_learned"] == len(events)
     assert unit["metrics"] == expected_phishing_metrics(events)
     dead = read_topic(kafka_bootstrap, f"{topic}.dlq", client)
-    assert sorted(orjson.loads(r.value)["offset"] for r in dead) == sorted(bad_positions)  # each exactly once
+    assert sorted(orjson.loads(r.value)["source"]["offset"] for r in dead) == sorted(bad_positions)  # each exactly once
     predictions = read_topic(kafka_bootstrap, f"{topic}.pred", client)
     sources = [dict(r.headers)[SOURCE_HEADER] for r in predictions]
     assert len(sources) == len(set(sources)) == len(events)  # no prediction missing or doubled
