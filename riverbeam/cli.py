@@ -25,6 +25,7 @@ COMMAND_GROUPS = (
     "models",
     "checkpoints",
     "predict",
+    "serve",
     "consume",
     "demo",
     "replay",

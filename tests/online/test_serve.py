@@ -1,0 +1,241 @@
+"""`riverbeam serve` as users run it: real processes and sockets, the real local broker and a daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+import yaml
+
+from online.checkpoints import CheckpointStore
+from online.config import EventsConfig, ModelConfig
+from online.learner import Learner
+from online.persistence import save_learner
+from online.serving.reload import latest_id
+from serving_support import ENV, MODEL, PHISHING, Processes, daemon_config, free_port, metric_names, produce, start_serve, wait_until
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+HELD_OUT = [{k: v for k, v in e.items() if k != "label"} for e in PHISHING[1050:1250]]
+
+
+@pytest.fixture
+def processes():
+    started = Processes()
+    yield started
+    started.close()
+
+
+def riverbeam_predict(uri: str, checkpoint_id: str, events: list[dict], env: dict | None = None) -> list[dict]:
+    """What `riverbeam predict --checkpoint URI --id ID` prints, without the input line numbers."""
+    result = subprocess.run(
+        [sys.executable, "-m", "riverbeam.cli", "predict", "--checkpoint", uri, "--id", checkpoint_id],
+        input="\n".join(json.dumps(e) for e in events), capture_output=True, text=True, env={**ENV, **(env or {})}, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r.pop("line") for r in records] == list(range(1, len(events) + 1))
+    return records
+
+
+def learned_locally(events: list[dict], model: dict = MODEL, events_config: dict | None = None) -> Learner:
+    learner = Learner(ModelConfig(**model), EventsConfig(**(events_config or {"target": "label"})))
+    for event in events:
+        learner.process(dict(event))
+    return learner
+
+
+def write_checkpoint(uri: str, events: list[dict], key: bytes | None = None) -> dict:
+    return save_learner(CheckpointStore(uri, signing_key=key), learned_locally(events), positions={})
+
+
+def latest_manifest(uri: str) -> dict | None:
+    store = CheckpointStore(uri)
+    newest = latest_id(store)
+    return store.manifest(newest) if newest else None
+
+
+def test_serve_answers_as_riverbeam_predict_while_the_daemon_learns_and_swaps_in_its_next_checkpoint(tmp_path, kafka_bootstrap, topic, processes):
+    uri = str(tmp_path / "checkpoints")
+    metrics_port = free_port()
+    produce(kafka_bootstrap, topic, PHISHING[:600])
+    daemon = processes.start(["consume", "--config", daemon_config(tmp_path, kafka_bootstrap, topic, metrics_port)], tmp_path / "daemon.log")
+    first = wait_until(lambda: (m := latest_manifest(uri)) and m["events_seen"] == 600 and m, timeout=60, what="the daemon's checkpoint at 600 events")
+
+    _, base, serve_log = start_serve(processes, tmp_path, {"checkpoint": {"uri": uri}, "serve": {"reload_seconds": 0.3}})
+    client = httpx.Client(base_url=base, timeout=10)
+    assert client.get("/v1/model").json()["checkpoint"]["id"] == first["id"]
+    expected = riverbeam_predict(uri, first["id"], HELD_OUT)
+    assert client.post("/v1/predict", json=HELD_OUT).json() == expected  # an array, answered at once
+    assert [client.post("/v1/predict", json=e).json() for e in HELD_OUT] == expected  # one event per request
+    assert {r["checkpoint"] for r in expected} == {first["id"]} and "probabilities" in expected[0]
+
+    # while the daemon learns 450 more events, requests keep being answered through the swap
+    answers, stop = [], threading.Event()
+
+    def hammer():
+        with httpx.Client(base_url=base, timeout=10) as c:
+            while not stop.is_set():
+                response = c.post("/v1/predict", json=HELD_OUT[0])
+                answers.append((response.status_code, response.json().get("checkpoint")))
+
+    thread = threading.Thread(target=hammer)
+    thread.start()
+    try:
+        produce(kafka_bootstrap, topic, PHISHING[600:1050])
+        last = wait_until(lambda: (m := latest_manifest(uri)) and m["events_seen"] == 1050 and m, timeout=60, what="the daemon's checkpoint at 1050 events")
+        wait_until(lambda: client.get("/v1/model").json()["checkpoint"]["id"] == last["id"], timeout=10, what="serve to swap in the new checkpoint")
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        thread.join()
+    assert answers and all(status == 200 for status, _ in answers), {s for s, _ in answers}
+    assert answers[0][1] == first["id"] and answers[-1][1] == last["id"]
+    assert client.post("/v1/predict", json=HELD_OUT).json() == riverbeam_predict(uri, last["id"], HELD_OUT)
+    model = client.get("/v1/model").json()
+    assert model["mode"] == "read-only" and model["report"]["events_learned"] == 1050 and model["checkpoint"]["age_seconds"] >= 0
+
+    # every series the Grafana dashboard and the alert rules use is in a real scrape of the daemon or of serve
+    scraped = metric_names(httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text) | metric_names(client.get("/metrics").text)
+    used = deploy_metric_names()
+    assert used and used <= scraped, used - scraped
+    reloads = float(re.search(r"^riverbeam_serve_reloads_total (\S+)$", client.get("/metrics").text, re.M).group(1))
+    assert reloads >= 2  # the first checkpoint, the last, and any the daemon wrote between them
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(timeout=60) == 0
+
+
+def deploy_metric_names() -> set[str]:
+    """The riverbeam_* names in deploy/grafana-dashboard.json and deploy/alerts.yaml."""
+    text = open(os.path.join(ROOT, "deploy", "grafana-dashboard.json")).read() + open(os.path.join(ROOT, "deploy", "alerts.yaml")).read()
+    return set(re.findall(r"\briverbeam_[a-z_]+\b", text))
+
+
+def test_a_checkpoint_failing_verification_is_refused_and_the_old_one_keeps_serving(tmp_path, processes):
+    uri = str(tmp_path / "checkpoints")
+    key = b"the signing key"
+    good = write_checkpoint(uri, PHISHING[:300], key)
+    _, base, serve_log = start_serve(processes, tmp_path, {"checkpoint": {"uri": uri}, "serve": {"reload_seconds": 0.2}}, env={"RIVERBEAM_CHECKPOINT_KEY": key.decode()})
+    client = httpx.Client(base_url=base, timeout=10)
+    before = client.post("/v1/predict", json=HELD_OUT[:20]).json()
+
+    tampered = write_checkpoint(uri, PHISHING[:600], b"another key")  # LATEST moves to a checkpoint signed with another key
+    wait_until(lambda: "riverbeam_serve_reload_failures_total 1.0" in client.get("/metrics").text, timeout=10, what="the refusal to be counted")
+    assert client.post("/v1/predict", json=HELD_OUT[:20]).json() == before
+    assert client.get("/v1/model").json()["checkpoint"]["id"] == good["id"]
+    refusals = [json.loads(line) for line in serve_log.read_text().splitlines() if "refused checkpoint" in line]
+    assert refusals and refusals[0]["id"] == tampered["id"] and "wrong signature" in refusals[0]["error"]
+
+    fixed = write_checkpoint(uri, PHISHING[:900], key)  # the next good one is swapped in
+    wait_until(lambda: client.get("/v1/model").json()["checkpoint"]["id"] == fixed["id"], timeout=10, what="the next good checkpoint")
+    expected = riverbeam_predict(uri, fixed["id"], HELD_OUT[:20], env={"RIVERBEAM_CHECKPOINT_KEY": key.decode()})
+    assert client.post("/v1/predict", json=HELD_OUT[:20]).json() == expected
+
+
+def test_bearer_token_on_every_route_but_health_and_422_with_the_daemons_reasons(tmp_path, processes):
+    uri = str(tmp_path / "checkpoints")
+    write_checkpoint(uri, PHISHING[:300])
+    _, base, _ = start_serve(processes, tmp_path, {"checkpoint": {"uri": uri}}, env={"RIVERBEAM_SERVE_TOKEN": TOKEN})
+    client = httpx.Client(base_url=base, timeout=10)
+    for method, path in [("POST", "/v1/predict"), ("GET", "/v1/model"), ("GET", "/metrics"), ("GET", "/openapi.json"), ("GET", "/dashboard/history")]:
+        assert client.request(method, path, json=HELD_OUT[0]).status_code == 401, path
+        assert client.request(method, path, json=HELD_OUT[0], headers={"Authorization": "Bearer wrong"}).status_code == 401, path
+        assert client.request(method, path, json=HELD_OUT[0], headers=AUTH).status_code == 200, path
+    assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
+
+    # bad events: 422 with the reason the learner (and so the daemon's dead-letter record) gives
+    bad = [{"empty_server_form_handler": "x"}, {"empty_server_form_handler": None}, {"url_length": [1]}, "text", 3]
+    reasons = []
+    learner = learned_locally(PHISHING[:10])
+    for event in bad:
+        with pytest.raises(ValueError) as error:
+            learner.process(json.loads(json.dumps(event)))
+        reasons.append(str(error.value))
+    for event, reason in zip(bad, reasons):
+        response = client.post("/v1/predict", json=event, headers=AUTH)
+        assert (response.status_code, response.json()) == (422, {"error": reason})
+    not_json = client.post("/v1/predict", content=b"{oops", headers=AUTH)
+    assert not_json.status_code == 422 and not_json.json()["error"].startswith("not JSON: ")
+    mixed = client.post("/v1/predict", json=[HELD_OUT[0], bad[0], HELD_OUT[1], "text"], headers=AUTH).json()
+    assert [sorted(r) for r in mixed] == [["checkpoint", "prediction", "probabilities"], ["error"], ["checkpoint", "prediction", "probabilities"], ["error"]]
+    assert mixed[1]["error"] == reasons[0] and mixed[3]["error"] == reasons[3]
+    assert client.post("/v1/predict", json=[], headers=AUTH).json() == []
+    metrics = client.get("/metrics", headers=AUTH).text
+    assert 'riverbeam_serve_requests_total{route="/v1/predict",status="422"}' in metrics and "riverbeam_serve_events_rejected_total 8.0" in metrics
+
+
+def learn_config(uri: str, every_events: int = 100, **events) -> dict:
+    return {
+        "checkpoint": {"uri": uri, "every_events": every_events, "every_seconds": 60, "lease_seconds": 3},
+        "serve": {"learn": True},
+        "model": MODEL,
+        "events": {"target": "label", **events},
+    }
+
+
+def test_learn_with_delayed_labels_equals_the_learners_own_result(tmp_path, processes):
+    uri = str(tmp_path / "checkpoints")
+    _, base, _ = start_serve(processes, tmp_path, learn_config(uri, every_events=10_000, id="id"))
+    client = httpx.Client(base_url=base, timeout=10)
+    # events arrive without their label; labels arrive 50 events later, joined by id; every 7th event comes labelled at once
+    stream = []
+    for i, event in enumerate(PHISHING[:400]):
+        features = {k: v for k, v in event.items() if k != "label"}
+        stream.append({**event, "id": i} if i % 7 == 0 else {**features, "id": i})
+        if i >= 50 and (i - 50) % 7:
+            stream.append({"id": i - 50, "label": PHISHING[i - 50]["label"], **{k: v for k, v in PHISHING[i - 50].items() if k != "label"}})
+    learner = Learner(ModelConfig(**MODEL), EventsConfig(target="label", id="id"))
+    expected = [learner.process(dict(e)) for e in stream]
+
+    answers = []
+    for start in range(0, len(stream), 64):
+        answers += client.post("/v1/learn", json=stream[start : start + 64]).json()
+    assert [a["learned"] for a in answers] == [p.learned for p in expected]
+    assert [a["prediction"] for a in answers] == [p.label() for p in expected]
+    assert [a["probabilities"] for a in answers] == [{str(k): v for k, v in p.y_pred.items()} for p in expected]
+    report = client.get("/v1/model").json()["report"]
+    assert report == learner.report() and report["labels_joined"] == 300
+    # a bad event in an array fails alone; alone it is a 422 with the learner's reason
+    mixed = client.post("/v1/learn", json=[{"id": 9999, "label": True, "url_length": "long"}, {**PHISHING[500], "id": 10_000}]).json()
+    assert mixed[0] == {"error": "feature 'url_length' is not a number: 'long'"} and mixed[1]["learned"] is True
+    single = client.post("/v1/learn", json={"id": 10_001, "url_length": None})
+    assert single.status_code == 422 and single.json() == {"error": "feature 'url_length' is null"}
+
+
+def test_kill_9_of_a_learning_server_loses_nothing_checkpointed_and_resumes(tmp_path, processes):
+    uri = str(tmp_path / "checkpoints")
+    config = learn_config(uri, every_events=100)
+    server, base, log_path = start_serve(processes, tmp_path, config)
+    client = httpx.Client(base_url=base, timeout=10)
+    # a second learning server on the same checkpoints waits as standby: it does not learn beside the first
+    standby, standby_base, _ = start_serve(processes, tmp_path, config, ready=False)
+    assert httpx.get(standby_base + "/readyz").status_code == 503
+    assert httpx.post(standby_base + "/v1/learn", json=PHISHING[0]).status_code == 503
+
+    for start in (0, 100, 200):
+        assert all(r["learned"] for r in client.post("/v1/learn", json=PHISHING[start : start + 100]).json())
+    client.post("/v1/learn", json=PHISHING[300:350])  # learned, not yet checkpointed
+    durable = wait_until(lambda: (m := latest_manifest(uri)) and m["events_learned"] == 300 and m, timeout=20, what="the checkpoint at 300 events")
+    server.send_signal(signal.SIGKILL)
+    server.wait(timeout=10)
+
+    # the standby takes the lease when it expires, resumes from the last checkpoint, and goes on
+    wait_until(lambda: httpx.get(standby_base + "/readyz").status_code == 200, timeout=30, what="the standby to take over")
+    resumed = httpx.Client(base_url=standby_base, timeout=10)
+    model = resumed.get("/v1/model").json()
+    assert model["checkpoint"]["id"] == durable["id"] and model["report"]["events_learned"] == 300
+    assert resumed.post("/v1/predict", json=HELD_OUT).json() == riverbeam_predict(uri, durable["id"], HELD_OUT)
+    resumed.post("/v1/learn", json=PHISHING[300:400])
+    assert resumed.get("/v1/model").json()["report"] == learned_locally(PHISHING[:400]).report()
+    standby.send_signal(signal.SIGTERM)  # a graceful stop writes a final checkpoint
+    assert standby.wait(timeout=30) == 0
+    assert latest_manifest(uri)["events_learned"] == 400
