@@ -1,0 +1,258 @@
+"""Every writer's checkpoint resumes in every reader: the checkpoint bridge's promise, tested pair by pair.
+
+Writers: the daemon (real local broker), ``replay --mode learn``, stream-learn on the
+BundleBasedDirectRunner. Readers: the same three (they continue learning from the checkpoint on
+their own source), ``riverbeam predict`` and ``replay --mode evaluate --checkpoint-uri``. Each
+writer learns the first half of the events; each reader continues with (or predicts) the second
+half. Whatever the pair, the metrics and the predictions equal one learner over both halves —
+with a signing key set, so every writer signs and every reader verifies. And with a key set,
+every reader refuses an unsigned checkpoint in one line naming its URI.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import shutil
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+from river import datasets
+
+from online.checkpoints import CheckpointStore, SignatureError
+from online.config import ConsumeJobConfig, EventsConfig, KafkaConfig, ModelConfig, ReplayJobConfig
+from online.daemon import run_daemon
+from online.kafka_clients import create_topic, make_producer
+from online.learner import Learner
+from online.persistence import restore_learner
+from online.predict import prediction_record
+from online.replay import ReplayOptions, evaluate, learn
+from online.readers import expand_inputs
+from core.configuration import parse_config
+
+MODEL = {"pipeline": [{"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {}}], "metrics": ["Accuracy", "LogLoss"]}
+EVENTS = [{**x, "label": y} for x, y in itertools.islice(datasets.Phishing(), 520)]
+HEAD, TAIL, PROBE = EVENTS[:240], EVENTS[240:480], EVENTS[480:]
+KEY = "matrix-signing-key"
+WRITERS = ("daemon", "replay", "stream-learn")
+READERS = ("daemon", "replay", "stream-learn", "predict", "evaluate")
+
+
+def learner_over(*parts: list[dict]) -> Learner:
+    learner = Learner(ModelConfig(**MODEL), EventsConfig(target="label"))
+    for part in parts:
+        learner.process_many(copy.deepcopy(part))
+    return learner
+
+
+def answers(learner: Learner, events: list[dict]) -> list[dict]:
+    """What `riverbeam predict` answers for each event (without the checkpoint id)."""
+    return [{k: v for k, v in prediction_record(learner, dict(e), None).items() if k != "checkpoint"} for e in events]
+
+
+@pytest.fixture(scope="module")
+def topics(kafka_bootstrap):
+    """The head and the tail of the events, each on its own one-partition topic."""
+    names = {}
+    for part, events in (("head", HEAD), ("tail", TAIL)):
+        name = names[part] = f"matrix-{part}-{uuid.uuid4().hex[:8]}"
+        create_topic(kafka_bootstrap, name, partitions=1)
+        producer = make_producer(KafkaConfig(bootstrap_servers=kafka_bootstrap, topic=name))
+        for event in events:
+            producer.send(name, orjson.dumps(event), partition=0)
+        producer.flush()
+        producer.close()
+    return names
+
+
+def jsonl(path: Path, events: list[dict]) -> str:
+    path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    return str(path)
+
+
+def consume_config(uri: str, bootstrap: str, topic: str) -> ConsumeJobConfig:
+    return parse_config(
+        {
+            "kafka": {"bootstrap_servers": bootstrap, "topic": topic, "group_id": f"g-{uuid.uuid4().hex[:8]}",
+                      "consumer": {"session_timeout_ms": 2000, "heartbeat_interval_ms": 300, "max_poll_interval_ms": 4000}},
+            "model": MODEL, "events": {"target": "label"}, "metrics": {"port": None},
+            "checkpoint": {"uri": uri, "every_events": 100, "lease_seconds": 3},
+        },
+        ConsumeJobConfig, environ={},
+    )
+
+
+def replay_job(uri: str) -> ReplayJobConfig:
+    return parse_config({"model": MODEL, "events": {"target": "label"}, "checkpoint": {"uri": uri, "every_events": 100}}, ReplayJobConfig, environ={})
+
+
+# -- the jobs ----------------------------------------------------------------------------------
+
+
+def daemon_learns(uri: str, topic: str, bootstrap: str, tmp_path: Path) -> None:
+    summary = run_daemon(consume_config(uri, bootstrap, topic), until_caught_up=True, progress=False)
+    assert summary["events_consumed"] == 240
+
+
+def replay_learns(uri: str, events: list[dict], folder: Path, name: str = "events-1-head") -> None:
+    """Replay `events` from ``folder/name-*.jsonl`` (a replay resumes with files that sort after its last one)."""
+    path = jsonl(folder / f"{name}-{uuid.uuid4().hex[:6]}.jsonl", events)
+    result = learn(replay_job(uri), expand_inputs([path]), ReplayOptions([path], checkpoint_uri=uri, progress=False))
+    assert result.events == 240
+
+
+def stream_learn_learns(uri: str, events: list[dict], tmp_path: Path) -> None:
+    beam = pytest.importorskip("apache_beam")
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.testing import test_pipeline, test_stream
+
+    from pipelines.stream_learn import LearnSettings, build_stream_learn
+
+    config = consume_config(uri, "localhost:1", "unused")
+    stream = test_stream.TestStream().advance_watermark_to(0).add_elements([orjson.dumps(e) for e in events]).advance_watermark_to_infinity()
+    options = PipelineOptions(["--runner=BundleBasedDirectRunner", "--streaming"])
+    with test_pipeline.TestPipeline(options=options, blocking=True) as pipeline:
+        build_stream_learn(pipeline, config, LearnSettings(60.0, 100, True, clock=lambda: 0.0), stream)
+    assert beam is not None
+
+
+def write(writer: str, uri: str, topics: dict, bootstrap: str, tmp_path: Path) -> None:
+    if writer == "daemon":
+        daemon_learns(uri, topics["head"], bootstrap, tmp_path)
+    elif writer == "replay":
+        replay_learns(uri, HEAD, tmp_path)
+    else:
+        stream_learn_learns(uri, HEAD, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory, topics, kafka_bootstrap):
+    """One signed checkpoint per writer, each over the head of the events."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RIVERBEAM_CHECKPOINT_KEY", KEY)
+        root = tmp_path_factory.mktemp("written")
+        uris = {}
+        for writer in WRITERS:
+            uris[writer] = str(root / writer)
+            write(writer, uris[writer], topics, kafka_bootstrap, root)
+        return {**uris, "folder": str(root)}
+
+
+def copy_checkpoints(source: str, target: Path) -> str:
+    """The checkpoints and the LATEST pointer (not the writer's lease)."""
+    shutil.copytree(Path(source) / "checkpoints", target / "checkpoints")
+    shutil.copy(Path(source) / "LATEST", target / "LATEST")
+    return str(target)
+
+
+# -- the matrix --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reader", READERS)
+@pytest.mark.parametrize("writer", WRITERS)
+def test_every_writer_resumes_in_every_reader(writer, reader, written, topics, kafka_bootstrap, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RIVERBEAM_CHECKPOINT_KEY", KEY)
+    uri = copy_checkpoints(written[writer], tmp_path / "ckpt")
+    head = CheckpointStore(uri, signing_key=KEY.encode()).load_latest()
+    assert head.manifest["events_seen"] == 240 and head.manifest["state"]["hmac_sha256"]
+    whole = learner_over(HEAD, TAIL)
+
+    if reader == "predict":
+        from riverbeam.cli import main
+
+        assert main(["predict", "--checkpoint", uri, "--input", jsonl(tmp_path / "tail.jsonl", TAIL)]) == 0
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        got = [{k: v for k, v in line.items() if k not in ("line", "checkpoint")} for line in lines]
+        assert got == json.loads(json.dumps(answers(learner_over(HEAD), TAIL)))  # the head's model, nothing learned
+        assert {line["checkpoint"] for line in lines} == {head.id}
+        return
+    if reader == "evaluate":
+        path = jsonl(tmp_path / "tail.jsonl", TAIL)
+        result = evaluate(replay_job(uri), expand_inputs([path]), ReplayOptions([path], mode="evaluate", checkpoint_uri=uri, progress=False))
+        assert result.leaderboard[0]["metrics"] == whole.metric_values()
+        assert CheckpointStore(uri).load_latest().id == head.id  # read, never written
+        return
+
+    if reader == "daemon":
+        daemon_learns(uri, topics["tail"], kafka_bootstrap, tmp_path)
+    elif reader == "replay":
+        replay_learns(uri, TAIL, Path(written["folder"]), "events-2-tail")
+    else:
+        stream_learn_learns(uri, TAIL, tmp_path)
+    latest = CheckpointStore(uri, signing_key=KEY.encode()).load_latest()
+    assert (latest.manifest["events_seen"], latest.manifest["events_learned"]) == (480, 480)
+    assert latest.manifest["metrics"] == whole.metric_values()
+    continued = restore_learner(latest)  # from the recorded configuration, as predict and serve do
+    assert continued.report() == whole.report()
+    assert answers(continued, PROBE) == answers(whole, PROBE)
+    assert set(head.positions) <= set(latest.positions)  # the writer's positions are kept (or advanced by a reader of its kind)
+    if writer != reader:
+        assert {k: latest.positions[k] for k in head.positions} == head.positions
+
+
+# -- signing: every reader refuses an unsigned checkpoint --------------------------------------
+
+
+@pytest.fixture
+def unsigned(tmp_path, monkeypatch):
+    monkeypatch.delenv("RIVERBEAM_CHECKPOINT_KEY", raising=False)
+    uri = str(tmp_path / "unsigned")
+    replay_learns(uri, HEAD, tmp_path)
+    assert not CheckpointStore(uri).load_latest().manifest["state"]["hmac_sha256"]
+    monkeypatch.setenv("TEAM_KEY", KEY)
+    return uri
+
+
+def one_line_refusal(error: BaseException | str, uri: str) -> None:
+    text = str(error)
+    assert "\n" not in text.strip() and uri in text and "not signed" in text, text
+
+
+def test_with_a_key_every_reader_refuses_an_unsigned_checkpoint(unsigned, topics, kafka_bootstrap, tmp_path, capsys):
+    from riverbeam.cli import main
+
+    with pytest.raises(SignatureError) as refused:  # the daemon
+        run_daemon(consume_config(unsigned, kafka_bootstrap, topics["tail"]).model_copy(
+            update={"checkpoint": consume_config(unsigned, kafka_bootstrap, topics["tail"]).checkpoint.model_copy(update={"signing_key_env": "TEAM_KEY"})}),
+            until_caught_up=True, progress=False)
+    one_line_refusal(refused.value, unsigned)
+    job = replay_job(unsigned)
+    signed_job = job.model_copy(update={"checkpoint": job.checkpoint.model_copy(update={"signing_key_env": "TEAM_KEY"})})
+    path = jsonl(tmp_path / "tail.jsonl", TAIL)
+    with pytest.raises(SignatureError) as refused:  # replay learn, key from checkpoint.signing_key_env
+        learn(signed_job, expand_inputs([path]), ReplayOptions([path], progress=False))
+    one_line_refusal(refused.value, unsigned)
+    bare = parse_config({"model": MODEL, "events": {"target": "label"}}, ReplayJobConfig, environ={})
+    with pytest.raises(SignatureError) as refused:  # replay evaluate --checkpoint-uri, key by --signing-key-env
+        evaluate(bare, expand_inputs([path]), ReplayOptions([path], mode="evaluate", checkpoint_uri=unsigned, signing_key_env="TEAM_KEY", progress=False))
+    one_line_refusal(refused.value, unsigned)
+    pytest.importorskip("apache_beam")
+    from pipelines.stream_learn import LearnSettings, LearnStateFn
+
+    config = consume_config(unsigned, "localhost:1", "unused")
+    config = config.model_copy(update={"checkpoint": config.checkpoint.model_copy(update={"signing_key_env": "TEAM_KEY"})})
+    fn = LearnStateFn(config, LearnSettings(60.0, 100))
+    fn.setup()
+    with pytest.raises(SignatureError) as refused:  # stream-learn, when a key starts from the checkpoint
+        fn.new_learner("")
+    one_line_refusal(refused.value, unsigned)
+    for argv in (["predict", "--checkpoint", unsigned, "--input", path, "--signing-key-env", "TEAM_KEY"],
+                 ["checkpoints", "show", unsigned, "--signing-key-env", "TEAM_KEY"]):
+        capsys.readouterr()
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        one_line_refusal(err, unsigned)
+
+
+def test_with_the_default_variable_set_the_clis_refuse_too(unsigned, tmp_path, monkeypatch, capsys):
+    from riverbeam.cli import main
+
+    monkeypatch.setenv("RIVERBEAM_CHECKPOINT_KEY", KEY)
+    assert main(["predict", "--checkpoint", unsigned, "--input", jsonl(tmp_path / "tail.jsonl", TAIL)]) == 1
+    one_line_refusal(capsys.readouterr().err, unsigned)
+    assert main(["checkpoints", "list", unsigned]) == 0  # manifests only: listed, marked unsigned, nothing unpickled
+    assert capsys.readouterr().out.split()[-1] == "unsigned"
