@@ -143,6 +143,10 @@ class LearningWriter:
             except EventError as error:
                 records.append({"error": str(error)})
                 continue
+            except Exception as error:  # River failed on this event: this event's failure only, never a 500
+                log.warning("the model failed on an event", extra={"fields": {"error": repr(error)}})
+                records.append({"error": f"the model cannot learn this event: {error}"})
+                continue
             processed += 1
             records.append(learned_record(prediction, self.checkpoint_id))
             if prediction.learned:

@@ -239,3 +239,42 @@ def test_kill_9_of_a_learning_server_loses_nothing_checkpointed_and_resumes(tmp_
     standby.send_signal(signal.SIGTERM)  # a graceful stop writes a final checkpoint
     assert standby.wait(timeout=30) == 0
     assert latest_manifest(uri)["events_learned"] == 400
+
+
+# -- the OpenAPI document, checked by a property-based API tester ------------------------------
+
+
+@pytest.fixture(scope="module")
+def api_schema(tmp_path_factory):
+    """A learning server (so /v1/learn is in the document) with auth on, and its schema."""
+    schemathesis = pytest.importorskip("schemathesis")
+    tmp_path = tmp_path_factory.mktemp("api")
+    uri = str(tmp_path / "checkpoints")
+    write_checkpoint(uri, PHISHING[:200])
+    started = Processes()
+    try:
+        _, base, _ = start_serve(started, tmp_path, learn_config(uri, every_events=50), env={"RIVERBEAM_SERVE_TOKEN": TOKEN})
+        yield schemathesis.openapi.from_url(base + "/openapi.json", headers=AUTH)
+    finally:
+        started.close()
+
+
+def _schemathesis_test():
+    try:
+        import schemathesis
+        from hypothesis import HealthCheck, Phase, settings
+    except ImportError:
+        return None
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import status_code_conformance
+
+    @schemathesis.pytest.from_fixture("api_schema").parametrize()
+    @settings(max_examples=12, deadline=None, phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+    def test_openapi_operations_never_answer_a_server_error(case):
+        """Every documented operation, with generated bodies and parameters: never a 5xx, only documented statuses."""
+        case.call_and_validate(headers=AUTH, checks=[not_a_server_error, status_code_conformance], timeout=10)
+
+    return test_openapi_operations_never_answer_a_server_error
+
+
+test_openapi_operations_never_answer_a_server_error = _schemathesis_test()
