@@ -42,7 +42,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.options.value_provider import StaticValueProvider, ValueProvider
 from apache_beam.transforms import window
 
-from pipelines.templates import add_required_argument, check_required
+from pipelines.options import add_required_argument, check_required
 from core.errors import UsageError, run_main
 from core import storage
 from core.eventtime import event_time
@@ -60,6 +60,10 @@ class ArchiveOptions(PipelineOptions):
     prefixes. In a classic template only ``archive_output`` can be set at launch (a value
     provider); the source and the windowing are fixed when the template is created.
     """
+
+    # Dataflow template parameter types of the text flags (choices and numbers are inferred). kafka_topics
+    # stays TEXT: KAFKA_READ_TOPIC values are "servers;topic" or a Managed Kafka name, not topic names.
+    TEMPLATE_PARAM_TYPES = {"pubsub_subscription": "PUBSUB_SUBSCRIPTION", "archive_output": "GCS_WRITE_FOLDER"}
 
     @classmethod
     def _add_argparse_args(cls, parser):

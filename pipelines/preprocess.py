@@ -42,9 +42,9 @@ import orjson
 import yaml
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, PortableOptions, StandardOptions
 
-from pipelines.templates import add_required_argument, check_required
+from pipelines.options import add_required_argument, check_required, waits_for_result
 from pipelines.filesystems import configure_filesystems
 from core.configuration import parse_config
 from core.storage import parse_uri
@@ -68,6 +68,9 @@ class PreprocessOptions(PipelineOptions):
     The job is described by a YAML file (``--config``); the other flags override its input and
     output settings, for templates and one-off runs.
     """
+
+    # Dataflow template parameter types of the text flags (choices and numbers are inferred)
+    TEMPLATE_PARAM_TYPES = {"config": "GCS_READ_FILE", "input_pattern": "GCS_READ_FILE", "output_dir": "GCS_WRITE_FOLDER"}
 
     @classmethod
     def _add_argparse_args(cls, parser):
@@ -489,9 +492,12 @@ def _counter(result, name: str) -> int | None:
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
-    """Build and run the preprocess pipeline from command-line flags; waits for it to finish.
+    """Build and run the preprocess pipeline from command-line flags.
 
-    Returns a summary: the output directory, the fitted transform file, rows and bad rows.
+    Waits for the job on a local runner; on Dataflow, Flink and other remote runners it returns
+    once the job is submitted (a flex template launcher must not wait for a batch job).
+    Returns a summary: the output directory, the fitted transform file, rows and bad rows (None
+    when not waited for) and the job's state.
     Raises `core.errors.ConfigError` for a wrong configuration and `TooManyBadRowsError`
     when more rows fail validation than ``max_bad_rows``.
     """
@@ -502,9 +508,12 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     temp_dir, artifacts_dir = working_dirs(job, options)
     pipeline = beam.Pipeline(options=options)
     build_preprocess(pipeline, job, temp_dir, artifacts_dir)
+    standard = options.view_as(StandardOptions)
+    wait = waits_for_result(standard.runner, options.view_as(PortableOptions).environment_type)
     try:
         result = pipeline.run()
-        result.wait_until_finish()
+        if wait:  # on Dataflow (a flex template's launcher) or Flink: return once submitted
+            result.wait_until_finish()
     except Exception as error:
         text = str(error)
         if _TOO_MANY in text:
@@ -514,8 +523,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     return {
         "output_dir": job.output.dir,
         "fitted_transform": join(job.output.dir, FITTED_FILENAME),
-        "rows": _counter(result, "rows"),
-        "bad_rows": _counter(result, "bad_rows"),
+        "rows": _counter(result, "rows") if wait else None,
+        "bad_rows": _counter(result, "bad_rows") if wait else None,
+        "state": str(result.state),
     }
 
 

@@ -119,7 +119,7 @@ from online.config import ConsumeJobConfig
 from online.events import EventError, _json_type
 from online.learner import Learner, Prediction
 from online.persistence import Cadence, Checkpointer, LearnerSpec, open_checkpoint_store, resume
-from pipelines.templates import add_required_argument, check_required
+from pipelines.options import add_required_argument, check_required
 from pipelines.filesystems import configure_filesystems
 from core import storage
 from core.configuration import load_config, parse_config
@@ -141,6 +141,12 @@ class StreamLearnOptions(PipelineOptions):
     Flags are global across Beam pipelines in one process, hence the ``learn_`` prefix. The
     model, events, checkpoint and Kafka settings come from the daemon's YAML (``--learn_config``).
     """
+
+    # Dataflow template parameter types of the text flags (choices and numbers are inferred)
+    TEMPLATE_PARAM_TYPES = {
+        "learn_config": "GCS_READ_FILE", "learn_subscription": "PUBSUB_SUBSCRIPTION", "learn_input": "GCS_READ_FILE",
+        "learn_output": "GCS_WRITE_FOLDER", "learn_predictions_topic": "PUBSUB_TOPIC", "learn_dead_letter_topic": "PUBSUB_TOPIC",
+    }
 
     @classmethod
     def _add_argparse_args(cls, parser):

@@ -1,59 +1,83 @@
 """Dataflow templates of the riverbeam pipelines: metadata, flex specs, classic templates, launches.
 
-A pipeline is templatable when its module exposes a `PipelineOptions` subclass
-(`PIPELINES` names it as ``"module:Class"``; modules are imported only when asked for).
-The template metadata is *derived* from that class's ``_add_argparse_args``, so the checked-in
-``templates/<name>/metadata.json`` and the flags cannot drift apart:
+`PIPELINES` registers each templatable pipeline: its module, its `PipelineOptions` subclass
+and the streaming modes it supports. Modules are imported only when asked for (``riverbeam
+--help`` never loads Beam); this module imports the pipelines, never the reverse: what the
+pipelines share about their flags lives in `pipelines.options`.
 
-* name: the flag without its dashes; label: the name in words; helpText: the flag's ``help``;
-* isOptional: false for flags added with `add_required_argument` (or argparse ``required=True``);
-* regexes: from ``choices`` and ``type=int`` / ``type=float``.
+The template metadata is *derived* from the options class (`pipelines.options.describe_parameters`),
+so the checked-in ``templates/<name>/metadata.json`` and the flags cannot drift apart, plus the
+pipeline's ``streaming`` flag and streaming modes from `PIPELINES`.
 
-Flags are global in Beam: every imported `PipelineOptions` subclass is parsed together on
-every run, so a flag name must be defined by one class only, and argparse ``required=True``
-would break every *other* pipeline in the process. Required flags are therefore added with
-`add_required_argument` and enforced by `check_required` in the pipeline's ``run``.
+A flex template has two images (``templates/README.md``): the **launcher**
+(``templates/Dockerfile``) runs the pipeline's ``main.py`` to build and submit the job, and the
+**worker** SDK container (``templates/worker.Dockerfile``: Beam's SDK image with ``riverbeam[beam]``
+installed at build time) runs its DoFns. The spec names the worker image as the job's default
+``sdkContainerImage``.
 
->>> import argparse
->>> parser = argparse.ArgumentParser()
->>> add_required_argument(parser, "--archive_output", help="Where files go.")
->>> parser.parse_args([]).archive_output is None   # not an argparse error: checked in run()
-True
->>> label_of("kafka_bootstrap_servers")
-'Kafka bootstrap servers'
+>>> parse_parameters(["archive_output=gs://b/a"])
+{'archive_output': 'gs://b/a'}
+>>> metadata = {"name": "archive", "parameters": [
+...     {"name": "archive_output", "isOptional": False},
+...     {"name": "archive_format", "isOptional": True, "regexes": ["^(jsonl|parquet)$"], "enumOptions": [{"value": "jsonl"}, {"value": "parquet"}]}]}
+>>> validate_parameters(metadata, {"archive_output": "gs://b/a", "archive_format": "parquet"})
+{'archive_output': 'gs://b/a', 'archive_format': 'parquet'}
+>>> validate_parameters(metadata, {"archive_ouput": "gs://b/a"})
+Traceback (most recent call last):
+...
+core.errors.UsageError: --parameter archive_ouput: the archive template has no such parameter (did you mean archive_output?)
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import difflib
 import importlib
 import inspect
 import ipaddress
 import json
+import os
 import re
-from pathlib import Path
 from typing import Any, Iterable, Mapping
 from urllib.parse import urlencode, urlsplit
 
 from core.errors import RiverbeamError, UsageError
+from pipelines.options import describe_parameters
 
-# pipeline name -> "module:OptionsClass"; imported lazily, a missing module means "not built yet"
-PIPELINES = {
-    "preprocess": "pipelines.preprocess:PreprocessOptions",
-    "stream-learn": "pipelines.stream_learn:StreamLearnOptions",
-    "archive": "pipelines.archive:ArchiveOptions",
-}
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 LAUNCHER_BASE_IMAGE = "gcr.io/dataflow-templates-base/python311-template-launcher-base"
+WORKER_BASE_IMAGE = "apache/beam_python3.11_sdk"  # tagged with the pinned Beam version
 DATAFLOW_ENDPOINT = "https://dataflow.googleapis.com"
 CONSOLE_URL = "https://console.cloud.google.com/dataflow/jobs/{region}/{job_id}?project={project}"
+EXACTLY_ONCE, AT_LEAST_ONCE = "EXACTLY_ONCE", "AT_LEAST_ONCE"
 
-_REQUIRED_MARK = "riverbeam_required"
+# Google Cloud naming rules, checked before any request so a placeholder fails at once
+_PROJECT_ID = re.compile(r"([a-z0-9][-a-z0-9.]*:)?[a-z][-a-z0-9]{4,28}[a-z0-9]")
+_REGION = re.compile(r"[a-z]+-[a-z]+[0-9]+")
+_BUCKET = re.compile(r"[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9]")
+_JOB_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 
 
-class PipelineUnavailable(UsageError):
-    """The pipeline is registered but its module does not exist (yet) in this installation."""
+@dataclasses.dataclass(frozen=True)
+class PipelineTemplate:
+    """A templatable pipeline: its module, its options class and its streaming modes (none: batch)."""
+
+    module: str
+    options: str
+    streaming_modes: tuple[str, ...] = ()
+    default_streaming_mode: str | None = None
+
+    @property
+    def streaming(self) -> bool:
+        return bool(self.streaming_modes)
+
+
+PIPELINES = {
+    "preprocess": PipelineTemplate("pipelines.preprocess", "PreprocessOptions"),
+    # learner state is exactly-once (Beam state, rebuilt on retries): at-least-once would learn twice
+    "stream-learn": PipelineTemplate("pipelines.stream_learn", "StreamLearnOptions", (EXACTLY_ONCE,)),
+    # at-least-once is cheaper and may archive an event twice (replay would then learn it twice)
+    "archive": PipelineTemplate("pipelines.archive", "ArchiveOptions", (EXACTLY_ONCE, AT_LEAST_ONCE), EXACTLY_ONCE),
+}
 
 
 class DataflowApiError(RiverbeamError):
@@ -72,215 +96,113 @@ class DataflowApiError(RiverbeamError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Options classes and their flags
+# Pipelines and their metadata
 # ---------------------------------------------------------------------------------------------
 
 
-def add_required_argument(parser, *flags: str, value_provider: bool = False, **kwargs) -> None:
-    """Add a flag that must be set for the pipeline to run (marked for metadata and `check_required`).
-
-    With ``value_provider=True`` the flag is a classic-template value provider: it may be left
-    unset when the classic template is created and given when the template is launched.
-    """
-    if kwargs.get("required"):
-        raise ValueError("use add_required_argument instead of argparse's required=True")
-    if value_provider:
-        parser.add_value_provider_argument(*flags, **kwargs)
-    else:
-        parser.add_argument(*flags, **kwargs)
-    setattr(parser._actions[-1], _REQUIRED_MARK, True)
-
-
-def options_class(pipeline: str) -> type:
-    """The `PipelineOptions` subclass of a registered pipeline, imported on demand.
-
-    Raises `UsageError` for an unknown name and `PipelineUnavailable` when its module is missing.
-    """
+def pipeline_template(pipeline: str) -> PipelineTemplate:
+    """The registered template of `pipeline`; `UsageError` for an unknown name."""
     if pipeline not in PIPELINES:
         raise UsageError(f"unknown pipeline {pipeline!r} (expected one of: {', '.join(sorted(PIPELINES))})")
-    module_name, class_name = PIPELINES[pipeline].split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name != module_name:
-            raise
-        raise PipelineUnavailable(f"pipeline {pipeline!r}: module {module_name} is not available in this installation") from None
-    return getattr(module, class_name)
+    return PIPELINES[pipeline]
 
 
 def pipeline_module(pipeline: str):
-    """The module of a registered pipeline (it has ``run(argv)``)."""
-    return importlib.import_module(options_class(pipeline).__module__)
+    """The module of a registered pipeline (it has ``run(argv)``), imported on demand."""
+    module_name = pipeline_template(pipeline).module
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] in ("apache_beam", "tensorflow", "tensorflow_transform", "tfx_bsl"):
+            raise UsageError(f"the {pipeline} template needs the beam extra: pip install 'riverbeam[beam]' ({error.name} is missing)") from None
+        raise
 
 
-def label_of(name: str) -> str:
-    """A human label for a flag name: ``archive_window_seconds`` -> ``Archive window seconds``."""
-    words = re.split(r"[_\-]+", name.strip("-"))
-    text = " ".join(word for word in words if word)
-    return text[:1].upper() + text[1:]
+def options_class(pipeline: str) -> type:
+    """The `PipelineOptions` subclass of a registered pipeline, imported on demand."""
+    return getattr(pipeline_module(pipeline), pipeline_template(pipeline).options)
 
 
-@dataclasses.dataclass(frozen=True)
-class TemplateParameter:
-    """One templated flag as the Dataflow template metadata describes it."""
+def template_metadata(pipeline: str) -> dict[str, Any]:
+    """The flex template metadata of a pipeline, derived from its options class and its streaming modes.
 
-    name: str
-    label: str
-    help_text: str
-    optional: bool
-    regexes: tuple[str, ...] = ()
-    value_provider: bool = False
-
-    def to_metadata(self) -> dict[str, Any]:
-        """The parameter entry of a flex or classic template ``metadata.json``."""
-        entry: dict[str, Any] = {"name": self.name, "label": self.label, "helpText": self.help_text, "isOptional": self.optional}
-        if self.regexes:
-            entry["regexes"] = list(self.regexes)
-        return entry
-
-
-def _recording_parser() -> argparse.ArgumentParser:
-    from apache_beam.options.pipeline_options import _BeamArgumentParser
-
-    return _BeamArgumentParser(add_help=False, allow_abbrev=False)
-
-
-def _own_actions(options_cls: type) -> list[argparse.Action]:
-    """The argparse actions `options_cls` (and its bases below PipelineOptions) define, as Beam's view_as does."""
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    if not (isinstance(options_cls, type) and issubclass(options_cls, PipelineOptions)):
-        raise UsageError(f"{options_cls!r} is not a PipelineOptions subclass")
-    parser = _recording_parser()
-    for cls in reversed(options_cls.mro()):
-        if cls is not PipelineOptions and issubclass(cls, PipelineOptions) and "_add_argparse_args" in cls.__dict__:
-            cls._add_argparse_args(parser)
-    return [action for action in parser._actions if action.option_strings]
-
-
-def _regexes(action: argparse.Action, value_type) -> tuple[str, ...]:
-    if action.choices:
-        return ("^(" + "|".join(re.escape(str(choice)) for choice in action.choices) + ")$",)
-    if value_type is int:
-        return (r"^-?[0-9]+$",)
-    if value_type is float:
-        return (r"^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$",)
-    return ()
-
-
-def describe_parameters(options_cls: type) -> list[TemplateParameter]:
-    """The template parameters of an options class, in the order its flags are defined.
-
-    Raises `RiverbeamError` when a flag has no help text (the template UI would show nothing).
+    The description is the first paragraph of the options class docstring. A streaming pipeline
+    says which streaming modes it supports, and its default when it supports both.
     """
-    from apache_beam.options.value_provider import RuntimeValueProvider
-
-    parameters = []
-    for action in _own_actions(options_cls):
-        long_flags = [flag for flag in action.option_strings if flag.startswith("--")]
-        name = (long_flags or action.option_strings)[0].lstrip("-")
-        value_provider = isinstance(action.default, RuntimeValueProvider)
-        default = action.default.default_value if value_provider else action.default
-        value_type = action.default.value_type if value_provider else action.type
-        if not action.help or action.help == argparse.SUPPRESS:
-            raise RiverbeamError(f"{options_cls.__module__}.{options_cls.__name__}: flag --{name} has no help text")
-        help_text = " ".join(action.help.split())
-        if "%(" in help_text:
-            help_text = help_text % {**vars(action), "default": default, "prog": "riverbeam"}
-        required = bool(action.required or getattr(action, _REQUIRED_MARK, False))
-        parameters.append(TemplateParameter(name, label_of(name), help_text, not required, _regexes(action, value_type), value_provider))
-    return parameters
-
-
-def template_metadata(pipeline: str, options_cls: type | None = None) -> dict[str, Any]:
-    """The flex template metadata of a pipeline, derived from its options class.
-
-    The description is the first paragraph of the options class docstring.
-    """
-    options_cls = options_cls or options_class(pipeline)
+    template = pipeline_template(pipeline)
+    options_cls = options_class(pipeline)
     doc = inspect.getdoc(options_cls) or ""
     description = " ".join(doc.split("\n\n")[0].split())
     if not description:
         raise RiverbeamError(f"{options_cls.__module__}.{options_cls.__name__} has no docstring to describe the template")
-    return {
+    metadata: dict[str, Any] = {
         "name": pipeline,
         "description": description,
         "parameters": [parameter.to_metadata() for parameter in describe_parameters(options_cls)],
+        "streaming": template.streaming,
     }
+    if template.streaming:
+        metadata["supportsExactlyOnce"] = EXACTLY_ONCE in template.streaming_modes
+        metadata["supportsAtLeastOnce"] = AT_LEAST_ONCE in template.streaming_modes
+        if template.default_streaming_mode:
+            metadata["defaultStreamingMode"] = template.default_streaming_mode
+    return metadata
 
 
 def metadata_text(metadata: Mapping[str, Any]) -> str:
-    """The canonical text of a metadata file (sorted keys are not used: order follows the flags)."""
+    """The canonical text of a metadata file (keys in the order written: parameters follow the flags).
+
+    >>> metadata_text({"name": "x", "parameters": []})
+    '{\\n  "name": "x",\\n  "parameters": []\\n}\\n'
+    """
     return json.dumps(metadata, indent=2, ensure_ascii=False) + "\n"
 
 
-def write_metadata_file(pipeline: str, root: Path | str = TEMPLATES_DIR) -> Path:
-    """Write ``<root>/<pipeline>/metadata.json`` from the options class; returns its path."""
-    path = Path(root) / pipeline / "metadata.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(metadata_text(template_metadata(pipeline)))
-    return path
-
-
-def check_required(options, options_cls: type) -> None:
-    """Raise `UsageError` naming every required flag of `options_cls` that is not set.
-
-    A value-provider flag left for launch time counts as set while a classic template is
-    created (``--template_location``), and as missing otherwise.
-    """
-    from apache_beam.options.pipeline_options import GoogleCloudOptions
-    from apache_beam.options.value_provider import RuntimeValueProvider
-
-    view = options.view_as(options_cls)
-    creating_template = bool(options.view_as(GoogleCloudOptions).template_location)
-    missing = []
-    for parameter in describe_parameters(options_cls):
-        value = getattr(view, parameter.name.replace("-", "_"), None)
-        if parameter.optional or (creating_template and isinstance(value, RuntimeValueProvider)):
-            continue
-        if isinstance(value, RuntimeValueProvider):
-            value = value.default_value
-        if hasattr(value, "get"):
-            value = value.get()
-        if value is None or value == "" or value == []:
-            missing.append(f"--{parameter.name}")
-    if missing:
-        raise UsageError(f"{options_cls.__name__}: missing required flag(s): {', '.join(missing)}")
+def write_metadata_file(pipeline: str, root: str) -> str:
+    """Write ``<root>/<pipeline>/metadata.json`` (a local folder or a bucket) from the options class; returns its path."""
+    target = parse_uri(root).child(f"{pipeline}/metadata.json").uri
+    write_text(target, metadata_text(template_metadata(pipeline)))
+    return target
 
 
 # ---------------------------------------------------------------------------------------------
-# Storage (gs:// through google-cloud-storage, anything else is a local path)
+# Storage: through core.storage; missing Google credentials become one line
 # ---------------------------------------------------------------------------------------------
 
 
-def _split_gcs(uri: str) -> tuple[str, str]:
-    bucket, _, name = uri[len("gs://"):].partition("/")
-    if not bucket or not name:
-        raise UsageError(f"{uri!r} is not a gs://bucket/object URI")
-    return bucket, name
+def parse_uri(uri: str):
+    """`core.storage.parse_uri` (the one URI parser), its errors as usage errors."""
+    from core.storage import StorageError, parse_uri as parse
+
+    try:
+        return parse(uri)
+    except StorageError as error:
+        raise UsageError(str(error)) from None
 
 
-def write_text(uri: str, text: str, content_type: str = "application/json") -> None:
-    """Write `text` to ``gs://bucket/object`` or a local path (parent directories are created)."""
-    if uri.startswith("gs://"):
-        from google.cloud import storage
+def _storage(operation, uri: str):
+    from google.auth import exceptions as auth_exceptions
 
-        bucket, name = _split_gcs(uri)
-        storage.Client().bucket(bucket).blob(name).upload_from_string(text, content_type=content_type)
-    else:
-        path = Path(uri)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+    try:
+        return operation()
+    except auth_exceptions.DefaultCredentialsError:
+        raise RiverbeamError(f"{uri}: no Google credentials: run 'gcloud auth application-default login' or set GOOGLE_APPLICATION_CREDENTIALS") from None
+    except auth_exceptions.GoogleAuthError as error:
+        raise RiverbeamError(f"{uri}: Google authentication failed: {error}") from None
+
+
+def write_text(uri: str, text: str) -> None:
+    """Write `text` to a local path, ``gs://`` or ``s3://`` object (through `core.storage`)."""
+    from core.storage import write_bytes
+
+    _storage(lambda: write_bytes(uri, text.encode("utf-8")), uri)
 
 
 def read_text(uri: str) -> str:
-    """Read ``gs://bucket/object`` or a local path as text."""
-    if uri.startswith("gs://"):
-        from google.cloud import storage
+    """The text of a local path, ``gs://`` or ``s3://`` object (through `core.storage`)."""
+    from core.storage import read_bytes
 
-        bucket, name = _split_gcs(uri)
-        return storage.Client().bucket(bucket).blob(name).download_as_text()
-    return Path(uri).read_text()
+    return _storage(lambda: read_bytes(uri), uri).decode("utf-8")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,31 +210,52 @@ def read_text(uri: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def flex_template_spec(pipeline: str, image: str) -> dict[str, Any]:
-    """The flex template spec file: the launcher image, the Python SDK and the metadata."""
-    if not image or any(ch.isspace() for ch in image):
-        raise UsageError(f"--image: {image!r} is not a container image reference")
-    return {"image": image, "sdkInfo": {"language": "PYTHON"}, "metadata": template_metadata(pipeline)}
+def _check_image(flag: str, image: str) -> None:
+    if not image or any(ch.isspace() for ch in image) or image != image.strip("/:@"):
+        raise UsageError(f"{flag}: {image!r} is not a container image reference")
 
 
-def build_flex_template(pipeline: str, image: str, spec_path: str) -> dict[str, Any]:
+def flex_template_spec(pipeline: str, image: str, worker_image: str) -> dict[str, Any]:
+    """The flex template spec file: the launcher image, the Python SDK, the metadata and the worker image.
+
+    `worker_image` (``templates/worker.Dockerfile``) becomes the job's default
+    ``sdkContainerImage``: Dataflow workers start from it, with riverbeam and tensorflow-transform
+    already installed, instead of installing anything at launch.
+    """
+    _check_image("--image", image)
+    _check_image("--worker-image", worker_image)
+    return {
+        "image": image,
+        "sdkInfo": {"language": "PYTHON"},
+        "metadata": template_metadata(pipeline),
+        "defaultEnvironment": {"sdkContainerImage": worker_image},
+    }
+
+
+def build_flex_template(pipeline: str, image: str, worker_image: str, spec_path: str) -> dict[str, Any]:
     """Write the flex template spec of `pipeline` to `spec_path` (gs:// or local); returns the spec."""
-    spec = flex_template_spec(pipeline, image)
+    spec = flex_template_spec(pipeline, image, worker_image)
     write_text(spec_path, json.dumps(spec, indent=2) + "\n")
     return spec
 
 
+def launcher_argv(argv: list[str]) -> list[str]:
+    """The flags a flex template's ``main.py`` runs its pipeline with: the launcher's, plus
+    ``--sdk_location=container`` unless given (the worker image has Beam: nothing to stage or download).
+
+    >>> launcher_argv(["--archive_output=gs://b/a"])
+    ['--archive_output=gs://b/a', '--sdk_location=container']
+    >>> launcher_argv(["--sdk_location", "default"])
+    ['--sdk_location', 'default']
+    """
+    if any(arg == "--sdk_location" or arg.startswith("--sdk_location=") for arg in argv):
+        return list(argv)
+    return [*argv, "--sdk_location=container"]
+
+
 # ---------------------------------------------------------------------------------------------
-# Launching through the Dataflow REST API
+# Launch parameters, checked against the template's metadata
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class LaunchedJob:
-    """A job the Dataflow API accepted."""
-
-    job_id: str
-    console_url: str
 
 
 def parse_parameters(items: Iterable[str]) -> dict[str, str]:
@@ -330,15 +273,77 @@ def parse_parameters(items: Iterable[str]) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise UsageError(f"--parameter: expected KEY=VALUE, got {item!r}")
+        if key.strip() in parameters:
+            raise UsageError(f"--parameter {key.strip()}: given twice")
         parameters[key.strip()] = value
     return parameters
+
+
+def validate_parameters(metadata: Mapping[str, Any], parameters: Mapping[str, str]) -> dict[str, str]:
+    """Check launch parameters as Dataflow will: known names, required ones present, values
+    matching the parameter's regexes and enum options. Returns them; raises `UsageError`
+    naming the first parameter at fault (with a suggestion for a misspelled name).
+
+    >>> metadata = {"name": "t", "parameters": [{"name": "n", "regexes": ["^-?[0-9]+$"], "isOptional": True}]}
+    >>> validate_parameters(metadata, {"n": "1.5"})
+    Traceback (most recent call last):
+    ...
+    core.errors.UsageError: --parameter n='1.5': does not match ^-?[0-9]+$ (the t template's rule for n)
+    """
+    name = metadata.get("name", "?")
+    known = {entry["name"]: entry for entry in metadata.get("parameters", [])}
+    for key, value in parameters.items():
+        entry = known.get(key)
+        if entry is None:
+            close = difflib.get_close_matches(key, list(known), n=1)
+            hint = f"did you mean {close[0]}?" if close else f"expected one of: {', '.join(known) or 'none'}"
+            raise UsageError(f"--parameter {key}: the {name} template has no such parameter ({hint})")
+        options = [option["value"] for option in entry.get("enumOptions", [])]
+        if options and value not in options:
+            raise UsageError(f"--parameter {key}={value!r}: must be one of {', '.join(options)}")
+        for regex in entry.get("regexes", []):
+            if not re.fullmatch(regex, value):
+                raise UsageError(f"--parameter {key}={value!r}: does not match {regex} (the {name} template's rule for {key})")
+        if entry.get("paramType") == "BOOLEAN" and value not in ("true", "false"):
+            raise UsageError(f"--parameter {key}={value!r}: must be true or false")
+    missing = [key for key, entry in known.items() if not entry.get("isOptional", False) and key not in parameters]
+    if missing:
+        raise UsageError(f"the {name} template needs --parameter {', '.join(f'{key}=...' for key in missing)}")
+    return dict(parameters)
+
+
+def read_template_metadata(spec_path: str, classic: bool = False) -> dict[str, Any]:
+    """The metadata a template was built with: the flex spec's ``metadata``, or a classic
+    template's ``<location>_metadata`` file."""
+    path = spec_path + "_metadata" if classic else spec_path
+    try:
+        document = json.loads(read_text(path))
+    except ValueError as error:
+        raise RiverbeamError(f"{path}: not a JSON template file ({error})") from None
+    metadata = document if classic else document.get("metadata") if isinstance(document, dict) else None
+    if not isinstance(metadata, dict) or "parameters" not in metadata:
+        raise RiverbeamError(f"{path}: no template metadata in it (build it with 'riverbeam templates build')")
+    return metadata
+
+
+# ---------------------------------------------------------------------------------------------
+# Launching through the Dataflow REST API
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchedJob:
+    """A job the Dataflow API accepted."""
+
+    job_id: str
+    console_url: str
 
 
 def console_url(project: str, region: str, job_id: str) -> str:
     """The Cloud console page of a Dataflow job.
 
-    >>> console_url("p", "europe-west1", "2024-01-01_00_00_00-123")
-    'https://console.cloud.google.com/dataflow/jobs/europe-west1/2024-01-01_00_00_00-123?project=p'
+    >>> console_url("my-project", "europe-west1", "2024-01-01_00_00_00-123")
+    'https://console.cloud.google.com/dataflow/jobs/europe-west1/2024-01-01_00_00_00-123?project=my-project'
     """
     return CONSOLE_URL.format(region=region, job_id=job_id, project=project)
 
@@ -414,12 +419,28 @@ def _api_error(error) -> DataflowApiError:
     return DataflowApiError(error.code, message, reason)
 
 
-def _check_launch_args(project: str, region: str, job_name: str) -> None:
+def check_project_and_region(project: str | None, region: str | None, flag: str = "--") -> None:
+    """`UsageError` unless `project` and `region` look like Google Cloud names (so ``PROJECT`` fails at once).
+
+    >>> check_project_and_region("my-project", "europe-west1")
+    >>> check_project_and_region("PROJECT", "europe-west1")
+    Traceback (most recent call last):
+    ...
+    core.errors.UsageError: --project: 'PROJECT' is not a Google Cloud project ID (6-30 lower-case letters, digits or '-', starting with a letter)
+    """
     if not project:
-        raise UsageError("--project is required")
+        raise UsageError(f"{flag}project is required")
+    if not _PROJECT_ID.fullmatch(project):
+        raise UsageError(f"{flag}project: {project!r} is not a Google Cloud project ID (6-30 lower-case letters, digits or '-', starting with a letter)")
     if not region:
-        raise UsageError("--region is required")
-    if not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", job_name or ""):
+        raise UsageError(f"{flag}region is required")
+    if not _REGION.fullmatch(region):
+        raise UsageError(f"{flag}region: {region!r} is not a Google Cloud region (e.g. europe-west1)")
+
+
+def _check_launch_args(project: str, region: str, job_name: str) -> None:
+    check_project_and_region(project, region)
+    if not _JOB_NAME.fullmatch(job_name or ""):
         raise UsageError(f"--job-name: {job_name!r} must be lower-case letters, digits and '-', starting with a letter")
 
 
@@ -430,23 +451,28 @@ def launch_flex_template(
     job_name: str,
     parameters: Mapping[str, str] | None = None,
     *,
+    metadata: Mapping[str, Any] | None = None,
     endpoint: str | None = None,
     dry_run: bool = False,
 ) -> LaunchedJob | dict[str, Any]:
     """Launch a flex template (``flexTemplates:launch``); with `dry_run`, return the request instead.
 
-    >>> request = launch_flex_template("gs://b/archive.json", "p", "r", "archive-1", {"a": "1"}, dry_run=True)
+    The parameters are checked against `metadata` (default: the metadata in the spec at
+    `spec_path`) before any request.
+
+    >>> metadata = {"name": "archive", "parameters": [{"name": "a", "isOptional": True}]}
+    >>> request = launch_flex_template("gs://b/archive.json", "my-project", "europe-west1", "archive-1", {"a": "1"},
+    ...                                metadata=metadata, dry_run=True)
     >>> request["url"]
-    'https://dataflow.googleapis.com/v1b3/projects/p/locations/r/flexTemplates:launch'
+    'https://dataflow.googleapis.com/v1b3/projects/my-project/locations/europe-west1/flexTemplates:launch'
     >>> request["body"]["launchParameter"]["containerSpecGcsPath"]
     'gs://b/archive.json'
     """
     from google.cloud import dataflow_v1beta3 as dataflow
 
     _check_launch_args(project, region, job_name)
-    launch_parameter = dataflow.LaunchFlexTemplateParameter(
-        job_name=job_name, container_spec_gcs_path=spec_path, parameters=dict(parameters or {})
-    )
+    checked = validate_parameters(metadata if metadata is not None else read_template_metadata(spec_path), parameters or {})
+    launch_parameter = dataflow.LaunchFlexTemplateParameter(job_name=job_name, container_spec_gcs_path=spec_path, parameters=checked)
     request = dataflow.LaunchFlexTemplateRequest(project_id=project, location=region, launch_parameter=launch_parameter)
     if dry_run:
         path = f"/v1b3/projects/{project}/locations/{region}/flexTemplates:launch"
@@ -462,21 +488,24 @@ def launch_classic_template(
     job_name: str,
     parameters: Mapping[str, str] | None = None,
     *,
+    metadata: Mapping[str, Any] | None = None,
     endpoint: str | None = None,
     dry_run: bool = False,
 ) -> LaunchedJob | dict[str, Any]:
     """Launch a classic template (``templates:launch?gcsPath=``); with `dry_run`, return the request.
 
-    >>> launch_classic_template("gs://b/t/archive", "p", "r", "a-1", dry_run=True)["url"]
-    'https://dataflow.googleapis.com/v1b3/projects/p/locations/r/templates:launch?gcsPath=gs%3A%2F%2Fb%2Ft%2Farchive'
+    The parameters are checked against `metadata` (default: ``<gcs_path>_metadata``).
+
+    >>> launch_classic_template("gs://b/t/archive", "my-project", "europe-west1", "a-1", metadata={"parameters": []},
+    ...                         dry_run=True)["url"]  # doctest: +ELLIPSIS
+    'https://dataflow.googleapis.com/v1b3/projects/my-project/locations/europe-west1/templates:launch?gcsPath=gs%3A%2F%2Fb%2Ft%2Farchive'
     """
     from google.cloud import dataflow_v1beta3 as dataflow
 
     _check_launch_args(project, region, job_name)
-    launch_parameters = dataflow.LaunchTemplateParameters(job_name=job_name, parameters=dict(parameters or {}))
-    request = dataflow.LaunchTemplateRequest(
-        project_id=project, location=region, gcs_path=gcs_path, launch_parameters=launch_parameters
-    )
+    checked = validate_parameters(metadata if metadata is not None else read_template_metadata(gcs_path, classic=True), parameters or {})
+    launch_parameters = dataflow.LaunchTemplateParameters(job_name=job_name, parameters=checked)
+    request = dataflow.LaunchTemplateRequest(project_id=project, location=region, gcs_path=gcs_path, launch_parameters=launch_parameters)
     if dry_run:
         path = f"/v1b3/projects/{project}/locations/{region}/templates:launch"
         return _dry_run(endpoint, path, {"gcsPath": gcs_path}, _message_dict(launch_parameters))
@@ -491,11 +520,36 @@ def launch_classic_template(
 
 def classic_template_metadata(pipeline: str) -> dict[str, Any]:
     """Metadata of a classic template: only value-provider flags can be given at launch."""
-    options_cls = options_class(pipeline)
-    metadata = template_metadata(pipeline, options_cls)
-    launchable = {p.name for p in describe_parameters(options_cls) if p.value_provider}
+    metadata = template_metadata(pipeline)
+    launchable = {p.name for p in describe_parameters(options_class(pipeline)) if p.value_provider}
     metadata["parameters"] = [entry for entry in metadata["parameters"] if entry["name"] in launchable]
     return metadata
+
+
+def _check_bucket_uri(flag: str, uri: str | None, required: bool = False) -> None:
+    if not uri:
+        if required:
+            raise UsageError(f"{flag} is required (gs://bucket/path)")
+        return
+    location = parse_uri(uri)
+    if location.scheme != "gs":
+        raise UsageError(f"{flag}: expected gs://bucket/path, got {uri!r}")
+    if not _BUCKET.fullmatch(location.bucket) or ".." in location.bucket:
+        raise UsageError(f"{flag}: {location.bucket!r} is not a Cloud Storage bucket name (lower-case letters, digits, '-', '_', '.')")
+
+
+def _check_credentials() -> None:
+    """Fail at once, in one line, when no Google credentials can be found (the emulator needs none)."""
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        return
+    import google.auth
+    from google.auth import exceptions as auth_exceptions
+
+    try:
+        google.auth.default()
+    except auth_exceptions.DefaultCredentialsError as error:
+        first = str(error).splitlines()[0] if str(error) else "none found"
+        raise RiverbeamError(f"no Google credentials ({first}): run 'gcloud auth application-default login' or set GOOGLE_APPLICATION_CREDENTIALS") from None
 
 
 def create_classic_template(pipeline: str, template_location: str, beam_args: list[str]) -> str:
@@ -504,13 +558,27 @@ def create_classic_template(pipeline: str, template_location: str, beam_args: li
     The pipeline's own ``run(argv)`` builds the graph; Dataflow stages the job description at
     `template_location` and ``<template_location>_metadata`` (the launch-time parameters) is
     written next to it. Returns `template_location`.
+
+    Before Beam starts, the project, region, bucket names and credentials are checked, so a
+    placeholder (``PROJECT``, ``gs://BUCKET``) or a machine without credentials fails in one
+    line instead of retrying against Google Cloud.
     """
-    if not template_location.startswith("gs://"):
-        raise UsageError(f"--template-location: expected gs://bucket/path, got {template_location!r}")
+    from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
+
+    _check_bucket_uri("--template-location", template_location, required=True)
     for arg in beam_args:
         if arg.split("=", 1)[0] in ("--runner", "--template_location"):
             raise UsageError(f"{arg.split('=', 1)[0]} is set by create-classic; remove it")
+    cloud = PipelineOptions(beam_args).view_as(GoogleCloudOptions)
+    check_project_and_region(cloud.project, cloud.region, flag="--")
+    _check_bucket_uri("--temp_location", cloud.temp_location, required=not cloud.staging_location)
+    _check_bucket_uri("--staging_location", cloud.staging_location)
+    _check_credentials()
     module = pipeline_module(pipeline)
-    module.run([*beam_args, "--runner=DataflowRunner", f"--template_location={template_location}"])
+    try:
+        module.run([*beam_args, "--runner=DataflowRunner", f"--template_location={template_location}"])
+    except ValueError as error:  # Beam's option validation ("Missing required option: ...")
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise UsageError(f"Beam refused the flags: {'; '.join(lines) or error!r}") from None
     write_text(template_location + "_metadata", metadata_text(classic_template_metadata(pipeline)))
     return template_location

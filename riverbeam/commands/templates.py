@@ -11,32 +11,41 @@ import json
 
 
 def register(subparsers) -> None:
-    from pipelines.templates import PIPELINES  # a plain dict: no Beam import
+    from pipelines.templates import PIPELINES  # plain data: no Beam import
 
     names = sorted(PIPELINES)
     templates = subparsers.add_parser("templates", help="build, describe and launch Dataflow templates")
     actions = templates.add_subparsers(dest="action", metavar="ACTION", required=True)
 
-    build = actions.add_parser("build", help="write a pipeline's flex template spec (image, SDK, metadata)")
+    build = actions.add_parser("build", help="write a pipeline's flex template spec (launcher image, worker image, metadata)")
     build.add_argument("--pipeline", required=True, choices=names)
-    build.add_argument("--image", required=True, help="the launcher image built from templates/Dockerfile --build-arg PIPELINE=<pipeline>")
+    build.add_argument("--image", required=True, help="the launcher image, built from templates/Dockerfile --build-arg PIPELINE=<pipeline>")
+    build.add_argument("--worker-image", required=True, help="the worker SDK container, built from templates/worker.Dockerfile (the job's default sdk_container_image)")
     build.add_argument("--spec-path", required=True, help="where the spec goes: gs://bucket/path/NAME.json or a local path")
     build.set_defaults(handler=templates_build)
 
     metadata = actions.add_parser("metadata", help="print (or write) a pipeline's template metadata, derived from its options")
-    metadata.add_argument("--pipeline", required=True, choices=[*names, "all"], help="a pipeline, or 'all' that exist")
-    metadata.add_argument("--write", action="store_true", help="write templates/<pipeline>/metadata.json instead of printing")
+    metadata.add_argument("--pipeline", required=True, choices=[*names, "all"], help="a pipeline, or 'all'")
+    metadata.add_argument("--write", action="store_true", help="write OUT/<pipeline>/metadata.json instead of printing")
+    metadata.add_argument("--out", default="templates", help="the folder --write writes into (default: ./templates, relative to the current directory)")
     metadata.set_defaults(handler=templates_metadata)
 
-    launch = actions.add_parser("launch", help="launch a flex (or --classic) template through the Dataflow API")
+    launch = actions.add_parser(
+        "launch",
+        help="launch a flex (or --classic) template through the Dataflow API",
+        description="Checks every --parameter against the template's metadata (names, required ones, regexes, "
+        "choices) before sending anything; the metadata is read from the spec (flex) or <location>_metadata "
+        "(classic), or taken from this installation with --pipeline.",
+    )
     launch.add_argument("--spec-path", required=True, help="flex: the spec written by 'build'; classic: the template location")
     launch.add_argument("--project", required=True)
     launch.add_argument("--region", required=True)
     launch.add_argument("--job-name", required=True)
     launch.add_argument("--parameter", action="append", default=[], metavar="KEY=VALUE", help="a pipeline flag (repeatable)")
+    launch.add_argument("--pipeline", choices=names, default=None, help="check the parameters against this installation's metadata of PIPELINE instead of reading the template's")
     launch.add_argument("--classic", action="store_true", help="launch a classic template (templates:launch?gcsPath=)")
     launch.add_argument("--dataflow-endpoint", default=None, help="API root (default https://dataflow.googleapis.com)")
-    launch.add_argument("--dry-run", action="store_true", help="print the HTTP request instead of sending it")
+    launch.add_argument("--dry-run", action="store_true", help="check the parameters and print the HTTP request instead of sending it")
     launch.set_defaults(handler=templates_launch)
 
     classic = actions.add_parser(
@@ -55,7 +64,7 @@ def register(subparsers) -> None:
 def templates_build(args) -> int:
     from pipelines.templates import build_flex_template
 
-    build_flex_template(args.pipeline, args.image, args.spec_path)
+    build_flex_template(args.pipeline, args.image, args.worker_image, args.spec_path)
     print(f"wrote the {args.pipeline} flex template spec to {args.spec_path}")
     return 0
 
@@ -63,34 +72,28 @@ def templates_build(args) -> int:
 def templates_metadata(args) -> int:
     from pipelines import templates
 
-    if args.pipeline == "all":
-        for name in sorted(templates.PIPELINES):
-            try:
-                _show_metadata(templates, name, args.write)
-            except templates.PipelineUnavailable as error:
-                print(f"skipped: {error}")
-        return 0
-    _show_metadata(templates, args.pipeline, args.write)
+    for name in sorted(templates.PIPELINES) if args.pipeline == "all" else [args.pipeline]:
+        if args.write:
+            print(f"wrote {templates.write_metadata_file(name, args.out)}")
+        else:
+            print(templates.metadata_text(templates.template_metadata(name)), end="")
     return 0
 
 
-def _show_metadata(templates, name: str, write: bool) -> None:
-    if write:
-        print(f"wrote {templates.write_metadata_file(name)}")
-    else:
-        print(templates.metadata_text(templates.template_metadata(name)), end="")
-
-
 def templates_launch(args) -> int:
-    from pipelines.templates import launch_classic_template, launch_flex_template, parse_parameters
+    from pipelines import templates
 
-    launch = launch_classic_template if args.classic else launch_flex_template
+    launch = templates.launch_classic_template if args.classic else templates.launch_flex_template
+    metadata = None
+    if args.pipeline:  # this installation's metadata instead of the template's
+        metadata = (templates.classic_template_metadata if args.classic else templates.template_metadata)(args.pipeline)
     result = launch(
         args.spec_path,
         args.project,
         args.region,
         args.job_name,
-        parse_parameters(args.parameter),
+        templates.parse_parameters(args.parameter),
+        metadata=metadata,
         endpoint=args.dataflow_endpoint,
         dry_run=args.dry_run,
     )
