@@ -1,15 +1,133 @@
-"""Parsers for commands that hand their unknown arguments to Beam as pipeline flags."""
+"""The flags of the Beam commands (``stream-learn``, ``archive``, ``preprocess``).
+
+* ``--help`` lists the pipeline's own flags, read from its `PipelineOptions` subclass; the
+  pipeline module is imported only when that help is shown or the command runs, so
+  ``riverbeam --help`` never pays for Beam's import.
+* Every argument riverbeam does not parse itself goes to Beam (``beam_args``) once
+  `check_beam_args` has parsed it as Beam does, with the pipeline's options class and Beam's own
+  (``--runner``, ``--project``, ``--region``, ``--temp_location``, ...). Beam only warns about the
+  rest and runs without them; here they are refused: exit 2, one line, the closest flag suggested.
+"""
 
 from __future__ import annotations
 
+import argparse
+import difflib
+import importlib
 
-def with_beam_flags(parser_class: type) -> type:
-    """The parser class, keeping the arguments it does not know as ``beam_args`` (for Beam)."""
+from core.errors import UsageError
+
+BEAM_FLAGS_NOTE = (
+    "Beam's own flags are accepted too: --runner, --project, --region, "
+    "--temp_location, --staging_location, --setup_file, --streaming, --job_name, --flink_master, --environment_type, ... "
+    "(every flag of Beam's PipelineOptions). Any other flag is refused."
+)
+
+
+def options_class(target: str) -> type:
+    """The `PipelineOptions` subclass named ``"module:Class"`` (the module is imported now).
+
+    >>> options_class("apache_beam.options.pipeline_options:StandardOptions").__name__
+    'StandardOptions'
+    """
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _beam_parser() -> argparse.ArgumentParser:
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+    return _BeamArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+
+
+def pipeline_flag_actions(options_cls: type) -> list[argparse.Action]:
+    """The argparse actions `options_cls` defines (its own flags, in order), as Beam records them.
+
+    >>> [a.option_strings[0] for a in pipeline_flag_actions(options_class("apache_beam.options.pipeline_options:StandardOptions"))][:2]
+    ['--runner', '--streaming']
+    """
+    parser = _beam_parser()
+    options_cls._add_argparse_args(parser)  # pylint: disable=protected-access
+    return [action for action in parser._actions if action.option_strings]
+
+
+def accepted_flags_parser(options_cls: type | None) -> argparse.ArgumentParser:
+    """A parser of what Beam parses for this pipeline: Beam's own options classes and the pipeline's.
+
+    Beam parses with every `PipelineOptions` subclass imported in the process; other pipelines'
+    classes are left out here, so a flag of another pipeline is refused as Beam would ignore it.
+    """
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    classes: dict[str, type] = {}
+    for cls in PipelineOptions.__subclasses__():  # as PipelineOptions.get_all_options does
+        if cls.__module__.startswith("apache_beam."):
+            classes.setdefault(f"{cls.__module__}.{cls.__qualname__}", cls)
+    if options_cls is not None:
+        for cls in reversed(options_cls.mro()):
+            if isinstance(cls, type) and issubclass(cls, PipelineOptions) and cls is not PipelineOptions and "_add_argparse_args" in vars(cls):
+                classes.setdefault(f"{cls.__module__}.{cls.__qualname__}", cls)
+    parser = _beam_parser()
+    for cls in classes.values():
+        cls._add_argparse_args(parser)  # pylint: disable=protected-access
+    return parser
+
+
+def check_beam_args(argv: list[str], options_cls: type | None, command: str = "COMMAND") -> list[str]:
+    """`argv` for Beam (without ``--`` separators), after checking that Beam parses every argument.
+
+    Raises `UsageError` (exit 2) naming every flag neither the pipeline nor Beam defines, each with
+    the closest known flag, or a known flag's bad value.
+
+    >>> check_beam_args(["--runner=FnApiRunner", "--", "--temp_location", "/tmp"], None)
+    ['--runner=FnApiRunner', '--temp_location', '/tmp']
+    >>> check_beam_args(["--runer=FnApiRunner", "--streamingg"], None, "archive")
+    Traceback (most recent call last):
+    ...
+    core.errors.UsageError: archive: unknown flags --runer (did you mean --runner?), --streamingg (did you mean --streaming?): see riverbeam archive --help
+    """
+    argv = [arg for arg in argv if arg != "--"]
+    parser = accepted_flags_parser(options_cls)
+    try:
+        _, unknown = parser.parse_known_args(argv)
+    except argparse.ArgumentError as error:  # a known flag with a bad value (a wrong choice, not a number)
+        raise UsageError(f"{command}: {error}") from None
+    if not unknown:
+        return argv
+    known = [flag for action in parser._actions for flag in action.option_strings if flag.startswith("--")]
+    problems = []
+    for arg in unknown:
+        if arg.startswith("-"):
+            name = arg.split("=", 1)[0]
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+            problems.append(f"{name} (did you mean {close[0]}?)" if close else name)
+        elif not problems:  # a stray value, not the value of a refused flag
+            problems.append(f"{arg!r} (flags take the form --name=value)")
+    noun = "unknown flag" if len(problems) == 1 else "unknown flags"
+    raise UsageError(f"{command}: {noun} {', '.join(problems)}: see riverbeam {command} --help")
+
+
+def with_beam_flags(parser_class: type, options: str | None = None) -> type:
+    """The parser class of a Beam command: arguments it does not know are kept as ``beam_args``,
+    and its help lists the flags of the pipeline's options class `options` (``"module:Class"``)."""
 
     class BeamFlagsParser(parser_class):
         def parse_known_args(self, args=None, namespace=None):
             namespace, unknown = super().parse_known_args(args, namespace)
             namespace.beam_args = list(getattr(namespace, "beam_args", None) or []) + list(unknown)
             return namespace, []
+
+        def format_help(self) -> str:
+            text = super().format_help()
+            if options is None:
+                return text
+            options_cls = options_class(options)
+            own = [a for a in pipeline_flag_actions(options_cls) if not any(f in self._option_string_actions for f in a.option_strings)]
+            formatter = self._get_formatter()
+            formatter.start_section(f"pipeline flags ({options_cls.__name__}; also as --name=value)")
+            formatter.add_arguments(own)
+            formatter.end_section()
+            formatter.add_text(BEAM_FLAGS_NOTE)
+            return text.rstrip("\n") + "\n\n" + formatter.format_help()
 
     return BeamFlagsParser
