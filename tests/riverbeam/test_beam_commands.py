@@ -159,3 +159,17 @@ def test_preprocess_prints_a_summary_of_a_real_run(tmp_path, capsys):
     assert (summary["job"], summary["events_seen"], summary["events_dead_lettered"], summary["state"]) == ("preprocess", 121, 1, "DONE")
     assert summary["output"] == str(tmp_path / "out") and summary["fitted_transform"] == str(tmp_path / "out" / "fitted_transforms.json")
     assert (tmp_path / "out" / "fitted_transforms.json").exists()
+
+
+def test_a_job_submitted_elsewhere_is_summarised_by_where_it_went():
+    """Archive reads Kafka or Pub/Sub on Dataflow or Flink only (nothing here runs it): the summary of a
+    submitted job, built from a stand-in for Dataflow's result, names the runner, state, job id and output."""
+    from types import SimpleNamespace
+
+    from riverbeam.commands.beam_jobs import beam_job_summary
+
+    result = SimpleNamespace(state="RUNNING", job_id=lambda: "2026-12-01_01_02_03-123", metrics=lambda: pytest.fail("no counts while running"))
+    argv = ["--runner=DataflowRunner", "--archive_output=gs://bucket/archive", "--pubsub_subscription=projects/p/subscriptions/s"]
+    summary = beam_job_summary("archive", result, argv, 2.5).to_json()
+    assert summary == {"job": "archive", "mode": "submitted", "metrics": {}, "seconds": 2.5, "runner": "DataflowRunner", "state": "RUNNING",
+                       "job_id": "2026-12-01_01_02_03-123", "output": "gs://bucket/archive"}
