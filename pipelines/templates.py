@@ -438,10 +438,54 @@ def check_project_and_region(project: str | None, region: str | None, flag: str 
         raise UsageError(f"{flag}region: {region!r} is not a Google Cloud region (e.g. europe-west1)")
 
 
-def _check_launch_args(project: str, region: str, job_name: str) -> None:
+def _check_launch_args(project: str, region: str, job_name: str, update: bool = False, mappings: Mapping | None = None) -> None:
     check_project_and_region(project, region)
     if not _JOB_NAME.fullmatch(job_name or ""):
         raise UsageError(f"--job-name: {job_name!r} must be lower-case letters, digits and '-', starting with a letter")
+    if mappings and not update:
+        raise UsageError("--transform-name-mapping only applies with --update")
+
+
+STREAMING_MODES = {"exactly-once": EXACTLY_ONCE, "at-least-once": AT_LEAST_ONCE}
+
+
+def check_streaming_mode(metadata: Mapping[str, Any], mode: str | None) -> str | None:
+    """The Dataflow ``StreamingMode`` name for `mode` (``exactly-once`` / ``at-least-once``), if the
+    template supports it; None when `mode` is None (the template's default).
+
+    >>> check_streaming_mode({"name": "archive", "streaming": True, "supportsExactlyOnce": True, "supportsAtLeastOnce": True}, "at-least-once")
+    'STREAMING_MODE_AT_LEAST_ONCE'
+    >>> check_streaming_mode({"name": "stream-learn", "streaming": True, "supportsExactlyOnce": True}, "at-least-once")
+    Traceback (most recent call last):
+    ...
+    core.errors.UsageError: --streaming-mode at-least-once: the stream-learn template supports exactly-once only
+    """
+    if mode is None:
+        return None
+    name = metadata.get("name", "?")
+    if mode not in STREAMING_MODES:
+        raise UsageError(f"--streaming-mode: expected one of {', '.join(STREAMING_MODES)}, got {mode!r}")
+    if not metadata.get("streaming"):
+        raise UsageError(f"--streaming-mode: the {name} template is a batch pipeline")
+    supported = [text for text, key in STREAMING_MODES.items() if metadata.get(f"supports{key.title().replace('_', '')}")]
+    if mode not in supported:
+        raise UsageError(f"--streaming-mode {mode}: the {name} template supports {' and '.join(supported) or 'no streaming mode'} only")
+    return f"STREAMING_MODE_{STREAMING_MODES[mode]}"
+
+
+def parse_name_mappings(items: Iterable[str]) -> dict[str, str]:
+    """``OLD=NEW`` transform renames for an in-place update (``--transform-name-mapping``).
+
+    >>> parse_name_mappings(["Learn=LearnStateful"])
+    {'Learn': 'LearnStateful'}
+    """
+    mappings = {}
+    for item in items:
+        old, sep, new = item.partition("=")
+        if not sep or not old.strip() or not new.strip():
+            raise UsageError(f"--transform-name-mapping: expected OLD=NEW, got {item!r}")
+        mappings[old.strip()] = new.strip()
+    return mappings
 
 
 def launch_flex_template(
@@ -454,11 +498,15 @@ def launch_flex_template(
     metadata: Mapping[str, Any] | None = None,
     endpoint: str | None = None,
     dry_run: bool = False,
+    update: bool = False,
+    transform_name_mappings: Mapping[str, str] | None = None,
+    streaming_mode: str | None = None,
 ) -> LaunchedJob | dict[str, Any]:
     """Launch a flex template (``flexTemplates:launch``); with `dry_run`, return the request instead.
 
-    The parameters are checked against `metadata` (default: the metadata in the spec at
-    `spec_path`) before any request.
+    The parameters (and the streaming mode) are checked against `metadata` (default: the
+    metadata in the spec at `spec_path`) before any request. With `update`, the running job
+    named `job_name` is replaced in place (its state kept; `transform_name_mappings` renames steps).
 
     >>> metadata = {"name": "archive", "parameters": [{"name": "a", "isOptional": True}]}
     >>> request = launch_flex_template("gs://b/archive.json", "my-project", "europe-west1", "archive-1", {"a": "1"},
@@ -470,9 +518,15 @@ def launch_flex_template(
     """
     from google.cloud import dataflow_v1beta3 as dataflow
 
-    _check_launch_args(project, region, job_name)
-    checked = validate_parameters(metadata if metadata is not None else read_template_metadata(spec_path), parameters or {})
-    launch_parameter = dataflow.LaunchFlexTemplateParameter(job_name=job_name, container_spec_gcs_path=spec_path, parameters=checked)
+    _check_launch_args(project, region, job_name, update, transform_name_mappings)
+    metadata = metadata if metadata is not None else read_template_metadata(spec_path)
+    checked = validate_parameters(metadata, parameters or {})
+    mode = check_streaming_mode(metadata, streaming_mode)
+    launch_parameter = dataflow.LaunchFlexTemplateParameter(
+        job_name=job_name, container_spec_gcs_path=spec_path, parameters=checked, update=update,
+        transform_name_mappings=dict(transform_name_mappings or {}),
+        environment=dataflow.FlexTemplateRuntimeEnvironment(streaming_mode=mode) if mode else None,
+    )  # fmt: skip
     request = dataflow.LaunchFlexTemplateRequest(project_id=project, location=region, launch_parameter=launch_parameter)
     if dry_run:
         path = f"/v1b3/projects/{project}/locations/{region}/flexTemplates:launch"
@@ -491,10 +545,14 @@ def launch_classic_template(
     metadata: Mapping[str, Any] | None = None,
     endpoint: str | None = None,
     dry_run: bool = False,
+    update: bool = False,
+    transform_name_mappings: Mapping[str, str] | None = None,
+    streaming_mode: str | None = None,
 ) -> LaunchedJob | dict[str, Any]:
     """Launch a classic template (``templates:launch?gcsPath=``); with `dry_run`, return the request.
 
-    The parameters are checked against `metadata` (default: ``<gcs_path>_metadata``).
+    The parameters are checked against `metadata` (default: ``<gcs_path>_metadata``); `update`,
+    `transform_name_mappings` and `streaming_mode` as for `launch_flex_template`.
 
     >>> launch_classic_template("gs://b/t/archive", "my-project", "europe-west1", "a-1", metadata={"parameters": []},
     ...                         dry_run=True)["url"]  # doctest: +ELLIPSIS
@@ -502,9 +560,14 @@ def launch_classic_template(
     """
     from google.cloud import dataflow_v1beta3 as dataflow
 
-    _check_launch_args(project, region, job_name)
-    checked = validate_parameters(metadata if metadata is not None else read_template_metadata(gcs_path, classic=True), parameters or {})
-    launch_parameters = dataflow.LaunchTemplateParameters(job_name=job_name, parameters=checked)
+    _check_launch_args(project, region, job_name, update, transform_name_mappings)
+    metadata = metadata if metadata is not None else read_template_metadata(gcs_path, classic=True)
+    checked = validate_parameters(metadata, parameters or {})
+    mode = check_streaming_mode(metadata, streaming_mode)
+    launch_parameters = dataflow.LaunchTemplateParameters(
+        job_name=job_name, parameters=checked, update=update, transform_name_mapping=dict(transform_name_mappings or {}),
+        environment=dataflow.RuntimeEnvironment(streaming_mode=mode) if mode else None,
+    )  # fmt: skip
     request = dataflow.LaunchTemplateRequest(project_id=project, location=region, gcs_path=gcs_path, launch_parameters=launch_parameters)
     if dry_run:
         path = f"/v1b3/projects/{project}/locations/{region}/templates:launch"

@@ -44,6 +44,11 @@ def register(subparsers) -> None:
     launch.add_argument("--parameter", action="append", default=[], metavar="KEY=VALUE", help="a pipeline flag (repeatable)")
     launch.add_argument("--pipeline", choices=names, default=None, help="check the parameters against this installation's metadata of PIPELINE instead of reading the template's")
     launch.add_argument("--classic", action="store_true", help="launch a classic template (templates:launch?gcsPath=)")
+    launch.add_argument("--streaming-mode", choices=["exactly-once", "at-least-once"], default=None,
+                        help="a streaming job's mode, if the template supports it (default: the template's)")
+    launch.add_argument("--update", action="store_true", help="replace the running streaming job named --job-name in place, keeping its state")
+    launch.add_argument("--transform-name-mapping", action="append", default=[], metavar="OLD=NEW",
+                        help="with --update: a renamed step (repeatable)")
     launch.add_argument("--dataflow-endpoint", default=None, help="API root (default https://dataflow.googleapis.com)")
     launch.add_argument("--dry-run", action="store_true", help="check the parameters and print the HTTP request instead of sending it")
     launch.set_defaults(handler=templates_launch)
@@ -96,6 +101,9 @@ def templates_launch(args) -> int:
         metadata=metadata,
         endpoint=args.dataflow_endpoint,
         dry_run=args.dry_run,
+        update=args.update,
+        transform_name_mappings=templates.parse_name_mappings(args.transform_name_mapping),
+        streaming_mode=args.streaming_mode,
     )
     if args.dry_run:
         print(json.dumps(result, indent=2))

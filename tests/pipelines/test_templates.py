@@ -440,6 +440,32 @@ def test_launch_can_check_against_this_installation_instead_of_reading_the_spec(
     assert requests == []
 
 
+def test_update_and_streaming_mode_are_sent_as_dataflow_expects_and_checked_against_the_metadata(dataflow_api, local_specs, capsys):
+    from google.cloud import dataflow_v1beta3 as dataflow
+
+    endpoint, requests = dataflow_api
+    argv = [*LAUNCH, "--spec-path", str(local_specs / "archive.json"), "--dataflow-endpoint", endpoint,
+            "--update", "--transform-name-mapping", "WriteArchive=WriteFiles", "--streaming-mode", "at-least-once"]  # fmt: skip
+    assert main(argv) == 0
+    [request] = requests
+    sent = request["body"]["launchParameter"]
+    assert (sent["update"], sent["transformNameMappings"]) == (True, {"WriteArchive": "WriteFiles"})
+    assert sent["environment"] == {"streamingMode": dataflow.StreamingMode.STREAMING_MODE_AT_LEAST_ONCE.value}
+    capsys.readouterr()
+    refused = [
+        ("stream-learn", ["--parameter", "learn_config=gs://b/c.yaml", "--streaming-mode", "at-least-once"],
+         "the stream-learn template supports exactly-once only"),
+        ("preprocess", ["--parameter", "config=gs://b/c.yaml", "--streaming-mode", "exactly-once"], "the preprocess template is a batch pipeline"),
+        ("archive", ["--parameter", "archive_output=gs://b/a", "--transform-name-mapping", "A=B"], "--transform-name-mapping only applies with --update"),
+    ]
+    for pipeline, extra, message in refused:
+        argv = ["templates", "launch", "--project", PROJECT, "--region", REGION, "--job-name", "j-1", "--pipeline", pipeline,
+                "--spec-path", "gs://my-bucket/t.json", "--dataflow-endpoint", endpoint, *extra]  # fmt: skip
+        assert main(argv) == 2
+        assert message in capsys.readouterr().err
+    assert len(requests) == 1
+
+
 def test_launch_of_a_missing_or_foreign_spec_is_one_line(local_specs, tmp_path, capsys):
     base = ["templates", "launch", "--project", PROJECT, "--region", REGION, "--job-name", "a-1", "--dry-run"]
     assert main([*base, "--spec-path", str(tmp_path / "nope.json")]) == 1
