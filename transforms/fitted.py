@@ -157,23 +157,26 @@ def fitted_document(
 class _Compiler:
     """Writes the straight-line Python function of a fitted transform document.
 
-    Each feature becomes a few statements with its constants bound (finite floats as literals,
-    vocabularies and one-hot rows as dicts, boundaries as a list for `bisect`); the function reads
-    every raw column once, so a dozen features cost a few µs per event.
+    The function reads each raw column once, rounds all float inputs to float32 in one
+    ``struct`` call (TFT reads float features as float32), computes every feature in float64 with
+    its constants bound (finite floats as literals, vocabularies and one-hot rows as dicts,
+    boundaries as a list for `bisect`), rounds all float outputs in one more call, and builds
+    the output dict. Anything off the fast path (text, integers in a float column, values beyond
+    float32) takes the exact path of `transforms.spec.coerce_value` and `to_float32`.
     """
 
     def __init__(self, document: dict):
         self.document = document
         self.lines: list[str] = []
         self.namespace: dict[str, Any] = {
-            "_unpack": _unpack, "_pack": _pack, "_f32": to_float32, "_read_float": _read_float,
-            "_coerce": coerce_value, "_bisect": bisect_right, "_fp": farmhash.fingerprint64,
-            "_log1p": _log1p, "_sigmoid": _sigmoid, "_missing": InvalidFeatureError,
+            "_f32": to_float32, "_read_float": _read_float, "_coerce": coerce_value, "_bisect": bisect_right,
+            "_fp": farmhash.fingerprint64, "_lg": math.log1p, "_log1p": _log1p, "_sigmoid": _sigmoid, "_missing": InvalidFeatureError,
         }
         self.raw: dict[str, str] = {}  # raw column -> its variable
-        self.outputs: list[tuple[str, str]] = []  # (column name or "" for one-hot rows, expression)
+        self.outputs: list[tuple[str, str]] = []  # (column name, or "" for a dict of one-hot columns; expression)
         self.categorical: list[str] = []
         self.names: list[str] = []  # the output columns, in spec order
+        self.consumed: dict[str, str] = {}  # feature consumed by a pca -> the variable of its value
 
     def constant(self, value: Any) -> str:
         if type(value) in (int, float) and math.isfinite(value):
@@ -185,30 +188,55 @@ class _Compiler:
     def emit(self, line: str) -> None:
         self.lines.append("        " + line)
 
-    def read(self, name: str, kind: str) -> str:
-        """The variable holding raw column `name` read as `kind` (float32-rounded for floats)."""
-        if name in self.raw:
-            return self.raw[name]
-        var = self.raw[name] = f"r{len(self.raw)}"
-        self.emit(f"{var} = event[{name!r}]")
-        if kind == "float":
-            self.emit(f"{var} = _unpack(_pack({var}))[0] if type({var}) is float and -3.4e38 < {var} < 3.4e38 else _read_float({name!r}, {var})")
-        else:
-            self.emit(f"if type({var}) is not {'int' if kind == 'int' else 'str'}: {var} = _coerce({name!r}, {kind!r}, {var})")
-        return var
+    def round_float32(self, variables: list[str], exact: Callable[[str], str], verify: str | None = None) -> None:
+        """Round `variables` to float32 in one ``struct`` call; `exact(var)` is the per-variable fallback.
 
-    def f32(self, var: str, expression: str) -> str:
-        self.emit(f"{var} = {expression}")
-        self.emit(f"{var} = _unpack(_pack({var}))[0] if -3.4e38 < {var} < 3.4e38 else _f32({var})")
-        return var
+        `verify`, a statement, runs only when the one call succeeded.
+        """
+        if not variables:
+            return
+        codec = struct.Struct(f"<{len(variables)}f")
+        pack, unpack = self.constant(codec.pack), self.constant(codec.unpack)
+        group = ", ".join(variables)
+        self.emit("try:")
+        self.emit(f"    {group}{',' if len(variables) == 1 else ''} = {unpack}({pack}({group}))")
+        self.emit("except (OverflowError, struct_error):")
+        self.emit(f"    {group} = {', '.join(exact(v) for v in variables)}")
+        if verify:
+            self.emit("else:")
+            self.emit(f"    {verify}")
 
-    def feature(self, i: int, entry: dict) -> str:
-        """Statements computing feature `i`'s value (before encoding); returns its variable."""
+    def read_all(self, columns: list[tuple[str, str]]) -> None:
+        """Read every raw column once: floats rounded together, ints and strings checked."""
+        floats = []
+        for name, kind in columns:
+            var = self.raw[name] = f"r{len(self.raw)}"
+            self.emit(f"{var} = event[{name!r}]")
+            if kind == "float":
+                floats.append((name, var))
+            elif kind == "int":
+                self.emit(f"if type({var}) is not int: {var} = _coerce({name!r}, 'int', {var})")
+            else:
+                self.emit(f"if type({var}) is not str: {var} = str({var}) if type({var}) is int else _coerce({name!r}, 'string', {var})")
+        if not floats:
+            return
+        names = {var: name for name, var in floats}
+        variables = [var for _, var in floats]
+        exact = lambda var: f"_read_float({names[var]!r}, {var})"  # noqa: E731
+        self.emit("if " + " and ".join(f"type({v}) is float" for v in variables) + ":")
+        self.lines, outer = [], self.lines
+        total = " + ".join(variables)  # NaN or infinity anywhere makes it NaN: then the exact path names the culprit
+        self.round_float32(variables, exact, f"if ({total}) - ({total}) != 0.0: {', '.join(variables)} = "
+                           + ", ".join(exact(v) for v in variables))
+        inner, self.lines = self.lines, outer
+        self.lines += ["    " + line for line in inner]
+        self.emit("else:")
+        self.emit(f"    {', '.join(variables)} = {', '.join(exact(v) for v in variables)}")
+
+    def feature(self, i: int, entry: dict, rounded: list[str]) -> str:
+        """Statements computing feature `i`'s value (before encoding); float64 results join `rounded`."""
         name, kind, transform = entry["name"], entry["type"], entry["transform"]
-        out = f"o{i}"
-        if transform == "pca":
-            return self.pca(i, entry)
-        x = self.read(name, kind)
+        x, out = self.raw[name], f"o{i}"
         if transform == "identity":
             return x
         if transform in ("hash", "vocabulary"):
@@ -219,30 +247,26 @@ class _Compiler:
             index = {token: j for j, token in enumerate(entry["vocabulary"])}
             size, oov = len(index), int(entry.get("num_oov_buckets") or 0)
             self.emit(f"{out} = {self.constant(index)}.get({token})")
-            fallback = f"{size} + _fp({token}) % {oov}" if oov else "-1"
-            self.emit(f"if {out} is None: {out} = {fallback}")
+            self.emit(f"if {out} is None: {out} = {f'{size} + _fp({token}) % {oov}' if oov else '-1'}")
             return out
-        if transform == "bucketize":
+        if transform == "bucketize":  # float inputs are float32 already; int64 inputs are cast to float32
             boundaries = [float(b) for b in entry["boundaries"]]
             self.emit(f"{out} = _bisect({self.constant(boundaries)}, {x if kind == 'float' else f'_f32({x})'})")
             return out
         if transform == "log1p":
-            self.emit(f"{out} = _f32(_log1p({x}))")
-            return out
-        if transform == "z_score":
+            self.emit(f"{out} = _lg({x}) if {x} > -1.0 else _log1p({x})")
+        elif transform == "z_score":
             mean, std = float(entry["mean"]), math.sqrt(float(entry["var"]))
-            if std != 0.0:
-                return self.f32(out, f"({x} - {self.constant(mean)}) / {self.constant(std)}")
-            return self.f32(out, f"{x} - {self.constant(mean)}")
-        if transform == "min_max":
+            self.emit(f"{out} = ({x} - {self.constant(mean)}) / {self.constant(std)}" if std != 0.0 else f"{out} = {x} - {self.constant(mean)}")
+        elif transform == "min_max":
             low, high = float(entry["min"]), float(entry["max"])
-            if low < high:
-                return self.f32(out, f"({x} - {self.constant(low)}) / {self.constant(high - low)}")
-            self.emit(f"{out} = _f32(_sigmoid({x}))")
-            return out
-        raise FittedTransformError(f"feature {name!r}: unknown transform {transform!r}")
+            self.emit(f"{out} = ({x} - {self.constant(low)}) / {self.constant(high - low)}" if low < high else f"{out} = _sigmoid({x})")
+        else:
+            raise FittedTransformError(f"feature {name!r}: unknown transform {transform!r}")
+        rounded.append(out)
+        return out
 
-    def pca(self, i: int, entry: dict) -> str:
+    def pca(self, i: int, entry: dict, rounded: list[str]) -> None:
         matrix = [[float(w) for w in row] for row in entry["matrix"]]
         inputs, k = entry["inputs"], int(entry.get("k") or len(matrix[0]))
         if len(matrix) != len(inputs) or any(len(row) < k for row in matrix):
@@ -251,17 +275,17 @@ class _Compiler:
         std = [math.sqrt(float(v)) or 1.0 for v in entry["var"]] if entry.get("scale") else None
         terms = []
         for d, source in enumerate(inputs):
-            x = self.consumed.get(source) or self.read(source, entry["type"])
+            x = self.consumed.get(source) or self.raw[source]
             expression = x if mean is None else f"{x} - {self.constant(mean[d])}"
             if std is not None:
                 expression = f"({expression}) / {self.constant(std[d])}"
             self.emit(f"d{i}_{d} = {expression}")
             terms.append(f"d{i}_{d}")
         for j in range(k):
-            total = " + ".join(f"{t} * {self.constant(matrix[d][j])}" for d, t in enumerate(terms))
-            self.outputs.append((f"{entry['name']}_{j}", self.f32(f"o{i}_{j}", total)))
+            self.emit(f"o{i}_{j} = " + " + ".join(f"{t} * {self.constant(matrix[d][j])}" for d, t in enumerate(terms)))
+            rounded.append(f"o{i}_{j}")
+            self.outputs.append((f"{entry['name']}_{j}", f"o{i}_{j}"))
             self.names.append(f"{entry['name']}_{j}")
-        return ""
 
     def encode(self, entry: dict, var: str) -> None:
         name, encoding = entry["name"], entry.get("encoding", "index")
@@ -283,27 +307,49 @@ class _Compiler:
     def compile(self) -> tuple[Callable[[dict], dict], str]:
         document = self.document
         entries = document["features"]
+        columns: dict[str, str] = {}
         earlier: dict[str, int] = {}
-        consumed_index: dict[int, str] = {}
+        consumed_index: set[int] = set()
         for i, entry in enumerate(entries):
             if entry["transform"] == "pca":
                 for source in entry["inputs"]:
                     if source in earlier:
-                        consumed_index[earlier[source]] = source
+                        consumed_index.add(earlier[source])
+                    else:
+                        columns.setdefault(source, entry["type"])
+            else:
+                columns[entry["name"]] = entry["type"]
             earlier[entry["name"]] = i
-        self.consumed: dict[str, str] = {}
+        self.read_all(list(columns.items()))
+        rounded: list[str] = []
+        values: dict[int, str] = {}
         for i, entry in enumerate(entries):
-            var = self.feature(i, entry)
-            if i in consumed_index:
-                self.consumed[entry["name"]] = var
-            elif entry["transform"] != "pca":
-                self.encode(entry, var)
-        label = document.get("label")
-        known = set(self.raw) | ({label["name"]} if label else set())
-        self.namespace["_KNOWN"] = frozenset(known)
-        body, self.lines = self.lines, []
-        literal = []  # the leading plain columns form the dict literal; the rest are assignments
-        for column, expression in self.outputs:
+            if entry["transform"] != "pca":
+                values[i] = self.feature(i, entry, rounded)
+        self.round_float32(rounded, lambda var: f"_f32({var})")
+        rounded = []
+        for i, entry in enumerate(entries):
+            if entry["transform"] == "pca":
+                self.pca(i, entry, rounded)
+            elif i in consumed_index:
+                self.consumed[entry["name"]] = values[i]
+            else:
+                self.encode(entry, values[i])
+        self.round_float32(rounded, lambda var: f"_f32({var})")
+        self.assemble(document, columns)
+        source = "\n".join(
+            ["def apply(self, event):", "    try:", *self.lines,
+             "    except KeyError as error:", "        raise _missing(str(error.args[0]), 'missing value') from None"]
+        )
+        self.namespace["struct_error"] = struct.error
+        exec(compile(source, "<fitted transform>", "exec"), self.namespace)  # noqa: S102 - our own generated code
+        return self.namespace["apply"], source
+
+    def assemble(self, document: dict, columns: dict[str, str]) -> None:
+        """The output dict (spec order), pass-through fields or the dropped-fields warning, the label."""
+        literal: list[str] | None = []  # the leading plain columns form the dict literal; the rest are assignments
+        ordered = self.outputs
+        for column, expression in ordered:
             if column and literal is not None:
                 literal.append(f"{column!r}: {expression}")
                 continue
@@ -313,26 +359,22 @@ class _Compiler:
             self.emit(f"out[{column!r}] = {expression}" if column else f"out.update({expression})")
         if literal is not None:
             self.emit("out = {" + ", ".join(literal) + "}")
-        raw_count = len(self.raw)
+        label = document.get("label")
+        known = set(columns) | ({label["name"]} if label else set())
+        self.namespace["_KNOWN"] = frozenset(known)
         if document.get("passthrough"):
-            self.emit(f"if len(event) > {raw_count}:")
+            self.emit(f"if len(event) > {len(columns)}:")
             self.emit("    for key in event:")
             self.emit("        if key not in _KNOWN: out[key] = event[key]")
         else:
             self.namespace["_dropping"] = _DroppedFields(known)
-            self.emit(f"if len(event) > {raw_count} and _dropping.armed: _dropping.check(event)")
+            self.emit(f"if len(event) > {len(columns)} and _dropping.armed: _dropping.check(event)")
         if label:
             self.namespace["_label"] = lambda value, n=label["name"], t=label["type"]: (
                 to_float32(coerce_value(n, t, value)) if t == "float" else coerce_value(n, t, value)
             )
             self.emit(f"if {label['name']!r} in event: out[{label['name']!r}] = _label(event[{label['name']!r}])")
         self.emit("return out")
-        source = "\n".join(
-            ["def apply(self, event):", "    try:", *body, *self.lines,
-             "    except KeyError as error:", "        raise _missing(str(error.args[0]), 'missing value') from None"]
-        )
-        exec(compile(source, "<fitted transform>", "exec"), self.namespace)  # noqa: S102 - our own generated code
-        return self.namespace["apply"], source
 
 
 class _DroppedFields:

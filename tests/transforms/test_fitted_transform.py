@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 import sys
 
@@ -233,3 +234,19 @@ def test_event_reader_accepts_category_outputs_of_the_transform():
     passing = EventReader(EventsConfig(target="y"), label_kind="class", transform=FittedTransform.from_document({**ENCODED, "passthrough": True}).apply)
     with pytest.raises(EventError, match="feature 'note' is not a number: 'free text'"):  # passed-through strings are still checked
         passing.split({"b": 0.5, "h": 12, "v": "b", "x": 0.0, "note": "free text", "y": "yes"})
+
+
+def test_fast_and_exact_paths_agree_at_the_edges():
+    """The compiled function rounds float inputs together; values off that path take the exact one, with the same results."""
+    fitted = FittedTransform.from_document(DOCUMENT)
+    huge = fitted.apply({**EVENT, "z": 3.5e38})  # finite, beyond float32: read as infinity, as TFT's float32 input
+    assert huge["z"] == math.inf and huge["m"] == 0.25
+    assert fitted.apply({**EVENT, "z": 2}) == fitted.apply({**EVENT, "z": 2.0})  # an integer in a float column
+    assert fitted.apply({**EVENT, "b": "2.4999999999"})["b"] == 3  # text, then float32
+    for bad, reason in ((float("inf"), "expected a finite number, got inf"), (True, "expected a number, got True"), ("x", "expected a number, got 'x'")):
+        with pytest.raises(InvalidFeatureError, match=f"^m: {re.escape(reason)}$"):
+            fitted.apply({**EVENT, "m": bad})
+    assert fitted.apply({**EVENT, "z": 1e30})["z"] == to_float32((to_float32(1e30) - 1.5) / 2.0)
+    # an output beyond float32 becomes infinity, as tf.cast does
+    wide = FittedTransform.from_document({**DOCUMENT, "features": [{"name": "z", "type": "float", "transform": "z_score", "mean": 0.0, "var": 1e-80}]})
+    assert wide.apply({"z": 1.0})["z"] == math.inf
