@@ -418,6 +418,10 @@ class Daemon:
             pass
         events, errors = [], {}
         for index, value in enumerate(values):
+            if value is None:  # a tombstone: orjson would call it "not JSON"
+                events.append(None)
+                errors[index] = "record has no value"
+                continue
             try:
                 events.append(orjson.loads(value))
             except orjson.JSONDecodeError as error:
