@@ -139,3 +139,11 @@ def test_search_writes_a_best_yaml_that_runs_as_is_and_a_leaderboard_picture(tmp
     assert main(["replay", "--config", str(report / "best.yaml"), "--input", phishing]) == 0
     job, search = load_replay_job(str(report / "best.yaml"))
     assert search is None and job.model.pipeline == written["model"]["pipeline"]
+
+
+def test_learn_mode_report_has_about_100_points_too(tmp_path, phishing):
+    job = parse_config({**JOB, "checkpoint": {"uri": str(tmp_path / "ckpt"), "every_events": 500}}, ReplayJobConfig, environ={})
+    run_replay(job, ReplayOptions([phishing], mode="learn", report_dir=str(tmp_path / "r")))
+    rows = json.loads((tmp_path / "r" / "metrics.json").read_text())["rows"]
+    assert [row["events"] for row in rows] == list(range(13, 1250, 13)) + [1250]
+    assert set(rows[-1]) >= {"Accuracy", "LogLoss", "Rolling(Accuracy, 200)"}
