@@ -391,7 +391,7 @@ class LearnStateFn(beam.DoFn):
     SNAPSHOT = userstate.ReadModifyWriteStateSpec("snapshot", BytesCoder())
     LOG = userstate.BagStateSpec("log", BytesCoder())
     VERSION = userstate.ReadModifyWriteStateSpec("version", TupleCoder([StrUtf8Coder(), VarIntCoder()]))
-    POSITIONS = userstate.ReadModifyWriteStateSpec("positions", BytesCoder())  # JSON {"base": {...}, "files": {...}}
+    POSITIONS = userstate.ReadModifyWriteStateSpec("positions", BytesCoder())  # JSON {"base": {...}, "files": {...}} at the snapshot
     TIMER_DUE = userstate.ReadModifyWriteStateSpec("timer_due", VarIntCoder())
     CHECKPOINT_TIMER = userstate.TimerSpec("checkpoint", TimeDomain.REAL_TIME)
     FLUSH_TIMER = userstate.TimerSpec("flush", TimeDomain.WATERMARK)
@@ -459,8 +459,12 @@ class LearnStateFn(beam.DoFn):
             base, files = recorded.get("base") or {}, recorded.get("files") or {}
             logged = 0
             for raw in log_state.read():
+                entry = orjson.loads(raw)
+                if type(entry) is list:  # [file, line, event] from the files source
+                    path, line, entry = entry
+                    files[path] = line
                 try:
-                    learner.process(orjson.loads(raw))
+                    learner.process(entry)
                 except EventError:
                     pass
                 logged += 1
@@ -510,28 +514,31 @@ class LearnStateFn(beam.DoFn):
             if prediction.learned:
                 self.learned.inc()
             yield to_json(prediction_record(prediction, event_id))
-        log_state.add(raw)
-        if source is not None:
+        if source is None:
+            log_state.add(raw)
+        else:  # the position travels in the log entry: no extra state write per event
+            log_state.add(orjson.dumps(source)[:-1] + b"," + raw + b"]")
             cached.files[path] = line
-            positions_state.write(orjson.dumps({"base": cached.checkpointer.base_positions, "files": cached.files}))
         cached.logged += 1
         cached.token = self._token
         version_state.write((self._token, cached.logged))
         cached.checkpointer.add(1)
         if cached.checkpointer.due():
-            yield from self.checkpoint(key, cached, snapshot_state, log_state, version_state)
+            yield from self.checkpoint(key, cached, snapshot_state, log_state, version_state, positions_state)
         elif not timer_due.read():
             checkpoint_timer.set(Timestamp.of(self.settings.clock() + self.settings.every_seconds))
             timer_due.write(1)
 
     # -- checkpoints ------------------------------------------------------------------------
 
-    def checkpoint(self, key, cached: CachedLearner, snapshot_state, log_state, version_state):
-        """Move the learner's snapshot into state, empty the log and write a checkpoint to object storage."""
+    def checkpoint(self, key, cached: CachedLearner, snapshot_state, log_state, version_state, positions_state):
+        """Move the learner's snapshot (and its file positions) into state, empty the log, write a checkpoint to object storage."""
         learner = cached.learner
         blob = learner.snapshot()
         snapshot_state.write(blob)
         log_state.clear()
+        if cached.files:
+            positions_state.write(orjson.dumps({"base": cached.checkpointer.base_positions, "files": cached.files}))
         cached.logged = 0
         cached.token = self._token
         version_state.write((self._token, 0))
@@ -580,7 +587,7 @@ class LearnStateFn(beam.DoFn):
         if version is None or version[1] == 0:
             return
         cached = self.learner_for(key, snapshot_state, log_state, version_state, positions_state)
-        yield from self.checkpoint(key, cached, snapshot_state, log_state, version_state)
+        yield from self.checkpoint(key, cached, snapshot_state, log_state, version_state, positions_state)
 
 
 class LearnStateful(beam.PTransform):

@@ -363,6 +363,27 @@ def test_a_retried_bundle_or_a_moved_key_learns_each_event_once(tmp_path):
     assert run_bundle(fn, committed, events[200:]) == expected[200:]  # and back: the stale cache is rebuilt
 
 
+def test_file_positions_survive_a_key_move_and_a_new_job_skips_them(tmp_path):
+    """The files source's positions ride in Beam state (snapshot + log): a rebuilt learner knows them too."""
+    config = job_config(tmp_path / "ckpt")
+    events = phishing(100)
+    sourced = [{**e, stream_learn.SOURCE_FIELD: ("/data/a.jsonl", i + 1)} for i, e in enumerate(events)]
+    expected = daemon_predictions(Learner(config.model, config.events), events)
+    first = LearnStateFn(config, settings(every_events=30))
+    first.setup()
+    committed = new_state()
+    assert run_bundle(first, committed, sourced[:50]) == expected[:50]  # a checkpoint at 30, 20 logged since
+    other = LearnStateFn(config, settings(every_events=30))  # the key moves: rebuilt from snapshot + log
+    other.setup()
+    assert run_bundle(other, committed, sourced[50:70]) == expected[50:70]  # a checkpoint at 60
+    assert CheckpointStore(str(tmp_path / "ckpt")).load_latest().positions == {"files": {"/data/a.jsonl": 60}}
+
+    rerun = LearnStateFn(config, settings(every_events=30))  # a new job over the same file: no Beam state
+    rerun.setup()
+    assert run_bundle(rerun, new_state(), sourced) == expected[60:]  # lines 1-60 are in the checkpoint already
+    assert CheckpointStore(str(tmp_path / "ckpt")).load_latest().positions == {"files": {"/data/a.jsonl": 90}}
+
+
 # ---------------------------------------------------------------------------------------------
 # Options, configuration and errors
 # ---------------------------------------------------------------------------------------------
