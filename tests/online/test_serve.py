@@ -243,6 +243,29 @@ def test_kill_9_of_a_learning_server_loses_nothing_checkpointed_and_resumes(tmp_
     assert latest_manifest(uri)["events_learned"] == 400
 
 
+def test_a_learning_server_fenced_by_another_writer_stops_learning_and_keeps_answering(tmp_path, processes):
+    uri = str(tmp_path / "checkpoints")
+    _, base, log_path = start_serve(processes, tmp_path, learn_config(uri, every_events=10))
+    client = httpx.Client(base_url=base, timeout=10)
+    client.post("/v1/learn", json=PHISHING[:10])
+    wait_until(lambda: (m := latest_manifest(uri)) and m["events_learned"] == 10, timeout=10, what="the first checkpoint")
+    intruder = write_checkpoint(uri, PHISHING[:500])  # another writer moves LATEST (without the lease)
+    client.post("/v1/learn", json=PHISHING[10:20])  # this checkpoint is fenced: the server must not overwrite it
+    wait_until(lambda: client.get("/readyz").status_code == 503, timeout=10, what="the fenced server to stop learning")
+    assert client.post("/v1/learn", json=PHISHING[20:30]).status_code == 503
+    assert client.post("/v1/predict", json=HELD_OUT[0]).status_code == 200
+    assert latest_id(CheckpointStore(uri)) == intruder["id"]
+    assert "stops learning" in log_path.read_text()
+
+
+def test_a_wrong_serve_configuration_is_one_line_and_exit_2(tmp_path):
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump({"checkpoint": {"uri": str(tmp_path)}, "serve": {"learn": True, "port": "http"}}))
+    result = subprocess.run([sys.executable, "-m", "riverbeam.cli", "serve", "--config", str(path)], capture_output=True, text=True, env=ENV, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "serve.port: expected an integer" in result.stderr
+
+
 # -- the OpenAPI document, checked by a property-based API tester ------------------------------
 
 
