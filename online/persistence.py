@@ -428,7 +428,7 @@ class Checkpointer:
         self.last_positions = all_positions
         self.cadence.reset()
         if self.uploader is None:
-            return self._finish(upload())
+            return self._finish(self._result(upload))
         self.pending = self.uploader.submit(upload)
         return self.collect(wait=True) if wait else None
 
@@ -437,7 +437,14 @@ class Checkpointer:
         if self.pending is None or not (wait or self.pending.done()):
             return None
         future, self.pending = self.pending, None
-        return self._finish(future.result())
+        return self._finish(self._result(future.result))
+
+    def _result(self, outcome: Callable[[], Durable]) -> Durable:
+        try:
+            return outcome()
+        except BaseException:
+            self.last_positions = None  # not written: the next checkpoint is due even without new events
+            raise
 
     def _finish(self, durable: Durable) -> Durable:
         self.written += 1

@@ -363,3 +363,28 @@ def test_checkpointer_keeps_other_jobs_positions_and_surfaces_upload_errors(tmp_
         checkpointer.collect(wait=True)
     assert len(committed) == 1  # a failed upload never commits
     uploader.shutdown()
+
+
+def test_a_failed_upload_is_written_again_at_the_next_checkpoint(tmp_path):
+    from core.storage import StorageError
+    from online.persistence import Cadence, Checkpointer
+
+    class FailingOnce(CheckpointStore):
+        failed = False
+
+        def save(self, state, **fields):
+            if not self.failed:
+                self.failed = True
+                raise StorageError("storage unreachable")
+            return super().save(state, **fields)
+
+    spec = spec_for()
+    learner = spec.new_learner()
+    learner.process({"x": 1.0, "label": True})
+    checkpointer = Checkpointer(FailingOnce(str(tmp_path / "ckpt")), learner, spec, Cadence(every_events=1))
+    checkpointer.add(1)
+    with pytest.raises(StorageError):
+        checkpointer.checkpoint({"events/0": 1})
+    assert checkpointer.has_news({"events/0": 1})  # nothing new learned, but the state is not in storage yet
+    assert checkpointer.checkpoint({"events/0": 1}).manifest["events_seen"] == 1
+    assert not checkpointer.has_news({"events/0": 1})
