@@ -234,6 +234,8 @@ def flex_template_spec(pipeline: str, image: str, worker_image: str) -> dict[str
 
 def build_flex_template(pipeline: str, image: str, worker_image: str, spec_path: str) -> dict[str, Any]:
     """Write the flex template spec of `pipeline` to `spec_path` (gs:// or local); returns the spec."""
+    if parse_uri(spec_path).scheme == "gs":
+        _check_bucket_uri("--spec-path", spec_path)
     spec = flex_template_spec(pipeline, image, worker_image)
     write_text(spec_path, json.dumps(spec, indent=2) + "\n")
     return spec
@@ -316,6 +318,8 @@ def read_template_metadata(spec_path: str, classic: bool = False) -> dict[str, A
     """The metadata a template was built with: the flex spec's ``metadata``, or a classic
     template's ``<location>_metadata`` file."""
     path = spec_path + "_metadata" if classic else spec_path
+    if parse_uri(path).scheme == "gs":
+        _check_bucket_uri("--spec-path", path)
     try:
         document = json.loads(read_text(path))
     except ValueError as error:

@@ -291,6 +291,16 @@ def test_build_rejects_a_bad_image(flag, tmp_path, capsys):
     assert not (tmp_path / "s.json").exists()
 
 
+def test_build_and_launch_refuse_a_placeholder_bucket_at_once(loopback_only, capsys):
+    build = ["templates", "build", "--pipeline", "archive", "--image", IMAGE, "--worker-image", WORKER]
+    assert main([*build, "--spec-path", "gs://BUCKET/templates/archive.json"]) == 2
+    assert "--spec-path: 'BUCKET' is not a Cloud Storage bucket name" in capsys.readouterr().err
+    launch = ["templates", "launch", "--project", PROJECT, "--region", REGION, "--job-name", "a-1", *PARAMETERS]
+    assert main([*launch, "--spec-path", "gs://BUCKET/templates/archive.json"]) == 2
+    assert "--spec-path: 'BUCKET' is not a Cloud Storage bucket name" in capsys.readouterr().err
+    assert loopback_only == []
+
+
 @pytest.mark.beam
 def test_build_to_gcs_without_credentials_is_one_line(no_credentials, loopback_only, capsys):
     argv = ["templates", "build", "--pipeline", "archive", "--image", IMAGE, "--worker-image", WORKER,
