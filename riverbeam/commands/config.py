@@ -12,6 +12,7 @@ JOB_CONFIGS = {
     "consume": "online.config:ConsumeJobConfig",
     "replay": "online.config:ReplayJobConfig",
     "preprocess": "transforms.config:PreprocessJobConfig",
+    "serve": "online.serving.config:ServeJobConfig",
 }
 
 
@@ -29,15 +30,19 @@ def detect_job(data) -> str:
     'replay'
     >>> detect_job({"features": []})
     'preprocess'
+    >>> detect_job({"serve": {}, "checkpoint": {"uri": "ckpt"}})
+    'serve'
     """
     keys = set(data) if isinstance(data, dict) else set()
+    if "serve" in keys:
+        return "serve"
     if "kafka" in keys:
         return "consume"
     if "model" in keys or "models" in keys:
         return "replay"
     if "features" in keys:
         return "preprocess"
-    raise ConfigError("", "cannot tell the job kind (expected a 'kafka', 'model' or 'features' section); pass --job")
+    raise ConfigError("", "cannot tell the job kind (expected a 'serve', 'kafka', 'model' or 'features' section); pass --job")
 
 
 def register(subparsers) -> None:

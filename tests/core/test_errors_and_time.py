@@ -142,3 +142,12 @@ def test_the_learner_and_the_readers_read_a_naive_time_alike(tmp_path):
     path.write_text('{"x": 1.0, "y": 2.0, "t": "2024-05-01T13:45:00"}\n{"x": 1.0, "y": 2.0, "t": "2024-05-01T13:46:00Z"}\n')
     records = list(read_inputs(expand_inputs([str(path)]), None, "t"))
     assert len(records) == 2  # both times parse, in order
+
+
+def test_config_check_knows_every_job_kind(tmp_path):
+    serve = tmp_path / "serve.yaml"
+    serve.write_text("checkpoint: {uri: ckpt}\nserve: {port: 8080, lern: true}\n")
+    result = riverbeam("config", "check", str(serve))
+    assert result.returncode == 2 and f"{serve}: serve.lern: unknown key" in result.stderr
+    serve.write_text("checkpoint: {uri: ckpt}\nserve: {port: 8080}\n")
+    assert riverbeam("config", "check", str(serve)).stdout.strip() == f"{serve}: valid serve configuration"
