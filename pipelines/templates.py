@@ -101,7 +101,11 @@ class DataflowApiError(RiverbeamError):
 
 
 def pipeline_template(pipeline: str) -> PipelineTemplate:
-    """The registered template of `pipeline`; `UsageError` for an unknown name."""
+    """The registered template of `pipeline`; `UsageError` for an unknown name.
+
+    >>> pipeline_template("archive").streaming_modes, pipeline_template("preprocess").streaming
+    (('EXACTLY_ONCE', 'AT_LEAST_ONCE'), False)
+    """
     if pipeline not in PIPELINES:
         raise UsageError(f"unknown pipeline {pipeline!r} (expected one of: {', '.join(sorted(PIPELINES))})")
     return PIPELINES[pipeline]
@@ -160,7 +164,7 @@ def metadata_text(metadata: Mapping[str, Any]) -> str:
 
 def write_metadata_file(pipeline: str, root: str) -> str:
     """Write ``<root>/<pipeline>/metadata.json`` (a local folder or a bucket) from the options class; returns its path."""
-    target = parse_uri(root).child(f"{pipeline}/metadata.json").uri
+    target = _parse_uri(root).child(f"{pipeline}/metadata.json").uri
     write_text(target, metadata_text(template_metadata(pipeline)))
     return target
 
@@ -170,7 +174,7 @@ def write_metadata_file(pipeline: str, root: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def parse_uri(uri: str):
+def _parse_uri(uri: str):
     """`core.storage.parse_uri` (the one URI parser), its errors as usage errors."""
     from core.storage import StorageError, parse_uri as parse
 
@@ -192,7 +196,14 @@ def _storage(operation, uri: str):
 
 
 def write_text(uri: str, text: str) -> None:
-    """Write `text` to a local path, ``gs://`` or ``s3://`` object (through `core.storage`)."""
+    """Write `text` to a local path, ``gs://`` or ``s3://`` object (through `core.storage`).
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "templates", "spec.json")
+    >>> write_text(path, "{}")
+    >>> read_text(path)
+    '{}'
+    """
     from core.storage import write_bytes
 
     _storage(lambda: write_bytes(uri, text.encode("utf-8")), uri)
@@ -234,7 +245,7 @@ def flex_template_spec(pipeline: str, image: str, worker_image: str) -> dict[str
 
 def build_flex_template(pipeline: str, image: str, worker_image: str, spec_path: str) -> dict[str, Any]:
     """Write the flex template spec of `pipeline` to `spec_path` (gs:// or local); returns the spec."""
-    if parse_uri(spec_path).scheme == "gs":
+    if _parse_uri(spec_path).scheme == "gs":
         _check_bucket_uri("--spec-path", spec_path)
     spec = flex_template_spec(pipeline, image, worker_image)
     write_text(spec_path, json.dumps(spec, indent=2) + "\n")
@@ -318,7 +329,7 @@ def read_template_metadata(spec_path: str, classic: bool = False) -> dict[str, A
     """The metadata a template was built with: the flex spec's ``metadata``, or a classic
     template's ``<location>_metadata`` file."""
     path = spec_path + "_metadata" if classic else spec_path
-    if parse_uri(path).scheme == "gs":
+    if _parse_uri(path).scheme == "gs":
         _check_bucket_uri("--spec-path", path)
     try:
         document = json.loads(read_text(path))
@@ -423,7 +434,7 @@ def _api_error(error) -> DataflowApiError:
     return DataflowApiError(error.code, message, reason)
 
 
-def check_project_and_region(project: str | None, region: str | None, flag: str = "--") -> None:
+def check_project_and_region(project: str | None, region: str | None) -> None:
     """`UsageError` unless `project` and `region` look like Google Cloud names (so ``PROJECT`` fails at once).
 
     >>> check_project_and_region("my-project", "europe-west1")
@@ -433,13 +444,13 @@ def check_project_and_region(project: str | None, region: str | None, flag: str 
     core.errors.UsageError: --project: 'PROJECT' is not a Google Cloud project ID (6-30 lower-case letters, digits or '-', starting with a letter)
     """
     if not project:
-        raise UsageError(f"{flag}project is required")
+        raise UsageError(f"--project is required")
     if not _PROJECT_ID.fullmatch(project):
-        raise UsageError(f"{flag}project: {project!r} is not a Google Cloud project ID (6-30 lower-case letters, digits or '-', starting with a letter)")
+        raise UsageError(f"--project: {project!r} is not a Google Cloud project ID (6-30 lower-case letters, digits or '-', starting with a letter)")
     if not region:
-        raise UsageError(f"{flag}region is required")
+        raise UsageError(f"--region is required")
     if not _REGION.fullmatch(region):
-        raise UsageError(f"{flag}region: {region!r} is not a Google Cloud region (e.g. europe-west1)")
+        raise UsageError(f"--region: {region!r} is not a Google Cloud region (e.g. europe-west1)")
 
 
 def _check_launch_args(project: str, region: str, job_name: str, update: bool = False, mappings: Mapping | None = None) -> None:
@@ -598,7 +609,7 @@ def _check_bucket_uri(flag: str, uri: str | None, required: bool = False) -> Non
         if required:
             raise UsageError(f"{flag} is required (gs://bucket/path)")
         return
-    location = parse_uri(uri)
+    location = _parse_uri(uri)
     if location.scheme != "gs":
         raise UsageError(f"{flag}: expected gs://bucket/path, got {uri!r}")
     if not _BUCKET.fullmatch(location.bucket) or ".." in location.bucket:
@@ -637,7 +648,7 @@ def create_classic_template(pipeline: str, template_location: str, beam_args: li
         if arg.split("=", 1)[0] in ("--runner", "--template_location"):
             raise UsageError(f"{arg.split('=', 1)[0]} is set by create-classic; remove it")
     cloud = PipelineOptions(beam_args).view_as(GoogleCloudOptions)
-    check_project_and_region(cloud.project, cloud.region, flag="--")
+    check_project_and_region(cloud.project, cloud.region)
     _check_bucket_uri("--temp_location", cloud.temp_location, required=not cloud.staging_location)
     _check_bucket_uri("--staging_location", cloud.staging_location)
     _check_credentials()
