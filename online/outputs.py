@@ -190,6 +190,10 @@ class OutputWriter:
                             if parsed is not None and parsed[0] in wanted and parsed[1] > found.get(parsed[0], -1):
                                 found[parsed[0]] = parsed[1]
                 position[batch.partition] = batch.next_offset
+            for tp in remaining:  # past transaction markers, which take offsets but hold no record
+                at = scanner.position(tp)
+                if at is not None and at > position[tp]:
+                    position[tp] = at
             marks = scanner.high_watermarks()
             remaining = {tp for tp in remaining if position[tp] < max(ends.get(tp, 0), marks.get(tp, 0))}
         if remaining:

@@ -140,6 +140,9 @@ def read_records(
             for tp in pending:
                 if tp not in ends and tp in marks:
                     ends[tp] = marks[tp]
+                at = consumer.position(tp)  # past transaction markers, which take offsets but hold no record
+                if at is not None and at > positions[tp]:
+                    positions[tp] = at
             pending = [tp for tp in pending if tp not in ends or positions[tp] < ends[tp]]
             if pending and time.monotonic() > deadline:
                 raise KafkaClientError(f"reading {topic}: partitions {[p for _, p in pending]} did not reach their end within {timeout_s:g} s")

@@ -243,6 +243,9 @@ class EventConsumer(Protocol):
     def high_watermarks(self) -> dict[TopicPartition, int]:
         """The high watermark of each assigned partition, as last seen in a fetch response."""
 
+    def position(self, tp: TopicPartition) -> int | None:
+        """The next offset this consumer will read from `tp` (past transaction markers, unlike the last record + 1), or None."""
+
     def assignment(self) -> list[TopicPartition]:
         """The partitions held now, sorted."""
 

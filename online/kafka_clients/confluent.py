@@ -230,6 +230,13 @@ class ConfluentConsumer(ConsumerState):
                 log.warning("confluent-kafka consumer: %s (retrying)", error.str())
         return kept
 
+    def position(self, tp: TopicPartition) -> int | None:
+        try:
+            (found,) = self._consumer.position([_ctp(tp)])
+        except (KafkaException, ValueError):
+            return None
+        return found.offset if found.offset >= 0 else None
+
     def high_watermarks(self) -> dict[TopicPartition, int]:
         marks = {}
         for p in self._consumer.assignment():

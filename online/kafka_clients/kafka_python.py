@@ -208,6 +208,12 @@ class KafkaPythonConsumer(ConsumerState):
         self._raise_callback_error()
         return [Batch((tp.topic, tp.partition), KafkaPythonRecords(records)) for tp, records in polled.items() if records]
 
+    def position(self, tp: TopicPartition) -> int | None:
+        try:
+            return self._consumer._subscription.assignment[_ktp(tp)].position.offset
+        except (KeyError, AttributeError, TypeError):
+            return None
+
     def high_watermarks(self) -> dict[TopicPartition, int]:
         marks = {}
         for tp in self._consumer.assignment():
@@ -271,6 +277,11 @@ class KafkaPythonConsumer(ConsumerState):
         self._raise_callback_error()
 
 
+def _fenced(error: BaseException) -> bool:
+    """A producer-fenced error, bare or wrapped (kafka-python re-raises it inside a `KafkaError` on the next send)."""
+    return isinstance(error, KafkaProducerFenced) or any(isinstance(arg, KafkaProducerFenced) for arg in getattr(error, "args", ()))
+
+
 class KafkaPythonProducer:
     """`EventProducer` over ``kafka.KafkaProducer``; `options` are KafkaProducer keyword arguments.
 
@@ -290,17 +301,17 @@ class KafkaPythonProducer:
     def _fenced_call(self, call, what: str):
         try:
             return call()
-        except KafkaProducerFenced as error:
-            raise ProducerFencedError(f"kafka-python: producer fenced by a newer instance ({what}): {error}") from None
         except KafkaError as error:
+            if _fenced(error):
+                raise ProducerFencedError(f"kafka-python: producer fenced by a newer instance ({what}): {error}") from None
             raise KafkaClientError(f"kafka-python: {what} failed: {error}") from None
 
     def send(self, topic: str, value: bytes, key: bytes | None = None, headers: list[tuple[str, bytes]] | None = None, partition: int | None = None) -> None:
         try:
             future = self._producer.send(topic, value=value, key=key, headers=headers, partition=partition)
-        except KafkaProducerFenced as error:
-            raise ProducerFencedError(f"kafka-python: producer fenced by a newer instance: {error}") from None
         except KafkaError as error:
+            if _fenced(error):
+                raise ProducerFencedError(f"kafka-python: producer fenced by a newer instance: {error}") from None
             raise KafkaClientError(f"kafka-python: cannot send to {topic}: {error}") from error
         future.add_errback(self._failures.append)
 
@@ -308,10 +319,12 @@ class KafkaPythonProducer:
         try:
             self._producer.flush(timeout=timeout_s)
         except KafkaError as error:
+            if _fenced(error):
+                raise ProducerFencedError(f"kafka-python: producer fenced by a newer instance: {error}") from None
             raise KafkaClientError(f"kafka-python: records not delivered within {timeout_s:g} s: {error}") from error
         finally:
             failures, self._failures = self._failures, []
-        if any(isinstance(f, KafkaProducerFenced) for f in failures):
+        if any(_fenced(f) for f in failures):
             raise ProducerFencedError("kafka-python: producer fenced by a newer instance; its records were refused")
         if failures:
             raise KafkaClientError(f"kafka-python: {len(failures)} record(s) failed delivery; first: {failures[0]!r}")

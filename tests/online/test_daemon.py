@@ -353,3 +353,77 @@ def test_replay_equals_the_daemon_on_the_same_events(tmp_path, kafka_bootstrap, 
     probe = {k: v for k, v in PHISHING[3].items() if k != "label"}
     by_daemon, by_replay = restore_learner(daemon).state.models[None], restore_learner(replayed).state.models[None]
     assert by_daemon.predict_proba_one(dict(probe)) == by_replay.predict_proba_one(dict(probe))
+
+
+def wait_for_position(store: CheckpointStore, key: str, target: int, timeout: float = 120, alive: tuple = ()) -> dict:
+    """Wait until the latest checkpoint in `store` reached `target` at position `key`; the `alive` processes must not exit."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        latest = store.load_latest()
+        if latest is not None and latest.manifest["positions"].get(key) == target:
+            return latest.manifest
+        for process in alive:
+            assert process.poll() is None, process.communicate()[1][-3000:]
+        time.sleep(0.5)
+    raise AssertionError(f"no checkpoint reached {key}={target}")
+
+
+def assert_outputs_exactly_once(bootstrap: str, topic: str, events: int, bad: set[int]) -> None:
+    dead = read_topic(bootstrap, f"{topic}.dlq")
+    assert sorted(orjson.loads(r.value)["source"]["offset"] for r in dead) == sorted(bad)
+    sources = [dict(r.headers)[SOURCE_HEADER] for r in read_topic(bootstrap, f"{topic}.pred")]
+    assert len(sources) == len(set(sources)) == events
+
+
+def test_stale_writer_resumed_after_takeover_writes_nothing_and_goes_back_to_standby(tmp_path, kafka_bootstrap, topic):
+    """SIGSTOP the active instance past its lease, let the standby take over, SIGCONT it: no output doubled, nobody exits."""
+    events = list(itertools.islice(itertools.cycle(PHISHING), 15_000))
+    values = [orjson.dumps(e) for e in events]
+    bad = set(range(50, len(values), 500))
+    for position in sorted(bad):
+        values.insert(position, b"{broken")
+    produce(kafka_bootstrap, topic, values)
+    outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred", "poll_max_records": 100}
+    config = job_config(tmp_path, kafka_bootstrap, topic, "kafka-python", kafka=outputs, checkpoint={"every_events": 2000, "lease_seconds": 3})
+    active = start_daemon(config)
+    wait_for_log(active, '"msg":"starting fresh"')
+    time.sleep(1.5)  # learning, with outputs sent but not yet committed
+    active.send_signal(signal.SIGSTOP)
+    standby = start_daemon(config)
+    wait_for_log(standby, '"msg":"restored"', '"msg":"starting fresh"', timeout=60)  # took over once the lease expired
+    active.send_signal(signal.SIGCONT)
+    wait_for_log(active, "back to standby", timeout=60)  # the stale instance noticed, dropped its outputs, and waits
+    store = CheckpointStore(str(tmp_path / "checkpoints"))
+    wait_for_position(store, f"{topic}/0", len(values), alive=(active, standby))
+    assert active.poll() is None and standby.poll() is None
+    for process in (standby, active):
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)
+        assert process.returncode == 0
+    assert_outputs_exactly_once(kafka_bootstrap, topic, len(events), bad)
+    assert store.load_latest().manifest["events_learned"] == len(events)
+
+
+def test_two_instances_started_together_with_a_short_lease_one_learns_and_both_stay(tmp_path, kafka_bootstrap, topic):
+    """lease_seconds 3, started 1 s apart: one is active, the other standby; nobody exits and no output is doubled."""
+    events = list(itertools.islice(itertools.cycle(PHISHING), 10_000))
+    values = [orjson.dumps(e) for e in events]
+    bad = set(range(30, len(values), 400))
+    for position in sorted(bad):
+        values.insert(position, b"[1]")
+    produce(kafka_bootstrap, topic, values)
+    outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred", "poll_max_records": 200}
+    config = job_config(tmp_path, kafka_bootstrap, topic, "confluent-kafka", kafka=outputs, checkpoint={"every_events": 1000, "lease_seconds": 3})
+    first = start_daemon(config)
+    time.sleep(1)
+    second = start_daemon(config)
+    store = CheckpointStore(str(tmp_path / "checkpoints"))
+    wait_for_position(store, f"{topic}/0", len(values), alive=(first, second))
+    time.sleep(3)  # more than a lease: neither may lose it to the other or exit
+    assert first.poll() is None and second.poll() is None
+    for process in (first, second):
+        process.send_signal(signal.SIGTERM)
+    logs = [process.communicate(timeout=60)[1] for process in (first, second)]
+    assert [process.returncode for process in (first, second)] == [0, 0]
+    assert sum('"msg":"standby' in log for log in logs) >= 1 and not any("back to standby" in log for log in logs)
+    assert_outputs_exactly_once(kafka_bootstrap, topic, len(events), bad)
