@@ -363,6 +363,15 @@ def console_url(project: str, region: str, job_id: str) -> str:
     return CONSOLE_URL.format(region=region, job_id=job_id, project=project)
 
 
+def _dataflow_types():
+    """`google.cloud.dataflow_v1beta3` (google-cloud-dataflow-client, in the beam extra)."""
+    try:
+        from google.cloud import dataflow_v1beta3
+    except ModuleNotFoundError:
+        raise UsageError("launching templates needs the beam extra: pip install 'riverbeam[beam]' (google-cloud-dataflow-client)") from None
+    return dataflow_v1beta3
+
+
 def _is_loopback(endpoint: str) -> bool:
     host = urlsplit(endpoint).hostname or ""
     if host == "localhost":
@@ -531,8 +540,7 @@ def launch_flex_template(
     >>> request["body"]["launchParameter"]["containerSpecGcsPath"]
     'gs://b/archive.json'
     """
-    from google.cloud import dataflow_v1beta3 as dataflow
-
+    dataflow = _dataflow_types()
     _check_launch_args(project, region, job_name, update, transform_name_mappings)
     metadata = metadata if metadata is not None else read_template_metadata(spec_path)
     checked = validate_parameters(metadata, parameters or {})
@@ -573,8 +581,7 @@ def launch_classic_template(
     ...                         dry_run=True)["url"]  # doctest: +ELLIPSIS
     'https://dataflow.googleapis.com/v1b3/projects/my-project/locations/europe-west1/templates:launch?gcsPath=gs%3A%2F%2Fb%2Ft%2Farchive'
     """
-    from google.cloud import dataflow_v1beta3 as dataflow
-
+    dataflow = _dataflow_types()
     _check_launch_args(project, region, job_name, update, transform_name_mappings)
     metadata = metadata if metadata is not None else read_template_metadata(gcs_path, classic=True)
     checked = validate_parameters(metadata, parameters or {})
