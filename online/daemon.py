@@ -209,18 +209,19 @@ class Daemon:
     def _resolve_offset_gaps(self, positions: dict[TopicPartition, int], recorded_ids: dict[str, str]) -> dict[TopicPartition, int]:
         """Check each checkpointed position against the broker (topic id, log start, end); apply ``kafka.on_offset_gap``."""
         tps = sorted(positions)
-        for topic in {tp[0] for tp in tps}:
-            self.topic_ids[topic] = self.consumer.topic_id(topic)
         starts = self.consumer.beginning_offsets(tps)
         ends = self.consumer.end_offsets(tps)
         resolved = dict(positions)
         for tp in tps:
             position, start, end = positions[tp], starts.get(tp, 0), ends.get(tp, 0)
-            if position > end:
+            exact = position > end
+            if exact:
                 end = self._exact_end(tp, end)  # Tansu's ListOffsets may fall short by one batch
             why = offset_gap(position, start, end, recorded_ids.get(tp[0]), self.topic_ids.get(tp[0]))
             if why is None:
                 continue
+            if not exact:
+                end = self._exact_end(tp, end)  # the broker's true range, for the message
             recreated = "recreated (its id" in why
             target = start if recreated or position < start else end
             if self.config.kafka.on_offset_gap == "fail":
@@ -290,6 +291,7 @@ class Daemon:
     def _activate_global(self) -> None:
         self._open_clients(transactional=True)  # fences a stale instance's producer before the outputs are scanned
         partitions = [(topic, p) for topic in self.config.kafka.source_topics for p in self.consumer.partitions_for(topic)]
+        self.topic_ids = {topic: self.consumer.topic_id(topic) for topic in self.config.kafka.source_topics}  # recorded in each checkpoint
         self.consumer.assign(partitions)
         self._restore_unit("all", partitions)
         self._check_lease()

@@ -427,3 +427,65 @@ def test_two_instances_started_together_with_a_short_lease_one_learns_and_both_s
     assert [process.returncode for process in (first, second)] == [0, 0]
     assert sum('"msg":"standby' in log for log in logs) >= 1 and not any("back to standby" in log for log in logs)
     assert_outputs_exactly_once(kafka_bootstrap, topic, len(events), bad)
+
+
+def recreate_topic(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.delete_topics([topic])
+    finally:
+        admin.close()
+    time.sleep(1)
+    produce(bootstrap, topic, values)
+
+
+@pytest.mark.parametrize("before, after", [(1000, 300), (300, 1000)], ids=["fewer", "more"])
+def test_recreated_topic_is_an_offset_gap_failing_in_one_line_or_skipped(tmp_path, kafka_bootstrap, topic, before, after):
+    """A topic recreated with fewer records (idled, lag 0) or more (first records skipped silently): fail, or skip counted."""
+    values = [orjson.dumps(e) for e in PHISHING[:before]]
+    produce(kafka_bootstrap, topic, values)
+    config = job_config(tmp_path, kafka_bootstrap, topic, "kafka-python")
+    assert run_daemon(config)["units"]["all"]["events_seen"] == before
+    recreate_topic(kafka_bootstrap, topic, [orjson.dumps(e) for e in PHISHING[:after]])
+
+    process = start_daemon(config, "--until-caught-up")
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"riverbeam: error: offset gap on {topic}[0]: the checkpoint resumes at offset {before}"), last
+    assert "the topic was recreated (its id changed)" in last and "kafka.on_offset_gap: skip" in last
+    assert f"[0, {after})" in last and "Traceback" not in err
+
+    skipping = job_config(tmp_path, kafka_bootstrap, topic, "kafka-python", kafka={"on_offset_gap": "skip"})
+    process = start_daemon(skipping, "--until-caught-up")
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err[-2000:]
+    assert '"msg":"offset gap skipped"' in err
+    unit = json.loads(out.strip().splitlines()[-1])["summary"]["units"]["all"]
+    assert unit["events_seen"] == before + after  # the new topic read from its start, nothing skipped silently
+    assert unit["positions"] == {f"{topic}/0": after}
+
+
+def test_checkpoint_below_the_log_start_is_an_offset_gap(tmp_path, kafka_bootstrap, topic, monkeypatch):
+    """Retention deleted records past the checkpoint (Tansu has no DeleteRecords: its log start is faked, the rest is real)."""
+    from core.configuration import load_config
+    from online.config import ConsumeJobConfig
+    from online.daemon import Daemon, DaemonError
+
+    produce(kafka_bootstrap, topic, [orjson.dumps(e) for e in PHISHING[:100]])
+    for policy, expected in (("fail", None), ("skip", 70)):
+        job = load_config(job_config(tmp_path, kafka_bootstrap, topic, "kafka-python", kafka={"on_offset_gap": policy}), ConsumeJobConfig)
+        daemon = Daemon(job)
+        daemon.consumer = make_consumer(job.kafka, group=False)
+        try:
+            monkeypatch.setattr(daemon.consumer, "beginning_offsets", lambda tps: {tp: 70 for tp in tps})
+            if expected is None:
+                with pytest.raises(DaemonError, match=rf"offset gap on {topic}\[0\]: the checkpoint resumes at offset 50 but the broker holds \[70, 100\): .*below the log start"):
+                    daemon._resolve_offset_gaps({(topic, 0): 50}, {})
+            else:
+                assert daemon._resolve_offset_gaps({(topic, 0): 50}, {}) == {(topic, 0): 70}
+                assert f'riverbeam_offsets_skipped_total{{partition="0",topic="{topic}"}} 20.0' in daemon.metrics.exposition().decode()
+        finally:
+            daemon.consumer.close()
