@@ -428,12 +428,13 @@ def working_dirs(job: PreprocessJobConfig, options: PipelineOptions) -> tuple[st
     output_dir = job.output.dir
     temp_location = options.view_as(GoogleCloudOptions).temp_location
     emulated = bool(os.environ.get("STORAGE_EMULATOR_HOST"))
-    if parse_uri(output_dir).scheme == "s3" or (parse_uri(output_dir).scheme == "gs" and emulated):
+    output_scheme = parse_uri(output_dir).scheme
+    if output_scheme == "s3" or (output_scheme == "gs" and emulated):
         local = tempfile.mkdtemp(prefix="riverbeam-preprocess-")
         return os.path.join(local, "tmp"), os.path.join(local, "artifacts")
     if temp_location and parse_uri(temp_location).scheme != "s3" and not (parse_uri(temp_location).scheme == "gs" and emulated):
         return join(temp_location, "tft"), output_dir
-    if output_dir.startswith("gs://"):
+    if output_scheme == "gs":
         return join(output_dir, "tmp"), output_dir
     return tempfile.mkdtemp(prefix="riverbeam-tft-"), output_dir
 
