@@ -382,7 +382,15 @@ class ConfluentProducer:
                 raise KafkaClientError(f"confluent-kafka: cannot send to {topic}: {error.args[0].str() if error.args else error}") from None
 
     def flush(self, timeout_s: float = 30) -> None:
-        remaining = self._producer.flush(timeout_s)
+        try:
+            remaining = self._producer.flush(timeout_s)
+        except (KafkaException, SystemError) as error:  # a fatal error surfaces here (SystemError: raised inside a callback)
+            failures, self._failures = self._failures, []
+            causes = [error, error.__cause__, error.__context__]
+            codes = [c.args[0] for c in causes if isinstance(c, KafkaException) and c.args and isinstance(c.args[0], KafkaError)]
+            if any(self._fenced(f) or f.fatal() for f in failures + codes):
+                raise ProducerFencedError(f"confluent-kafka: producer fenced by a newer instance: {error}") from None
+            raise KafkaClientError(f"confluent-kafka: flush failed: {error}") from None
         failures, self._failures = self._failures, []
         if any(self._fenced(f) or f.fatal() for f in failures):
             raise ProducerFencedError(f"confluent-kafka: producer fenced by a newer instance; its records were refused: {failures[0].str()}")

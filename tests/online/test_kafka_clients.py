@@ -314,3 +314,67 @@ def test_a_bad_librdkafka_value_is_a_config_error_naming_it(kafka_bootstrap):
     with pytest.raises(ConfigError) as error:
         make_consumer(config)
     assert error.value.path == "kafka.consumer.session.timeout.ms"
+
+
+def test_end_offsets_retry_kafka_pythons_partial_answer_then_fail_in_one_line(kafka_bootstrap, topic, monkeypatch):
+    """kafka-python raises KeyError inside end_offsets when the broker answers a look-up partially: retried, never a traceback."""
+    import kafka
+
+    from online.kafka_clients import base
+
+    config = kafka_config("kafka-python", kafka_bootstrap, topic)
+    create_topic(kafka_bootstrap, topic)
+    produce(config, topic, [b"a", b"b", b"c"])
+    consumer = make_consumer(config, group=False)
+    real = kafka.KafkaConsumer.end_offsets
+    answer = consumer.end_offsets([(topic, 0)])  # what the broker answers (Tansu: up to one batch short)
+    assert answer[(topic, 0)] > 0
+    calls = []
+
+    def partial_then_real(self, partitions, timeout_ms=None):
+        calls.append(1)
+        if len(calls) <= 2:
+            raise KeyError(f"TopicPartition(topic='{topic}', partition=0)")
+        return real(self, partitions, timeout_ms)
+
+    monkeypatch.setattr(kafka.KafkaConsumer, "end_offsets", partial_then_real)
+    try:
+        assert consumer.end_offsets([(topic, 0)]) == answer  # after two partial answers
+        assert len(calls) == 3
+        monkeypatch.setattr(base, "RETRY_SECONDS", 0.5)
+        monkeypatch.setattr(kafka.KafkaConsumer, "end_offsets", lambda self, partitions, timeout_ms=None: {}[partitions[0]])
+        with pytest.raises(KafkaClientError, match=r"kafka-python: end offsets of .* failed after \d+ attempt\(s\) in .*KeyError"):
+            base.retry_call(lambda: consumer._consumer.end_offsets([kafka.TopicPartition(topic, 0)]), f"kafka-python: end offsets of {[(topic, 0)]}", seconds=0.5)
+    finally:
+        consumer.close()
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_newer_transactional_producer_fences_the_older_one(kafka_bootstrap, topic, client):
+    """What the outputs' fencing rests on, measured on the broker: records of a fenced producer are refused."""
+    from online.kafka_clients import ProducerFencedError
+
+    config = kafka_config(client, kafka_bootstrap, topic)
+    create_topic(kafka_bootstrap, topic)
+    old = make_producer(config, transactional_id=f"tx-{topic}")
+    old.send(topic, b"before", partition=0)
+    old.commit_transaction()
+    new = make_producer(config, transactional_id=f"tx-{topic}")  # the takeover
+    with pytest.raises(ProducerFencedError):
+        old.send(topic, b"stale", partition=0)
+        old.commit_transaction()
+    old.drop()
+    new.send(topic, b"after", partition=0)
+    new.close()
+    values = [r.value for r in read_records(config, topic)]
+    assert values == [b"before", b"after"]
+
+
+def test_position_passes_transaction_markers(kafka_bootstrap, topic, client):
+    config = kafka_config(client, kafka_bootstrap, topic)
+    create_topic(kafka_bootstrap, topic)
+    producer = make_producer(config, transactional_id=f"tx-{topic}")
+    producer.send(topic, b"a", partition=0)
+    producer.commit_transaction()
+    producer.close()
+    assert [r.value for r in read_records(config, topic, timeout_s=10)] == [b"a"]  # ends although the marker holds no record
