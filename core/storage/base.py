@@ -97,9 +97,13 @@ def match_listing(listing: list[ObjectInfo], key: str, prefix: str) -> list[Obje
     ['ev/a.jsonl', 'ev/sub/c.jsonl']
     >>> [i.name for i in match_listing(names, "ev", "ev")]
     ['ev/a.jsonl', 'ev/b.csv', 'ev/sub/c.jsonl']
+    >>> len(match_listing(names, "", ""))
+    4
     """
     if key != prefix:
         wanted = [info for info in listing if fnmatch.fnmatchcase(info.name, key)]
+    elif not key:  # the bucket itself
+        wanted = list(listing)
     else:
         folder = key.rstrip("/") + "/"
         wanted = [info for info in listing if info.name == key or info.name.startswith(folder)]
