@@ -145,3 +145,83 @@ def test_drift_detection_is_reported():
     learner.process_many(events)
     report = learner.report()
     assert report["drifts_detected"] >= 1 and 2000 < report["last_drift_at"] < 2600
+
+
+PHISHING_EVENTS = events_of(datasets.Phishing())
+
+
+def learned_without(poison: dict, position: int, spec=LOGREG, events_config=None) -> tuple[Learner, Learner, list]:
+    """The same stream through two learners, one with `poison` at `position`: (with, without, rejections)."""
+    events_config = events_config or EventsConfig(target="y")
+    clean = Learner(ModelConfig(pipeline=spec, metrics=["Accuracy", "LogLoss"]), events_config)
+    clean.process_many([dict(e) for e in PHISHING_EVENTS])
+    stream = [dict(e) for e in PHISHING_EVENTS]
+    stream.insert(position, poison)
+    poisoned = Learner(ModelConfig(pipeline=spec, metrics=["Accuracy", "LogLoss"]), events_config)
+    rejected = []
+    learned = poisoned.process_many(stream, on_error=lambda i, e: rejected.append((i, str(e))))
+    assert learned == 1250
+    return poisoned, clean, rejected
+
+
+@pytest.mark.parametrize("label", ["maybe", 2, -1, 0.5, [1]])
+def test_a_label_a_binary_model_cannot_take_is_rejected_before_anything_learns(label):
+    poison = {**PHISHING_EVENTS[0], "y": label}
+    poisoned, clean, rejected = learned_without(poison, 300)
+    assert [i for i, _ in rejected] == [300] and "cannot be learned by this model" in rejected[0][1]
+    assert poisoned.metric_values() == clean.metric_values()  # metrics untouched
+    probe = {k: v for k, v in PHISHING_EVENTS[5].items() if k != "y"}
+    assert poisoned.state.models[None].predict_proba_one(dict(probe)) == clean.state.models[None].predict_proba_one(dict(probe))  # model untouched
+    assert poisoned.state.events_rejected == 1 and poisoned.state.events_seen == 1250
+
+
+def test_an_extreme_finite_value_is_refused_with_max_abs_value_and_ruins_the_model_without():
+    poison = {**PHISHING_EVENTS[0], "empty_server_form_handler": 1e308}
+    poisoned, clean, rejected = learned_without(poison, 200, events_config=EventsConfig(target="y", max_abs_value=1e6))
+    assert rejected == [(200, "feature 'empty_server_form_handler' is beyond events.max_abs_value (1e+06): 1e+308")]
+    assert poisoned.metric_values() == clean.metric_values()
+    ruined = Learner(ModelConfig(pipeline=LOGREG, metrics=["Accuracy", "LogLoss"]), EventsConfig(target="y"))
+    stream = [dict(e) for e in PHISHING_EVENTS]
+    stream.insert(200, {**PHISHING_EVENTS[0], "empty_server_form_handler": 1e308})  # (the learner consumes its events)
+    ruined.process_many(stream)
+    assert ruined.metric_values()["LogLoss"] is None and ruined.metric_values()["Accuracy"] < 0.7  # why events.max_abs_value exists
+
+
+def test_any_exception_river_raises_for_one_event_is_that_events_failure(monkeypatch):
+    """An unforeseen River failure: a dead letter with the exception's message; the metrics are not updated for it."""
+    learner = Learner(ModelConfig(pipeline=LOGREG, metrics=["Accuracy", "LogLoss"]), EventsConfig(target="y"))
+    model = learner.state.models[None]
+    real_learn = type(model).learn_one
+
+    def learn_one(self, x, y, **kwargs):
+        if x.get("url_length") == 0.123:
+            raise ZeroDivisionError("float division by zero")
+        return real_learn(self, x, y, **kwargs)
+
+    monkeypatch.setattr(type(model), "learn_one", learn_one)
+    stream = [dict(e) for e in PHISHING_EVENTS[:100]]
+    stream.insert(50, {**PHISHING_EVENTS[0], "url_length": 0.123})
+    rejected = []
+    assert learner.process_many(stream, on_error=lambda i, e: rejected.append((i, str(e)))) == 100
+    assert rejected == [(50, "the model failed on this event: ZeroDivisionError: float division by zero")]
+    monkeypatch.setattr(type(model), "learn_one", real_learn)
+    clean = Learner(ModelConfig(pipeline=LOGREG, metrics=["Accuracy", "LogLoss"]), EventsConfig(target="y"))
+    clean.process_many([dict(e) for e in PHISHING_EVENTS[:100]])
+    assert learner.metric_values() == clean.metric_values()
+    with pytest.raises(EventError, match="the model failed on this event"):
+        monkeypatch.setattr(type(model), "learn_one", learn_one)
+        learner.process({**PHISHING_EVENTS[0], "url_length": 0.123})
+
+
+def test_a_multiclass_model_learns_a_new_label_after_trying_it_once():
+    learner = Learner(ModelConfig(pipeline=[{"tree.HoeffdingTreeClassifier": {}}]), EventsConfig(target="y"))
+    outcomes = [learner.process({"a": float(i % 3), "y": label}) for i, label in enumerate(["a", "b", "c", "a", "maybe"])]
+    assert all(o.learned for o in outcomes) and learner.state.events_learned == 5
+    assert learner._labels_tried == {"a", "b", "c", "maybe"}
+
+
+def test_a_drift_detector_that_is_not_one_is_a_configuration_error():
+    from core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"drift.detector: .*LinearRegression is not a drift detector"):
+        Learner(ModelConfig(pipeline=LOGREG, drift=DriftConfig(detector="linear_model.LinearRegression")), EventsConfig(target="y"))
