@@ -489,3 +489,24 @@ def test_checkpoint_below_the_log_start_is_an_offset_gap(tmp_path, kafka_bootstr
                 assert f'riverbeam_offsets_skipped_total{{partition="0",topic="{topic}"}} 20.0' in daemon.metrics.exposition().decode()
         finally:
             daemon.consumer.close()
+
+
+def test_config_check_refuses_what_would_fail_at_run_time(tmp_path):
+    """A drift detector that is not one, a port out of range, a lease shorter than its renewals, a URI scheme nobody writes."""
+    config = {
+        "kafka": {"topic": "t", "on_offset_gap": "ignore"},
+        "model": {**MODEL, "drift": {"detector": "linear_model.LinearRegression"}},
+        "events": {"target": "label", "max_abs_value": -1},
+        "checkpoint": {"uri": "ftp://host/checkpoints", "lease_seconds": 1},
+        "metrics": {"port": 99999},
+    }
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, "-m", "riverbeam.cli", "config", "check", str(path), "--job", "consume"], capture_output=True, text=True, env=dict(os.environ, NO_GCE_CHECK="true"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    for needle in ("kafka.on_offset_gap", "events.max_abs_value", "checkpoint.uri: ftp://host/checkpoints: unsupported scheme", "checkpoint.lease_seconds: must be at least", "metrics.port"):
+        assert needle in result.stderr, (needle, result.stderr)
+    config.update(kafka={"topic": "t"}, events={"target": "label"}, checkpoint={"uri": str(tmp_path)}, metrics={"port": 9108})
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, "-m", "riverbeam.cli", "config", "check", str(path), "--job", "consume"], capture_output=True, text=True, env=dict(os.environ, NO_GCE_CHECK="true"))
+    assert result.returncode == 2 and "model.drift.detector: linear_model.LinearRegression is not a drift detector" in result.stderr, result.stderr
