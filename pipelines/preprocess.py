@@ -2,12 +2,21 @@
 
 ::
 
-    ReadRawRecords | ValidateRows --(rows)--> GateOnBadRows | SplitTrainEval
+    ReadRawRecords | ValidateRows --(rows)--> BatchRows | ToRecordBatches (train / eval) | GateOnBadRows
                                  --(bad rows, with the reason)--> WriteBadRows   (errors/bad_rows-*.jsonl)
     train --> AnalyzeAndTransformDataset --> WriteTransformedData             (data/train-*.tfrecord|.parquet)
                       \\--transform_fn--> TransformDataset(eval) --> WriteTransformedData  (data/eval-*)
                       \\--transform_fn--> WriteTransformFn --> PublishFittedTransform
                                             (transform_fn/, transformed_metadata/, fitted_transforms.json)
+
+Validated rows travel as Arrow RecordBatches in TFXIO's ``tf.Example`` layout (one
+``large_list`` column per raw column, described by TFXIO's ``TensorAdapterConfig``): TFT analyses
+and transforms them batch by batch (``output_record_batches=True``), the TFRecord output is
+encoded from the transformed batches by tfx-bsl's C++ encoder and the Parquet output is written
+batch by batch. Reading and validation stay per row: that is what gives every bad row its reason
+(TFXIO's own CSV source fails the job on a malformed line instead). The instance-dict path of
+earlier versions remains only as ``batch_format="instance_dicts"``, the reference the tests and
+``benchmarks/bench_preprocess.py`` compare against.
 
 The output directory has the ``TFTransformOutput`` layout, so ``tft.TFTransformOutput(dir)``
 serves the fitted graph, and ``fitted_transforms.json`` holds the same fitted constants for
@@ -333,31 +342,93 @@ def parquet_schema(features: list[FeatureSpec], label: LabelSpec | None):
 
 
 class WriteTransformedData(beam.PTransform):
-    """Transformed rows of one split as sharded TFRecord files of ``tf.Example`` and/or Parquet."""
+    """Transformed data of one split as sharded TFRecord files of ``tf.Example`` and/or Parquet.
 
-    def __init__(self, output_dir: str, split: str, formats: list[str], schema, features, label):
+    Takes TFT's output with its metadata: record batches (``output_record_batches=True``) or
+    instance dicts (the reference path); both write the same files.
+    """
+
+    def __init__(self, output_dir: str, split: str, formats: list[str], features, label, record_batches: bool = True):
         super().__init__()
         self.output_dir, self.split, self.formats = output_dir, split, formats
-        self.schema, self.features, self.label_spec = schema, features, label
+        self.features, self.label_spec, self.record_batches = features, label, record_batches
 
-    def expand(self, rows):
-        import tensorflow_transform as tft
+    def _extract_input_pvalues(self, data_and_metadata):  # the metadata is not a PCollection
+        return data_and_metadata, [data_and_metadata[0]]
 
+    def expand(self, data_and_metadata):
+        import tensorflow_transform.beam as tft_beam
+
+        data, _ = data_and_metadata
         prefix = join(self.output_dir, "data", self.split)
+        schema = parquet_schema(self.features, self.label_spec)
         written = []
         if "tfrecord" in self.formats:
             written.append(
-                rows
-                | "EncodeExamples" >> beam.Map(tft.coders.ExampleProtoCoder(self.schema).encode)
+                data_and_metadata
+                | "EncodeExamples" >> tft_beam.EncodeTransformedDataset()
                 | "WriteTFRecord" >> beam.io.WriteToTFRecord(prefix, file_name_suffix=".tfrecord")
             )
-        if "parquet" in self.formats:
+        if "parquet" in self.formats and self.record_batches:
             written.append(
-                rows
+                data
+                | "ToArrowTables" >> beam.Map(_parquet_table, schema)
+                | "WriteParquet" >> beam.io.WriteToParquetBatched(prefix, schema, file_name_suffix=".parquet")
+            )
+        elif "parquet" in self.formats:
+            written.append(
+                data
                 | "ToPlain" >> beam.Map(lambda row: {k: _plain(v) for k, v in row.items()})
-                | "WriteParquet" >> beam.io.WriteToParquet(prefix, parquet_schema(self.features, self.label_spec), file_name_suffix=".parquet")
+                | "WriteParquet" >> beam.io.WriteToParquet(prefix, schema, file_name_suffix=".parquet")
             )
         return written
+
+
+def _parquet_table(transformed, schema):
+    """One transformed record batch (TFT's ``(RecordBatch, passthrough)``) as a table of scalar columns."""
+    import pyarrow as pa
+
+    batch = transformed[0]
+    columns = []
+    for field in schema:
+        column = batch.column(batch.schema.get_field_index(field.name))
+        if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+            column = column.flatten()
+        columns.append(column.cast(field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+class RowsToRecordBatches(beam.DoFn):
+    """Lists of typed rows as Arrow RecordBatches in TFXIO's ``tf.Example`` layout, split into train and eval.
+
+    Each row goes to ``train`` or ``eval`` by `split_of`, as in the instance-dict path.
+    """
+
+    def __init__(self, columns: list[tuple[str, str]], arrow_schema, eval_fraction: float):
+        self.columns, self.arrow_schema, self.eval_fraction = columns, arrow_schema, eval_fraction
+
+    def process(self, rows: list[dict]) -> Iterable:
+        if self.eval_fraction > 0:
+            parts = {"train": [], "eval": []}
+            for row in rows:
+                parts[split_of(row, self.eval_fraction)].append(row)
+        else:
+            parts = {"train": rows}
+        for split, part in parts.items():
+            if part:
+                yield beam.pvalue.TaggedOutput(split, self.record_batch(part))
+
+    def record_batch(self, rows: list[dict]):
+        """The rows as one RecordBatch: a ``large_list`` of one value per row and column."""
+        import pyarrow as pa
+
+        offsets = pa.array(range(len(rows) + 1), type=pa.int64())
+        arrays = []
+        for field in self.arrow_schema:
+            name = field.name
+            values = pa.array([row[name] for row in rows], type=field.type.value_type)
+            arrays.append(pa.LargeListArray.from_arrays(offsets, values))
+        return pa.RecordBatch.from_arrays(arrays, schema=self.arrow_schema)
 
 
 def _copy_tree(source_dir: str, target_dir: str) -> None:
@@ -439,36 +510,68 @@ def working_dirs(job: PreprocessJobConfig, options: PipelineOptions) -> tuple[st
     return tempfile.mkdtemp(prefix="riverbeam-tft-"), output_dir
 
 
-def build_preprocess(pipeline: beam.Pipeline, job: PreprocessJobConfig, temp_dir: str, artifacts_dir: str) -> dict[str, Any]:
-    """Add the preprocess graph to `pipeline`; returns its main collections by name."""
+BATCH_FORMATS = ("record_batches", "instance_dicts")
+BATCH_SIZE = 4096  # rows per record batch
+
+
+def build_preprocess(
+    pipeline: beam.Pipeline, job: PreprocessJobConfig, temp_dir: str, artifacts_dir: str, batch_format: str = "record_batches"
+) -> dict[str, Any]:
+    """Add the preprocess graph to `pipeline`; returns its main collections by name.
+
+    `batch_format` is how rows reach tensorflow-transform: ``record_batches`` (the product path)
+    or ``instance_dicts`` (the reference path of earlier versions, for tests and benchmarks).
+    """
     import tensorflow_transform.beam as tft_beam
 
     from transforms.tft_fn import build_preprocessing_fn, raw_metadata
 
+    if batch_format not in BATCH_FORMATS:
+        raise UsageError(f"batch_format: expected one of {', '.join(BATCH_FORMATS)}, got {batch_format!r}")
     features, label, output = list(job.features), job.label, job.output
     records = pipeline | "ReadRawRecords" >> ReadRawRecords(job.input.pattern, job.input.format)
     validated = records | "ValidateRows" >> ValidateRows(features, label)
     bad_rows = validated[BAD_ROWS]
     errors_where = join(output.dir, "errors")
     bad_rows | "WriteBadRows" >> WriteBadRows(output.dir)
-    rows = validated.rows | "GateOnBadRows" >> GateOnBadRows(bad_rows, job.max_bad_rows, errors_where)
     fraction = output.split.eval_fraction
-    if fraction > 0:
-        train, evaluation = rows | "SplitTrainEval" >> beam.Partition(
-            lambda row, _n: 0 if split_of(row, fraction) == "train" else 1, 2
-        )
-    else:
-        train, evaluation = rows, None
     metadata = raw_metadata(features, label)
+    record_batches = batch_format == "record_batches"
+    if record_batches:
+        from tfx_bsl.tfxio import tf_example_record
+
+        tfxio = tf_example_record.TFExampleBeamRecord(physical_format="inmem", telemetry_descriptors=["riverbeam"], schema=metadata.schema)
+        batches = (
+            validated.rows
+            | "BatchRows" >> beam.BatchElements(min_batch_size=BATCH_SIZE, max_batch_size=BATCH_SIZE)
+            | "ToRecordBatches" >> beam.ParDo(RowsToRecordBatches(raw_columns(features, label), tfxio.ArrowSchema(), fraction)).with_outputs(
+                "train", "eval"
+            )
+        )
+        train = batches.train | "GateOnBadRows" >> GateOnBadRows(bad_rows, job.max_bad_rows, errors_where)
+        evaluation = batches.eval | "GateEvalOnBadRows" >> GateOnBadRows(bad_rows, job.max_bad_rows, errors_where) if fraction > 0 else None
+        raw_input = tfxio.TensorAdapterConfig()
+        rows = validated.rows
+    else:
+        rows = validated.rows | "GateOnBadRows" >> GateOnBadRows(bad_rows, job.max_bad_rows, errors_where)
+        if fraction > 0:
+            train, evaluation = rows | "SplitTrainEval" >> beam.Partition(
+                lambda row, _n: 0 if split_of(row, fraction) == "train" else 1, 2
+            )
+        else:
+            train, evaluation = rows, None
+        raw_input = metadata
     with tft_beam.Context(temp_dir=temp_dir):
-        (train_out, train_meta), transform_fn = (train, metadata) | "AnalyzeAndTransform" >> tft_beam.AnalyzeAndTransformDataset(
-            build_preprocessing_fn(features, label)
+        (train_out, train_meta), transform_fn = (train, raw_input) | "AnalyzeAndTransform" >> tft_beam.AnalyzeAndTransformDataset(
+            build_preprocessing_fn(features, label), output_record_batches=record_batches
         )
         collections = {"rows": rows, "bad_rows": bad_rows, "train": train_out}
-        train_out | "WriteTrain" >> WriteTransformedData(output.dir, "train", output.formats, train_meta.schema, features, label)
+        (train_out, train_meta) | "WriteTrain" >> WriteTransformedData(output.dir, "train", output.formats, features, label, record_batches)
         if evaluation is not None:
-            eval_out, _ = ((evaluation, metadata), transform_fn) | "TransformEval" >> tft_beam.TransformDataset()
-            eval_out | "WriteEval" >> WriteTransformedData(output.dir, "eval", output.formats, train_meta.schema, features, label)
+            eval_out, eval_meta = ((evaluation, raw_input), transform_fn) | "TransformEval" >> tft_beam.TransformDataset(
+                output_record_batches=record_batches
+            )
+            (eval_out, eval_meta) | "WriteEval" >> WriteTransformedData(output.dir, "eval", output.formats, features, label, record_batches)
             collections["eval"] = eval_out
         written = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(artifacts_dir)
     collections["fitted"] = written | "PublishFittedTransform" >> PublishFittedTransform(artifacts_dir, output.dir, features, label, job.passthrough)
@@ -483,6 +586,34 @@ def pipeline_options(argv: list[str] | None) -> PipelineOptions:
     return configure_filesystems(options)  # s3:// through Beam's S3 filesystem, at the configured endpoint
 
 
+FNAPI_MAX_PHASES = 2
+
+
+def choose_local_runner(options: PipelineOptions, job: PreprocessJobConfig, explicit: bool) -> None:
+    """Keep a spec off Beam's FnApiRunner when it needs more analysis phases than that runner completes.
+
+    With three or more successive TFT analysis phases (e.g. a z-score feeding a scaled pca) the
+    FnApiRunner of Beam 2.77 stops with "watermark-pending bundles did not execute" (reproduced with
+    plain nested ``tft.scale_to_z_score``, instance dicts and record batches alike). The default
+    local runner then becomes ``BundleBasedDirectRunner`` (also download-free); an explicit
+    ``--runner=FnApiRunner`` is refused with the reason.
+    """
+    from transforms.spec import analysis_phases
+
+    standard = options.view_as(StandardOptions)
+    phases = analysis_phases(job.features)
+    if standard.runner not in ("FnApiRunner", "DirectRunner") or phases <= FNAPI_MAX_PHASES:
+        return
+    if explicit:
+        raise UsageError(
+            f"this feature spec needs {phases} successive analysis phases and Beam's local {standard.runner} completes at most "
+            f"{FNAPI_MAX_PHASES}: run it with --runner=BundleBasedDirectRunner (or on Dataflow/Flink), or drop pca's scale "
+            "or the transform feeding the pca"
+        )
+    logging.getLogger(__name__).info("%d analysis phases: running on BundleBasedDirectRunner instead of %s", phases, standard.runner)
+    standard.runner = "BundleBasedDirectRunner"
+
+
 def _counter(result, name: str) -> int | None:
     try:
         counters = result.metrics().query(beam.metrics.MetricsFilter().with_name(name))["counters"]
@@ -492,8 +623,8 @@ def _counter(result, name: str) -> int | None:
     return int(sum(v for v in values if v is not None)) if values else 0
 
 
-def run(argv: list[str] | None = None) -> dict[str, Any]:
-    """Build and run the preprocess pipeline from command-line flags.
+def run(argv: list[str] | None = None, batch_format: str = "record_batches") -> dict[str, Any]:
+    """Build and run the preprocess pipeline from command-line flags (`batch_format`: see `build_preprocess`).
 
     Waits for the job on a local runner; on Dataflow, Flink and other remote runners it returns
     once the job is submitted (a flex template launcher must not wait for a batch job).
@@ -506,9 +637,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         os.environ.setdefault("NO_GCE_CHECK", "true")
     options = pipeline_options(argv)
     job = load_job(options)
+    choose_local_runner(options, job, explicit=PipelineOptions(argv).view_as(StandardOptions).runner is not None)
     temp_dir, artifacts_dir = working_dirs(job, options)
     pipeline = beam.Pipeline(options=options)
-    build_preprocess(pipeline, job, temp_dir, artifacts_dir)
+    build_preprocess(pipeline, job, temp_dir, artifacts_dir, batch_format)
     standard = options.view_as(StandardOptions)
     wait = waits_for_result(standard.runner, options.view_as(PortableOptions).environment_type)
     try:

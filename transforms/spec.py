@@ -337,6 +337,29 @@ def consumed_features(features: list[FeatureSpec]) -> set[int]:
     return {j for sources in pca_sources(features).values() for j in sources if j is not None}
 
 
+ANALYZED = ("z_score", "min_max", "bucketize", "vocabulary")  # transforms that need an analysis pass over the data
+
+
+def analysis_phases(features: list[FeatureSpec]) -> int:
+    """How many successive analysis passes tensorflow-transform makes for a spec.
+
+    A z-score, min-max, bucketize or vocabulary is one pass over the raw data; a pca is one more
+    after the features it consumes (two with ``scale``: the variances first, then the matrix).
+
+    >>> analysis_phases([FeatureSpec(name="a", type="float", transform="z_score"),
+    ...                  FeatureSpec(name="p", type="float", transform="pca", inputs=["a", "b"], k=1, scale=True)])
+    3
+    """
+    phases: dict[int, int] = {}
+    for i, feature in enumerate(features):
+        if feature.transform == "pca":
+            before = max((phases[j] for j in pca_sources(features)[i] if j is not None), default=0)
+            phases[i] = before + 1 + (1 if feature.scale else 0)
+        else:
+            phases[i] = 1 if feature.transform in ANALYZED else 0
+    return max(phases.values(), default=0)
+
+
 def check_unique_names(features: list[FeatureSpec], label: LabelSpec | None) -> None:
     """Raise ``ValueError`` naming a feature (or the label) whose name is taken twice.
 

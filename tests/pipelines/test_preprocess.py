@@ -523,3 +523,120 @@ def test_pca_written_data_equals_online(pca_run):
     key = lambda r: (round(r["p_0"], 4), round(r["q_1"], 4), r["v"])  # noqa: E731
     for a, b in zip(sorted(online, key=key), sorted(written, key=key)):
         assert all(abs(a[n] - b[n]) <= 1e-6 if isinstance(a[n], float) else a[n] == b[n] for n in b)
+
+
+# -- record batches (issue 17.1): the same outputs as the instance-dict path --------------------
+
+MIXED = [f for f in FEATURES if f["name"] not in ("saturation-mean", "region-centroid-col")] + [
+    {"name": "saturation-mean", "type": "float", "transform": "bucketize", "num_buckets": 3, "encoding": "one_hot"},
+    {"name": "rawblue-mean", "type": "float", "transform": "z_score"},
+    {"name": "colour", "type": "float", "transform": "pca", "inputs": ["rawblue-mean", "rawgreen-mean", "exred-mean"], "k": 2},
+    {"name": "region-centroid-col", "type": "int", "transform": "hash", "hash_buckets": 5, "encoding": "category"},
+]
+
+
+def _decode_tfrecords(pattern: str, spec) -> list[tuple]:
+    import tensorflow as tf
+
+    files = sorted(glob.glob(pattern))
+    rows = []
+    for record in tf.data.TFRecordDataset(files):
+        parsed = tf.io.parse_single_example(record, spec)
+        rows.append(tuple(sorted((k, v.numpy().item() if v.dtype != tf.string else v.numpy()) for k, v in parsed.items())))
+    return sorted(rows)
+
+
+def test_record_batches_write_what_instance_dicts_wrote(tmp_path):
+    """Both paths on the same 500 CSV rows plus bad lines: TFRecord, Parquet, bad rows and the fitted transform agree.
+
+    (Reading and validation are the same code on both paths; the other input formats reach the
+    record batches through it, see the gs://, portable-runner and pca tests.)
+    """
+    import pyarrow.parquet as pq
+    import tensorflow_transform as tft
+
+    from pipelines.preprocess import run
+
+    features, file_format = MIXED, "csv"
+    write_csv(tmp_path / "in.csv", segment_rows(500), BAD_LINES)
+    pattern = str(tmp_path / "in.csv")
+    outputs = {}
+    for batch_format in ("instance_dicts", "record_batches"):
+        config = write_config(tmp_path / f"{batch_format}.yaml", features, {"pattern": pattern, "format": file_format},
+                              {"dir": str(tmp_path / batch_format), "formats": ["tfrecord", "parquet"], "split": {"eval_fraction": 0.3}},
+                              max_bad_rows=5)
+        summary = run(["--config", config, "--runner=FnApiRunner"], batch_format=batch_format)
+        outputs[batch_format] = (str(tmp_path / batch_format), summary)
+    (dicts, dict_summary), (batches, batch_summary) = outputs["instance_dicts"], outputs["record_batches"]
+    assert {k: v for k, v in dict_summary.items() if k != "output_dir" and k != "fitted_transform"} == \
+        {k: v for k, v in batch_summary.items() if k != "output_dir" and k != "fitted_transform"}
+    assert dict_summary["rows"] == 500
+    # analyzer results are sums over batches: the order of the additions follows the batching (adaptive in TFT's own
+    # instance-dict path), so float constants agree to the last bits, everything else exactly
+    _assert_close(json.load(open(f"{dicts}/fitted_transforms.json")), json.load(open(f"{batches}/fitted_transforms.json")), rel=1e-12)
+    assert open(f"{dicts}/transformed_metadata/schema.pbtxt").read() == open(f"{batches}/transformed_metadata/schema.pbtxt").read()
+
+    def bad(out):
+        return sorted(line for path in glob.glob(f"{out}/errors/bad_rows-*.jsonl") for line in open(path))
+
+    assert bad(dicts) == bad(batches) and len(bad(dicts)) >= 1
+    spec = tft.TFTransformOutput(dicts).transformed_feature_spec()
+    for split in ("train", "eval"):
+        expected = _decode_tfrecords(f"{dicts}/data/{split}-*.tfrecord", spec)
+        assert expected and _same_rows(_decode_tfrecords(f"{batches}/data/{split}-*.tfrecord", spec), expected), split
+        dict_tables = [pq.read_table(p) for p in sorted(glob.glob(f"{dicts}/data/{split}-*.parquet"))]
+        batch_tables = [pq.read_table(p) for p in sorted(glob.glob(f"{batches}/data/{split}-*.parquet"))]
+        assert dict_tables[0].schema == batch_tables[0].schema
+        assert _same_rows([tuple(sorted(r.items())) for t in batch_tables for r in t.to_pylist()],
+                          [tuple(sorted(r.items())) for t in dict_tables for r in t.to_pylist()])
+
+
+def _assert_close(a, b, rel: float) -> None:
+    if isinstance(a, float) or isinstance(b, float):
+        assert a == pytest.approx(b, rel=rel, abs=1e-12), (a, b)  # abs: a mean near 0 (of z-scores) cancels
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            _assert_close(a[k], b[k], rel)
+    elif isinstance(a, list):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            _assert_close(x, y, rel)
+    else:
+        assert a == b
+
+
+def _same_rows(a: list[tuple], b: list[tuple]) -> bool:
+    """Rows of (column, value) pairs: the same multiset, floats within 1e-6 (a float32 output may differ by one ulp)."""
+    key = lambda row: tuple((k, round(v, 3) if isinstance(v, float) else v) for k, v in row)  # noqa: E731
+    a, b = sorted(a, key=key), sorted(b, key=key)
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert [k for k, _ in x] == [k for k, _ in y]
+        for (k, u), (_, v) in zip(x, y):
+            assert abs(u - v) <= 1e-6 if isinstance(u, float) else u == v, (k, u, v)
+    return True
+
+
+def test_three_analysis_phases_leave_the_fnapi_runner(tmp_path):
+    """z-score feeding a scaled pca: three TFT phases, which Beam's FnApiRunner does not complete.
+
+    Without --runner the job runs on the BundleBasedDirectRunner and its pca still matches the
+    TFT graph; an explicit --runner=FnApiRunner is refused with the reason before anything runs.
+    """
+    from core.errors import UsageError
+    from pipelines.preprocess import run
+
+    features = [{"name": "a", "type": "float", "transform": "z_score"},
+                {"name": "p", "type": "float", "transform": "pca", "inputs": ["a", "b", "c"], "k": 2, "scale": True}]
+    rows = pca_rows(200)
+    with open(tmp_path / "data.jsonl", "w") as file:
+        file.writelines(json.dumps(r) + "\n" for r in rows)
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump({
+        "features": features, "label": PCA_LABEL, "input": {"pattern": str(tmp_path / "data.jsonl"), "format": "jsonl"},
+        "output": {"dir": str(tmp_path / "out"), "formats": ["parquet"]}}))
+    with pytest.raises(UsageError, match="needs 3 successive analysis phases and Beam's local FnApiRunner completes at most 2"):
+        run(["--config", str(tmp_path / "job.yaml"), "--runner=FnApiRunner"])
+    assert not (tmp_path / "out").exists()
+    assert run(["--config", str(tmp_path / "job.yaml")])["rows"] == 200
+    _assert_graph_parity(str(tmp_path / "out"), features, rows, PCA_LABEL)

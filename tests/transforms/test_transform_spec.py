@@ -170,3 +170,18 @@ def test_pca_parameters_and_inputs_are_checked():
         {"name": "p", "type": "float", "transform": "pca", "inputs": ["z", "b"], "k": 1},
         {"name": "z", "type": "float", "transform": "log1p"},
     )
+
+
+def test_analysis_phases_count_successive_passes():
+    from transforms.spec import analysis_phases
+
+    specs = lambda *fs: [FeatureSpec(**f) for f in fs]  # noqa: E731
+    assert analysis_phases(specs({"name": "a", "type": "float", "transform": "log1p"})) == 0
+    assert analysis_phases(specs({"name": "a", "type": "float", "transform": "z_score"},
+                                 {"name": "v", "type": "string", "transform": "vocabulary"})) == 1
+    assert analysis_phases(specs({"name": "p", "type": "float", "transform": "pca", "inputs": ["a", "b"], "k": 1})) == 1
+    assert analysis_phases(specs({"name": "p", "type": "float", "transform": "pca", "inputs": ["a", "b"], "k": 1, "scale": True})) == 2
+    assert analysis_phases(specs({"name": "a", "type": "float", "transform": "log1p"},
+                                 {"name": "p", "type": "float", "transform": "pca", "inputs": ["a", "b"], "k": 1})) == 1
+    assert analysis_phases(specs({"name": "a", "type": "float", "transform": "min_max"},
+                                 {"name": "p", "type": "float", "transform": "pca", "inputs": ["a", "b"], "k": 1})) == 2
