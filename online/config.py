@@ -18,11 +18,11 @@ import pydantic
 
 from core.configuration import Section
 from core.errors import ConfigErrorCollector
+from core.storage import InvalidUri, parse_uri
 
 KAFKA_CLIENTS = ("kafka-python", "confluent-kafka")
 LEASE_RENEWALS = 3  # renewals per lease period
 LEASE_MIN_SECONDS = 1.5
-CHECKPOINT_SCHEMES = ("file", "gs", "s3")
 
 
 class DriftConfig(Section):
@@ -125,9 +125,10 @@ class CheckpointConfig(Section):
     @pydantic.field_validator("uri")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
-        scheme, sep, _ = value.partition("://")
-        if sep and scheme.lower() not in CHECKPOINT_SCHEMES:
-            raise ValueError(f"unsupported URI scheme {scheme}:// (use a local path, file://, {', '.join(s + '://' for s in CHECKPOINT_SCHEMES if s != 'file')})")
+        try:
+            parse_uri(value)  # the one URI parser: a known scheme and a bucket
+        except InvalidUri as error:
+            raise ValueError(str(error)) from None
         return value
 
 
