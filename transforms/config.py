@@ -30,7 +30,7 @@ OUTPUT_FORMATS = ("tfrecord", "parquet")
 
 
 class InputConfig(Section):
-    """Files to read: a local or ``gs://`` glob and their format.
+    """Files to read: a local, ``gs://`` or ``s3://`` glob and their format.
 
     CSV files start with a header row naming the columns; JSON lines hold one object per line;
     TFRecord files hold ``tf.train.Example`` records.
