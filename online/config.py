@@ -180,6 +180,7 @@ class LearningConfig(Section):
         from online.models import build_model
 
         build_model(self.model, path="model")
+        check_drift_detector(self.model, path="model")
 
 
 class ConsumeJobConfig(LearningConfig):
@@ -213,9 +214,11 @@ class ReplayJobConfig(Section):
         if self.model is not None:
             with collect.check():
                 build_model(self.model, path="model")
+                check_drift_detector(self.model, path="model")
         for i, candidate in enumerate(self.models or []):
             with collect.check():
                 build_model(candidate, path=f"models[{i}]")
+                check_drift_detector(candidate, path=f"models[{i}]")
         collect.raise_if_any()
 
     @property
