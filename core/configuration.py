@@ -89,7 +89,29 @@ def _describe(error: Mapping[str, Any]) -> str:
     return f"{expected}, got {error['input']!r}" if isinstance(error["input"], str) else f"{expected}, got {error['input']}"
 
 
-def _interpolate(value: Any, environ: Mapping[str, str], path: str) -> Any:
+MAX_CONFIG_NODES = 100_000  # values in a document once YAML aliases are expanded: bounds an alias bomb
+
+
+def _interpolate(value: Any, environ: Mapping[str, str], path: str, budget: list[int] | None = None) -> Any:
+    """`value` with ``${VAR}`` / ``${VAR:-default}`` replaced, as a tree (aliases expanded).
+
+    YAML aliases share one object; expanding them copies it once per reference, so nested aliases
+    grow exponentially: past `MAX_CONFIG_NODES` values the document is refused.
+
+    >>> import yaml
+    >>> lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    >>> lines += [f"{c}: &{c} [" + ", ".join([f"*{p}"] * 10) + "]" for p, c in zip("abcdef", "bcdefg")]
+    >>> bomb = chr(10).join(lines)
+    >>> _interpolate(yaml.safe_load(bomb), {}, "")
+    Traceback (most recent call last):
+    ...
+    core.errors.ConfigError: e[7][8][8][8][9]: the document expands to more than 100000 values (nested YAML aliases?)
+    """
+    if budget is None:
+        budget = [MAX_CONFIG_NODES]
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise ConfigError(path, f"the document expands to more than {MAX_CONFIG_NODES} values (nested YAML aliases?)")
     if isinstance(value, str):
 
         def replace(match: re.Match) -> str:
@@ -102,9 +124,9 @@ def _interpolate(value: Any, environ: Mapping[str, str], path: str) -> Any:
 
         return _INTERPOLATION.sub(replace, value)
     if isinstance(value, dict):
-        return {k: _interpolate(v, environ, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        return {k: _interpolate(v, environ, f"{path}.{k}" if path else str(k), budget) for k, v in value.items()}
     if isinstance(value, list):
-        return [_interpolate(v, environ, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [_interpolate(v, environ, f"{path}[{i}]", budget) for i, v in enumerate(value)]
     return value
 
 
