@@ -10,12 +10,14 @@ passes back a token the same store gave it (or `ABSENT`); it never computes one.
 from __future__ import annotations
 
 import fnmatch
-from typing import BinaryIO, NamedTuple, Union
+import io
+from typing import BinaryIO, Callable, NamedTuple, Union
 
 from core.errors import RiverbeamError, UsageError
 
 Generation = Union[int, str]
 ABSENT: Generation = 0
+READ_BUFFER = 8 << 20
 
 
 class StorageError(RiverbeamError):
@@ -108,3 +110,45 @@ def match_listing(listing: list[ObjectInfo], key: str, prefix: str) -> list[Obje
         folder = key.rstrip("/") + "/"
         wanted = [info for info in listing if info.name == key or info.name.startswith(folder)]
     return [info for info in wanted if not info.name.endswith("/")]
+
+
+class RangeReader(io.RawIOBase):
+    """A seekable raw reader of one object version through ranged reads: ``fetch(start, end)``
+    returns bytes ``start..end`` inclusive. `open_ranged` wraps it in a buffer (Parquet seeks).
+
+    >>> data = bytes(range(100))
+    >>> reader = open_ranged(lambda start, end: data[start:end + 1], len(data), buffer_size=16)
+    >>> reader.read(3), reader.seek(-2, io.SEEK_END), reader.read()
+    (b'\\x00\\x01\\x02', 98, b'bc')
+    """
+
+    def __init__(self, fetch: Callable[[int, int], bytes], size: int):
+        super().__init__()
+        self.fetch, self.size, self.position = fetch, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def readinto(self, buffer) -> int:
+        if self.position >= self.size or len(buffer) == 0:
+            return 0
+        data = self.fetch(self.position, min(self.size, self.position + len(buffer)) - 1)
+        buffer[: len(data)] = data
+        self.position += len(data)
+        return len(data)
+
+
+def open_ranged(fetch: Callable[[int, int], bytes], size: int, buffer_size: int = READ_BUFFER) -> BinaryIO:
+    """A buffered, seekable reader over `fetch` (see `RangeReader`)."""
+    return io.BufferedReader(RangeReader(fetch, size), buffer_size=buffer_size)

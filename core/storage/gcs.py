@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import BinaryIO
 
 from core.gcs import gcs_client
-from core.storage.base import Generation, ObjectInfo, ObjectNotFound, ObjectStore, PreconditionFailed, StorageError
+from core.storage.base import Generation, ObjectInfo, ObjectNotFound, ObjectStore, PreconditionFailed, StorageError, open_ranged
 
 
 class GcsStore(ObjectStore):
@@ -73,4 +73,9 @@ class GcsStore(ObjectStore):
         blob = self._call("open", name, lambda: self.bucket.get_blob(self._name(name)))
         if blob is None:
             raise ObjectNotFound(f"{self.join(name)} does not exist")
-        return self._call("open", name, lambda: blob.open("rb"))
+        generation = blob.generation
+
+        def fetch(start: int, end: int) -> bytes:  # this generation only: a replaced object fails the read
+            return self._call("read", name, lambda: blob.download_as_bytes(start=start, end=end, if_generation_match=generation))
+
+        return open_ranged(fetch, int(blob.size or 0))

@@ -10,19 +10,17 @@ An ETag of a single-part upload is the MD5 of its bytes, so a compare-and-swap c
 contents: writers must put something unique in the object (riverbeam's pointer and lease hold a
 fresh id or an expiry time), or a write of identical bytes would not be seen as a change.
 
-Reads of large objects are ranged GETs behind a buffered, seekable reader (Parquet seeks).
+Reads are ranged GETs of one version (its ETag) behind a buffered, seekable reader (Parquet seeks).
 """
 
 from __future__ import annotations
 
-import io
 import time
 from typing import BinaryIO
 
 from core.s3 import s3_client
-from core.storage.base import ABSENT, Generation, ObjectInfo, ObjectNotFound, ObjectStore, PreconditionFailed, StorageError
+from core.storage.base import ABSENT, Generation, ObjectInfo, ObjectNotFound, ObjectStore, PreconditionFailed, StorageError, open_ranged
 
-READ_BUFFER = 8 << 20
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _CONFLICT_RETRIES = 5
 
@@ -102,45 +100,10 @@ class S3Store(ObjectStore):
 
     def open_read(self, name: str) -> BinaryIO:
         head = self._call("open", name, lambda: self.client.head_object(Bucket=self.bucket, Key=self._key(name)))
-        raw = _RangeReader(self, name, int(head["ContentLength"]), head["ETag"])
-        return io.BufferedReader(raw, buffer_size=READ_BUFFER)
+        key, etag = self._key(name), head["ETag"]
 
+        def fetch(start: int, end: int) -> bytes:  # this version only: a replaced object fails the read
+            get = lambda: self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end}", IfMatch=etag)["Body"].read()  # noqa: E731
+            return self._call("read", name, get)
 
-class _RangeReader(io.RawIOBase):
-    """A seekable raw reader of one S3 object version (its ETag) through ranged GETs."""
-
-    def __init__(self, store: S3Store, name: str, size: int, etag: str):
-        super().__init__()
-        self.store, self.name, self.size, self.etag = store, name, size, etag
-        self.position = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.position
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
-        self.position = max(0, base + offset)
-        return self.position
-
-    def readinto(self, buffer) -> int:
-        if self.position >= self.size or len(buffer) == 0:
-            return 0
-        end = min(self.size, self.position + len(buffer)) - 1
-        store = self.store
-
-        def get():
-            response = store.client.get_object(
-                Bucket=store.bucket, Key=store._key(self.name), Range=f"bytes={self.position}-{end}", IfMatch=self.etag
-            )
-            return response["Body"].read()
-
-        data = store._call("read", self.name, get)
-        buffer[: len(data)] = data
-        self.position += len(data)
-        return len(data)
+        return open_ranged(fetch, int(head["ContentLength"]))
