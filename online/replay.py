@@ -50,6 +50,7 @@ from online.config import ModelConfig, ReplayJobConfig
 from online.events import EventError
 from online.events import load_feature_transform
 from online.learner import Learner
+from online.dead_letters import DeadLetterRecord
 from online.persistence import Cadence, Checkpointer, LearnerSpec, checkpoint_store, open_checkpoint_store, resume
 from online.readers import InputFile, ReplayPosition, SourceRecord, count_records, expand_inputs, read_inputs
 from online.replay_report import format_leaderboard, write_report_dir
@@ -138,12 +139,20 @@ class ReplayResult:
 
 
 class ErrorLog:
-    """Bad lines: appended to a JSON-lines file (`file`, `line`, `reason`, and `model` when a
-    single candidate rejected the event), counted, and fatal past `max_errors`."""
+    """Bad lines: appended to a JSON-lines file of dead-letter records (`online.dead_letters`:
+    source ``{file, line}``, `reason`, and `model` when a single candidate rejected the event),
+    counted, and fatal past `max_errors`.
 
-    def __init__(self, path: str | None, max_errors: int | None, keep_first: int = 5):
+    In learn mode the file follows the checkpoints: `flush` makes it durable and returns its size,
+    which the checkpoint records; a resumed replay first cuts the file back to that size
+    (`resume_at`), so the bad lines it meets again after a crash are written once.
+    """
+
+    def __init__(self, path: str | None, max_errors: int | None, keep_first: int = 5, follow_checkpoints: bool = False):
         self.path = path
         self.max_errors = max_errors
+        self.follow_checkpoints = follow_checkpoints  # held in memory until `flush` (each checkpoint): a crash writes nothing twice
+        self._held: list[bytes] = []
         self.count = 0
         self.first: list[dict] = []
         self.keep_first = keep_first
@@ -153,6 +162,7 @@ class ErrorLog:
         record = {"file": file, "line": line, "reason": reason}
         if model is not None:
             record["model"] = model
+        dead_letter = DeadLetterRecord.from_file(file, line, None, reason, model=model)
         self.count += 1
         if len(self.first) < self.keep_first:
             self.first.append(record)
@@ -160,7 +170,10 @@ class ErrorLog:
             if self._handle is None:
                 os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
                 self._handle = open(self.path, "ab")
-            self._handle.write(orjson.dumps(record) + b"\n")
+            if self.follow_checkpoints:
+                self._held.append(dead_letter.to_json(max_bytes=None) + b"\n")
+            else:
+                self._handle.write(dead_letter.to_json(max_bytes=None) + b"\n")
         if self.max_errors is not None and self.count > self.max_errors:
             self.close()
             where = f"; all are in {self.path}" if self.path else ""
@@ -169,9 +182,31 @@ class ErrorLog:
                 f"(last: {file}: line {line}: {reason}){where}"
             )
 
+    def flush(self) -> int | None:
+        """Make every record written so far durable; the file's size (None without a file)."""
+        if self.path is None:
+            return None
+        if self._handle is not None:
+            self._handle.write(b"".join(self._held))
+            self._held = []
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            return self._handle.tell()
+        return os.path.getsize(self.path) if os.path.exists(self.path) else 0
+
+    def resume_at(self, size: int | None) -> None:
+        """Cut the file back to `size` bytes (what the checkpoint resumed from had made durable)."""
+        if self.path is None or size is None or not os.path.exists(self.path) or os.path.getsize(self.path) <= size:
+            return
+        self.close()
+        with open(self.path, "r+b") as handle:
+            handle.truncate(size)
+
     def close(self) -> None:
         """Close the errors file (it reopens in append mode on the next bad line)."""
         if self._handle is not None:
+            self._handle.write(b"".join(self._held))
+            self._held = []
             self._handle.close()
             self._handle = None
 
@@ -455,15 +490,21 @@ def learn(job: ReplayJobConfig, files: list[InputFile], options: ReplayOptions) 
         if start is not None and start.order == "file" and start.file and start.file not in {f.name for f in files}:
             log.warning("the checkpoint's replay position names %s, which is not among the inputs; files sorting before it are skipped", start.file)
     candidate = Candidate(candidate_names([job.model])[0], learner)
-    errors = ErrorLog(options.errors_path, options.max_errors)
+    errors = ErrorLog(options.errors_path, options.max_errors, follow_checkpoints=True)
+    if latest is not None and options.errors_path is not None:
+        written = latest.manifest.get("extra", {}).get("errors_file") or {}
+        if written.get("path") == os.path.abspath(options.errors_path):
+            errors.resume_at(written.get("bytes"))  # bad lines past the checkpoint are met, and written, again
     every = max(1, min(report_step(options.report_every, count_records(files) if options.report_every is None else None), every_events)) if options.report_dir else every_events
     replay = Pass(files, errors, job.events.time, start, job.events.categorical, chunk=min(CHUNK_EVENTS, every_events),
                   every=every, progress=_progress(options, files))
     rows: list[dict] = []
 
     def save() -> None:
-        checkpointer.checkpoint({"replay": replay.position().to_json()},
-                                {"source": "replay", "events_rejected": learner.state.events_rejected, "inputs": len(files)})
+        extra = {"source": "replay", "events_rejected": learner.state.events_rejected, "inputs": len(files)}
+        if options.errors_path is not None:  # the errors file is durable up to here with each checkpoint
+            extra["errors_file"] = {"path": os.path.abspath(options.errors_path), "bytes": errors.flush()}
+        checkpointer.checkpoint({"replay": replay.position().to_json()}, extra)
 
     try:
         for records in replay.chunks():

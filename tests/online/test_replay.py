@@ -154,7 +154,7 @@ def test_bad_lines_go_to_the_errors_file_and_max_errors_stops(tmp_path, capsys):
     base = ["replay", "--config", config, "--input", str(tmp_path / "p.jsonl"), "--mode", "evaluate", "--errors", str(errors)]
     assert main(base) == 0
     records = [json.loads(line) for line in errors.read_text().splitlines()]
-    assert [(r["file"], r["line"], r["reason"].split(":")[0]) for r in records] == [
+    assert [(r["source"]["file"], r["source"]["line"], r["reason"].split(":")[0]) for r in records] == [  # dead-letter schema v1
         (str(tmp_path / "p.jsonl"), 11, "not JSON"),
         (str(tmp_path / "p.jsonl"), 21, "feature 'is_popular' is not a number"),
         (str(tmp_path / "p.jsonl"), 31, "not a JSON object but an array"),
@@ -320,3 +320,30 @@ def test_replay_from_s3_equals_the_same_replay_from_local_files(tmp_path, s3_pre
     assert lines == {f"{s3_prefix}/in/a.jsonl.gz": 418, f"{s3_prefix}/in/b.csv": 418, f"{s3_prefix}/in/c.parquet": 416}
     again = run_replay(job, ReplayOptions([f"{s3_prefix}/in/*"], checkpoint_uri=f"{s3_prefix}/ckpt"))  # resumes: nothing left
     assert again.lines == 0
+
+
+def test_errors_file_follows_the_checkpoints_across_kill_9(tmp_path):
+    """kill -9 during `replay --errors FILE`: after the resumed run every bad line is in the file exactly once."""
+    import signal
+    import subprocess
+    import sys
+
+    lines = [json.dumps({"x": i % 7, "y": i % 2 == 0}).encode() for i in range(60_000)]
+    bad = set(range(5, len(lines), 3000))
+    for i in bad:
+        lines[i] = b"{broken"
+    (tmp_path / "p.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    job = {"model": {"pipeline": [{"linear_model.LogisticRegression": {}}]}, "events": {"target": "y"},
+           "checkpoint": {"uri": str(tmp_path / "ckpt"), "every_events": 2000}}  # fmt: skip
+    config = write_yaml(tmp_path / "job.yaml", job)
+    errors = tmp_path / "errors.jsonl"
+    argv = [sys.executable, "-m", "riverbeam.cli", "replay", "--config", config, "--input", str(tmp_path / "p.jsonl"), "--mode", "learn", "--errors", str(errors)]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (errors.exists() and errors.stat().st_size > 300):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert subprocess.run(argv, capture_output=True).returncode == 0
+    records = [json.loads(line) for line in errors.read_text().splitlines()]
+    assert sorted(r["source"]["line"] - 1 for r in records) == sorted(bad)  # each once, none lost
