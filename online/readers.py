@@ -265,15 +265,35 @@ def csv_value(text: str) -> Any:
     return word
 
 
+def _utf8_row(row: list[str]) -> None:
+    """Raise `UnicodeError` naming the first byte that is not UTF-8 in a row decoded with ``surrogateescape``.
+
+    >>> _utf8_row(["a", "b" + chr(0xDCFF)])
+    Traceback (most recent call last):
+    ...
+    UnicodeError: not UTF-8: byte 0xff in field 2
+    """
+    try:
+        "".join(row).encode("utf-8")
+    except UnicodeEncodeError:
+        for index, cell in enumerate(row):
+            for char in cell:
+                if "\udc80" <= char <= "\udcff":
+                    raise UnicodeError(f"not UTF-8: byte 0x{ord(char) - 0xDC00:02x} in field {index + 1}") from None
+        raise UnicodeError("not UTF-8") from None
+
+
 def _read_csv(source: InputFile, file_index: int, skip: int, categorical: frozenset) -> Iterator[SourceRecord]:
     with source.open_binary() as stream:
-        text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
+        # A byte that is not UTF-8 spoils one row, not the file: decoded as a surrogate, found per row below.
+        text = io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
         reader = csv.reader(text)
         try:
             header = next(reader)
+            _utf8_row(header)
         except StopIteration:
             return
-        except (csv.Error, UnicodeDecodeError) as error:
+        except (csv.Error, UnicodeError) as error:
             raise InputError(f"{source.name}: line 1: unreadable CSV header: {error}") from None
         if len(set(header)) != len(header):
             raise InputError(f"{source.name}: line 1: the CSV header repeats a column name")
@@ -291,6 +311,11 @@ def _read_csv(source: InputFile, file_index: int, skip: int, categorical: frozen
             if line <= skip:
                 continue
             if not row:
+                continue
+            try:
+                _utf8_row(row)
+            except UnicodeError as error:
+                yield SourceRecord(file_index, line, None, f"unreadable CSV row: {error}")
                 continue
             if len(row) != width:
                 yield SourceRecord(file_index, line, None, f"CSV row has {len(row)} fields, the header has {width}")

@@ -120,3 +120,12 @@ def test_every_poison_kind_with_kill_9_learned_and_dead_lettered_exactly_once(tm
     predictions = read_topic(kafka_bootstrap, f"{topic}.pred", client)
     sources = [dict(r.headers)[SOURCE_HEADER] for r in predictions]
     assert len(sources) == len(set(sources)) == len(good)  # no prediction missing or doubled
+
+
+def test_a_byte_that_is_not_utf8_in_one_csv_row_is_one_bad_line(tmp_path):
+    from online.readers import expand_inputs, read_inputs
+
+    path = tmp_path / "events.csv"
+    path.write_bytes(b"a,b\n1,2\n3,\xff4\n5,6\n")  # used to reject the whole file as "unreadable CSV header"
+    records = [(r.line, r.event, r.reason) for r in read_inputs(expand_inputs([str(path)]))]
+    assert records == [(2, {"a": 1, "b": 2}, None), (3, None, "unreadable CSV row: not UTF-8: byte 0xff in field 2"), (4, {"a": 5, "b": 6}, None)]
