@@ -67,9 +67,15 @@ def prediction_record(learner: Learner, event: Any, checkpoint_id: str | None) -
 
 
 def predict_lines(checkpoint: Checkpoint, lines: Iterable[str | bytes]) -> Iterator[str]:
-    """Yield one JSON line per input line: ``{"line": n, **prediction_record(...)}``, or an error."""
+    """Yield one JSON line per input line: ``{"line": n, **prediction_record(...)}``, or an error.
+
+    `n` is the line's number in the input: blank lines are skipped but counted. Lines may be
+    bytes: one that is not UTF-8 is one error record.
+    """
     learner = restore_learner(checkpoint)
     for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
         try:
             try:
                 event = orjson.loads(line)

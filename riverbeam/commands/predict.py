@@ -26,11 +26,11 @@ def predict_command(args) -> int:
     checkpoint = store.load(args.id) if args.id else store.load_latest()
     if checkpoint is None:
         raise RiverbeamError(f"no checkpoints at {args.checkpoint}")
-    try:
-        source = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")
+    try:  # bytes: a line that is not UTF-8 is one error record, not a traceback
+        source = sys.stdin.buffer if args.input == "-" else open(args.input, "rb")
     except OSError as error:
         raise UsageError(f"--input {args.input}: {error.strerror}") from None
     with source:
-        for line in predict_lines(checkpoint, (line for line in source if line.strip())):
+        for line in predict_lines(checkpoint, source):  # blank lines are skipped but keep their numbers
             sys.stdout.write(line + "\n")
     return 0

@@ -129,3 +129,22 @@ def test_a_byte_that_is_not_utf8_in_one_csv_row_is_one_bad_line(tmp_path):
     path.write_bytes(b"a,b\n1,2\n3,\xff4\n5,6\n")  # used to reject the whole file as "unreadable CSV header"
     records = [(r.line, r.event, r.reason) for r in read_inputs(expand_inputs([str(path)]))]
     assert records == [(2, {"a": 1, "b": 2}, None), (3, None, "unreadable CSV row: not UTF-8: byte 0xff in field 2"), (4, {"a": 5, "b": 6}, None)]
+
+
+def test_predict_numbers_lines_as_in_the_file_and_refuses_bytes_that_are_not_utf8_one_line_at_a_time(tmp_path):
+    import subprocess
+    import sys
+
+    from online.persistence import save_learner
+
+    learner = Learner(ModelConfig(**MODEL), EventsConfig(target="label"))
+    learner.process_many([dict(e) for e in PHISHING[:200]])
+    save_learner(CheckpointStore(str(tmp_path / "ckpt")), learner, positions={})
+    probe = orjson.dumps({k: v for k, v in PHISHING[0].items() if k != "label"})
+    (tmp_path / "in.jsonl").write_bytes(probe + b"\n\n\xff\xfe{\n" + probe + b"\n")
+    result = subprocess.run([sys.executable, "-m", "riverbeam.cli", "predict", "--checkpoint", str(tmp_path / "ckpt"), "--input", str(tmp_path / "in.jsonl")],
+                            capture_output=True, env={**__import__("os").environ, "NO_GCE_CHECK": "true"}, timeout=60)  # fmt: skip
+    assert result.returncode == 0 and b"Traceback" not in result.stderr, result.stderr[-2000:]
+    rows = [orjson.loads(line) for line in result.stdout.splitlines()]
+    assert [row["line"] for row in rows] == [1, 3, 4]  # the blank line 2 keeps its number
+    assert "prediction" in rows[0] and rows[1]["error"].startswith("not JSON") and rows[2]["prediction"] == rows[0]["prediction"]
