@@ -27,19 +27,34 @@ MODELS = {
 }
 
 
-def load_dataset(name: str):
-    """A dataset bundled in River's wheel (nothing is downloaded)."""
+def bundled_datasets() -> list[str]:
+    """River's datasets shipped inside its wheel whose task the demo handles (never one to download).
+
+    >>> "Phishing" in bundled_datasets(), "CreditCard" in bundled_datasets()
+    (True, False)
+    """
     from river import datasets
 
-    dataset = getattr(datasets, name, None)
-    if dataset is None or not isinstance(dataset, type):
-        raise UsageError(f"--dataset: river has no bundled dataset {name!r} (try Phishing, Bananas, TrumpApproval, ImageSegments)")
-    instance = dataset()
-    if not isinstance(instance, datasets.base.FileDataset) and not hasattr(instance, "path"):
-        raise UsageError(f"--dataset: {name} is not bundled with River (it would need a download)")
-    if instance.task not in MODELS:
-        raise UsageError(f"--dataset: {name} is a {instance.task} dataset; the demo handles {', '.join(MODELS)}")
-    return instance
+    names = []
+    for name, cls in sorted(vars(datasets).items()):
+        if isinstance(cls, type) and issubclass(cls, datasets.base.FileDataset) and not issubclass(cls, datasets.base.RemoteDataset):
+            try:
+                task = cls().task
+            except Exception:  # a dataset that cannot even be described is not offered
+                continue
+            if task in MODELS:
+                names.append(name)
+    return names
+
+
+def load_dataset(name: str):
+    """A dataset bundled in River's wheel (nothing is downloaded); any other is refused with the list."""
+    from river import datasets
+
+    offered = bundled_datasets()
+    if name not in offered:
+        raise UsageError(f"--dataset: {name!r} is not a dataset bundled with River (the demo never downloads one); choose one of {', '.join(offered)}")
+    return getattr(datasets, name)()
 
 
 def run_demo(dataset_name: str = "Phishing", events: int | None = None, directory: str = ".riverbeam/demo", client: str = "kafka-python") -> dict:

@@ -148,3 +148,15 @@ def test_predict_numbers_lines_as_in_the_file_and_refuses_bytes_that_are_not_utf
     rows = [orjson.loads(line) for line in result.stdout.splitlines()]
     assert [row["line"] for row in rows] == [1, 3, 4]  # the blank line 2 keeps its number
     assert "prediction" in rows[0] and rows[1]["error"].startswith("not JSON") and rows[2]["prediction"] == rows[0]["prediction"]
+
+
+def test_demo_offers_only_bundled_datasets(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "riverbeam.cli", "demo", "--dataset", "CreditCard", "--dir", str(tmp_path)],
+                            capture_output=True, text=True, env={**os.environ, "NO_GCE_CHECK": "true"}, timeout=60)  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "'CreditCard' is not a dataset bundled with River" in result.stderr and "Phishing" in result.stderr
+    assert not any(tmp_path.iterdir())  # refused before anything started (no broker, no download)
