@@ -17,7 +17,7 @@ import os
 import sys
 
 from riverbeam import __version__
-from core.errors import run_main
+from core.errors import RiverbeamError, run_main
 
 COMMAND_GROUPS = (
     "config",
@@ -62,7 +62,20 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
-    return run_main(lambda: args.handler(args), prog="riverbeam")
+    return run_main(lambda: _with_credentials_errors(args.handler, args), prog="riverbeam")
+
+
+def _with_credentials_errors(handler, args):
+    """Run a handler; missing cloud credentials become one line saying what is missing (never a traceback)."""
+    try:
+        return handler(args)
+    except Exception as error:
+        if type(error).__module__.startswith(("google.auth", "botocore")) and "Credential" in type(error).__name__:
+            raise RiverbeamError(
+                f"no cloud credentials: {type(error).__name__}. For gs:// run `gcloud auth application-default login` or set "
+                "GOOGLE_APPLICATION_CREDENTIALS (STORAGE_EMULATOR_HOST for the local emulator); for s3:// set AWS credentials"
+            ) from None
+        raise
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -160,3 +160,30 @@ def test_demo_offers_only_bundled_datasets(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "'CreditCard' is not a dataset bundled with River" in result.stderr and "Phishing" in result.stderr
     assert not any(tmp_path.iterdir())  # refused before anything started (no broker, no download)
+
+
+def test_a_command_without_cloud_credentials_fails_fast_in_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS")}
+    env.update(NO_GCE_CHECK="true", HOME=str(tmp_path), CLOUDSDK_CONFIG=str(tmp_path / "gcloud"))
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "riverbeam.cli", "checkpoints", "list", "gs://some-bucket/models"], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "no cloud credentials: DefaultCredentialsError" in result.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_a_closed_output_pipe_ends_quietly(tmp_path):
+    import subprocess
+    import sys
+
+    from online.persistence import save_learner
+
+    learner = Learner(ModelConfig(**MODEL), EventsConfig(target="label"))
+    learner.process_many([dict(e) for e in PHISHING[:50]])
+    save_learner(CheckpointStore(str(tmp_path / "ckpt")), learner, positions={})
+    shown = subprocess.run(f"{sys.executable} -m riverbeam.cli checkpoints show {tmp_path / 'ckpt'} | head -1", shell=True, capture_output=True, text=True, timeout=60)
+    assert shown.stdout.strip() and "Traceback" not in shown.stderr and "BrokenPipe" not in shown.stderr, shown.stderr
