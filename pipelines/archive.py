@@ -43,6 +43,7 @@ from apache_beam.options.value_provider import StaticValueProvider, ValueProvide
 from apache_beam.transforms import window
 
 from pipelines.options import add_required_argument, check_required
+from online.dead_letters import DeadLetterRecord
 from core.errors import UsageError, run_main
 from core import storage
 from core.eventtime import event_time
@@ -141,8 +142,8 @@ class ParseEventFn(beam.DoFn):
     def process(self, payload):
         event, reason = parse_event(payload, self.time_field)
         if reason is not None:
-            text = payload.decode("utf-8", errors="replace") if isinstance(payload, bytes) else str(payload)
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, {"reason": reason, "payload": text})
+            value = payload if isinstance(payload, bytes) else str(payload).encode("utf-8")
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetterRecord(reason, value, stage="parse").as_dict())  # schema v1
         elif self.time_field:
             yield window.TimestampedValue(event, event_time(event[self.time_field]))
         else:
@@ -150,7 +151,7 @@ class ParseEventFn(beam.DoFn):
 
 
 class ParseEvents(beam.PTransform):
-    """Bytes into events (main output) and dead letters ``{"reason", "payload"}`` (output ``dead_letter``)."""
+    """Bytes into events (main output) and dead letters (`online.dead_letters` schema v1, output ``dead_letter``)."""
 
     def __init__(self, time_field: str | None = None):
         super().__init__()

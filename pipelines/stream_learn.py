@@ -114,6 +114,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 
+from online.dead_letters import DeadLetterRecord
 from online.checkpoints import CheckpointStore, FencingError
 from online.config import ConsumeJobConfig
 from online.events import EventError, _json_type
@@ -267,8 +268,14 @@ def parse_event(payload: bytes | str, key_field: str | None) -> tuple[dict | Non
 
 
 def dead_letter(payload: bytes | str, reason: str, stage: str) -> dict:
-    """A dead-letter record: the original payload (bytes), the reason and the stage that refused it."""
-    return {"payload": payload if isinstance(payload, bytes) else str(payload).encode("utf-8"), "reason": reason, "stage": stage}
+    """A dead-letter record (`online.dead_letters`, schema version 1): the original bytes, the reason and the stage that refused it.
+
+    >>> record = dead_letter(b"{oops", "not JSON", "parse")
+    >>> record["version"], record["value"], record["reason"], record["stage"]
+    (1, '{oops', 'not JSON', 'parse')
+    """
+    value = payload if isinstance(payload, bytes) else str(payload).encode("utf-8")
+    return DeadLetterRecord(reason, value, stage=stage).as_dict()
 
 
 class ParseEventFn(beam.DoFn):
@@ -293,7 +300,7 @@ class ParseEventFn(beam.DoFn):
 
 
 class ParseEvents(beam.PTransform):
-    """Bytes into events (output ``events``) and dead letters ``{payload, reason, stage}`` (output ``dead_letter``)."""
+    """Bytes into events (output ``events``) and dead letters (`dead_letter`: schema v1, output ``dead_letter``)."""
 
     def __init__(self, key_field: str | None = None):
         super().__init__()
@@ -715,7 +722,7 @@ def build_stream_learn(
 ) -> dict[str, Any]:
     """Add ParseEvents → KeyByModelKey → LearnStateful to `pipeline`, reading with `source`.
 
-    Returns the ``predictions`` (JSON bytes), ``dead_letters`` (dicts: payload, reason, stage)
+    Returns the ``predictions`` (JSON bytes), ``dead_letters`` (dead-letter records, `dead_letter`)
     and ``checkpoints`` (one dict per checkpoint written) collections.
     """
     payloads = pipeline | "ReadEvents" >> source

@@ -53,9 +53,9 @@ def expected_partitions() -> set[str]:
 
 
 def check_dead_letters(output: str) -> None:
-    dead = sorted(read_archive(f"{output}/dead_letter/date=2024-05-01/hour=13/*.jsonl"), key=lambda d: d["payload"])
+    dead = sorted(read_archive(f"{output}/dead_letter/date=2024-05-01/hour=13/*.jsonl"), key=lambda d: d["value"])
     expected = sorted(BAD, key=lambda b: b[0].decode())
-    assert [d["payload"] for d in dead] == [b.decode() for b, _ in expected]
+    assert [d["value"] for d in dead] == [b.decode() for b, _ in expected] and all(d["version"] == 1 for d in dead)  # dead-letter schema v1
     for letter, (_, reason) in zip(dead, expected):
         assert letter["reason"].startswith(reason), letter
 

@@ -257,7 +257,7 @@ def test_bad_events_reach_the_dead_letter_output_with_reasons(tmp_path):
     with streaming_pipeline() as pipeline:
         outputs = build_stream_learn(pipeline, config, settings(), stream)
         assert_that(decoded(outputs["predictions"], "Decode"), equal_to(expected), label="Predictions")
-        letters = outputs["dead_letters"] | beam.Map(lambda d: (d["stage"], d["reason"], orjson.loads(d["payload"]) if d["stage"] == "learn" else d["payload"]))
+        letters = outputs["dead_letters"] | beam.Map(lambda d: (d["stage"], d["reason"], orjson.loads(d["value"]) if d["stage"] == "learn" else d["value"].encode()))
         want = [(stages[p], reason, orjson.loads(p) if stages[p] == "learn" else p) for p, reason in bad.items()]
         assert_that(letters, equal_to(want), label="DeadLetters")
     restored = latest_learner(checkpoint_uri(str(tmp_path / "ckpt"), "ann"), config)
@@ -481,7 +481,7 @@ def test_portable_runner_with_bounded_files(tmp_path, job_service):
     letters = [orjson.loads(line) for f in sorted((tmp_path / "out").glob("dead_letter-*")) for line in f.read_bytes().splitlines()]
     expected = daemon_predictions(Learner(config.model, config.events), events)
     assert sorted(map(orjson.dumps, predictions)) == sorted(map(orjson.dumps, expected))
-    assert [(d["stage"], d["payload"]) for d in letters] == [("parse", "{broken")]
+    assert [(d["stage"], d["value"]) for d in letters] == [("parse", "{broken")]
     for key in keys:
         alone = Learner(config.model, config.events)
         alone.process_many(copy.deepcopy([e for e in events if e["user"] == key]))
