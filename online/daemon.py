@@ -373,6 +373,11 @@ class Daemon:
             }
 
         positions = {position_key(tp): offset for tp, offset in unit.positions.items()}
+        pending = unit.checkpointer.pending
+        while pending is not None and not concurrent.futures.wait([pending], timeout=1.0).done:  # back-pressure, said out loud
+            self._watch_uploads(time.monotonic())
+            self._check_lease()
+        self._collect(unit)
         try:
             unit.checkpointer.checkpoint(positions, prepare=prepare, wait=wait)  # re-raises FencingError and storage errors
         except (FencingError, LeaseLost, KafkaClientError):

@@ -525,3 +525,65 @@ def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
     with pytest.raises(ConfigError, match="the document expands to more than 100000 values"):
         load_config(path, ConsumeJobConfig)
     assert time.monotonic() - started < 5
+
+
+def test_storage_down_is_logged_counted_and_survived(tmp_path, kafka_bootstrap, topic, monkeypatch, caplog):
+    """An upload that hangs, then one that fails: a log line while it retries, a gauge, a counter; the daemon goes on."""
+    import logging
+    import threading
+
+    from core.configuration import load_config
+    from online.config import ConsumeJobConfig
+    from online.daemon import Daemon
+
+    produce(kafka_bootstrap, topic, [orjson.dumps(e) for e in PHISHING[:1200]])
+    job = load_config(job_config(tmp_path, kafka_bootstrap, topic, "kafka-python", checkpoint={"every_events": 300}, kafka={"poll_max_records": 100}), ConsumeJobConfig)
+    real_save = CheckpointStore.save
+    calls = []
+
+    def flaky_save(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(6.5)  # storage unreachable: the client keeps retrying
+        if len(calls) == 2:
+            raise OSError("storage unreachable")
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(CheckpointStore, "save", flaky_save)
+    daemon = Daemon(job, until_caught_up=True, progress=False)
+    caplog.set_level(logging.INFO, logger="riverbeam.daemon")
+    gauge = []
+    watch = daemon._watch_uploads
+
+    def watching(now):
+        watch(now)
+        gauge.append(daemon.metrics.storage_retrying._value.get())
+
+    monkeypatch.setattr(daemon, "_watch_uploads", watching)
+    summary = daemon.run()
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.count("checkpoint upload still retrying (storage slow or unreachable)") == 1  # once, then every 30 s
+    assert "checkpoint upload failed; retrying at the next due checkpoint" in messages
+    assert max(gauge) >= 5.0 and 'riverbeam_checkpoint_failures_total 1.0' in daemon.metrics.exposition().decode()
+    assert summary["units"]["all"]["events_seen"] == 1200
+    assert CheckpointStore(str(tmp_path / "checkpoints")).load_latest().manifest["events_seen"] == 1200
+
+
+def test_lease_keeper_renews_through_a_slow_step_and_notices_a_takeover(tmp_path):
+    from core.storage import open_store
+    from online.lease import LEASE, Lease, LeaseKeeper
+
+    store = open_store(str(tmp_path))
+    mine, theirs = Lease(store, "mine", ttl=1.5), Lease(store, "theirs", ttl=1.5)
+    assert mine.try_acquire()
+    keeper = LeaseKeeper(mine, every=0.5).start()
+    try:
+        time.sleep(3.0)  # a restore slower than the lease: the keeper renewed it meanwhile
+        assert keeper.valid() and not theirs.try_acquire()
+        store.write_if_generation(LEASE, json.dumps({"owner": "theirs", "expires_at": time.time() + 60}).encode(), store.read_with_generation(LEASE)[1])
+        deadline = time.monotonic() + 5
+        while not keeper.lost.is_set() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert keeper.lost.is_set() and not keeper.valid()
+    finally:
+        keeper.stop()
