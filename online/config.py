@@ -36,13 +36,15 @@ class ModelConfig(Section):
     """A River pipeline, its metrics and optional drift detection.
 
     `pipeline` is a list of one-key mappings ``{"module.Class": {param: value}}`` resolved inside
-    the `river` package only; a parameter may itself be such a mapping (nested estimators,
-    optimizers). `metrics` names `river.metrics` classes, or windows over the last N events
+    the `river` package, or in a module the user lists in `custom_modules` (their own estimators
+    and transformers, deriving from `river.base.Base`); a parameter may itself be such a mapping
+    (nested estimators, optimizers). Nothing else is importable from configuration. `metrics` names `river.metrics` classes, or windows over the last N events
     (``{Rolling: {metric: Accuracy, window_size: 500}}``, see `online.models.build_metric`);
     the first is the headline.
     """
 
     name: str | None = None
+    custom_modules: list[str] = []  # the user's modules whose River-compatible classes the pipeline may name
     pipeline: list[dict[str, dict[str, Any] | None]] = pydantic.Field(min_length=1)
     metrics: list[str | dict[str, dict[str, Any]]] = pydantic.Field(default=["Accuracy"], min_length=1)
     drift: DriftConfig | None = None
@@ -95,9 +97,28 @@ class EventsConfig(Section):
 
 
 class FeaturesConfig(Section):
-    """Fitted feature transforms from `riverbeam preprocess`, applied to each event before the model."""
+    """What happens to an event's fields before the model: a user function, then fitted transforms.
+
+    `function` (``module:function``) is the user's own feature code: a callable taking the event's
+    features (a dict) and returning a dict; it runs first. `transform_output` is the output
+    directory of `riverbeam preprocess`, whose fitted transforms run next.
+    """
 
     transform_output: str | None = None
+    function: str | None = None  # "module:function", dict -> dict, applied to each event before the fitted transform
+
+    @pydantic.field_validator("function")
+    @classmethod
+    def _module_colon_function(cls, value: str | None) -> str | None:
+        if value is not None and (value.count(":") != 1 or not all(value.split(":"))):
+            raise ValueError(f"expected module:function (for example myfeatures:derive), got {value!r}")
+        return value
+
+    def check_semantics(self) -> None:
+        """Import the feature function (`ConfigError` naming ``function`` if it is not there)."""
+        from online.events import load_feature_function
+
+        load_feature_function(self)
 
 
 class CheckpointConfig(Section):

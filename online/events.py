@@ -17,8 +17,9 @@ online.events.EventError: feature 'a' is not a number: 'x'
 
 from __future__ import annotations
 
+import importlib
 import math
-from typing import Any
+from typing import Any, Callable
 
 from core.errors import ConfigError, RiverbeamError
 
@@ -172,8 +173,61 @@ def _json_type(value: Any) -> str:
     )
 
 
+def load_feature_function(features) -> Callable[[dict], dict] | None:
+    """The user's feature function named by ``features.function`` (``module:function``), or None.
+
+    The module named there is the only one imported; a failing import or a missing or
+    non-callable name is a `ConfigError` naming ``features.function``.
+
+    >>> from online.config import FeaturesConfig
+    >>> load_feature_function(FeaturesConfig(function="json:dumps")).__name__
+    'dumps'
+    >>> load_feature_function(FeaturesConfig(function="json:nothing"))
+    Traceback (most recent call last):
+    ...
+    core.errors.ConfigError: features.function: json has no function nothing
+    """
+    if not features.function:
+        return None
+    module_name, _, name = features.function.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # the user's module failed to import: one line
+        raise ConfigError("features.function", f"cannot import {module_name}: {type(error).__name__}: {error}") from None
+    function = getattr(module, name, None)
+    if name.startswith("_") or not callable(function):
+        raise ConfigError("features.function", f"{module_name} has no function {name}")
+    return function
+
+
+class FeaturePipeline:
+    """The user's feature function, then the fitted transform: one callable ``dict -> dict``.
+
+    `__self__` is the fitted transform's, so its declared string columns and its document (the
+    checkpoint hash covers it) stay visible to the event reader and the checkpoint bridge.
+    """
+
+    def __init__(self, function: Callable[[dict], dict], fitted: Callable[[dict], dict] | None):
+        self.function = function
+        self.fitted = fitted
+        self.__self__ = getattr(fitted, "__self__", None)
+        self.__qualname__ = f"{function.__module__}.{function.__qualname__}"
+
+    def __call__(self, x: dict) -> dict:
+        try:
+            x = self.function(x)
+        except Exception as error:  # the user's code failing on one event fails that event only
+            raise ValueError(f"features.function {self.__qualname__} failed: {type(error).__name__}: {error}") from None
+        if type(x) is not dict:
+            raise ValueError(f"features.function {self.__qualname__} returned {type(x).__name__}, not a dict")
+        return self.fitted(x) if self.fitted is not None else x
+
+
 def load_feature_transform(features) -> Any:
-    """The fitted transform named by ``features.transform_output`` (`online.config.FeaturesConfig`), or None.
+    """What ``features`` (`online.config.FeaturesConfig`) applies to every event, or None.
+
+    The user's ``features.function`` runs first (`FeaturePipeline`), then the fitted transform
+    named by ``features.transform_output``.
 
     It is applied to every event's features before the model sees them (see `EventReader`): the
     raw event in the types the preprocess configuration declares is what it accepts (text that
@@ -181,10 +235,12 @@ def load_feature_transform(features) -> Any:
     result is the bound ``apply`` of a `transforms.fitted.FittedTransform` (its ``__self__``
     names the string columns it emits, ``categorical_outputs``).
     """
-    if not features.transform_output:
-        return None
-    try:
-        from transforms.fitted import FittedTransform
-    except ImportError as error:
-        raise ConfigError("features.transform_output", f"fitted feature transforms are not available: {error}") from None
-    return FittedTransform.load(features.transform_output).apply
+    fitted = None
+    if features.transform_output:
+        try:
+            from transforms.fitted import FittedTransform
+        except ImportError as error:
+            raise ConfigError("features.transform_output", f"fitted feature transforms are not available: {error}") from None
+        fitted = FittedTransform.load(features.transform_output).apply
+    function = load_feature_function(features)
+    return fitted if function is None else FeaturePipeline(function, fitted)

@@ -149,7 +149,7 @@ class Learner:
     def __init__(self, model: ModelConfig, events: EventsConfig, transform: Callable[[dict], dict] | None = None, state: LearnerState | None = None):
         self.model_config = model
         self.events_config = events
-        self.prototype = build_pipeline(model.pipeline)
+        self.prototype = build_pipeline(model.pipeline, modules=model.custom_modules)
         self.kind = model_kind(self.prototype)
         self.reader = EventReader(events, label_kind=label_kind(self.prototype), transform=transform)
         self._labels_tried: set = set()  # classifier labels the model is known to take (tried once on a copy)

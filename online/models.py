@@ -50,7 +50,7 @@ def resolve_river_class(name: str, path: str) -> type:
     >>> resolve_river_class("os.system", "x")
     Traceback (most recent call last):
     ...
-    core.errors.ConfigError: x: river has no module os (names are river modules such as linear_model.LogisticRegression)
+    core.errors.ConfigError: x: river has no module os (names are river modules such as linear_model.LogisticRegression, or classes of the modules listed in model.custom_modules)
     """
     module_name, _, class_name = name.rpartition(".")
     if not module_name or not class_name or module_name.startswith((".", "_")) or "._" in name:
@@ -59,7 +59,7 @@ def resolve_river_class(name: str, path: str) -> type:
         module = importlib.import_module(f"river.{module_name}")
     except ImportError:
         suggestion = difflib.get_close_matches(module_name, river_modules(), n=1)
-        hint = f" (did you mean {suggestion[0]}?)" if suggestion else " (names are river modules such as linear_model.LogisticRegression)"
+        hint = f" (did you mean {suggestion[0]}?)" if suggestion else " (names are river modules such as linear_model.LogisticRegression, or classes of the modules listed in model.custom_modules)"
         raise ConfigError(path, f"river has no module {module_name}{hint}") from None
     classes = _public_classes(module)
     if class_name not in classes:
@@ -86,10 +86,44 @@ def _is_object_spec(value: Any) -> bool:
     return isinstance(value, dict) and len(value) == 1 and isinstance(next(iter(value)), str) and "." in next(iter(value))
 
 
-def build_object(spec: dict, path: str) -> Any:
-    """Build one River object from ``{"module.Class": {param: value}}``; parameters may nest."""
+def resolve_class(name: str, path: str, modules: tuple[str, ...] | list[str] = ()) -> type:
+    """Resolve ``"module.Class"`` in one of the user's listed `modules` (``custom_modules``), else in `river`.
+
+    A user's class must derive from `river.base.Base` (an estimator, transformer, optimizer...),
+    exactly as River's own do; nothing outside `river` and the listed modules is importable.
+
+    >>> resolve_class("collections.Counter", "x", modules=["collections"])
+    Traceback (most recent call last):
+    ...
+    core.errors.ConfigError: x: collections.Counter is not a River object (it must derive from river.base.Base)
+    """
+    module_name = name.rpartition(".")[0]
+    listed = next((m for m in modules if module_name == m or module_name.startswith(m + ".")), None)
+    if listed is None:
+        return resolve_river_class(name, path)
+    class_name = name.rpartition(".")[2]
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # the user's module failed to import: say so in one line
+        raise ConfigError(path, f"cannot import {module_name} (listed in custom_modules): {type(error).__name__}: {error}") from None
+    cls = getattr(module, class_name, None)
+    if cls is None or class_name.startswith("_"):
+        public = [n for n, c in vars(module).items() if inspect.isclass(c) and not n.startswith("_")]
+        suggestion = difflib.get_close_matches(class_name, public, n=1)
+        hint = f" (did you mean {suggestion[0]}?)" if suggestion else ""
+        raise ConfigError(path, f"{module_name} has no {class_name}{hint}")
+    if not (inspect.isclass(cls) and issubclass(cls, base.Base)):
+        raise ConfigError(path, f"{name} is not a River object (it must derive from river.base.Base)")
+    return cls
+
+
+def build_object(spec: dict, path: str, modules: tuple[str, ...] | list[str] = ()) -> Any:
+    """Build one River object from ``{"module.Class": {param: value}}``; parameters may nest.
+
+    Names resolve inside `river`, or in the user's `modules` (see `resolve_class`).
+    """
     (name, params), = spec.items()
-    cls = resolve_river_class(name, path)
+    cls = resolve_class(name, path, modules)
     params = params or {}
     if not isinstance(params, dict):
         raise ConfigError(path, f"parameters of {name} must be a mapping, got {params!r}")
@@ -101,29 +135,32 @@ def build_object(spec: dict, path: str) -> Any:
             suggestion = difflib.get_close_matches(key, list(accepted), n=1)
             hint = f" (did you mean {suggestion[0]}?)" if suggestion else f" (it takes: {', '.join(accepted) or 'nothing'})"
             raise ConfigError(f"{path}.{key}", f"{name} has no parameter {key}{hint}")
-        kwargs[key] = _build_value(value, f"{path}.{key}")
+        kwargs[key] = _build_value(value, f"{path}.{key}", modules)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as error:
         raise ConfigError(path, f"{name}: {error}") from None
 
 
-def _build_value(value: Any, path: str) -> Any:
+def _build_value(value: Any, path: str, modules: tuple[str, ...] | list[str] = ()) -> Any:
     if _is_object_spec(value):
-        return build_object(value, path)
+        return build_object(value, path, modules)
     if isinstance(value, list):
-        return [_build_value(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [_build_value(v, f"{path}[{i}]", modules) for i, v in enumerate(value)]
     return value
 
 
-def build_pipeline(steps: list[dict], path: str = "model.pipeline") -> base.Estimator:
-    """Compose the steps with `compose.Pipeline` (a single step is returned as it is)."""
+def build_pipeline(steps: list[dict], path: str = "model.pipeline", modules: tuple[str, ...] | list[str] = ()) -> base.Estimator:
+    """Compose the steps with `compose.Pipeline` (a single step is returned as it is).
+
+    `modules` are the user's ``custom_modules``: their River-compatible classes may be named too.
+    """
     built = []
     for i, step in enumerate(steps):
         where = f"{path}[{i}]"
         if not isinstance(step, dict) or len(step) != 1:
             raise ConfigError(where, "each step is a one-key mapping such as {preprocessing.StandardScaler: {}}")
-        obj = build_object(step, where)
+        obj = build_object(step, where, modules)
         if not isinstance(obj, base.Estimator):
             raise ConfigError(where, f"{next(iter(step))} is not an estimator")
         built.append(obj)
@@ -235,7 +272,7 @@ def _final_step(model):
 def build_model(config, path: str = "model") -> base.Estimator:
     """Build and check a `online.config.ModelConfig`: the pipeline, its metrics and drift detector."""
     prefix = f"{path}." if path else ""
-    model = build_pipeline(config.pipeline, f"{prefix}pipeline")
+    model = build_pipeline(config.pipeline, f"{prefix}pipeline", config.custom_modules)
     build_metrics(config.metrics, model, f"{prefix}metrics")
     if config.drift is not None:
         build_object({config.drift.detector: config.drift.params}, f"{prefix}drift.detector")
