@@ -195,11 +195,15 @@ class LearnerSpec:
         return _hash(self.model, self.events, self.transform_digest)
 
     def recorded(self) -> dict:
-        """The configuration written into a manifest (``extra.learning``)."""
+        """The configuration written into a manifest (``extra.learning``).
+
+        Settings left at their defaults are not written, so a checkpoint stays readable by a
+        riverbeam that does not know a setting added later (and vice versa).
+        """
         return {
-            "model": self.model.model_dump(mode="json"),
-            "events": self.events.model_dump(mode="json"),
-            "features": self.features.model_dump(mode="json"),
+            "model": self.model.model_dump(mode="json", exclude_defaults=True),
+            "events": self.events.model_dump(mode="json", exclude_defaults=True),
+            "features": self.features.model_dump(mode="json", exclude_defaults=True),
             "transform_sha256": self.transform_digest,
         }
 
@@ -230,7 +234,14 @@ class LearnerSpec:
 
 
 def _same_sections(recorded: dict, spec: LearnerSpec) -> bool:
-    return recorded.get("model") == spec.model.model_dump(mode="json") and recorded.get("events") == spec.events.model_dump(mode="json")
+    def plain(section, cls) -> dict | None:
+        try:
+            return cls.model_validate(section or {}, strict=False).model_dump(mode="json", exclude_defaults=True)
+        except ValueError:  # pydantic's ValidationError: a section this version cannot read
+            return None
+
+    return (plain(recorded.get("model"), ModelConfig) == spec.model.model_dump(mode="json", exclude_defaults=True)
+            and plain(recorded.get("events"), EventsConfig) == spec.events.model_dump(mode="json", exclude_defaults=True))
 
 
 def learning_hash(learner: Learner) -> str:

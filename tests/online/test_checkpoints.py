@@ -388,3 +388,19 @@ def test_a_failed_upload_is_written_again_at_the_next_checkpoint(tmp_path):
     assert checkpointer.has_news({"events/0": 1})  # nothing new learned, but the state is not in storage yet
     assert checkpointer.checkpoint({"events/0": 1}).manifest["events_seen"] == 1
     assert not checkpointer.has_news({"events/0": 1})
+
+
+def test_recorded_configuration_leaves_defaults_out_so_other_versions_read_it(tmp_path):
+    """A setting added in a later version (left at its default) must not make older readers refuse the checkpoint."""
+    from online.config import EventsConfig, ModelConfig
+    from online.learner import Learner
+    from online.persistence import checkpoint_store, restore_learner, save_learner
+
+    learner = Learner(ModelConfig(pipeline=[{"linear_model.LinearRegression": {}}], metrics=["MAE"]), EventsConfig(target="y"))
+    learner.process({"x": 1.0, "y": 2.0})
+    store = checkpoint_store(str(tmp_path / "c"))
+    manifest = save_learner(store, learner, positions={"p": 1})
+    recorded = manifest["extra"]["learning"]
+    assert recorded["model"] == {"pipeline": [{"linear_model.LinearRegression": {}}], "metrics": ["MAE"]}
+    assert recorded["events"] == {"target": "y"}
+    assert restore_learner(store.load_latest()).report()["events_learned"] == 1
