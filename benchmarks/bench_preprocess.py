@@ -1,20 +1,30 @@
-"""Preprocessing throughput and online transform latency, each against an anchor from the same run.
+"""Preprocessing throughput and online transform cost, each against an anchor measured in the same run.
 
-1. Batch: ``pipelines.preprocess`` on the FnApiRunner (rows/s, wall clock including TF graph
-   building and analysis) against a pandas implementation of the same transforms on the same
-   rows (z-score, min-max, quantile buckets, vocabulary with OOV hashing, FarmHash buckets, log1p).
-2. Online: `FittedTransform.apply` in µs/event against River's own
-   ``StandardScaler() | LogisticRegression()`` learn_one + predict_one per event.
+1. ``batch``: ``pipelines.preprocess`` on the FnApiRunner, TFT fed Arrow record batches (the
+   product path) against the same pipeline fed instance dicts (the path before issue 17), and
+   a pandas implementation of the same transforms as a floor; rows/s, wall clock including TF
+   graph building and analysis, on the same CSV. ``--rows`` sets the size (200k for issue 17;
+   that run takes about a minute and a half on 2 cores).
+2. ``online``: `FittedTransform.apply` in µs/event, compiled (now) and as it was before issue 17
+   (the closure-per-feature version of ``transforms/fitted.py`` at commit ``BEFORE_COMMIT``,
+   loaded from git), against River's ``StandardScaler() | LogisticRegression()`` predict +
+   learn per event, on the same events; also the README example's spec (one-hot, passthrough).
+3. ``pca``: what a ``pca`` transform costs per event and when it helps: ImageSegments' ten colour
+   columns (nearly collinear) replaced by their first k principal components (scaled first), for
+   a linear model, a Hoeffding tree and k-nearest neighbours, progressive validation accuracy
+   and µs/event, raw vs transformed.
 
-Run: ``NO_GCE_CHECK=true python benchmarks/bench_preprocess.py [--repeat N]`` (N copies of
-ImageSegments, 2310 rows each; default 4).
+Run: ``NO_GCE_CHECK=true python benchmarks/bench_preprocess.py [--only batch|online|pca] [--rows N] [--events N]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import os
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -32,13 +42,40 @@ FEATURES = [
     {"name": "short-line-density-5", "type": "float", "transform": "identity"},
 ]
 LABEL = {"name": "class", "type": "string"}
+COLOURS = ["intensity-mean", "rawred-mean", "rawblue-mean", "rawgreen-mean", "exred-mean", "exblue-mean", "exgreen-mean",
+           "value-mean", "saturation-mean", "hue-mean"]
+BEFORE_COMMIT = "6ebbc87"  # transforms/fitted.py before issue 17 (one closure per feature, walked per event)
+PREPROCESS_BEFORE_COMMIT = "3fe831a"  # pipelines/preprocess.py before issue 17 (instance dicts, per-row steps)
 
 
-def dataset(repeat: int) -> list[dict]:
+def dataset(rows: int) -> list[dict]:
     from river import datasets
 
-    rows = [{**x, "class": y} for x, y in datasets.ImageSegments()]
-    return rows * repeat
+    base = [{**x, "class": y} for x, y in datasets.ImageSegments()]
+    return (base * (rows // len(base) + 1))[:rows]
+
+
+def write_job(work: str, rows: list[dict], features: list[dict], formats=("parquet",), passthrough: bool = False) -> str:
+    path = os.path.join(work, "data.csv")
+    if not os.path.exists(path):
+        with open(path, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    config = os.path.join(work, f"job-{len(os.listdir(work))}.yaml")
+    with open(config, "w") as file:
+        yaml.safe_dump({"features": features, "label": LABEL, "input": {"pattern": path, "format": "csv"}, "passthrough": passthrough,
+                        "output": {"dir": os.path.join(work, f"out-{len(os.listdir(work))}"), "formats": list(formats)}}, file)
+    return config
+
+
+def preprocess(config: str, batch_format: str = "record_batches") -> tuple[float, str]:
+    """(seconds, output dir) of one pipeline run."""
+    from pipelines.preprocess import run
+
+    start = time.perf_counter()
+    summary = run(["--config", config, "--runner=FnApiRunner"], batch_format=batch_format)
+    return time.perf_counter() - start, summary["output_dir"]
 
 
 def pandas_transform(frame: pd.DataFrame) -> pd.DataFrame:
@@ -65,72 +102,159 @@ def pandas_transform(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def bench_batch(rows: list[dict]) -> tuple[float, float, str]:
-    """(pipeline rows/s, pandas rows/s, the pipeline's output directory)."""
-    from pipelines.preprocess import run
-
-    work = tempfile.mkdtemp(prefix="bench-preprocess-")
-    path = os.path.join(work, "data.csv")
-    with open(path, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    config = os.path.join(work, "job.yaml")
-    with open(config, "w") as file:
-        yaml.safe_dump({"features": FEATURES, "label": LABEL, "input": {"pattern": path, "format": "csv"},
-                        "output": {"dir": os.path.join(work, "out"), "formats": ["parquet"]}}, file)
-
-    start = time.perf_counter()
-    frame = pd.read_csv(path)
-    transformed = pandas_transform(frame)
-    transformed.to_parquet(os.path.join(work, "pandas.parquet"))
-    pandas_rate = len(rows) / (time.perf_counter() - start)
-
+def bench_batch(rows: int) -> None:
     import tensorflow_transform  # noqa: F401  (import cost is not the pipeline's)
 
+    data = dataset(rows)
+    work = tempfile.mkdtemp(prefix="bench-preprocess-")
+    config = write_job(work, data, FEATURES, formats=("tfrecord", "parquet"))
     start = time.perf_counter()
-    run(["--config", config, "--runner=FnApiRunner"])
-    beam_rate = len(rows) / (time.perf_counter() - start)
-    return beam_rate, pandas_rate, os.path.join(work, "out")
+    frame = pd.read_csv(os.path.join(work, "data.csv"))
+    pandas_transform(frame).to_parquet(os.path.join(work, "pandas.parquet"))
+    pandas_rate = rows / (time.perf_counter() - start)
+    before = module_before("pipelines/preprocess.py", PREPROCESS_BEFORE_COMMIT)
+    if before is not None:
+        start = time.perf_counter()
+        before.run(["--config", config, "--runner=FnApiRunner"])
+        before_seconds = time.perf_counter() - start
+    dicts_seconds, _ = preprocess(config, batch_format="instance_dicts")
+    batches_seconds, _ = preprocess(config, batch_format="record_batches")
+    line = (f"batch  : {rows:,} rows (CSV -> TFRecord + Parquet): record batches {rows / batches_seconds:,.0f} rows/s, "
+            f"instance dicts (today's reading, validation and writing) {rows / dicts_seconds:,.0f} rows/s, ")
+    if before is not None:
+        line += f"the pipeline before issue 17 ({PREPROCESS_BEFORE_COMMIT}, instance dicts) {rows / before_seconds:,.0f} rows/s, "
+    line += f"pandas {pandas_rate:,.0f} rows/s; record batches / instance dicts = {dicts_seconds / batches_seconds:.2f}x"
+    if before is not None:
+        line += f", record batches / before = {before_seconds / batches_seconds:.2f}x"
+    print(line + f", record batches / pandas = {rows / batches_seconds / pandas_rate:.3f}")
 
 
-def bench_online(rows: list[dict], out_dir: str) -> tuple[float, float]:
-    """(FittedTransform.apply µs/event, River learner predict+learn µs/event)."""
+def module_before(path: str, commit: str):
+    """The module at `path` as it was at `commit`, loaded beside today's (None when git history is not at hand)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        source = subprocess.run(["git", "-C", root, "show", f"{commit}:{path}"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    name = path.replace("/", "_").removesuffix(".py") + "_before"
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader=None))
+    sys.modules[name] = module  # Beam pickles the module's functions by reference
+    if path == "pipelines/preprocess.py":  # a second PipelineOptions subclass with the same flags would clash: reuse today's
+        source = source.replace("class PreprocessOptions(PipelineOptions):", "class _PreprocessOptionsThen:")
+    exec(compile(source, f"{name}.py", "exec"), module.__dict__)  # noqa: S102 - this repository's own history
+    if path == "pipelines/preprocess.py":
+        from pipelines.preprocess import PreprocessOptions
+
+        module.PreprocessOptions = PreprocessOptions
+    return module
+
+
+def per_event_us(function, events: list[dict]) -> float:
+    start = time.perf_counter()
+    for event in events:
+        function(event)
+    return (time.perf_counter() - start) / len(events) * 1e6
+
+
+def learn_us(xs: list[dict], ys: list) -> float:
     from river import compose, linear_model, preprocessing
 
-    from transforms.fitted import FITTED_FILENAME, FittedTransform
-
-    fitted = FittedTransform.load(os.path.join(out_dir, FITTED_FILENAME))
-    events = [{k: v for k, v in r.items()} for r in rows]
-    for event in events:
-        event["region-centroid-col"] = str(event["region-centroid-col"])
-    start = time.perf_counter()
-    transformed = [fitted.apply(e) for e in events]
-    transform_us = (time.perf_counter() - start) / len(events) * 1e6
-
     model = compose.Pipeline(preprocessing.StandardScaler(), linear_model.LogisticRegression())
-    xs = [{k: v for k, v in t.items() if k != "class" and isinstance(v, float)} for t in transformed]
-    ys = [r["class"] == "sky" for r in rows]
     start = time.perf_counter()
     for x, y in zip(xs, ys):
         model.predict_one(x)
         model.learn_one(x, y)
-    learner_us = (time.perf_counter() - start) / len(xs) * 1e6
-    return transform_us, learner_us
+    return (time.perf_counter() - start) / len(xs) * 1e6
+
+
+def bench_online(events_count: int) -> None:
+    import json
+
+    from transforms.fitted import FITTED_FILENAME, FittedTransform
+
+    base = dataset(2310)
+    work = tempfile.mkdtemp(prefix="bench-online-")
+    _, out = preprocess(write_job(work, base, FEATURES))
+    document = json.load(open(os.path.join(out, FITTED_FILENAME)))
+    events = [{k: v for k, v in row.items() if k != "class"} for row in dataset(events_count)]
+    after = FittedTransform.from_document(document)
+    transformed = [after.apply(e) for e in events]
+    xs = [{k: float(v) for k, v in t.items()} for t in transformed]
+    ys = [row["class"] == "sky" for row in dataset(events_count)]
+    learner = learn_us(xs, ys)
+    before_module = module_before("transforms/fitted.py", BEFORE_COMMIT)
+    after_us = per_event_us(after.apply, events)
+    if before_module is not None:
+        before = before_module.FittedTransform.from_document(document)
+        assert [before.apply(e) for e in events[:2000]] == transformed[:2000]  # the same outputs
+        before_us = per_event_us(before.apply, events)
+        print(f"online : {events_count:,} events, 7 features (index encodings): FittedTransform.apply before (closures, {BEFORE_COMMIT}) "
+              f"{before_us:.2f} µs/event, after (compiled) {after_us:.2f} µs/event ({before_us / after_us:.1f}x); "
+              f"StandardScaler|LogisticRegression predict+learn {learner:.2f} µs/event; "
+              f"transform/learn before = {before_us / learner:.3f}, after = {after_us / learner:.3f}")
+    else:
+        print(f"online : (git history not at hand: no before) after {after_us:.2f} µs/event; transform/learn = {after_us / learner:.3f}")
+    example = yaml.safe_load(open(os.path.join(os.path.dirname(__file__), "..", "transforms", "examples", "preprocess.yaml")))
+    _, out = preprocess(write_job(work, base, example["features"], passthrough=True))
+    fitted = FittedTransform.load(out)
+    example_us = per_event_us(fitted.apply, events)
+    xs = [fitted.apply(e) for e in events]
+    print(f"online : README example (7 transforms, 2 one-hot, passthrough of 10; 29 columns out): {example_us:.2f} µs/event; "
+          f"transform/learn (on its 29 columns) = {example_us / learn_us(xs, ys):.3f}")
+
+
+def bench_pca(ks: tuple[int, ...] = (3, 5)) -> None:
+    from river import compose, linear_model, metrics, neighbors, preprocessing, tree
+
+    from transforms.fitted import FittedTransform
+
+    rows = dataset(2310)
+    work = tempfile.mkdtemp(prefix="bench-pca-")
+    events = [{k: v for k, v in row.items() if k != "class"} for row in rows]
+    labels = [row["class"] for row in rows]
+    fitted = {}
+    for k in ks:
+        _, out = preprocess(write_job(work, rows, [{"name": "colour", "type": "float", "transform": "pca", "inputs": COLOURS, "k": k,
+                                                    "scale": True}], passthrough=True))
+        fitted[k] = FittedTransform.load(out)
+    models = {
+        "StandardScaler|SoftmaxRegression": lambda: compose.Pipeline(preprocessing.StandardScaler(), linear_model.SoftmaxRegression()),
+        "HoeffdingTreeClassifier": lambda: tree.HoeffdingTreeClassifier(),
+        "StandardScaler|KNNClassifier": lambda: compose.Pipeline(preprocessing.StandardScaler(), neighbors.KNNClassifier()),
+    }
+    print(f"pca    : ImageSegments, {len(COLOURS)} colour columns -> k principal components (scaled first), the other 9 passed through")
+    for k, transform in fitted.items():
+        print(f"pca    : k={k}: transform {per_event_us(transform.apply, events * 20):.2f} µs/event")
+    for name, make in models.items():
+        cells = []
+        for k in (None, *ks):
+            xs = events if k is None else [fitted[k].apply(e) for e in events]
+            model, accuracy = make(), metrics.Accuracy()
+            start = time.perf_counter()
+            for x, y in zip(xs, labels):
+                y_pred = model.predict_one(x)
+                if y_pred is not None:
+                    accuracy.update(y, y_pred)
+                model.learn_one(x, y)
+            us = (time.perf_counter() - start) / len(xs) * 1e6
+            cells.append(f"{'raw' if k is None else f'k={k}'} {accuracy.get():.4f} ({us:.0f} µs/event)")
+        print(f"pca    : {name}: " + ", ".join(cells))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeat", type=int, default=4, help="copies of ImageSegments (2310 rows each)")
+    parser.add_argument("--only", choices=("batch", "online", "pca"), help="run one part only")
+    parser.add_argument("--rows", type=int, default=20_000, help="batch: rows of the CSV (ImageSegments repeated); 200000 for issue 17")
+    parser.add_argument("--events", type=int, default=200_000, help="online: events transformed")
     args = parser.parse_args()
     os.environ.setdefault("NO_GCE_CHECK", "true")
-    rows = dataset(args.repeat)
-    beam_rate, pandas_rate, out_dir = bench_batch(rows)
-    print(f"batch  : {len(rows)} rows; FnApiRunner+TFT {beam_rate:,.0f} rows/s, pandas {pandas_rate:,.0f} rows/s; "
-          f"ratio beam/pandas = {beam_rate / pandas_rate:.3f}")
-    transform_us, learner_us = bench_online(rows, out_dir)
-    print(f"online : FittedTransform.apply {transform_us:.2f} µs/event, StandardScaler|LogisticRegression predict+learn "
-          f"{learner_us:.2f} µs/event; ratio transform/learner = {transform_us / learner_us:.3f}")
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if args.only in (None, "batch"):
+        bench_batch(args.rows)
+    if args.only in (None, "online"):
+        bench_online(args.events)
+    if args.only in (None, "pca"):
+        bench_pca()
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 ::
 
-    ReadRawRecords | ValidateRows --(rows)--> BatchRows | ToRecordBatches (train / eval) | GateOnBadRows
+    ReadRawRecords | ValidateRows --(lists of rows)--> ToRecordBatches (train / eval) | GateOnBadRows
                                  --(bad rows, with the reason)--> WriteBadRows   (errors/bad_rows-*.jsonl)
     train --> AnalyzeAndTransformDataset --> WriteTransformedData             (data/train-*.tfrecord|.parquet)
                       \\--transform_fn--> TransformDataset(eval) --> WriteTransformedData  (data/eval-*)
@@ -12,9 +12,10 @@
 Validated rows travel as Arrow RecordBatches in TFXIO's ``tf.Example`` layout (one
 ``large_list`` column per raw column, described by TFXIO's ``TensorAdapterConfig``): TFT analyses
 and transforms them batch by batch (``output_record_batches=True``), the TFRecord output is
-encoded from the transformed batches by tfx-bsl's C++ encoder and the Parquet output is written
-batch by batch. Reading and validation stay per row: that is what gives every bad row its reason
-(TFXIO's own CSV source fails the job on a malformed line instead). The instance-dict path of
+encoded from the transformed batches by tfx-bsl's C++ encoder and written a batch at a time, and
+the Parquet output is written batch by batch. Records are parsed and validated one by one inside
+batches of `BATCH_SIZE`: that is what gives every bad row its reason (TFXIO's own CSV source
+parses in Python too, and fails the job on a malformed line instead). The instance-dict path of
 earlier versions remains only as ``batch_format="instance_dicts"``, the reference the tests and
 ``benchmarks/bench_preprocess.py`` compare against.
 
@@ -39,6 +40,7 @@ Run it locally (the default runner is the download-free ``FnApiRunner``), on Dat
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 import os
 import sys
@@ -51,6 +53,7 @@ import orjson
 import yaml
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, PortableOptions, StandardOptions
 
 from pipelines.options import add_required_argument, check_required, waits_for_result
@@ -60,7 +63,7 @@ from core.storage import parse_uri
 from core.errors import ConfigError, RiverbeamError, UsageError, run_main
 from transforms.config import PreprocessJobConfig
 from transforms.fitted import FITTED_FILENAME, fitted_document
-from transforms.spec import FeatureSpec, InvalidFeatureError, LabelSpec, coerce_value, consumed_features, raw_columns
+from transforms.spec import FeatureSpec, InvalidFeatureError, LabelSpec, consumed_features, raw_columns, value_reader
 
 BAD_ROWS = "bad_rows"
 DEFAULT_RUNNER = "FnApiRunner"
@@ -132,8 +135,14 @@ def load_job(options: PipelineOptions) -> PreprocessJobConfig:
 
 
 def parse_csv_line(line: str, header: list[str]) -> dict[str, str]:
-    """One CSV line as a dict keyed by the header; raises ``ValueError`` on a wrong field count."""
-    fields = next(csv.reader([line]))
+    """One CSV line as a dict keyed by the header; raises ``ValueError`` on a wrong field count.
+
+    A line without quotes (or NUL) is split on commas, which is what the `csv` module does with it.
+
+    >>> parse_csv_line("1,,x y", ["a", "b", "c"]) == parse_csv_line('1,"",x y', ["a", "b", "c"]) == {"a": "1", "b": "", "c": "x y"}
+    True
+    """
+    fields = line.split(",") if '"' not in line and "\x00" not in line else next(csv.reader([line]))
     if len(fields) != len(header):
         raise ValueError(f"expected {len(header)} fields, got {len(fields)}")
     return dict(zip(header, fields))
@@ -190,38 +199,37 @@ def _parse_example(record: bytes):
     return row
 
 
+def _parse_parquet(row: dict):
+    return row
+
+
 class ReadRawRecords(beam.PTransform):
-    """Rows of the input files as dicts of raw values (or `_Malformed` records)."""
+    """The input files' records, unparsed: text lines (CSV without its header, JSON lines), Parquet rows, TFRecords.
+
+    `parser` turns one record into a dict of raw values or a `_Malformed` record with the reason;
+    `ValidateRows` applies it, batch by batch.
+    """
 
     def __init__(self, pattern: str, file_format: str):
         super().__init__()
         self.pattern, self.file_format = pattern, file_format
+        if file_format not in ("csv", "jsonl", "parquet", "tfrecord"):
+            raise UsageError(f"input.format: unknown format {file_format!r}")
+        self.text = file_format in ("csv", "jsonl")
+
+    def parser(self):
+        if self.file_format == "csv":
+            return functools.partial(_parse_csv, header=csv_header(self.pattern))
+        return {"jsonl": _parse_json, "parquet": _parse_parquet, "tfrecord": _parse_example}[self.file_format]
 
     def expand(self, pbegin):
         if self.file_format == "csv":
-            header = csv_header(self.pattern)
-            return (
-                pbegin
-                | "ReadCsv" >> beam.io.ReadFromText(self.pattern, skip_header_lines=1)
-                | "SkipBlank" >> beam.Filter(lambda line: line.strip() != "")
-                | "ParseCsv" >> beam.Map(_parse_csv, header)
-            )
+            return pbegin | "ReadCsv" >> beam.io.ReadFromText(self.pattern, skip_header_lines=1)
         if self.file_format == "jsonl":
-            return (
-                pbegin
-                | "ReadJsonLines" >> beam.io.ReadFromText(self.pattern)
-                | "SkipBlank" >> beam.Filter(lambda line: line.strip() != "")
-                | "ParseJson" >> beam.Map(_parse_json)
-            )
+            return pbegin | "ReadJsonLines" >> beam.io.ReadFromText(self.pattern)
         if self.file_format == "parquet":
             return pbegin | "ReadParquet" >> beam.io.ReadFromParquet(self.pattern)
-        if self.file_format == "tfrecord":
-            return (
-                pbegin
-                | "ReadTFRecord" >> beam.io.ReadFromTFRecord(self.pattern)
-                | "ParseExamples" >> beam.Map(_parse_example)
-            )
-        raise UsageError(f"input.format: unknown format {self.file_format!r}")
+        return pbegin | "ReadTFRecord" >> beam.io.ReadFromTFRecord(self.pattern)
 
 
 # ------------------------------------------------------------------------------------- validation
@@ -233,43 +241,78 @@ def _raw_text(record: Any) -> str:
     return orjson.dumps(record, default=str).decode()
 
 
-class ValidateRowFn(beam.DoFn):
-    """Typed rows (features and label only) to the main output; bad rows, with the reason, to ``bad_rows``."""
+class ValidateRowsFn(beam.DoFn):
+    """Raw records, gathered into batches of `batch_size` -> one list of typed rows (features and label
+    only) per batch to the main output; each bad row, with the reason, to ``bad_rows``. Blank text
+    lines are skipped."""
 
-    def __init__(self, features: list[FeatureSpec], label: LabelSpec | None):
+    def __init__(self, parser, text: bool, features: list[FeatureSpec], label: LabelSpec | None, batch_size: int = 4096):
+        self.parser, self.text, self.batch_size = parser, text, batch_size
         self.features, self.label = features, label
         self.columns = raw_columns(features, label)
         self.rows = Metrics.counter("preprocess", "rows")
         self.bad_rows = Metrics.counter("preprocess", "bad_rows")
 
+    def setup(self):
+        self.readers = [(name, value_reader(name, kind)) for name, kind in self.columns]
+
+    def start_bundle(self):
+        self.buffer: list = []
+
     def process(self, record: Any) -> Iterable:
-        reason = record.reason if isinstance(record, _Malformed) else None
-        row: dict[str, Any] = {}
-        if reason is None:
-            try:
-                for name, kind in self.columns:
-                    if name not in record:
-                        raise InvalidFeatureError(name, "missing")
-                    row[name] = coerce_value(name, kind, record[name])
-            except InvalidFeatureError as error:
-                reason = str(error)
-        if reason is not None:
-            self.bad_rows.inc()
+        self.buffer.append(record)
+        if len(self.buffer) >= self.batch_size:
+            yield from self.validate(self.buffer)
+            self.buffer = []
+
+    def finish_bundle(self) -> Iterable:
+        if self.buffer:  # a batch-only pipeline: everything is in the global window
+            for output in self.validate(self.buffer):
+                if isinstance(output, beam.pvalue.TaggedOutput):
+                    yield beam.pvalue.TaggedOutput(output.tag, GlobalWindows.windowed_value(output.value))
+                else:
+                    yield GlobalWindows.windowed_value(output)
+            self.buffer = []
+
+    def validate(self, records: list) -> Iterable:
+        parse, readers, text = self.parser, self.readers, self.text
+        rows, bad = [], 0
+        for raw in records:
+            if text and raw.strip() == "":
+                continue
+            record = parse(raw)
+            reason = record.reason if isinstance(record, _Malformed) else None
+            if reason is None:
+                row: dict[str, Any] = {}
+                try:
+                    for name, read in readers:
+                        if name not in record:
+                            raise InvalidFeatureError(name, "missing")
+                        row[name] = read(record[name])
+                except InvalidFeatureError as error:
+                    reason = str(error)
+                else:
+                    rows.append(row)
+                    continue
+            bad += 1
             yield beam.pvalue.TaggedOutput(BAD_ROWS, {"reason": reason, "row": _raw_text(record)})
-            return
-        self.rows.inc()
-        yield row
+        if bad:
+            self.bad_rows.inc(bad)
+        if rows:
+            self.rows.inc(len(rows))
+            yield rows
 
 
 class ValidateRows(beam.PTransform):
-    """Split raw records into typed rows (main output) and bad rows (``bad_rows`` output)."""
+    """Raw records (from `ReadRawRecords`) -> lists of typed rows (main output) and bad rows (``bad_rows`` output)."""
 
-    def __init__(self, features: list[FeatureSpec], label: LabelSpec | None):
+    def __init__(self, reader: ReadRawRecords, features: list[FeatureSpec], label: LabelSpec | None, batch_size: int = 4096):
         super().__init__()
-        self.features, self.label_spec = features, label
+        self.reader, self.features, self.label_spec, self.batch_size = reader, features, label, batch_size
 
     def expand(self, records):
-        return records | "Validate" >> beam.ParDo(ValidateRowFn(self.features, self.label_spec)).with_outputs(BAD_ROWS, main="rows")
+        validate = ValidateRowsFn(self.reader.parser(), self.reader.text, self.features, self.label_spec, self.batch_size)
+        return records | "Validate" >> beam.ParDo(validate).with_outputs(BAD_ROWS, main="rows")
 
 
 def _check_bad_rows(row: dict, bad_rows: int, limit: int, where: str) -> dict:
@@ -363,7 +406,20 @@ class WriteTransformedData(beam.PTransform):
         prefix = join(self.output_dir, "data", self.split)
         schema = parquet_schema(self.features, self.label_spec)
         written = []
-        if "tfrecord" in self.formats:
+        if "tfrecord" in self.formats and self.record_batches:
+            from tfx_bsl.coders import example_coder
+
+            encoder = (
+                data_and_metadata[1].deferred_metadata
+                | "GetSchema" >> beam.Map(lambda metadata: metadata.schema)
+                | "ExampleEncoder" >> beam.Map(example_coder.RecordBatchToExamplesEncoder)
+            )
+            written.append(
+                data
+                | "EncodeExamples" >> beam.Map(lambda batch, coder: coder.encode(batch[0]), coder=beam.pvalue.AsSingleton(encoder))
+                | "WriteTFRecord" >> beam.io.Write(TFRecordBatchSink(prefix, ".tfrecord"))
+            )
+        elif "tfrecord" in self.formats:
             written.append(
                 data_and_metadata
                 | "EncodeExamples" >> tft_beam.EncodeTransformedDataset()
@@ -382,6 +438,22 @@ class WriteTransformedData(beam.PTransform):
                 | "WriteParquet" >> beam.io.WriteToParquet(prefix, schema, file_name_suffix=".parquet")
             )
         return written
+
+
+class TFRecordBatchSink(beam.io.tfrecordio._TFRecordSink):
+    """`beam.io.WriteToTFRecord`'s sink, fed lists of serialized records (one per record batch).
+
+    The same files, without a Beam element per record: tfx-bsl encodes a whole record batch at
+    once and the records of one batch are written together.
+    """
+
+    def __init__(self, file_path_prefix: str, file_name_suffix: str):
+        super().__init__(file_path_prefix, beam.coders.BytesCoder(), file_name_suffix, 0, None, beam.io.filesystem.CompressionTypes.AUTO)
+
+    def write_record(self, file_handle, values: list[bytes]) -> None:
+        write = beam.io.tfrecordio._TFRecordUtil.write_record
+        for value in values:
+            write(file_handle, value)
 
 
 def _parquet_table(transformed, schema):
@@ -529,8 +601,9 @@ def build_preprocess(
     if batch_format not in BATCH_FORMATS:
         raise UsageError(f"batch_format: expected one of {', '.join(BATCH_FORMATS)}, got {batch_format!r}")
     features, label, output = list(job.features), job.label, job.output
-    records = pipeline | "ReadRawRecords" >> ReadRawRecords(job.input.pattern, job.input.format)
-    validated = records | "ValidateRows" >> ValidateRows(features, label)
+    reader = ReadRawRecords(job.input.pattern, job.input.format)
+    records = pipeline | "ReadRawRecords" >> reader
+    validated = records | "ValidateRows" >> ValidateRows(reader, features, label, BATCH_SIZE)
     bad_rows = validated[BAD_ROWS]
     errors_where = join(output.dir, "errors")
     bad_rows | "WriteBadRows" >> WriteBadRows(output.dir)
@@ -543,7 +616,6 @@ def build_preprocess(
         tfxio = tf_example_record.TFExampleBeamRecord(physical_format="inmem", telemetry_descriptors=["riverbeam"], schema=metadata.schema)
         batches = (
             validated.rows
-            | "BatchRows" >> beam.BatchElements(min_batch_size=BATCH_SIZE, max_batch_size=BATCH_SIZE)
             | "ToRecordBatches" >> beam.ParDo(RowsToRecordBatches(raw_columns(features, label), tfxio.ArrowSchema(), fraction)).with_outputs(
                 "train", "eval"
             )
@@ -553,7 +625,9 @@ def build_preprocess(
         raw_input = tfxio.TensorAdapterConfig()
         rows = validated.rows
     else:
-        rows = validated.rows | "GateOnBadRows" >> GateOnBadRows(bad_rows, job.max_bad_rows, errors_where)
+        rows = validated.rows | "Unbatch" >> beam.FlatMap(lambda rows: rows) | "GateOnBadRows" >> GateOnBadRows(
+            bad_rows, job.max_bad_rows, errors_where
+        )
         if fraction > 0:
             train, evaluation = rows | "SplitTrainEval" >> beam.Partition(
                 lambda row, _n: 0 if split_of(row, fraction) == "train" else 1, 2

@@ -29,7 +29,7 @@ online (`FittedTransform.apply` raises `InvalidFeatureError`):
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import pydantic
 
@@ -136,6 +136,50 @@ def coerce_value(name: str, kind: str, value: Any) -> float | int | str:
         return int(value.__index__())
     except (AttributeError, TypeError):
         raise InvalidFeatureError(name, f"expected an int, got {value!r}") from None
+
+
+def value_reader(name: str, kind: str) -> Callable[[Any], float | int | str]:
+    """`coerce_value` for one column, with a fast path for the usual types: the same values, the same errors.
+
+    >>> read = value_reader("x", "float")
+    >>> read("2.5"), read(3), read("1e3")
+    (2.5, 3.0, 1000.0)
+    >>> read("")
+    Traceback (most recent call last):
+    ...
+    transforms.spec.InvalidFeatureError: x: missing value
+    """
+    if kind == "float":
+
+        def read(value: Any) -> float | int | str:
+            kind_of = type(value)
+            if kind_of is str or kind_of is float or kind_of is int:
+                try:
+                    number = float(value)
+                except (ValueError, OverflowError):
+                    return coerce_value(name, kind, value)
+                if number - number == 0.0:
+                    return number
+            return coerce_value(name, kind, value)
+
+    elif kind == "int":
+
+        def read(value: Any) -> float | int | str:
+            if type(value) is int:
+                return value
+            if type(value) is str:
+                try:
+                    return int(value)
+                except ValueError:
+                    pass
+            return coerce_value(name, kind, value)
+
+    else:
+
+        def read(value: Any) -> float | int | str:
+            return value if type(value) is str else coerce_value(name, kind, value)
+
+    return read
 
 
 class FeatureSpec(Section):
