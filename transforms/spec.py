@@ -377,7 +377,12 @@ def pca_sources(features: list[FeatureSpec]) -> dict[int, list[int | None]]:
 
 
 def consumed_features(features: list[FeatureSpec]) -> set[int]:
-    """Indices of features whose output a pca feature consumes (they are not written themselves)."""
+    """Indices of features whose output a pca feature consumes (they are not written themselves).
+
+    >>> consumed_features([FeatureSpec(name="a", type="float", transform="z_score"),
+    ...                    FeatureSpec(name="p", type="float", transform="pca", inputs=["a", "b"], k=1)])
+    {0}
+    """
     return {j for sources in pca_sources(features).values() for j in sources if j is not None}
 
 
