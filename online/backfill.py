@@ -15,8 +15,10 @@ import time
 import orjson
 
 from online.config import KafkaConfig, ReplayJobConfig
+from online.errors_file import ErrorLog, ReplayError
 from online.readers import InputFile, ReplayPosition
-from online.replay import FILE_HEADER, LINE_HEADER, ErrorLog, Pass, ReplayError, ReplayOptions, ReplayResult, _progress
+from online.replay import FILE_HEADER, LINE_HEADER, ReplayOptions, ReplayResult
+from online.sources import FileSource, progress_bar
 from core.errors import RiverbeamError, UsageError
 
 log = logging.getLogger(__name__)
@@ -84,33 +86,20 @@ def backfill(job: ReplayJobConfig, files: list[InputFile], options: ReplayOption
         else:
             skip_until = last
     errors = ErrorLog(options.errors_path, options.max_errors)
-    replay = Pass(files, errors, job.events.time, start, job.events.categorical, chunk=256, progress=_progress(options, files))
+    source = FileSource(files, job.events.time, job.events.categorical, start, max_events=256, progress=progress_bar(options.progress, files))
     producer = make_producer(kafka)
-    headers_of = {i: f.name.encode() for i, f in enumerate(files)}
-    key_field = job.events.key
-    topic, partition, rate = kafka.topic, options.partition, options.rate
-    produced = 0
-    dumps, clock, sleep = orjson.dumps, time.monotonic, time.sleep
-    began = clock()
+    sink = BackfillSink(producer, kafka.topic, options.partition, files, job.events.key, options.rate)
     try:
-        for records in replay.chunks():
-            for record in records:
-                if skip_until is not None:
+        for batch in source:
+            for index, record in enumerate(batch.records):
+                if record.event is None:
+                    errors.dead_letter(batch, index, record.reason)
+                elif skip_until is not None:
                     if (files[record.file_index].name, record.line) == skip_until:
                         skip_until = None
-                    continue
-                event = record.event
-                key = event.get(key_field) if key_field is not None else None
-                producer.send(topic, dumps(event), key=None if key is None else str(key).encode(),
-                              headers=[(FILE_HEADER, headers_of[record.file_index]), (LINE_HEADER, str(record.line).encode())],
-                              partition=partition)
-                produced += 1
-                if rate is not None:
-                    ahead = began + produced / rate - clock()
-                    if ahead > 0.002:
-                        sleep(ahead)
-            if produced and produced % 5000 < len(records):
-                producer.flush()
+                else:
+                    sink.send(record)
+            sink.flush_every(5000)
         if skip_until is not None:
             raise ReplayError(f"the topic's last record ({skip_until[0]}: line {skip_until[1]}) was not met in the inputs: is this the same backfill?")
         producer.flush()
@@ -120,5 +109,35 @@ def backfill(job: ReplayJobConfig, files: list[InputFile], options: ReplayOption
             producer.close()
         except RiverbeamError as error:
             log.warning("closing the producer: %s", error)
-    return ReplayResult("backfill", len(files), replay.lines, replay.good, errors.count, produced=produced,
-                        seconds=time.monotonic() - started, position=replay.position().to_json(), first_errors=errors.first)
+    produced = sink.produced
+    return ReplayResult("backfill", len(files), source.lines, source.good, errors.count, produced=produced,
+                        seconds=time.monotonic() - started, position=source.position()["replay"], first_errors=errors.first)
+
+
+class BackfillSink:
+    """The backfill's Kafka sink: one JSON record per event, source headers, one partition, at most `rate` per second."""
+
+    def __init__(self, producer, topic: str, partition: int, files: list[InputFile], key_field: str | None, rate: float | None):
+        self.producer, self.topic, self.partition, self.key_field, self.rate = producer, topic, partition, key_field, rate
+        self.headers_of = {i: f.name.encode() for i, f in enumerate(files)}
+        self.produced = 0
+        self.flushed = 0
+        self.began = time.monotonic()
+
+    def send(self, record) -> None:
+        event = record.event
+        key = event.get(self.key_field) if self.key_field is not None else None
+        self.producer.send(self.topic, orjson.dumps(event), key=None if key is None else str(key).encode(),
+                           headers=[(FILE_HEADER, self.headers_of[record.file_index]), (LINE_HEADER, str(record.line).encode())],
+                           partition=self.partition)
+        self.produced += 1
+        if self.rate is not None:
+            ahead = self.began + self.produced / self.rate - time.monotonic()
+            if ahead > 0.002:
+                time.sleep(ahead)
+
+    def flush_every(self, records: int) -> None:
+        """Flush once `records` more were sent since the last flush."""
+        if self.produced - self.flushed >= records:
+            self.producer.flush()
+            self.flushed = self.produced

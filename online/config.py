@@ -32,6 +32,12 @@ class DriftConfig(Section):
     params: dict[str, Any] = {}
 
 
+class BatchConfig(Section):
+    """Mini-batch learning: chunks of `size` events, each predicted then learned at once (River's ``*_many``)."""
+
+    size: int = pydantic.Field(gt=0)
+
+
 class ModelConfig(Section):
     """A River pipeline, its metrics and optional drift detection.
 
@@ -48,6 +54,7 @@ class ModelConfig(Section):
     pipeline: list[dict[str, dict[str, Any] | None]] = pydantic.Field(min_length=1)
     metrics: list[str | dict[str, dict[str, Any]]] = pydantic.Field(default=["Accuracy"], min_length=1)
     drift: DriftConfig | None = None
+    batch: BatchConfig | None = None  # mini-batch learning (off: one event at a time)
 
     def check_semantics(self) -> None:
         """Resolve the River names (`ConfigError` with a path relative to this section)."""
@@ -55,6 +62,65 @@ class ModelConfig(Section):
 
         build_model(self, path="")
         check_drift_detector(self, path="")
+        check_batch(self, path="")
+
+
+def mini_batch_estimators() -> list[str]:
+    """River estimators that learn from a mini-batch (``learn_many``), by configuration name.
+
+    >>> "linear_model.LogisticRegression" in mini_batch_estimators()
+    True
+    """
+    import importlib
+    import inspect
+    import pkgutil
+
+    import river
+
+    names = []
+    for module in pkgutil.iter_modules(river.__path__):
+        if module.name in ("base", "compose", "api", "utils", "datasets", "stream", "evaluate", "metrics") or module.name.startswith("_"):
+            continue
+        try:
+            loaded = importlib.import_module(f"river.{module.name}")
+        except Exception:  # an optional dependency missing: not offered
+            continue
+        for name in getattr(loaded, "__all__", []):
+            obj = getattr(loaded, name, None)
+            if inspect.isclass(obj) and hasattr(obj, "learn_many"):
+                names.append(f"{module.name}.{name}")
+    return sorted(names)
+
+
+def check_batch(model: "ModelConfig", path: str = "model", estimator: Any = None) -> None:
+    """With ``batch``, every step of the pipeline must learn from a mini-batch (`ConfigError` naming the step).
+
+    >>> check_batch(ModelConfig(pipeline=[{"linear_model.LogisticRegression": {}}], batch={"size": 10}))
+    >>> check_batch(ModelConfig(pipeline=[{"preprocessing.StandardScaler": {}}, {"tree.HoeffdingTreeClassifier": {}}], batch={"size": 10}))
+    Traceback (most recent call last):
+    ...
+    core.errors.ConfigError: model.pipeline[1]: tree.HoeffdingTreeClassifier cannot learn a mini-batch (no learn_many), so model.batch cannot be used; estimators that can: ...
+    """
+    if model.batch is None:
+        return
+    from core.errors import ConfigError
+    from online.models import build_object
+
+    prefix = f"{path}." if path else ""
+    for i, step in enumerate(model.pipeline):
+        obj = build_object(step, f"{prefix}pipeline[{i}]", model.custom_modules) if estimator is None else list(_steps(estimator))[i]
+        if not hasattr(obj, "learn_many"):
+            raise ConfigError(
+                f"{prefix}pipeline[{i}]",
+                f"{next(iter(step))} cannot learn a mini-batch (no learn_many), so {prefix}batch cannot be used; "
+                f"estimators that can: {', '.join(mini_batch_estimators())}",
+            )
+
+
+def _steps(estimator: Any):
+    from river import compose
+
+    return estimator.steps.values() if isinstance(estimator, compose.Pipeline) else [estimator]
 
 
 def check_drift_detector(model: "ModelConfig", path: str = "model") -> Any:
@@ -202,14 +268,77 @@ class LearningConfig(Section):
 
         build_model(self.model, path="model")
         check_drift_detector(self.model, path="model")
+        check_batch(self.model, path="model")
+
+
+def model_names(models: list[ModelConfig]) -> list[str]:
+    """Unique display names: the configured `name`, else the pipeline's class names.
+
+    >>> m = ModelConfig(pipeline=[{"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {}}])
+    >>> model_names([m, m])
+    ['StandardScaler|LogisticRegression', 'StandardScaler|LogisticRegression #2']
+    """
+    names: list[str] = []
+    for model in models:
+        name = model.name or "|".join(next(iter(step)).rpartition(".")[2] for step in model.pipeline)
+        unique, n = name, 1
+        while unique in names:
+            n += 1
+            unique = f"{name} #{n}"
+        names.append(unique)
+    return names
 
 
 class ConsumeJobConfig(LearningConfig):
-    """``riverbeam consume``: the streaming consumer daemon."""
+    """``riverbeam consume``: the streaming consumer daemon.
 
+    One model (`model`) or several on the same stream (`models`, each event predicted and learned
+    by every one; `predictions_model` names the one whose predictions go to the predictions topic,
+    by default the first).
+    """
+
+    model: ModelConfig | None = None  # type: ignore[assignment]
+    models: list[ModelConfig] | None = pydantic.Field(default=None, min_length=1)
+    predictions_model: str | None = None
     kafka: KafkaConfig
     checkpoint: CheckpointConfig
     metrics: MetricsServerConfig = MetricsServerConfig()
+
+    @pydantic.model_validator(mode="after")
+    def _one_model_setting(self) -> "ConsumeJobConfig":
+        if (self.model is None) == (self.models is None):
+            raise ValueError("set exactly one of model and models")
+        names = model_names(self.candidates)
+        if self.models is not None and len(set(m.name for m in self.models if m.name)) != len([m for m in self.models if m.name]):
+            raise ValueError("models: each name must be unique")
+        if self.predictions_model is not None and self.predictions_model not in names:
+            raise ValueError(f"predictions_model: {self.predictions_model!r} is not among the models ({', '.join(names)})")
+        return self
+
+    def check_semantics(self) -> None:
+        from online.models import build_model
+
+        collect = ConfigErrorCollector()
+        for path, candidate in self.model_paths():
+            with collect.check():
+                build_model(candidate, path=path)
+                check_drift_detector(candidate, path=path)
+                check_batch(candidate, path=path)
+        collect.raise_if_any()
+
+    def model_paths(self) -> list[tuple[str, ModelConfig]]:
+        if self.model is not None:
+            return [("model", self.model)]
+        return [(f"models[{i}]", m) for i, m in enumerate(self.models or [])]
+
+    @property
+    def candidates(self) -> list[ModelConfig]:
+        return [self.model] if self.model is not None else list(self.models or [])
+
+    @property
+    def named_models(self) -> dict[str, ModelConfig]:
+        """The models by display name (`model_names`), in configuration order."""
+        return dict(zip(model_names(self.candidates), self.candidates))
 
 
 class ReplayJobConfig(Section):
@@ -236,10 +365,12 @@ class ReplayJobConfig(Section):
             with collect.check():
                 build_model(self.model, path="model")
                 check_drift_detector(self.model, path="model")
+                check_batch(self.model, path="model")
         for i, candidate in enumerate(self.models or []):
             with collect.check():
                 build_model(candidate, path=f"models[{i}]")
                 check_drift_detector(candidate, path=f"models[{i}]")
+                check_batch(candidate, path=f"models[{i}]")
         collect.raise_if_any()
 
     @property

@@ -45,6 +45,8 @@ from online.kafka_clients import KafkaClientError, TopicPartition, make_consumer
 from online.kafka_clients.base import ProducerFencedError
 from online.gc_tuning import restore_gc, steady_state_gc
 from online.learner import Learner
+from online.learning_loop import LearningLoop
+from online.sources import KafkaBatch, KafkaSource, kafka_positions, parse_position_key, position_key
 from online.config import LEASE_RENEWALS
 from online.lease import Lease, LeaseKeeper, instance_id
 from online.observability import DaemonMetrics, HealthServer, ProgressLine
@@ -89,22 +91,17 @@ def offset_gap(position: int, start: int, end: int, recorded_id: str | None = No
     return None
 
 
-def position_key(tp: TopicPartition) -> str:
-    return f"{tp[0]}/{tp[1]}"
+class KafkaOutputs:
+    """The learning loop's sinks in the daemon: dead letters and predictions through its current `OutputWriter`."""
 
+    def __init__(self, daemon: "Daemon"):
+        self.daemon = daemon
 
-def parse_position_key(key: str) -> TopicPartition:
-    topic, partition = key.rsplit("/", 1)
-    return topic, int(partition)
+    def dead_letter(self, batch: KafkaBatch, index: int, reason: str, model: str | None = None) -> None:
+        self.daemon.outputs.dead_letter(batch.partition, batch.offsets[index], batch.values[index], reason)
 
-
-def kafka_positions(positions: dict) -> dict[TopicPartition, int]:
-    """The Kafka offsets among a checkpoint's positions (a replay or stream-learn position is not one).
-
-    >>> kafka_positions({"events/0": 7, "replay": {"file": "a.jsonl", "line": 3}, "files": {}})
-    {('events', 0): 7}
-    """
-    return {parse_position_key(k): v for k, v in positions.items() if "/" in k and k.rsplit("/", 1)[1].isdigit() and type(v) is int}
+    def predictions(self, batch: KafkaBatch, outcomes: list) -> None:
+        self.daemon.outputs.predictions(batch.partition, batch.offsets, outcomes)
 
 
 @dataclass
@@ -115,8 +112,9 @@ class LearningUnit:
     store: CheckpointStore
     learner: Learner
     partitions: list[TopicPartition]
-    positions: dict[TopicPartition, int] = field(default_factory=dict)
+    positions: dict[TopicPartition, int] = field(default_factory=dict)  # the loop's processed positions (the same dict)
     checkpointer: Checkpointer | None = None  # cadence, the upload in flight, commits once durable (online.persistence)
+    loop: LearningLoop | None = None  # decode, learn, outputs, positions (online.learning_loop)
 
 
 class Daemon:
@@ -144,6 +142,9 @@ class Daemon:
         self.last_event_at: float | None = None
         self.checkpoints_written = 0
         self.consumer = None
+        self._source: KafkaSource | None = None
+        self.sinks = KafkaOutputs(self)
+        self.model_name = config.model.name or "model" if config.model is not None else None
         self.producer = None
         self.outputs: OutputWriter | None = None
         self.lease: Lease | None = None
@@ -175,6 +176,14 @@ class Daemon:
                 self.producer = make_producer(kafka)
         self.outputs = OutputWriter(self.producer, kafka.dead_letter_topic, kafka.predictions_topic, scanner=lambda: make_consumer(kafka, group=False))
 
+    @property
+    def source(self) -> KafkaSource:
+        """The consumer's partitions as an event source (`online.sources`)."""
+        if self._source is None or self._source.consumer is not self.consumer:
+            kafka = self.config.kafka
+            self._source = KafkaSource(self.consumer, kafka.poll_timeout_ms / 1000, kafka.poll_max_records)
+        return self._source
+
     def _store_for(self, name: str) -> CheckpointStore:
         uri = self.config.checkpoint.uri.rstrip("/")
         if name != "all":
@@ -195,10 +204,15 @@ class Daemon:
             store, learner, self.spec, Cadence.from_config(self.config.checkpoint), uploader=self.uploader,
             on_durable=lambda durable: self._durable(unit, durable), restored=checkpoint,
         )
+        unit.loop = LearningLoop(
+            [(self.model_name, learner)], dead_letters=self.sinks, predictions=self.sinks if self.outputs.predictions_topic else None,
+            checkpointer=unit.checkpointer, positions=positions,
+        )
+        unit.positions = unit.loop.positions  # one dict: what the loop advances is what gets checkpointed
         self.units[name] = unit
+        self.source.seek(dict(positions))
         for tp in partitions:
             self.unit_of[tp] = unit
-            self.consumer.seek(tp, positions[tp])
             self.needs_targets[tp] = time.monotonic()
         log.info(
             "restored" if checkpoint else "starting fresh",
@@ -260,7 +274,9 @@ class Daemon:
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
         for unit in {id(self.unit_of[tp]): self.unit_of[tp] for tp in partitions if tp in self.unit_of}.values():
+            unit.loop.drop()  # an incomplete chunk is read again by the next owner, from the checkpoint's positions
             self._checkpoint(unit, wait=True)
+            self.source.forget(unit.partitions)
             for tp in unit.partitions:
                 self.unit_of.pop(tp, None)
                 self.targets.pop(tp, None)
@@ -418,54 +434,34 @@ class Daemon:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def _decode(self, values: list) -> tuple[list, dict[int, str]]:
-        try:
-            return [orjson.loads(v) for v in values], {}
-        except (orjson.JSONDecodeError, TypeError):
-            pass
-        events, errors = [], {}
-        for index, value in enumerate(values):
-            if value is None:  # a tombstone: orjson would call it "not JSON"
-                events.append(None)
-                errors[index] = "record has no value"
-                continue
-            try:
-                events.append(orjson.loads(value))
-            except orjson.JSONDecodeError as error:
-                events.append(None)
-                errors[index] = f"not JSON: {error}"
-            except TypeError:
-                events.append(None)
-                errors[index] = "record has no value"
-        return events, errors
-
-    def _process(self, batch) -> None:
-        tp = batch.partition
-        unit = self.unit_of.get(tp)
+    def _process(self, batch: KafkaBatch) -> None:
+        unit = self.unit_of.get(batch.partition)
         if unit is None:  # fetched before a revoke; the next owner reads it again
             return
-        values = batch.values
-        events, decode_errors = self._decode(values)
-        rejected: list = []
-        outcomes = [] if self.outputs.predictions_topic else None
-        learner = unit.learner
-        learned = learner.process_many(events, on_error=lambda i, e: rejected.append((i, str(e))), predictions=outcomes)
-        if rejected or outcomes:
-            offsets = batch.offsets
-            for index, reason in rejected:
-                self.outputs.dead_letter(tp, offsets[index], values[index], decode_errors.get(index, reason))
-            if outcomes:
-                self.outputs.predictions(tp, offsets, outcomes)
-        count = len(values)
-        unit.positions[tp] = batch.next_offset
-        unit.checkpointer.add(count)
+        loop = unit.loop
+        consumed, learned, rejected = loop.consumed, loop.learned, loop.rejected
+        loop.feed(batch)  # decode, learn, dead letters and predictions, positions, checkpoint cadence
+        self._count(loop, consumed, learned, rejected)
+
+    def _flush(self) -> None:
+        """Learn the incomplete chunk of every unit (mini-batch mode): the stream is stopping or caught up."""
+        for unit in self.units.values():
+            loop = unit.loop
+            consumed, learned, rejected = loop.consumed, loop.learned, loop.rejected
+            loop.flush()
+            self._count(loop, consumed, learned, rejected)
+
+    def _count(self, loop: LearningLoop, consumed: int, learned: int, rejected: int) -> None:
+        count, learned, rejected = loop.consumed - consumed, loop.learned - learned, loop.rejected - rejected
+        if not count:
+            return
         self.events_consumed += count
         self.events_learned += learned
-        self.events_rejected += len(rejected)
+        self.events_rejected += rejected
         self.metrics.consumed.inc(count)
         self.metrics.learned.inc(learned)
         if rejected:
-            self.metrics.dead_lettered.inc(len(rejected))
+            self.metrics.dead_lettered.inc(rejected)
 
     def _caught_up(self) -> bool:
         """Every partition has reached the end offset seen at start (or at its assignment).
@@ -487,7 +483,7 @@ class Daemon:
                 return False
         if not self.units:
             return False
-        return all(unit.positions[tp] >= self.targets.get(tp, 0) for tp, unit in self.unit_of.items())
+        return all(max(unit.loop.read.get(tp, 0), unit.positions.get(tp, 0)) >= self.targets.get(tp, 0) for tp, unit in self.unit_of.items())
 
     def _report_progress(self, last: list) -> None:
         now = time.monotonic()
@@ -540,12 +536,10 @@ class Daemon:
         return summary
 
     def _loop(self) -> None:
-        kafka = self.config.kafka
-        poll_timeout = kafka.poll_timeout_ms / 1000
         progress = [time.monotonic(), 0]
         clock = time.perf_counter
         while not self.stopping.is_set():
-            batches = self.consumer.poll_batches(poll_timeout, kafka.poll_max_records)
+            batches = self.source.poll()
             if batches:
                 begin = clock()
                 if self.first_event_at is None:
@@ -563,6 +557,7 @@ class Daemon:
             self._watch_uploads(now)
             self._report_progress(progress)
             if self.until_caught_up and self._caught_up():
+                self._flush()  # mini-batch mode: the last chunk, short
                 break
 
     def _close(self) -> None:

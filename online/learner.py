@@ -43,7 +43,8 @@ from typing import Any, Callable, Iterable
 
 from river import base, compose
 
-from online.config import EventsConfig, ModelConfig, check_drift_detector
+from core.errors import ConfigError
+from online.config import EventsConfig, ModelConfig, check_batch, check_drift_detector
 from online.events import EventError, EventReader
 from online.models import build_metrics, build_pipeline, metric_name
 from core.eventtime import event_time
@@ -158,6 +159,11 @@ class Learner:
         self.max_pending = events.delayed_labels.max_pending
         self.ttl = events.delayed_labels.ttl_seconds
         self.time_field = events.time
+        self.batch_size = model.batch.size if model.batch is not None else None
+        if self.batch_size is not None:
+            check_batch(model, estimator=self.prototype)
+            if self.delayed:
+                raise ConfigError("model.batch", "mini-batch learning does not join delayed labels (events.id): unset one of them")
         if state is None:
             state = LearnerState(metrics=build_metrics(model.metrics, self.prototype))
             if events.key is None:
@@ -200,7 +206,10 @@ class Learner:
 
         With `predictions` (a list), each good event's `Prediction` is appended to it with its index.
         The loop is written for speed: no per-event work beyond split, predict, score and learn.
+        With ``model.batch`` the events are learned in chunks of that size (`process_chunks`).
         """
+        if self.batch_size is not None:
+            return self.process_chunks(events, on_error, predictions)
         state = self.state
         split = self.reader.split
         models = state.models
@@ -269,6 +278,113 @@ class Learner:
             if not delayed:
                 state.events_seen += seen
                 state.events_learned += learned
+        return learned
+
+    def process_chunks(self, events: Iterable[dict], on_error: Callable[[int, EventError], None] | None = None,
+                       predictions: list | None = None) -> int:
+        """Mini-batch learning (``model.batch.size``): the events in order, cut into chunks of that size.
+
+        For each chunk, the good events (and, with ``events.key``, each key's share of them) become
+        one `pandas.DataFrame`; the model predicts all of them (``predict_proba_many`` /
+        ``predict_many``), every metric is updated per event with those predictions in the events'
+        order, then the model learns the labelled ones (``learn_many``). This equals, bit for bit,
+        River's own mini-batch loop over the same chunks. A chunk on which River fails is rejected
+        as a whole (each of its events gets the failure). Returns how many events were learned.
+
+        >>> from river import datasets, linear_model, metrics, preprocessing
+        >>> import pandas as pd
+        >>> from online.config import BatchConfig, EventsConfig, ModelConfig
+        >>> config = ModelConfig(pipeline=[{"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {}}],
+        ...                      metrics=["Accuracy"], batch=BatchConfig(size=100))
+        >>> learner = Learner(config, EventsConfig(target="label"))
+        >>> learner.process_many([{**x, "label": y} for x, y in datasets.Phishing()])
+        1250
+        >>> model, accuracy, data = preprocessing.StandardScaler() | linear_model.LogisticRegression(), metrics.Accuracy(), list(datasets.Phishing())
+        >>> for start in range(0, len(data), 100):
+        ...     X, y = pd.DataFrame([x for x, _ in data[start:start + 100]]), pd.Series([y for _, y in data[start:start + 100]])
+        ...     for y_true, y_pred in zip(y, model.predict_many(X)):
+        ...         accuracy.update(y_true, y_pred)
+        ...     model.learn_many(X, y)
+        >>> learner.metric_values()["Accuracy"] == accuracy.get()
+        True
+        """
+        events = events if isinstance(events, list) else list(events)
+        size = self.batch_size
+        learned = 0
+        for start in range(0, len(events), size):
+            learned += self._process_chunk(events[start:start + size], start, on_error, predictions)
+        return learned
+
+    def _process_chunk(self, events: list, offset: int, on_error, predictions: list | None) -> int:
+        import pandas as pd
+
+        state = self.state
+        split = self.reader.split
+        models = state.models
+        tried = self._labels_tried if self._try_labels else None
+        groups: dict = {}  # model key -> (model, indices, features, labels), in event order
+        failures: list = []
+        for i, event in enumerate(events):
+            try:
+                x, y, key = split(event)
+                model = models.get(key)
+                if model is None:
+                    model = self._model_for(key)
+                if tried is not None and y is not None and y not in tried:
+                    self._try_label(model, x, y)
+            except EventError as error:
+                failures.append((offset + i, error))
+                continue
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = (model, [], [], [])
+            group[1].append(offset + i)
+            group[2].append(x)
+            group[3].append(y)
+        probabilities = self._predict_name == "predict_proba_one"
+        outcomes: list = []  # (index, key, y_pred, y)
+        for key, (model, indices, xs, ys) in groups.items():
+            try:
+                frame = _frame(xs, pd)
+                if probabilities:
+                    y_preds = model.predict_proba_many(frame).to_dict("records")
+                else:
+                    y_preds = model.predict_many(frame).tolist()
+                labelled = [j for j, y in enumerate(ys) if y is not None]
+                if len(labelled) == len(ys):
+                    model.learn_many(frame, pd.Series(ys)) if self._supervised else model.learn_many(frame)
+                elif labelled:
+                    part = frame.iloc[labelled].reset_index(drop=True)
+                    model.learn_many(part, pd.Series([ys[j] for j in labelled])) if self._supervised else model.learn_many(part)
+            except Exception as error:  # River refused this chunk: its events fail, nothing else
+                failure = model_failure(error)
+                failures.extend((index, failure) for index in indices)
+                continue
+            outcomes.extend(zip(indices, [key] * len(indices), y_preds, ys))
+        if len(groups) > 1:
+            outcomes.sort(key=lambda outcome: outcome[0])
+        metric_update = self._metric_update
+        drift = state.drift_detector
+        learned = seen = 0
+        for index, key, y_pred, y in outcomes:
+            seen += 1
+            if y is not None:
+                if y_pred is not None and y_pred != {}:
+                    metric_update(y, y_pred)
+                if drift is not None:
+                    self._update_drift(y, y_pred, at=state.events_seen + seen)
+                learned += 1
+            if predictions is not None:
+                predictions.append((index, Prediction(key, y_pred, y, y is not None)))
+        state.events_seen += seen
+        state.events_learned += learned
+        state.events_rejected += len(failures)
+        if failures:
+            failures.sort(key=lambda failure: failure[0])
+            if on_error is None:
+                raise failures[0][1]
+            for index, error in failures:
+                on_error(index, error)
         return learned
 
     def _try_label(self, model, x: dict, y) -> None:
@@ -399,6 +515,14 @@ class Learner:
             raise ValueError("checkpoint state is not a riverbeam learner state of this format")
         return cls(model, events, transform=transform, state=state)
 
+
+
+def _frame(rows: list[dict], pd):
+    """The rows as a DataFrame, column by column when they share their keys (as decoded events do: no per-row detour)."""
+    first = rows[0].keys()
+    if all(row.keys() == first for row in rows):
+        return pd.DataFrame({name: [row[name] for row in rows] for name in first})
+    return pd.DataFrame(rows)
 
 
 def model_failure(error: BaseException) -> EventError:

@@ -42,18 +42,17 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
 
-import orjson
-
-from online.config import ModelConfig, ReplayJobConfig
+from online.config import ModelConfig, ReplayJobConfig, model_names
+from online.errors_file import ErrorLog, ReplayError
 from online.events import EventError
 from online.events import load_feature_transform
 from online.learner import Learner
-from online.dead_letters import DeadLetterRecord
+from online.learning_loop import LearningLoop
 from online.persistence import Cadence, Checkpointer, LearnerSpec, checkpoint_store, open_checkpoint_store, resume
-from online.readers import InputFile, ReplayPosition, SourceRecord, count_records, expand_inputs, read_inputs
+from online.readers import InputFile, ReplayPosition, count_records, expand_inputs
 from online.replay_report import format_leaderboard, write_report_dir
+from online.sources import REPLAY, FileSource, progress_bar
 from core.errors import ConfigError, RiverbeamError, UsageError
 
 log = logging.getLogger(__name__)
@@ -63,10 +62,6 @@ CHUNK_EVENTS = 1000
 REPORT_POINTS = 100  # report rows per candidate when --report-every is not given
 FILE_HEADER = "riverbeam-file"
 LINE_HEADER = "riverbeam-line"
-
-
-class ReplayError(RiverbeamError):
-    """The replay stopped: too many bad lines, a topic it must not append to, ..."""
 
 
 # -- options and results -----------------------------------------------------------------------
@@ -135,82 +130,6 @@ class ReplayResult:
         return "\n".join(lines)
 
 
-# -- bad lines ---------------------------------------------------------------------------------
-
-
-class ErrorLog:
-    """Bad lines: appended to a JSON-lines file of dead-letter records (`online.dead_letters`:
-    source ``{file, line}``, `reason`, and `model` when a single candidate rejected the event),
-    counted, and fatal past `max_errors`.
-
-    In learn mode the file follows the checkpoints: `flush` makes it durable and returns its size,
-    which the checkpoint records; a resumed replay first cuts the file back to that size
-    (`resume_at`), so the bad lines it meets again after a crash are written once.
-    """
-
-    def __init__(self, path: str | None, max_errors: int | None, keep_first: int = 5, follow_checkpoints: bool = False):
-        self.path = path
-        self.max_errors = max_errors
-        self.follow_checkpoints = follow_checkpoints  # held in memory until `flush` (each checkpoint): a crash writes nothing twice
-        self._held: list[bytes] = []
-        self.count = 0
-        self.first: list[dict] = []
-        self.keep_first = keep_first
-        self._handle = None
-
-    def add(self, file: str, line: int, reason: str, model: str | None = None) -> None:
-        record = {"file": file, "line": line, "reason": reason}
-        if model is not None:
-            record["model"] = model
-        dead_letter = DeadLetterRecord.from_file(file, line, None, reason, model=model)
-        self.count += 1
-        if len(self.first) < self.keep_first:
-            self.first.append(record)
-        if self.path is not None:
-            if self._handle is None:
-                os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-                self._handle = open(self.path, "ab")
-            if self.follow_checkpoints:
-                self._held.append(dead_letter.to_json(max_bytes=None) + b"\n")
-            else:
-                self._handle.write(dead_letter.to_json(max_bytes=None) + b"\n")
-        if self.max_errors is not None and self.count > self.max_errors:
-            self.close()
-            where = f"; all are in {self.path}" if self.path else ""
-            raise ReplayError(
-                f"stopped: {self.count} bad lines, more than --max-errors {self.max_errors} "
-                f"(last: {file}: line {line}: {reason}){where}"
-            )
-
-    def flush(self) -> int | None:
-        """Make every record written so far durable; the file's size (None without a file)."""
-        if self.path is None:
-            return None
-        if self._handle is not None:
-            self._handle.write(b"".join(self._held))
-            self._held = []
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-            return self._handle.tell()
-        return os.path.getsize(self.path) if os.path.exists(self.path) else 0
-
-    def resume_at(self, size: int | None) -> None:
-        """Cut the file back to `size` bytes (what the checkpoint resumed from had made durable)."""
-        if self.path is None or size is None or not os.path.exists(self.path) or os.path.getsize(self.path) <= size:
-            return
-        self.close()
-        with open(self.path, "r+b") as handle:
-            handle.truncate(size)
-
-    def close(self) -> None:
-        """Close the errors file (it reopens in append mode on the next bad line)."""
-        if self._handle is not None:
-            self._handle.write(b"".join(self._held))
-            self._held = []
-            self._handle.close()
-            self._handle = None
-
-
 # -- candidates --------------------------------------------------------------------------------
 
 
@@ -223,21 +142,8 @@ class Candidate:
 
 
 def candidate_names(models: list[ModelConfig]) -> list[str]:
-    """Unique display names: the configured `name`, else the pipeline's class names.
-
-    >>> m = ModelConfig(pipeline=[{"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {}}])
-    >>> candidate_names([m, m])
-    ['StandardScaler|LogisticRegression', 'StandardScaler|LogisticRegression #2']
-    """
-    names = []
-    for model in models:
-        name = model.name or "|".join(next(iter(step)).rpartition(".")[2] for step in model.pipeline)
-        unique, n = name, 1
-        while unique in names:
-            n += 1
-            unique = f"{name} #{n}"
-        names.append(unique)
-    return names
+    """Unique display names (`online.config.model_names`)."""
+    return model_names(models)
 
 
 def load_transform(job: ReplayJobConfig):
@@ -267,110 +173,10 @@ def leaderboard(candidates: list[Candidate]) -> list[dict]:
 # -- one pass over the inputs ------------------------------------------------------------------
 
 
-class Pass:
-    """Reads the inputs once, in chunks, keeping the position and reporting bad lines.
-
-    `chunks()` yields lists of good `SourceRecord` objects; after each chunk, `position()` is the
-    position just after the last line consumed (bad lines included). Chunks end at every
-    multiple of `every` good records, so reports land exactly there.
-    """
-
-    def __init__(self, files: list[InputFile], errors: ErrorLog, time_field: str | None, start: ReplayPosition | None,
-                 categorical=(), chunk: int = CHUNK_EVENTS, every: int | None = None, progress=None):
-        self.files = files
-        self.errors = errors
-        self.time_field = time_field
-        self.order = "time" if time_field else "file"
-        self.start = start or ReplayPosition(order=self.order)
-        if self.start.order != self.order:
-            raise UsageError(f"the checkpoint's replay position is in {self.start.order} order, this replay reads in {self.order} "
-                             "order (events.time changed?): use another checkpoint URI")
-        self.categorical = categorical
-        self.chunk = chunk
-        self.every = every or chunk
-        self.progress = progress
-        self.lines = 0
-        self.good = 0
-        self.last: SourceRecord | None = None
-        self.consumed = {name: line for name, line in self.start.lines.items()}
-
-    def position(self) -> ReplayPosition:
-        """The position after the last line consumed (the start position before any)."""
-        if self.last is None:
-            return self.start
-        if self.order == "time":
-            return ReplayPosition(file=self.files[self.last.file_index].name, line=self.last.line, lines=dict(self.consumed),
-                                  files_done=len(self.consumed), order="time")
-        return ReplayPosition(file=self.files[self.last.file_index].name, line=self.last.line, files_done=self.last.file_index, order="file")
-
-    def _advance(self, last: SourceRecord, good: int, lines: int) -> None:
-        """Account for `lines` more lines read, up to `last`, `good` of all lines so far being events."""
-        self.last, self.good, self.lines = last, good, self.lines + lines
-        if self.progress is not None:
-            self.progress.update(lines)
-
-    def chunks(self) -> Iterator[list[SourceRecord]]:
-        files, errors, consumed, time_order = self.files, self.errors, self.consumed, self.time_field is not None
-        chunk_size, every = self.chunk, self.every
-        records: list[SourceRecord] = []
-        lines = 0  # lines consumed since the last chunk was handed out
-        good = self.good
-        previous = None
-        try:
-            for record in read_inputs(files, self.start, self.time_field, self.categorical):
-                if record.event is None:
-                    if records:  # learn what precedes the bad line first: errors are reported in line order
-                        self._advance(previous, good, lines)
-                        lines = 0
-                        yield records
-                        records = []
-                    if time_order:
-                        consumed[files[record.file_index].name] = record.line
-                    self._advance(record, good, lines + 1)
-                    previous, lines = record, 0
-                    errors.add(files[record.file_index].name, record.line, record.reason)
-                    continue
-                lines += 1
-                previous = record
-                if time_order:
-                    consumed[files[record.file_index].name] = record.line
-                records.append(record)
-                good += 1
-                if len(records) >= chunk_size or good % every == 0:
-                    self._advance(record, good, lines)
-                    lines = 0
-                    yield records
-                    records = []
-            if records:
-                self._advance(previous, good, lines)
-                yield records
-        finally:
-            if self.progress is not None:
-                self.progress.close()
-
-    def learn(self, candidates: list[Candidate], records: list[SourceRecord]) -> None:
-        """Feed one chunk to every candidate, each on its own copy of the events (the last gets the originals)."""
-        files, errors = self.files, self.errors
-        rejected: set[int] = set()
-
-        def first_error(index: int, error: EventError) -> None:
-            rejected.add(index)
-            record = records[index]
-            errors.add(files[record.file_index].name, record.line, str(error))
-
-        for i, candidate in enumerate(candidates):
-            if i == 0:
-                on_error = first_error
-            else:
-                def on_error(index: int, error: EventError, name=candidate.name) -> None:
-                    if index not in rejected:
-                        record = records[index]
-                        errors.add(files[record.file_index].name, record.line, str(error), model=name)
-            if i == len(candidates) - 1:
-                events = [record.event for record in records]
-            else:
-                events = [dict(record.event) for record in records]
-            candidate.learner.process_many(events, on_error=on_error)
+def models_loop(candidates: list[Candidate], errors: ErrorLog, checkpointer=None, start: ReplayPosition | None = None) -> LearningLoop:
+    """The learning loop (`online.learning_loop`) of the candidates, rejects into the errors file."""
+    return LearningLoop([(c.name, c.learner) for c in candidates], dead_letters=errors, checkpointer=checkpointer,
+                        positions={REPLAY: start} if start is not None else None, count_unreadable=False)
 
 
 def report_step(report_every: int | None, total: int | None) -> int:
@@ -388,12 +194,7 @@ def report_step(report_every: int | None, total: int | None) -> int:
 
 
 def _progress(options: ReplayOptions, files: list[InputFile], unit: str = "line", total: int | None = None):
-    show = options.progress if options.progress is not None else sys.stderr.isatty()
-    if not show:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total if total is not None else count_records(files), unit=unit, unit_scale=True, smoothing=0.1, file=sys.stderr, dynamic_ncols=True)
+    return progress_bar(options.progress, files, unit, total)
 
 
 # -- modes -------------------------------------------------------------------------------------
@@ -404,18 +205,20 @@ def dry_run(job: ReplayJobConfig, files: list[InputFile], options: ReplayOptions
     started = time.monotonic()
     errors = ErrorLog(None, options.max_errors)
     readers = [Learner(model, job.events).reader for model in job.candidates]
-    replay = Pass(files, errors, job.events.time, None, job.events.categorical, progress=_progress(options, files))
+    source = FileSource(files, job.events.time, job.events.categorical, progress=_progress(options, files))
     events = 0
-    for records in replay.chunks():
-        for record in records:
+    for batch in source:
+        for index, record in enumerate(batch.records):
             try:
+                if record.event is None:
+                    raise EventError(record.reason)
                 for reader in readers:
                     reader.split(dict(record.event))
             except EventError as error:
-                errors.add(files[record.file_index].name, record.line, str(error))
+                errors.dead_letter(batch, index, str(error))
                 continue
             events += 1
-    return ReplayResult("dry-run", len(files), replay.lines, events, errors.count, seconds=time.monotonic() - started,
+    return ReplayResult("dry-run", len(files), source.lines, events, errors.count, seconds=time.monotonic() - started,
                         first_errors=errors.first)
 
 
@@ -439,19 +242,22 @@ def evaluate(job: ReplayJobConfig, files: list[InputFile], options: ReplayOption
     errors = ErrorLog(options.errors_path, options.max_errors)
     total = count_records(files) if options.report_every is None else None  # counted once: the report step and the progress bar
     every = report_step(options.report_every, total)
-    replay = Pass(files, errors, job.events.time, None, job.events.categorical, every=every, progress=_progress(options, files, total=total))
+    source = FileSource(files, job.events.time, job.events.categorical, max_events=CHUNK_EVENTS, every=every,
+                        progress=_progress(options, files, total=total))
+    loop = models_loop(candidates, errors)
     rows: list[dict] = []
     try:
-        for records in replay.chunks():
-            replay.learn(candidates, records)
-            if replay.good % every == 0:
-                rows += _headline_rows(candidates, replay.lines)
+        for batch in source:
+            loop.feed(batch)
+            if source.good % every == 0:
+                rows += _headline_rows(candidates, source.lines)
+        loop.flush()
     finally:
         errors.close()
-    if not rows or rows[-1]["lines"] != replay.lines:
-        rows += _headline_rows(candidates, replay.lines)
+    if not rows or rows[-1]["lines"] != source.lines or rows[-1]["events"] != candidates[0].learner.state.events_seen:
+        rows += _headline_rows(candidates, source.lines)
     board = leaderboard(candidates)
-    result = ReplayResult("evaluate", len(files), replay.lines, replay.good, errors.count, seconds=time.monotonic() - started,
+    result = ReplayResult("evaluate", len(files), source.lines, source.good, errors.count, seconds=time.monotonic() - started,
                           leaderboard=board, first_errors=errors.first)
     if options.report_dir and write_report:
         write_report_dir(options.report_dir, rows, board, [c.learner.report() | {"model": c.name} for c in candidates])
@@ -496,43 +302,44 @@ def learn(job: ReplayJobConfig, files: list[InputFile], options: ReplayOptions) 
         if written.get("path") == os.path.abspath(options.errors_path):
             errors.resume_at(written.get("bytes"))  # bad lines past the checkpoint are met, and written, again
     every = max(1, min(report_step(options.report_every, count_records(files) if options.report_every is None else None), every_events)) if options.report_dir else every_events
-    replay = Pass(files, errors, job.events.time, start, job.events.categorical, chunk=min(CHUNK_EVENTS, every_events),
-                  every=every, progress=_progress(options, files))
+    source = FileSource(files, job.events.time, job.events.categorical, start, max_events=min(CHUNK_EVENTS, every_events),
+                        every=every, progress=_progress(options, files))
+    loop = models_loop([candidate], errors, checkpointer, start=source.replay_position)
     rows: list[dict] = []
 
     def save() -> None:
         extra = {"source": "replay", "events_rejected": learner.state.events_rejected, "inputs": len(files)}
         if options.errors_path is not None:  # the errors file is durable up to here with each checkpoint
             extra["errors_file"] = {"path": os.path.abspath(options.errors_path), "bytes": errors.flush()}
-        checkpointer.checkpoint({"replay": replay.position().to_json()}, extra)
+        checkpointer.checkpoint(loop.checkpoint_positions(), extra)  # at a chunk boundary: held records are not in it
 
     try:
-        for records in replay.chunks():
-            replay.learn([candidate], records)
-            checkpointer.add(len(records))
-            if options.report_dir and replay.good % every == 0:
-                rows += _headline_rows([candidate], replay.lines)
+        for batch in source:
+            loop.feed(batch)
+            if options.report_dir and source.good % every == 0:
+                rows += _headline_rows([candidate], source.lines)
             if checkpointer.due():
                 save()
-        if replay.lines:
+        loop.flush()
+        if source.lines:
             save()  # skipped when nothing changed since the last one
     finally:
         errors.close()
     manifest = checkpointer.last_manifest if checkpointer.written else None
     board = leaderboard([candidate])
-    result = ReplayResult("learn", len(files), replay.lines, replay.good, errors.count, seconds=time.monotonic() - started,
-                          leaderboard=board, position=replay.position().to_json(), first_errors=errors.first)
+    result = ReplayResult("learn", len(files), source.lines, source.good, errors.count, seconds=time.monotonic() - started,
+                          leaderboard=board, position=loop.checkpoint_positions()[REPLAY], first_errors=errors.first)
     if manifest is not None:
         result.checkpoint = {k: manifest[k] for k in ("id", "events_seen", "events_learned", "metrics", "positions")}
     if options.report_dir:
-        if not rows or rows[-1]["lines"] != replay.lines:
-            rows += _headline_rows([candidate], replay.lines)
+        if not rows or rows[-1]["lines"] != source.lines or rows[-1]["events"] != learner.state.events_seen:
+            rows += _headline_rows([candidate], source.lines)
         write_report_dir(options.report_dir, rows, board, [learner.report() | {"model": candidate.name}])
         result.report_dir = options.report_dir
     return result
 
 
 __all__ = [
-    "ReplayError", "ReplayOptions", "ReplayResult", "ErrorLog", "Pass", "Candidate",
+    "ReplayError", "ReplayOptions", "ReplayResult", "ErrorLog", "Candidate", "models_loop",
     "learn", "evaluate", "dry_run", "leaderboard", "format_leaderboard", "write_report_dir", "FILE_HEADER", "LINE_HEADER",
 ]  # fmt: skip

@@ -1,0 +1,241 @@
+"""Mini-batch learning (``model.batch``): exactly River's own mini-batch loop, in the learner, replay and the daemon."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import orjson
+import pandas as pd
+import pytest
+from river import datasets, linear_model, metrics, optim, preprocessing
+
+from core.configuration import parse_config
+from core.errors import ConfigError
+from online.checkpoints import CheckpointStore
+from online.config import ConsumeJobConfig, EventsConfig, ModelConfig, ReplayJobConfig
+from online.learner import Learner
+from online.learning_loop import LearningLoop
+from online.replay_job import ReplayOptions, run_replay
+from online.sources import KafkaBatch
+from tests.online.test_daemon import SOURCE_HEADER, job_config as daemon_config, produce, read_topic, run_daemon, start_daemon
+from tests.online.test_readers import write_jsonl
+
+PHISHING = [{**x, "label": y} for x, y in datasets.Phishing()]
+TRUMP = [{**x, "y": y} for x, y in datasets.TrumpApproval()]
+LOGREG = [{"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {"optimizer": {"optim.SGD": {"lr": 0.1}}}}]
+
+
+def classifier_config(size: int, **changes) -> ModelConfig:
+    return ModelConfig(pipeline=LOGREG, metrics=["Accuracy", "LogLoss"], batch={"size": size}, **changes)
+
+
+def bare_minibatch(data: list[tuple[dict, object]], size: int, model, metric, proba: bool) -> dict:
+    """River's own mini-batch loop: predict the chunk, score each event, learn the chunk."""
+    for start in range(0, len(data), size):
+        chunk = data[start:start + size]
+        X, y = pd.DataFrame([x for x, _ in chunk]), pd.Series([y for _, y in chunk])
+        y_pred = model.predict_proba_many(X).to_dict("records") if proba else model.predict_many(X).tolist()
+        for y_true, prediction in zip(y, y_pred):
+            metric.update(y_true, prediction)
+        model.learn_many(X, y)
+    return {type(m).__name__: m.get() for m in metric} if isinstance(metric, metrics.base.Metrics) else {type(metric).__name__: metric.get()}
+
+
+def phishing_reference(size: int, events=PHISHING) -> dict:
+    model = preprocessing.StandardScaler() | linear_model.LogisticRegression(optimizer=optim.SGD(0.1))
+    data = [({k: v for k, v in e.items() if k != "label"}, e["label"]) for e in events]
+    return bare_minibatch(data, size, model, metrics.Accuracy() + metrics.LogLoss(), proba=True)
+
+
+@pytest.mark.parametrize("size", [1, 7, 100, 5000])
+def test_classifier_equals_the_bare_river_minibatch_loop(size):
+    learner = Learner(classifier_config(size), EventsConfig(target="label"))
+    assert learner.process_many(copy.deepcopy(PHISHING)) == len(PHISHING)
+    assert learner.metric_values() == phishing_reference(size)
+    assert learner.state.events_seen == len(PHISHING)
+
+
+@pytest.mark.parametrize("size", [20, 256])  # at 10, River's StandardScaler.learn_many fails on TrumpApproval (a complex variance)
+def test_regressor_equals_the_bare_river_minibatch_loop(size):
+    config = ModelConfig(pipeline=[{"preprocessing.StandardScaler": {}}, {"linear_model.LinearRegression": {}}], metrics=["MAE", "RMSE"], batch={"size": size})
+    learner = Learner(config, EventsConfig(target="y"))
+    learner.process_many(copy.deepcopy(TRUMP))
+    data = [({k: v for k, v in e.items() if k != "y"}, e["y"]) for e in TRUMP]
+    expected = bare_minibatch(data, size, preprocessing.StandardScaler() | linear_model.LinearRegression(), metrics.MAE() + metrics.RMSE(), proba=False)
+    assert learner.metric_values() == expected
+    per_event = Learner(config.model_copy(update={"batch": None}), EventsConfig(target="y"))
+    per_event.process_many(copy.deepcopy(TRUMP))
+    assert per_event.metric_values() != expected  # a different trade: mini-batches are not per-event learning
+
+
+def test_a_step_without_learn_many_is_refused_naming_it_and_the_estimators_that_can():
+    data = {"model": {"pipeline": [{"preprocessing.StandardScaler": {}}, {"tree.HoeffdingTreeClassifier": {}}], "batch": {"size": 100}},
+            "events": {"target": "label"}, "kafka": {"topic": "t"}, "checkpoint": {"uri": "/tmp/x"}}
+    job = parse_config(data, ConsumeJobConfig, environ={})
+    with pytest.raises(ConfigError) as caught:
+        job.check_semantics()
+    message = str(caught.value)
+    assert message.startswith("model.pipeline[1]: tree.HoeffdingTreeClassifier cannot learn a mini-batch (no learn_many)")
+    assert "linear_model.LogisticRegression" in message and "naive_bayes.GaussianNB" in message
+    with pytest.raises(ConfigError, match=r"models\[1\].pipeline\[0\]: tree.HoeffdingTreeClassifier"):
+        parse_config({"models": [{"pipeline": LOGREG}, {"pipeline": [{"tree.HoeffdingTreeClassifier": {}}], "batch": {"size": 5}}],
+                      "events": {"target": "label"}}, ReplayJobConfig, environ={}).check_semantics()
+    with pytest.raises(ConfigError, match="delayed labels"):
+        Learner(classifier_config(10), EventsConfig(target="label", id="id"))
+    with pytest.raises(Exception, match="greater than 0"):
+        ModelConfig(pipeline=LOGREG, batch={"size": 0})
+
+
+def test_bad_events_are_rejected_and_the_rest_of_each_chunk_is_learned():
+    events = copy.deepcopy(PHISHING[:300])
+    bad = {5, 6, 150, 299}
+    for i in bad:
+        events[i] = {**events[i], "label": "maybe"} if i % 2 else {"label": True, **{k: "x" for k in events[i] if k != "label"}}
+    learner = Learner(classifier_config(50), EventsConfig(target="label"))
+    rejected = []
+    learned = learner.process_many(events, on_error=lambda i, e: rejected.append(i))
+    assert sorted(rejected) == sorted(bad) and learned == 300 - len(bad)
+    # the reference: the same chunks of 50 records, each without its bad ones
+    model = preprocessing.StandardScaler() | linear_model.LogisticRegression(optimizer=optim.SGD(0.1))
+    metric = metrics.Accuracy() + metrics.LogLoss()
+    for start in range(0, 300, 50):
+        chunk = [({k: v for k, v in e.items() if k != "label"}, e["label"]) for i, e in enumerate(PHISHING[start:start + 50], start) if i not in bad]
+        bare_minibatch(chunk, 50, model, metric, proba=True)
+    assert learner.metric_values() == {type(m).__name__: m.get() for m in metric}
+
+
+def test_keyed_models_each_learn_their_share_of_every_chunk():
+    events = [{**e, "user": f"u{i % 3}"} for i, e in enumerate(PHISHING[:600])]
+    learner = Learner(classifier_config(40), EventsConfig(target="label", key="user"))
+    predictions: list = []
+    learner.process_many(copy.deepcopy(events), predictions=predictions)
+    models = {f"u{k}": preprocessing.StandardScaler() | linear_model.LogisticRegression(optimizer=optim.SGD(0.1)) for k in range(3)}
+    metric = metrics.Accuracy() + metrics.LogLoss()
+    expected_predictions = {}
+    for start in range(0, 600, 40):
+        chunk = events[start:start + 40]
+        outcome = {}
+        for user, model in models.items():
+            rows = [(i, e) for i, e in enumerate(chunk, start) if e["user"] == user]
+            X = pd.DataFrame([{k: v for k, v in e.items() if k not in ("label", "user")} for _, e in rows])
+            outcome.update(zip([i for i, _ in rows], model.predict_proba_many(X).to_dict("records")))
+            model.learn_many(X, pd.Series([e["label"] for _, e in rows]))
+        for i in sorted(outcome):
+            metric.update(events[i]["label"], outcome[i])
+        expected_predictions.update(outcome)
+    assert learner.metric_values() == {type(m).__name__: m.get() for m in metric}
+    assert [i for i, _ in predictions] == list(range(600))
+    assert all(p.y_pred == expected_predictions[i] and p.key == events[i]["user"] for i, p in predictions)
+
+
+def test_the_loop_cuts_exact_chunks_across_batches_and_checkpoints_only_between_them():
+    values = [orjson.dumps(e) for e in PHISHING]
+    values[333] = b"{not json"
+    learner = Learner(classifier_config(100), EventsConfig(target="label"))
+    dead: list = []
+
+    class Sink:
+        def dead_letter(self, batch, index, reason, model=None):
+            dead.append(batch.offsets[index])
+
+    loop = LearningLoop([("m", learner)], dead_letters=Sink())
+    rng = random.Random(3)
+    offset, boundaries = 0, []
+    while offset < len(values):
+        size = rng.randint(1, 260)
+        loop.feed(KafkaBatch(("t", 0), values[offset:offset + size], list(range(offset, min(offset + size, len(values))))))
+        offset += size
+        boundaries.append(loop.positions.get(("t", 0), 0))
+        assert loop.positions.get(("t", 0), 0) % 100 == 0  # a checkpoint taken now would fall between chunks
+        assert learner.state.events_seen + learner.state.events_rejected == loop.positions.get(("t", 0), 0)
+    assert loop.read[("t", 0)] == len(values) and loop.positions[("t", 0)] == 1200  # the last 50 are held
+    loop.flush()
+    assert loop.positions[("t", 0)] == len(values) and dead == [333]
+    clean = [e for i, e in enumerate(PHISHING) if i != 333]
+    whole = Learner(classifier_config(100), EventsConfig(target="label"))
+    events = copy.deepcopy(PHISHING)
+    events[333] = None
+    whole.process_many(events, on_error=lambda i, e: None)
+    assert learner.metric_values() == whole.metric_values()
+    assert len(clean) == learner.state.events_seen
+
+
+def replay_job(tmp_path, size: int) -> str:
+    import yaml
+
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump({"model": {"pipeline": LOGREG, "metrics": ["Accuracy", "LogLoss"], "batch": {"size": size}}, "events": {"target": "label"}}))
+    return str(path)
+
+
+def test_replay_learn_in_batch_mode_equals_the_bare_loop_and_resumes_after_kill_9(tmp_path):
+    events = PHISHING * 16  # 20k events
+    write_jsonl(tmp_path / "a.jsonl", events[:9_000])
+    write_jsonl(tmp_path / "b.jsonl", events[9_000:])
+    inputs = str(tmp_path / "*.jsonl")
+    job = parse_config({"model": {"pipeline": LOGREG, "metrics": ["Accuracy", "LogLoss"], "batch": {"size": 300}}, "events": {"target": "label"}}, ReplayJobConfig, environ={})
+    reference = run_replay(job, ReplayOptions([inputs], checkpoint_uri=str(tmp_path / "whole"), checkpoint_every=1000))
+    assert reference.leaderboard[0]["metrics"] == phishing_reference(300, events)
+    assert all(m["positions"]["replay"]["line"] % 300 in (0, 9_000 % 300) for m in CheckpointStore(str(tmp_path / "whole")).list()[1:])
+
+    ckpt = tmp_path / "killed"
+    command = [sys.executable, "-m", "riverbeam.cli", "replay", "--config", replay_job(tmp_path, 300), "--input", inputs,
+               "--checkpoint-uri", str(ckpt), "--checkpoint-every", "1000", "--no-progress"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=os.getcwd())
+    deadline = time.monotonic() + 60
+    while _sequence(ckpt) < 4 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL, "the replay finished before it could be killed"
+    interrupted = CheckpointStore(str(ckpt)).load_latest().manifest
+    assert 0 < interrupted["events_seen"] < len(events) and interrupted["events_seen"] % 300 == 0  # at a chunk boundary
+    resumed = run_replay(job, ReplayOptions([inputs], checkpoint_uri=str(ckpt), checkpoint_every=1000))
+    keys = ("events_seen", "events_learned", "metrics", "positions")
+    assert {k: resumed.checkpoint[k] for k in keys} == {k: reference.checkpoint[k] for k in keys}
+
+
+def _sequence(path) -> int:
+    try:
+        return json.loads((path / "LATEST").read_text())["sequence"]
+    except (OSError, ValueError):
+        return 0
+
+
+DAEMON_MODEL = {"pipeline": LOGREG, "metrics": ["Accuracy", "LogLoss"], "batch": {"size": 100}}
+
+
+def test_daemon_in_batch_mode_equals_the_bare_loop_across_kill_9_with_outputs_exactly_once(tmp_path, kafka_bootstrap, topic):
+    events = list(itertools.islice(itertools.cycle(PHISHING), 8_000))
+    produce(kafka_bootstrap, topic, [orjson.dumps(e) for e in events])
+    outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred", "poll_max_records": 333}
+    config = daemon_config(tmp_path, kafka_bootstrap, topic, "kafka-python", kafka=outputs, model=DAEMON_MODEL, checkpoint={"every_events": 450})
+    rng = random.Random(11)
+    for _ in range(2):
+        process = start_daemon(config)
+        time.sleep(rng.uniform(2.5, 4.0))
+        process.kill()
+        process.wait()
+    summary = run_daemon(config)
+    unit = summary["units"]["all"]
+    assert unit["events_seen"] == unit["events_learned"] == len(events)
+    assert unit["metrics"] == phishing_reference(100, events)
+    for manifest in CheckpointStore(str(tmp_path / "checkpoints")).list():
+        assert manifest["positions"][f"{topic}/0"] % 100 == 0 or manifest["positions"][f"{topic}/0"] == len(events)
+    predictions = read_topic(kafka_bootstrap, f"{topic}.pred")
+    sources = [dict(r.headers)[SOURCE_HEADER] for r in predictions]
+    assert len(sources) == len(set(sources)) == len(events)
+    # the predictions are the chunk's predict_proba_many, made before the chunk was learned
+    model = preprocessing.StandardScaler() | linear_model.LogisticRegression(optimizer=optim.SGD(0.1))
+    X = pd.DataFrame([{k: v for k, v in e.items() if k != "label"} for e in events[:100]])
+    first = model.predict_proba_many(X).to_dict("records")
+    by_offset = {orjson.loads(r.value)["offset"]: orjson.loads(r.value) for r in predictions}
+    assert [by_offset[i]["probabilities"] for i in range(100)] == [{str(k): v for k, v in p.items()} for p in first]
