@@ -40,12 +40,13 @@ import orjson
 
 from core.errors import RiverbeamError
 from online.checkpoints import CheckpointStore, FencingError
-from online.config import ConsumeJobConfig
+from online.config import ConsumeJobConfig, model_names
 from online.kafka_clients import KafkaClientError, TopicPartition, make_consumer, make_producer
 from online.kafka_clients.base import ProducerFencedError
 from online.gc_tuning import restore_gc, steady_state_gc
 from online.learner import Learner
 from online.learning_loop import LearningLoop
+from online.model_set import ModelSet, ModelsSpec
 from online.sources import KafkaBatch, KafkaSource, kafka_positions, parse_position_key, position_key
 from online.config import LEASE_RENEWALS
 from online.lease import Lease, LeaseKeeper, instance_id
@@ -120,14 +121,15 @@ class LearningUnit:
 class Daemon:
     """One daemon instance; `run` returns a summary when it stops."""
 
-    def __init__(self, config: ConsumeJobConfig, until_caught_up: bool = False, progress: bool | None = None):
+    def __init__(self, config: ConsumeJobConfig, until_caught_up: bool = False, progress: bool | None = None, allow_model_change: bool = False):
         self.config = config
         self.until_caught_up = until_caught_up
         self.keyed = config.events.key is not None
         self.lease_seconds = config.checkpoint.lease_seconds
         self.metrics = DaemonMetrics()
         self.progress = ProgressLine(progress)
-        self.spec = LearnerSpec.of(config)  # model, events, features and the fitted transform
+        # model(s), events, features and the fitted transform: what a checkpoint must have been written with
+        self.spec = ModelsSpec.of(config, allow_model_change) if config.models is not None else LearnerSpec.of(config)
         self.units: dict[str, LearningUnit] = {}
         self.unit_of: dict[TopicPartition, LearningUnit] = {}
         self.targets: dict[TopicPartition, int] = {}
@@ -144,13 +146,14 @@ class Daemon:
         self.consumer = None
         self._source: KafkaSource | None = None
         self.sinks = KafkaOutputs(self)
-        self.model_name = config.model.name or "model" if config.model is not None else None
+        self.model_name = model_names([config.model])[0] if config.model is not None else None  # its label in metrics
         self.producer = None
         self.outputs: OutputWriter | None = None
         self.lease: Lease | None = None
         self.health: HealthServer | None = None
         self.keeper: LeaseKeeper | None = None
         self.topic_ids: dict[str, str | None] = {}
+        self._gap_checks: dict[TopicPartition, dict] = {}  # keyed units restored in a callback, not yet checked for offset gaps
         self._upload_started: dict[str, float] = {}
         self._pending_logged = 0.0
         self.final_summary: dict | None = None
@@ -196,8 +199,12 @@ class Daemon:
         positions = kafka_positions(checkpoint.positions) if checkpoint is not None else {}
         outputs_since = checkpoint.manifest.get("extra", {}).get("outputs") if checkpoint is not None else None
         positions = {tp: positions.get(tp, 0) for tp in partitions}
-        if checkpoint is not None and not self.keyed:  # no broker look-ups inside a rebalance callback (keyed units)
-            positions = self._resolve_offset_gaps(positions, checkpoint.manifest.get("extra", {}).get("topic_ids") or {})
+        if checkpoint is not None:
+            recorded_ids = checkpoint.manifest.get("extra", {}).get("topic_ids") or {}
+            if self.keyed:  # no broker look-ups inside a rebalance callback: checked after the poll returns
+                self._gap_checks.update({tp: recorded_ids for tp in partitions})
+            else:
+                positions = self._resolve_offset_gaps(positions, recorded_ids)
         self.outputs.restore(partitions, outputs_since)
         unit = LearningUnit(name, store, learner, list(partitions), positions)
         unit.checkpointer = Checkpointer(
@@ -205,7 +212,8 @@ class Daemon:
             on_durable=lambda durable: self._durable(unit, durable), restored=checkpoint,
         )
         unit.loop = LearningLoop(
-            [(self.model_name, learner)], dead_letters=self.sinks, predictions=self.sinks if self.outputs.predictions_topic else None,
+            learner.items() if isinstance(learner, ModelSet) else [(self.model_name, learner)], dead_letters=self.sinks,
+            predictions=self.sinks if self.outputs.predictions_topic else None, predictions_model=self.config.predictions_model,
             checkpointer=unit.checkpointer, positions=positions,
         )
         unit.positions = unit.loop.positions  # one dict: what the loop advances is what gets checkpointed
@@ -250,6 +258,21 @@ class Daemon:
             resolved[tp] = target
         return resolved
 
+    def _check_keyed_gaps(self, batches: list) -> list:
+        """Offset-gap checks of keyed units restored during the last poll; batches of a partition moved by `skip` are dropped."""
+        pending, self._gap_checks = self._gap_checks, {}
+        moved = set()
+        for tp, recorded_ids in pending.items():
+            unit = self.unit_of.get(tp)
+            if unit is None:
+                continue
+            resolved = self._resolve_offset_gaps({tp: unit.positions[tp]}, recorded_ids)[tp]
+            if resolved != unit.positions[tp]:
+                unit.positions[tp] = resolved
+                self.consumer.seek(tp, resolved)
+                moved.add(tp)
+        return [batch for batch in batches if batch.partition not in moved] if moved else batches
+
     def _exact_end(self, tp: TopicPartition, listed: int) -> int:
         """The partition's true end: ListOffsets raised to the high watermark of a fetch near it."""
         scanner = make_consumer(self.config.kafka, group=False)
@@ -291,6 +314,8 @@ class Daemon:
         while True:
             try:
                 acquired = self.lease.try_acquire()
+            except PermissionError as error:  # a read-only checkpoint location will not heal: one line, exit 1
+                raise DaemonError(f"cannot write the lease at {self.config.checkpoint.uri}: {error}") from None
             except Exception as error:  # storage down: stay standby
                 acquired = False
                 log.warning("standby: cannot read the lease", extra={"fields": {"error": f"{type(error).__name__}: {error}"}})
@@ -497,9 +522,10 @@ class Daemon:
             if tp in marks:
                 self.metrics.lag.labels(tp[0], str(tp[1])).set(max(0, marks[tp] - unit.positions[tp]))
         for unit in self.units.values():
-            for name, value in unit.learner.metric_values().items():
-                if value is not None:
-                    self.metrics.model_metric.labels(unit.name, name).set(value)
+            for model, learner in unit.loop.models:  # every model of the unit, labelled by its name
+                for name, value in learner.metric_values().items():
+                    if value is not None:
+                        self.metrics.model_metric.labels(unit.name, model, name).set(value)
             if unit.learner.state.drift_detector is not None:
                 self.metrics.drifts.labels(unit.name).set(unit.learner.state.drifts_detected)
         headline = ""
@@ -519,6 +545,7 @@ class Daemon:
         try:
             if self.keyed:
                 self._open_clients()
+                self.topic_ids = {topic: self.consumer.topic_id(topic) for topic in self.config.kafka.source_topics}  # recorded in each checkpoint
                 self.consumer.subscribe(self.config.kafka.source_topics, self._on_assign, self._on_revoke)
                 self._loop()
                 for unit in list(self.units.values()):
@@ -540,6 +567,8 @@ class Daemon:
         clock = time.perf_counter
         while not self.stopping.is_set():
             batches = self.source.poll()
+            if self._gap_checks:
+                batches = self._check_keyed_gaps(batches)
             if batches:
                 begin = clock()
                 if self.first_event_at is None:
@@ -600,13 +629,16 @@ class Daemon:
         self.stopping.set()
 
 
-def run_daemon(config: ConsumeJobConfig, until_caught_up: bool = False, progress: bool | None = None, stop: threading.Event | None = None) -> dict:
+def run_daemon(config: ConsumeJobConfig, until_caught_up: bool = False, progress: bool | None = None, stop: threading.Event | None = None,
+               allow_model_change: bool = False) -> dict:
     """Run the daemon in this process with SIGTERM/SIGINT handled gracefully; return its summary.
 
     `stop` is an event the caller may already have wired to signals (set before the daemon
-    starts, it makes the daemon stop right after restoring).
+    starts, it makes the daemon stop right after restoring). `allow_model_change`: a model added
+    to (removed from) ``models:`` since the checkpoint starts from scratch (is dropped) instead of
+    stopping the daemon (`online.model_set`).
     """
-    daemon = Daemon(config, until_caught_up=until_caught_up, progress=progress)
+    daemon = Daemon(config, until_caught_up=until_caught_up, progress=progress, allow_model_change=allow_model_change)
     if stop is not None:
         daemon.stopping = stop
     previous = {sig: signal.signal(sig, daemon.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}

@@ -388,7 +388,9 @@ class ConfluentProducer:
             failures, self._failures = self._failures, []
             causes = [error, error.__cause__, error.__context__]
             codes = [c.args[0] for c in causes if isinstance(c, KafkaException) and c.args and isinstance(c.args[0], KafkaError)]
-            if any(self._fenced(f) or f.fatal() for f in failures + codes):
+            if self.transactional or any(self._fenced(f) or f.fatal() for f in failures + codes):
+                # librdkafka's fatal fencing error reaches Python inconsistently (SystemError, NULL result):
+                # a transactional producer that fails to flush is unusable, treated as fenced (back to standby).
                 raise ProducerFencedError(f"confluent-kafka: producer fenced by a newer instance: {error}") from None
             raise KafkaClientError(f"confluent-kafka: flush failed: {error}") from None
         failures, self._failures = self._failures, []

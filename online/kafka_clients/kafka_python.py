@@ -48,7 +48,9 @@ CONSUMER_MANAGED = {
     "key_deserializer": "riverbeam reads raw bytes",
     "value_deserializer": "riverbeam reads raw bytes",
 }
-CONSUMER_DEFAULTS = {"auto_offset_reset": "earliest", "allow_auto_create_topics": False}
+# read_committed (confluent-kafka's default too): records of a transaction aborted by a takeover are never
+# learned from nor mistaken for outputs already written (on Tansu, which does not filter them, it changes nothing).
+CONSUMER_DEFAULTS = {"auto_offset_reset": "earliest", "allow_auto_create_topics": False, "isolation_level": "read_committed"}
 PRODUCER_MANAGED = {
     "bootstrap_servers": "set kafka.bootstrap_servers instead",
     "acks": "riverbeam always produces with acks=all",

@@ -314,7 +314,7 @@ def test_metrics_and_health_endpoints(tmp_path, kafka_bootstrap, topic):
                 pass
             time.sleep(0.3)
         assert "riverbeam_events_learned_total 300.0" in body
-        assert 'riverbeam_model_metric{metric="Accuracy",unit="all"}' in body
+        assert 'riverbeam_model_metric{metric="Accuracy",model="StandardScaler|LogisticRegression",unit="all"}' in body
         assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read() == b"ok\n"
     finally:
         process.send_signal(signal.SIGTERM)
@@ -587,3 +587,34 @@ def test_lease_keeper_renews_through_a_slow_step_and_notices_a_takeover(tmp_path
         assert keeper.lost.is_set() and not keeper.valid()
     finally:
         keeper.stop()
+
+
+def test_keyed_unit_on_a_recreated_topic_is_an_offset_gap(tmp_path, kafka_bootstrap, topic):
+    events = [{**e, "shop": "a"} for e in PHISHING[:400]]
+    produce(kafka_bootstrap, topic, [orjson.dumps(e) for e in events])
+    config = job_config(tmp_path, kafka_bootstrap, topic, "confluent-kafka", events={"target": "label", "key": "shop"})
+    assert run_daemon(config)["units"][f"{topic}.0"]["events_seen"] == 400
+    recreate_topic(kafka_bootstrap, topic, [orjson.dumps(e) for e in events[:100]])
+    process = start_daemon(config, "--until-caught-up")
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 1, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"riverbeam: error: offset gap on {topic}[0]: the checkpoint resumes at offset 400 but the broker holds [0, 100)"), last
+
+
+def test_a_checkpoint_location_that_cannot_be_written_fails_in_one_line(tmp_path, kafka_bootstrap, topic, monkeypatch):
+    """A read-only checkpoint directory (faked: the tests run as root, who may write anywhere)."""
+    from core.configuration import load_config
+    from core.storage import local
+    from online.config import ConsumeJobConfig
+    from online.daemon import Daemon, DaemonError
+
+    produce(kafka_bootstrap, topic, [orjson.dumps(e) for e in PHISHING[:10]])
+    job = load_config(job_config(tmp_path, kafka_bootstrap, topic, "kafka-python"), ConsumeJobConfig)
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "checkpoints" / ".LEASE.lock"))
+
+    monkeypatch.setattr(local.LocalStore, "write_if_generation", read_only)
+    with pytest.raises(DaemonError, match=r"cannot write the lease at .*checkpoints: \[Errno 13\] Permission denied"):
+        Daemon(job, until_caught_up=True, progress=False).run()
