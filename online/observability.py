@@ -36,7 +36,7 @@ class DaemonMetrics:
             "riverbeam_checkpoint_duration_seconds", "Serialise + upload time of a checkpoint", registry=registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )  # fmt: skip
-        self.model_metric = Gauge("riverbeam_model_metric", "Progressive validation metric of the model", ["unit", "metric"], registry=registry)
+        self.model_metric = Gauge("riverbeam_model_metric", "Progressive validation metric of each model (label model: its name)", ["unit", "model", "metric"], registry=registry)
         self.throughput = Gauge("riverbeam_events_per_second", "Events per second over the last interval", registry=registry)
         self.drifts = Gauge("riverbeam_drifts_detected", "Concept drifts detected by the model's drift detector", ["unit"], registry=registry)
         self.ready_gauge = Gauge("riverbeam_ready", "1 when this instance is ready (restored, active), else 0", registry=registry)

@@ -30,7 +30,7 @@ import orjson
 from online.checkpoints import Checkpoint
 from online.events import EventError
 from online.learner import Learner
-from online.persistence import restore_learner
+from online.model_set import restore_model
 
 
 def prediction_record(learner: Learner, event: Any, checkpoint_id: str | None) -> dict:
@@ -66,13 +66,14 @@ def prediction_record(learner: Learner, event: Any, checkpoint_id: str | None) -
     return record
 
 
-def predict_lines(checkpoint: Checkpoint, lines: Iterable[str | bytes]) -> Iterator[str]:
+def predict_lines(checkpoint: Checkpoint, lines: Iterable[str | bytes], model: str | None = None) -> Iterator[str]:
     """Yield one JSON line per input line: ``{"line": n, **prediction_record(...)}``, or an error.
 
     `n` is the line's number in the input: blank lines are skipped but counted. Lines may be
-    bytes: one that is not UTF-8 is one error record.
+    bytes: one that is not UTF-8 is one error record. `model` names one model of a checkpoint of
+    several (``models:``; default the first).
     """
-    learner = restore_learner(checkpoint)
+    learner = restore_model(checkpoint, model)
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue

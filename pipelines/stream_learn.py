@@ -213,6 +213,8 @@ def read_job_config(uri: str) -> ConsumeJobConfig:
             raise ConfigError("", f"invalid YAML: {error}", source=uri) from None
         config = parse_config(data, ConsumeJobConfig, source=uri)
     config.check_semantics()
+    if config.models is not None:  # several models on one stream: the daemon's (online.model_set)
+        raise ConfigError("models", "stream-learn learns one model (model:); run several models with riverbeam consume", source=uri)
     return config
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import logging
 import os
@@ -54,7 +55,8 @@ from starlette.schemas import SchemaGenerator
 from core import __version__
 from online.events import EventError
 from online.observability import MetricsHistory, dashboard_page
-from online.persistence import LearnerSpec, open_checkpoint_store, restore_learner
+from online.model_set import restore_model
+from online.persistence import LearnerSpec, open_checkpoint_store
 from online.predict import prediction_record
 from online.serving.config import ServeJobConfig
 from online.serving.metrics import ServeMetrics
@@ -156,7 +158,8 @@ class Server:
                 spec = LearnerSpec.load(config.model, config.events, config.features)
                 restore = spec.restore  # the configuration given must hash to the checkpoint's
             else:
-                restore = restore_learner  # the configuration the checkpoint recorded, as `riverbeam predict`
+                # the configuration the checkpoint recorded, as `riverbeam predict` (serve.model: one of several models)
+                restore = functools.partial(restore_model, name=config.serve.model)
             self.watcher = CheckpointWatcher(store, self.slot, self.metrics, restore=restore, interval=config.serve.reload_seconds)
         self.stopping = asyncio.Event()
         self.stopping_thread = threading.Event()

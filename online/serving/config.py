@@ -33,6 +33,7 @@ class ServeConfig(Section):
     reload_seconds: float = pydantic.Field(default=2.0, gt=0)
     token_env: str = "RIVERBEAM_SERVE_TOKEN"
     max_batch: int = pydantic.Field(default=10_000, gt=0)
+    model: str | None = None  # which model of a checkpoint of several (models:) to serve; default the first
 
 
 class ServeJobConfig(Section):

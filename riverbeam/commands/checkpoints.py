@@ -65,7 +65,16 @@ def checkpoint_summary(manifest: dict) -> dict:
         "config_hash": manifest.get("config_hash"),
         "versions": manifest.get("versions"),
         "report": manifest.get("extra", {}).get("report"),
+        "leaderboard": leaderboard_of(manifest),
     }
+
+
+def leaderboard_of(manifest: dict) -> list[dict] | None:
+    """A checkpoint of several models (``models:``): its models ranked by the headline metric; else None."""
+    from online.model_set import leaderboard_rows
+
+    models = (manifest.get("extra", {}).get("report") or {}).get("models")
+    return leaderboard_rows(models) if models else None
 
 
 def checkpoints_show(args) -> int:
@@ -83,5 +92,9 @@ def checkpoints_show(args) -> int:
             print(f"{key}: {summary[key]}")
         print("positions: " + json.dumps(summary["positions"]))
         print("metrics: " + ", ".join(f"{k}={v}" for k, v in summary["metrics"].items()))
+        if summary["leaderboard"]:
+            print("leaderboard:")
+            for row in summary["leaderboard"]:
+                print(f"  {row['rank']}. {row['model']}: " + ", ".join(f"{k}={v}" for k, v in row["metrics"].items()))
         print("model:\n" + summary["model"])
     return 0

@@ -10,6 +10,8 @@ def register(subparsers) -> None:
     consume.add_argument("--config", required=True, help="the daemon's YAML configuration")
     consume.add_argument("--until-caught-up", action="store_true", help="stop (with a final checkpoint) once every partition reaches the end offset seen at start")
     consume.add_argument("--progress", action="store_true", default=None, help="show the live progress line even when not on a terminal")
+    consume.add_argument("--allow-model-change", action="store_true",
+                         help="with models:, start a model added since the checkpoint from scratch and drop a removed one (else: an error)")
     consume.set_defaults(handler=consume_command)
 
 
@@ -28,6 +30,6 @@ def consume_command(args) -> int:
 
     config = load_config(args.config, ConsumeJobConfig)
     configure_json_logging()
-    summary = run_daemon(config, until_caught_up=args.until_caught_up, progress=args.progress, stop=stop)
+    summary = run_daemon(config, until_caught_up=args.until_caught_up, progress=args.progress, stop=stop, allow_model_change=args.allow_model_change)
     print(json.dumps({"summary": summary}, default=str))
     return 0

@@ -13,6 +13,7 @@ def register(subparsers) -> None:
     predict.add_argument("--checkpoint", required=True, help="checkpoint URI (local path, file://, gs:// or s3://)")
     predict.add_argument("--id", help="checkpoint id (default: latest)")
     predict.add_argument("--input", default="-", help="JSON lines file, or - for standard input (default)")
+    predict.add_argument("--model", help="the model to predict with, in a checkpoint of several (models:); default the first")
     add_signing_key_env(predict)
     predict.set_defaults(handler=predict_command)
 
@@ -31,6 +32,6 @@ def predict_command(args) -> int:
     except OSError as error:
         raise UsageError(f"--input {args.input}: {error.strerror}") from None
     with source:
-        for line in predict_lines(checkpoint, source):  # blank lines are skipped but keep their numbers
+        for line in predict_lines(checkpoint, source, args.model):  # blank lines are skipped but keep their numbers
             sys.stdout.write(line + "\n")
     return 0

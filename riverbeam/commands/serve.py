@@ -10,6 +10,7 @@ def register(subparsers) -> None:
     source.add_argument("--checkpoint", help="checkpoint URI for a quick read-only start (signing key from RIVERBEAM_CHECKPOINT_KEY)")
     serve.add_argument("--host", help="address to listen on (default serve.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default serve.port, 8080; 0 picks a free one)")
+    serve.add_argument("--model", help="the model to serve from a checkpoint of several (models:); default serve.model, else the first")
     serve.set_defaults(handler=serve_command)
 
 
@@ -23,6 +24,8 @@ def serve_command(args) -> int:
         config = load_config(args.config, ServeJobConfig)
     else:
         config = parse_config({"checkpoint": {"uri": args.checkpoint}}, ServeJobConfig)
+    if args.model is not None:
+        config = config.model_copy(update={"serve": config.serve.model_copy(update={"model": args.model})})
     config.check_semantics()
     configure_json_logging()
     run_server(config, host=args.host, port=args.port)

@@ -1,0 +1,161 @@
+"""Several models on one stream (``models:``): each equals progressive validation alone; named predictions; restore rules."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import subprocess
+import sys
+import os
+import contextlib
+
+import orjson
+import pytest
+import yaml
+from river import datasets, evaluate, linear_model, metrics, naive_bayes, optim, preprocessing
+
+from core.configuration import parse_config
+from online.checkpoints import CheckpointStore
+from online.config import ConsumeJobConfig, EventsConfig, ModelConfig
+from online.learner import Learner
+from online.learning_loop import LearningLoop
+from online.sources import KafkaBatch
+from tests.online.test_daemon import job_config, produce, read_topic, run_daemon, start_daemon
+
+PHISHING = [{**x, "label": y} for x, y in datasets.Phishing()]
+MODELS = [
+    {"name": "fast", "pipeline": [{"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {"optimizer": {"optim.SGD": {"lr": 0.1}}}}], "metrics": ["Accuracy", "LogLoss"]},
+    {"name": "slow", "pipeline": [{"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {"optimizer": {"optim.SGD": {"lr": 0.01}}}}], "metrics": ["Accuracy", "LogLoss"]},
+    {"name": "nb", "pipeline": [{"naive_bayes.GaussianNB": {}}], "metrics": ["Accuracy", "LogLoss"]},
+]
+RIVER_MODELS = {
+    "fast": lambda: preprocessing.StandardScaler() | linear_model.LogisticRegression(optimizer=optim.SGD(0.1)),
+    "slow": lambda: preprocessing.StandardScaler() | linear_model.LogisticRegression(optimizer=optim.SGD(0.01)),
+    "nb": lambda: naive_bayes.GaussianNB(),
+}
+
+
+def alone(name: str, events=PHISHING) -> dict:
+    data = [({k: v for k, v in e.items() if k != "label"}, e["label"]) for e in events]
+    result = evaluate.progressive_val_score(data, RIVER_MODELS[name](), metrics.Accuracy() + metrics.LogLoss())
+    return {type(m).__name__: m.get() for m in result}
+
+
+def test_the_loop_gives_every_model_every_event_and_each_equals_itself_alone():
+    batch_model = ModelConfig(**{**MODELS[0], "name": "batched", "batch": {"size": 50}})
+    models = [("fast", ModelConfig(**MODELS[0])), ("batched", batch_model), ("nb", ModelConfig(**MODELS[2]))]
+    learners = [(name, Learner(model, EventsConfig(target="label"))) for name, model in models]
+    values = [orjson.dumps(e) for e in PHISHING]
+    values[10] = b"[1, 2]"
+    dead = []
+
+    class Sinks:
+        def dead_letter(self, batch, index, reason, model=None):
+            dead.append((batch.offsets[index], model))
+
+        def predictions(self, batch, outcomes):
+            predicted.extend((batch.offsets[i], p) for i, p in outcomes)
+
+    predicted: list = []
+    loop = LearningLoop(learners, dead_letters=Sinks(), predictions=Sinks(), predictions_model="nb")
+    assert loop.chunk == 50
+    for start in range(0, len(values), 333):
+        loop.feed(KafkaBatch(("t", 0), values[start:start + 333], list(range(start, min(start + 333, len(values))))))
+    loop.flush()
+    assert dead == [(10, None)]  # rejected by every model: one dead letter, not one per model
+    events = [copy.deepcopy(e) if i != 10 else None for i, e in enumerate(PHISHING)]
+    for name, model in models:
+        reference = Learner(model, EventsConfig(target="label"))
+        reference.process_many(copy.deepcopy(events), on_error=lambda i, e: None)
+        assert dict(learners)[name].metric_values() == reference.metric_values(), name
+    clean = [e for i, e in enumerate(PHISHING) if i != 10]
+    assert dict(learners)["fast"].metric_values() == alone("fast", clean)
+    assert dict(learners)["nb"].metric_values() == alone("nb", clean)
+    nb = Learner(ModelConfig(**MODELS[2]), EventsConfig(target="label"))
+    expected: list = []
+    nb.process_many(copy.deepcopy(events), on_error=lambda i, e: None, predictions=expected)
+    assert [(o, p.y_pred) for o, p in predicted] == [(i, p.y_pred) for i, p in expected]
+
+
+def test_models_configuration_is_checked():
+    base = {"events": {"target": "label"}, "kafka": {"topic": "t"}, "checkpoint": {"uri": "/tmp/x"}}
+    job = parse_config({**base, "models": MODELS, "predictions_model": "slow"}, ConsumeJobConfig, environ={})
+    assert list(job.named_models) == ["fast", "slow", "nb"]
+    with pytest.raises(Exception, match="predictions_model: 'other' is not among the models"):
+        parse_config({**base, "models": MODELS, "predictions_model": "other"}, ConsumeJobConfig, environ={})
+    with pytest.raises(Exception, match="exactly one of model and models"):
+        parse_config({**base, "models": MODELS, "model": MODELS[0]}, ConsumeJobConfig, environ={})
+    with pytest.raises(Exception, match="events.key"):
+        parse_config({**base, "models": MODELS, "events": {"target": "label", "key": "user"}}, ConsumeJobConfig, environ={})
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    env = dict(os.environ, NO_GCE_CHECK="true")
+    process = subprocess.run([sys.executable, "-m", "riverbeam.cli", *args], capture_output=True, text=True, env=env, timeout=120)
+    return process.returncode, process.stdout, process.stderr
+
+
+def test_three_models_in_the_daemon_each_equal_progressive_validation_alone(tmp_path, kafka_bootstrap, topic):
+    values = [orjson.dumps(e) for e in PHISHING]
+    for position in (100, 700):
+        values.insert(position, b"{broken")
+    produce(kafka_bootstrap, topic, values)
+    outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred"}
+    config = job_config(tmp_path, kafka_bootstrap, topic, "kafka-python", kafka=outputs, model=None, models=MODELS, predictions_model="slow",
+                        checkpoint={"every_events": 400})
+    summary = run_daemon(config)
+    reports = summary["units"]["all"]["models"]
+    assert list(reports) == ["fast", "slow", "nb"]
+    for name in reports:
+        assert reports[name]["metrics"] == alone(name), name
+        assert reports[name]["events_seen"] == len(PHISHING)
+    assert len(read_topic(kafka_bootstrap, f"{topic}.dlq")) == 2
+    slow = Learner(ModelConfig(**MODELS[1]), EventsConfig(target="label"))
+    expected: list = []
+    slow.process_many(copy.deepcopy(PHISHING), predictions=expected)
+    records = sorted((orjson.loads(r.value) for r in read_topic(kafka_bootstrap, f"{topic}.pred")), key=lambda r: r["offset"])
+    assert [r["probabilities"] for r in records] == [{str(k): v for k, v in p.y_pred.items()} for _, p in expected]
+
+    uri = str(tmp_path / "checkpoints")
+    code, out, err = cli("checkpoints", "show", uri)
+    assert code == 0, err
+    board = out[out.index("leaderboard:"):].splitlines()[1:4]
+    ranked = sorted(reports, key=lambda n: -reports[n]["metrics"]["Accuracy"])
+    assert [line.split(".", 1)[1].split(":")[0].strip() for line in board] == ranked
+    assert json.loads(cli("checkpoints", "show", uri, "--json")[1])["leaderboard"][0]["model"] == ranked[0]
+
+    lines = tmp_path / "x.jsonl"
+    lines.write_text("\n".join(json.dumps({k: v for k, v in e.items() if k != "label"}) for e in PHISHING[:3]) + "\n")
+    code, out, err = cli("predict", "--checkpoint", uri, "--model", "nb", "--input", str(lines))
+    assert code == 0, err
+    nb = Learner(ModelConfig(**MODELS[2]), EventsConfig(target="label"))
+    nb.process_many(copy.deepcopy(PHISHING))
+    model = nb.state.models[None]
+    got = [json.loads(line)["probabilities"] for line in out.splitlines()]
+    assert got == [{str(k): v for k, v in model.predict_proba_one({k: v for k, v in e.items() if k != "label"}).items()} for e in PHISHING[:3]]
+    code, out, err = cli("predict", "--checkpoint", uri, "--model", "svm", "--input", str(lines))
+    assert code == 2 and "Traceback" not in err  # one line (after the unsigned-checkpoint warning)
+    assert err.strip().splitlines()[-1].endswith("has no model 'svm' (it holds fast, slow, nb)")
+
+    # removing a model is refused, in one line, unless --allow-model-change
+    produce(kafka_bootstrap, topic, [orjson.dumps(e) for e in PHISHING[:200]])
+    changed = job_config(tmp_path, kafka_bootstrap, topic, "kafka-python", kafka=outputs, model=None,
+                         models=[MODELS[0], MODELS[1], {**MODELS[0], "name": "newcomer"}], checkpoint={"every_events": 400})
+    process = start_daemon(changed, "--until-caught-up")
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 2, err[-2000:]
+    assert "adds newcomer; removes nb" in err and "--allow-model-change" in err and "Traceback" not in err
+    process = start_daemon(changed, "--until-caught-up", "--allow-model-change")
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err[-2000:]
+    after = json.loads(out.strip().splitlines()[-1])["summary"]["units"]["all"]["models"]
+    assert list(after) == ["fast", "slow", "newcomer"]
+    assert after["newcomer"]["events_seen"] == 200 and after["fast"]["events_seen"] == len(PHISHING) + 200
+    assert after["fast"]["metrics"] == alone("fast", PHISHING + PHISHING[:200])
+    # a model whose own configuration changed is refused even with the flag
+    renamed = job_config(tmp_path, kafka_bootstrap, topic, "kafka-python", kafka=outputs, model=None,
+                         models=[{**MODELS[1], "name": "fast"}, MODELS[1], {**MODELS[0], "name": "newcomer"}])
+    process = start_daemon(renamed, "--until-caught-up", "--allow-model-change")
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 2 and "the configuration of model fast differs" in err
