@@ -346,8 +346,10 @@ class Learner:
         for key, (model, indices, xs, ys) in groups.items():
             try:
                 frame = _frame(xs, pd)
-                if probabilities:
-                    y_preds = model.predict_proba_many(frame).to_dict("records")
+                if probabilities:  # one dict per row, as to_dict("records") builds them, without its per-row overhead
+                    proba = model.predict_proba_many(frame)
+                    classes = list(proba.columns)
+                    y_preds = [dict(zip(classes, row)) for row in proba.to_numpy().tolist()]
                 else:
                     y_preds = model.predict_many(frame).tolist()
                 labelled = [j for j, y in enumerate(ys) if y is not None]

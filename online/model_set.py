@@ -26,7 +26,7 @@ A model whose own configuration changed is always refused (use a new name for a 
 >>> _ = store.save(learners.snapshot(), events_seen=20, events_learned=20, metrics={}, model="", positions={}, config_hash=spec.hash,
 ...                extra={"learning": spec.recorded()})
 >>> again, checkpoint = resume(store, spec)
->>> [row["model"] for row in again.leaderboard()], again.report()["models"]["mean"]["metrics"] == learners.report()["models"]["mean"]["metrics"]
+>>> [row["model"] for row in again.leaderboard()], again.report()["by_model"]["mean"]["metrics"] == learners.report()["by_model"]["mean"]["metrics"]
 (['lr', 'mean'], True)
 >>> resume(store, ModelsSpec({"lr": models["lr"]}, EventsConfig(target="y")))
 Traceback (most recent call last):
@@ -98,11 +98,11 @@ class ModelSet:
         return self.primary.headline()
 
     def report(self) -> dict:
-        """The primary model's report, and every model's under ``models``."""
-        return {**self.primary.report(), "models": {name: learner.report() for name, learner in self.learners.items()}}
+        """The primary model's report, and every model's under ``by_model``."""
+        return {**self.primary.report(), "by_model": {name: learner.report() for name, learner in self.learners.items()}}
 
     def leaderboard(self) -> list[dict]:
-        return leaderboard_rows(self.report()["models"])
+        return leaderboard_rows(self.report()["by_model"])
 
     def model_text(self) -> str:
         return "\n".join(f"[{name}] {learner.model_text()}" for name, learner in self.learners.items())

@@ -215,6 +215,8 @@ def read_job_config(uri: str) -> ConsumeJobConfig:
     config.check_semantics()
     if config.models is not None:  # several models on one stream: the daemon's (online.model_set)
         raise ConfigError("models", "stream-learn learns one model (model:); run several models with riverbeam consume", source=uri)
+    if config.model.batch is not None:  # its state is kept per event in Beam; chunks would need their own buffered state
+        raise ConfigError("model.batch", "stream-learn learns one event at a time; mini-batch learning runs in riverbeam consume and replay", source=uri)
     return config
 
 

@@ -73,8 +73,8 @@ def leaderboard_of(manifest: dict) -> list[dict] | None:
     """A checkpoint of several models (``models:``): its models ranked by the headline metric; else None."""
     from online.model_set import leaderboard_rows
 
-    models = (manifest.get("extra", {}).get("report") or {}).get("models")
-    return leaderboard_rows(models) if models else None
+    models = (manifest.get("extra", {}).get("report") or {}).get("by_model")
+    return leaderboard_rows(models) if isinstance(models, dict) and models else None
 
 
 def checkpoints_show(args) -> int:

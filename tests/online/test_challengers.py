@@ -105,7 +105,7 @@ def test_three_models_in_the_daemon_each_equal_progressive_validation_alone(tmp_
     config = job_config(tmp_path, kafka_bootstrap, topic, "kafka-python", kafka=outputs, model=None, models=MODELS, predictions_model="slow",
                         checkpoint={"every_events": 400})
     summary = run_daemon(config)
-    reports = summary["units"]["all"]["models"]
+    reports = summary["units"]["all"]["by_model"]
     assert list(reports) == ["fast", "slow", "nb"]
     for name in reports:
         assert reports[name]["metrics"] == alone(name), name
@@ -149,7 +149,7 @@ def test_three_models_in_the_daemon_each_equal_progressive_validation_alone(tmp_
     process = start_daemon(changed, "--until-caught-up", "--allow-model-change")
     out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err[-2000:]
-    after = json.loads(out.strip().splitlines()[-1])["summary"]["units"]["all"]["models"]
+    after = json.loads(out.strip().splitlines()[-1])["summary"]["units"]["all"]["by_model"]
     assert list(after) == ["fast", "slow", "newcomer"]
     assert after["newcomer"]["events_seen"] == 200 and after["fast"]["events_seen"] == len(PHISHING) + 200
     assert after["fast"]["metrics"] == alone("fast", PHISHING + PHISHING[:200])
