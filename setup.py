@@ -28,6 +28,7 @@ BASE = [
     "tqdm>=4.66",
     "pyarrow>=14",
     "pyfarmhash>=0.4",  # tft.hash_strings' FarmHash fingerprint, for fitted transforms online
+    "rocksdict>=0.3.29,<0.4",  # per-key models past events.key_cache_size wait in a local RocksDB (online.keyed_state)
 ]
 BEAM = [
     "apache-beam[gcp,aws]>=2.77,<2.78",

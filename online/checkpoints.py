@@ -4,7 +4,15 @@ Layout below the checkpoint URI (a local path, ``file://``, ``gs://bucket/prefix
 
     checkpoints/<id>/state.bin      the learner state (pickle), written first
     checkpoints/<id>/manifest.json  id, counters, positions, metrics, model text, checksums
+    parts/<sequence>-<token>.bin    keyed-state parts of incremental checkpoints (shared between them)
     LATEST                          {"id", "sequence", "history"}: moved last, by compare-and-swap
+
+An *incremental* checkpoint (per-key models, `online.persistence.Checkpointer`) also lists in its
+manifest the ``parts`` that make up its keyed state: parts written by earlier checkpoints and
+the one holding what changed since the last, each with its size, SHA-256 and HMAC. A part is
+immutable once written and verified like the state blob; a checkpoint with a part missing,
+truncated or tampered is refused as a whole (the previous good one is used). Retention deletes
+a part once no kept checkpoint names it (and it is older than the oldest kept checkpoint).
 
 A reader never sees half a checkpoint: `LATEST` moves only after the blob and the manifest are
 complete. `LATEST` is replaced only if its generation is still the one this writer last saw, so
@@ -51,6 +59,7 @@ log = logging.getLogger(__name__)
 MANIFEST_FORMAT = 1
 LATEST = "LATEST"
 PREFIX = "checkpoints/"
+PARTS = "parts/"
 
 
 class CheckpointError(RiverbeamError):
@@ -89,6 +98,7 @@ class Checkpoint:
 
     manifest: dict
     state: bytes
+    parts: tuple = ()  # verified keyed-state parts of an incremental checkpoint, in order
 
     @property
     def id(self) -> str:
@@ -121,11 +131,14 @@ class CheckpointStore:
     `LATEST` only if it is unchanged (see `FencingError`).
     """
 
-    def __init__(self, uri: str | ObjectStore, keep: int = 10, signing_key: bytes | None = None):
+    def __init__(self, uri: str | ObjectStore, keep: int = 10, signing_key: bytes | None = None, compact_parts: int = 8):
         self.store = uri if isinstance(uri, ObjectStore) else open_store(uri)
         self.uri = self.store.uri
         self.keep = keep
         self.signing_key = signing_key
+        self.compact_parts = compact_parts  # incremental checkpoints: fold the parts once there are this many
+        self._parts_of: dict[str, set] = {}  # checkpoint id -> the part files its manifest names
+        self._protected: set = set()  # parts written but not named by a manifest yet (a compaction's): retention spares them
         self._pointer: dict | None = None
         self._generation: Generation | None = None  # None: not read yet; an opaque token from the store
 
@@ -161,8 +174,11 @@ class CheckpointStore:
         model: str = "",
         config_hash: str = "",
         extra: dict | None = None,
+        parts: list[dict] | None = None,
     ) -> dict:
         """Write one checkpoint and move `LATEST` to it; return its manifest.
+
+        `parts` (incremental checkpoints) are descriptors from `write_part`, in order.
 
         Raises `FencingError` if another writer moved `LATEST` since this store last saw it.
         """
@@ -193,6 +209,8 @@ class CheckpointStore:
             },
             "extra": extra or {},
         }
+        if parts is not None:
+            manifest["parts"] = list(parts)
         base = f"{PREFIX}{checkpoint_id}/"
         self.store.write(base + "state.bin", state)
         self.store.write(base + "manifest.json", json.dumps(manifest, indent=1, default=str).encode())
@@ -207,6 +225,8 @@ class CheckpointStore:
                 "this instance is stale and stops (is a second daemon writing to the same checkpoint URI?)"
             ) from None
         self._pointer = pointer
+        self._parts_of[checkpoint_id] = {part["file"] for part in parts or ()}
+        self._protected -= self._parts_of[checkpoint_id]
         self._apply_retention(history)
         return manifest
 
@@ -215,6 +235,82 @@ class CheckpointStore:
         for checkpoint_id in self.ids():
             if checkpoint_id not in keep and checkpoint_id < history[-1]:
                 self._delete_checkpoint(checkpoint_id)
+        self._parts_of = {i: files for i, files in self._parts_of.items() if i in keep}
+        try:
+            present = self.store.list(PARTS)
+        except StorageError as error:
+            log.warning("could not list checkpoint parts: %s", error)
+            return
+        if not present:
+            return
+        referenced: set = set()
+        for checkpoint_id in history:
+            if checkpoint_id not in self._parts_of:
+                try:
+                    self._parts_of[checkpoint_id] = {p["file"] for p in self.manifest(checkpoint_id).get("parts") or ()}
+                except CheckpointError as error:
+                    log.warning("retention keeps every part: %s", error)
+                    return
+            referenced |= self._parts_of[checkpoint_id]
+        oldest = int(history[-1].split("-", 1)[0])
+        referenced |= self._protected
+        for name in present:
+            if name not in referenced and _part_sequence(name) < oldest:
+                try:
+                    self.store.delete(name)
+                except StorageError as error:
+                    log.warning("could not delete old checkpoint part %s: %s", name, error)
+
+    # -- parts of incremental checkpoints ----------------------------------------------------
+
+    def next_sequence(self) -> int:
+        """The sequence number the next checkpoint written through this store will have."""
+        if self._generation is None:
+            self._read_pointer()
+        return int((self._pointer or {}).get("sequence", 0)) + 1
+
+    def write_part(self, data: bytes, sequence: int | None = None, *, protect: bool = False, **fields) -> dict:
+        """Write one immutable part (named by `sequence`, by default the next checkpoint's); its descriptor for `save`.
+
+        A `protect`-ed part is spared by retention until a checkpoint saved here names it (or `unprotect`).
+        """
+        sequence = self.next_sequence() if sequence is None else sequence
+        name = f"{PARTS}{sequence:012d}-{secrets.token_hex(4)}.bin"
+        if protect:
+            self._protected.add(name)
+        self.store.write(name, data)
+        return {
+            "file": name,
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "hmac_sha256": hmac.new(self.signing_key, data, hashlib.sha256).hexdigest() if self.signing_key else None,
+            **fields,
+        }
+
+    def unprotect(self, name: str) -> None:
+        """A protected part will never be named: retention may delete it."""
+        self._protected.discard(name)
+
+    def read_part(self, part: dict, checkpoint_id: str = "?") -> bytes:
+        """A part's bytes, verified against its descriptor (`IntegrityError`, `SignatureError`)."""
+        try:
+            data = self.store.read(part["file"])
+        except ObjectNotFound:
+            raise IntegrityError(f"{self.uri}: checkpoint {checkpoint_id} is missing its part {part['file']}") from None
+        self._verify(data, part, f"checkpoint {checkpoint_id} part {part['file']}")
+        return data
+
+    def _verify(self, data: bytes, expected: dict, what: str) -> None:
+        if len(data) != expected["size"]:
+            raise IntegrityError(f"{self.uri}: {what} is truncated ({len(data)} of {expected['size']} bytes)")
+        if hashlib.sha256(data).hexdigest() != expected["sha256"]:
+            raise IntegrityError(f"{self.uri}: {what} is corrupt (SHA-256 mismatch)")
+        if self.signing_key is not None:
+            signature = expected.get("hmac_sha256")
+            if not signature:
+                raise SignatureError(f"{self.uri}: {what} is not signed and a signing key is set: refusing to load it")
+            if not hmac.compare_digest(signature, hmac.new(self.signing_key, data, hashlib.sha256).hexdigest()):
+                raise SignatureError(f"{self.uri}: {what} has a wrong signature (tampered, or another key): refusing to load it")
 
     def _delete_checkpoint(self, checkpoint_id: str) -> None:
         for suffix in ("manifest.json", "state.bin"):
@@ -260,7 +356,8 @@ class CheckpointStore:
                 raise SignatureError(f"{self.uri}: checkpoint {checkpoint_id} is not signed and a signing key is set: refusing to load it")
             if not hmac.compare_digest(signature, hmac.new(self.signing_key, state, hashlib.sha256).hexdigest()):
                 raise SignatureError(f"{self.uri}: checkpoint {checkpoint_id} has a wrong signature (tampered, or another key): refusing to load it")
-        return Checkpoint(manifest, state)
+        parts = tuple(self.read_part(part, checkpoint_id) for part in manifest.get("parts") or ())
+        return Checkpoint(manifest, state, parts)
 
     def load_latest(self) -> Checkpoint | None:
         """The newest good checkpoint, falling back (with a warning) past corrupt ones; None if there is none.
@@ -300,6 +397,18 @@ class CheckpointStore:
             except CheckpointError as error:
                 log.warning("%s", error)
         return manifests
+
+
+def _part_sequence(name: str) -> int:
+    """The sequence number a part file was written for.
+
+    >>> _part_sequence("parts/000000000012-0a1b2c3d.bin")
+    12
+    """
+    try:
+        return int(name[len(PARTS) :].split("-", 1)[0])
+    except ValueError:
+        return 1 << 62  # not ours: never deleted
 
 
 def _river_version() -> str:

@@ -160,6 +160,11 @@ class EventsConfig(Section):
     # A feature or numeric label beyond this (absolute value) makes the event a dead letter: a finite
     # 1e308 passes the finite check but overflows the model's sums and ruins it for good.
     max_abs_value: float | None = pydantic.Field(default=None, gt=0)
+    # Per-key models (`key` set): at most this many stay in memory, the others wait pickled in a local
+    # RocksDB (online.keyed_state); it changes memory and speed, never what is learned (not in the config hash).
+    key_cache_size: int = pydantic.Field(default=100_000, ge=2)
+    # Drop a key's model once it has not been used for this long (processing clock); counted as models_expired.
+    key_ttl_seconds: float | None = pydantic.Field(default=None, gt=0)
 
 
 class FeaturesConfig(Section):
@@ -196,6 +201,9 @@ class CheckpointConfig(Section):
     keep: int = pydantic.Field(default=10, ge=1)
     lease_seconds: float = pydantic.Field(default=30.0, gt=0)
     signing_key_env: str = "RIVERBEAM_CHECKPOINT_KEY"
+    # Incremental checkpoints (per-key models): fold the parts into one in the background once a
+    # checkpoint is made of this many (or its deltas outweigh its base), so restore time stays bounded.
+    compact_parts: int = pydantic.Field(default=8, ge=2)
 
     @pydantic.field_validator("lease_seconds")
     @classmethod

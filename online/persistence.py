@@ -67,6 +67,7 @@ from core.errors import ConfigError
 from online.checkpoints import Checkpoint, CheckpointStore, config_hash, signing_key_from_env
 from online.config import CheckpointConfig, EventsConfig, FeaturesConfig, ModelConfig
 from online.events import load_feature_transform
+from online.keyed_state import encode_part, merge_parts, pending_delta
 from online.learner import Learner
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ def open_checkpoint_store(config: CheckpointConfig, uri: str | None = None) -> C
     >>> store.keep, store.signing_key
     (3, None)
     """
-    return CheckpointStore(uri or config.uri, keep=config.keep, signing_key=signing_key_from_env(config.signing_key_env))
+    return CheckpointStore(uri or config.uri, keep=config.keep, signing_key=signing_key_from_env(config.signing_key_env), compact_parts=config.compact_parts)
 
 
 def checkpoint_store(uri: str, signing_key_env: str | None = None, keep: int = 10) -> CheckpointStore:
@@ -133,7 +134,7 @@ def transform_digest(transform: Callable | None) -> str | None:
 
 def _hash(model: ModelConfig, events: EventsConfig, digest: str | None) -> str:
     """Over the settings that differ from their defaults: a setting added later (with a default) keeps old hashes."""
-    sections = [model.model_dump(mode="json", exclude_defaults=True), events.model_dump(mode="json", exclude_defaults=True)]
+    sections = [model.model_dump(mode="json", exclude_defaults=True), events.model_dump(mode="json", exclude_defaults=True, exclude={"key_cache_size"})]
     return config_hash(*sections, *([{"transform_sha256": digest}] if digest is not None else []))
 
 
@@ -230,7 +231,7 @@ class LearnerSpec:
                 f"{what} differs from the one checkpoint {checkpoint.id} was written with; "
                 "use a new checkpoint URI for a new model (or restore the old model, events and features sections)",
             )
-        return Learner.restore(checkpoint.state, self.model, self.events, transform=self.transform)
+        return Learner.restore(checkpoint.state, self.model, self.events, transform=self.transform, parts=checkpoint.parts)
 
 
 def _same_sections(recorded: dict, spec: LearnerSpec) -> bool:
@@ -377,9 +378,24 @@ class Checkpointer:
     never before). `collect` finishes an upload that is done (or waits with ``wait=True``) and
     re-raises its error (`online.checkpoints.FencingError`, storage errors).
 
+    **Per-key models** (a learner whose models are a `online.keyed_state.KeyedModels`) are
+    checkpointed *incrementally*: step (4) only freezes what changed since the last checkpoint
+    (and pickles the small rest of the state); the changed models are pickled in slices of at
+    most `slice_seconds` at each later `add` (copy-on-write keeps them as they were at the
+    checkpoint), then one part holding them (and the delayed-label entries added or removed) is
+    written and the manifest names every part of the full state. When a checkpoint is made of
+    ``store.compact_parts`` parts, or its deltas outweigh its base, the parts are folded into one
+    in the background (on a thread of its own, so a long compaction never holds an upload back),
+    and later checkpoints name the folded part instead. Without an `uploader`, keyed uploads run on
+    a thread of the checkpointer's own too (`close` stops both). `add` is also the learner's safe point to spill
+    and expire models.
+    A caller passing `state` (a full snapshot: Beam's per-key state) gets a full checkpoint.
+
     `positions` given to `checkpoint` are the writer's own (Kafka offsets, a replay position,
     files); positions recorded by other jobs in the restored checkpoint are kept.
     """
+
+    slice_seconds = 0.02
 
     def __init__(
         self,
@@ -404,9 +420,27 @@ class Checkpointer:
         self.pending: concurrent.futures.Future | None = None
         self.written = 0
         self.last_manifest: dict | None = restored.manifest if restored is not None else None
+        # incremental checkpoints of keyed models
+        self.parts: list[dict] = list(restored.manifest.get("parts") or []) if restored is not None else []
+        self._pending_base = learner.state.pending.copy() if self.parts else None  # delayed labels as of the last part
+        self._building: dict | None = None  # a checkpoint whose changed models are being pickled in slices
+        self._carry: list = []  # model records of a delta that failed to upload: written with the next one
+        self._compaction: concurrent.futures.Future | None = None
+        self._compactor: concurrent.futures.Executor | None = None
+        self._own_uploader: concurrent.futures.Executor | None = None
+        self.longest_step = 0.0  # the longest time one checkpoint step held the caller's thread (seconds)
+        # incremental only for a `Learner` with per-key models (a `online.model_set.ModelSet` is saved whole)
+        self.keyed = getattr(learner, "keyed", False) is True
 
     def add(self, events: int) -> None:
+        """Count `events` more events; a safe point: spill and expire keyed models, pickle a slice of a checkpoint."""
         self.cadence.add(events)
+        if self.keyed:
+            self.learner.trim_models()
+            if self._building is not None:
+                self._advance(self.slice_seconds)
+            elif self.uploader is None and self.pending is not None and self.pending.done():
+                self.collect()  # our own thread's upload (a caller with an uploader collects it itself)
 
     def due(self) -> bool:
         return self.cadence.due()
@@ -426,25 +460,39 @@ class Checkpointer:
             return done if wait else None
         extra = {**(extra or {}), **(prepare() if prepare is not None else {})}
         started = time.perf_counter()
-        state = self.learner.snapshot() if state is None else state
         fields = checkpoint_fields(self.learner, self.spec)
         all_positions = {**self.base_positions, **positions}
         manifest_extra = {**extra, **learning_extra(self.learner, spec=self.spec)}
         store = self.store
+        self.last_positions = all_positions
+        self.cadence.reset()
+        if state is None and self.keyed:
+            self._take_compaction()
+            core, pending = self.learner.core_snapshot()
+            self.learner.state.models.freeze()
+            self._building = {"core": core, "pending": pending, "fields": fields, "positions": all_positions,
+                              "own": dict(positions), "extra": manifest_extra, "started": started}
+            self.longest_step = max(self.longest_step, time.perf_counter() - started)
+            self._advance(None if wait else self.slice_seconds)
+            return self.collect(wait=True) if wait else None
+        state = self.learner.snapshot() if state is None else state
 
         def upload() -> Durable:
             manifest = store.save(state, positions=all_positions, extra=manifest_extra, **fields)
             return Durable(manifest, dict(positions), time.perf_counter() - started)
 
-        self.last_positions = all_positions
-        self.cadence.reset()
         if self.uploader is None:
             return self._finish(self._result(upload))
         self.pending = self.uploader.submit(upload)
         return self.collect(wait=True) if wait else None
 
     def collect(self, wait: bool = False) -> Durable | None:
-        """Finish the upload in flight if it is done (or `wait`): report it durable and return it."""
+        """Finish the upload in flight if it is done (or `wait`): report it durable and return it.
+
+        With `wait`, a checkpoint still pickling its changed models finishes first.
+        """
+        if self._building is not None:
+            self._advance(None if wait else self.slice_seconds)
         if self.pending is None or not (wait or self.pending.done()):
             return None
         future, self.pending = self.pending, None
@@ -460,7 +508,97 @@ class Checkpointer:
     def _finish(self, durable: Durable) -> Durable:
         self.written += 1
         self.last_manifest = durable.manifest
+        if "parts" in durable.manifest:
+            self.parts = list(durable.manifest["parts"])
+            self._maybe_compact()
         if self.on_durable is not None:
             self.on_durable(durable)
         return durable
 
+    # -- incremental checkpoints ------------------------------------------------------------
+
+    def _advance(self, budget: float | None) -> None:
+        """Pickle a slice of the changed models (all with `budget` None); once all are, start the upload."""
+        building = self._building
+        began = time.perf_counter()
+        models = self.learner.state.models
+        if not models.serialize(budget):
+            self.longest_step = max(self.longest_step, time.perf_counter() - began)
+            return
+        self._building = None
+        records = self._carry + models.delta_records()
+        self._carry = []
+        base_parts, pending_base = list(self.parts), self._pending_base
+        store, started = self.store, building["started"]
+
+        def upload() -> Durable:
+            try:
+                all_records = records + pending_delta(pending_base, building["pending"])
+                parts = base_parts
+                if all_records:
+                    parts = base_parts + [store.write_part(encode_part(all_records), records=len(all_records))]
+                manifest = store.save(building["core"], positions=building["positions"], extra=building["extra"], parts=parts, **building["fields"])
+            except BaseException:
+                self._carry = records + self._carry  # nothing of this delta is lost: the next one writes it
+                raise
+            self._pending_base = building["pending"]
+            return Durable(manifest, building["own"], time.perf_counter() - started)
+
+        self.longest_step = max(self.longest_step, time.perf_counter() - began)
+        self.pending = self._background().submit(upload)  # collected by the next `collect` / `checkpoint`
+
+    def _maybe_compact(self) -> None:
+        """Fold the parts into one in the background when there are many, or the deltas outweigh the base."""
+        parts = self.parts
+        if self._compaction is not None or len(parts) < 2:
+            return
+        deltas = sum(part["size"] for part in parts[1:])
+        if len(parts) < self.store.compact_parts and deltas <= 2 * parts[0]["size"] + (1 << 20):
+            return
+        store, folded, sequence = self.store, list(parts), self.store.next_sequence()
+
+        def compact() -> tuple[list[dict], dict]:
+            checkpoint_id = self.last_manifest.get("id", "?") if self.last_manifest else "?"
+            data = merge_parts(store.read_part(part, checkpoint_id) for part in folded)
+            return folded, store.write_part(data, sequence, protect=True, records=None, compacted=len(folded))
+
+        if self._compactor is None:  # its own thread: a long compaction never holds an upload back
+            self._compactor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="riverbeam-compaction")
+        self._compaction = self._compactor.submit(compact)
+
+    def _background(self) -> concurrent.futures.Executor:
+        """The uploader, or (without one) a thread of this checkpointer's own for keyed uploads."""
+        if self.uploader is not None:
+            return self.uploader
+        if self._own_uploader is None:
+            self._own_uploader = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="riverbeam-checkpoint")
+        return self._own_uploader
+
+    def _take_compaction(self, wait: bool = False) -> None:
+        """Use a finished compaction: later checkpoints name the folded part instead of the parts it folded."""
+        future = self._compaction
+        if future is None or not (wait or future.done()):
+            return
+        self._compaction = None
+        try:
+            folded, part = future.result()
+        except Exception as error:  # the parts stay as they were: correct, only slower to restore
+            log.warning("compaction of checkpoint parts failed: %s: %s", type(error).__name__, error)
+            return
+        if self.parts[: len(folded)] == folded:
+            self.parts = [part] + self.parts[len(folded) :]  # protected from retention until a manifest names it
+        else:
+            self.store.unprotect(part["file"])
+
+    def close(self) -> None:
+        """Wait for a background compaction and stop this checkpointer's own thread (the uploader is the caller's).
+
+        An upload still in flight is waited for, not collected: call `collect` first to see it durable.
+        """
+        if self.pending is not None:
+            concurrent.futures.wait([self.pending])
+        self._take_compaction(wait=True)
+        for executor in (self._compactor, self._own_uploader):
+            if executor is not None:
+                executor.shutdown(wait=True)
+        self._compactor = self._own_uploader = None

@@ -323,7 +323,9 @@ def learn(job: ReplayJobConfig, files: list[InputFile], options: ReplayOptions) 
         loop.flush()
         if source.lines:
             save()  # skipped when nothing changed since the last one
+        checkpointer.collect(wait=True)  # per-key models: the last checkpoint may still be pickling in slices
     finally:
+        checkpointer.close()
         errors.close()
     manifest = checkpointer.last_manifest if checkpointer.written else None
     board = leaderboard([candidate])

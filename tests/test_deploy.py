@@ -45,7 +45,7 @@ def test_daemon_install_pulls_in_neither_beam_nor_tensorflow(tmp_path):
         pytest.skip(f"package registry unreachable: {result.stderr[-300:]}")
     assert result.returncode == 0, result.stderr[-2000:]
     names = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
-    assert {"river", "kafka-python", "confluent-kafka", "google-cloud-storage"} <= names
+    assert {"river", "kafka-python", "confluent-kafka", "google-cloud-storage", "rocksdict"} <= names  # rocksdict: keyed models
     assert not names & {"apache-beam", "tensorflow", "tensorflow-transform", "tfx-bsl"}
 
 

@@ -1,0 +1,346 @@
+"""Per-key models at scale: incremental checkpoints, the spill store, the TTL, the fresh-model prototype."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from river import datasets, linear_model, naive_bayes, preprocessing, tree
+
+from online.checkpoints import CheckpointStore
+from online.config import CheckpointConfig, EventsConfig, ModelConfig
+from online.keyed_state import KeyedModels, decode_part
+from online.learner import Learner, fresh_model_factory
+from online.persistence import Cadence, Checkpointer, LearnerSpec, open_checkpoint_store, resume
+
+MODEL = ModelConfig(pipeline=[{"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {}}], metrics=["Accuracy", "LogLoss"])
+
+
+def events(n: int, keys: int, seed: int = 0, delayed: bool = False) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        a, b = rng.gauss(0, 1), rng.gauss(0, 1)
+        row = {"k": f"u{rng.randrange(keys)}", "a": a, "b": b, "label": a + 0.5 * b > 0}
+        if delayed:
+            row["id"] = i // 2  # every other event is the label of the one before it
+            if i % 2 == 0:
+                del row["label"]
+        rows.append(row)
+    return rows
+
+
+def spec(cache: int = 8, ttl: float | None = None, delayed: bool = False) -> LearnerSpec:
+    return LearnerSpec(MODEL, EventsConfig(target="label", key="k", key_cache_size=cache, key_ttl_seconds=ttl, id="id" if delayed else None))
+
+
+def probe(learner: Learner, keys: int) -> list:
+    """Predictions of every key's model on a fixed event, without learning."""
+    return [learner.state.models[f"u{k}"].predict_proba_one({"a": 0.3, "b": -0.2}) if f"u{k}" in learner.state.models else None for k in range(keys)]
+
+
+def run(learner: Learner, checkpointer: Checkpointer | None, rows: list[dict], chunk: int = 25) -> None:
+    for start in range(0, len(rows), chunk):
+        batch = [dict(r) for r in rows[start : start + chunk]]
+        learner.process_many(batch, on_error=lambda i, e: None)
+        if checkpointer is not None:
+            checkpointer.add(len(batch))
+            if checkpointer.due():
+                checkpointer.checkpoint({"events/0": start + len(batch)})
+
+
+# -- the prototype -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", [
+    preprocessing.StandardScaler() | linear_model.LogisticRegression(),
+    tree.HoeffdingTreeClassifier(grace_period=50),
+    naive_bayes.GaussianNB(),
+])
+def test_fresh_model_from_the_pickled_prototype_predicts_as_clone(model):
+    fresh = fresh_model_factory(model)
+    a, b = fresh(), model.clone()
+    assert a is not b and type(a) is type(b)
+    seen = []
+    for x, y in datasets.Phishing():
+        seen.append((a.predict_proba_one(x), b.predict_proba_one(x)))
+        a.learn_one(x, y)
+        b.learn_one(x, y)
+    assert all(p == q for p, q in seen)
+    assert fresh() is not fresh()  # never shared between keys
+    if hasattr(a, "_plan"):  # a pipeline born with its plan: the plan drives its own steps, never the prototype's
+        assert all(item[1] is a.steps[name] for item, name in zip(a._plan, a.steps))
+        assert model._plan is None or all(item[1] is model.steps[name] for item, name in zip(model._plan, model.steps))
+
+
+def test_new_keys_come_from_the_prototype_and_it_never_learns():
+    learner = spec().new_learner()
+    run(learner, None, events(200, 5))
+    fresh, clone = learner._new_model(), learner.prototype.clone()
+    assert fresh["StandardScaler"].counts == {} and fresh["LogisticRegression"].weights == {}
+    for row in events(50, 1, seed=9):
+        x = {"a": row["a"], "b": row["b"]}
+        assert fresh.predict_proba_one(x) == clone.predict_proba_one(x)
+        fresh.learn_one(x, row["label"])
+        clone.learn_one(x, row["label"])
+
+
+def set_clock(models: KeyedModels, now: list) -> None:
+    models.clock = lambda: now[0]
+    models.now = models._last_sweep = now[0]
+
+
+# -- the store ---------------------------------------------------------------------------------
+
+
+def test_cache_is_bounded_and_spilled_models_come_back_unchanged():
+    learner = spec(cache=8).new_learner()
+    rows = events(2000, 100)
+    run(learner, None, rows)  # no checkpointer: trim by hand at the safe point
+    learner.trim_models()
+    models = learner.state.models
+    assert len(models) == 100 and models.hot_count == 8
+    reference = Learner(MODEL, EventsConfig(target="label", key="k", key_cache_size=1000))
+    run(reference, None, rows)
+    assert probe(learner, 100) == probe(reference, 100)
+    assert learner.metric_values() == reference.metric_values()
+
+
+def test_key_ttl_drops_and_counts_idle_models(caplog):
+    now = [1000.0]
+    learner = spec(cache=4, ttl=60).new_learner()
+    set_clock(learner.state.models, now)
+    learner.process_many([{"k": f"u{i}", "a": 1.0, "b": 0.0, "label": True} for i in range(10)])
+    learner.trim_models()  # 6 spilled, 4 hot
+    now[0] += 30
+    learner.process_many([{"k": "u0", "a": 1.0, "b": 0.0, "label": True}])
+    assert learner.trim_models() == 0
+    now[0] += 45  # u0 used 45 s ago, the others 75 s ago
+    with caplog.at_level("INFO"):
+        assert learner.trim_models() == 9
+    assert list(learner.state.models) == ["u0"] and len(learner.state.models) == 1
+    assert learner.report()["models_expired"] == 9 and "idle" in caplog.text
+    learner.process_many([{"k": "u5", "a": 1.0, "b": 0.0, "label": True}])
+    assert len(learner.state.models) == 2  # a dropped key starts again from the prototype
+
+
+def test_ttl_survives_a_checkpoint(tmp_path):
+    now = [1000.0]
+    store = CheckpointStore(str(tmp_path))
+    learner, _ = resume(store, spec(cache=4, ttl=60))
+    set_clock(learner.state.models, now)
+    checkpointer = Checkpointer(store, learner, spec(cache=4, ttl=60), Cadence(every_events=10**9))
+    run(learner, checkpointer, [{"k": f"u{i}", "a": 1.0, "b": 0.0, "label": True} for i in range(10)])
+    now[0] += 100
+    assert learner.trim_models() == 10
+    checkpointer.checkpoint({"events/0": 10}, wait=True)
+    again, checkpoint = resume(CheckpointStore(str(tmp_path)), spec(cache=4, ttl=60))
+    assert len(again.state.models) == 0 and again.report()["models_expired"] == 10
+
+
+# -- incremental checkpoints -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("delayed", [False, True])
+def test_incremental_checkpoints_restore_exactly_the_full_state(tmp_path, delayed):
+    rows = events(3000, 60, delayed=delayed)
+    store = CheckpointStore(str(tmp_path), keep=3, compact_parts=3)
+    learner, _ = resume(store, spec(cache=8, delayed=delayed))
+    checkpointer = Checkpointer(store, learner, spec(cache=8, delayed=delayed), Cadence(every_events=200))
+    checkpointer.slice_seconds = 0.0  # one model per slice: copy-on-write does the rest
+    run(learner, checkpointer, rows)
+    checkpointer.checkpoint({"events/0": len(rows)}, wait=True)
+    checkpointer.close()
+    manifest = store.list()[0]
+    assert 1 <= len(manifest["parts"]) <= 4  # compact_parts, plus deltas written while a compaction ran
+    assert manifest["parts"][0].get("compacted")  # 15 checkpoints: folded in the background
+    restored, _ = resume(CheckpointStore(str(tmp_path)), spec(cache=8, delayed=delayed))
+    full = Learner.restore(learner.snapshot(), MODEL, spec(delayed=delayed).events)
+    for other in (restored, full):
+        assert probe(other, 60) == probe(learner, 60)
+        assert other.metric_values() == learner.metric_values()
+        assert other.report() == learner.report()
+        assert list(other.state.pending) == list(learner.state.pending)
+    more = events(500, 60, seed=1, delayed=delayed)
+    run(restored, None, more)
+    run(learner, None, more)
+    assert probe(restored, 60) == probe(learner, 60) and restored.metric_values() == learner.metric_values()
+
+
+def test_checkpoint_bytes_follow_the_keys_changed(tmp_path):
+    store = CheckpointStore(str(tmp_path), compact_parts=100)
+    learner, _ = resume(store, spec(cache=1000))
+    checkpointer = Checkpointer(store, learner, spec(cache=1000), Cadence(every_events=10**9))
+    run(learner, checkpointer, events(2000, 500))
+    checkpointer.checkpoint({"events/0": 1}, wait=True)
+    base = store.list()[0]["parts"][-1]
+    run(learner, checkpointer, [{"k": f"u{i}", "a": 1.0, "b": 1.0, "label": True} for i in range(5)])
+    checkpointer.checkpoint({"events/0": 2}, wait=True)
+    delta = store.list()[0]["parts"][-1]
+    assert base["records"] == len(learner.state.models) > 400 and delta["records"] == 5
+    assert delta["size"] * 50 < base["size"]
+    keys = {key for _, key, _ in decode_part(store.store.read(delta["file"]))}
+    assert keys == {f"u{i}" for i in range(5)}
+
+
+def test_a_checkpoint_with_a_missing_or_tampered_part_is_refused_and_the_previous_used(tmp_path):
+    store = CheckpointStore(str(tmp_path), compact_parts=100)
+    learner, _ = resume(store, spec())
+    checkpointer = Checkpointer(store, learner, spec(), Cadence(every_events=10**9))
+    run(learner, checkpointer, events(400, 30))
+    checkpointer.checkpoint({"events/0": 1}, wait=True)
+    first = store.list()[0]
+    run(learner, checkpointer, events(400, 30, seed=2))
+    checkpointer.checkpoint({"events/0": 2}, wait=True)
+    second = store.list()[0]
+    assert second["parts"][:1] == first["parts"] and len(second["parts"]) == 2
+    newest = tmp_path / second["parts"][-1]["file"]
+    data = newest.read_bytes()
+    newest.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # tampered
+    assert resume(CheckpointStore(str(tmp_path)), spec())[1].id == first["id"]
+    newest.unlink()  # missing
+    restored, checkpoint = resume(CheckpointStore(str(tmp_path)), spec())
+    assert checkpoint.id == first["id"] and restored.state.events_seen == 400
+
+
+def test_signed_parts_are_verified(tmp_path):
+    store = CheckpointStore(str(tmp_path), signing_key=b"k1")
+    learner, _ = resume(store, spec())
+    checkpointer = Checkpointer(store, learner, spec(), Cadence(every_events=10**9))
+    run(learner, checkpointer, events(100, 10))
+    checkpointer.checkpoint({"events/0": 1}, wait=True)
+    assert all(part["hmac_sha256"] for part in store.list()[0]["parts"])
+    from online.checkpoints import SignatureError
+
+    with pytest.raises(SignatureError):
+        CheckpointStore(str(tmp_path), signing_key=b"another").load_latest()
+
+
+def test_retention_deletes_parts_no_kept_checkpoint_names(tmp_path):
+    store = CheckpointStore(str(tmp_path), keep=2, compact_parts=2)
+    learner, _ = resume(store, spec())
+    checkpointer = Checkpointer(store, learner, spec(), Cadence(every_events=100))
+    run(learner, checkpointer, events(2000, 40))
+    checkpointer.checkpoint({"events/0": 1}, wait=True)
+    checkpointer.close()
+    named = {part["file"] for manifest in store.list() for part in manifest["parts"]}
+    present = set(store.store.list("parts/"))
+    assert named <= present and len(present - named) <= 2  # at most a compaction's part not yet named
+
+
+@pytest.mark.parametrize("where", ["gcs", "s3"])
+def test_incremental_checkpoints_on_buckets(request, where):
+    prefix = request.getfixturevalue("gcs_prefix" if where == "gcs" else "s3_prefix")
+    store = open_checkpoint_store(CheckpointConfig(uri=prefix, keep=2, compact_parts=2, signing_key_env="NO_SUCH_KEY"))
+    learner, _ = resume(store, spec())
+    checkpointer = Checkpointer(store, learner, spec(), Cadence(every_events=150))
+    run(learner, checkpointer, events(500, 20), chunk=50)
+    checkpointer.checkpoint({"events/0": 1}, wait=True)
+    checkpointer.close()
+    restored, checkpoint = resume(open_checkpoint_store(CheckpointConfig(uri=prefix, signing_key_env="NO_SUCH_KEY")), spec())
+    assert checkpoint.manifest["parts"] and probe(restored, 20) == probe(learner, 20)
+    assert restored.metric_values() == learner.metric_values()
+
+
+# -- kill -9 -----------------------------------------------------------------------------------
+
+CONFIG = """
+model:
+  pipeline: [{preprocessing.StandardScaler: {}}, {linear_model.LogisticRegression: {}}]
+  metrics: [Accuracy, LogLoss]
+events: {target: label, key: k, key_cache_size: 16}
+checkpoint: {uri: %s, every_events: 100, keep: 3, compact_parts: 2}
+"""
+
+
+def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_path):
+    rows = events(12000, 80, seed=3)
+    data = tmp_path / "events.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = tmp_path / "job.yaml"
+    config.write_text(CONFIG % (tmp_path / "ckpt"))
+    command = [sys.executable, "-m", "riverbeam.cli", "replay", "--config", str(config), "--input", str(data), "--no-progress"]
+    env = {**os.environ, "NO_GCE_CHECK": "true"}
+    rng = random.Random(7)
+    latest = tmp_path / "ckpt" / "LATEST"
+    kills = 0
+    for attempt in range(12):
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if attempt < 5:  # kill after a random number of checkpoints, at a random moment after one (compactions run then)
+            moves, seen = rng.randint(1, 4), latest.stat().st_mtime_ns if latest.exists() else None
+            while process.poll() is None and moves:
+                now = latest.stat().st_mtime_ns if latest.exists() else None
+                if now != seen:
+                    moves, seen = moves - 1, now
+                time.sleep(0.002)
+            time.sleep(rng.uniform(0, 0.03))
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+                kills += 1
+        _, stderr = process.communicate(timeout=120)
+        if process.returncode == 0:
+            break
+        assert process.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
+    assert process.returncode == 0 and kills >= 3
+    store = CheckpointStore(str(tmp_path / "ckpt"))
+    restored, checkpoint = resume(store, spec(cache=16))
+    assert checkpoint.manifest["parts"]
+    reference = Learner(MODEL, EventsConfig(target="label", key="k"))
+    reference.process_many([dict(r) for r in rows])
+    assert restored.state.events_seen == len(rows)
+    assert probe(restored, 80) == probe(reference, 80)
+    assert restored.metric_values() == reference.metric_values()
+
+
+def test_a_crash_during_compaction_leaves_the_checkpoints_usable(tmp_path, monkeypatch):
+    store = CheckpointStore(str(tmp_path), compact_parts=2)
+    learner, _ = resume(store, spec())
+    checkpointer = Checkpointer(store, learner, spec(), Cadence(every_events=100))
+    written = store.write_part
+
+    def dies_when_compacting(data, sequence=None, **fields):
+        if fields.get("compacted"):
+            written(data[: len(data) // 2], sequence, **fields)  # half a part on storage, then the writer is gone
+            raise RuntimeError("killed while compacting")
+        return written(data, sequence, **fields)
+
+    monkeypatch.setattr(store, "write_part", dies_when_compacting)
+    run(learner, checkpointer, events(600, 30))
+    checkpointer.checkpoint({"events/0": 1}, wait=True)
+    assert isinstance(checkpointer._compaction.exception(), RuntimeError)
+    half_written = set(store.store.list("parts/")) - {p["file"] for p in store.list()[0]["parts"]}
+    assert half_written  # the torn part is there, named by no manifest
+    restored, checkpoint = resume(CheckpointStore(str(tmp_path), compact_parts=2), spec())
+    assert checkpoint.id == store.list()[0]["id"] and not any(p.get("compacted") for p in checkpoint.manifest["parts"])
+    assert probe(restored, 30) == probe(learner, 30) and restored.metric_values() == learner.metric_values()
+    # the restarted writer compacts for real, and retention removes the torn part once it is old enough
+    again = Checkpointer(CheckpointStore(str(tmp_path), keep=1, compact_parts=2), restored, spec(), Cadence(every_events=100), restored=checkpoint)
+    run(restored, again, events(600, 30, seed=5))
+    again.checkpoint({"events/0": 2}, wait=True)
+    again._take_compaction(wait=True)
+    again.checkpoint({"events/0": 3}, wait=True)
+    final = again.store.list()[0]
+    assert final["parts"][0].get("compacted") and not half_written & set(again.store.store.list("parts/"))
+    last, _ = resume(CheckpointStore(str(tmp_path)), spec())
+    assert probe(last, 30) == probe(restored, 30) and last.metric_values() == restored.metric_values()
+
+
+def test_spilled_models_are_on_local_disk_only_while_the_learner_lives():
+    models = KeyedModels(cache_size=2)
+    for key in range(5):
+        models[key] = linear_model.LinearRegression()
+    models.trim()
+    path = models._spill.path
+    assert os.path.isdir(path)
+    del models
+    import gc
+
+    gc.collect()
+    assert not os.path.exists(path)
