@@ -353,7 +353,7 @@ class Learner:
         outcomes: list = []  # (index, key, y_pred, y)
         for key, (model, indices, xs, ys) in groups.items():
             try:
-                frame = _frame(xs, pd)
+                frame = pd.DataFrame(xs)  # as River's own mini-batch loop builds it (measured: faster than building columns here)
                 if probabilities:  # one dict per row, as to_dict("records") builds them, without its per-row overhead
                     proba = model.predict_proba_many(frame)
                     classes = list(proba.columns)
@@ -603,14 +603,6 @@ def fresh_model_factory(prototype: base.Estimator) -> Callable[[], base.Estimato
     loads = pickle.loads
     return lambda: loads(blob)
 
-
-
-def _frame(rows: list[dict], pd):
-    """The rows as a DataFrame, column by column when they share their keys (as decoded events do: no per-row detour)."""
-    first = rows[0].keys()
-    if all(row.keys() == first for row in rows):
-        return pd.DataFrame({name: [row[name] for row in rows] for name in first})
-    return pd.DataFrame(rows)
 
 
 def model_failure(error: BaseException) -> EventError:

@@ -1,0 +1,228 @@
+"""Mini-batch learning (``model.batch``) and several models, against bare River loops in the same run.
+
+Anchors, measured in this run on the same events (Phishing cycled; StandardScaler |
+LogisticRegression; Accuracy):
+
+* ``bare per-event``: the hand-written River loop (``predict_proba_one``, metric, ``learn_one``)
+  over decoded dicts.
+* ``bare mini-batch N``: River's mini-batch loop (DataFrame of the chunk, ``predict_proba_many``,
+  the metric per event, ``learn_many``) over decoded dicts, N in {100, 1000}.
+
+Measured: the learner core (`Learner.process_many`, decoded dicts), the learning loop from raw
+JSON bytes (`LearningLoop.feed`: decode + learner: what the daemon runs per poll), ``riverbeam
+replay --mode learn`` over a JSON-lines file (end to end: read, parse, learn, checkpoints), and
+with ``--daemon`` the daemon end to end on a local Tansu broker (``riverbeam consume
+--until-caught-up``, kafka-python and confluent-kafka: its ``processing_seconds``, the time spent
+decoding, learning and writing outputs), each per event and in mini-batches. Then the cost of k
+models on one stream (k = 1, 2, 3 through the learning loop from raw bytes) against k times one
+model's bare River time plus one decode.
+
+    python benchmarks/bench_batch.py                       # 50k events, best of 3, in-process parts (~1 min)
+    python benchmarks/bench_batch.py --daemon              # and the daemon on a local broker (~1.5 min more)
+    python benchmarks/bench_batch.py --events 20000 --rounds 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+import pandas as pd
+from river import datasets, linear_model, metrics, preprocessing
+
+from online.config import EventsConfig, ModelConfig, ReplayJobConfig
+from online.learner import Learner
+from online.learning_loop import LearningLoop
+from online.sources import KafkaBatch
+
+SPEC = [{"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {}}]
+SIZES = (100, 1000)
+POLL = 5000  # records per poll, as the daemon's default kafka.poll_max_records
+
+
+def phishing_events(n: int) -> list[dict]:
+    base = [{**x, "label": y} for x, y in datasets.Phishing()]
+    return [dict(base[i % len(base)]) for i in range(n)]
+
+
+def split(events: list[dict]) -> list[tuple[dict, bool]]:
+    return [({k: v for k, v in e.items() if k != "label"}, e["label"]) for e in events]
+
+
+def bare_per_event(data) -> tuple[float, float]:
+    model, accuracy = preprocessing.StandardScaler() | linear_model.LogisticRegression(), metrics.Accuracy()
+    start = time.perf_counter()
+    for x, y in data:
+        y_pred = model.predict_proba_one(x)
+        if y_pred:
+            accuracy.update(y, max(y_pred, key=y_pred.get))
+        model.learn_one(x, y)
+    return time.perf_counter() - start, accuracy.get()
+
+
+def bare_minibatch(data, size: int) -> tuple[float, float]:
+    model, accuracy = preprocessing.StandardScaler() | linear_model.LogisticRegression(), metrics.Accuracy()
+    start = time.perf_counter()
+    for begin in range(0, len(data), size):
+        chunk = data[begin:begin + size]
+        X, y = pd.DataFrame([x for x, _ in chunk]), pd.Series([y for _, y in chunk])
+        for y_true, y_pred in zip(y, model.predict_many(X)):
+            accuracy.update(y_true, y_pred)
+        model.learn_many(X, y)
+    return time.perf_counter() - start, accuracy.get()
+
+
+def model_config(size: int | None, name: str | None = None) -> ModelConfig:
+    return ModelConfig(name=name, pipeline=SPEC, metrics=["Accuracy"], batch={"size": size} if size else None)
+
+
+def core(events: list[dict], size: int | None) -> tuple[float, float]:
+    learner = Learner(model_config(size), EventsConfig(target="label"))
+    copies = copy.deepcopy(events)
+    start = time.perf_counter()
+    learner.process_many(copies)
+    return time.perf_counter() - start, learner.metric_values()["Accuracy"]
+
+
+def loop_from_bytes(values: list[bytes], sizes: list[int | None]) -> tuple[float, list[float]]:
+    """The learning loop over polls of raw JSON records, with one model per entry of `sizes`."""
+    learners = [(f"m{i}", Learner(model_config(size), EventsConfig(target="label"))) for i, size in enumerate(sizes)]
+    loop = LearningLoop(learners)
+    start = time.perf_counter()
+    for begin in range(0, len(values), POLL):
+        part = values[begin:begin + POLL]
+        loop.feed(KafkaBatch(("t", 0), part, list(range(begin, begin + len(part)))))
+    loop.flush()
+    return time.perf_counter() - start, [learner.metric_values()["Accuracy"] for _, learner in learners]
+
+
+def replay(path: Path, size: int | None, workdir: Path) -> tuple[float, float]:
+    from online.replay_job import ReplayOptions, run_replay
+
+    job = ReplayJobConfig(model=model_config(size), events=EventsConfig(target="label"))
+    uri = workdir / f"replay-{uuid.uuid4().hex[:6]}"
+    start = time.perf_counter()
+    result = run_replay(job, ReplayOptions([str(path)], checkpoint_uri=str(uri), checkpoint_every=10_000, progress=False))
+    return time.perf_counter() - start, result.leaderboard[0]["metrics"]["Accuracy"]
+
+
+def daemon(bootstrap: str, topic: str, client: str, size: int | None, workdir: Path) -> tuple[float, float]:
+    import yaml
+
+    consumer = ({"session_timeout_ms": 2000, "heartbeat_interval_ms": 500, "max_poll_interval_ms": 5000} if client == "kafka-python"
+                else {"session.timeout.ms": 2000, "heartbeat.interval.ms": 500})
+    model = {"pipeline": SPEC, "metrics": ["Accuracy"], **({"batch": {"size": size}} if size else {})}
+    config = {"kafka": {"client": client, "bootstrap_servers": bootstrap, "topic": topic, "group_id": f"b-{uuid.uuid4().hex[:8]}", "consumer": consumer},
+              "model": model, "events": {"target": "label"}, "metrics": {"port": None},
+              "checkpoint": {"uri": str(workdir / f"daemon-{uuid.uuid4().hex[:6]}"), "every_events": 10_000}}
+    path = workdir / f"consume-{uuid.uuid4().hex[:6]}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = dict(os.environ, NO_GCE_CHECK="true")
+    out = subprocess.run([sys.executable, "-m", "riverbeam.cli", "consume", "--config", str(path), "--until-caught-up"],
+                         capture_output=True, text=True, env=env, timeout=600, check=True).stdout
+    summary = json.loads(out.strip().splitlines()[-1])["summary"]
+    return summary["processing_seconds"], summary["units"]["all"]["metrics"]["Accuracy"]
+
+
+def timed_decode(values: list[bytes]) -> float:
+    start = time.perf_counter()
+    [orjson.loads(v) for v in values]
+    return time.perf_counter() - start
+
+
+def best(runs: list[tuple[float, object]]) -> tuple[float, object]:
+    return min(runs, key=lambda run: run[0])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--daemon", action="store_true", help="also run the daemon end to end on a local Tansu broker")
+    args = parser.parse_args(argv)
+    events = phishing_events(args.events)
+    data = split(events)
+    values = [orjson.dumps(e) for e in events]
+    n = len(events)
+    rows: dict[str, tuple[float, object]] = {}
+
+    def measure(name: str, run) -> None:
+        rows[name] = best([run() for _ in range(args.rounds)])
+
+    measure("bare per-event", lambda: bare_per_event(data))
+    for size in SIZES:
+        measure(f"bare mini-batch {size}", lambda size=size: bare_minibatch(data, size))
+    measure("core per-event", lambda: core(events, None))
+    for size in SIZES:
+        measure(f"core batch {size}", lambda size=size: core(events, size))
+    measure("loop per-event (raw bytes)", lambda: loop_from_bytes(values, [None]))
+    for size in SIZES:
+        measure(f"loop batch {size} (raw bytes)", lambda size=size: loop_from_bytes(values, [size]))
+    with tempfile.TemporaryDirectory() as folder:
+        workdir = Path(folder)
+        path = workdir / "events.jsonl"
+        path.write_bytes(b"\n".join(values) + b"\n")
+        measure("replay per-event", lambda: replay(path, None, workdir))
+        for size in SIZES:
+            measure(f"replay batch {size}", lambda size=size: replay(path, size, workdir))
+        for k in (1, 2, 3):
+            measure(f"{k} model(s), per event (loop, raw bytes)", lambda k=k: loop_from_bytes(values, [None] * k))
+        decode_seconds = min(timed_decode(values) for _ in range(args.rounds))
+        if args.daemon:
+            from online.kafka_clients import create_topic, make_producer
+            from online.config import KafkaConfig
+            from riverbeam.local_stack import LocalStack
+
+            stack = LocalStack(workdir / "stack", kafka_port=0, gcs_port=0)
+            bootstrap = stack.up().bootstrap_servers
+            try:
+                topic = f"bench-{uuid.uuid4().hex[:8]}"
+                create_topic(bootstrap, topic, partitions=1)
+                producer = make_producer(KafkaConfig(bootstrap_servers=bootstrap, topic=topic))
+                for value in values:
+                    producer.send(topic, value, partition=0)
+                producer.flush()
+                producer.close()
+                for client in ("confluent-kafka", "kafka-python"):
+                    rounds = max(1, args.rounds - 1)
+                    rows[f"daemon {client} per-event"] = best([daemon(bootstrap, topic, client, None, workdir) for _ in range(rounds)])
+                    for size in SIZES:
+                        rows[f"daemon {client} batch {size}"] = best([daemon(bootstrap, topic, client, size, workdir) for _ in range(rounds)])
+            finally:
+                stack.down()
+
+    anchor = rows["bare per-event"][0]
+    print(f"{n:,} events, best of {args.rounds}; speed = events/s; x bare = speed / the bare per-event River loop's; "
+          "x mini = speed / the bare mini-batch loop's of the same N")
+    print(f"{'':44s} {'µs/event':>9s} {'events/s':>10s} {'x bare':>7s} {'x mini':>7s}  accuracy")
+    for name, (seconds, accuracy) in rows.items():
+        size = next((s for s in SIZES if f" {s}" in name and "batch" in name), None)
+        mini = rows[f"bare mini-batch {size}"][0] / seconds if size else float("nan")
+        acc = accuracy if not isinstance(accuracy, list) else accuracy[0]
+        print(f"{name:44s} {seconds / n * 1e6:9.2f} {n / seconds:10,.0f} {anchor / seconds:7.2f} {mini:7.2f}  {acc:.4f}")
+    one = rows["1 model(s), per event (loop, raw bytes)"][0]
+    print(f"\nk models (loop from raw bytes, per event): decode alone {decode_seconds / n * 1e6:.2f} µs/event; bare River {anchor / n * 1e6:.2f} µs/event per model")
+    for k in (1, 2, 3):
+        seconds = rows[f"{k} model(s), per event (loop, raw bytes)"][0]
+        expected = k * anchor + decode_seconds
+        print(f"  k={k}: {seconds / n * 1e6:.2f} µs/event = {seconds / one:.2f}x one model; k x bare + one decode = {expected / n * 1e6:.2f} µs/event (ratio {seconds / expected:.2f})")
+    for label in ("daemon confluent-kafka", "daemon kafka-python"):
+        if f"{label} per-event" in rows:
+            per_event = rows[f"{label} per-event"][0]
+            for size in SIZES:
+                seconds = rows[f"{label} batch {size}"][0]
+                print(f"{label} batch {size}: {per_event / seconds:.2f}x the per-event daemon, {rows[f'bare mini-batch {size}'][0] / seconds:.2f}x the bare mini-batch loop")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
