@@ -190,6 +190,9 @@ class Learner:
         probabilities = self.kind == "class" and (not metric.requires_labels or default_label)
         self._predict_name = "predict_proba_one" if probabilities else "predict_one"
         self._metric_update = score_function(list(metric), probabilities)
+        # mini-batches: labels suffice when every metric takes labels and nobody asked for probabilities
+        self._labels_suffice = probabilities and metric.requires_labels
+        self._label_update = score_function(list(metric), False) if self._labels_suffice else None
         self._supervised = self.prototype._supervised
 
     def _model_for(self, key):
@@ -349,7 +352,8 @@ class Learner:
             group[1].append(offset + i)
             group[2].append(x)
             group[3].append(y)
-        probabilities = self._predict_name == "predict_proba_one"
+        labels_only = self._labels_suffice and predictions is None  # predict_many: the same labels (the most probable class)
+        probabilities = self._predict_name == "predict_proba_one" and not labels_only
         outcomes: list = []  # (index, key, y_pred, y)
         for key, (model, indices, xs, ys) in groups.items():
             try:
@@ -373,7 +377,7 @@ class Learner:
             outcomes.extend(zip(indices, [key] * len(indices), y_preds, ys))
         if len(groups) > 1:
             outcomes.sort(key=lambda outcome: outcome[0])
-        metric_update = self._metric_update
+        metric_update = self._label_update if labels_only else self._metric_update
         drift = state.drift_detector
         learned = seen = 0
         for index, key, y_pred, y in outcomes:

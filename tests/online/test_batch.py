@@ -239,3 +239,17 @@ def test_daemon_in_batch_mode_equals_the_bare_loop_across_kill_9_with_outputs_ex
     first = model.predict_proba_many(X).to_dict("records")
     by_offset = {orjson.loads(r.value)["offset"]: orjson.loads(r.value) for r in predictions}
     assert [by_offset[i]["probabilities"] for i in range(100)] == [{str(k): v for k, v in p.items()} for p in first]
+
+
+def test_label_metrics_without_predictions_take_predict_many_with_the_same_result():
+    config = ModelConfig(pipeline=LOGREG, metrics=["Accuracy", "F1"], batch={"size": 64})
+    quiet = Learner(config, EventsConfig(target="label"))
+    quiet.process_many(copy.deepcopy(PHISHING))
+    asked = Learner(config, EventsConfig(target="label"))
+    predictions: list = []
+    asked.process_many(copy.deepcopy(PHISHING), predictions=predictions)
+    model = preprocessing.StandardScaler() | linear_model.LogisticRegression(optimizer=optim.SGD(0.1))
+    data = [({k: v for k, v in e.items() if k != "label"}, e["label"]) for e in PHISHING]
+    expected = bare_minibatch(data, 64, model, metrics.Accuracy() + metrics.F1(), proba=False)
+    assert quiet.metric_values() == asked.metric_values() == expected
+    assert all(isinstance(p.y_pred, dict) and p.label() in (True, False) for _, p in predictions)  # asked: probabilities
