@@ -93,11 +93,20 @@ class LocalStore(ObjectStore):
         if not self.root.exists():
             return []
         found = []
-        for path in self.root.rglob("*"):
-            if path.is_file() and not path.name.startswith("."):
-                name = path.relative_to(self.root).as_posix()
-                if name.startswith(prefix):
-                    found.append(ObjectInfo(name, path.stat().st_size))
+        # os.walk skips folders that vanish while it walks (another writer's retention or orphan
+        # clean-up): a listing is a snapshot, never a crash
+        for folder, folders, files in os.walk(self.root):
+            for file in files:
+                if file.startswith("."):
+                    continue
+                path = os.path.join(folder, file)
+                name = os.path.relpath(path, self.root).replace(os.sep, "/")
+                if not name.startswith(prefix):
+                    continue
+                try:
+                    found.append(ObjectInfo(name, os.stat(path).st_size))
+                except FileNotFoundError:
+                    continue  # deleted since it was listed
         return sorted(found)
 
     def delete(self, name: str) -> None:

@@ -148,3 +148,34 @@ def test_unreachable_store_is_one_line_not_a_traceback(tmp_path, scheme):
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         assert "Traceback" not in done.stderr and len(lines) == 1, done.stderr[-2000:]
         assert "S3 unreachable" in lines[0] and f"{scheme}://bucket" in lines[0]
+
+
+def test_a_local_listing_survives_folders_vanishing_under_it(tmp_path):
+    """Another writer's retention deletes checkpoint folders while this one lists: a snapshot, never a crash."""
+    import shutil
+    import threading
+    import time
+
+    from core.storage import open_store
+
+    root = tmp_path / "root"
+    store = open_store(str(root))
+    stop = threading.Event()
+
+    def churn():
+        i = 0
+        while not stop.is_set():
+            store.write(f"checkpoints/{i % 5:03d}/a/b/c/blob", b"x")
+            shutil.rmtree(root / "checkpoints" / f"{(i + 2) % 5:03d}", ignore_errors=True)
+            i += 1
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            names = store.list("checkpoints/")
+            assert all(name.startswith("checkpoints/") and name.endswith("/a/b/c/blob") for name in names)
+    finally:
+        stop.set()
+        worker.join()
