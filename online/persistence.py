@@ -431,12 +431,15 @@ class Checkpointer:
         self.longest_step = 0.0  # the longest time one checkpoint step held the caller's thread (seconds)
         # incremental only for a `Learner` with per-key models (a `online.model_set.ModelSet` is saved whole)
         self.keyed = getattr(learner, "keyed", False) is True
+        several = getattr(learner, "learners", None)  # a ModelSet's learners: their caches are trimmed here too
+        self._trimmed = [one for one in (several.values() if isinstance(several, dict) else [learner]) if getattr(one, "keyed", False) is True]
 
     def add(self, events: int) -> None:
         """Count `events` more events; a safe point: spill and expire keyed models, pickle a slice of a checkpoint."""
         self.cadence.add(events)
+        for learner in self._trimmed:
+            learner.trim_models()
         if self.keyed:
-            self.learner.trim_models()
             if self._building is not None:
                 self._advance(self.slice_seconds)
             elif self.uploader is None and self.pending is not None and self.pending.done():

@@ -19,7 +19,7 @@ from online.checkpoints import CheckpointStore
 from online.config import CheckpointConfig, EventsConfig, ModelConfig
 from online.keyed_state import KeyedModels, decode_part
 from online.learner import Learner, fresh_model_factory
-from online.persistence import Cadence, Checkpointer, LearnerSpec, open_checkpoint_store, resume
+from online.persistence import Cadence, Checkpointer, LearnerSpec, open_checkpoint_store, restore_learner, resume
 
 MODEL = ModelConfig(pipeline=[{"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {}}], metrics=["Accuracy", "LogLoss"])
 
@@ -170,7 +170,8 @@ def test_incremental_checkpoints_restore_exactly_the_full_state(tmp_path, delaye
     assert manifest["parts"][0].get("compacted")  # 15 checkpoints: folded in the background
     restored, _ = resume(CheckpointStore(str(tmp_path)), spec(cache=8, delayed=delayed))
     full = Learner.restore(learner.snapshot(), MODEL, spec(delayed=delayed).events)
-    for other in (restored, full):
+    recorded = restore_learner(CheckpointStore(str(tmp_path)).load_latest())  # predict and serve: the configuration it records
+    for other in (restored, full, recorded):
         assert probe(other, 60) == probe(learner, 60)
         assert other.metric_values() == learner.metric_values()
         assert other.report() == learner.report()
@@ -351,3 +352,26 @@ def test_spilled_models_are_on_local_disk_only_while_the_learner_lives():
 
     gc.collect()
     assert not os.path.exists(path)
+
+
+def test_several_keyed_models_on_one_stream_are_trimmed_and_saved_whole(tmp_path):
+    from online.model_set import ModelsSpec
+
+    other = ModelConfig(pipeline=[{"linear_model.LogisticRegression": {}}], metrics=["Accuracy"])
+    models = ModelsSpec({"scaled": MODEL, "plain": other}, EventsConfig(target="label", key="k", key_cache_size=4))
+    store = CheckpointStore(str(tmp_path))
+    learners, _ = resume(store, models)
+    checkpointer = Checkpointer(store, learners, models, Cadence(every_events=100))
+    rows = events(300, 20)
+    for start in range(0, len(rows), 25):
+        for row in rows[start : start + 25]:
+            learners.process(row)
+        checkpointer.add(25)
+        if checkpointer.due():
+            checkpointer.checkpoint({"events/0": start + 25})
+    checkpointer.checkpoint({"events/0": len(rows)}, wait=True)
+    assert all(learner.state.models.hot_count <= 4 for learner in learners.learners.values())  # bounded, each one
+    assert "parts" not in store.list()[0]  # a model set is saved whole
+    again, _ = resume(CheckpointStore(str(tmp_path)), models)
+    for name, learner in learners.learners.items():
+        assert probe(again.learners[name], 20) == probe(learner, 20) and again.learners[name].metric_values() == learner.metric_values()
