@@ -8,7 +8,7 @@ key, Accuracy and LogLoss, a checkpoint every 20,000 events on local disk). Key 
 K = 1,000,000 there are only 200,000 events, so that case has 200,000 distinct keys: each event
 a new key, the worst case for the cache and the checkpoints).
 
-Each case runs in a process of its own (peak memory is its ``ru_maxrss``) and reports:
+The 100-key anchor of each job runs twice and the faster run is kept. Each case runs in a process of its own (peak memory is its ``ru_maxrss``) and reports:
 events/s (the anchor is the 100-key case of the same run: the ratio is the figure to read),
 peak memory, hot models in memory at the end, checkpoint bytes written (all parts and state
 blobs) and per checkpoint, the mean time from a checkpoint's start to durable, the longest
@@ -231,6 +231,10 @@ def main(argv=None) -> None:
 
     for keys in args.keys:
         run(["replay", path, str(keys)])
+        if keys == min(args.keys):  # the anchor, run twice and the faster kept (a shared machine is noisy)
+            run(["replay", path, str(keys)])
+            slower = min(rows[-2:], key=lambda row: row["events_per_s"])
+            rows.remove(slower)
     if args.small_cache:
         run(["replay", path, str(100_000)], cache=args.small_cache)
     if not args.no_daemon:
@@ -251,6 +255,9 @@ def main(argv=None) -> None:
             producer.close()
             for keys in args.daemon_keys:
                 run(["daemon", stack.bootstrap_servers, topic, str(keys)])
+                if keys == min(args.daemon_keys):
+                    run(["daemon", stack.bootstrap_servers, topic, str(keys)])
+                    rows.remove(min(rows[-2:], key=lambda row: row["events_per_s"]))
     print(f"{args.events:,} events, StandardScaler | LogisticRegression per key, checkpoint every {args.every:,} events (local disk), "
           f"events.key_cache_size {args.cache:,}")
     header = f"{'job':<7}{'cache':>8}{'keys':>10}{'distinct':>9}{'events/s':>10}{'ratio':>7}{'peak MiB':>9}{'hot':>8}{'ckpts':>6}{'ckpt MiB':>9}{'KiB/key':>8}{'fold MiB':>9}{'ckpt s':>8}{'pause ms':>9}{'p99 ms':>7}{'gc ms':>6}{'final s':>8}{'restore s':>10}"

@@ -30,7 +30,9 @@ a pickle: loading it runs code).
 T seconds), snapshots the learner on the caller's thread, uploads it (on a background thread
 when given one: one upload in flight, the next waits), and only once the checkpoint is durable
 reports it (`Durable`) so that the caller may commit source offsets. Positions written by other
-jobs (a replay position in a daemon's checkpoint, Kafka offsets in a replay's) are kept.
+jobs (a replay position in a daemon's checkpoint, Kafka offsets in a replay's) are kept. Per-key
+models (`online.keyed_state`) are checkpointed incrementally: only what changed since the last
+checkpoint, pickled after its instant while the stream goes on (see `Checkpointer`).
 
 >>> import tempfile
 >>> from online.config import EventsConfig, ModelConfig
