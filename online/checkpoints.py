@@ -39,6 +39,7 @@ b'state 2'
 
 from __future__ import annotations
 
+import collections.abc
 import datetime
 import hashlib
 import hmac
@@ -60,6 +61,7 @@ MANIFEST_FORMAT = 1
 LATEST = "LATEST"
 PREFIX = "checkpoints/"
 PARTS = "parts/"
+KEEP_PARTS_BYTES = 256 << 20  # parts kept in memory after verification; past that, read again when restored
 
 
 class CheckpointError(RiverbeamError):
@@ -98,7 +100,7 @@ class Checkpoint:
 
     manifest: dict
     state: bytes
-    parts: tuple = ()  # verified keyed-state parts of an incremental checkpoint, in order
+    parts: "Parts | tuple" = ()  # verified keyed-state parts of an incremental checkpoint, in order
 
     @property
     def id(self) -> str:
@@ -107,6 +109,35 @@ class Checkpoint:
     @property
     def positions(self) -> dict:
         return self.manifest.get("positions", {})
+
+
+class Parts(collections.abc.Sequence):
+    """The keyed-state parts of a checkpoint, in order: every one read and verified when the checkpoint is
+    loaded (so a checkpoint with a part missing or tampered is refused as a whole); their bytes kept up
+    to `KEEP_PARTS_BYTES` in all, the others read and verified again when used (restore memory stays bounded).
+    """
+
+    def __init__(self, store: "CheckpointStore", checkpoint_id: str, descriptors):
+        self.store, self.checkpoint_id, self.descriptors = store, checkpoint_id, list(descriptors)
+        self._kept: dict[int, bytes] = {}
+        kept = 0
+        for index, part in enumerate(self.descriptors):
+            data = store.read_part(part, checkpoint_id)
+            if kept + len(data) <= KEEP_PARTS_BYTES:
+                self._kept[index] = data
+                kept += len(data)
+
+    def __len__(self) -> int:
+        return len(self.descriptors)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if index in self._kept:
+            return self._kept[index]
+        return self.store.read_part(self.descriptors[index], self.checkpoint_id)
 
 
 def config_hash(*sections: Any) -> str:
@@ -356,8 +387,7 @@ class CheckpointStore:
                 raise SignatureError(f"{self.uri}: checkpoint {checkpoint_id} is not signed and a signing key is set: refusing to load it")
             if not hmac.compare_digest(signature, hmac.new(self.signing_key, state, hashlib.sha256).hexdigest()):
                 raise SignatureError(f"{self.uri}: checkpoint {checkpoint_id} has a wrong signature (tampered, or another key): refusing to load it")
-        parts = tuple(self.read_part(part, checkpoint_id) for part in manifest.get("parts") or ())
-        return Checkpoint(manifest, state, parts)
+        return Checkpoint(manifest, state, Parts(self, checkpoint_id, manifest.get("parts") or ()))
 
     def load_latest(self) -> Checkpoint | None:
         """The newest good checkpoint, falling back (with a warning) past corrupt ones; None if there is none.

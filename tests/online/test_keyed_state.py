@@ -375,3 +375,22 @@ def test_several_keyed_models_on_one_stream_are_trimmed_and_saved_whole(tmp_path
     again, _ = resume(CheckpointStore(str(tmp_path)), models)
     for name, learner in learners.learners.items():
         assert probe(again.learners[name], 20) == probe(learner, 20) and again.learners[name].metric_values() == learner.metric_values()
+
+
+def test_large_parts_are_read_again_at_restore_and_verified_again(tmp_path, monkeypatch):
+    import online.checkpoints as checkpoints
+
+    monkeypatch.setattr(checkpoints, "KEEP_PARTS_BYTES", 0)  # nothing kept in memory after the verification
+    store = CheckpointStore(str(tmp_path))
+    learner, _ = resume(store, spec())
+    checkpointer = Checkpointer(store, learner, spec(), Cadence(every_events=10**9))
+    run(learner, checkpointer, events(300, 20))
+    checkpointer.checkpoint({"events/0": 1}, wait=True)
+    checkpoint = CheckpointStore(str(tmp_path)).load_latest()
+    assert checkpoint.parts._kept == {}
+    restored = LearnerSpec(MODEL, spec().events).restore(checkpoint)
+    assert probe(restored, 20) == probe(learner, 20)
+    part = tmp_path / checkpoint.manifest["parts"][0]["file"]
+    part.write_bytes(part.read_bytes()[:-1])  # changed between the verification and the restore
+    with pytest.raises(checkpoints.IntegrityError):
+        LearnerSpec(MODEL, spec().events).restore(checkpoint)
