@@ -319,8 +319,6 @@ class ConsumeJobConfig(LearningConfig):
         names = model_names(self.candidates)
         if self.models is not None and len(set(m.name for m in self.models if m.name)) != len([m for m in self.models if m.name]):
             raise ValueError("models: each name must be unique")
-        if self.models is not None and self.events.key is not None:
-            raise ValueError("models: several models with per-key models (events.key) are not supported: use one model, or one job per model")
         if self.predictions_model is not None and self.predictions_model not in names:
             raise ValueError(f"predictions_model: {self.predictions_model!r} is not among the models ({', '.join(names)})")
         return self

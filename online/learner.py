@@ -166,6 +166,7 @@ class Learner:
             check_batch(model, estimator=self.prototype)
             if self.delayed:
                 raise ConfigError("model.batch", "mini-batch learning does not join delayed labels (events.id): unset one of them")
+            import pandas  # noqa: F401  (imported at start-up, not inside the first chunk: ~0.2 s)
         if state is None:
             state = LearnerState(metrics=build_metrics(model.metrics, self.prototype))
             if events.key is None:

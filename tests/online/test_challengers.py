@@ -86,8 +86,6 @@ def test_models_configuration_is_checked():
         parse_config({**base, "models": MODELS, "predictions_model": "other"}, ConsumeJobConfig, environ={})
     with pytest.raises(Exception, match="exactly one of model and models"):
         parse_config({**base, "models": MODELS, "model": MODELS[0]}, ConsumeJobConfig, environ={})
-    with pytest.raises(Exception, match="events.key"):
-        parse_config({**base, "models": MODELS, "events": {"target": "label", "key": "user"}}, ConsumeJobConfig, environ={})
 
 
 def cli(*args: str) -> tuple[int, str, str]:
@@ -159,3 +157,23 @@ def test_three_models_in_the_daemon_each_equal_progressive_validation_alone(tmp_
     process = start_daemon(renamed, "--until-caught-up", "--allow-model-change")
     out, err = process.communicate(timeout=120)
     assert process.returncode == 2 and "the configuration of model fast differs" in err
+
+
+def test_several_models_with_per_key_models_in_the_daemon(tmp_path, kafka_bootstrap, topic):
+    events = [{**e, "user": f"u{i % 10}"} for i, e in enumerate(PHISHING[:800])]
+    produce(kafka_bootstrap, topic, [orjson.dumps(e) for e in events], partitions=2, keys=[e["user"].encode() for e in events])
+    config = job_config(tmp_path, kafka_bootstrap, topic, "kafka-python", model=None, models=[MODELS[0], MODELS[2]],
+                        events={"target": "label", "key": "user", "exclude": ["user"]}, checkpoint={"every_events": 150})
+    summary = run_daemon(config)
+    records = sorted(read_topic(kafka_bootstrap, topic), key=lambda r: (r.partition, r.offset))
+    by_partition = {p: [orjson.loads(r.value) for r in records if r.partition == p] for p in (0, 1)}
+    assert sum(map(len, by_partition.values())) == len(events)
+    for partition, mine in by_partition.items():
+        if not mine:  # every key hashed to the other partition
+            continue
+        unit = summary["units"][f"{topic}.{partition}"]
+        for name, spec in (("fast", MODELS[0]), ("nb", MODELS[2])):
+            alone = Learner(ModelConfig(**spec), EventsConfig(target="label", key="user", exclude=["user"]))
+            alone.process_many(copy.deepcopy(mine))
+            assert unit["by_model"][name]["events_seen"] == len(mine)
+            assert unit["by_model"][name]["metrics"] == alone.metric_values(), (partition, name)
