@@ -53,6 +53,7 @@ from online.persistence import Cadence, Checkpointer, LearnerSpec, checkpoint_st
 from online.readers import InputFile, ReplayPosition, count_records, expand_inputs
 from online.replay_report import format_leaderboard, write_report_dir
 from online.sources import REPLAY, FileSource, progress_bar
+from core.summary import JobSummary
 from core.errors import ConfigError, RiverbeamError, UsageError
 
 log = logging.getLogger(__name__)
@@ -110,23 +111,40 @@ class ReplayResult:
     first_errors: list[dict] = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)
 
-    def summary(self) -> str:
-        """A few lines for people: counts, speed, leaderboard, where things went."""
-        rate = self.lines / self.seconds if self.seconds > 0 else 0.0
-        lines = [f"{self.mode}: {self.files} file(s), {self.lines} line(s) read, {self.events} event(s), "
-                 f"{self.bad_lines} bad, {self.seconds:.1f} s ({rate:,.0f} lines/s)"]
+    def job_summary(self) -> JobSummary:
+        """The run as the summary every command ends with (`core.summary`): the same count names everywhere.
+
+        ``events_seen`` counts every record read (good and bad), ``events_dead_lettered`` the bad
+        ones (reported with their reason), ``events_learned`` what the model learned (``dry_run``
+        and ``backfill`` learn nothing), ``events_produced`` what backfill wrote.
+        """
+        counts = {"events_seen": self.lines, "events_dead_lettered": self.bad_lines}
+        if self.mode in ("learn", "evaluate", "search") and self.leaderboard:
+            counts["events_learned"] = self.leaderboard[0].get("events_learned", self.events)
         if self.mode == "backfill":
-            lines.append(f"produced {self.produced} record(s)")
-        for error in self.first_errors:
-            lines.append(f"  bad: {error['file']}: line {error['line']}: {error['reason']}")
-        if self.leaderboard:
-            lines.append(format_leaderboard(self.leaderboard))
+            counts["events_produced"] = self.produced
+        details: dict = {"files": self.files}
+        if len(self.leaderboard) > 1:
+            details["leaderboard"] = [{"rank": r["rank"], "model": r["model"], **r["metrics"]} for r in self.leaderboard]
+        if self.first_errors:
+            details["first_errors"] = [f"{e['file']}: line {e['line']}: {e['reason']}" for e in self.first_errors]
         if self.checkpoint:
-            lines.append(f"checkpoint {self.checkpoint['id']} ({self.checkpoint['events_seen']} events seen)")
+            details["checkpoint"] = self.checkpoint["id"]
         if self.search:
-            lines.append(f"best trial {self.search['best']['trial']}: {json.dumps(self.search['best']['params'])}")
+            details["best_trial"] = {"trial": self.search["best"]["trial"], "params": self.search["best"]["params"]}
         if self.report_dir:
-            lines.append(f"report in {self.report_dir}")
+            details["report"] = self.report_dir
+        metrics = dict(self.leaderboard[0]["metrics"]) if self.leaderboard else {}
+        return JobSummary("replay", "dry-run" if self.mode == "dry-run" else self.mode, counts=counts, metrics=metrics,
+                          seconds=self.seconds, details=details)
+
+    def summary(self) -> str:
+        """The summary as text, with the leaderboard as a table when several candidates ran."""
+        text = self.job_summary()
+        board = text.details.pop("leaderboard", None)
+        lines = [text.to_text()]
+        if board:
+            lines.append(format_leaderboard(self.leaderboard))
         return "\n".join(lines)
 
 
@@ -165,8 +183,8 @@ def leaderboard(candidates: list[Candidate]) -> list[dict]:
     rows = []
     for rank, candidate in enumerate(sorted(candidates, key=sort_key), start=1):
         state = candidate.learner.state
-        rows.append({"rank": rank, "model": candidate.name, "events": state.events_seen, "learned": state.events_learned,
-                     "rejected": state.events_rejected, "metrics": candidate.learner.metric_values()})
+        rows.append({"rank": rank, "model": candidate.name, "events_seen": state.events_seen, "events_learned": state.events_learned,
+                     "events_dead_lettered": state.events_rejected, "metrics": candidate.learner.metric_values()})
     return rows
 
 

@@ -9,26 +9,28 @@ import orjson
 
 from core.summary import format_metric
 
+from core.summary import format_metric
+
 
 def format_leaderboard(rows: list[dict]) -> str:
     """A plain-text table of the leaderboard (rank, model, metrics).
 
-    >>> print(format_leaderboard([{"rank": 1, "model": "a", "events": 10, "metrics": {"Accuracy": 0.9}}]))
-    rank  model  events  Accuracy
-    1     a      10      0.9
+    >>> print(format_leaderboard([{"rank": 1, "model": "a", "events_seen": 10, "metrics": {"Accuracy": 0.9}}]))
+    rank  model  events_seen  Accuracy
+    1     a      10           0.9000
     """
     names = []
     for row in rows:
         names += [n for n in row["metrics"] if n not in names]
-    table = [["rank", "model", "events", *names]]
+    table = [["rank", "model", "events_seen", *names]]
     for row in rows:
-        table.append([str(row["rank"]), row["model"], str(row["events"]), *(_fmt(row["metrics"].get(n)) for n in names)])
+        table.append([str(row["rank"]), row["model"], str(row.get("events_seen", "")), *(_fmt(row["metrics"].get(n)) for n in names)])
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in table)
 
 
 def _fmt(value) -> str:
-    return "" if value is None else (f"{value:.6g}" if isinstance(value, float) else str(value))
+    return "" if value is None else format_metric(value)
 
 
 def write_report_dir(directory: str, rows: list[dict], board: list[dict], reports: list[dict]) -> None:

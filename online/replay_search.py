@@ -178,7 +178,7 @@ def search_trials(job: ReplayJobConfig, search: SearchConfig, files: list[InputF
             study.tell(trial, value if value is not None else float("nan"), state=None if value is not None else optuna.trial.TrialState.FAIL)
             trials_done.append({"trial": trial.number, "params": trial.params, "value": value})
     ranked = sorted(trials_done, key=lambda t: (t["value"] is None, -(t["value"] or 0) if maximise else (t["value"] or 0)))
-    board = [{"rank": i, "model": f"trial {t['trial']}", "events": events, "metrics": {metric: t["value"]}, "params": t["params"]}
+    board = [{"rank": i, "model": f"trial {t['trial']}", "events_seen": lines, "events_learned": events, "metrics": {metric: t["value"]}, "params": t["params"]}
              for i, t in enumerate(ranked, start=1)]
     summary = {"metric": metric, "direction": "maximize" if maximise else "minimize", "best": ranked[0], "trials": ranked}
     out = ReplayResult("search", len(files), lines, events, bad, seconds=time.monotonic() - started, leaderboard=board, search=summary)

@@ -41,6 +41,7 @@ def register(subparsers) -> None:
     progress = parser.add_mutually_exclusive_group()
     progress.add_argument("--progress", action="store_true", default=None, help="show a progress bar (default: only on a terminal)")
     progress.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object (core.summary's names)")
     parser.set_defaults(handler=replay)
 
 
@@ -56,5 +57,8 @@ def replay(args) -> int:
         rate=args.rate, search=args.search, progress=args.progress, signing_key_env=args.signing_key_env,
     )
     result = run_replay(job, options, search)
-    print(result.summary())
+    if args.json:
+        result.job_summary().print(as_json=True)
+    else:
+        print(result.summary())
     return 0

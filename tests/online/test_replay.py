@@ -159,7 +159,7 @@ def test_bad_lines_go_to_the_errors_file_and_max_errors_stops(tmp_path, capsys):
         (str(tmp_path / "p.jsonl"), 21, "feature 'is_popular' is not a number"),
         (str(tmp_path / "p.jsonl"), 31, "not a JSON object but an array"),
     ]
-    assert "100 line(s) read, 98 event(s), 3 bad" in capsys.readouterr().out
+    assert "events_seen 100 · events_learned 97 · events_dead_lettered 3" in capsys.readouterr().out
     errors.unlink()
     assert main(base + ["--max-errors", "2"]) == 1
     message = capsys.readouterr().err
@@ -175,7 +175,7 @@ def test_dry_run_counts_and_writes_nothing(tmp_path, capsys):
             "--report", str(tmp_path / "report")]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "51 line(s) read, 50 event(s), 1 bad" in out and "line 51: not JSON" in out
+    assert "replay dry-run: 51 events" in out and "events_seen 51 · events_dead_lettered 1" in out and "line 51: not JSON" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml", "p.jsonl"]
 
 
@@ -347,3 +347,22 @@ def test_errors_file_follows_the_checkpoints_across_kill_9(tmp_path):
     assert subprocess.run(argv, capture_output=True).returncode == 0
     records = [json.loads(line) for line in errors.read_text().splitlines()]
     assert sorted(r["source"]["line"] - 1 for r in records) == sorted(bad)  # each once, none lost
+
+
+def test_every_mode_counts_a_file_the_same_way_in_one_json_summary(tmp_path, capsys):
+    """dry-run, evaluate and learn agree on events_seen / events_dead_lettered (one voice, --json)."""
+    events = phishing_events()[:8]
+    lines = [orjson.dumps(e) for e in events[:6]] + [b"{broken", orjson.dumps({k: v for k, v in events[7].items() if k != "label"})]
+    (tmp_path / "p.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    config = write_yaml(tmp_path / "job.yaml", {**JOB, "checkpoint": {"uri": str(tmp_path / "ckpt")}})
+    summaries = {}
+    for mode in ("dry-run", "evaluate", "learn"):
+        flags = ["--dry-run"] if mode == "dry-run" else ["--mode", mode]
+        assert main(["replay", "--config", config, "--input", str(tmp_path / "p.jsonl"), "--json", "--no-progress", *flags]) == 0
+        summaries[mode] = json.loads(capsys.readouterr().out)
+    for mode, summary in summaries.items():
+        assert (summary["job"], summary["mode"]) == ("replay", mode)
+        assert (summary["events_seen"], summary["events_dead_lettered"]) == (8, 1), mode
+    assert summaries["evaluate"]["events_learned"] == summaries["learn"]["events_learned"] == 6  # the unlabelled one is only predicted
+    assert "events_learned" not in summaries["dry-run"]
+    assert summaries["evaluate"]["metrics"] == summaries["learn"]["metrics"]
