@@ -244,43 +244,81 @@ def _headline_rows(candidates: list[Candidate], lines: int) -> list[dict]:
     return [{"events": c.learner.state.events_seen, "lines": lines, "model": c.name, **c.learner.metric_values()} for c in candidates]
 
 
+class Evaluation:
+    """Progressive validation of every candidate in one pass, as a generator of progress rows.
+
+    Iterating yields one row per candidate every `every` events (``events``, ``lines``, ``model``,
+    each metric by name, ``elapsed`` seconds) and a last one at the end, like River's
+    `iter_progressive_val_score`; afterwards `result()` is the `ReplayResult`. `evaluate` and
+    the Python API's `riverbeam.iter_replay` both run it: the loop is written once.
+    """
+
+    def __init__(self, job: ReplayJobConfig, files: list[InputFile], options: ReplayOptions, models: list[ModelConfig] | None = None):
+        self.job, self.files, self.options = job, files, options
+        models = models if models is not None else job.candidates
+        transform = load_transform(job)
+        self.candidates = [Candidate(name, Learner(model, job.events, transform)) for name, model in zip(candidate_names(models), models)]
+        if options.checkpoint_uri:  # evaluate a checkpointed model on new data: read, never written
+            latest = _checkpoint_store(job, options.checkpoint_uri, options).load_latest()
+            if latest is not None:
+                if len(self.candidates) != 1:
+                    raise UsageError("--checkpoint-uri in evaluate mode starts one model from its checkpoint: configure one model")
+                self.candidates[0].learner = LearnerSpec(models[0], job.events, job.features, transform).restore(latest)
+        self.rows: list[dict] = []
+        self.source: FileSource | None = None
+        self.errors: ErrorLog | None = None
+        self.seconds = 0.0
+
+    def __iter__(self) -> Iterator[dict]:
+        started = time.monotonic()
+        candidates, options = self.candidates, self.options
+        self.errors = errors = ErrorLog(options.errors_path, options.max_errors)
+        total = count_records(self.files) if options.report_every is None else None  # counted once: the report step and the progress bar
+        every = report_step(options.report_every, total)
+        self.source = source = FileSource(self.files, self.job.events.time, self.job.events.categorical, max_events=CHUNK_EVENTS,
+                                          every=every, progress=_progress(options, self.files, total=total))
+        loop = models_loop(candidates, errors)
+
+        def rows() -> list[dict]:
+            elapsed = round(time.monotonic() - started, 6)
+            new = [{**row, "elapsed": elapsed} for row in _headline_rows(candidates, source.lines)]
+            self.rows += new
+            return new
+
+        try:
+            for batch in source:
+                loop.feed(batch)
+                if source.good % every == 0:
+                    yield from rows()
+            loop.flush()
+        finally:
+            errors.close()
+            self.seconds = time.monotonic() - started
+        last = self.rows[-1] if self.rows else None
+        if last is None or last["lines"] != source.lines or last["events"] != candidates[0].learner.state.events_seen:
+            yield from rows()
+
+    def result(self) -> ReplayResult:
+        """What the finished pass did (its counts, leaderboard and rows)."""
+        board = leaderboard(self.candidates)
+        result = ReplayResult("evaluate", len(self.files), self.source.lines, self.source.good, self.errors.count, seconds=self.seconds,
+                              leaderboard=board, first_errors=self.errors.first)
+        result.rows = self.rows
+        return result
+
+
 def evaluate(job: ReplayJobConfig, files: list[InputFile], options: ReplayOptions, models: list[ModelConfig] | None = None,
              write_report: bool = True) -> ReplayResult:
-    """Progressive validation of every candidate in one pass; a report directory when asked."""
-    started = time.monotonic()
-    models = models if models is not None else job.candidates
-    transform = load_transform(job)
-    candidates = [Candidate(name, Learner(model, job.events, transform)) for name, model in zip(candidate_names(models), models)]
-    if options.checkpoint_uri:  # evaluate a checkpointed model on new data: read, never written
-        latest = _checkpoint_store(job, options.checkpoint_uri, options).load_latest()
-        if latest is not None:
-            if len(candidates) != 1:
-                raise UsageError("--checkpoint-uri in evaluate mode starts one model from its checkpoint: configure one model")
-            candidates[0].learner = LearnerSpec(models[0], job.events, job.features, transform).restore(latest)
-    errors = ErrorLog(options.errors_path, options.max_errors)
-    total = count_records(files) if options.report_every is None else None  # counted once: the report step and the progress bar
-    every = report_step(options.report_every, total)
-    source = FileSource(files, job.events.time, job.events.categorical, max_events=CHUNK_EVENTS, every=every,
-                        progress=_progress(options, files, total=total))
-    loop = models_loop(candidates, errors)
-    rows: list[dict] = []
-    try:
-        for batch in source:
-            loop.feed(batch)
-            if source.good % every == 0:
-                rows += _headline_rows(candidates, source.lines)
-        loop.flush()
-    finally:
-        errors.close()
-    if not rows or rows[-1]["lines"] != source.lines or rows[-1]["events"] != candidates[0].learner.state.events_seen:
-        rows += _headline_rows(candidates, source.lines)
-    board = leaderboard(candidates)
-    result = ReplayResult("evaluate", len(files), source.lines, source.good, errors.count, seconds=time.monotonic() - started,
-                          leaderboard=board, first_errors=errors.first)
+    """Progressive validation of every candidate in one pass (`Evaluation`); a report directory when asked."""
+    evaluation = Evaluation(job, files, options, models)
+    for _ in evaluation:
+        pass
+    result = evaluation.result()
     if options.report_dir and write_report:
-        write_report_dir(options.report_dir, rows, board, [c.learner.report() | {"model": c.name} for c in candidates])
+        report_rows = [{k: v for k, v in row.items() if k != "elapsed"} for row in result.rows]
+        write_report_dir(options.report_dir, report_rows, result.leaderboard,
+                         [c.learner.report() | {"model": c.name} for c in evaluation.candidates])
         result.report_dir = options.report_dir
-    result.rows = rows
     return result
 
 
@@ -361,5 +399,5 @@ def learn(job: ReplayJobConfig, files: list[InputFile], options: ReplayOptions) 
 
 __all__ = [
     "ReplayError", "ReplayOptions", "ReplayResult", "ErrorLog", "Candidate", "models_loop",
-    "learn", "evaluate", "dry_run", "leaderboard", "format_leaderboard", "write_report_dir", "FILE_HEADER", "LINE_HEADER",
+    "Evaluation", "learn", "evaluate", "dry_run", "leaderboard", "format_leaderboard", "write_report_dir", "FILE_HEADER", "LINE_HEADER",
 ]  # fmt: skip
