@@ -302,3 +302,62 @@ def list_models() -> dict[str, list[str]]:
             else:
                 kinds["other"].add(dotted)
     return {kind: sorted(names) for kind, names in kinds.items()}
+
+
+def describe_model(model: base.Estimator) -> tuple[list[dict], list[str]]:
+    """A River model object as a model spec: ``(pipeline, custom_modules)``.
+
+    The spec is what River's own `clone()` rebuilds the model from (its ``_get_params()``), so
+    `build_pipeline` on it makes a fresh model equal to ``model.clone()``. Classes outside
+    `river` are named by their full module path and their top-level module is listed in
+    `custom_modules`. A parameter that a spec cannot hold (a function, an arbitrary object) is a
+    `ConfigError` naming it.
+
+    >>> from river import linear_model, optim, preprocessing
+    >>> pipeline, modules = describe_model(preprocessing.StandardScaler() | linear_model.LogisticRegression(optimizer=optim.SGD(0.1)))
+    >>> pipeline[1]["linear_model.LogisticRegression"]["optimizer"]
+    {'optim.SGD': {'lr': {'optim.schedulers.Constant': {'learning_rate': 0.1}}}}
+    >>> modules
+    []
+    """
+    steps = list(model.steps.values()) if isinstance(model, compose.Pipeline) else [model]
+    modules: list[str] = []
+    pipeline = []
+    for i, step in enumerate(steps):
+        if isinstance(step, compose.Pipeline):
+            raise ConfigError(f"pipeline[{i}]", "a pipeline inside a pipeline cannot be described: flatten it")
+        pipeline.append({_public_name(type(step), modules, f"pipeline[{i}]"): _describe_params(step._get_params(), modules, f"pipeline[{i}]")})
+    return pipeline, modules
+
+
+def _describe_params(params: dict, modules: list[str], path: str) -> dict:
+    return {name: _describe_value(value, modules, f"{path}.{name}") for name, value in params.items()}
+
+
+def _describe_value(value: Any, modules: list[str], path: str) -> Any:
+    if isinstance(value, tuple) and len(value) == 2 and inspect.isclass(value[0]) and isinstance(value[1], dict):
+        return {_public_name(value[0], modules, path): _describe_params(value[1], modules, path)}
+    if isinstance(value, list):
+        return [_describe_value(v, modules, f"{path}[{i}]") for i, v in enumerate(value)]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, base.Base):
+        return {_public_name(type(value), modules, path): _describe_params(value._get_params(), modules, path)}
+    raise ConfigError(path, f"a {type(value).__name__} cannot be written in a model spec (only River objects, numbers, text and lists)")
+
+
+def _public_name(cls: type, modules: list[str], path: str) -> str:
+    """``module.Class`` as a spec names `cls`: the shortest public river path, or the user's module path."""
+    parts = cls.__module__.split(".")
+    if parts[0] == "river":
+        for end in range(2, len(parts) + 1):
+            name = ".".join(parts[1:end]) + "." + cls.__name__
+            try:
+                if resolve_river_class(name, path) is cls:
+                    return name
+            except ConfigError:
+                continue
+        raise ConfigError(path, f"{cls.__module__}.{cls.__name__} is not a public river class")
+    if parts[0] not in modules:
+        modules.append(parts[0])
+    return f"{cls.__module__}.{cls.__name__}"
