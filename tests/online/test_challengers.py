@@ -88,6 +88,11 @@ def test_models_configuration_is_checked():
         parse_config({**base, "models": MODELS, "model": MODELS[0]}, ConsumeJobConfig, environ={})
 
 
+def lowered(probabilities: dict) -> dict:
+    """Class labels as text, case aside (predict writes str(label), serve JSON's true/false)."""
+    return {str(k).lower(): v for k, v in probabilities.items()}
+
+
 def cli(*args: str) -> tuple[int, str, str]:
     env = dict(os.environ, NO_GCE_CHECK="true")
     process = subprocess.run([sys.executable, "-m", "riverbeam.cli", *args], capture_output=True, text=True, env=env, timeout=120)
@@ -113,7 +118,7 @@ def test_three_models_in_the_daemon_each_equal_progressive_validation_alone(tmp_
     expected: list = []
     slow.process_many(copy.deepcopy(PHISHING), predictions=expected)
     records = sorted((orjson.loads(r.value) for r in read_topic(kafka_bootstrap, f"{topic}.pred")), key=lambda r: r["offset"])
-    assert [r["probabilities"] for r in records] == [{str(k): v for k, v in p.y_pred.items()} for _, p in expected]
+    assert [lowered(r["probabilities"]) for r in records] == [lowered(p.y_pred) for _, p in expected]
 
     uri = str(tmp_path / "checkpoints")
     code, out, err = cli("checkpoints", "show", uri)
@@ -130,8 +135,8 @@ def test_three_models_in_the_daemon_each_equal_progressive_validation_alone(tmp_
     nb = Learner(ModelConfig(**MODELS[2]), EventsConfig(target="label"))
     nb.process_many(copy.deepcopy(PHISHING))
     model = nb.state.models[None]
-    got = [json.loads(line)["probabilities"] for line in out.splitlines()]
-    assert got == [{str(k): v for k, v in model.predict_proba_one({k: v for k, v in e.items() if k != "label"}).items()} for e in PHISHING[:3]]
+    got = [lowered(json.loads(line)["probabilities"]) for line in out.splitlines()]
+    assert got == [lowered(model.predict_proba_one({k: v for k, v in e.items() if k != "label"})) for e in PHISHING[:3]]
     code, out, err = cli("predict", "--checkpoint", uri, "--model", "svm", "--input", str(lines))
     assert code == 2 and "Traceback" not in err  # one line (after the unsigned-checkpoint warning)
     assert err.strip().splitlines()[-1].endswith("has no model 'svm' (it holds fast, slow, nb)")
@@ -177,3 +182,38 @@ def test_several_models_with_per_key_models_in_the_daemon(tmp_path, kafka_bootst
             alone.process_many(copy.deepcopy(mine))
             assert unit["by_model"][name]["events_seen"] == len(mine)
             assert unit["by_model"][name]["metrics"] == alone.metric_values(), (partition, name)
+
+
+def test_serve_and_predict_answer_with_the_named_model_of_a_set(tmp_path):
+    import httpx
+
+    from online.model_set import ModelsSpec
+    from online.persistence import Cadence, Checkpointer, checkpoint_store, resume
+    from tests.online.serving_support import Processes, free_port, wait_until, get_ok
+
+    spec = ModelsSpec({m["name"]: ModelConfig(**m) for m in MODELS}, EventsConfig(target="label"))
+    store = checkpoint_store(str(tmp_path / "ck"))
+    learners, _ = resume(store, spec)
+    for event in PHISHING[:400]:
+        learners.process(dict(event))
+    Checkpointer(store, learners, spec, Cadence(every_events=1)).checkpoint({"replay": {"line": 400}}, wait=True)
+    probe = {k: v for k, v in PHISHING[500].items() if k != "label"}
+    expected = {name: {str(k): v for k, v in learner.state.models[None].predict_proba_one(dict(probe)).items()} for name, learner in learners.learners.items()}
+    assert expected["nb"] != expected["fast"]
+    processes = Processes()
+    try:
+        port = free_port()
+        server = processes.start(["serve", "--checkpoint", str(tmp_path / "ck"), "--model", "nb", "--host", "127.0.0.1", "--port", str(port)], tmp_path / "serve.log")
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: server.poll() is None and get_ok(base + "/readyz") or server.poll() is not None, timeout=60, what="serve")
+        assert server.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+        answer = httpx.post(base + "/v1/predict", json=probe, timeout=5).json()["probabilities"]
+        assert lowered(answer) == lowered(expected["nb"])
+    finally:
+        processes.close()
+    lines = tmp_path / "x.jsonl"
+    lines.write_text(json.dumps(probe) + "\n")
+    for name in (None, "slow"):
+        code, out, err = cli("predict", "--checkpoint", str(tmp_path / "ck"), "--input", str(lines), *(["--model", name] if name else []))
+        assert code == 0, err
+        assert lowered(json.loads(out)["probabilities"]) == lowered(expected[name or "fast"])  # the first model by default
