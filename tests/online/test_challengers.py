@@ -217,3 +217,36 @@ def test_serve_and_predict_answer_with_the_named_model_of_a_set(tmp_path):
         code, out, err = cli("predict", "--checkpoint", str(tmp_path / "ck"), "--input", str(lines), *(["--model", name] if name else []))
         assert code == 0, err
         assert lowered(json.loads(out)["probabilities"]) == lowered(expected[name or "fast"])  # the first model by default
+
+
+def test_prometheus_carries_each_models_metrics(tmp_path, kafka_bootstrap, topic):
+    import signal
+    import time
+    import urllib.request
+
+    from riverbeam.local_stack import free_port
+
+    produce(kafka_bootstrap, topic, [orjson.dumps(e) for e in PHISHING[:300]])
+    port = free_port()
+    config = job_config(tmp_path, kafka_bootstrap, topic, "kafka-python", model=None, models=MODELS, metrics={"port": port, "host": "127.0.0.1"})
+    process = start_daemon(config)
+    wanted = {m["name"]: f'riverbeam_model_metric{{metric="Accuracy",model="{m["name"]}",unit="all"}} ' for m in MODELS}
+    expected = {name: alone(name, PHISHING[:300])["Accuracy"] for name in wanted}
+
+    def scraped() -> dict:
+        try:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()
+        except OSError:
+            return {}
+        return {name: float(line.rsplit(" ", 1)[1]) for name, series in wanted.items() for line in body.splitlines() if line.startswith(series)}
+
+    values: dict = {}
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and values != pytest.approx(expected):
+            values = scraped()
+            time.sleep(0.3)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    assert values == pytest.approx(expected)  # one series per model, each its own progressive score
