@@ -88,6 +88,31 @@ class Prediction:
         return self.y_pred
 
 
+def label_text(label: Any) -> str:
+    """A class label as a JSON object key, the same in every output: text stays text, anything
+    else is written as JSON (``True`` -> ``"true"``, ``1`` -> ``"1"``), so a bool label reads
+    ``true`` in the prediction and ``"true"`` among the probabilities, in predict, serve, the
+    predictions topic and stream-learn alike.
+
+    >>> label_text(True), label_text(0), label_text("spam"), label_text(None)
+    ('true', '0', 'spam', 'null')
+    """
+    if isinstance(label, str):
+        return label
+    if isinstance(label, bool) or label is None:
+        return "true" if label is True else "false" if label is False else "null"
+    return str(label)
+
+
+def probabilities_record(y_pred: dict) -> dict[str, float]:
+    """Class probabilities keyed by `label_text`.
+
+    >>> probabilities_record({True: 0.75, False: 0.25})
+    {'true': 0.75, 'false': 0.25}
+    """
+    return {label_text(k): v for k, v in y_pred.items()}
+
+
 def label_kind(model: base.Estimator) -> str | None:
     """What labels `model` takes, for `online.events.EventReader`: ``"binary"`` (binary classifiers:
     true/false, 1/0), ``"class"`` (multiclass), ``"number"`` (regressors) or None.

@@ -25,6 +25,7 @@ import orjson
 
 from online.dead_letters import DEFAULT_MAX_BYTES, DeadLetterRecord
 from online.kafka_clients import EventConsumer, EventProducer, KafkaClientError, TopicPartition
+from online.learner import probabilities_record
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ class OutputWriter:
                 continue
             record = {"topic": tp[0], "partition": tp[1], "offset": offset, "key": outcome.key, "prediction": outcome.label(), "label": outcome.y_true}
             if isinstance(outcome.y_pred, dict):
-                record["probabilities"] = {str(k): v for k, v in outcome.y_pred.items()}
+                record["probabilities"] = probabilities_record(outcome.y_pred)
             send(topic, orjson.dumps(record, default=str), key=key, headers=[(SOURCE_HEADER, source_header(tp[0], tp[1], offset))])
 
     def flush(self) -> None:

@@ -29,7 +29,7 @@ import orjson
 
 from online.checkpoints import Checkpoint
 from online.events import EventError
-from online.learner import Learner
+from online.learner import Learner, probabilities_record
 from online.model_set import restore_model
 
 
@@ -43,7 +43,7 @@ def prediction_record(learner: Learner, event: Any, checkpoint_id: str | None) -
     >>> for i in range(20):
     ...     _ = learner.process({"x": float(i % 2), "y": i % 2 == 1})
     >>> prediction_record(learner, {"x": 1.0}, "ck-1")
-    {'prediction': True, 'probabilities': {'False': 0.48..., 'True': 0.51...}, 'checkpoint': 'ck-1'}
+    {'prediction': True, 'probabilities': {'false': 0.48..., 'true': 0.51...}, 'checkpoint': 'ck-1'}
     >>> prediction_record(learner, {"x": "a"}, "ck-1")
     Traceback (most recent call last):
     ...
@@ -59,7 +59,7 @@ def prediction_record(learner: Learner, event: Any, checkpoint_id: str | None) -
     if learner.kind == "class":
         probabilities = model.predict_proba_one(x)
         record["prediction"] = max(probabilities, key=probabilities.get) if probabilities else None
-        record["probabilities"] = {str(k): v for k, v in probabilities.items()}
+        record["probabilities"] = probabilities_record(probabilities)
     else:
         record["prediction"] = model.predict_one(x)
     record["checkpoint"] = checkpoint_id

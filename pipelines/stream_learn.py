@@ -118,7 +118,7 @@ from online.dead_letters import DeadLetterRecord
 from online.checkpoints import CheckpointStore, FencingError
 from online.config import ConsumeJobConfig
 from online.events import EventError, _json_type
-from online.learner import Learner, Prediction
+from online.learner import Learner, Prediction, probabilities_record
 from online.persistence import Cadence, Checkpointer, LearnerSpec, open_checkpoint_store, resume
 from pipelines.options import add_required_argument, check_required
 from pipelines.filesystems import configure_filesystems
@@ -215,8 +215,8 @@ def read_job_config(uri: str) -> ConsumeJobConfig:
     config.check_semantics()
     if config.models is not None:  # several models on one stream: the daemon's (online.model_set)
         raise ConfigError("models", "stream-learn learns one model (model:); run several models with riverbeam consume", source=uri)
-    if config.model.batch is not None:  # its state is kept per event in Beam; chunks would need their own buffered state
-        raise ConfigError("model.batch", "stream-learn learns one event at a time; mini-batch learning runs in riverbeam consume and replay", source=uri)
+    if config.model.batch is not None and config.events.id is not None:
+        raise ConfigError("model.batch", "mini-batch learning does not join delayed labels (events.id): unset one of them", source=uri)
     return config
 
 
@@ -345,9 +345,9 @@ def prediction_record(prediction: Prediction, event_id: Any = None) -> dict:
     """The JSON-able record of one prediction: key, predicted value, class probabilities (or None).
 
     >>> prediction_record(Prediction("a", {True: 0.75, False: 0.25}, True, True), event_id=7)
-    {'key': 'a', 'prediction': True, 'probabilities': {True: 0.75, False: 0.25}, 'label': True, 'learned': True, 'id': 7}
+    {'key': 'a', 'prediction': True, 'probabilities': {'true': 0.75, 'false': 0.25}, 'label': True, 'learned': True, 'id': 7}
     """
-    probabilities = prediction.y_pred if isinstance(prediction.y_pred, dict) else None
+    probabilities = probabilities_record(prediction.y_pred) if isinstance(prediction.y_pred, dict) else None
     record = {
         "key": prediction.key,
         "prediction": prediction.label(),
@@ -389,6 +389,9 @@ class CachedLearner:
     logged: int  # events applied since the snapshot in state
     checkpointer: Checkpointer  # the events cadence and the save through the checkpoint bridge
     files: dict = dataclasses.field(default_factory=dict)  # files source: path -> last line learned
+    # mini-batch (model.batch): events logged but not learned yet, until their chunk is complete:
+    # (event, raw JSON, event id, source (path, line) or None, log entry)
+    held: list = dataclasses.field(default_factory=list)
 
 
 class LearnStateFn(beam.DoFn):
@@ -469,22 +472,40 @@ class LearnStateFn(beam.DoFn):
             recorded = orjson.loads(positions_state.read() or b"{}")
             base, files = recorded.get("base") or {}, recorded.get("files") or {}
             logged = 0
+            chunk = learner.batch_size
+            entries = []
             for raw in log_state.read():
                 entry = orjson.loads(raw)
+                source = None
                 if type(entry) is list:  # [file, line, event] from the files source
                     path, line, entry = entry
-                    files[path] = line
-                try:
-                    learner.process(entry)
-                except EventError:
-                    pass
+                    source = (path, line)
+                    if chunk is None:
+                        files[path] = line
+                if chunk is None:
+                    try:
+                        learner.process(entry)
+                    except EventError:
+                        pass
+                else:
+                    entries.append((entry, raw, source))
                 logged += 1
+            held = []
+            if chunk is not None:  # the log starts at a chunk boundary: complete chunks are learned again, the rest is held
+                complete = len(entries) // chunk * chunk
+                learner.process_many([entry for entry, _, _ in entries[:complete]], on_error=lambda i, e: None)
+                for entry, raw, source in entries[:complete]:
+                    if source is not None:
+                        files[source[0]] = source[1]
+                for entry, raw, source in entries[complete:]:
+                    event_id = entry.get(self._id_field) if self._id_field is not None and type(entry) is dict else None
+                    held.append((entry, orjson.dumps(entry), event_id, source, raw))
             self.replayed.inc(logged)
             if logged != version[1]:
                 log.warning("key %r: replayed %d logged events, state says %d", key, logged, version[1])
         cadence = Cadence(self.settings.every_events, self.settings.every_seconds, clock=self.settings.clock, since=logged)
         checkpointer = Checkpointer(store, learner, self._spec, cadence, base_positions=base)
-        cached = self._learners[key] = CachedLearner(learner, "", logged, checkpointer, files)
+        cached = self._learners[key] = CachedLearner(learner, "", logged, checkpointer, files, held if version is not None else [])
         self._learners.move_to_end(key)
         while len(self._learners) > self.settings.cached_learners:
             self._learners.popitem(last=False)
@@ -515,6 +536,10 @@ class LearnStateFn(beam.DoFn):
                 return
         raw = orjson.dumps(event)
         event_id = event.get(self._id_field) if self._id_field is not None and type(event) is dict else None
+        if cached.learner.batch_size is not None:
+            yield from self._hold(key, cached, event, raw, event_id, source, snapshot_state, log_state, version_state, positions_state,
+                                  checkpoint_timer, timer_due)
+            return
         try:
             prediction = cached.learner.process(event)  # consumes the event dict
         except EventError as error:
@@ -540,6 +565,45 @@ class LearnStateFn(beam.DoFn):
             checkpoint_timer.set(Timestamp.of(self.settings.clock() + self.settings.every_seconds))
             timer_due.write(1)
 
+    def _hold(self, key, cached: CachedLearner, event, raw: bytes, event_id, source, snapshot_state, log_state, version_state,
+              positions_state, checkpoint_timer, timer_due):
+        """Mini-batch mode: log the event, hold it, and learn the chunk once it is complete (checkpoints fall between chunks)."""
+        entry = raw if source is None else orjson.dumps(list(source))[:-1] + b"," + raw + b"]"
+        log_state.add(entry)
+        cached.held.append((event, raw, event_id, source, entry))
+        cached.logged += 1
+        cached.token = self._token
+        version_state.write((self._token, cached.logged))
+        if len(cached.held) >= cached.learner.batch_size:
+            yield from self._learn_held(cached)
+            if cached.checkpointer.due():
+                yield from self.checkpoint(key, cached, snapshot_state, log_state, version_state, positions_state)
+                return
+        if not timer_due.read():
+            checkpoint_timer.set(Timestamp.of(self.settings.clock() + self.settings.every_seconds))
+            timer_due.write(1)
+
+    def _learn_held(self, cached: CachedLearner):
+        """Learn the held events as one chunk (`Learner.process_many`); their predictions and dead letters, in order."""
+        held, cached.held = cached.held, []
+        rejected: dict = {}
+        outcomes: list = []
+        cached.learner.process_many([event for event, _, _, _, _ in held], on_error=lambda i, e: rejected.__setitem__(i, str(e)), predictions=outcomes)
+        predicted = dict(outcomes)
+        for index, (_, raw, event_id, source, _) in enumerate(held):
+            if index in rejected:
+                self.rejected.inc()
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(raw, rejected[index], "learn"))
+            else:
+                prediction = predicted[index]
+                self.predicted.inc()
+                if prediction.learned:
+                    self.learned.inc()
+                yield to_json(prediction_record(prediction, event_id))
+            if source is not None:
+                cached.files[source[0]] = source[1]
+        cached.checkpointer.add(len(held))
+
     # -- checkpoints ------------------------------------------------------------------------
 
     def checkpoint(self, key, cached: CachedLearner, snapshot_state, log_state, version_state, positions_state):
@@ -548,11 +612,13 @@ class LearnStateFn(beam.DoFn):
         blob = learner.snapshot()
         snapshot_state.write(blob)
         log_state.clear()
+        for *_, entry in cached.held:  # mini-batch: an incomplete chunk is not in the snapshot: it stays logged
+            log_state.add(entry)
         if cached.files:
             positions_state.write(orjson.dumps({"base": cached.checkpointer.base_positions, "files": cached.files}))
-        cached.logged = 0
+        cached.logged = len(cached.held)
         cached.token = self._token
-        version_state.write((self._token, 0))
+        version_state.write((self._token, cached.logged))
         checkpointer = cached.checkpointer
         positions = {"files": dict(cached.files)} if cached.files else {}
         try:
@@ -590,14 +656,16 @@ class LearnStateFn(beam.DoFn):
         version_state=beam.DoFn.StateParam(VERSION),
         positions_state=beam.DoFn.StateParam(POSITIONS),
     ):
-        """At the end of the input (a bounded source, or a drained streaming job)."""
-        yield from self._checkpoint_if_new(key, snapshot_state, log_state, version_state, positions_state)
+        """At the end of the input (a bounded source, or a drained streaming job): the last, short chunk is learned too."""
+        yield from self._checkpoint_if_new(key, snapshot_state, log_state, version_state, positions_state, final=True)
 
-    def _checkpoint_if_new(self, key, snapshot_state, log_state, version_state, positions_state):
+    def _checkpoint_if_new(self, key, snapshot_state, log_state, version_state, positions_state, final: bool = False):
         version = version_state.read()
         if version is None or version[1] == 0:
             return
         cached = self.learner_for(key, snapshot_state, log_state, version_state, positions_state)
+        if final and cached.held:
+            yield from self._learn_held(cached)
         yield from self.checkpoint(key, cached, snapshot_state, log_state, version_state, positions_state)
 
 

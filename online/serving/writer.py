@@ -37,7 +37,7 @@ import threading
 import time
 
 from online.events import EventError
-from online.learner import Prediction
+from online.learner import Prediction, probabilities_record
 from online.lease import Lease, instance_id
 from online.persistence import Cadence, Checkpointer, Durable, LearnerSpec, open_checkpoint_store, resume
 from online.serving.config import ServeJobConfig
@@ -51,14 +51,14 @@ def learned_record(prediction: Prediction, checkpoint_id: str | None) -> dict:
     """What ``POST /v1/learn`` answers for one event the learner processed.
 
     >>> learned_record(Prediction(None, {True: 0.75, False: 0.25}, True, True), "ck")
-    {'prediction': True, 'probabilities': {'True': 0.75, 'False': 0.25}, 'learned': True, 'checkpoint': 'ck'}
+    {'prediction': True, 'probabilities': {'true': 0.75, 'false': 0.25}, 'learned': True, 'checkpoint': 'ck'}
     """
     record: dict = {}
     if prediction.key is not None:
         record["key"] = prediction.key
     if isinstance(prediction.y_pred, dict):
         record["prediction"] = prediction.label()
-        record["probabilities"] = {str(k): v for k, v in prediction.y_pred.items()}
+        record["probabilities"] = probabilities_record(prediction.y_pred)
     else:
         record["prediction"] = prediction.y_pred
     record["learned"] = prediction.learned

@@ -17,7 +17,7 @@ import yaml
 
 from online.checkpoints import CheckpointStore
 from online.config import EventsConfig, ModelConfig
-from online.learner import Learner
+from online.learner import Learner, probabilities_record
 from online.persistence import save_learner
 from online.serving.reload import latest_id
 from serving_support import ENV, MODEL, PHISHING, Processes, daemon_config, free_port, metric_names, produce, start_serve, wait_until
@@ -203,7 +203,7 @@ def test_learn_with_delayed_labels_equals_the_learners_own_result(tmp_path, proc
         answers += client.post("/v1/learn", json=stream[start : start + 64]).json()
     assert [a["learned"] for a in answers] == [p.learned for p in expected]
     assert [a["prediction"] for a in answers] == [p.label() for p in expected]
-    assert [a["probabilities"] for a in answers] == [{str(k): v for k, v in p.y_pred.items()} for p in expected]
+    assert [a["probabilities"] for a in answers] == [probabilities_record(p.y_pred) for p in expected]
     report = client.get("/v1/model").json()["report"]
     assert report == learner.report() and report["labels_joined"] == 300
     # a bad event in an array fails alone; alone it is a 422 with the learner's reason

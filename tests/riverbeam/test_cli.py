@@ -106,7 +106,7 @@ def test_predict_from_a_checkpoint(tmp_path):
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
     expected = learner.state.models[None].predict_proba_one(dict(rows[0][0]))
-    assert records[0]["probabilities"] == {str(k): v for k, v in expected.items()}
+    assert records[0]["probabilities"] == {"true" if k is True else "false": v for k, v in expected.items()}  # JSON-typed label keys
     assert records[0]["prediction"] == max(expected, key=expected.get)
     assert records[1]["error"].startswith("not JSON") and records[2]["error"] == "feature 'url_length' is not a number: 'long'"
 
