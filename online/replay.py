@@ -53,7 +53,7 @@ from online.persistence import Cadence, Checkpointer, LearnerSpec, checkpoint_st
 from online.readers import InputFile, ReplayPosition, count_records, expand_inputs
 from online.replay_report import format_leaderboard, write_report_dir
 from online.sources import REPLAY, FileSource, progress_bar
-from core.summary import JobSummary
+from core.summary import JobSummary, format_metric
 from core.errors import ConfigError, RiverbeamError, UsageError
 
 log = logging.getLogger(__name__)
@@ -211,6 +211,12 @@ def report_step(report_every: int | None, total: int | None) -> int:
     return max(1, -(-total // REPORT_POINTS))
 
 
+def show_headline(progress, learner: Learner) -> None:
+    """The running headline metric on the progress bar, as River's ``print_every`` shows it (four decimals)."""
+    name, value = learner.headline()
+    progress.set_postfix_str(f"{name} {format_metric(value)}", refresh=False)
+
+
 def _progress(options: ReplayOptions, files: list[InputFile], unit: str = "line", total: int | None = None):
     return progress_bar(options.progress, files, unit, total)
 
@@ -288,6 +294,8 @@ class Evaluation:
         try:
             for batch in source:
                 loop.feed(batch)
+                if source.progress is not None:
+                    show_headline(source.progress, candidates[0].learner)
                 if source.good % every == 0:
                     yield from rows()
             loop.flush()
@@ -372,6 +380,8 @@ def learn(job: ReplayJobConfig, files: list[InputFile], options: ReplayOptions) 
     try:
         for batch in source:
             loop.feed(batch)
+            if source.progress is not None:
+                show_headline(source.progress, learner)
             if options.report_dir and source.good % every == 0:
                 rows += _headline_rows([candidate], source.lines)
             if checkpointer.due():
