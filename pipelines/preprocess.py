@@ -223,6 +223,8 @@ class ReadRawRecords(beam.PTransform):
         return {"jsonl": _parse_json, "parquet": _parse_parquet, "tfrecord": _parse_example}[self.file_format]
 
     def expand(self, pbegin):
+        if not FileSystems.match([self.pattern])[0].metadata_list:  # Beam's own check is an OSError traceback
+            raise UsageError(f"input.pattern {self.pattern!r} matches no files")
         if self.file_format == "csv":
             return pbegin | "ReadCsv" >> beam.io.ReadFromText(self.pattern, skip_header_lines=1)
         if self.file_format == "jsonl":

@@ -12,8 +12,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import importlib
+import logging
+import os
+import re
+import sys
+import threading
+from typing import Iterator
 
 from core.errors import UsageError
 
@@ -131,3 +138,56 @@ def with_beam_flags(parser_class: type, options: str | None = None) -> type:
             return text.rstrip("\n") + "\n\n" + formatter.format_help()
 
     return BeamFlagsParser
+
+
+# Lines TensorFlow's and gRPC's native code (absl logging) writes straight to file descriptor 2.
+NATIVE_LOG_LINE = re.compile(rb"^(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ \S+:\d+\]|WARNING: All log messages before absl::InitializeLog|"
+                             rb"To enable the following instructions:)")
+QUIET_LOGGERS = ("apache_beam", "tensorflow", "tensorflow_transform", "tfx_bsl", "absl", "root")
+
+
+@contextlib.contextmanager
+def quiet_beam_and_tensorflow(verbose: bool = False) -> Iterator[None]:
+    """Silence Beam's and TensorFlow's chatter (Python logging below ERROR, native absl lines) unless `verbose`.
+
+    The native lines are written by C++ straight to file descriptor 2, so stderr is passed
+    through a filter for the duration: every other line (riverbeam's own, a warning a user needs,
+    a crash) goes through unchanged, and the real stderr is back before the summary or an error
+    is printed.
+
+    >>> bool(NATIVE_LOG_LINE.match(b"I0000 00:00:1796125438.014165   30324 port.cc:153] oneDNN custom operations are on."))
+    True
+    >>> bool(NATIVE_LOG_LINE.match(b"preprocess: error: no file matches x"))
+    False
+    """
+    if verbose:
+        yield
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    levels = {name: logging.getLogger(None if name == "root" else name).level for name in QUIET_LOGGERS}
+    for name in QUIET_LOGGERS:
+        logging.getLogger(None if name == "root" else name).setLevel(logging.ERROR)
+    sys.stderr.flush()
+    real_stderr = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward() -> None:
+        with os.fdopen(read_end, "rb") as lines:
+            for line in lines:
+                if not NATIVE_LOG_LINE.match(line):
+                    os.write(real_stderr, line)
+
+    pump = threading.Thread(target=forward, name="stderr-filter", daemon=True)
+    pump.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(real_stderr, 2)  # the pipe's last writer is gone: the filter reads to the end and stops
+        pump.join(timeout=5)
+        os.close(real_stderr)
+        for name, level in levels.items():
+            logging.getLogger(None if name == "root" else name).setLevel(level)

@@ -13,7 +13,7 @@ import importlib
 import time
 from typing import Any
 
-from riverbeam.commands.beam_flags import check_beam_args, options_class, with_beam_flags
+from riverbeam.commands.beam_flags import check_beam_args, options_class, quiet_beam_and_tensorflow, with_beam_flags
 
 JOBS = {
     "stream-learn": ("pipelines.stream_learn:StreamLearnOptions", "learn River models from Kafka/Pub/Sub/files on Beam (Dataflow, Flink)"),
@@ -32,10 +32,11 @@ STREAM_LEARN_COUNTS = {
 def register(subparsers) -> None:
     for name, (options, help_text) in JOBS.items():
         parser = subparsers.add_parser(
-            name, help=help_text, usage="%(prog)s [-h] [--json] [pipeline flags] [Beam flags]",
+            name, help=help_text, usage="%(prog)s [-h] [--json] [--verbose] [pipeline flags] [Beam flags]",
             description=f"{help_text}. Arguments are the pipeline's flags (below) and Beam's; the code is {options.partition(':')[0]}.run.",
         )  # fmt: skip
         parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+        parser.add_argument("--verbose", action="store_true", help="show Beam's and TensorFlow's own log lines")
         parser.set_defaults(handler=run_beam_job, beam_job=name, beam_args=[])
         parser.__class__ = with_beam_flags(type(parser), options)
 
@@ -45,7 +46,8 @@ def run_beam_job(args) -> int:
     options_cls = options_class(JOBS[args.beam_job][0])
     argv = check_beam_args(args.beam_args, options_cls, args.beam_job)
     started = time.monotonic()
-    result = importlib.import_module(options_cls.__module__).run(argv)
+    with quiet_beam_and_tensorflow(args.verbose):
+        result = importlib.import_module(options_cls.__module__).run(argv)
     beam_job_summary(args.beam_job, result, argv, time.monotonic() - started).print(as_json=args.json)
     return 0
 

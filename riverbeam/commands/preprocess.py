@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from riverbeam.commands.beam_flags import check_beam_args, options_class, with_beam_flags
+from riverbeam.commands.beam_flags import check_beam_args, options_class, quiet_beam_and_tensorflow, with_beam_flags
 
 OPTIONS = "pipelines.preprocess:PreprocessOptions"
 
@@ -19,7 +19,7 @@ OPTIONS = "pipelines.preprocess:PreprocessOptions"
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "preprocess",
-        usage="%(prog)s [-h] --config FILE [--json] [pipeline flags] [Beam flags]",
+        usage="%(prog)s [-h] --config FILE [--json] [--verbose] [pipeline flags] [Beam flags]",
         help="analyse and transform historical data with tensorflow-transform on Beam",
         description=(
             "Analyse and transform files with tensorflow-transform; write the transformed data, the "
@@ -29,6 +29,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--config", required=True, help="the preprocess job's YAML file (local, gs:// or s3://)")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    parser.add_argument("--verbose", action="store_true", help="show Beam's and TensorFlow's own log lines")
     parser.set_defaults(handler=preprocess, beam_args=[])
     parser.__class__ = with_beam_flags(type(parser), OPTIONS)
 
@@ -47,7 +48,8 @@ def preprocess(args) -> int:
     from pipelines.preprocess import run
 
     started = time.monotonic()
-    done = run(argv)
+    with quiet_beam_and_tensorflow(args.verbose):
+        done = run(argv)
     counts = {}
     if done["rows"] is not None:  # waited for: a local run
         bad = done["bad_rows"] or 0

@@ -173,3 +173,28 @@ def test_a_job_submitted_elsewhere_is_summarised_by_where_it_went():
     summary = beam_job_summary("archive", result, argv, 2.5).to_json()
     assert summary == {"job": "archive", "mode": "submitted", "metrics": {}, "seconds": 2.5, "runner": "DataflowRunner", "state": "RUNNING",
                        "job_id": "2026-12-01_01_02_03-123", "output": "gs://bucket/archive"}
+
+
+def test_preprocess_is_quiet_unless_verbose_and_a_missing_input_is_one_line(tmp_path):
+    """TensorFlow's and Beam's own lines (native absl logging on fd 2 included) stay out of a user's terminal."""
+    import os
+    import subprocess
+    import sys
+
+    rows = [{**x, "class": y} for x, y in itertools.islice(datasets.ImageSegments(), 60)]
+    (tmp_path / "segment.csv").write_text("intensity-mean,class\n" + "".join(f"{r['intensity-mean']},{r['class']}\n" for r in rows))
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({
+        "features": [{"name": "intensity-mean", "type": "float", "transform": "z_score"}],
+        "label": {"name": "class", "type": "string"}, "input": {"pattern": str(tmp_path / "segment.csv"), "format": "csv"},
+        "output": {"dir": str(tmp_path / "out"), "formats": ["parquet"]},
+    }))  # fmt: skip
+    env = dict(os.environ, NO_GCE_CHECK="true")
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    base = [sys.executable, "-m", "riverbeam.cli", "preprocess", "--config", str(config)]
+    quiet = subprocess.run(base, capture_output=True, text=True, env=env, timeout=300)
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert quiet.stderr == "" and quiet.stdout.startswith("preprocess: 60 events")
+    missing = subprocess.run([*base, "--input_pattern", str(tmp_path / "none-*.csv")], capture_output=True, text=True, env=env, timeout=300)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [f"riverbeam: error: input.pattern '{tmp_path / 'none-*.csv'}' matches no files"]
