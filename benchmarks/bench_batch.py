@@ -127,9 +127,9 @@ def daemon(bootstrap: str, topic: str, client: str, size: int | None, workdir: P
     path = workdir / f"consume-{uuid.uuid4().hex[:6]}.yaml"
     path.write_text(yaml.safe_dump(config))
     env = dict(os.environ, NO_GCE_CHECK="true")
-    out = subprocess.run([sys.executable, "-m", "riverbeam.cli", "consume", "--config", str(path), "--until-caught-up"],
+    out = subprocess.run([sys.executable, "-m", "riverbeam.cli", "consume", "--config", str(path), "--until-caught-up", "--json"],
                          capture_output=True, text=True, env=env, timeout=600, check=True).stdout
-    summary = json.loads(out.strip().splitlines()[-1])["summary"]
+    summary = json.loads(out.strip().splitlines()[-1])
     return summary["processing_seconds"], summary["units"]["all"]["metrics"]["Accuracy"]
 
 

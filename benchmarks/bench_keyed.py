@@ -171,7 +171,7 @@ def case_daemon(bootstrap: str, topic: str, n: int, keys: int, cache: int, every
     seconds = summary["processing_seconds"]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     restore, restored = restore_seconds(f"{uri}/partitions/{topic}.0", keys, cache)
-    return _row("daemon", keys, summary["events_consumed"], seconds, probe, restore, restored, probe.hot, peak)
+    return _row("daemon", keys, summary["events_seen"], seconds, probe, restore, restored, probe.hot, peak)
 
 
 def _pauses(probe: Probe) -> tuple[list[float], float]:

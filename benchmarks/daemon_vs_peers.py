@@ -287,8 +287,8 @@ def read_riverbeam_result(bench: Bench, stderr: str, checkpoint_uri: str, result
     if exact is not None:
         result.metric, result.model_digest = exact
         result.metric_decimals = None
-    if stopped.get("events_consumed") is not None and stopped["events_consumed"] != result.events:
-        result.error = f"daemon consumed {stopped['events_consumed']} events but its final checkpoint has seen {result.events}"
+    if stopped.get("events_seen") is not None and stopped["events_seen"] != result.events:
+        result.error = f"daemon consumed {stopped['events_seen']} events but its final checkpoint has seen {result.events}"
 
 
 def parse_json_output(text: str) -> dict | None:

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from core.summary import JobSummary
 from core.errors import RiverbeamError
 from online.checkpoints import CheckpointStore, FencingError
 from online.config import ConsumeJobConfig, model_names
@@ -533,7 +534,7 @@ class Daemon:
             unit = next(iter(self.units.values()))
             name, value = unit.learner.headline()
             headline = f" | {name} {value:.4f}" if isinstance(value, float) else ""
-        self.progress.update(f"riverbeam: {self.events_consumed:,} events | {rate:,.0f}/s | learned {self.events_learned:,} | rejected {self.events_rejected:,}{headline}")
+        self.progress.update(f"riverbeam: {self.events_consumed:,} events | {rate:,.0f}/s | learned {self.events_learned:,} | dead-lettered {self.events_rejected:,}{headline}")
 
     def run(self) -> dict:
         """Consume until stopped (signal, `until_caught_up`, or a fatal error); return a summary."""
@@ -610,9 +611,9 @@ class Daemon:
             for name, unit in self.units.items()
         }
         return {
-            "events_consumed": self.events_consumed,
+            "events_seen": self.events_consumed,
             "events_learned": self.events_learned,
-            "events_rejected": self.events_rejected,
+            "events_dead_lettered": self.events_rejected,
             "checkpoints_written": self.checkpoints_written,
             "outputs_skipped_as_already_written": self.outputs.skipped if self.outputs else 0,
             "processing_seconds": round(self.processing_seconds, 4),
@@ -627,6 +628,33 @@ class Daemon:
     def request_stop(self, *_args) -> None:
         """Finish the current batch, write a final checkpoint, commit and return (SIGTERM, SIGINT)."""
         self.stopping.set()
+
+
+def daemon_job_summary(summary: dict, units_in_full: bool = False) -> JobSummary:
+    """The daemon's `Daemon.summary` as `core.summary.JobSummary` (the names every command uses).
+
+    The headline metrics are the global model's; keyed units keep theirs per unit, listed in full
+    under ``units`` with `units_in_full` (``--json``, which also carries every other figure of the
+    daemon's summary: processing seconds, outputs skipped, ...), counted otherwise.
+
+    >>> print(daemon_job_summary({"events_seen": 10, "events_learned": 9, "events_dead_lettered": 1, "seconds": 2.0,
+    ...        "checkpoint_uri": "ckpt", "checkpoints_written": 1, "units": {"all": {"metrics": {"Accuracy": 0.5}}}}).to_text())
+    consume: 10 events in 2.00 s (5 events/s)
+      events_seen 10 · events_learned 9 · events_dead_lettered 1
+      Accuracy 0.5000
+      checkpoint: ckpt
+      checkpoints_written: 1
+      units: 1
+    """
+    units = summary.get("units") or {}
+    only = next(iter(units.values())) if len(units) == 1 else None
+    metrics = dict(only.get("metrics") or {}) if only is not None else {}
+    counts = {name: summary[name] for name in ("events_seen", "events_learned", "events_dead_lettered") if name in summary}
+    details = {"checkpoint": summary.get("checkpoint_uri"), "checkpoints_written": summary.get("checkpoints_written"),
+               "units": units if units_in_full else len(units)}
+    if units_in_full:  # for machines: every figure the daemon measured
+        details.update({k: v for k, v in summary.items() if k not in counts and k not in ("units", "checkpoint_uri", "seconds", "events_per_second")})
+    return JobSummary("consume", None, counts=counts, metrics=metrics, seconds=summary.get("seconds"), details=details)
 
 
 def run_daemon(config: ConsumeJobConfig, until_caught_up: bool = False, progress: bool | None = None, stop: threading.Event | None = None,

@@ -113,7 +113,7 @@ def print_summary(summary: dict, dataset: str) -> None:
     unit = summary["units"]["all"]
     name, value = next(iter(unit["metrics"].items()))
     print(f"dataset:           {dataset}")
-    print(f"events learned:    {unit['events_learned']:,} of {summary['events_consumed']:,} consumed ({summary['events_rejected']} rejected)")
+    print(f"events learned:    {unit['events_learned']:,} of {summary['events_seen']:,} consumed ({summary['events_dead_lettered']} dead-lettered)")
     print(f"{name + ':':<18} {value:.4f}  (progressive validation: predict, then learn)")
     print(f"events/s:          {summary['events_per_second']:,} while learning")
     print(f"checkpoint:        {summary['checkpoint_uri']}  (riverbeam checkpoints show {summary['checkpoint_uri']})")

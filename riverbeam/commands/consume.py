@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 
 def register(subparsers) -> None:
     consume = subparsers.add_parser("consume", help="run the Kafka consumer daemon (learn online, checkpoint)")
@@ -12,6 +10,7 @@ def register(subparsers) -> None:
     consume.add_argument("--progress", action="store_true", default=None, help="show the live progress line even when not on a terminal")
     consume.add_argument("--allow-model-change", action="store_true",
                          help="with models:, start a model added since the checkpoint from scratch and drop a removed one (else: an error)")
+    consume.add_argument("--json", action="store_true", help="print the summary as one JSON object (every unit in full)")
     consume.set_defaults(handler=consume_command)
 
 
@@ -24,12 +23,12 @@ def consume_command(args) -> int:
         signal.signal(sig, lambda *_: stop.set())
 
     from online.config import ConsumeJobConfig
-    from online.daemon import run_daemon
+    from online.daemon import daemon_job_summary, run_daemon
     from online.observability import configure_json_logging
     from core.configuration import load_config
 
     config = load_config(args.config, ConsumeJobConfig)
     configure_json_logging()
     summary = run_daemon(config, until_caught_up=args.until_caught_up, progress=args.progress, stop=stop, allow_model_change=args.allow_model_change)
-    print(json.dumps({"summary": summary}, default=str))
+    daemon_job_summary(summary, units_in_full=args.json).print(as_json=args.json)
     return 0

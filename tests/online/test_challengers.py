@@ -152,7 +152,7 @@ def test_three_models_in_the_daemon_each_equal_progressive_validation_alone(tmp_
     process = start_daemon(changed, "--until-caught-up", "--allow-model-change")
     out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err[-2000:]
-    after = json.loads(out.strip().splitlines()[-1])["summary"]["units"]["all"]["by_model"]
+    after = json.loads(out.strip().splitlines()[-1])["units"]["all"]["by_model"]
     assert list(after) == ["fast", "slow", "newcomer"]
     assert after["newcomer"]["events_seen"] == 200 and after["fast"]["events_seen"] == len(PHISHING) + 200
     assert after["fast"]["metrics"] == alone("fast", PHISHING + PHISHING[:200])

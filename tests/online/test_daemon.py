@@ -75,7 +75,7 @@ def no_daemon_left_behind():
 def start_daemon(config_path: str, *extra: str) -> subprocess.Popen:
     env = dict(os.environ, NO_GCE_CHECK="true", PYTHONUNBUFFERED="1")
     process = subprocess.Popen(
-        [sys.executable, "-m", "riverbeam.cli", "consume", "--config", config_path, *extra],
+        [sys.executable, "-m", "riverbeam.cli", "consume", "--config", config_path, "--json", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     STARTED.append(process)
@@ -100,7 +100,7 @@ def run_daemon(config_path: str, timeout: float = 120) -> dict:
     process = start_daemon(config_path, "--until-caught-up")
     out, err = process.communicate(timeout=timeout)
     assert process.returncode == 0, err[-3000:]
-    return json.loads(out.strip().splitlines()[-1])["summary"]
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def read_topic(bootstrap: str, topic: str, client: str = "kafka-python") -> list:
@@ -144,7 +144,7 @@ def test_end_to_end_equals_progressive_val_score_with_dead_letters(tmp_path, kaf
     expected = evaluate.progressive_val_score(datasets.Phishing(), preprocessing.StandardScaler() | linear_model.LogisticRegression(), metrics.Accuracy() + metrics.LogLoss())
     unit = summary["units"]["all"]
     assert unit["metrics"] == {type(m).__name__: m.get() for m in expected}
-    assert summary["events_consumed"] == len(values) and unit["events_learned"] == 1250 and summary["events_rejected"] == 4
+    assert summary["events_seen"] == len(values) and unit["events_learned"] == 1250 and summary["events_dead_lettered"] == 4
     latest = CheckpointStore(str(tmp_path / "checkpoints")).load_latest().manifest
     assert latest["events_learned"] == 1250 and latest["positions"] == {f"{topic}/0": len(values)}
     dead = [orjson.loads(r.value) for r in read_topic(kafka_bootstrap, f"{topic}.dlq")]
@@ -169,7 +169,7 @@ def test_sigterm_writes_a_final_checkpoint(tmp_path, kafka_bootstrap, topic):
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err[-2000:]
-    summary = json.loads(out.strip().splitlines()[-1])["summary"]
+    summary = json.loads(out.strip().splitlines()[-1])
     latest = store.load_latest().manifest
     assert latest["events_seen"] == summary["units"]["all"]["events_seen"] > 0
     assert latest["positions"][f"{topic}/0"] == summary["units"]["all"]["positions"][f"{topic}/0"]
@@ -251,7 +251,7 @@ def test_global_model_standby_takes_over_after_kill(tmp_path, kafka_bootstrap, t
     out, err = standby.communicate(timeout=120)
     assert standby.returncode == 0, err[-2000:]
     assert '"msg":"restored"' in err  # took over from the active instance's last checkpoint
-    summary = json.loads(out.strip().splitlines()[-1])["summary"]
+    summary = json.loads(out.strip().splitlines()[-1])
     assert summary["units"]["all"]["events_seen"] == len(events)
 
 
@@ -286,7 +286,7 @@ def test_keyed_models_split_partitions_and_survive_a_kill(tmp_path, kafka_bootst
     second.send_signal(signal.SIGTERM)
     out, err = second.communicate(timeout=60)
     assert second.returncode == 0, err[-2000:]
-    summary = json.loads(out.strip().splitlines()[-1])["summary"]
+    summary = json.loads(out.strip().splitlines()[-1])
     assert sorted(summary["units"]) == sorted(f"{topic}.{p}" for p in range(4))  # the survivor holds every partition
     # every partition's unit holds exactly the events of its partition, each learned once
     manifests = unit_manifests()
@@ -384,7 +384,7 @@ def test_stale_writer_resumed_after_takeover_writes_nothing_and_goes_back_to_sta
         values.insert(position, b"{broken")
     produce(kafka_bootstrap, topic, values)
     outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred", "poll_max_records": 100}
-    config = job_config(tmp_path, kafka_bootstrap, topic, "kafka-python", kafka=outputs, checkpoint={"every_events": 2000, "lease_seconds": 3})
+    config = job_config(tmp_path, kafka_bootstrap, topic, "kafka-python", kafka=outputs, checkpoint={"every_events": 2000, "every_seconds": 1, "lease_seconds": 3})
     active = start_daemon(config)
     wait_for_log(active, '"msg":"starting fresh"')
     time.sleep(1.5)  # learning, with outputs sent but not yet committed
@@ -413,7 +413,7 @@ def test_two_instances_started_together_with_a_short_lease_one_learns_and_both_s
         values.insert(position, b"[1]")
     produce(kafka_bootstrap, topic, values)
     outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred", "poll_max_records": 200}
-    config = job_config(tmp_path, kafka_bootstrap, topic, "confluent-kafka", kafka=outputs, checkpoint={"every_events": 1000, "lease_seconds": 3})
+    config = job_config(tmp_path, kafka_bootstrap, topic, "confluent-kafka", kafka=outputs, checkpoint={"every_events": 1000, "every_seconds": 1, "lease_seconds": 3})
     first = start_daemon(config)
     time.sleep(1)
     second = start_daemon(config)
@@ -463,7 +463,7 @@ def test_recreated_topic_is_an_offset_gap_failing_in_one_line_or_skipped(tmp_pat
     out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err[-2000:]
     assert '"msg":"offset gap skipped"' in err
-    unit = json.loads(out.strip().splitlines()[-1])["summary"]["units"]["all"]
+    unit = json.loads(out.strip().splitlines()[-1])["units"]["all"]
     assert unit["events_seen"] == before + after  # the new topic read from its start, nothing skipped silently
     assert unit["positions"] == {f"{topic}/0": after}
 

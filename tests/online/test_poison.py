@@ -95,7 +95,7 @@ def test_every_poison_kind_with_kill_9_learned_and_dead_lettered_exactly_once(tm
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err[-3000:]
-    unit = json.loads(out.strip().splitlines()[-1])["summary"]["units"]["all"]
+    unit = json.loads(out.strip().splitlines()[-1])["units"]["all"]
 
     expected = Learner(ModelConfig(**MODEL), EventsConfig(target="label"))
     expected.process_many([dict(e) for e in good])
