@@ -71,18 +71,28 @@ def test_every_poison_kind_with_kill_9_learned_and_dead_lettered_exactly_once(tm
         values.insert(position, value)
         bad[position] = name
     produce_values(kafka_bootstrap, topic, values)
-    outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred", "poll_max_records": 500}
+    outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred", "poll_max_records": 200}
     config = job_config(
-        tmp_path, kafka_bootstrap, topic, client, kafka=outputs, checkpoint={"every_events": 1500},
+        tmp_path, kafka_bootstrap, topic, client, kafka=outputs, checkpoint={"every_events": 700, "every_seconds": 1},
         events={"target": "label", "max_abs_value": MAX_ABS},
     )  # fmt: skip
+    kills = 0
     for _ in range(3):
         process = start_daemon(config)
-        time.sleep(rng.uniform(3.0, 6.0))
-        process.kill()  # kill -9 at a random moment
+        restored = wait_for_log(process, '"msg":"restored"', '"msg":"starting fresh"', timeout=90)
+        if f'"{topic}/0":{len(values)}' in restored:  # the stream was learned to its end already
+            process.kill()
+            process.wait()
+            break
+        wait_for_log(process, '"msg":"checkpoint"', timeout=90)  # learning, mid-stream
+        time.sleep(rng.uniform(0.0, 0.05))
+        process.kill()  # kill -9 at a random moment after a checkpoint
         process.wait()
+        kills += 1
+    assert kills >= 2
 
     process = start_daemon(config)  # not --until-caught-up: it must still be running at the end
+    wait_for_log(process, '"msg":"restored"', timeout=90)
     store = CheckpointStore(str(tmp_path / "checkpoints"))
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
