@@ -642,6 +642,7 @@ def daemon_job_summary(summary: dict, units_in_full: bool = False) -> JobSummary
     consume: 10 events in 2.00 s (5 events/s)
       events_seen 10 · events_learned 9 · events_dead_lettered 1
       Accuracy 0.5000
+      events_per_second_learning: None
       checkpoint: ckpt
       checkpoints_written: 1
       units: 1
@@ -650,8 +651,8 @@ def daemon_job_summary(summary: dict, units_in_full: bool = False) -> JobSummary
     only = next(iter(units.values())) if len(units) == 1 else None
     metrics = dict(only.get("metrics") or {}) if only is not None else {}
     counts = {name: summary[name] for name in ("events_seen", "events_learned", "events_dead_lettered") if name in summary}
-    details = {"checkpoint": summary.get("checkpoint_uri"), "checkpoints_written": summary.get("checkpoints_written"),
-               "units": units if units_in_full else len(units)}
+    details = {"events_per_second_learning": summary.get("events_per_second"), "checkpoint": summary.get("checkpoint_uri"),
+               "checkpoints_written": summary.get("checkpoints_written"), "units": units if units_in_full else len(units)}
     if units_in_full:  # for machines: every figure the daemon measured
         details.update({k: v for k, v in summary.items() if k not in counts and k not in ("units", "checkpoint_uri", "seconds", "events_per_second")})
     return JobSummary("consume", None, counts=counts, metrics=metrics, seconds=summary.get("seconds"), details=details)

@@ -109,11 +109,12 @@ def run_demo(dataset_name: str = "Phishing", events: int | None = None, director
         print("riverbeam demo: local stack stopped", file=sys.stderr)
 
 
-def print_summary(summary: dict, dataset: str) -> None:
-    unit = summary["units"]["all"]
-    name, value = next(iter(unit["metrics"].items()))
-    print(f"dataset:           {dataset}")
-    print(f"events learned:    {unit['events_learned']:,} of {summary['events_seen']:,} consumed ({summary['events_dead_lettered']} dead-lettered)")
-    print(f"{name + ':':<18} {value:.4f}  (progressive validation: predict, then learn)")
-    print(f"events/s:          {summary['events_per_second']:,} while learning")
-    print(f"checkpoint:        {summary['checkpoint_uri']}  (riverbeam checkpoints show {summary['checkpoint_uri']})")
+def demo_summary(summary: dict, dataset: str, units_in_full: bool = False):
+    """The demo's run as the summary every command ends with (the daemon's, plus the dataset)."""
+    from online.daemon import daemon_job_summary
+
+    result = daemon_job_summary(summary, units_in_full=units_in_full)
+    result.job = "demo"
+    result.details = {"dataset": dataset, **result.details,
+                      "next": f"riverbeam checkpoints show {summary['checkpoint_uri']}"}
+    return result

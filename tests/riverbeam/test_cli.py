@@ -82,7 +82,7 @@ def test_config_check_accepts_a_good_file_and_env_overrides(tmp_path):
 def test_demo_runs_end_to_end_and_stops_what_it_started(tmp_path):
     result = riverbeam("demo", "--events", "3000", "--dir", str(tmp_path / "demo"), timeout=180)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "events learned:    3,000 of 3,000" in result.stdout and "Accuracy:" in result.stdout
+    assert "events_seen 3,000 · events_learned 3,000 · events_dead_lettered 0" in result.stdout and "  Accuracy 0." in result.stdout
     shown = riverbeam("checkpoints", "show", str(tmp_path / "demo" / "checkpoints"), "--json")
     assert json.loads(shown.stdout)["events_seen"] == 3000
     for name in ("kafka", "gcs"):
