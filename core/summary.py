@@ -120,6 +120,8 @@ class JobSummary:
         if self.metrics:
             lines.append("  " + " · ".join(f"{name} {format_metric(value)}" for name, value in self.metrics.items()))
         for key, value in self.details.items():
+            if value is None:
+                continue
             if isinstance(value, (dict, list)):
                 value = orjson.dumps(value).decode()
             lines.append(f"  {key}: {value}")

@@ -642,7 +642,6 @@ def daemon_job_summary(summary: dict, units_in_full: bool = False) -> JobSummary
     consume: 10 events in 2.00 s (5 events/s)
       events_seen 10 · events_learned 9 · events_dead_lettered 1
       Accuracy 0.5000
-      events_per_second_learning: None
       checkpoint: ckpt
       checkpoints_written: 1
       units: 1
