@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 
+from core.summary import format_metric
+
 
 def register(subparsers) -> None:
     checkpoints = subparsers.add_parser("checkpoints", help="inspect checkpoints (local path, file://, gs:// or s3://)")
@@ -48,7 +50,7 @@ def checkpoints_list(args) -> int:
     for manifest in manifests:
         headline = next(iter(manifest.get("metrics", {}).items()), ("-", None))
         signed = "signed" if (manifest.get("state") or {}).get("hmac_sha256") else "unsigned"
-        print(f"{manifest['id']}  {manifest['created_at']}  events_seen={manifest['events_seen']}  {headline[0]}={headline[1]}  {signed}")
+        print(f"{manifest['id']}  {manifest['created_at']}  events_seen={manifest['events_seen']}  {headline[0]}={format_metric(headline[1])}  {signed}")
     return 0
 
 
@@ -91,10 +93,10 @@ def checkpoints_show(args) -> int:
         for key in ("id", "created_at", "events_seen", "events_learned"):
             print(f"{key}: {summary[key]}")
         print("positions: " + json.dumps(summary["positions"]))
-        print("metrics: " + ", ".join(f"{k}={v}" for k, v in summary["metrics"].items()))
+        print("metrics: " + ", ".join(f"{k}={format_metric(v)}" for k, v in summary["metrics"].items()))
         if summary["leaderboard"]:
             print("leaderboard:")
             for row in summary["leaderboard"]:
-                print(f"  {row['rank']}. {row['model']}: " + ", ".join(f"{k}={v}" for k, v in row["metrics"].items()))
+                print(f"  {row['rank']}. {row['model']}: " + ", ".join(f"{k}={format_metric(v)}" for k, v in row["metrics"].items()))
         print("model:\n" + summary["model"])
     return 0
