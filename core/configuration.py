@@ -177,12 +177,20 @@ def parse_config(
 
 
 def read_yaml(path: str | os.PathLike) -> Any:
-    """Read a YAML file, turning a missing file or a syntax error into a `ConfigError`."""
+    """Read a YAML file (a local path, or ``gs://`` / ``s3://`` through `core.storage`), turning a
+    missing file or a syntax error into a `ConfigError`."""
+    from core import storage
+
     source = str(path)
     try:
-        text = Path(path).read_text()
+        if storage.is_local(source):
+            text = Path(storage.parse_uri(source).path).read_text()
+        else:
+            text = storage.read_bytes(source).decode("utf-8")
     except OSError as error:
         raise ConfigError("", f"cannot read: {error.strerror}", source=source) from None
+    except (storage.StorageError, UnicodeDecodeError) as error:
+        raise ConfigError("", f"cannot read: {error}", source=source) from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as error:

@@ -105,7 +105,6 @@ from typing import Any, Callable
 
 import apache_beam as beam
 import orjson
-import yaml
 from apache_beam.coders import BytesCoder, StrUtf8Coder, TupleCoder, VarIntCoder
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
@@ -122,8 +121,7 @@ from online.learner import Learner, Prediction, probabilities_record
 from online.persistence import Cadence, Checkpointer, LearnerSpec, open_checkpoint_store, resume
 from pipelines.options import add_required_argument, check_required
 from pipelines.filesystems import configure_filesystems
-from core import storage
-from core.configuration import load_config, parse_config
+from core.configuration import load_config
 from core.errors import ConfigError, UsageError, run_main
 
 log = logging.getLogger(__name__)
@@ -200,19 +198,7 @@ class StreamLearnOptions(PipelineOptions):
 
 def read_job_config(uri: str) -> ConsumeJobConfig:
     """The job's `ConsumeJobConfig` from a local path, ``gs://`` or ``s3://`` (`ConfigError` names the key path)."""
-    if storage.is_local(uri):
-        config = load_config(uri, ConsumeJobConfig)
-    else:
-        try:
-            text = storage.read_bytes(uri).decode("utf-8")
-        except storage.StorageError as error:
-            raise ConfigError("", f"cannot read: {error}", source=uri) from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            raise ConfigError("", f"invalid YAML: {error}", source=uri) from None
-        config = parse_config(data, ConsumeJobConfig, source=uri)
-    config.check_semantics()
+    config = load_config(uri, ConsumeJobConfig)  # any storage URI; types and River names checked
     if config.models is not None:  # several models on one stream: the daemon's (online.model_set)
         raise ConfigError("models", "stream-learn learns one model (model:); run several models with riverbeam consume", source=uri)
     if config.model.batch is not None and config.events.id is not None:

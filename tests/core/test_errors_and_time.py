@@ -151,3 +151,19 @@ def test_config_check_knows_every_job_kind(tmp_path):
     assert result.returncode == 2 and f"{serve}: serve.lern: unknown key" in result.stderr
     serve.write_text("checkpoint: {uri: ckpt}\nserve: {port: 8080}\n")
     assert riverbeam("config", "check", str(serve)).stdout.strip() == f"{serve}: valid serve configuration"
+
+
+def test_a_job_file_may_live_in_a_bucket(gcs_prefix, s3_prefix):
+    """read_yaml goes through core.storage: every job reads its YAML from a path, gs:// or s3:// alike."""
+    from core import storage
+    from core.configuration import load_config
+    from online.config import ReplayJobConfig
+
+    text = b"model: {pipeline: [{linear_model.LinearRegression: {}}], metrics: [MAE]}\nevents: {target: 7}\n"
+    for prefix in (gcs_prefix, s3_prefix):
+        uri = f"{prefix}/job.yaml"
+        storage.write_bytes(uri, text)
+        with pytest.raises(ConfigError, match=f"{uri}: events.target: expected a string, got 7"):
+            load_config(uri, ReplayJobConfig)
+        with pytest.raises(ConfigError, match="cannot read"):
+            load_config(f"{prefix}/missing.yaml", ReplayJobConfig)
