@@ -44,7 +44,8 @@ from apache_beam.transforms import window
 
 from pipelines.options import add_required_argument, check_required
 from online.dead_letters import DeadLetterRecord
-from core.errors import UsageError, run_main
+from core.configuration import parse_config, read_yaml
+from core.errors import ConfigError, UsageError, run_main
 from core import storage
 from core.eventtime import event_time
 from pipelines.filesystems import configure_filesystems
@@ -64,7 +65,8 @@ class ArchiveOptions(PipelineOptions):
 
     # Dataflow template parameter types of the text flags (choices and numbers are inferred). kafka_topics
     # stays TEXT: KAFKA_READ_TOPIC values are "servers;topic" or a Managed Kafka name, not topic names.
-    TEMPLATE_PARAM_TYPES = {"pubsub_subscription": "PUBSUB_SUBSCRIPTION", "archive_output": "GCS_WRITE_FOLDER"}
+    TEMPLATE_PARAM_TYPES = {"pubsub_subscription": "PUBSUB_SUBSCRIPTION", "archive_output": "GCS_WRITE_FOLDER",
+                            "archive_kafka_config": "GCS_READ_FILE"}
 
     @classmethod
     def _add_argparse_args(cls, parser):
@@ -73,8 +75,13 @@ class ArchiveOptions(PipelineOptions):
             help="Where events come from: kafka (ReadFromKafka) or pubsub (ReadFromPubSub). Default: %(default)s.",
         )
         parser.add_argument(
+            "--archive_kafka_config", default=None,
+            help="A job YAML (local, gs:// or s3://) whose kafka: section, the daemon's (bootstrap_servers, topic or topics, "
+                 "group_id, consumer properties), names the source; the kafka_* flags override it.",
+        )
+        parser.add_argument(
             "--kafka_bootstrap_servers", default=None,
-            help="Kafka bootstrap servers, host:port[,host:port] (needed when event_source is kafka).",
+            help="Kafka bootstrap servers, host:port[,host:port] (needed when event_source is kafka, unless archive_kafka_config names them).",
         )
         parser.add_argument(
             "--kafka_topics", default=None,
@@ -209,16 +216,33 @@ def source_transform(options: ArchiveOptions) -> beam.PTransform:
         if not options.pubsub_subscription:
             raise UsageError("--pubsub_subscription is required when --event_source=pubsub")
         return ReadPubSubEvents(options.pubsub_subscription)
-    topics = [topic.strip() for topic in (options.kafka_topics or "").split(",") if topic.strip()]
-    if not options.kafka_bootstrap_servers or not topics:
-        raise UsageError("--kafka_bootstrap_servers and --kafka_topics are required when --event_source=kafka")
+    kafka = kafka_section(options.archive_kafka_config) if options.archive_kafka_config else None
+    topics = [topic.strip() for topic in (options.kafka_topics or "").split(",") if topic.strip()] or (kafka.source_topics if kafka else [])
+    servers = options.kafka_bootstrap_servers or (kafka.bootstrap_servers if kafka else None)
+    if not servers or not topics:
+        raise UsageError("the kafka source needs bootstrap servers and topics: --archive_kafka_config (a kafka: section) "
+                         "or --kafka_bootstrap_servers and --kafka_topics")
     try:
         extra = json.loads(options.kafka_consumer_config or "{}")
     except json.JSONDecodeError as error:
         raise UsageError(f"--kafka_consumer_config: invalid JSON: {error}") from None
     if not isinstance(extra, dict):
         raise UsageError("--kafka_consumer_config: expected a JSON object")
-    return ReadKafkaEvents(options.kafka_bootstrap_servers, topics, {k: str(v) for k, v in extra.items()})
+    consumer = {"group.id": kafka.group_id, **kafka.consumer} if kafka else {}
+    return ReadKafkaEvents(servers, topics, {str(k): str(v) for k, v in {**consumer, **extra}.items()})
+
+
+def kafka_section(uri: str):
+    """The ``kafka:`` section of the job YAML at `uri`, validated as the daemon validates it (`KafkaConfig`)."""
+    from online.config import KafkaConfig
+
+    data = read_yaml(uri)
+    if not isinstance(data, dict) or not isinstance(data.get("kafka"), dict):
+        raise ConfigError("kafka", "required section is missing (archive reads its source from it)", source=uri)
+    try:
+        return parse_config(data["kafka"], KafkaConfig, source=uri, environ=None)
+    except ConfigError as error:
+        raise error.at(prefix="kafka") from None
 
 
 # ---------------------------------------------------------------------------------------------

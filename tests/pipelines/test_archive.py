@@ -111,7 +111,7 @@ def test_archive_output_is_required():
 
 def test_kafka_source_needs_servers_and_topics_and_a_json_config():
     view = PipelineOptions(["--kafka_topics=a, b"]).view_as(ArchiveOptions)
-    with pytest.raises(UsageError, match="--kafka_bootstrap_servers and --kafka_topics are required"):
+    with pytest.raises(UsageError, match="the kafka source needs bootstrap servers and topics"):
         source_transform(view)
     view = PipelineOptions(["--kafka_bootstrap_servers=k:9092", "--kafka_topics=a, b"]).view_as(ArchiveOptions)
     reader = source_transform(view)
@@ -119,6 +119,25 @@ def test_kafka_source_needs_servers_and_topics_and_a_json_config():
     view = PipelineOptions(["--kafka_bootstrap_servers=k:9092", "--kafka_topics=a", "--kafka_consumer_config=[1]"]).view_as(ArchiveOptions)
     with pytest.raises(UsageError, match="kafka_consumer_config: expected a JSON object"):
         source_transform(view)
+
+
+def test_kafka_source_reads_the_daemons_kafka_section_and_flags_override(tmp_path, s3_prefix):
+    """One way to configure Kafka everywhere: the daemon's kafka: section (here from a job file on s3://)."""
+    from core import storage
+    from core.errors import ConfigError
+
+    uri = f"{s3_prefix}/consumer.yaml"
+    storage.write_bytes(uri, b"kafka: {bootstrap_servers: 'k:9092', topics: [a, b], group_id: g, consumer: {auto.offset.reset: earliest}}\n"
+                             b"model: {pipeline: [{linear_model.LogisticRegression: {}}]}\n")
+    reader = source_transform(PipelineOptions([f"--archive_kafka_config={uri}"]).view_as(ArchiveOptions))
+    assert (reader.bootstrap_servers, reader.topics) == ("k:9092", ["a", "b"])
+    assert reader.consumer_config == {"group.id": "g", "auto.offset.reset": "earliest"}
+    flags = [f"--archive_kafka_config={uri}", "--kafka_topics=c", "--kafka_consumer_config={\"group.id\": \"h\"}"]
+    reader = source_transform(PipelineOptions(flags).view_as(ArchiveOptions))
+    assert (reader.topics, reader.consumer_config["group.id"]) == (["c"], "h")
+    storage.write_bytes(uri, b"kafka: {bootstrap_servers: 9092, topic: a}\n")
+    with pytest.raises(ConfigError, match=f"{uri}: kafka.bootstrap_servers: expected a string, got 9092"):
+        source_transform(PipelineOptions([f"--archive_kafka_config={uri}"]).view_as(ArchiveOptions))
 
 
 def test_archive_is_the_input_of_replay(tmp_path):
