@@ -21,6 +21,7 @@ Run it::
 
     python benchmarks/daemon_vs_peers.py                      # 200,000 events, 3 rounds
     python benchmarks/daemon_vs_peers.py --events 50000 --rounds 1 --only bare,bytewax-recovery
+    python benchmarks/daemon_vs_peers.py --baseline HEAD~1   # also the daemon as of a git ref: before/after in one run
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class Contender:
     runtime: str
     script: str | None = None
     client: str | None = None
+    source: str | None = None  # riverbeam's code from this folder (a `--baseline` ref) instead of the installed one
 
 
 CONTENDERS = (
@@ -345,7 +347,10 @@ def command_for(contender: Contender, bench: Bench, run_dir: Path, group_id: str
         config = riverbeam_config(contender.client, bench.bootstrap_servers, bench.topic, group_id, str(run_dir / "checkpoints"))
         config_file = run_dir / "consumer.yaml"
         config_file.write_text(yaml.safe_dump(config, sort_keys=False))
-        return [*bench.riverbeam, "consume", "--config", str(config_file), "--until-caught-up"]
+        command = bench.riverbeam
+        if contender.source:  # the baseline's packages first on sys.path
+            command = [sys.executable, "-c", f"import sys; sys.path.insert(0, {contender.source!r}); from riverbeam.cli import main; sys.exit(main())"]
+        return [*command, "consume", "--config", str(config_file), "--until-caught-up"]
     python = str(bench.peers_python) if contender.runtime == "peers" else sys.executable
     return [
         python, str(PEERS_DIR / contender.script),
@@ -551,6 +556,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, help="keep run directories (logs, checkpoints) here instead of a temporary one")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds before one run is abandoned")
     parser.add_argument("--results", type=Path, help="write all runs as JSON here (default benchmarks/results/daemon_vs_peers-<time>.json)")
+    parser.add_argument("--baseline", metavar="GIT_REF", help="also run each riverbeam contender with the code of this git ref (as <name>@base): before/after in one run")
     args = parser.parse_args(argv)
     if args.events <= 0 or args.rounds <= 0:
         parser.error("--events and --rounds must be positive")
@@ -564,25 +570,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def choose_contenders(args: argparse.Namespace, riverbeam: list[str] | None) -> list[Contender]:
+def choose_contenders(args: argparse.Namespace, riverbeam: list[str] | None, baseline: Path | None = None) -> list[Contender]:
     chosen = [c for c in CONTENDERS if (not args.only or c.name in args.only) and c.name not in args.skip]
     if riverbeam is None and any(c.runtime == "riverbeam" for c in chosen):
         print("riverbeam's consume daemon is not available (`riverbeam consume --help` lacks --until-caught-up): skipping its contenders", file=sys.stderr)
         chosen = [c for c in chosen if c.runtime != "riverbeam"]
+    if baseline is not None:
+        chosen += [
+            Contender(f"{c.name}@base", f"{c.title} (code of {args.baseline})", c.crash_safe, c.runtime, client=c.client, source=str(baseline))
+            for c in chosen if c.runtime == "riverbeam"
+        ]
     return chosen
+
+
+def export_baseline(ref: str, folder: Path) -> Path:
+    """riverbeam's packages as of git `ref`, extracted (``git archive``) into `folder`; return it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    repository = HERE.parent
+    archive = subprocess.run(["git", "-C", str(repository), "archive", "--format=tar", ref, "core", "transforms", "online", "pipelines", "riverbeam"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
 
 
 def run(argv: list[str] | None = None) -> int:
     """Run the benchmark; return 0 when every contender agreed, 1 otherwise."""
     args = parse_args(argv)
     riverbeam = riverbeam_command()
-    contenders = choose_contenders(args, riverbeam)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="riverbeam-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    baseline = export_baseline(args.baseline, workdir / "baseline-src") if args.baseline and riverbeam is not None else None
+    contenders = choose_contenders(args, riverbeam, baseline)
     if not contenders:
         print("no contender to run", file=sys.stderr)
         return 1
     peers_python = ensure_peers_venv(args.peers_venv) if any(c.runtime == "peers" for c in contenders) else None
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="riverbeam-bench-"))
-    workdir.mkdir(parents=True, exist_ok=True)
     environment = {**os.environ, "NO_GCE_CHECK": "true", "PYTHONDONTWRITEBYTECODE": "1"}
     stack = None
     try:
