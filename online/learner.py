@@ -35,6 +35,7 @@ set, else the processing clock.
 from __future__ import annotations
 
 import collections
+import io
 import math
 import pickle
 import time
@@ -546,8 +547,16 @@ class Learner:
         return f"{len(self.state.models)} keyed copies of:\n{self.prototype!r}"
 
     def snapshot(self) -> bytes:
-        """The learner's whole state as bytes (pickle: loading it runs code, so only load trusted, verified blobs)."""
-        return pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL)
+        """The learner's whole state as bytes (pickle: loading it runs code, so only load trusted, verified blobs).
+
+        Pickling moves the live model's attributes out of CPython's compact layout (measured: River
+        then learns ~10% slower, for good); the global model continues as a `compact_copy` instead.
+        """
+        blob = pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL)
+        models = self.state.models
+        if type(models) is dict and len(models) == 1 and None in models:
+            models[None] = compact_copy(models[None])
+        return blob
 
     # -- per-key models: incremental snapshots (online.keyed_state, online.persistence) -----------
 
@@ -588,6 +597,8 @@ class Learner:
         state = pickle.loads(blob)
         if not isinstance(state, LearnerState) or state.format != STATE_FORMAT:
             raise ValueError("checkpoint state is not a riverbeam learner state of this format")
+        if type(state.models) is dict and len(state.models) == 1 and None in state.models:  # unpickled: learn in the compact layout
+            state.models[None], state.metrics = compact_copy(state.models[None]), compact_copy(state.metrics)
         learner = cls(model, events, transform=transform, state=state)
         if parts:
             from online.keyed_state import apply_records, iter_part
@@ -606,6 +617,61 @@ class Learner:
             models.load_records(records())
             learner.state.pending = collections.OrderedDict((key, pickle.loads(value)) for key, value in pending.items())
         return learner
+
+
+_MANAGED_DICT = 1 << 4  # CPython's Py_TPFLAGS_MANAGED_DICT: instances keep their attributes inline until __dict__ is asked for
+
+
+class _CompactUnpickler(pickle._Unpickler):
+    """Unpickles objects whose attributes live inline (CPython 3.11's compact layout): state is set
+    attribute by attribute (a class's own ``__setstate__`` runs on a scratch instance first), never
+    through ``__dict__``, which would move them into a dict for good (slower attribute access)."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def load_build(self) -> None:
+        stack = self.stack
+        state, inst = stack[-1], stack[-2]
+        cls = type(inst)
+        if type(state) is dict and cls.__flags__ & _MANAGED_DICT and not any(getattr(k, "__slots__", ()) for k in cls.__mro__):
+            try:
+                if getattr(cls, "__setstate__", None) is not None:
+                    scratch = cls.__new__(cls)
+                    scratch.__setstate__(dict(state))
+                    state = scratch.__dict__
+                plain = all(type(name) is str and not hasattr(type(getattr(cls, name, None)), "__set__") for name in state)
+            except Exception:  # anything unusual: the standard way
+                plain = False
+            if plain:
+                stack.pop()
+                for name, value in state.items():
+                    setattr(inst, name, value)
+                return
+        pickle._Unpickler.load_build(self)
+
+    dispatch[pickle.BUILD[0]] = load_build
+
+
+def compact_copy(obj: Any) -> Any:
+    """An exact copy of `obj` (through pickle) whose objects keep CPython's compact attribute layout.
+
+    In CPython 3.11 pickling an object, or unpickling one, moves its attributes from the compact
+    inline layout into a ``__dict__`` for good, and every attribute access then costs more: River
+    learns ~10% slower on a model that was checkpointed or restored (measured: StandardScaler |
+    LogisticRegression, 9.6 against 8.7 µs/event). The copy is made with the pure-Python
+    unpickler (~0.4 ms for that model); `obj` itself is returned when it cannot be copied.
+
+    >>> from river import linear_model, preprocessing
+    >>> model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    >>> model.learn_one({"a": 1.0, "b": 2.0}, True)
+    >>> copy = compact_copy(model)
+    >>> copy is not model, copy.predict_proba_one({"a": 2.0, "b": 1.0}) == model.predict_proba_one({"a": 2.0, "b": 1.0})
+    (True, True)
+    """
+    try:
+        return _CompactUnpickler(io.BytesIO(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))).load()
+    except Exception:
+        return obj
 
 
 FRESH_BATCH = 64  # fresh models unpickled at once (new keys)
@@ -659,4 +725,4 @@ def _plain(value: Any) -> Any:
     return value
 
 
-__all__ = ["Learner", "LearnerState", "Prediction", "EventError", "model_kind", "score_function"]
+__all__ = ["Learner", "LearnerState", "Prediction", "EventError", "model_kind", "score_function", "compact_copy"]

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import copy
+import gc
 import itertools
 import math
+import pickle
+import sys
 
 import pytest
 from river import datasets, evaluate, linear_model, metrics, preprocessing, tree
 
 from online.config import DelayedLabelsConfig, DriftConfig, EventsConfig, ModelConfig
 from online.events import EventError
-from online.learner import Learner
+from online.learner import Learner, compact_copy
 
 LOGREG = [{"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {"optimizer": {"optim.SGD": {"lr": 0.1}}}}]
 
@@ -61,6 +64,50 @@ def test_snapshot_restore_continue_equals_uninterrupted():
     assert resumed.metric_values() == whole.metric_values()
     probe = {k: v for k, v in data[0].items() if k != "y"}
     assert resumed.state.models[None].predict_proba_one(dict(probe)) == whole.state.models[None].predict_proba_one(dict(probe))
+
+
+@pytest.mark.parametrize("pipeline, dataset", [(LOGREG, datasets.Phishing), ([{"tree.HoeffdingTreeClassifier": {"grace_period": 50}}], datasets.Bananas)])
+def test_snapshots_and_restores_every_100_events_leave_the_learning_exact(pipeline, dataset):
+    """The live model continues as a compact copy after each snapshot, and a restore starts from one: nothing changes."""
+    config, events = ModelConfig(pipeline=pipeline, metrics=["Accuracy", "LogLoss"]), EventsConfig(target="y")
+    data = events_of(dataset())
+    whole = Learner(config, events)
+    whole.process_many(copy.deepcopy(data))
+    learner = Learner(config, events)
+    for start in range(0, len(data), 100):
+        before = learner.state.models[None]
+        learner.process_many(copy.deepcopy(data[start:start + 100]))
+        blob = learner.snapshot()
+        assert learner.state.models[None] is not before
+        if start % 300 == 0:
+            learner = Learner.restore(blob, config, events)
+    assert learner.metric_values() == whole.metric_values()
+    assert learner.state.events_seen == whole.state.events_seen == len(data)
+    for event in data[:50]:
+        probe = {k: v for k, v in event.items() if k != "y"}
+        assert learner.state.models[None].predict_proba_one(dict(probe)) == whole.state.models[None].predict_proba_one(dict(probe))
+
+
+@pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="CPython 3.11's attribute layout")
+def test_a_snapshot_leaves_the_model_in_the_compact_attribute_layout():
+    learner = Learner(ModelConfig(pipeline=LOGREG, metrics=["Accuracy"]), EventsConfig(target="y"))
+    learner.process_many(events_of(itertools.islice(datasets.Phishing(), 10)))
+
+    def scaler_attributes_in_a_dict() -> bool:  # a materialized __dict__ is the only plain dict a StandardScaler refers to
+        return any(type(r) is dict for r in gc.get_referents(learner.state.models[None]["StandardScaler"]))
+
+    assert not scaler_attributes_in_a_dict()
+    pickle.dumps(learner.state)
+    assert scaler_attributes_in_a_dict()  # what pickling does to a live River object (hence the copy)
+    learner.snapshot()
+    assert not scaler_attributes_in_a_dict()
+    restored = Learner.restore(learner.snapshot(), learner.model_config, learner.events_config)
+    assert not any(type(r) is dict for r in gc.get_referents(restored.state.models[None]["StandardScaler"]))
+
+
+def test_compact_copy_returns_what_it_cannot_copy():
+    unpicklable = (lambda: None)
+    assert compact_copy(unpicklable) is unpicklable
 
 
 def test_keyed_models_learn_separately():
