@@ -30,6 +30,7 @@ from online.learner import probabilities_record
 log = logging.getLogger(__name__)
 
 SOURCE_HEADER = "riverbeam-source"
+SCAN_IDLE_SECONDS = 30.0  # the restore scan fails when a partition makes no progress for this long
 
 
 def source_header(topic: str, partition: int, offset: int) -> bytes:
@@ -159,44 +160,63 @@ class OutputWriter:
             for key in [k for k in self.written_through if k[1] in wanted and k[0] == topic]:
                 del self.written_through[key]
             tps = self._partitions(topic)
+            if not tps and any(key.rsplit("/", 1)[0] == topic for key in since):  # it exists: the checkpoint recorded it
+                self._partitions_of.pop(topic, None)
+                tps = [(topic, p) for p in self.scanner.partitions_for(topic, timeout_s=30)]  # or KafkaClientError: never skipped
+                self._partitions_of[topic] = tps
             if not tps:
                 continue
             start = {tp: since.get(f"{tp[0]}/{tp[1]}", 0) for tp in tps}
-            found = self._scan(tps, start, wanted)
+            try:
+                found = self._scan(tps, start, wanted)
+            finally:
+                self.close()  # a fresh scanner next time: a client's cached high watermarks would be stale
             for tp, offset in found.items():
                 self.written_through[(topic, tp)] = offset
         if self.written_through:
             log.info("outputs already written before the restart will be skipped", extra={"fields": {"through": {f"{o}:{t}/{p}": v for (o, (t, p)), v in self.written_through.items()}}})
 
     def _scan(self, tps: list[TopicPartition], start: dict[TopicPartition, int], wanted: set[TopicPartition]) -> dict[TopicPartition, int]:
+        """The highest source offset of `wanted` in the records of `tps` from `start` to their end.
+
+        Every partition is read to the high watermark its fetch responses carry (exact, and past
+        a transaction still open), never to a ListOffsets answer: the scanner reads
+        read_committed, so ListOffsets answers the last stable offset, which Tansu reports as 0
+        while a transaction is open in the partition. A partition holding a killed instance's
+        dangling transaction then looked empty, was not read, and its records were written again
+        once the transaction was resolved (a dead letter twice, 1 run in 5). Raises
+        `KafkaClientError` when a partition makes no progress for `SCAN_IDLE_SECONDS`.
+        """
         scanner = self.scanner
-        ends = scanner.end_offsets(tps)
-        remaining = {tp for tp in tps if ends.get(tp, 0) > start[tp]}
-        if not remaining:
-            return {}
-        scanner.assign(sorted(remaining))
-        for tp in remaining:
+        scanner.assign(sorted(tps))
+        for tp in tps:
             scanner.seek(tp, start[tp])
         found: dict[TopicPartition, int] = {}
         position = dict(start)
-        idle_deadline = time.monotonic() + 10
+        remaining = set(tps)
+        began = time.monotonic()
+        idle_deadline = began + SCAN_IDLE_SECONDS
         while remaining and time.monotonic() < idle_deadline:
             batches = scanner.poll_batches(0.5, 5000)
             for batch in batches:
-                idle_deadline = time.monotonic() + 10
+                idle_deadline = time.monotonic() + SCAN_IDLE_SECONDS
                 for record in batch.records:
                     for name, value in record.headers:
                         if name == SOURCE_HEADER:
                             parsed = parse_source_header(value)
                             if parsed is not None and parsed[0] in wanted and parsed[1] > found.get(parsed[0], -1):
                                 found[parsed[0]] = parsed[1]
-                position[batch.partition] = batch.next_offset
+                position[batch.partition] = max(position[batch.partition], batch.next_offset)
             for tp in remaining:  # past transaction markers, which take offsets but hold no record
                 at = scanner.position(tp)
                 if at is not None and at > position[tp]:
                     position[tp] = at
+                    idle_deadline = time.monotonic() + SCAN_IDLE_SECONDS
             marks = scanner.high_watermarks()
-            remaining = {tp for tp in remaining if position[tp] < max(ends.get(tp, 0), marks.get(tp, 0))}
+            if time.monotonic() - began > 3.0 and any(tp not in marks for tp in remaining):  # no fetch answer yet: ask
+                listed = scanner.end_offsets(sorted(tp for tp in remaining if tp not in marks))
+                marks = {**listed, **marks}
+            remaining = {tp for tp in remaining if tp not in marks or position[tp] < marks[tp]}
         if remaining:
             raise KafkaClientError(f"could not read the output topics to their end ({sorted(remaining)}); refusing to risk duplicate outputs")
         return found

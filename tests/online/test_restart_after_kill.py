@@ -1,0 +1,157 @@
+"""Issue 13, item 3: a global model with dead letters and predictions restarts cleanly after kill -9, every time.
+
+The daemon is killed several times, at random moments and right after a new checkpoint appears
+(the moment its transactional producer has just begun a fresh transaction and sent into it: the
+killed instance leaves that transaction open at the broker). The next ``consume
+--until-caught-up`` must exit 0, its model must equal an uninterrupted learner over the same
+events, and every dead letter and prediction must be in its topic exactly once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from online.checkpoints import LATEST
+from online.config import KafkaConfig
+from online.kafka_clients import create_topic, make_consumer, make_producer
+from online.outputs import SOURCE_HEADER, OutputWriter, source_header
+from tests.online.test_daemon import (
+    CLIENTS,
+    PHISHING,
+    expected_phishing_metrics,
+    job_config,
+    produce,
+    read_topic,
+    start_daemon,
+    wait_for_log,
+)
+
+EVENTS = 12_000
+
+
+def pointer(checkpoints: Path) -> bytes | None:
+    """The bytes of the checkpoint store's LATEST pointer (it moves only once a checkpoint is complete)."""
+    try:
+        return (checkpoints / LATEST).read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def kill_right_after_a_new_checkpoint(process, checkpoints: Path, delay: float, timeout: float = 60) -> bool:
+    """kill -9 `process` `delay` seconds after LATEST moves; False if the daemon had already exited (stream done)."""
+    before = pointer(checkpoints)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if pointer(checkpoints) != before:
+            time.sleep(delay)
+            break
+        time.sleep(0.005)
+    alive = process.poll() is None
+    process.kill()
+    process.communicate()
+    return alive
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("client", CLIENTS)
+def test_kill_9_after_checkpoints_restarts_cleanly_with_outputs_exactly_once(tmp_path, kafka_bootstrap, topic, client):
+    events = list(itertools.islice(itertools.cycle(PHISHING), EVENTS))
+    values = [orjson.dumps(e) for e in events]
+    bad = set(range(120, len(values), 599))
+    for position in sorted(bad):  # ascending: each lands at its final offset
+        values.insert(position, b"{broken")
+    produce(kafka_bootstrap, topic, values)
+    outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred", "poll_max_records": 200}
+    config = job_config(tmp_path, kafka_bootstrap, topic, client, kafka=outputs, checkpoint={"every_events": 1000, "every_seconds": 1, "lease_seconds": 3})
+    checkpoints = tmp_path / "checkpoints"
+    rng = random.Random(13)
+    kills = 0
+    for round_ in range(4):
+        process = start_daemon(config)
+        wait_for_log(process, '"msg":"restored"', '"msg":"starting fresh"', timeout=90)
+        # right after a checkpoint (the new transaction just opened), or a little later (records in it)
+        delay = 0.0 if round_ % 2 == 0 else rng.uniform(0.05, 0.5)
+        kills += kill_right_after_a_new_checkpoint(process, checkpoints, delay)
+    assert kills >= 3, "the stream ended before the daemon could be killed mid-stream"
+
+    process = start_daemon(config, "--until-caught-up")
+    out, err = process.communicate(timeout=180)
+    assert process.returncode == 0, err[-3000:]
+    assert '"msg":"restored"' in err
+    unit = json.loads(out.strip().splitlines()[-1])["units"]["all"]
+    assert unit["events_seen"] == unit["events_learned"] == len(events)  # every good event learned once
+    assert unit["metrics"] == expected_phishing_metrics(events)  # the model equals an uninterrupted run
+
+    dead = read_topic(kafka_bootstrap, f"{topic}.dlq", client)
+    assert sorted(orjson.loads(r.value)["source"]["offset"] for r in dead) == sorted(bad)  # each dead letter exactly once
+    sources = [dict(r.headers)[SOURCE_HEADER] for r in read_topic(kafka_bootstrap, f"{topic}.pred", client)]
+    assert len(sources) == len(set(sources)) == len(events)  # no prediction missing or doubled
+
+
+DANGLING = """
+import sys
+from online.config import KafkaConfig
+from online.kafka_clients import make_producer
+client, bootstrap, topic, txn = sys.argv[1:]
+producer = make_producer(KafkaConfig(client=client, bootstrap_servers=bootstrap, topic=topic), transactional_id=txn)
+def send(offset):
+    producer.send(topic, b"{}", key=b"src/0", headers=[("riverbeam-source", f"src/0/{offset}".encode())], partition=1)
+for offset in range(5):
+    send(offset)
+producer.commit_transaction()  # durable: source offsets 0-4
+for offset in range(5, 8):
+    send(offset)  # in the open transaction when the process dies
+producer._producer.flush()
+print("sent", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_restore_scan_waits_for_a_killed_writers_open_transaction(kafka_bootstrap, topic, client):
+    """A writer killed inside a transaction; the restore scan starts before the new writer resolves it.
+
+    On Tansu a read_committed ListOffsets answers 0 while a transaction is open in the partition:
+    the scan used to take the partition for empty and return at once, so the records of the
+    dangling transaction were written again once it was resolved. The scan must wait for the
+    transaction's outcome and then agree with what a read_committed reader sees.
+    """
+    out = f"{topic}.pred"
+    create_topic(kafka_bootstrap, out, partitions=2)
+    kafka = KafkaConfig(client=client, bootstrap_servers=kafka_bootstrap, topic=topic)
+    txn = f"riverbeam-test-{topic}"
+    writer = subprocess.Popen([sys.executable, "-c", DANGLING, client, kafka_bootstrap, out, txn], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "sent"
+    finally:
+        writer.kill()  # kill -9 with the transaction open
+        writer.communicate()
+
+    outputs = OutputWriter(None, None, out, scanner=lambda: make_consumer(kafka, group=False))
+    scanned: list = []
+    scan = threading.Thread(target=lambda: scanned.append(outputs.restore([("src", 0)], {f"{out}/0": 0, f"{out}/1": 0})))
+    scan.start()
+    time.sleep(2.0)  # the scan is under way while the dangling transaction is still open
+    producer = make_producer(kafka, transactional_id=txn)  # the restarted writer: fences the old one, resolves its transaction
+    scan.join(timeout=60)
+    assert scanned == [None]
+    producer.send(out, b"{}", key=b"src/0", headers=[(SOURCE_HEADER, source_header("src", 0, 99))], partition=1)
+    producer.commit_transaction()
+    producer.close()
+    outputs.close()
+
+    visible = [dict(r.headers)[SOURCE_HEADER].decode() for r in read_topic(kafka_bootstrap, out, client)]
+    before_restart = [int(source.rsplit("/", 1)[1]) for source in visible if source != "src/0/99"]
+    assert before_restart[:5] == [0, 1, 2, 3, 4] and visible[-1] == "src/0/99"  # committed records, then the new writer's
+    # what the scan found is exactly what a reader sees of the killed writer: kept if visible, re-emitted if not
+    assert outputs.written_through.get((out, ("src", 0))) == max(before_restart)
