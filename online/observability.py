@@ -200,7 +200,7 @@ class JsonFormatter(logging.Formatter):
 
 def configure_json_logging(level: int = logging.INFO) -> None:
     """Send riverbeam's logs to stderr as JSON lines."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = ProgressAwareHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -210,21 +210,57 @@ def configure_json_logging(level: int = logging.INFO) -> None:
 
 
 class ProgressLine:
-    """A one-line live display on a terminal (nothing when stderr is not a TTY)."""
+    """A one-line live display on a terminal (nothing when stderr is not a TTY).
+
+    Log lines never mix with it: `ProgressAwareHandler` clears the line, writes the log record
+    and draws the line again below it.
+    """
+
+    active: "ProgressLine | None" = None  # the line on screen now, if any
 
     def __init__(self, enabled: bool | None = None, stream=None):
         self.stream = stream or sys.stderr
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self._last = 0.0
+        self.text = ""
 
     def update(self, text: str, force: bool = False) -> None:
         now = time.monotonic()
         if self.enabled and (force or now - self._last >= 0.5):
             self._last = now
+            self.text = text
+            ProgressLine.active = self
             self.stream.write("\r\033[K" + text)
             self.stream.flush()
 
     def close(self) -> None:
+        if ProgressLine.active is self:
+            ProgressLine.active = None
         if self.enabled:
             self.stream.write("\n")
             self.stream.flush()
+
+
+class ProgressAwareHandler(logging.StreamHandler):
+    r"""A stream handler that keeps log lines and the live progress line apart on a terminal.
+
+    >>> import io
+    >>> stream = io.StringIO()
+    >>> line = ProgressLine(enabled=True, stream=stream)
+    >>> handler = ProgressAwareHandler(stream)
+    >>> line.update("riverbeam: 10 events", force=True)
+    >>> handler.emit(logging.makeLogRecord({"msg": "checkpoint"}))
+    >>> stream.getvalue().split("\r\033[K")
+    ['', 'riverbeam: 10 events', 'checkpoint\n', 'riverbeam: 10 events']
+    >>> line.close()
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = ProgressLine.active
+        if line is None or line.stream is not self.stream:
+            super().emit(record)
+            return
+        self.stream.write("\r\033[K")
+        super().emit(record)
+        self.stream.write("\r\033[K" + line.text)
+        self.stream.flush()
