@@ -30,6 +30,7 @@ from tests.online.test_daemon import (
     PHISHING,
     expected_phishing_metrics,
     job_config,
+    no_daemon_left_behind,  # noqa: F401  (autouse: no daemon outlives a test)
     produce,
     read_topic,
     start_daemon,
