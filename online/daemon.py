@@ -36,7 +36,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import orjson
 
 from core.summary import JobSummary
 from core.errors import RiverbeamError
@@ -48,7 +47,7 @@ from online.gc_tuning import restore_gc, steady_state_gc
 from online.learner import Learner
 from online.learning_loop import LearningLoop
 from online.model_set import ModelSet, ModelsSpec
-from online.sources import KafkaBatch, KafkaSource, kafka_positions, parse_position_key, position_key
+from online.sources import KafkaBatch, KafkaSource, kafka_positions, position_key
 from online.config import LEASE_RENEWALS
 from online.lease import Lease, LeaseKeeper, instance_id
 from online.observability import DaemonMetrics, HealthServer, ProgressLine

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import pickle
 import shutil
 import struct

@@ -42,7 +42,7 @@ import orjson
 
 from online.events import EventError
 from online.learner import Learner
-from online.sources import REPLAY, SourceBatch, position_key
+from online.sources import SourceBatch, position_key
 
 __all__ = ["LearningLoop", "DeadLetterSink", "PredictionSink", "decode", "checkpoint_positions", "chunk_size"]
 

@@ -63,7 +63,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 from core.errors import ConfigError
 from online.checkpoints import Checkpoint, CheckpointStore, config_hash, signing_key_from_env

@@ -35,7 +35,6 @@ met and do not move the merge.
 from __future__ import annotations
 
 import csv
-import datetime
 import gzip
 import heapq
 import io

@@ -36,10 +36,8 @@ reader; nothing is learned, produced or written.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -50,11 +48,11 @@ from online.events import load_feature_transform
 from online.learner import Learner
 from online.learning_loop import LearningLoop
 from online.persistence import Cadence, Checkpointer, LearnerSpec, checkpoint_store, open_checkpoint_store, resume
-from online.readers import InputFile, ReplayPosition, count_records, expand_inputs
+from online.readers import InputFile, ReplayPosition, count_records
 from online.replay_report import format_leaderboard, write_report_dir
 from online.sources import REPLAY, FileSource, progress_bar
 from core.summary import JobSummary, format_metric
-from core.errors import ConfigError, RiverbeamError, UsageError
+from core.errors import UsageError
 
 log = logging.getLogger(__name__)
 
