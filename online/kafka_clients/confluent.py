@@ -35,6 +35,9 @@ from online.kafka_clients.base import (
 from core.errors import ConfigError
 
 log = logging.getLogger(__name__)
+# librdkafka's own log lines ("Connect to ... failed") go through Python logging, so the daemon's
+# JSON log stays one format; they are handed over when the client is polled, never written raw.
+librdkafka_log = logging.getLogger(f"{__name__}.librdkafka")
 
 CLIENT = "confluent-kafka"
 CONSUMER_MANAGED = {
@@ -83,7 +86,7 @@ def build_client(kind: Callable, options: dict[str, Any], user_options: dict[str
     librdkafka checks names and values at construction ("No such configuration property").
     """
     try:
-        return kind(options)
+        return kind({"logger": librdkafka_log, **options})
     except KafkaException as error:
         text = error.args[0].str() if error.args and isinstance(error.args[0], KafkaError) else str(error)
         names = [a or b for a, b in _PROPERTY.findall(text)]
@@ -280,7 +283,7 @@ class ConfluentConsumer(ConsumerState):
         from confluent_kafka import TopicCollection
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": self._bootstrap})
+        admin = AdminClient({"bootstrap.servers": self._bootstrap, "logger": librdkafka_log})
 
         def describe():
             return admin.describe_topics(TopicCollection([topic]))[topic].result(timeout=LOOKUP_TIMEOUT_S / 3)

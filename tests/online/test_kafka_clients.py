@@ -284,10 +284,29 @@ def test_an_unreachable_broker_fails_the_flush(client, topic):
         "confluent-kafka": {"message.timeout.ms": 500},
     }[client]
     config = KafkaConfig(client=client, bootstrap_servers=f"127.0.0.1:{free_port()}", topic=topic, producer=options)
+    producer = None
     with pytest.raises(KafkaClientError):
         producer = make_producer(config)
         producer.send(topic, b"lost?", partition=0)
         producer.flush(5)
+    if producer is not None:  # or librdkafka goes on logging "Connection refused" to the end of the session
+        producer.drop()
+        del producer
+
+
+def test_librdkafka_log_lines_go_through_python_logging(topic, capfd, caplog):
+    """A broker that refuses connections: librdkafka's complaint is a log record, never a raw stderr line."""
+    from riverbeam.local_stack import free_port
+
+    config = KafkaConfig(client="confluent-kafka", bootstrap_servers=f"127.0.0.1:{free_port()}", topic=topic, producer={"message.timeout.ms": 500})
+    producer = make_producer(config)
+    with caplog.at_level("DEBUG", logger="online.kafka_clients.confluent.librdkafka"), pytest.raises(KafkaClientError):
+        producer.send(topic, b"lost?", partition=0)
+        producer.flush(5)
+    producer.drop()
+    del producer
+    assert any("Connection refused" in record.getMessage() for record in caplog.records)
+    assert "Connection refused" not in capfd.readouterr().err
 
 
 @pytest.mark.parametrize(
