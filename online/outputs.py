@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SOURCE_HEADER = "riverbeam-source"
 SCAN_IDLE_SECONDS = 30.0  # the restore scan fails when a partition makes no progress for this long
+LOOKUP_SECONDS = 30.0  # how long an output topic's metadata may take to come before a restore or checkpoint fails
 
 
 def source_header(topic: str, partition: int, offset: int) -> bytes:
@@ -134,14 +135,16 @@ class OutputWriter:
     # -- exactly-once bookkeeping -----------------------------------------------------------
 
     def _partitions(self, topic: str) -> list[TopicPartition]:
-        """The topic's partitions, cached once known; [] while it does not exist (nothing was written)."""
+        """The topic's partitions, cached once known; [] when the broker says it does not exist.
+
+        A broker that does not answer raises `KafkaClientError`: taken for a missing topic, it
+        made a restore skip an output topic (or a checkpoint leave it out), and what was already
+        written there was written again.
+        """
         known = self._partitions_of.get(topic)
         if known:
             return known
-        try:
-            known = [(topic, p) for p in self.scanner.partitions_for(topic, timeout_s=2 if known is None else 10)]
-        except KafkaClientError:
-            known = []
+        known = [(topic, p) for p in self.scanner.partitions_if_exists(topic, timeout_s=LOOKUP_SECONDS)]
         self._partitions_of[topic] = known
         return known
 
@@ -159,12 +162,10 @@ class OutputWriter:
         for topic in self.topics:
             for key in [k for k in self.written_through if k[1] in wanted and k[0] == topic]:
                 del self.written_through[key]
-            tps = self._partitions(topic)
-            if not tps and any(key.rsplit("/", 1)[0] == topic for key in since):  # it exists: the checkpoint recorded it
-                self._partitions_of.pop(topic, None)
-                tps = [(topic, p) for p in self.scanner.partitions_for(topic, timeout_s=30)]  # or KafkaClientError: never skipped
-                self._partitions_of[topic] = tps
+            tps = self._partitions(topic)  # or KafkaClientError: an output topic is never skipped for want of an answer
             if not tps:
+                if any(key.rsplit("/", 1)[0] == topic for key in since):
+                    log.warning("an output topic the checkpoint recorded does not exist any more: nothing written there can be written twice", extra={"fields": {"topic": topic}})
                 continue
             start = {tp: since.get(f"{tp[0]}/{tp[1]}", 0) for tp in tps}
             try:

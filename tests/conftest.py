@@ -18,14 +18,22 @@ from riverbeam.local_stack import LocalStack  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def local_stack(tmp_path_factory):
+def running_stack(tmp_path_factory) -> LocalStack:
+    """The session's `LocalStack` itself (its services' pids, for tests that stall one)."""
+    stack = LocalStack(tmp_path_factory.mktemp("local-stack"), kafka_port=0, gcs_port=0, s3_port=0)
+    stack.up()
+    yield stack
+    stack.down()
+
+
+@pytest.fixture(scope="session")
+def local_stack(running_stack):
     """Settings of a running broker, GCS emulator and S3 server on free ports; stopped after the session.
 
     ``STORAGE_EMULATOR_HOST`` and the standard AWS variables (``AWS_ENDPOINT_URL``, keys, region)
     point this process and its children at the stack.
     """
-    stack = LocalStack(tmp_path_factory.mktemp("local-stack"), kafka_port=0, gcs_port=0, s3_port=0)
-    settings = stack.up()
+    settings = running_stack.settings
     names = ["STORAGE_EMULATOR_HOST"] + [name for name in settings.environment() if name.startswith("AWS_")]
     previous = {name: os.environ.get(name) for name in names}
     os.environ.update({name: settings.environment()[name] for name in names})
@@ -35,7 +43,6 @@ def local_stack(tmp_path_factory):
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
-    stack.down()
 
 
 @pytest.fixture(scope="session")

@@ -225,6 +225,9 @@ class EventConsumer(Protocol):
     def partitions_for(self, topic: str, timeout_s: float = 10) -> list[int]:
         """The partition ids of `topic`, waiting up to `timeout_s` for it to appear."""
 
+    def partitions_if_exists(self, topic: str, timeout_s: float = 30) -> list[int]:
+        """The partition ids of `topic`, [] if the broker answers that it does not exist; raises when no answer comes."""
+
     def seek(self, tp: TopicPartition, offset: int) -> None:
         """Make `offset` the next offset read from `tp` (an assigned partition)."""
 
@@ -294,18 +297,33 @@ class ConsumerState:
 
     def partitions_for(self, topic: str, timeout_s: float = 10) -> list[int]:
         """The topic's partitions, waiting up to `timeout_s` for its metadata (`KafkaClientError` after)."""
+        return self._look_up_partitions(topic, timeout_s, wait_for_topic=True)
+
+    def partitions_if_exists(self, topic: str, timeout_s: float = 30) -> list[int]:
+        """The topic's partitions, or [] when the broker answers that it has no such topic.
+
+        Unlike `partitions_for`, which waits for a topic to appear, this tells a missing topic
+        from a broker that does not answer: no answer within `timeout_s` raises
+        `KafkaClientError` and never passes for "missing" (a restore that took a stalled broker
+        for a missing output topic skipped its scan, and the records there were written twice).
+        """
+        return self._look_up_partitions(topic, timeout_s, wait_for_topic=False)
+
+    def _look_up_partitions(self, topic: str, timeout_s: float, wait_for_topic: bool) -> list[int]:
         self._require_outside_callback("partitions_for")
         deadline = time.monotonic() + timeout_s
         while True:
             partitions = self._partitions_once(topic, max(0.1, min(5.0, deadline - time.monotonic())))
-            if partitions:
+            if partitions or (partitions is not None and not wait_for_topic):
                 return sorted(partitions)
             if time.monotonic() >= deadline:
-                raise KafkaClientError(f"topic {topic} does not exist (waited {timeout_s:g} s)")
+                missing = f"topic {topic} does not exist" if partitions is not None else f"no metadata for topic {topic}"
+                raise KafkaClientError(f"{missing} (waited {timeout_s:g} s)")
             time.sleep(0.1)
 
     def _partitions_once(self, topic: str, timeout_s: float) -> list[int] | None:
-        """One metadata look-up: the partitions, or None/[] when the topic is unknown (yet)."""
+        """One metadata look-up: the partitions, [] when the broker answers that the topic does
+        not exist, None when no answer came in time (or the topic is not ready yet)."""
         raise NotImplementedError
 
     def _may_commit(self, offsets: dict) -> bool:

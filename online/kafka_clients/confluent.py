@@ -178,8 +178,10 @@ class ConfluentConsumer(ConsumerState):
         try:
             found = self._consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
         except KafkaException:
-            return None
-        return list(found.partitions) if found is not None and found.error is None else None
+            return None  # no answer in time
+        if found is None or (found.error is not None and found.error.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC)):
+            return []  # the broker answered: no such topic
+        return list(found.partitions) if found.error is None else None
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         if self._in_callback:

@@ -172,8 +172,8 @@ class KafkaPythonConsumer(ConsumerState):
 
     # -- reading ----------------------------------------------------------------------------
     def _partitions_once(self, topic: str, timeout_s: float) -> list[int] | None:
-        try:
-            return self._consumer.partitions_for_topic(topic)
+        try:  # blocks until the broker answers (bounded by request_timeout_ms); an empty set: no such topic
+            return list(self._consumer.partitions_for_topic(topic))
         except KafkaError as error:
             raise KafkaClientError(f"kafka-python: metadata for topic {topic} failed: {error}") from error
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import collections
 import itertools
 import json
+import os
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -170,3 +172,43 @@ def test_restore_scan_waits_for_a_killed_writers_open_transaction(kafka_bootstra
     assert before_restart[:5] == [0, 1, 2, 3, 4] and visible[-1] == "src/0/99"  # committed records, then the new writer's
     # what the scan found is exactly what a reader sees of the killed writer: kept if visible, re-emitted if not
     assert outputs.written_through.get((out, ("src", 0))) == max(before_restart)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_restore_waits_out_a_stalled_broker_instead_of_skipping_an_output_topic(running_stack, kafka_bootstrap, topic, client):
+    """The broker stalls (SIGSTOP) while a restarted writer restores, so an output topic's metadata
+    does not come in time. Taken for a missing topic, it made the restore skip that topic's scan,
+    and every record already written there was written again (confluent-kafka: a checkpoint's
+    worth of predictions, under load). The restore must wait for the answer instead."""
+    out = f"{topic}.pred"
+    create_topic(kafka_bootstrap, out, partitions=1)
+    kafka = KafkaConfig(client=client, bootstrap_servers=kafka_bootstrap, topic=topic)
+    producer = make_producer(kafka)
+    for offset in range(5):
+        producer.send(out, b"{}", key=b"src/0", headers=[(SOURCE_HEADER, source_header("src", 0, offset))], partition=0)
+    producer.close()
+
+    outputs = OutputWriter(None, None, out, scanner=lambda: make_consumer(kafka, group=False))
+    broker = running_stack.kafka.pid()
+    os.kill(broker, signal.SIGSTOP)
+    resume = threading.Timer(4.0, os.kill, (broker, signal.SIGCONT))
+    resume.start()
+    try:
+        outputs.restore([("src", 0)], None)  # no checkpoint recorded the topic: the look-up alone decides
+    finally:
+        resume.cancel()
+        os.kill(broker, signal.SIGCONT)
+        outputs.close()
+    assert outputs.written_through == {(out, ("src", 0)): 4}  # all five records seen: none will be written again
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_restore_skips_an_output_topic_that_does_not_exist(kafka_bootstrap, topic, client):
+    """A dead-letter topic nothing was ever written to: the broker says so at once, and the restore goes on."""
+    kafka = KafkaConfig(client=client, bootstrap_servers=kafka_bootstrap, topic=topic)
+    outputs = OutputWriter(None, f"{topic}.dlq", None, scanner=lambda: make_consumer(kafka, group=False))
+    started = time.monotonic()
+    outputs.restore([("src", 0)], None)
+    outputs.close()
+    assert outputs.written_through == {}
+    assert time.monotonic() - started < 10  # not the 30 s a broker without an answer gets
