@@ -197,15 +197,15 @@ class Daemon:
         store = self._store_for(name)
         learner, checkpoint = resume(store, self.spec)  # refuses a checkpoint of another configuration, or unsigned with a key
         positions = kafka_positions(checkpoint.positions) if checkpoint is not None else {}
-        outputs_since = checkpoint.manifest.get("extra", {}).get("outputs") if checkpoint is not None else None
+        extra = checkpoint.manifest.get("extra", {}) if checkpoint is not None else {}
         positions = {tp: positions.get(tp, 0) for tp in partitions}
+        self.outputs.restore(partitions, extra.get("outputs"), extra.get("outputs_ahead"))
         if checkpoint is not None:
-            recorded_ids = checkpoint.manifest.get("extra", {}).get("topic_ids") or {}
+            recorded_ids = extra.get("topic_ids") or {}
             if self.keyed:  # no broker look-ups inside a rebalance callback: checked after the poll returns
                 self._gap_checks.update({tp: recorded_ids for tp in partitions})
             else:
                 positions = self._resolve_offset_gaps(positions, recorded_ids)
-        self.outputs.restore(partitions, outputs_since)
         unit = LearningUnit(name, store, learner, list(partitions), positions)
         unit.checkpointer = Checkpointer(
             store, learner, self.spec, Cadence.from_config(self.config.checkpoint), uploader=self.uploader,
@@ -256,6 +256,8 @@ class Daemon:
             if not recreated:
                 self.metrics.offsets_skipped.labels(tp[0], str(tp[1])).inc(abs(target - position))
             resolved[tp] = target
+            if target < position:  # recreated or truncated: source offsets already written mean other events now
+                self.outputs.forget(tp)
         return resolved
 
     def _check_keyed_gaps(self, batches: list) -> list:
@@ -409,6 +411,7 @@ class Daemon:
             self._check_lease()
             return {
                 "outputs": self.outputs.end_offsets() if self.outputs.topics else {},
+                "outputs_ahead": self.outputs.written_ahead(unit.positions),
                 "instance": self.lease.owner if self.lease else None,
                 "topic_ids": dict(self.topic_ids),
             }

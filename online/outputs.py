@@ -3,10 +3,11 @@
 Every output record carries its source position in the header ``riverbeam-source``
 (``topic/partition/offset``) and is keyed by its source partition, so the outputs of one source
 partition stay in order in one output partition. A checkpoint records the output topics' end
-offsets after the producer was flushed. On restore, `OutputWriter.restore` reads the output
-topics from those offsets to their end and finds, per source partition, the highest source
-offset already written; re-processing the events after the checkpoint then skips emitting up to
-it. Result: after any crash and restart, each expected dead-letter and prediction record is in
+offsets after the producer was flushed, and what is already written for events past its
+positions (by an instance killed after writing them). On restore, `OutputWriter.restore` starts
+from that record, reads the output topics from those offsets to their end and finds, per source
+partition, the highest source offset already written; re-processing the events after the
+checkpoint then skips emitting up to it. Result: after any crash and restart, each expected dead-letter and prediction record is in
 its topic exactly once, and none is missing.
 
 Limits: the guarantee holds for one writer per source partition (the daemon's own fencing and
@@ -155,13 +156,44 @@ class OutputWriter:
             return {}
         return {f"{t}/{p}": offset for (t, p), offset in self.scanner.end_offsets(tps).items()}
 
-    def restore(self, sources: list[TopicPartition], since: dict[str, int] | None) -> None:
-        """Find what was already written for `sources` since the output offsets `since` (None: from the start)."""
+    def written_ahead(self, positions: dict[TopicPartition, int]) -> dict[str, dict[str, int]]:
+        """What this writer still skips at `positions`, for a checkpoint taken there to record.
+
+        ``{output topic: {"topic/partition": source offset}}``: for each source partition, the
+        highest source offset already written whose event lies at or past its position. Those
+        records were written by an earlier, killed instance before this checkpoint's output end
+        offsets, where a restore's scan does not look: without this record a second restart
+        wrote them again.
+
+        >>> writer = OutputWriter(None, "dlq", None, scanner=lambda: None)
+        >>> writer.written_through = {("dlq", ("events", 0)): 6709, ("dlq", ("events", 1)): 90}
+        >>> writer.written_ahead({("events", 0): 6000, ("events", 1): 100})
+        {'dlq': {'events/0': 6709}}
+        """
+        ahead: dict[str, dict[str, int]] = {}
+        for (topic, tp), offset in self.written_through.items():
+            if tp in positions and offset >= positions[tp]:
+                ahead.setdefault(topic, {})[f"{tp[0]}/{tp[1]}"] = offset
+        return ahead
+
+    def forget(self, tp: TopicPartition) -> None:
+        """Skip nothing for source partition `tp` any more (its topic was recreated: old offsets mean nothing)."""
+        for key in [k for k in self.written_through if k[1] == tp]:
+            del self.written_through[key]
+
+    def restore(self, sources: list[TopicPartition], since: dict[str, int] | None, ahead: dict[str, dict[str, int]] | None = None) -> None:
+        """Find what was already written for `sources`: what the checkpoint recorded as written
+        `ahead` of its positions (`written_ahead`), and what the output topics hold from the
+        output offsets `since` (None: from the start) to their end."""
         since = since or {}
         wanted = set(sources)
         for topic in self.topics:
             for key in [k for k in self.written_through if k[1] in wanted and k[0] == topic]:
                 del self.written_through[key]
+            for source, offset in (ahead or {}).get(topic, {}).items():
+                name, partition = source.rsplit("/", 1)
+                if (name, int(partition)) in wanted:
+                    self.written_through[(topic, (name, int(partition)))] = offset
             tps = self._partitions(topic)  # or KafkaClientError: an output topic is never skipped for want of an answer
             if not tps:
                 if any(key.rsplit("/", 1)[0] == topic for key in since):
@@ -173,7 +205,7 @@ class OutputWriter:
             finally:
                 self.close()  # a fresh scanner next time: a client's cached high watermarks would be stale
             for tp, offset in found.items():
-                self.written_through[(topic, tp)] = offset
+                self.written_through[(topic, tp)] = max(offset, self.written_through.get((topic, tp), -1))
         if self.written_through:
             log.info("outputs already written before the restart will be skipped", extra={"fields": {"through": {f"{o}:{t}/{p}": v for (o, (t, p)), v in self.written_through.items()}}})
 

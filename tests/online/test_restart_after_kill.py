@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,6 +37,7 @@ from tests.online.test_daemon import (
     no_daemon_left_behind,  # noqa: F401  (autouse: no daemon outlives a test)
     produce,
     read_topic,
+    run_daemon,
     start_daemon,
     wait_for_log,
 )
@@ -106,13 +108,65 @@ def test_kill_9_after_checkpoints_restarts_cleanly_with_outputs_exactly_once(tmp
     assert unit["events_seen"] == unit["events_learned"] == len(events)  # every good event learned once
     assert unit["metrics"] == expected_phishing_metrics(events)  # the model equals an uninterrupted run
 
+    # a failure's post-mortem: every daemon's log and every output record (offset, source) stay in tmp_path
+    for number, log in enumerate(logs):
+        (tmp_path / f"daemon-{number}.log").write_text(log)
     dead = read_topic(kafka_bootstrap, f"{topic}.dlq", client)
-    assert sorted(orjson.loads(r.value)["source"]["offset"] for r in dead) == sorted(bad)  # each dead letter exactly once
-    sources = [dict(r.headers)[SOURCE_HEADER] for r in read_topic(kafka_bootstrap, f"{topic}.pred", client)]
+    predicted = read_topic(kafka_bootstrap, f"{topic}.pred", client)
+    for name, records in (("dlq", dead), ("pred", predicted)):
+        (tmp_path / f"{name}.txt").write_text("".join(f"{r.partition} {r.offset} {dict(r.headers)[SOURCE_HEADER].decode()}\n" for r in records))
+    assert sorted(orjson.loads(r.value)["source"]["offset"] for r in dead) == sorted(bad), tmp_path  # each dead letter exactly once
+    sources = [dict(r.headers)[SOURCE_HEADER] for r in predicted]
     restores = [line for log in logs for line in log.splitlines() if RESCAN in line or LEASE_LOST in line or "already written" in line]
     doubled = sorted(int(source.rsplit(b"/", 1)[1]) for source, n in collections.Counter(sources).items() if n > 1)
-    found = {"doubled": len(doubled), "range": doubled[:1] + doubled[-1:], "missing": len(events) - len(set(sources)), "restores": restores}
+    found = {"doubled": len(doubled), "range": doubled[:1] + doubled[-1:], "missing": len(events) - len(set(sources)), "restores": restores, "post-mortem": str(tmp_path)}
     assert len(sources) == len(set(sources)) == len(events), found  # no prediction missing or doubled
+
+
+def roll_back(checkpoints: Path, sequence: int) -> None:
+    """Make checkpoint number `sequence` the latest, as if its writer had been killed right after
+    it became durable: the newer ones never were (their outputs, committed first, stay)."""
+    pointer = json.loads((checkpoints / LATEST).read_text())
+    for path in (checkpoints / "checkpoints").iterdir():
+        if int(path.name[:12]) > sequence:
+            shutil.rmtree(path)
+    history = [name for name in pointer["history"] if int(name[:12]) <= sequence]
+    (checkpoints / LATEST).write_text(json.dumps({"id": history[0], "sequence": sequence, "history": history}))
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_checkpoint_behind_outputs_already_written_still_skips_them(tmp_path, kafka_bootstrap, topic, client):
+    """Outputs written ahead of a checkpoint must stay once through two restarts.
+
+    Instance A commits outputs for events past its last durable checkpoint (killed between a
+    checkpoint's commit of the outputs and its upload). Instance B restores the older
+    checkpoint, skips those outputs, writes a checkpoint behind them and is killed right after.
+    B's checkpoint records output end offsets past A's records, where a restore's scan does not
+    look: instance C, restoring it, wrote A's outputs again (a dead letter or a poll's worth of
+    predictions twice, about 1 kill -9 run in 8 under load). The checkpoint now also records
+    what is written ahead of its positions.
+    """
+    events = list(itertools.islice(itertools.cycle(PHISHING), 3000))
+    values = [orjson.dumps(e) for e in events]
+    bad = set(range(150, len(values), 299))
+    for position in sorted(bad):
+        values.insert(position, b"{broken")
+    produce(kafka_bootstrap, topic, values)
+    outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred", "poll_max_records": 100}
+    config = job_config(tmp_path, kafka_bootstrap, topic, client, kafka=outputs, checkpoint={"every_events": 1000, "every_seconds": 600})
+    checkpoints = tmp_path / "checkpoints"
+
+    run_daemon(config)  # A: every output, checkpoints 1, 2 and 3 (about 1000 events apart)
+    roll_back(checkpoints, 1)  # A's checkpoints past its first one never became durable
+    run_daemon(config)  # B: skips A's outputs; its checkpoint 2 lies behind the last of them
+    roll_back(checkpoints, 2)  # B killed right after it
+    summary = run_daemon(config)  # C
+
+    assert summary["units"]["all"]["metrics"] == expected_phishing_metrics(events)
+    dead = read_topic(kafka_bootstrap, f"{topic}.dlq", client)
+    assert sorted(orjson.loads(r.value)["source"]["offset"] for r in dead) == sorted(bad)  # each dead letter once
+    sources = [dict(r.headers)[SOURCE_HEADER] for r in read_topic(kafka_bootstrap, f"{topic}.pred", client)]
+    assert len(sources) == len(set(sources)) == len(events)  # each prediction once
 
 
 DANGLING = """
