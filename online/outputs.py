@@ -209,8 +209,7 @@ class OutputWriter:
         if self.written_through:
             log.info("outputs already written before the restart will be skipped", extra={"fields": {"through": {f"{o}:{t}/{p}": v for (o, (t, p)), v in self.written_through.items()}}})
 
-    def _scan(self, tps: list[TopicPartition], start: dict[TopicPartition, int], wanted: set[TopicPartition],
-              deadline: float | None = None) -> dict[TopicPartition, int]:
+    def _scan(self, tps: list[TopicPartition], start: dict[TopicPartition, int], wanted: set[TopicPartition]) -> dict[TopicPartition, int]:
         """The highest source offset of `wanted` in the records of `tps` from `start` to their end.
 
         Every partition is read to the high watermark its fetch responses carry (exact, and past
@@ -221,7 +220,6 @@ class OutputWriter:
         once the transaction was resolved (a dead letter twice, 1 run in 5). Raises
         `KafkaClientError` when a partition makes no progress for `SCAN_IDLE_SECONDS`.
         """
-        deadline = time.monotonic() + SCAN_IDLE_SECONDS if deadline is None else deadline
         scanner = self.scanner
         scanner.assign(sorted(tps))
         for tp in tps:
@@ -251,22 +249,7 @@ class OutputWriter:
             remaining = {tp for tp in remaining if tp not in marks or position[tp] < marks[tp]}
         if remaining:
             raise KafkaClientError(f"could not read the output topics to their end ({sorted(remaining)}); refusing to risk duplicate outputs")
-        if self._open_transaction(tps, marks):
-            # a killed writer's transaction is still open: its records may become visible once it
-            # is resolved (Tansu resolves it lazily); read again from the start, within the bound
-            if time.monotonic() >= deadline:
-                raise KafkaClientError(f"a transaction in the output topics ({sorted(tps)}) stayed open; refusing to risk duplicate outputs")
-            log.info("an output transaction is still open; reading the outputs again once it is resolved", extra={"fields": {"partitions": [f"{t}/{p}" for t, p in tps]}})
-            time.sleep(0.5)
-            return self._scan(tps, start, wanted, deadline)
         return found
-
-    def _open_transaction(self, tps: list[TopicPartition], marks: dict[TopicPartition, int]) -> bool:
-        """Whether a partition holds records of a transaction not resolved yet: Tansu answers a
-        read_committed ListOffsets with 0 for a non-empty partition then (real Kafka stops its
-        read_committed fetches at the last stable offset, which the scan already waits for)."""
-        stable = self.scanner.end_offsets(sorted(tps))
-        return any(stable.get(tp, 0) == 0 and marks.get(tp, 0) > 0 for tp in tps)
 
     def close(self) -> None:
         if self._scanner is not None:
