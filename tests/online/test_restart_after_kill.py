@@ -261,8 +261,6 @@ def test_restore_skips_an_output_topic_that_does_not_exist(kafka_bootstrap, topi
     """A dead-letter topic nothing was ever written to: the broker says so at once, and the restore goes on."""
     kafka = KafkaConfig(client=client, bootstrap_servers=kafka_bootstrap, topic=topic)
     outputs = OutputWriter(None, f"{topic}.dlq", None, scanner=lambda: make_consumer(kafka, group=False))
-    started = time.monotonic()
-    outputs.restore([("src", 0)], None)
+    outputs.restore([("src", 0)], None)  # a look-up without an answer would raise KafkaClientError here
     outputs.close()
     assert outputs.written_through == {}
-    assert time.monotonic() - started < 10  # not the 30 s a broker without an answer gets
