@@ -238,7 +238,6 @@ def main(argv=None) -> None:
     if args.small_cache:
         run(["replay", path, str(100_000)], cache=args.small_cache)
     if not args.no_daemon:
-        import orjson
 
         from online.config import KafkaConfig
         from online.kafka_clients import create_topic, make_producer

@@ -39,12 +39,12 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from online.config import ModelConfig, ReplayJobConfig, model_names
 from online.errors_file import ErrorLog, ReplayError
-from online.events import EventError
-from online.events import load_feature_transform
+from online.events import EventError, load_feature_transform
 from online.learner import Learner
 from online.learning_loop import LearningLoop
 from online.persistence import Cadence, Checkpointer, LearnerSpec, checkpoint_store, open_checkpoint_store, resume

@@ -9,8 +9,6 @@ import orjson
 
 from core.summary import format_metric
 
-from core.summary import format_metric
-
 
 def format_leaderboard(rows: list[dict]) -> str:
     """A plain-text table of the leaderboard (rank, model, metrics).

@@ -453,11 +453,11 @@ def check_project_and_region(project: str | None, region: str | None) -> None:
     core.errors.UsageError: --project: 'PROJECT' is not a Google Cloud project ID (6-30 lower-case letters, digits or '-', starting with a letter)
     """
     if not project:
-        raise UsageError(f"--project is required")
+        raise UsageError("--project is required")
     if not _PROJECT_ID.fullmatch(project):
         raise UsageError(f"--project: {project!r} is not a Google Cloud project ID (6-30 lower-case letters, digits or '-', starting with a letter)")
     if not region:
-        raise UsageError(f"--region is required")
+        raise UsageError("--region is required")
     if not _REGION.fullmatch(region):
         raise UsageError(f"--region: {region!r} is not a Google Cloud region (e.g. europe-west1)")
 

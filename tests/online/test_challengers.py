@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import copy
-import io
 import json
 import subprocess
 import sys
 import os
-import contextlib
 
 import orjson
 import pytest
-import yaml
 from river import datasets, evaluate, linear_model, metrics, naive_bayes, optim, preprocessing
 
 from core.configuration import parse_config
-from online.checkpoints import CheckpointStore
 from online.config import ConsumeJobConfig, EventsConfig, ModelConfig
 from online.learner import Learner
 from online.learning_loop import LearningLoop

@@ -96,6 +96,17 @@ def wait_for_log(process: subprocess.Popen, *needles: str, timeout: float = 60) 
     raise AssertionError(f"daemon never logged {needles}: {''.join(seen)[-2000:]}")
 
 
+def produce_with_broken_lines(bootstrap: str, topic: str, count: int, first: int, every: int, broken: bytes = b"{broken") -> tuple[list[dict], set[int]]:
+    """`count` Phishing events (cycled) with a `broken` line at offsets `first`, `first + every`, ...: (the events, those offsets)."""
+    events = list(itertools.islice(itertools.cycle(PHISHING), count))
+    values = [orjson.dumps(e) for e in events]
+    bad = set(range(first, count, every))
+    for position in sorted(bad):  # ascending: each lands at its final offset
+        values.insert(position, broken)
+    produce(bootstrap, topic, values)
+    return events, bad
+
+
 def run_daemon(config_path: str, timeout: float = 120) -> dict:
     process = start_daemon(config_path, "--until-caught-up")
     out, err = process.communicate(timeout=timeout)
@@ -177,12 +188,7 @@ def test_sigterm_writes_a_final_checkpoint(tmp_path, kafka_bootstrap, topic):
 
 @pytest.mark.parametrize("client", CLIENTS)
 def test_kill_9_repeatedly_equals_uninterrupted_run_and_outputs_exactly_once(tmp_path, kafka_bootstrap, topic, client):
-    events = list(itertools.islice(itertools.cycle(PHISHING), 12_000))
-    values = [orjson.dumps(e) for e in events]
-    bad_positions = set(range(150, len(values), 997))
-    for position in sorted(bad_positions):
-        values.insert(position, b"{broken")
-    produce(kafka_bootstrap, topic, values)
+    events, bad_positions = produce_with_broken_lines(kafka_bootstrap, topic, 12_000, first=150, every=997)
     outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred", "poll_max_records": 500}
     config = job_config(tmp_path, kafka_bootstrap, topic, client, kafka=outputs, checkpoint={"every_events": 700})
     rng = random.Random(7)
@@ -377,12 +383,7 @@ def assert_outputs_exactly_once(bootstrap: str, topic: str, events: int, bad: se
 
 def test_stale_writer_resumed_after_takeover_writes_nothing_and_goes_back_to_standby(tmp_path, kafka_bootstrap, topic):
     """SIGSTOP the active instance past its lease, let the standby take over, SIGCONT it: no output doubled, nobody exits."""
-    events = list(itertools.islice(itertools.cycle(PHISHING), 15_000))
-    values = [orjson.dumps(e) for e in events]
-    bad = set(range(50, len(values), 500))
-    for position in sorted(bad):
-        values.insert(position, b"{broken")
-    produce(kafka_bootstrap, topic, values)
+    events, bad = produce_with_broken_lines(kafka_bootstrap, topic, 15_000, first=50, every=500)
     outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred", "poll_max_records": 100}
     config = job_config(tmp_path, kafka_bootstrap, topic, "kafka-python", kafka=outputs, checkpoint={"every_events": 2000, "every_seconds": 1, "lease_seconds": 3})
     active = start_daemon(config)
@@ -394,7 +395,7 @@ def test_stale_writer_resumed_after_takeover_writes_nothing_and_goes_back_to_sta
     active.send_signal(signal.SIGCONT)
     wait_for_log(active, "back to standby", timeout=60)  # the stale instance noticed, dropped its outputs, and waits
     store = CheckpointStore(str(tmp_path / "checkpoints"))
-    wait_for_position(store, f"{topic}/0", len(values), alive=(active, standby))
+    wait_for_position(store, f"{topic}/0", len(events) + len(bad), alive=(active, standby))
     assert active.poll() is None and standby.poll() is None
     for process in (standby, active):
         process.send_signal(signal.SIGTERM)
@@ -406,19 +407,14 @@ def test_stale_writer_resumed_after_takeover_writes_nothing_and_goes_back_to_sta
 
 def test_two_instances_started_together_with_a_short_lease_one_learns_and_both_stay(tmp_path, kafka_bootstrap, topic):
     """lease_seconds 3, started 1 s apart: one is active, the other standby; nobody exits and no output is doubled."""
-    events = list(itertools.islice(itertools.cycle(PHISHING), 10_000))
-    values = [orjson.dumps(e) for e in events]
-    bad = set(range(30, len(values), 400))
-    for position in sorted(bad):
-        values.insert(position, b"[1]")
-    produce(kafka_bootstrap, topic, values)
+    events, bad = produce_with_broken_lines(kafka_bootstrap, topic, 10_000, first=30, every=400, broken=b"[1]")
     outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred", "poll_max_records": 200}
     config = job_config(tmp_path, kafka_bootstrap, topic, "confluent-kafka", kafka=outputs, checkpoint={"every_events": 1000, "every_seconds": 1, "lease_seconds": 3})
     first = start_daemon(config)
     time.sleep(1)
     second = start_daemon(config)
     store = CheckpointStore(str(tmp_path / "checkpoints"))
-    wait_for_position(store, f"{topic}/0", len(values), alive=(first, second))
+    wait_for_position(store, f"{topic}/0", len(events) + len(bad), alive=(first, second))
     time.sleep(3)  # more than a lease: neither may lose it to the other or exit
     assert first.poll() is None and second.poll() is None
     for process in (first, second):
@@ -530,7 +526,6 @@ def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
 def test_storage_down_is_logged_counted_and_survived(tmp_path, kafka_bootstrap, topic, monkeypatch, caplog):
     """An upload that hangs, then one that fails: a log line while it retries, a gauge, a counter; the daemon goes on."""
     import logging
-    import threading
 
     from core.configuration import load_config
     from online.config import ConsumeJobConfig

@@ -10,7 +10,6 @@ events, and every dead letter and prediction must be in its topic exactly once.
 from __future__ import annotations
 
 import collections
-import itertools
 import json
 import os
 import random
@@ -31,11 +30,11 @@ from online.kafka_clients import create_topic, make_consumer, make_producer
 from online.outputs import SOURCE_HEADER, OutputWriter, source_header
 from tests.online.test_daemon import (
     CLIENTS,
-    PHISHING,
+    assert_outputs_exactly_once,
     expected_phishing_metrics,
     job_config,
     no_daemon_left_behind,  # noqa: F401  (autouse: no daemon outlives a test)
-    produce,
+    produce_with_broken_lines,
     read_topic,
     run_daemon,
     start_daemon,
@@ -75,12 +74,7 @@ LEASE_LOST = "lost the lease"
 @pytest.mark.slow
 @pytest.mark.parametrize("client", CLIENTS)
 def test_kill_9_after_checkpoints_restarts_cleanly_with_outputs_exactly_once(tmp_path, kafka_bootstrap, topic, client):
-    events = list(itertools.islice(itertools.cycle(PHISHING), EVENTS))
-    values = [orjson.dumps(e) for e in events]
-    bad = set(range(120, len(values), 599))
-    for position in sorted(bad):  # ascending: each lands at its final offset
-        values.insert(position, b"{broken")
-    produce(kafka_bootstrap, topic, values)
+    events, bad = produce_with_broken_lines(kafka_bootstrap, topic, EVENTS, first=120, every=599)
     outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred", "poll_max_records": 200}
     config = job_config(tmp_path, kafka_bootstrap, topic, client, kafka=outputs, checkpoint={"every_events": 1000, "every_seconds": 1, "lease_seconds": 3})
     checkpoints = tmp_path / "checkpoints"
@@ -146,12 +140,7 @@ def test_a_checkpoint_behind_outputs_already_written_still_skips_them(tmp_path, 
     predictions twice, about 1 kill -9 run in 8 under load). The checkpoint now also records
     what is written ahead of its positions.
     """
-    events = list(itertools.islice(itertools.cycle(PHISHING), 3000))
-    values = [orjson.dumps(e) for e in events]
-    bad = set(range(150, len(values), 299))
-    for position in sorted(bad):
-        values.insert(position, b"{broken")
-    produce(kafka_bootstrap, topic, values)
+    events, bad = produce_with_broken_lines(kafka_bootstrap, topic, 3000, first=150, every=299)
     outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred", "poll_max_records": 100}
     config = job_config(tmp_path, kafka_bootstrap, topic, client, kafka=outputs, checkpoint={"every_events": 1000, "every_seconds": 600})
     checkpoints = tmp_path / "checkpoints"
@@ -163,10 +152,7 @@ def test_a_checkpoint_behind_outputs_already_written_still_skips_them(tmp_path, 
     summary = run_daemon(config)  # C
 
     assert summary["units"]["all"]["metrics"] == expected_phishing_metrics(events)
-    dead = read_topic(kafka_bootstrap, f"{topic}.dlq", client)
-    assert sorted(orjson.loads(r.value)["source"]["offset"] for r in dead) == sorted(bad)  # each dead letter once
-    sources = [dict(r.headers)[SOURCE_HEADER] for r in read_topic(kafka_bootstrap, f"{topic}.pred", client)]
-    assert len(sources) == len(set(sources)) == len(events)  # each prediction once
+    assert_outputs_exactly_once(kafka_bootstrap, topic, len(events), bad)
 
 
 DANGLING = """
