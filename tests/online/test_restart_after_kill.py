@@ -10,6 +10,7 @@ events, and every dead letter and prediction must be in its topic exactly once.
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import os
 import random
@@ -30,10 +31,12 @@ from online.kafka_clients import create_topic, make_consumer, make_producer
 from online.outputs import SOURCE_HEADER, OutputWriter, source_header
 from tests.online.test_daemon import (
     CLIENTS,
+    PHISHING,
     assert_outputs_exactly_once,
     expected_phishing_metrics,
     job_config,
     no_daemon_left_behind,  # noqa: F401  (autouse: no daemon outlives a test)
+    produce,
     produce_with_broken_lines,
     read_topic,
     run_daemon,
@@ -250,3 +253,41 @@ def test_restore_skips_an_output_topic_that_does_not_exist(kafka_bootstrap, topi
     outputs.restore([("src", 0)], None)  # a look-up without an answer would raise KafkaClientError here
     outputs.close()
     assert outputs.written_through == {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("client", CLIENTS)
+def test_keyed_units_killed_repeatedly_write_each_output_once(tmp_path, kafka_bootstrap, topic, client):
+    """Per-key models on 4 partitions, with dead letters and predictions, killed three times mid-stream.
+
+    Keyed units write through a plain idempotent producer (no transaction) and checkpoint per
+    partition: a kill leaves each partition's outputs at a different point past its checkpoint.
+    The restart must learn every event once and write every output once.
+    """
+    shops = ["a", "b", "c", "d", "e", "f"]
+    events = [{**e, "shop": shops[i % len(shops)]} for i, e in enumerate(itertools.islice(itertools.cycle(PHISHING), 8_000))]
+    values = [orjson.dumps(e) for e in events]
+    keys = [e["shop"].encode() for e in events]
+    bad = set(range(70, len(values), 401))
+    for position in sorted(bad, reverse=True):
+        values[position] = b"{broken"
+    produce(kafka_bootstrap, topic, values, partitions=4, keys=keys)
+    outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred", "poll_max_records": 100}
+    config = job_config(tmp_path, kafka_bootstrap, topic, client, events={"target": "label", "key": "shop"}, kafka=outputs,
+                        checkpoint={"every_events": 300, "every_seconds": 1})
+    rng = random.Random(21)
+    for _ in range(3):
+        process = start_daemon(config)
+        wait_for_log(process, '"msg":"restored"', '"msg":"starting fresh"', timeout=90)
+        time.sleep(rng.uniform(0.3, 1.5))
+        process.kill()  # kill -9 mid-stream
+        process.communicate()
+
+    summary = run_daemon(config, timeout=180)
+    good = len(events) - len(bad)
+    units = summary["units"].values()
+    assert sum(u["events_seen"] for u in units) == sum(u["events_learned"] for u in units) == good  # each event learned once
+    letters = [(orjson.loads(r.value)["source"]["partition"], orjson.loads(r.value)["source"]["offset"]) for r in read_topic(kafka_bootstrap, f"{topic}.dlq", client)]
+    assert len(letters) == len(set(letters)) == len(bad)  # each dead letter once
+    sources = [dict(r.headers)[SOURCE_HEADER] for r in read_topic(kafka_bootstrap, f"{topic}.pred", client)]
+    assert len(sources) == len(set(sources)) == good  # each prediction once
