@@ -191,10 +191,11 @@ class ConfluentConsumer(ConsumerState):
             self._consumer.seek(_ctp(tp, offset))
             return
         except KafkaException as error:
-            if error.args[0].code() != KafkaError._STATE:
+            if error.args[0].code() not in (KafkaError._STATE, KafkaError._OUTDATED):
                 raise KafkaClientError(f"confluent-kafka: cannot seek {tp[0]}[{tp[1]}] to {offset}: {error}") from None
-        # librdkafka refuses to seek a partition still looking up its start offset (just assigned):
-        # re-assign that one partition at the offset instead.
+        # librdkafka refuses to seek a partition still looking up its start offset (just assigned),
+        # or drops the seek as outdated when the assignment's own fetch start overtakes it (seen
+        # under load): re-assign that one partition at the offset instead.
         try:
             self._consumer.incremental_unassign([_ctp(tp)])
             self._consumer.incremental_assign([_ctp(tp, offset)])
