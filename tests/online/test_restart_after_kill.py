@@ -25,7 +25,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from online.checkpoints import LATEST
+from online.checkpoints import LATEST, CheckpointStore
 from online.config import KafkaConfig
 from online.kafka_clients import create_topic, make_consumer, make_producer
 from online.outputs import SOURCE_HEADER, OutputWriter, source_header
@@ -39,6 +39,7 @@ from tests.online.test_daemon import (
     produce,
     produce_with_broken_lines,
     read_topic,
+    recreate_topic,
     run_daemon,
     start_daemon,
     wait_for_log,
@@ -291,3 +292,25 @@ def test_keyed_units_killed_repeatedly_write_each_output_once(tmp_path, kafka_bo
     assert len(letters) == len(set(letters)) == len(bad)  # each dead letter once
     sources = [dict(r.headers)[SOURCE_HEADER] for r in read_topic(kafka_bootstrap, f"{topic}.pred", client)]
     assert len(sources) == len(set(sources)) == good  # each prediction once
+
+
+def test_outputs_written_ahead_on_a_topic_since_recreated_skip_nothing(tmp_path, kafka_bootstrap, topic):
+    """The state above (a checkpoint recording outputs ahead of its position), then the source
+    topic is recreated with new events. The source offsets recorded as written ahead name the old
+    events: the new events at those offsets must still get their outputs (with on_offset_gap: skip)."""
+    produce_with_broken_lines(kafka_bootstrap, topic, 3000, first=150, every=299)
+    outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred", "poll_max_records": 100, "on_offset_gap": "skip"}
+    config = job_config(tmp_path, kafka_bootstrap, topic, "kafka-python", kafka=outputs, checkpoint={"every_events": 1000, "every_seconds": 600})
+    checkpoints = tmp_path / "checkpoints"
+    run_daemon(config)
+    roll_back(checkpoints, 1)
+    run_daemon(config)
+    roll_back(checkpoints, 2)
+    ahead = CheckpointStore(str(checkpoints)).load_latest().manifest["extra"]["outputs_ahead"]
+    assert ahead[f"{topic}.pred"][f"{topic}/0"] > 2500  # the state under test: outputs recorded ahead of position ~2000
+    predicted_before = len(read_topic(kafka_bootstrap, f"{topic}.pred"))
+
+    recreate_topic(kafka_bootstrap, topic, [orjson.dumps(e) for e in PHISHING[:1000]])
+    summary = run_daemon(config)
+    assert summary["units"]["all"]["positions"] == {f"{topic}/0": 1000}
+    assert len(read_topic(kafka_bootstrap, f"{topic}.pred")) - predicted_before == 1000  # every new event predicted, none skipped
