@@ -266,8 +266,9 @@ def test_keyed_models_split_partitions_and_survive_a_kill(tmp_path, kafka_bootst
     shops = ["a", "b", "c", "d", "e", "f"]
     events = [{**e, "shop": shops[i % len(shops)]} for i, e in enumerate(itertools.islice(itertools.cycle(PHISHING), 12_000))]
     produce(kafka_bootstrap, topic, [orjson.dumps(e) for e in events], partitions=4, keys=[e["shop"].encode() for e in events])
+    outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred", "poll_max_records": 200}
     config = job_config(
-        tmp_path, kafka_bootstrap, topic, client, events={"target": "label", "key": "shop"}, kafka={"poll_max_records": 200},
+        tmp_path, kafka_bootstrap, topic, client, events={"target": "label", "key": "shop"}, kafka=outputs,
         checkpoint={"every_seconds": 1},  # the tail of each partition is checkpointed within a second
     )  # fmt: skip
     first, second = start_daemon(config), start_daemon(config)
@@ -299,6 +300,8 @@ def test_keyed_models_split_partitions_and_survive_a_kill(tmp_path, kafka_bootst
     for p, manifest in manifests.items():
         assert manifest["positions"][f"{topic}/{p}"] == manifest["events_seen"] == manifest["events_learned"]
     assert sum(m["events_seen"] for m in manifests.values()) == len(events)
+    sources = [dict(r.headers)[SOURCE_HEADER] for r in read_topic(kafka_bootstrap, f"{topic}.pred", client)]
+    assert len(sources) == len(set(sources)) == len(events)  # the survivor took over the outputs too: each prediction once
 
 
 def test_metrics_and_health_endpoints(tmp_path, kafka_bootstrap, topic):
