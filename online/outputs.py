@@ -7,8 +7,8 @@ offsets after the producer was flushed, and what is already written for events p
 positions (by an instance killed after writing them). On restore, `OutputWriter.restore` starts
 from that record, reads the output topics from those offsets to their end and finds, per source
 partition, the highest source offset already written; re-processing the events after the
-checkpoint then skips emitting up to it. Result: after any crash and restart, each expected dead-letter and prediction record is in
-its topic exactly once, and none is missing.
+checkpoint then skips emitting up to it. Result: after any crash and restart, each expected
+dead-letter and prediction record is in its topic exactly once, and none is missing.
 
 Limits: the guarantee holds for one writer per source partition (the daemon's own fencing and
 group protocol give that) and needs the producer's idempotence (on by default) so that retries
@@ -190,15 +190,15 @@ class OutputWriter:
         for topic in self.topics:
             for key in [k for k in self.written_through if k[1] in wanted and k[0] == topic]:
                 del self.written_through[key]
-            for source, offset in (ahead or {}).get(topic, {}).items():
-                name, partition = source.rsplit("/", 1)
-                if (name, int(partition)) in wanted:
-                    self.written_through[(topic, (name, int(partition)))] = offset
             tps = self._partitions(topic)  # or KafkaClientError: an output topic is never skipped for want of an answer
             if not tps:
                 if any(key.rsplit("/", 1)[0] == topic for key in since):
                     log.warning("an output topic the checkpoint recorded does not exist any more: nothing written there can be written twice", extra={"fields": {"topic": topic}})
-                continue
+                continue  # and nothing recorded as written ahead there is skipped: it is gone
+            for source, offset in (ahead or {}).get(topic, {}).items():
+                name, partition = source.rsplit("/", 1)
+                if (name, int(partition)) in wanted:
+                    self.written_through[(topic, (name, int(partition)))] = offset
             start = {tp: since.get(f"{tp[0]}/{tp[1]}", 0) for tp in tps}
             try:
                 found = self._scan(tps, start, wanted)
