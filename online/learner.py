@@ -228,6 +228,17 @@ class Learner:
             model = self.state.models[key] = self._new_model()
         return model
 
+    def _route(self, event) -> tuple[dict, Any, Any, Any]:
+        """``(x, y, key, model)`` of one event: split, its key's model (a new one for a new key),
+        and a label seen for the first time tried on a clone first. Raises `EventError`."""
+        x, y, key = self.reader.split(event)
+        model = self.state.models.get(key)
+        if model is None:
+            model = self._model_for(key)
+        if self._try_labels and y is not None and y not in self._labels_tried:
+            self._try_label(model, x, y)
+        return x, y, key, model
+
     # -- the hot path -----------------------------------------------------------------------
 
     def process(self, event: dict) -> Prediction:
@@ -249,26 +260,19 @@ class Learner:
         if self.batch_size is not None:
             return self.process_chunks(events, on_error, predictions)
         state = self.state
-        split = self.reader.split
-        models = state.models
+        route = self._route
         predict_name = self._predict_name
         metric_update = self._metric_update
         supervised = self._supervised
         drift = state.drift_detector
         delayed = self.delayed
-        tried = self._labels_tried if self._try_labels else None
         learned = seen = rejected = 0
         last_model = predict = learn = None
         try:
             for index, event in enumerate(events):
                 try:
                     meta = self._meta(event) if delayed else None
-                    x, y, key = split(event)
-                    model = models.get(key)
-                    if model is None:
-                        model = self._model_for(key)
-                    if tried is not None and y is not None and y not in tried:
-                        self._try_label(model, x, y)
+                    x, y, key, model = route(event)
                 except EventError as error:
                     rejected += 1
                     if on_error is None:
@@ -357,19 +361,12 @@ class Learner:
         import pandas as pd
 
         state = self.state
-        split = self.reader.split
-        models = state.models
-        tried = self._labels_tried if self._try_labels else None
+        route = self._route
         groups: dict = {}  # model key -> (model, indices, features, labels), in event order
         failures: list = []
         for i, event in enumerate(events):
             try:
-                x, y, key = split(event)
-                model = models.get(key)
-                if model is None:
-                    model = self._model_for(key)
-                if tried is not None and y is not None and y not in tried:
-                    self._try_label(model, x, y)
+                x, y, key, model = route(event)
             except EventError as error:
                 failures.append((offset + i, error))
                 continue
