@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
-import os
 import random
-import signal
-import subprocess
-import sys
 import time
 
 import orjson
@@ -27,6 +22,7 @@ from online.replay_job import ReplayOptions, run_replay
 from online.sources import KafkaBatch
 from tests.online.test_daemon import SOURCE_HEADER, job_config as daemon_config, produce, read_topic, run_daemon, start_daemon
 from tests.online.test_readers import write_jsonl
+from tests.online.test_replay import kill_replay_after_checkpoints
 
 PHISHING = [{**x, "label": y} for x, y in datasets.Phishing()]
 TRUMP = [{**x, "y": y} for x, y in datasets.TrumpApproval()]
@@ -187,27 +183,11 @@ def test_replay_learn_in_batch_mode_equals_the_bare_loop_and_resumes_after_kill_
     assert all(m["positions"]["replay"]["line"] % 300 in (0, 9_000 % 300) for m in CheckpointStore(str(tmp_path / "whole")).list()[1:])
 
     ckpt = tmp_path / "killed"
-    command = [sys.executable, "-m", "riverbeam.cli", "replay", "--config", replay_job(tmp_path, 300), "--input", inputs,
-               "--checkpoint-uri", str(ckpt), "--checkpoint-every", "1000", "--no-progress"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=os.getcwd())
-    deadline = time.monotonic() + 60
-    while _sequence(ckpt) < 4 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
-    assert process.returncode == -signal.SIGKILL, "the replay finished before it could be killed"
-    interrupted = CheckpointStore(str(ckpt)).load_latest().manifest
+    interrupted = kill_replay_after_checkpoints(replay_job(tmp_path, 300), inputs, ckpt, every=1000, count=4)
     assert 0 < interrupted["events_seen"] < len(events) and interrupted["events_seen"] % 300 == 0  # at a chunk boundary
     resumed = run_replay(job, ReplayOptions([inputs], checkpoint_uri=str(ckpt), checkpoint_every=1000))
     keys = ("events_seen", "events_learned", "metrics", "positions")
     assert {k: resumed.checkpoint[k] for k in keys} == {k: reference.checkpoint[k] for k in keys}
-
-
-def _sequence(path) -> int:
-    try:
-        return json.loads((path / "LATEST").read_text())["sequence"]
-    except (OSError, ValueError):
-        return 0
 
 
 DAEMON_MODEL = {"pipeline": LOGREG, "metrics": ["Accuracy", "LogLoss"], "batch": {"size": 100}}

@@ -114,6 +114,21 @@ def _latest_sequence(path) -> int:
         return 0
 
 
+def kill_replay_after_checkpoints(config: str, inputs: str, checkpoints, every: int, count: int) -> dict:
+    """Run ``riverbeam replay`` learning into `checkpoints`, kill -9 it once `count` checkpoints are
+    written, and return the manifest it left as the latest."""
+    command = [sys.executable, "-m", "riverbeam.cli", "replay", "--config", config, "--input", inputs,
+               "--checkpoint-uri", str(checkpoints), "--checkpoint-every", str(every), "--no-progress"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=os.getcwd())
+    deadline = time.monotonic() + 60
+    while _latest_sequence(checkpoints) < count and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL, "the replay finished before it could be killed"
+    return CheckpointStore(str(checkpoints)).load_latest().manifest
+
+
 def test_learn_resumes_after_kill_9_as_if_uninterrupted(tmp_path):
     events = phishing_events() * 20  # 25k events: a few seconds of learning
     write_jsonl(tmp_path / "a.jsonl", events[:12_000])
@@ -123,16 +138,7 @@ def test_learn_resumes_after_kill_9_as_if_uninterrupted(tmp_path):
     reference = run_replay(job_config(), ReplayOptions([inputs], checkpoint_uri=str(tmp_path / "whole"), checkpoint_every=2000))
 
     ckpt = tmp_path / "killed"
-    command = [sys.executable, "-m", "riverbeam.cli", "replay", "--config", config, "--input", inputs,
-               "--checkpoint-uri", str(ckpt), "--checkpoint-every", "2000", "--no-progress"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=os.getcwd())
-    deadline = time.monotonic() + 60
-    while _latest_sequence(ckpt) < 3 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
-    assert process.returncode == -signal.SIGKILL, "the replay finished before it could be killed"
-    interrupted = CheckpointStore(str(ckpt)).load_latest().manifest
+    interrupted = kill_replay_after_checkpoints(config, inputs, ckpt, every=2000, count=3)
     assert 0 < interrupted["events_seen"] < len(events)
 
     resumed = run_replay(job_config(), ReplayOptions([inputs], checkpoint_uri=str(ckpt), checkpoint_every=2000))
