@@ -27,6 +27,7 @@ import orjson
 from online.dead_letters import DEFAULT_MAX_BYTES, DeadLetterRecord
 from online.kafka_clients import EventConsumer, EventProducer, KafkaClientError, TopicPartition
 from online.learner import probabilities_record
+from online.sources import parse_position_key, position_key
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ class OutputWriter:
         limit = getattr(self.producer, "max_record_bytes", DEFAULT_MAX_BYTES)
         self.producer.send(
             self.dead_letter_topic, dead_letter_record(tp, offset, value, reason, limit),
-            key=f"{tp[0]}/{tp[1]}".encode(), headers=[(SOURCE_HEADER, source_header(tp[0], tp[1], offset))],
+            key=position_key(tp).encode(), headers=[(SOURCE_HEADER, source_header(tp[0], tp[1], offset))],
         )  # fmt: skip
 
     def predictions(self, tp: TopicPartition, offsets: list[int], outcomes: list) -> None:
@@ -105,7 +106,7 @@ class OutputWriter:
         topic = self.predictions_topic
         if topic is None:
             return
-        key = f"{tp[0]}/{tp[1]}".encode()
+        key = position_key(tp).encode()
         send = self.producer.send
         through = self.written_through.get((topic, tp), -1)
         self._sent.add(topic)
@@ -154,7 +155,7 @@ class OutputWriter:
         tps = [tp for topic in self.topics if topic in self._sent or self._partitions_of.get(topic) for tp in self._partitions(topic)]
         if not tps:
             return {}
-        return {f"{t}/{p}": offset for (t, p), offset in self.scanner.end_offsets(tps).items()}
+        return {position_key(tp): offset for tp, offset in self.scanner.end_offsets(tps).items()}
 
     def written_ahead(self, positions: dict[TopicPartition, int]) -> dict[str, dict[str, int]]:
         """What this writer still skips at `positions`, for a checkpoint taken there to record.
@@ -173,7 +174,7 @@ class OutputWriter:
         ahead: dict[str, dict[str, int]] = {}
         for (topic, tp), offset in self.written_through.items():
             if tp in positions and offset >= positions[tp]:
-                ahead.setdefault(topic, {})[f"{tp[0]}/{tp[1]}"] = offset
+                ahead.setdefault(topic, {})[position_key(tp)] = offset
         return ahead
 
     def forget(self, tp: TopicPartition) -> None:
@@ -192,14 +193,13 @@ class OutputWriter:
                 del self.written_through[key]
             tps = self._partitions(topic)  # or KafkaClientError: an output topic is never skipped for want of an answer
             if not tps:
-                if any(key.rsplit("/", 1)[0] == topic for key in since):
+                if any(parse_position_key(key)[0] == topic for key in since):
                     log.warning("an output topic the checkpoint recorded does not exist any more: nothing written there can be written twice", extra={"fields": {"topic": topic}})
                 continue  # and nothing recorded as written ahead there is skipped: it is gone
             for source, offset in (ahead or {}).get(topic, {}).items():
-                name, partition = source.rsplit("/", 1)
-                if (name, int(partition)) in wanted:
-                    self.written_through[(topic, (name, int(partition)))] = offset
-            start = {tp: since.get(f"{tp[0]}/{tp[1]}", 0) for tp in tps}
+                if parse_position_key(source) in wanted:
+                    self.written_through[(topic, parse_position_key(source))] = offset
+            start = {tp: since.get(position_key(tp), 0) for tp in tps}
             try:
                 found = self._scan(tps, start, wanted)
             finally:
@@ -207,7 +207,7 @@ class OutputWriter:
             for tp, offset in found.items():
                 self.written_through[(topic, tp)] = max(offset, self.written_through.get((topic, tp), -1))
         if self.written_through:
-            log.info("outputs already written before the restart will be skipped", extra={"fields": {"through": {f"{o}:{t}/{p}": v for (o, (t, p)), v in self.written_through.items()}}})
+            log.info("outputs already written before the restart will be skipped", extra={"fields": {"through": {f"{o}:{position_key(tp)}": v for (o, tp), v in self.written_through.items()}}})
 
     def _scan(self, tps: list[TopicPartition], start: dict[TopicPartition, int], wanted: set[TopicPartition]) -> dict[TopicPartition, int]:
         """The highest source offset of `wanted` in the records of `tps` from `start` to their end.
