@@ -279,38 +279,32 @@ class Learner:
                         raise
                     on_error(index, error)
                     continue
-                if delayed:
-                    try:
-                        outcome = self._process_delayed(meta, x, y, key, model)
-                    except Exception as error:  # River refused this event: its own failure, nothing else's
-                        rejected += 1
-                        failure = model_failure(error)
-                        if on_error is None:
-                            raise failure from error
-                        on_error(index, failure)
-                        continue
-                    state.events_seen += 1
-                    learned += outcome.learned
-                    if predictions is not None:
-                        predictions.append((index, outcome))
-                    continue
-                if model is not last_model:  # bind once per model, not once per event
+                if not delayed and model is not last_model:  # bind once per model, not once per event
                     last_model, predict, learn = model, getattr(model, predict_name), model.learn_one
                 try:  # free in Python 3.11 unless something raises
-                    y_pred = predict(x)
-                    if y is not None:  # learn before scoring: a failure leaves the metrics untouched
-                        learn(x, y) if supervised else learn(x)
-                        if y_pred is not None and y_pred != {}:
-                            metric_update(y, y_pred)
-                        if drift is not None:
-                            self._update_drift(y, y_pred, at=state.events_seen + seen + 1)
-                        learned += 1
+                    if delayed:
+                        outcome = self._process_delayed(meta, x, y, key, model)
+                    else:
+                        y_pred = predict(x)
+                        if y is not None:  # learn before scoring: a failure leaves the metrics untouched
+                            learn(x, y) if supervised else learn(x)
+                            if y_pred is not None and y_pred != {}:
+                                metric_update(y, y_pred)
+                            if drift is not None:
+                                self._update_drift(y, y_pred, at=state.events_seen + seen + 1)
+                            learned += 1
                 except Exception as error:  # River refused this event: its own failure, nothing else's
                     rejected += 1
                     failure = model_failure(error)
                     if on_error is None:
                         raise failure from error
                     on_error(index, failure)
+                    continue
+                if delayed:
+                    state.events_seen += 1
+                    learned += outcome.learned
+                    if predictions is not None:
+                        predictions.append((index, outcome))
                     continue
                 seen += 1
                 if predictions is not None:
