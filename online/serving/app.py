@@ -87,22 +87,62 @@ OPENAPI_BASE = {
 }  # fmt: skip
 
 
+MAX_ERROR_CHARS = 300  # what an error answer may quote of the client's input
+
+
 def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status, media_type=JSON)
 
 
+def capped(reason: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """`reason` cut to `limit` characters: an error answer never echoes a large input back.
+
+    >>> capped("feature 'x' is not a number: '" + "a" * 1000 + "'", limit=40)
+    "feature 'x' is not a number: 'aaaaaaaaaa… (991 more characters)"
+    """
+    return reason if len(reason) <= limit else f"{reason[:limit]}… ({len(reason) - limit} more characters)"
+
+
 def _error(reason: str, status: int) -> Response:
-    return _json({"error": reason}, status)
+    return _json({"error": capped(reason)}, status)
+
+
+class _BodyRefused(Exception):
+    """The request body cannot be taken: the status to answer and why (or no answer: the client left)."""
+
+    def __init__(self, status: int | None, reason: str = ""):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def bearer_token(header: bytes) -> bytes | None:
+    """The token of an ``Authorization: Bearer <token>`` header; the scheme is case-insensitive (RFC 7235).
+
+    >>> bearer_token(b"bearer abc"), bearer_token(b"BEARER  abc "), bearer_token(b"Basic abc"), bearer_token(b"Bearer")
+    (b'abc', b'abc', None, None)
+    """
+    scheme, _, token = header.strip().partition(b" ")
+    token = token.strip()
+    return token if scheme.lower() == b"bearer" and token else None
 
 
 class ServeMiddleware:
-    """Bearer-token check and per-route request metrics, as plain ASGI (no per-request objects)."""
+    """Bearer-token check, request-body bounds and per-route request metrics, as plain ASGI.
 
-    def __init__(self, app, metrics: ServeMetrics, token: str | None, routes: set[str]):
+    A request body is read here, before any route runs: past `max_body_bytes` it is refused with
+    413 (from ``Content-Length`` before reading, or while reading), one that has not arrived
+    within `body_timeout` seconds gets 408, and a client that disconnects mid-body is counted
+    with status 499 (nginx's "client closed request"), logged at INFO, never a 500.
+    """
+
+    def __init__(self, app, metrics: ServeMetrics, token: str | None, routes: set[str], max_body: int = 32 << 20, body_timeout: float = 30.0):
         self.app = app
         self.metrics = metrics
-        self.expected = f"Bearer {token}".encode() if token else None
+        self.token = token.encode() if token else None
         self.routes = routes
+        self.max_body = max_body
+        self.body_timeout = body_timeout
         self._children: dict = {}
 
     def _count(self, route: str, status: int, seconds: float) -> None:
@@ -112,20 +152,62 @@ class ServeMiddleware:
         children[0].inc()
         children[1].observe(seconds)
 
+    def _authorized(self, scope) -> bool:
+        given = bearer_token(next((v for k, v in scope["headers"] if k == b"authorization"), b""))
+        return given is not None and hmac.compare_digest(given, self.token)
+
+    async def _read_body(self, scope, receive) -> bytes:
+        """The whole body, bounded in size and time (`_BodyRefused` otherwise)."""
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            raise _BodyRefused(413, f"the request body has {int(length)} bytes; at most serve.max_body_bytes = {self.max_body}")
+        deadline = time.monotonic() + self.body_timeout
+        chunks, size = [], 0
+        while True:
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                raise _BodyRefused(408, f"the request body did not arrive within serve.body_timeout_seconds = {self.body_timeout:g}") from None
+            if message["type"] == "http.disconnect":
+                raise _BodyRefused(None, "the client disconnected before its request body was complete")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise _BodyRefused(413, f"the request body has more than serve.max_body_bytes = {self.max_body} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _answer(self, send, status: int, body: bytes, headers: list | None = None) -> None:
+        head = [(b"content-type", JSON.encode()), (b"content-length", str(len(body)).encode()), *(headers or [])]
+        if status in (408, 413):
+            head.append((b"connection", b"close"))  # the rest of the body is not read
+        await send({"type": "http.response.start", "status": status, "headers": head})
+        await send({"type": "http.response.body", "body": body})
+
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
         path = scope["path"]
         route = path if path in self.routes else "other"
-        if self.expected is not None and path not in PUBLIC:
-            given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-            if not hmac.compare_digest(given, self.expected):
-                body = b'{"error":"missing or wrong bearer token"}'
-                await send({"type": "http.response.start", "status": 401, "headers": [(b"content-type", JSON.encode()), (b"content-length", str(len(body)).encode()), (b"www-authenticate", b"Bearer")]})
-                await send({"type": "http.response.body", "body": body})
-                self._count(route, 401, time.perf_counter() - started)
+        if self.token is not None and path not in PUBLIC and not self._authorized(scope):
+            await self._answer(send, 401, b'{"error":"missing or wrong bearer token"}', [(b"www-authenticate", b"Bearer")])
+            self._count(route, 401, time.perf_counter() - started)
+            return
+        if scope["method"] in ("POST", "PUT", "PATCH"):
+            try:
+                body = await self._read_body(scope, receive)
+            except _BodyRefused as refused:
+                if refused.status is None:
+                    log.info("request abandoned", extra={"fields": {"route": route, "reason": refused.reason}})
+                    self._count(route, 499, time.perf_counter() - started)
+                    return
+                self.metrics.rejected.inc()
+                await self._answer(send, refused.status, orjson.dumps({"error": refused.reason}))
+                self._count(route, refused.status, time.perf_counter() - started)
                 return
+            receive = _replay(body, receive)
         status = [500]
 
         async def send_status(message):
@@ -137,6 +219,20 @@ class ServeMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             self._count(route, status[0], time.perf_counter() - started)
+
+
+def _replay(body: bytes, receive):
+    """An ASGI `receive` that gives the body already read, then waits on the client (for a disconnect)."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 class Server:
@@ -224,9 +320,9 @@ class Server:
         try:
             return prediction_record(served.learner, event, served.checkpoint_id)
         except EventError as error:
-            return {"error": str(error)}
+            return {"error": capped(str(error))}
         except Exception as error:  # the model itself failed on this event: this event's failure only
-            return {"error": f"the model cannot predict this event: {error}"}
+            return {"error": capped(f"the model cannot predict this event: {error}")}
 
     async def predict(self, request: Request) -> Response:
         """
@@ -243,7 +339,8 @@ class Server:
               application/json:
                 schema: {oneOf: [{$ref: '#/components/schemas/Record'}, {type: array, items: {$ref: '#/components/schemas/Record'}}]}
           401: {description: Missing or wrong bearer token.}
-          413: {description: More events in one array than serve.max_batch.}
+          408: {description: The body did not arrive within serve.body_timeout_seconds.}
+          413: {description: More events in one array than serve.max_batch, or a body past serve.max_body_bytes.}
           422:
             description: A bad event, with the reason the daemon would dead-letter it with.
             content: {application/json: {schema: {$ref: '#/components/schemas/Error'}}}
@@ -286,7 +383,8 @@ class Server:
               application/json:
                 schema: {oneOf: [{$ref: '#/components/schemas/Record'}, {type: array, items: {$ref: '#/components/schemas/Record'}}]}
           401: {description: Missing or wrong bearer token.}
-          413: {description: More events in one array than serve.max_batch.}
+          408: {description: The body did not arrive within serve.body_timeout_seconds.}
+          413: {description: More events in one array than serve.max_batch, or a body past serve.max_body_bytes.}
           422:
             description: A bad event, with the reason the daemon would dead-letter it with.
             content: {application/json: {schema: {$ref: '#/components/schemas/Error'}}}
@@ -301,7 +399,7 @@ class Server:
         batch = [events] if single else events
         if len(batch) > self.max_batch:
             return _error(f"{len(batch)} events in one request; at most serve.max_batch = {self.max_batch}", 413)
-        records = self.writer.learn(batch)
+        records = [{"error": capped(r["error"])} if "error" in r else r for r in self.writer.learn(batch)]
         bad = sum(1 for r in records if "error" in r)
         if bad:
             self.metrics.rejected.inc(bad)
@@ -421,7 +519,10 @@ def build_app(config: ServeJobConfig, environ: Mapping[str, str] | None = None) 
     routes = server.routes()
     app = Starlette(routes=routes, lifespan=server.lifespan)
     app.state.server = server
-    return ServeMiddleware(app, server.metrics, server.token, {r.path for r in routes})
+    return ServeMiddleware(
+        app, server.metrics, server.token, {r.path for r in routes},
+        max_body=config.serve.max_body_bytes, body_timeout=config.serve.body_timeout_seconds,
+    )  # fmt: skip
 
 
 def run_server(config: ServeJobConfig, host: str | None = None, port: int | None = None) -> None:

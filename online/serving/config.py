@@ -33,6 +33,10 @@ class ServeConfig(Section):
     reload_seconds: float = pydantic.Field(default=2.0, gt=0)
     token_env: str = "RIVERBEAM_SERVE_TOKEN"
     max_batch: int = pydantic.Field(default=10_000, gt=0)
+    # A request body past this many bytes is refused with 413 before it is read; one that has not
+    # arrived in full after body_timeout_seconds gets 408 (a slow client never holds a worker).
+    max_body_bytes: int = pydantic.Field(default=32 << 20, gt=0)
+    body_timeout_seconds: float = pydantic.Field(default=30.0, gt=0)
     model: str | None = None  # which model of a checkpoint of several (models:) to serve; default the first
 
 

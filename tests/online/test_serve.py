@@ -175,6 +175,57 @@ def test_bearer_token_on_every_route_but_health_and_422_with_the_daemons_reasons
     assert 'riverbeam_serve_requests_total{route="/v1/predict",status="422"}' in metrics and "riverbeam_serve_events_rejected_total 8.0" in metrics
 
 
+def _raw_request(base: str, head: bytes, body: bytes, close: bool = False) -> bytes:
+    """Send `head` and part of a body on a raw socket; close it at once (`close`) or read the answer."""
+    import socket
+
+    host, port = base.rsplit("/", 1)[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=20) as sock:
+        sock.sendall(head + body)
+        if close:
+            return b""
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
+
+
+def test_request_bodies_are_bounded_in_size_and_time_and_an_abandoned_request_is_no_server_error(tmp_path, processes):
+    uri = str(tmp_path / "checkpoints")
+    write_checkpoint(uri, PHISHING[:300])
+    config = {"checkpoint": {"uri": uri}, "serve": {"max_body_bytes": 1_000_000, "body_timeout_seconds": 1}}
+    _, base, log_path = start_serve(processes, tmp_path, config, env={"RIVERBEAM_SERVE_TOKEN": TOKEN})
+    client = httpx.Client(base_url=base, timeout=20)
+    # the bearer scheme is case-insensitive (RFC 7235)
+    for scheme in ("bearer", "BEARER", "Bearer"):
+        assert client.post("/v1/predict", json=HELD_OUT[0], headers={"Authorization": f"{scheme} {TOKEN}"}).status_code == 200, scheme
+    assert client.post("/v1/predict", json=HELD_OUT[0], headers={"Authorization": f"Basic {TOKEN}"}).status_code == 401
+    # past max_body_bytes: 413, whether announced (Content-Length) or streamed (chunked)
+    big = json.dumps([HELD_OUT[0]] * 20_000).encode()
+    assert len(big) > 1_000_000
+    announced = client.post("/v1/predict", content=big, headers={**AUTH, "Content-Type": "application/json"})
+    assert announced.status_code == 413 and "serve.max_body_bytes = 1000000" in announced.json()["error"]
+    streamed = client.post("/v1/predict", content=iter([big[i : i + 65536] for i in range(0, len(big), 65536)]), headers=AUTH)
+    assert streamed.status_code == 413
+    # an error answer quotes a bounded part of the input
+    huge_value = client.post("/v1/predict", json={**HELD_OUT[0], "url_length": "x" * 500_000}, headers=AUTH)
+    assert huge_value.status_code == 422 and len(huge_value.content) < 1000
+    assert huge_value.json()["error"].startswith("feature 'url_length' is not a number: 'xxx") and "more characters" in huge_value.json()["error"]
+    # a body that does not arrive in time: 408
+    head = f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n".encode()
+    slow = _raw_request(base, head, b'{"url_length": ')
+    assert slow.startswith(b"HTTP/1.1 408 ") and b"serve.body_timeout_seconds" in slow
+    # a client that leaves mid-body: neither a 500 nor an error traceback in the log
+    for _ in range(3):
+        _raw_request(base, head, b'{"url_length": 1', close=True)
+    metrics = wait_until(lambda: (text := client.get("/metrics", headers=AUTH).text) and 'status="499"' in text and text, timeout=10, what="the abandoned requests to be counted")
+    assert 'riverbeam_serve_requests_total{route="/v1/predict",status="499"} 3.0' in metrics
+    assert 'status="500"' not in metrics
+    assert client.post("/v1/predict", json=HELD_OUT[0], headers=AUTH).status_code == 200
+    log = log_path.read_text()
+    assert "Traceback" not in log and '"level":"ERROR"' not in log
+
+
 def learn_config(uri: str, every_events: int = 100, **events) -> dict:
     return {
         "checkpoint": {"uri": uri, "every_events": every_events, "every_seconds": 60, "lease_seconds": 3},
