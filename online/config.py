@@ -257,9 +257,13 @@ class KafkaConfig(Section):
 
 
 class MetricsServerConfig(Section):
-    """Prometheus /metrics, /healthz and /readyz; `port: null` turns the server off."""
+    """Prometheus /metrics, /healthz, /readyz and the dashboard; `port: null` turns the server off.
 
-    host: str = "0.0.0.0"
+    `host` is loopback by default (as ``serve.host``): set ``0.0.0.0`` where a scraper or probe
+    reaches the process from outside (a container: ``deploy/kubernetes.yaml`` does).
+    """
+
+    host: str = "127.0.0.1"
     port: int | None = pydantic.Field(default=9108, ge=0, le=65535)
 
 

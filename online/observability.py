@@ -9,8 +9,10 @@ are assigned and restored) and the live dashboard (``/``, fed by ``/dashboard/hi
 from __future__ import annotations
 
 import collections
+import errno
 import http.server
 import logging
+import socket
 import sys
 import threading
 import time
@@ -20,6 +22,51 @@ from importlib import resources
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from core.errors import RiverbeamError
+
+
+class PortError(RiverbeamError):
+    """A port that cannot be listened on (taken, not allowed): one line naming it and the key that sets it (exit 1)."""
+
+
+def port_error(host: str, port: int, key: str, error: OSError) -> PortError:
+    """The one-line error for an `OSError` met while binding `host`:`port`, which `key` configures.
+
+    >>> print(port_error("127.0.0.1", 9108, "metrics.port", OSError(errno.EADDRINUSE, "Address already in use")))
+    cannot listen on 127.0.0.1:9108 (metrics.port): the port is already in use; stop what listens there or choose another port (0: any free one)
+    """
+    if error.errno == errno.EADDRINUSE:
+        why = "the port is already in use; stop what listens there or choose another port (0: any free one)"
+    else:
+        why = (error.strerror or str(error)).rstrip(".").lower()
+    return PortError(f"cannot listen on {host}:{port} ({key}): {why}")
+
+
+def listen_socket(host: str, port: int, key: str) -> socket.socket:
+    """A TCP socket listening on `host`:`port` (port 0: a free one), or a `PortError` naming `key`.
+
+    >>> first = listen_socket("127.0.0.1", 0, "serve.port")
+    >>> listen_socket("127.0.0.1", first.getsockname()[1], "serve.port")
+    Traceback (most recent call last):
+    ...
+    online.observability.PortError: cannot listen on 127.0.0.1:... (serve.port): the port is already in use; ...
+    >>> first.close()
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as error:
+        raise port_error(host, port, key, error) from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as http.server and uvicorn do
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as error:
+        sock.close()
+        raise port_error(host, port, key, error) from None
+    return sock
 
 
 class DaemonMetrics:
@@ -146,7 +193,7 @@ class HealthServer:
     """``/metrics``, ``/healthz``, ``/readyz`` and the dashboard on a background thread (port 0 picks a free one)."""
 
     def __init__(self, metrics: DaemonMetrics, host: str, port: int):
-        self.history = history = MetricsHistory(metrics.registry, before=metrics.refresh_checkpoint_age).start()
+        history = MetricsHistory(metrics.registry, before=metrics.refresh_checkpoint_age)
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 (http.server's naming)
@@ -173,7 +220,11 @@ class HealthServer:
             def log_message(self, *args):  # keep scrapes out of the logs
                 pass
 
-        self.server = http.server.ThreadingHTTPServer((host, port), Handler)
+        try:
+            self.server = http.server.ThreadingHTTPServer((host, port), Handler)
+        except OSError as error:  # a taken port: one line naming it and the key, never a traceback
+            raise port_error(host, port, "metrics.port", error) from None
+        self.history = history.start()
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, name="riverbeam-health", daemon=True)

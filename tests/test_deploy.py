@@ -70,4 +70,5 @@ def test_kubernetes_manifest_runs_the_daemon_with_its_probes_and_a_valid_configu
     job = load_config(path, ConsumeJobConfig, environ=environ)
     job.check_semantics()
     assert job.kafka.bootstrap_servers == "kafka:9092" and job.metrics.port == 9108
+    assert job.metrics.host == "0.0.0.0"  # the probes and scrapes come from outside the pod (the default is loopback)
     assert job.checkpoint.uri == "gs://my-bucket/riverbeam/phishing"

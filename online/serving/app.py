@@ -53,8 +53,9 @@ from starlette.routing import Route
 from starlette.schemas import SchemaGenerator
 
 from core import __version__
+from core.errors import RiverbeamError
 from online.events import EventError
-from online.observability import MetricsHistory, dashboard_page
+from online.observability import MetricsHistory, dashboard_page, listen_socket
 from online.model_set import restore_model
 from online.persistence import LearnerSpec, open_checkpoint_store
 from online.predict import prediction_record
@@ -534,7 +535,11 @@ def run_server(config: ServeJobConfig, host: str | None = None, port: int | None
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler it found: make
     # that one a no-op, so a graceful stop exits 0 (as the daemon does), not "killed by SIGTERM"
     signal.signal(signal.SIGTERM, lambda *_: None)
-    uvicorn.run(
-        build_app(config), host=host or config.serve.host, port=config.serve.port if port is None else port,
-        log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=30,
-    )  # fmt: skip
+    host, port = host or config.serve.host, config.serve.port if port is None else port
+    listener = listen_socket(host, port, "serve.port, --port")  # a taken port: one line, exit 1 (uvicorn would exit 3)
+    server = uvicorn.Server(uvicorn.Config(
+        build_app(config), host=host, port=port, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=30,
+    ))  # fmt: skip
+    server.run(sockets=[listener])
+    if not server.started:  # the application failed to start (logged above): exit 1, as uvicorn.run would exit 3
+        raise RiverbeamError("serve stopped before it started serving (see the log above)")
