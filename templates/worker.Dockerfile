@@ -5,13 +5,13 @@
 #   docker build -f templates/worker.Dockerfile -t REGION-docker.pkg.dev/PROJECT/riverbeam/worker:VERSION .
 #   docker push REGION-docker.pkg.dev/PROJECT/riverbeam/worker:VERSION
 # then pass it to `riverbeam templates build --worker-image ...`.
-# The tag must equal apache-beam's pin in templates/constraints.txt (a test checks it).
+# The tag must equal apache-beam's pin in constraints.txt (a test checks it).
 FROM apache/beam_python3.11_sdk:2.77.0
 
 WORKDIR /riverbeam
 
 COPY setup.py README.md ./
-COPY templates/constraints.txt ./templates/constraints.txt
+COPY constraints.txt ./
 COPY core ./core
 COPY transforms ./transforms
 COPY online ./online
@@ -20,6 +20,6 @@ COPY riverbeam ./riverbeam
 
 # The same install step as the launcher's (templates/Dockerfile): same setup.py, same constraints.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir -c templates/constraints.txt '.[beam]'
+RUN pip install --no-cache-dir -c constraints.txt '.[beam]'
 
 # The SDK image's entrypoint (/opt/apache/beam/boot) starts the worker harness: keep it.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -35,18 +37,47 @@ def test_dockerfile_lints_clean():
 
 
 def test_daemon_install_pulls_in_neither_beam_nor_tensorflow(tmp_path):
-    """Resolve the image's exact install (`pip install '.[fast]'`) against the registry, without installing."""
+    """Run the image's exact install step, resolve-only, in a fresh venv on the build context its COPY
+    lines make: every package it installs is the lock file's version, and neither Beam nor TensorFlow
+    is among them."""
+    dockerfile = pytest.importorskip("dockerfile")
+    commands = dockerfile.parse_file(str(ROOT / "deploy" / "Dockerfile"))
+    context = tmp_path / "context"
+    for command in (c for c in commands if c.cmd.upper() == "COPY"):
+        *sources, target = command.value
+        for source in sources:
+            destination = context / target / Path(source).name if target.endswith("/") else context / target
+            if (ROOT / source).is_dir():
+                shutil.copytree(ROOT / source, destination, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+            else:
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(ROOT / source, destination)
+    [install] = [" ".join(c.value) for c in commands if c.cmd.upper() == "RUN" and "pip install" in " ".join(c.value)]
+    words = shlex.split(install.split("&&")[0])
+    assert words[:2] == ["pip", "install"] and "-c" in words
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     report = tmp_path / "report.json"
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report), f"{ROOT}[fast]"],
-        capture_output=True, text=True, timeout=300,
+        [str(venv / "bin" / "python"), "-m", *words, "--dry-run", "--quiet", "--report", str(report)],
+        cwd=context, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     if result.returncode != 0 and ("Could not find" in result.stderr or "connection" in result.stderr.lower()):
         pytest.skip(f"package registry unreachable: {result.stderr[-300:]}")
     assert result.returncode == 0, result.stderr[-2000:]
-    names = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
-    assert {"river", "kafka-python", "confluent-kafka", "google-cloud-storage", "rocksdict"} <= names  # rocksdict: keyed models
-    assert not names & {"apache-beam", "tensorflow", "tensorflow-transform", "tfx-bsl"}
+    installed = {re.sub(r"[-_.]+", "-", item["metadata"]["name"]).lower(): item["metadata"]["version"] for item in json.loads(report.read_text())["install"]}
+    pins = locked_versions()
+    assert {"river", "kafka-python", "confluent-kafka", "google-cloud-storage", "rocksdict", "riverbeam"} <= installed.keys()  # rocksdict: keyed models
+    assert not installed.keys() & {"apache-beam", "tensorflow", "tensorflow-transform", "tfx-bsl"}
+    assert {name: version for name, version in installed.items() if name != "riverbeam"} == {name: pins.get(name) for name in installed if name != "riverbeam"}
+
+
+def locked_versions() -> dict[str, str]:
+    """constraints.txt's pin of every package for this interpreter (its environment markers evaluated)."""
+    from packaging.requirements import Requirement
+
+    requirements = [Requirement(line) for line in (ROOT / "constraints.txt").read_text().splitlines() if line.strip() and not line.startswith("#")]
+    return {re.sub(r"[-_.]+", "-", r.name).lower(): str(r.specifier).removeprefix("==") for r in requirements if r.marker is None or r.marker.evaluate()}
 
 
 def test_kubernetes_manifest_runs_the_daemon_with_its_probes_and_a_valid_configuration(tmp_path):

@@ -677,12 +677,10 @@ def install_step(by_cmd: dict[str, list]) -> str:
 
 
 def constraint_pins() -> dict[str, str]:
-    pins = {}
-    for line in (REPO / "templates" / "constraints.txt").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            name, _, version = line.partition("==")
-            pins[name.strip().lower()] = version.strip()
-    return pins
+    """constraints.txt's pins for this interpreter: the one lock file, shared with the daemon's image."""
+    from tests.test_deploy import locked_versions
+
+    return locked_versions()
 
 
 def test_launcher_dockerfile_runs_any_pipeline_and_installs_nothing_at_launch():
@@ -716,9 +714,9 @@ def test_worker_dockerfile_is_beams_sdk_image_at_the_pinned_beam_with_riverbeam_
     [beam] = re.findall(r'"(apache-beam[^"]*)"', (REPO / "setup.py").read_text())
     assert Requirement(beam).specifier.contains(tag), f"setup.py's {beam} excludes the worker image's Beam {tag}"
     assert "ENTRYPOINT" not in by_cmd and "CMD" not in by_cmd  # the SDK image's boot starts the worker harness
-    assert install_step(by_cmd) == "pip install --no-cache-dir -c templates/constraints.txt '.[beam]'"
+    assert install_step(by_cmd) == "pip install --no-cache-dir -c constraints.txt '.[beam]'"
     copied = {source for value in by_cmd["COPY"] for source in value[:-1]}
-    assert {"setup.py", "templates/constraints.txt", "core", "transforms", "online", "pipelines"} <= copied
+    assert {"setup.py", "constraints.txt", "core", "transforms", "online", "pipelines"} <= copied
     assert all((REPO / source).exists() for source in copied)
 
 
@@ -840,8 +838,9 @@ def test_worker_install_step_provides_every_module_the_pipelines_use(tmp_path):
     installed = {_canonical(item["metadata"]["name"]): item["metadata"]["version"] for item in json.loads(report.read_text())["install"]}
     [(base,)] = by_cmd["FROM"]
     assert installed["apache-beam"] == base.partition(":")[2]
-    for name, version in constraint_pins().items():
-        assert installed.get(_canonical(name)) == version, name
+    pins = {_canonical(name): version for name, version in constraint_pins().items()}
+    assert {name: installed[name] for name in installed if name in pins} == {name: pins[name] for name in installed if name in pins}
+    assert {"apache-beam", "tensorflow", "tensorflow-transform", "tfx-bsl", "river", "numpy", "pyarrow"} <= installed.keys() & pins.keys()
     modules = worker_imports()
     assert {"apache_beam", "tensorflow_transform.beam", "river", "orjson", "farmhash"} <= {m for m in modules} | {m.split(".")[0] for m in modules}
     owners = owning_distributions(modules)
