@@ -149,6 +149,24 @@ def _apply_overrides(data: dict, environ: Mapping[str, str]) -> dict:
     return data
 
 
+def _override_source(loc: tuple, environ: Mapping[str, str]) -> str | None:
+    """The environment variable whose override put the value at `loc` there, as a source: a typo in
+    ``RIVERBEAM__KAFKA__BOOTSTRAP_SERVER`` is the variable's mistake, not the YAML file's.
+
+    >>> _override_source(("kafka", "bootstrap_server"), {"RIVERBEAM__KAFKA__BOOTSTRAP_SERVER": "k:1"})
+    'environment variable RIVERBEAM__KAFKA__BOOTSTRAP_SERVER'
+    >>> _override_source(("kafka", "topic"), {"RIVERBEAM__KAFKA__BOOTSTRAP_SERVER": "k:1"}) is None
+    True
+    """
+    path = tuple(str(part).lower() for part in loc)
+    for name in environ:
+        if name.startswith(ENV_OVERRIDE_PREFIX):
+            keys = tuple(k.lower() for k in name[len(ENV_OVERRIDE_PREFIX) :].split("__") if k)
+            if keys and path[: len(keys)] == keys:
+                return f"environment variable {name}"
+    return None
+
+
 def parse_config(
     data: Any,
     cls: type[SectionT],
@@ -173,7 +191,8 @@ def parse_config(
     try:
         return cls.model_validate(data)
     except pydantic.ValidationError as error:
-        raise config_error([ConfigError(format_key_path(e["loc"]), _describe(e), source=source) for e in error.errors()]) from None
+        errors = [ConfigError(format_key_path(e["loc"]), _describe(e), source=_override_source(e["loc"], environ) or source) for e in error.errors()]
+        raise config_error(errors) from None
 
 
 def read_yaml(path: str | os.PathLike) -> Any:

@@ -18,6 +18,7 @@ def register(subparsers) -> None:
     listing = actions.add_parser("list", help="list the checkpoints kept, newest first")
     listing.add_argument("uri")
     add_signing_key_env(listing)
+    listing.add_argument("--json", action="store_true", help="print JSON: a list with one object per checkpoint, newest first")
     listing.set_defaults(handler=checkpoints_list)
     show = actions.add_parser("show", help="show one checkpoint (default: the latest good one)")
     show.add_argument("uri")
@@ -44,13 +45,19 @@ def _store(args):
 
 def checkpoints_list(args) -> int:
     manifests = _store(args).list()
-    if not manifests:
+    if not manifests and not args.json:
         print(f"no checkpoints at {args.uri}")
         return 0
+    rows = []  # --json
     for manifest in manifests:
         headline = next(iter(manifest.get("metrics", {}).items()), ("-", None))
         signed = "signed" if (manifest.get("state") or {}).get("hmac_sha256") else "unsigned"
+        if args.json:
+            rows.append({key: manifest.get(key) for key in ("id", "created_at", "events_seen", "events_learned", "metrics")} | {"signature": signed})
+            continue
         print(f"{manifest['id']}  {manifest['created_at']}  events_seen={manifest['events_seen']}  {headline[0]}={format_metric(headline[1])}  {signed}")
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
     return 0
 
 

@@ -119,3 +119,31 @@ def test_shipped_example_configurations_stay_valid(example):
     result = riverbeam("config", "check", str(root / example))
     assert result.returncode == 0, result.stderr
     assert "valid" in result.stdout
+
+
+def test_an_environment_override_with_a_typo_is_blamed_on_the_variable_not_the_file(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("kafka: {topic: t, bootstrap_servers: 'localhost:9092'}\nmodel: {pipeline: [{linear_model.LogisticRegression: {}}]}\ncheckpoint: {uri: x}\n")
+    env = dict(ENV, RIVERBEAM__KAFKA__BOOTSTRAP_SERVER="broker:9092")  # the S is missing
+    result = subprocess.run([sys.executable, "-m", "riverbeam.cli", "config", "check", str(path)], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["riverbeam: error: environment variable RIVERBEAM__KAFKA__BOOTSTRAP_SERVER: kafka.bootstrap_server: unknown key"]
+
+
+def test_checkpoints_list_json(tmp_path, capsys):
+    from online.checkpoints import CheckpointStore
+    from online.config import EventsConfig, ModelConfig
+    from online.learner import Learner
+    from online.persistence import save_learner
+
+    store = CheckpointStore(str(tmp_path / "ck"))
+    learner = Learner(ModelConfig(pipeline=[{"linear_model.LogisticRegression": {}}], metrics=["Accuracy"]), EventsConfig(target="y"))
+    learner.process_many([{"x": 1.0, "y": True}, {"x": -1.0, "y": False}])
+    first = save_learner(store, learner, positions={})
+    learner.process_many([{"x": 2.0, "y": True}])
+    second = save_learner(store, learner, positions={})
+    assert main(["checkpoints", "list", str(tmp_path / "ck"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["id"], r["events_learned"]) for r in rows] == [(second["id"], 3), (first["id"], 2)]  # newest first
+    assert set(rows[0]) == {"id", "created_at", "events_seen", "events_learned", "metrics", "signature"} and rows[0]["signature"] == "unsigned"
+    assert main(["checkpoints", "list", str(tmp_path / "none"), "--json"]) == 0 and json.loads(capsys.readouterr().out) == []
