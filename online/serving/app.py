@@ -300,12 +300,15 @@ class Server:
             await asyncio.sleep(1.0)
 
     async def _learn_loop(self) -> None:
-        if not await asyncio.to_thread(self.writer.start, self.stopping_thread):
-            return
+        """Learn while this instance holds the lease; after losing it (or a failed checkpoint), standby until it is free again."""
         while True:
-            await asyncio.sleep(1.0)
-            self.writer.tick()
-            await asyncio.to_thread(self.writer.renew_if_due)
+            if not await asyncio.to_thread(self.writer.start, self.stopping_thread):
+                return
+            while self.writer.active:
+                await asyncio.sleep(1.0)
+                self.writer.tick()
+                await asyncio.to_thread(self.writer.renew_if_due)
+            log.info("standby: waiting to take the lease again", extra={"fields": {"uri": self.config.checkpoint.uri}})
 
     # -- routes ------------------------------------------------------------------------------
 

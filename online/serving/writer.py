@@ -86,9 +86,22 @@ class LearningWriter:
     # -- life cycle (start and stop run on a worker thread or at shutdown) -----------------
 
     def start(self, stopping: threading.Event | None = None) -> bool:
-        """Wait for the lease (standby while another writer holds it), then restore; False if stopped first."""
+        """Wait for the lease (standby while another writer holds it), then restore; False if stopped first.
+
+        Called again after this instance stopped learning (lease lost, checkpoint fenced or failed):
+        what was not durable is dropped, the lease is waited for under a new instance id (as the
+        daemon's standby does: a lease this instance may still hold runs out first), and the latest
+        checkpoint is restored.
+        """
+        if self.checkpointer is not None:  # back from a failure: finish (or fail) the upload in flight, then wait as standby
+            try:
+                self.checkpointer.collect(wait=True)  # the store fences a stale write itself
+            except Exception:
+                pass
+            self.checkpointer = None
+            self.lease = Lease(self.store.store, instance_id(), ttl=self.config.checkpoint.lease_seconds)
         waited = False
-        while not self.lease.try_acquire():
+        while not self._try_acquire():
             if not waited:
                 log.info("standby: another instance holds the lease for this model", extra={"fields": {"uri": self.store.uri}})
                 waited = True
@@ -110,6 +123,13 @@ class LearningWriter:
         self.metrics.ready_gauge.set(1)
         log.info("learning", extra={"fields": {"uri": self.store.uri, "checkpoint": self.checkpoint_id, "events_learned": learner.state.events_learned}})
         return True
+
+    def _try_acquire(self) -> bool:
+        try:
+            return self.lease.try_acquire()
+        except Exception as error:  # storage down: stay standby, try again
+            log.warning("standby: cannot read the lease", extra={"fields": {"error": f"{type(error).__name__}: {error}"}})
+            return False
 
     def stop(self) -> None:
         """Final checkpoint (if anything changed), release the lease, stop the uploader."""
@@ -179,7 +199,15 @@ class LearningWriter:
     def renew_if_due(self) -> None:
         """Renew the lease every third of its time to live (storage I/O: call it off the event loop)."""
         if self.active and time.monotonic() - self._renewed >= self.lease.ttl / 3:
-            if self.lease.renew():
+            try:
+                renewed = self.lease.renew()
+            except Exception as error:  # storage unreachable: keep trying until the lease would expire
+                if time.time() >= self.lease.expires_at:
+                    self._fail("the lease expired while storage was unreachable; this instance stops learning", error)
+                else:
+                    log.warning("lease renewal failed; retrying until the lease expires", extra={"fields": {"error": str(error)}})
+                return
+            if renewed:
                 self._renewed = time.monotonic()
             else:
                 self._fail("lost the lease to another instance; this instance stops learning", None)

@@ -309,6 +309,26 @@ def test_a_learning_server_fenced_by_another_writer_stops_learning_and_keeps_ans
     assert "stops learning" in log_path.read_text()
 
 
+def test_a_learning_server_that_lost_its_lease_takes_it_back_when_it_is_free(tmp_path, processes):
+    from core.storage import open_store
+
+    uri = str(tmp_path / "checkpoints")
+    _, base, log_path = start_serve(processes, tmp_path, learn_config(uri, every_events=10))
+    client = httpx.Client(base_url=base, timeout=10)
+    assert all(r["learned"] for r in client.post("/v1/learn", json=PHISHING[:100]).json())
+    wait_until(lambda: (m := latest_manifest(uri)) and m["events_learned"] == 100, timeout=10, what="the checkpoint at 100 events")
+    store = open_store(uri)
+    store.write("LEASE", json.dumps({"owner": "another-instance", "expires_at": time.time() + 3}).encode())  # another instance takes it
+    wait_until(lambda: client.get("/readyz").status_code == 503, timeout=10, what="the server to notice it lost the lease")
+    assert client.post("/v1/learn", json=PHISHING[100:110]).status_code == 503
+    store.write("LEASE", json.dumps({"owner": None, "expires_at": 0}).encode())  # ... and releases it
+    wait_until(lambda: client.get("/readyz").status_code == 200, timeout=20, what="the server to take the lease back")
+    assert json.loads(store.read("LEASE"))["owner"] not in (None, "another-instance")
+    assert all(r["learned"] for r in client.post("/v1/learn", json=PHISHING[100:200]).json())
+    assert client.get("/v1/model").json()["report"] == learned_locally(PHISHING[:200]).report()
+    assert "lost the lease" in log_path.read_text()
+
+
 def test_a_wrong_serve_configuration_is_one_line_and_exit_2(tmp_path):
     path = tmp_path / "serve.yaml"
     path.write_text(yaml.safe_dump({"checkpoint": {"uri": str(tmp_path)}, "serve": {"learn": True, "port": "http"}}))
