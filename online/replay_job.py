@@ -21,6 +21,7 @@ from online.config import ReplayJobConfig
 from online.gc_tuning import restore_gc, steady_state_gc
 from online.readers import expand_inputs
 from online.replay import MODES, ReplayOptions, ReplayResult, dry_run, evaluate, learn
+from online.replay_report import require_plotting
 from online.replay_search import SearchConfig, check_search, search_trials
 from core.configuration import parse_config, read_yaml
 from core.errors import ConfigErrorCollector, UsageError
@@ -67,6 +68,8 @@ def run_replay(job: ReplayJobConfig, options: ReplayOptions, search: SearchConfi
             raise UsageError("--search needs a search: section in the configuration (the parameter ranges)")
     if not options.inputs:
         raise UsageError("give at least one --input")
+    if options.report_dir and not options.dry_run:
+        require_plotting()
     files = expand_inputs(options.inputs, options.input_format)
     if options.dry_run:
         return dry_run(job, files, options)

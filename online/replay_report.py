@@ -7,6 +7,7 @@ import os
 
 import orjson
 
+from core.errors import UsageError
 from core.summary import format_metric
 
 
@@ -59,7 +60,19 @@ def metric_columns(rows: list[dict]) -> list[str]:
     return names
 
 
+def require_plotting() -> None:
+    """Fail before any work, in one line, when the plots of ``--report`` cannot be drawn.
+
+    >>> require_plotting()  # matplotlib is installed here (the `reports` extra)
+    """
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError("--report draws its learning curve with matplotlib, which is not installed: pip install 'riverbeam[reports]' (or leave out --report)") from None
+
+
 def _figure():
+    require_plotting()
     import matplotlib
 
     matplotlib.use("Agg")

@@ -147,3 +147,19 @@ def test_learn_mode_report_has_about_100_points_too(tmp_path, phishing):
     rows = json.loads((tmp_path / "r" / "metrics.json").read_text())["rows"]
     assert [row["events"] for row in rows] == list(range(13, 1250, 13)) + [1250]
     assert set(rows[-1]) >= {"Accuracy", "LogLoss", "Rolling(Accuracy, 200)"}
+
+
+def test_report_without_matplotlib_is_one_line_before_any_work(tmp_path, phishing):
+    """A fresh `pip install riverbeam` has no matplotlib: --report says which extra to install, exit 2,
+    and writes nothing (it used to learn everything, then die in a traceback leaving an empty report)."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(JOB))
+    blocker = "import sys; sys.modules['matplotlib'] = None; from riverbeam.cli import main; sys.exit(main())"
+    result = subprocess.run([sys.executable, "-c", blocker, "replay", "--config", str(config), "--input", phishing, "--mode", "evaluate",
+                             "--report", str(tmp_path / "report"), "--json"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == ["riverbeam: error: --report draws its learning curve with matplotlib, which is not installed: pip install 'riverbeam[reports]' (or leave out --report)"]
+    assert result.stdout == "" and not (tmp_path / "report").exists()
