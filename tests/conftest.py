@@ -1,12 +1,19 @@
-"""Shared fixtures: the real local Kafka broker, GCS emulator and S3 server, started once per session.
+"""Shared fixtures: the real local Kafka brokers, GCS emulator and S3 server, started once per session.
 
-They use the same launcher as ``riverbeam local up`` (`riverbeam.local_stack.LocalStack`).
+They use the same launcher as ``riverbeam local up`` (`riverbeam.local_stack`).
+
+Two brokers: Tansu (in the local stack, from PyPI) serves every test that asks for
+``kafka_bootstrap``; a test marked ``@pytest.mark.both_brokers`` runs once on Tansu and once on
+Apache Kafka 4 (``apache_kafka``: KRaft, Java 17, its jars fetched from Maven Central by
+`core.maven` into ``~/.cache/riverbeam``). Where Java, Maven or the jars are missing the Apache
+Kafka cases skip with the reason; with ``RIVERBEAM_TESTS_REQUIRE_APACHE_KAFKA=1`` (CI) they fail.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +21,29 @@ import pytest
 os.environ["NO_GCE_CHECK"] = "true"
 os.environ.setdefault("GOOGLE_CLOUD_PROJECT", "riverbeam-local")
 
-from riverbeam.local_stack import LocalStack  # noqa: E402
+from core.maven import JavaToolError  # noqa: E402
+from riverbeam.local_stack import ApacheKafkaBroker, LocalService, LocalStack, fetch_apache_kafka, free_port  # noqa: E402
+
+BROKERS = ["tansu", "apache"]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "both_brokers: run on Tansu and on Apache Kafka (a guarantee's test)")
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.definition.get_closest_marker("both_brokers") and "kafka_broker" in metafunc.fixturenames:
+        metafunc.parametrize("kafka_broker", BROKERS, indirect=True, scope="session")
+
+
+def apache_kafka_or_skip() -> list[Path]:
+    """Apache Kafka's class path, or a skip naming what is missing (a failure where CI requires it)."""
+    try:
+        return fetch_apache_kafka()
+    except JavaToolError as error:
+        if os.environ.get("RIVERBEAM_TESTS_REQUIRE_APACHE_KAFKA") == "1":
+            pytest.fail(f"Apache Kafka is required here (RIVERBEAM_TESTS_REQUIRE_APACHE_KAFKA=1): {error}")
+        pytest.skip(f"Apache Kafka is not available: {error}")
 
 
 @pytest.fixture(scope="session")
@@ -46,8 +75,29 @@ def local_stack(running_stack):
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(local_stack) -> str:
-    return local_stack.bootstrap_servers
+def apache_kafka(tmp_path_factory) -> ApacheKafkaBroker:
+    """A running Apache Kafka 4 broker (KRaft, one node) on a free port; stopped after the session."""
+    apache_kafka_or_skip()
+    broker = ApacheKafkaBroker("kafka", tmp_path_factory.mktemp("apache-kafka"), free_port(), free_port())
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(request) -> LocalService:
+    """The broker under test: Tansu, or each of Tansu and Apache Kafka for a test marked ``both_brokers``.
+
+    Its ``pid()`` is the broker's process (for tests that stall it); ``kind`` is ``tansu`` or ``apache``.
+    """
+    kind = getattr(request, "param", "tansu")
+    return request.getfixturevalue("running_stack").kafka if kind == "tansu" else request.getfixturevalue("apache_kafka")
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_broker, local_stack) -> str:
+    """``host:port`` of the broker under test (`kafka_broker`); the local stack's environment is set."""
+    return f"127.0.0.1:{kafka_broker.port}"
 
 
 @pytest.fixture

@@ -1,10 +1,10 @@
-"""``riverbeam local up|status|down``: the embedded Kafka broker, GCS emulator and S3 server."""
+"""``riverbeam local up|status|down|fetch``: the embedded Kafka broker, GCS emulator and S3 server."""
 
 from __future__ import annotations
 
 import json
 
-from riverbeam.local_stack import DEFAULT_DIR, DEFAULT_S3_PORT, LocalStack
+from riverbeam.local_stack import DEFAULT_DIR, DEFAULT_S3_PORT, KAFKA_BROKERS, LocalStack, fetch_apache_kafka
 
 
 def register(subparsers) -> None:
@@ -15,6 +15,10 @@ def register(subparsers) -> None:
     up.add_argument("--kafka-port", type=int, default=None, help="broker port (default 9092; 0 picks a free port)")
     up.add_argument("--gcs-port", type=int, default=None, help="emulator port (default 4443; 0 picks a free port)")
     up.add_argument("--s3-port", type=int, default=DEFAULT_S3_PORT, help="S3 server port (default %(default)s; 0 picks a free port)")
+    up.add_argument(
+        "--kafka", choices=KAFKA_BROKERS, default=None,
+        help="the broker: tansu (default; from PyPI, memory only) or apache (Apache Kafka 4, needs Java 17; fetched from Maven Central once)",
+    )  # fmt: skip
     up.set_defaults(handler=local_up)
     status = actions.add_parser("status", help="show what runs")
     status.add_argument("--dir", default=DEFAULT_DIR)
@@ -23,12 +27,15 @@ def register(subparsers) -> None:
     down = actions.add_parser("down", help="stop the processes 'local up' started")
     down.add_argument("--dir", default=DEFAULT_DIR)
     down.set_defaults(handler=local_down)
+    fetch = actions.add_parser("fetch", help="fetch Apache Kafka's jars from Maven Central into the cache now, for offline use later")
+    fetch.set_defaults(handler=local_fetch)
 
 
 def local_up(args) -> int:
-    settings = LocalStack(args.dir, kafka_port=args.kafka_port, gcs_port=args.gcs_port, s3_port=args.s3_port).up()
+    stack = LocalStack(args.dir, kafka_port=args.kafka_port, gcs_port=args.gcs_port, s3_port=args.s3_port, kafka=args.kafka)
+    settings = stack.up()
     print(f"Local stack is up (logs and pid files in {args.dir}/). Use these settings:")
-    print(f"  kafka.bootstrap_servers: {settings.bootstrap_servers}")
+    print(f"  kafka.bootstrap_servers: {settings.bootstrap_servers} ({'Apache Kafka' if stack.kafka_broker == 'apache' else 'Tansu'})")
     print(f"  GCS emulator bucket:     gs://{settings.bucket}")
     print(f"  S3 server bucket:        s3://{settings.bucket} (endpoint {settings.s3_endpoint_url})")
     print(settings.shell_exports())
@@ -42,11 +49,18 @@ def local_status(args) -> int:
     else:
         for name, state in report.items():
             what = f"running, pid {state['pid']}, port {state['port']}" if state["running"] else "not running"
-            print(f"{name}: {what}")
+            print(f"{name}: {what}" + (f" ({state['broker']})" if "broker" in state else ""))
     return 0 if all(state["running"] for state in report.values()) else 1
 
 
 def local_down(args) -> int:
     stopped = LocalStack(args.dir).down()
     print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    return 0
+
+
+def local_fetch(args) -> int:
+    jars = fetch_apache_kafka()
+    print(f"Apache Kafka is in the cache: {len(jars)} jars in {jars[0].parent}")
+    print("'riverbeam local up --kafka apache' now starts it without reaching Maven Central")
     return 0

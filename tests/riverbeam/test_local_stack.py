@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import uuid
 
+import orjson
 import pytest
 
+from core.errors import UsageError
 from riverbeam.local_stack import LocalStack, LocalStackError, free_port
+from tests.conftest import apache_kafka_or_skip
 
 
 def _running(pid: int) -> bool:
@@ -62,6 +66,8 @@ def test_cli_local_up_status_down(tmp_path):
         assert up.returncode == 0, up.stderr
         assert f"127.0.0.1:{kafka_port}" in up.stdout and f"STORAGE_EMULATOR_HOST=http://127.0.0.1:{gcs_port}" in up.stdout
         assert f"AWS_ENDPOINT_URL=http://127.0.0.1:{s3_port}" in up.stdout and "s3://riverbeam" in up.stdout
+        # the variable riverbeam's configuration reads as kafka.bootstrap_servers (a job's YAML need not name the port)
+        assert f"export RIVERBEAM__KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:{kafka_port}\n" in up.stdout
         # the printed settings are all a client needs: the bucket exists on the S3 server
         exports = dict(line[len("export "):].split("=", 1) for line in up.stdout.splitlines() if line.startswith("export "))
         probe = subprocess.run(
@@ -164,3 +170,104 @@ def test_beam_s3_filesystem_on_the_s3_server(local_stack):
     assert [m.path for m in FileSystems.match([path])[0].metadata_list] == [path]
     FileSystems.delete([path])
     assert not FileSystems.exists(path)
+
+
+def cli(*args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "riverbeam.cli", *args], capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "NO_GCE_CHECK": "true", **(env or {})},
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_cli_apache_kafka_up_then_consume_learns_from_it_then_down(tmp_path):
+    """``local up --kafka apache``: a real Kafka broker; a job without a bootstrap address in its YAML learns from it."""
+    apache_kafka_or_skip()
+    import yaml
+
+    from online.config import KafkaConfig
+    from online.kafka_clients import create_topic, make_producer
+    from tests.online.test_daemon import MODEL, PHISHING, expected_phishing_metrics
+
+    stack = ["--dir", str(tmp_path / "stack"), "--kafka-port", "0", "--gcs-port", "0", "--s3-port", "0"]
+    up = cli("local", "up", "--kafka", "apache", *stack)
+    try:
+        assert up.returncode == 0, up.stderr[-2000:]
+        exports = dict(line[len("export "):].split("=", 1) for line in up.stdout.splitlines() if line.startswith("export "))
+        bootstrap = exports["RIVERBEAM__KAFKA__BOOTSTRAP_SERVERS"]
+        assert f"{bootstrap} (Apache Kafka)" in up.stdout
+        status = cli("local", "status", "--dir", str(tmp_path / "stack"), "--json")
+        kafka = json.loads(status.stdout)["kafka"]
+        assert (kafka["broker"], kafka["running"], kafka["accepting"]) == ("apache", True, True)
+        assert "kafka.Kafka" in open(f"/proc/{kafka['pid']}/cmdline").read()  # the JVM of Apache Kafka, not Tansu
+
+        create_topic(bootstrap, "events", partitions=1)
+        producer = make_producer(KafkaConfig(bootstrap_servers=bootstrap, topic="events"))
+        for event in PHISHING[:300]:
+            producer.send("events", orjson.dumps(event), partition=0)
+        producer.flush()
+        producer.close()
+        job = {
+            "kafka": {"topic": "events", "group_id": "g", "consumer": {"session_timeout_ms": 2000, "heartbeat_interval_ms": 300, "max_poll_interval_ms": 4000}},
+            "model": MODEL, "events": {"target": "label"}, "metrics": {"port": None},
+            "checkpoint": {"uri": str(tmp_path / "checkpoints"), "every_events": 100},
+        }  # fmt: skip
+        (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+        consume = cli("consume", "--config", str(tmp_path / "job.yaml"), "--until-caught-up", "--json", env=exports)
+        assert consume.returncode == 0, consume.stderr[-3000:]
+        summary = json.loads(consume.stdout.strip().splitlines()[-1])
+        unit = summary["units"]["all"]
+        assert unit["events_learned"] == 300
+        assert unit["metrics"] == expected_phishing_metrics(PHISHING[:300])
+    finally:
+        down = cli("local", "down", "--dir", str(tmp_path / "stack"))
+    assert down.returncode == 0 and "kafka" in down.stdout
+    assert not _running(kafka["pid"])
+    assert cli("local", "status", "--dir", str(tmp_path / "stack")).returncode == 1
+
+
+@pytest.mark.slow
+def test_apache_kafka_keeps_its_topics_on_disk_across_down_and_up(tmp_path):
+    apache_kafka_or_skip()
+    from online.config import KafkaConfig
+    from online.kafka_clients import create_topic, make_producer, read_records
+
+    stack = LocalStack(tmp_path, kafka_port=0, gcs_port=0, kafka="apache")
+    bootstrap = stack.up().bootstrap_servers
+    try:
+        config = KafkaConfig(bootstrap_servers=bootstrap, topic="kept")
+        create_topic(bootstrap, "kept", partitions=1)
+        producer = make_producer(config)
+        for i in range(5):
+            producer.send("kept", b"%d" % i, partition=0)
+        producer.flush()
+        producer.close()
+    finally:
+        assert stack.down() == ["gcs", "kafka"]
+    again = LocalStack(tmp_path, kafka_port=0, gcs_port=0, kafka="apache")
+    settings = again.up()
+    try:
+        values = [r.value for r in read_records(KafkaConfig(bootstrap_servers=settings.bootstrap_servers, topic="kept"), "kept")]
+        assert values == [b"0", b"1", b"2", b"3", b"4"]
+    finally:
+        again.down()
+
+
+def test_a_running_stack_keeps_its_broker_and_an_unknown_one_is_refused(tmp_path):
+    (tmp_path / "stack.json").write_text('{"kafka": "apache", "kafka_port": 1, "gcs_port": 2, "kafka_controller_port": 3}')
+    with pytest.raises(UsageError, match="runs the apache broker; run 'riverbeam local down' before choosing tansu"):
+        LocalStack(tmp_path, kafka="tansu")
+    assert LocalStack(tmp_path).kafka.kind == "apache" and LocalStack(tmp_path).kafka.controller_port == 3
+    with pytest.raises(UsageError, match="unknown Kafka broker 'redpanda'"):
+        LocalStack(tmp_path / "other", kafka="redpanda")
+
+
+def test_without_java_apache_kafka_is_one_line_and_starts_nothing(tmp_path):
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    env = {"PATH": str(empty), "JAVA_HOME": "", "RIVERBEAM_CACHE_DIR": str(tmp_path / "cache")}
+    for args in (["local", "up", "--kafka", "apache", "--dir", str(tmp_path / "stack"), "--kafka-port", "0", "--gcs-port", "0", "--s3-port", "0"], ["local", "fetch"]):
+        result = cli(*args, env=env)
+        assert result.returncode == 1
+        assert result.stderr.strip().splitlines() == ["riverbeam: error: Java 17+ is needed and 'java' is not on PATH (nor in $JAVA_HOME): install a JDK 17"]
+    assert not (tmp_path / "stack" / "kafka.pid").exists() and not (tmp_path / "stack" / "gcs.pid").exists()
