@@ -24,3 +24,11 @@ def derive(x: dict) -> dict:
 
 
 NOT_A_STEP = object()
+
+
+def interaction(x: dict) -> dict:
+    """One new feature, the product of two Phishing features (for compose.FuncTransformer in a union)."""
+    return {"age_x_long_url": x["age_of_domain"] * x["long_url"]}
+
+
+from subprocess import run as run_command  # noqa: E402 - a function imported into a listed module, not defined there
