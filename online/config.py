@@ -44,13 +44,15 @@ class ModelConfig(Section):
     `pipeline` is a list of one-key mappings ``{"module.Class": {param: value}}`` resolved inside
     the `river` package, or in a module the user lists in `custom_modules` (their own estimators
     and transformers, deriving from `river.base.Base`); a parameter may itself be such a mapping
-    (nested estimators, optimizers). Nothing else is importable from configuration. `metrics` names `river.metrics` classes, or windows over the last N events
+    (nested estimators, optimizers), a class's ``*args`` a list under their name (``compose.Select:
+    {keys: [a, b]}``), and a function ``module:function`` from a listed module (the same list
+    allows ``features.function``). Nothing else is importable from configuration. `metrics` names `river.metrics` classes, or windows over the last N events
     (``{Rolling: {metric: Accuracy, window_size: 500}}``, see `online.models.build_metric`);
     the first is the headline.
     """
 
     name: str | None = None
-    custom_modules: list[str] = []  # the user's modules whose River-compatible classes the pipeline may name
+    custom_modules: list[str] = []  # the user's modules: their River classes and functions may be named
     pipeline: list[dict[str, dict[str, Any] | None]] = pydantic.Field(min_length=1)
     metrics: list[str | dict[str, dict[str, Any]]] = pydantic.Field(default=["Accuracy"], min_length=1)
     drift: DriftConfig | None = None
@@ -171,8 +173,9 @@ class FeaturesConfig(Section):
     """What happens to an event's fields before the model: a user function, then fitted transforms.
 
     `function` (``module:function``) is the user's own feature code: a callable taking the event's
-    features (a dict) and returning a dict; it runs first. `transform_output` is the output
-    directory of `riverbeam preprocess`, whose fitted transforms run next.
+    features (a dict) and returning a dict; it runs first, and must be defined in a module listed
+    in ``model.custom_modules`` (checked with the job, `check_feature_function`). `transform_output`
+    is the output directory of `riverbeam preprocess`, whose fitted transforms run next.
     """
 
     transform_output: str | None = None
@@ -185,11 +188,22 @@ class FeaturesConfig(Section):
             raise ValueError(f"expected module:function (for example myfeatures:derive), got {value!r}")
         return value
 
-    def check_semantics(self) -> None:
-        """Import the feature function (`ConfigError` naming ``function`` if it is not there)."""
-        from online.events import load_feature_function
 
-        load_feature_function(self)
+def user_modules(models: list["ModelConfig"]) -> list[str]:
+    """The modules a job lists for the user's code: every model's ``custom_modules``, once each.
+
+    >>> user_modules([ModelConfig(custom_modules=["a"], pipeline=[{}]), ModelConfig(custom_modules=["a", "b"], pipeline=[{}])])
+    ['a', 'b']
+    """
+    return list(dict.fromkeys(m for model in models for m in model.custom_modules))
+
+
+def check_feature_function(features: FeaturesConfig, models: list["ModelConfig"]) -> None:
+    """``features.function`` resolved as the job will load it: defined in a module the models list
+    in ``custom_modules`` (`ConfigError` naming ``features.function`` otherwise)."""
+    from online.events import load_feature_function
+
+    load_feature_function(features, user_modules(models))
 
 
 class CheckpointConfig(Section):
@@ -278,9 +292,14 @@ class LearningConfig(Section):
         """Resolve the River names (raises `ConfigError` naming the path), beyond types."""
         from online.models import build_model
 
-        build_model(self.model, path="model")
-        check_drift_detector(self.model, path="model")
-        check_batch(self.model, path="model")
+        collect = ConfigErrorCollector()
+        with collect.check():
+            build_model(self.model, path="model")
+            check_drift_detector(self.model, path="model")
+            check_batch(self.model, path="model")
+        with collect.check():
+            check_feature_function(self.features, [self.model])
+        collect.raise_if_any()
 
 
 def model_names(models: list[ModelConfig]) -> list[str]:
@@ -336,6 +355,8 @@ class ConsumeJobConfig(LearningConfig):
                 build_model(candidate, path=path)
                 check_drift_detector(candidate, path=path)
                 check_batch(candidate, path=path)
+        with collect.check():
+            check_feature_function(self.features, self.candidates)
         collect.raise_if_any()
 
     def model_paths(self) -> list[tuple[str, ModelConfig]]:
@@ -383,6 +404,8 @@ class ReplayJobConfig(Section):
                 build_model(candidate, path=f"models[{i}]")
                 check_drift_detector(candidate, path=f"models[{i}]")
                 check_batch(candidate, path=f"models[{i}]")
+        with collect.check():
+            check_feature_function(self.features, self.candidates)
         collect.raise_if_any()
 
     @property

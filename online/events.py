@@ -17,7 +17,6 @@ online.events.EventError: feature 'a' is not a number: 'x'
 
 from __future__ import annotations
 
-import importlib
 import math
 from typing import Any, Callable
 
@@ -173,31 +172,27 @@ def _json_type(value: Any) -> str:
     )
 
 
-def load_feature_function(features) -> Callable[[dict], dict] | None:
+def load_feature_function(features, modules: tuple[str, ...] | list[str] = ()) -> Callable[[dict], dict] | None:
     """The user's feature function named by ``features.function`` (``module:function``), or None.
 
-    The module named there is the only one imported; a failing import or a missing or
-    non-callable name is a `ConfigError` naming ``features.function``.
+    The function must be defined in a module listed in ``model.custom_modules`` (`modules`; with
+    several models, any of theirs): the rule for every piece of the user's code a configuration
+    names (`online.models.resolve_function`). A failing import, an unlisted module, or a missing
+    or non-callable name is a one-line `ConfigError` naming ``features.function``.
 
     >>> from online.config import FeaturesConfig
-    >>> load_feature_function(FeaturesConfig(function="json:dumps")).__name__
+    >>> load_feature_function(FeaturesConfig(function="json:dumps"), modules=["json"]).__name__
     'dumps'
-    >>> load_feature_function(FeaturesConfig(function="json:nothing"))
+    >>> load_feature_function(FeaturesConfig(function="subprocess:run"))
     Traceback (most recent call last):
     ...
-    core.errors.ConfigError: features.function: json has no function nothing
+    core.errors.ConfigError: features.function: subprocess is not listed in model.custom_modules (functions are named module:function, defined in a module listed in model.custom_modules)
     """
     if not features.function:
         return None
-    module_name, _, name = features.function.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as error:  # the user's module failed to import: one line
-        raise ConfigError("features.function", f"cannot import {module_name}: {type(error).__name__}: {error}") from None
-    function = getattr(module, name, None)
-    if name.startswith("_") or not callable(function):
-        raise ConfigError("features.function", f"{module_name} has no function {name}")
-    return function
+    from online.models import resolve_function
+
+    return resolve_function(features.function, "features.function", modules)
 
 
 class FeaturePipeline:
@@ -223,11 +218,12 @@ class FeaturePipeline:
         return self.fitted(x) if self.fitted is not None else x
 
 
-def load_feature_transform(features) -> Any:
+def load_feature_transform(features, modules: tuple[str, ...] | list[str] = ()) -> Any:
     """What ``features`` (`online.config.FeaturesConfig`) applies to every event, or None.
 
-    The user's ``features.function`` runs first (`FeaturePipeline`), then the fitted transform
-    named by ``features.transform_output``.
+    The user's ``features.function`` runs first (`FeaturePipeline`; it must be defined in one of
+    `modules`, the models' ``custom_modules``, see `load_feature_function`), then the fitted
+    transform named by ``features.transform_output``.
 
     It is applied to every event's features before the model sees them (see `EventReader`): the
     raw event in the types the preprocess configuration declares is what it accepts (text that
@@ -242,5 +238,5 @@ def load_feature_transform(features) -> Any:
         except ImportError as error:
             raise ConfigError("features.transform_output", f"fitted feature transforms are not available: {error}") from None
         fitted = FittedTransform.load(features.transform_output).apply
-    function = load_feature_function(features)
+    function = load_feature_function(features, modules)
     return fitted if function is None else FeaturePipeline(function, fitted)

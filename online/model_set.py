@@ -44,7 +44,7 @@ from typing import Any, Callable
 
 from core.errors import ConfigError
 from online.checkpoints import Checkpoint, config_hash
-from online.config import EventsConfig, FeaturesConfig, ModelConfig
+from online.config import EventsConfig, FeaturesConfig, ModelConfig, user_modules
 from online.events import load_feature_transform
 from online.learner import Learner, LearnerState
 from online.persistence import LearnerSpec, restore_learner
@@ -154,7 +154,7 @@ class ModelsSpec:
     @classmethod
     def of(cls, config, allow_model_change: bool = False) -> "ModelsSpec":
         """From a job configuration with ``models`` (`online.config.ConsumeJobConfig`)."""
-        return cls(config.named_models, config.events, config.features, load_feature_transform(config.features), allow_model_change)
+        return cls(config.named_models, config.events, config.features, load_feature_transform(config.features, user_modules(config.candidates)), allow_model_change)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint) -> "ModelsSpec":
@@ -164,7 +164,7 @@ class ModelsSpec:
         models = {name: ModelConfig.model_validate(model, strict=False) for name, model in recorded["models"].items()}
         events = EventsConfig.model_validate(recorded["events"], strict=False)
         features = FeaturesConfig.model_validate(recorded.get("features") or {}, strict=False)
-        return cls(models, events, features, load_feature_transform(features))
+        return cls(models, events, features, load_feature_transform(features, user_modules(list(models.values()))))
 
     @functools.cached_property
     def specs(self) -> dict[str, LearnerSpec]:

@@ -165,7 +165,7 @@ class LearnerSpec:
     def load(cls, model: ModelConfig, events: EventsConfig, features: FeaturesConfig | None = None) -> "LearnerSpec":
         """The spec with its fitted transform loaded from ``features.transform_output`` (if set)."""
         features = features or FeaturesConfig()
-        return cls(model, events, features, load_feature_transform(features))
+        return cls(model, events, features, load_feature_transform(features, model.custom_modules))
 
     @classmethod
     def of(cls, config) -> "LearnerSpec":

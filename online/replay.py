@@ -42,7 +42,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from online.config import ModelConfig, ReplayJobConfig, model_names
+from online.config import ModelConfig, ReplayJobConfig, model_names, user_modules
 from online.errors_file import ErrorLog, ReplayError
 from online.events import EventError, load_feature_transform
 from online.learner import Learner
@@ -164,7 +164,7 @@ def candidate_names(models: list[ModelConfig]) -> list[str]:
 
 def load_transform(job: ReplayJobConfig):
     """The fitted feature transform of ``features.transform_output``, or None."""
-    return load_feature_transform(job.features)
+    return load_feature_transform(job.features, user_modules(job.candidates))
 
 
 def leaderboard(candidates: list[Candidate]) -> list[dict]:
