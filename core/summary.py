@@ -4,7 +4,10 @@ A `JobSummary` is what a job returns to the command that ran it; the command pri
 on a terminal or as one JSON object with ``--json``. The counts are always named:
 
 * ``events_seen``: events (lines, records, rows) read from the source, good and bad;
-* ``events_learned``: events a model learned from;
+* ``events_learned``: events a model learned from in this run;
+* ``events_learned_total``: events the model has learned from in all: this run's and, when the run
+  resumed from a checkpoint (`Resumed`, printed as ``resumed from checkpoint <id> (N events learned
+  before)``), those of the runs before it;
 * ``events_predicted``: events predicted (with or without a label);
 * ``events_dead_lettered``: events refused, each written with its reason to the dead-letter
   topic, the errors file or the bad-rows output;
@@ -21,6 +24,17 @@ replay learn: 1,250 events in 0.50 s (2,500 events/s)
   checkpoint: ckpt/0001
 >>> summary.to_json()["events_learned"], summary.to_json()["metrics"]["Accuracy"]
 (1249, 0.89282)
+
+A run that continued a model from a checkpoint says so, and counts this run apart from the total:
+
+>>> resumed = JobSummary("replay", "learn", counts={"events_seen": 1250, "events_learned": 1250, "events_learned_total": 2500},
+...                      resumed=Resumed("000000000003-20261206T035845-53a5f3", 1250))
+>>> print(resumed.to_text())
+replay learn: 1,250 events
+  resumed from checkpoint 000000000003-20261206T035845-53a5f3 (1,250 events learned before)
+  events_seen 1,250 · events_learned 1,250 · events_learned_total 2,500
+>>> resumed.to_json()["resumed_from"]
+{'checkpoint': '000000000003-20261206T035845-53a5f3', 'events_learned': 1250}
 """
 
 from __future__ import annotations
@@ -32,7 +46,7 @@ from typing import Any, TextIO
 
 import orjson
 
-COUNT_NAMES = ("events_seen", "events_learned", "events_predicted", "events_dead_lettered", "events_produced")
+COUNT_NAMES = ("events_seen", "events_learned", "events_learned_total", "events_predicted", "events_dead_lettered", "events_produced")
 METRIC_DECIMALS = 4
 
 
@@ -58,6 +72,33 @@ def format_count(value: int) -> str:
     return f"{value:,}"
 
 
+@dataclass(frozen=True)
+class Resumed:
+    """Where a run continued a model from: the checkpoint and what its model had learned by then.
+
+    `checkpoints` counts the checkpoints resumed when a run has several learning units (a keyed
+    daemon's partitions); `checkpoint` is then the first of them.
+
+    >>> Resumed("ckpt-7", 1250).text(), Resumed("ckpt-7", 4000, checkpoints=4).text()
+    ('resumed from checkpoint ckpt-7 (1,250 events learned before)', 'resumed from 4 checkpoints (4,000 events learned before)')
+    """
+
+    checkpoint: str
+    events_learned: int
+    checkpoints: int = 1
+
+    def text(self) -> str:
+        """The sentence every command prints (and logs) when it resumed."""
+        what = f"checkpoint {self.checkpoint}" if self.checkpoints == 1 else f"{self.checkpoints} checkpoints"
+        return f"resumed from {what} ({format_count(self.events_learned)} events learned before)"
+
+    def to_json(self) -> dict:
+        data: dict[str, Any] = {"checkpoint": self.checkpoint, "events_learned": self.events_learned}
+        if self.checkpoints != 1:
+            data["checkpoints"] = self.checkpoints
+        return data
+
+
 @dataclass
 class JobSummary:
     """What one run of a job did: counts (named as in `COUNT_NAMES`), metrics, time, details."""
@@ -68,6 +109,7 @@ class JobSummary:
     metrics: dict[str, float | None] = field(default_factory=dict)
     seconds: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    resumed: Resumed | None = None  # the run continued a model from a checkpoint
 
     def __post_init__(self) -> None:
         unknown = set(self.counts) - set(COUNT_NAMES)
@@ -86,10 +128,13 @@ class JobSummary:
         return seen / self.seconds
 
     def to_json(self) -> dict:
-        """One flat JSON object: job, mode, every count, metrics, seconds, events_per_second, details."""
+        """One flat JSON object: job, mode, every count, metrics, seconds, events_per_second, details
+        (and ``resumed_from`` when the run continued a checkpoint)."""
         data: dict[str, Any] = {"job": self.job}
         if self.mode:
             data["mode"] = self.mode
+        if self.resumed is not None:
+            data["resumed_from"] = self.resumed.to_json()
         data.update({name: self.counts[name] for name in COUNT_NAMES if name in self.counts})
         data["metrics"] = dict(self.metrics)
         if self.seconds is not None:
@@ -100,8 +145,13 @@ class JobSummary:
         data.update(self.details)
         return data
 
+    def _same_total(self, name: str) -> bool:
+        """``events_learned_total`` equal to ``events_learned`` (a fresh start) says nothing new to a person."""
+        return name == "events_learned_total" and self.counts[name] == self.counts.get("events_learned")
+
     def to_text(self) -> str:
-        """Lines for a person: what ran and how fast, the counts, the metrics, then the details."""
+        """Lines for a person: what ran and how fast, the counts (``events_learned_total`` only when it
+        differs from ``events_learned``; JSON always has both), the metrics, then the details."""
         head = self.title
         seen = self.counts.get("events_seen")
         if seen is not None:
@@ -114,7 +164,9 @@ class JobSummary:
         elif self.seconds is not None:
             head += f": {self.seconds:.2f} s"
         lines = [head]
-        counts = [f"{name} {format_count(self.counts[name])}" for name in COUNT_NAMES if name in self.counts]
+        if self.resumed is not None:
+            lines.append("  " + self.resumed.text())
+        counts = [f"{name} {format_count(self.counts[name])}" for name in COUNT_NAMES if name in self.counts and not self._same_total(name)]
         if counts:
             lines.append("  " + " · ".join(counts))
         if self.metrics:

@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass, field
 
 
-from core.summary import JobSummary
+from core.summary import JobSummary, Resumed
 from core.errors import RiverbeamError
 from online.checkpoints import CheckpointStore, FencingError
 from online.config import ConsumeJobConfig, model_names
@@ -157,6 +157,7 @@ class Daemon:
         self._upload_started: dict[str, float] = {}
         self._pending_logged = 0.0
         self.final_summary: dict | None = None
+        self.resumed: dict[str, Resumed] = {}  # unit -> the checkpoint it continued from
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -222,9 +223,12 @@ class Daemon:
         for tp in partitions:
             self.unit_of[tp] = unit
             self.needs_targets[tp] = time.monotonic()
+        if checkpoint is not None:
+            self.resumed[name] = Resumed(checkpoint.id, learner.state.events_learned)
         log.info(
             "restored" if checkpoint else "starting fresh",
-            extra={"fields": {"unit": name, "checkpoint": checkpoint.id if checkpoint else None, "events_seen": learner.state.events_seen, "positions": {position_key(tp): o for tp, o in positions.items()}}},
+            extra={"fields": {"unit": name, "checkpoint": checkpoint.id if checkpoint else None, "events_seen": learner.state.events_seen,
+                              "events_learned_before": learner.state.events_learned, "positions": {position_key(tp): o for tp, o in positions.items()}}},
         )
         return unit
 
@@ -615,6 +619,8 @@ class Daemon:
         return {
             "events_seen": self.events_consumed,
             "events_learned": self.events_learned,
+            "events_learned_total": sum(unit.learner.state.events_learned for unit in self.units.values()),
+            "resumed_from": self._resumed_from(),
             "events_dead_lettered": self.events_rejected,
             "checkpoints_written": self.checkpoints_written,
             "outputs_skipped_as_already_written": self.outputs.skipped if self.outputs else 0,
@@ -626,6 +632,13 @@ class Daemon:
             "checkpoint_uri": self.config.checkpoint.uri,
             "units": units,
         }
+
+    def _resumed_from(self) -> dict | None:
+        """The checkpoint(s) this run continued from, as `core.summary.Resumed` JSON (None: started fresh)."""
+        resumed = [self.resumed[name] for name in self.units if name in self.resumed]
+        if not resumed:
+            return None
+        return Resumed(resumed[0].checkpoint, sum(r.events_learned for r in resumed), checkpoints=len(resumed)).to_json()
 
     def request_stop(self, *_args) -> None:
         """Finish the current batch, write a final checkpoint, commit and return (SIGTERM, SIGINT)."""
@@ -651,12 +664,14 @@ def daemon_job_summary(summary: dict, units_in_full: bool = False) -> JobSummary
     units = summary.get("units") or {}
     only = next(iter(units.values())) if len(units) == 1 else None
     metrics = dict(only.get("metrics") or {}) if only is not None else {}
-    counts = {name: summary[name] for name in ("events_seen", "events_learned", "events_dead_lettered") if name in summary}
+    counts = {name: summary[name] for name in ("events_seen", "events_learned", "events_learned_total", "events_dead_lettered") if name in summary}
+    resumed = summary.get("resumed_from")
     details = {"events_per_second_learning": summary.get("events_per_second"), "checkpoint": summary.get("checkpoint_uri"),
                "checkpoints_written": summary.get("checkpoints_written"), "units": units if units_in_full else len(units)}
     if units_in_full:  # for machines: every figure the daemon measured
-        details.update({k: v for k, v in summary.items() if k not in counts and k not in ("units", "checkpoint_uri", "seconds", "events_per_second")})
-    return JobSummary("consume", None, counts=counts, metrics=metrics, seconds=summary.get("seconds"), details=details)
+        details.update({k: v for k, v in summary.items() if k not in counts and k not in ("units", "checkpoint_uri", "seconds", "events_per_second", "resumed_from")})
+    return JobSummary("consume", None, counts=counts, metrics=metrics, seconds=summary.get("seconds"), details=details,
+                      resumed=Resumed(**resumed) if resumed else None)
 
 
 def run_daemon(config: ConsumeJobConfig, until_caught_up: bool = False, progress: bool | None = None, stop: threading.Event | None = None,

@@ -51,7 +51,7 @@ from online.persistence import Cadence, Checkpointer, LearnerSpec, checkpoint_st
 from online.readers import InputFile, ReplayPosition, count_records
 from online.replay_report import format_leaderboard, write_report_dir
 from online.sources import REPLAY, FileSource, progress_bar
-from core.summary import JobSummary, format_metric
+from core.summary import JobSummary, Resumed, format_metric
 from core.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -108,17 +108,21 @@ class ReplayResult:
     search: dict | None = None
     first_errors: list[dict] = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)
+    resumed: Resumed | None = None  # the model continued from a checkpoint
 
     def job_summary(self) -> JobSummary:
         """The run as the summary every command ends with (`core.summary`): the same count names everywhere.
 
         ``events_seen`` counts every record read (good and bad), ``events_dead_lettered`` the bad
         ones (reported with their reason), ``events_learned`` what the model learned (``dry_run``
-        and ``backfill`` learn nothing), ``events_produced`` what backfill wrote.
+        and ``backfill`` learn nothing) in this run and ``events_learned_total`` in all (with the runs
+        before a resumed checkpoint, as the daemon counts), ``events_produced`` what backfill wrote.
         """
         counts = {"events_seen": self.lines, "events_dead_lettered": self.bad_lines}
         if self.mode in ("learn", "evaluate", "search") and self.leaderboard:
-            counts["events_learned"] = self.leaderboard[0].get("events_learned", self.events)
+            total = self.leaderboard[0].get("events_learned", self.events)
+            counts["events_learned"] = total - (self.resumed.events_learned if self.resumed is not None and len(self.leaderboard) == 1 else 0)
+            counts["events_learned_total"] = total
         if self.mode == "backfill":
             counts["events_produced"] = self.produced
         details: dict = {"files": self.files}
@@ -134,7 +138,7 @@ class ReplayResult:
             details["report"] = self.report_dir
         metrics = dict(self.leaderboard[0]["metrics"]) if self.leaderboard else {}
         return JobSummary("replay", "dry-run" if self.mode == "dry-run" else self.mode, counts=counts, metrics=metrics,
-                          seconds=self.seconds, details=details)
+                          seconds=self.seconds, details=details, resumed=self.resumed)
 
     def summary(self) -> str:
         """The summary as text, with the leaderboard as a table when several candidates ran."""
@@ -262,12 +266,15 @@ class Evaluation:
         models = models if models is not None else job.candidates
         transform = load_transform(job)
         self.candidates = [Candidate(name, Learner(model, job.events, transform)) for name, model in zip(candidate_names(models), models)]
+        self.resumed: Resumed | None = None
         if options.checkpoint_uri:  # evaluate a checkpointed model on new data: read, never written
             latest = _checkpoint_store(job, options.checkpoint_uri, options).load_latest()
             if latest is not None:
                 if len(self.candidates) != 1:
                     raise UsageError("--checkpoint-uri in evaluate mode starts one model from its checkpoint: configure one model")
                 self.candidates[0].learner = LearnerSpec(models[0], job.events, job.features, transform).restore(latest)
+                self.resumed = Resumed(latest.id, self.candidates[0].learner.state.events_learned)
+                log.info(self.resumed.text())
         self.rows: list[dict] = []
         self.source: FileSource | None = None
         self.errors: ErrorLog | None = None
@@ -308,7 +315,7 @@ class Evaluation:
         """What the finished pass did (its counts, leaderboard and rows)."""
         board = leaderboard(self.candidates)
         result = ReplayResult("evaluate", len(self.files), self.source.lines, self.source.good, self.errors.count, seconds=self.seconds,
-                              leaderboard=board, first_errors=self.errors.first)
+                              leaderboard=board, first_errors=self.errors.first, resumed=self.resumed)
         result.rows = self.rows
         return result
 
@@ -351,6 +358,9 @@ def learn(job: ReplayJobConfig, files: list[InputFile], options: ReplayOptions) 
     every_events = cadence.every_events
     spec = LearnerSpec(job.model, job.events, job.features, load_transform(job))
     learner, latest = resume(store, spec)  # refuses a checkpoint of another model/events/features configuration
+    resumed = Resumed(latest.id, learner.state.events_learned) if latest is not None else None
+    if resumed is not None:
+        log.info(resumed.text())
     checkpointer = Checkpointer(store, learner, spec, cadence, restored=latest)  # keeps other jobs' positions
     start = None
     if latest is not None:
@@ -394,7 +404,7 @@ def learn(job: ReplayJobConfig, files: list[InputFile], options: ReplayOptions) 
     manifest = checkpointer.last_manifest if checkpointer.written else None
     board = leaderboard([candidate])
     result = ReplayResult("learn", len(files), source.lines, source.good, errors.count, seconds=time.monotonic() - started,
-                          leaderboard=board, position=loop.checkpoint_positions()[REPLAY], first_errors=errors.first)
+                          leaderboard=board, position=loop.checkpoint_positions()[REPLAY], first_errors=errors.first, resumed=resumed)
     if manifest is not None:
         result.checkpoint = {k: manifest[k] for k in ("id", "events_seen", "events_learned", "metrics", "positions")}
     if options.report_dir:

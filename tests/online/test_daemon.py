@@ -304,6 +304,27 @@ def test_keyed_models_split_partitions_and_survive_a_kill(tmp_path, kafka_bootst
     assert len(sources) == len(set(sources)) == len(events)  # the survivor took over the outputs too: each prediction once
 
 
+def test_a_run_that_resumes_a_checkpoint_says_so_and_counts_this_run_apart_from_the_total(tmp_path, kafka_bootstrap, topic):
+    produce(kafka_bootstrap, topic, [orjson.dumps(e) for e in PHISHING[:300]])
+    config = job_config(tmp_path, kafka_bootstrap, topic, "kafka-python")
+    first = run_daemon(config)
+    assert (first["events_learned"], first["events_learned_total"]) == (300, 300) and "resumed_from" not in first
+    checkpoint = CheckpointStore(str(tmp_path / "checkpoints")).load_latest().id
+    produce(kafka_bootstrap, topic, [orjson.dumps(e) for e in PHISHING[300:500]])
+    process = start_daemon(config, "--until-caught-up")
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err[-3000:]
+    second = json.loads(out.strip().splitlines()[-1])
+    assert (second["events_seen"], second["events_learned"], second["events_learned_total"]) == (200, 200, 500)  # per run, as replay counts
+    assert second["resumed_from"] == {"checkpoint": checkpoint, "events_learned": 300}
+    assert '"events_learned_before":300' in err  # the log's restore line says what the model had learned
+    from online.daemon import daemon_job_summary
+
+    text = daemon_job_summary(second).to_text().splitlines()
+    assert text[1:3] == [f"  resumed from checkpoint {checkpoint} (300 events learned before)",
+                         "  events_seen 200 · events_learned 200 · events_learned_total 500 · events_dead_lettered 0"]
+
+
 def test_metrics_and_health_endpoints(tmp_path, kafka_bootstrap, topic):
     from riverbeam.local_stack import free_port
 

@@ -33,7 +33,7 @@ def test_a_river_object_is_recorded_in_checkpoints_and_restored_without_it(tmp_p
     path = tmp_path / "p.jsonl"
     path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in PHISHING[:600]))
     summary = riverbeam.replay(model, [str(path)], mode="learn", target="label", checkpoint_uri=str(tmp_path / "ckpt"))
-    assert summary.counts == {"events_seen": 600, "events_dead_lettered": 0, "events_learned": 600}
+    assert summary.counts == {"events_seen": 600, "events_dead_lettered": 0, "events_learned": 600, "events_learned_total": 600}
     restored = riverbeam.restore_learner(riverbeam.checkpoint_store(str(tmp_path / "ckpt")).load_latest())
     assert restored.model_config.pipeline[1] == {"linear_model.LogisticRegression": {**restored.model_config.pipeline[1]["linear_model.LogisticRegression"], "l2": 0.01}}
     direct = riverbeam.learner(model, target="label")
