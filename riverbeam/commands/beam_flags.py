@@ -83,6 +83,9 @@ def accepted_flags_parser(options_cls: type | None) -> argparse.ArgumentParser:
 def check_beam_args(argv: list[str], options_cls: type | None, command: str = "COMMAND") -> list[str]:
     """`argv` for Beam (without ``--`` separators), after checking that Beam parses every argument.
 
+    For an embedded Flink (``--runner=FlinkRunner`` without ``--flink_master``) riverbeam's job
+    server jar and LOOPBACK workers are added unless given (`pipelines.java_services.runner_args`).
+
     Raises `UsageError` (exit 2) naming every flag neither the pipeline nor Beam defines, each with
     the closest known flag, or a known flag's bad value.
 
@@ -100,7 +103,9 @@ def check_beam_args(argv: list[str], options_cls: type | None, command: str = "C
     except argparse.ArgumentError as error:  # a known flag with a bad value (a wrong choice, not a number)
         raise UsageError(f"{command}: {error}") from None
     if not unknown:
-        return argv
+        from pipelines.java_services import runner_args
+
+        return runner_args(argv)  # an embedded Flink gets riverbeam's job server jar, never Beam's download
     known = [flag for action in parser._actions for flag in action.option_strings if flag.startswith("--")]
     problems = []
     for arg in unknown:
