@@ -162,11 +162,41 @@ class EventsConfig(Section):
     # A feature or numeric label beyond this (absolute value) makes the event a dead letter: a finite
     # 1e308 passes the finite check but overflows the model's sums and ruins it for good.
     max_abs_value: float | None = pydantic.Field(default=None, gt=0)
+    # A classifier's labels, declared: any other label is a dead letter (without it, the first label
+    # learned fixes the type family: text, or booleans and integers; see label_family below).
+    labels: list[bool | int | str] | None = pydantic.Field(default=None, min_length=1)
     # Per-key models (`key` set): at most this many stay in memory, the others wait pickled in a local
     # RocksDB (online.keyed_state); it changes memory and speed, never what is learned (not in the config hash).
     key_cache_size: int = pydantic.Field(default=100_000, ge=2)
     # Drop a key's model once it has not been used for this long (processing clock); counted as models_expired.
     key_ttl_seconds: float | None = pydantic.Field(default=None, gt=0)
+
+    @pydantic.field_validator("labels", mode="before")
+    @classmethod
+    def _labels_of_one_family(cls, value: Any) -> Any:
+        if type(value) is not list:
+            return value  # None, or the type error of a list
+        for label in value:
+            if type(label) not in (str, int, bool):
+                raise ValueError(f"a label is text, an integer or true/false, got {label!r}")
+        if len(set(value)) != len(value):  # true and 1 are one label, as in Python and River
+            raise ValueError(f"each label once (true is 1 and false is 0), got {value!r}")
+        families = {label_family(label) for label in value}
+        if len(families) > 1:
+            raise ValueError(f"labels must all be text or all booleans/integers (a classifier compares them), got {value!r}")
+        return value
+
+
+def label_family(label: Any) -> str:
+    """A classifier label's type family: ``"text"`` (strings) or ``"number"`` (booleans and integers).
+
+    River's classifiers compare and sort their labels (trees do): labels of one family compare,
+    text against a boolean raises ``TypeError``. So a classifier's labels must all be of one family.
+
+    >>> label_family("spam"), label_family(True), label_family(3)
+    ('text', 'number', 'number')
+    """
+    return "text" if type(label) is str else "number"
 
 
 class FeaturesConfig(Section):

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import collections
 import io
+import json
 import math
 import pickle
 import time
@@ -45,7 +46,7 @@ from typing import Any, Callable, Iterable
 from river import base, compose
 
 from core.errors import ConfigError
-from online.config import EventsConfig, ModelConfig, check_batch, check_drift_detector
+from online.config import EventsConfig, ModelConfig, check_batch, check_drift_detector, label_family
 from online.events import EventError, EventReader
 from online.keyed_state import KeyedModels
 from online.models import build_metrics, build_pipeline, metric_name
@@ -70,6 +71,7 @@ class LearnerState:
     labels_joined: int = 0
     labels_expired: int = 0
     models_expired: int = 0  # per-key models dropped by events.key_ttl_seconds
+    label_family: str | None = None  # a classifier's labels, once one was learned: "text" or "number" (online.config.label_family)
     format: int = STATE_FORMAT
 
 
@@ -183,6 +185,7 @@ class Learner:
         self.reader = EventReader(events, label_kind=label_kind(self.prototype), transform=transform)
         self._labels_tried: set = set()  # classifier labels the model is known to take (tried once on a copy)
         self._try_labels = self.kind == "class"
+        self._declared_labels = self._check_declared_labels(events)
         self.delayed = events.id is not None
         self.max_pending = events.delayed_labels.max_pending
         self.ttl = events.delayed_labels.ttl_seconds
@@ -376,6 +379,11 @@ class Learner:
         for key, (model, indices, xs, ys) in groups.items():
             try:
                 frame = pd.DataFrame(xs)  # as River's own mini-batch loop builds it (measured: faster than building columns here)
+                if len(frame.columns) * len(xs) != sum(map(len, xs)):  # an event lacks a column: its NaN would poison the model
+                    refused = uneven_features(xs)
+                    failures.extend((indices[i], EventError(reason)) for i, reason in refused.items())
+                    indices, xs, ys = ([item for i, item in enumerate(items) if i not in refused] for items in (indices, xs, ys))
+                    frame = pd.DataFrame(xs)
                 if probabilities:  # one dict per row, as to_dict("records") builds them, without its per-row overhead
                     proba = model.predict_proba_many(frame)
                     classes = list(proba.columns)
@@ -419,14 +427,44 @@ class Learner:
                 on_error(index, error)
         return learned
 
+    def _check_declared_labels(self, events: EventsConfig) -> frozenset | None:
+        """``events.labels`` as a set, checked against the model (`ConfigError` naming the key)."""
+        if events.labels is None:
+            return None
+        if self.kind != "class":
+            raise ConfigError("events.labels", "declares a classifier's labels, but this model is not a classifier: unset it")
+        if label_kind(self.prototype) == "binary" and any(label not in (0, 1) for label in events.labels):
+            raise ConfigError("events.labels", f"this model is a binary classifier (true/false or 1/0): {_json(events.labels)} cannot all be learned")
+        return frozenset(events.labels)
+
+    def _check_label(self, y) -> None:
+        """A new label must be one of ``events.labels``, or else of the type family of the labels
+        learned so far (`online.config.label_family`): River's trees compare labels, and one
+        ``"maybe"`` among booleans breaks every later event (or freezes the model). Raises `EventError`."""
+        if self._declared_labels is not None:
+            if y not in self._declared_labels:
+                raise EventError(f"label '{self.events_config.target}' cannot be learned by this model: {_json(y)} is not one of events.labels {_json(self.events_config.labels)}")
+            return
+        family, known = label_family(y), self.state.label_family
+        if known is not None and family != known:
+            expected = "text" if known == "text" else "booleans or integers"
+            raise EventError(
+                f"label '{self.events_config.target}' cannot be learned by this model: {_json(y)} is "
+                f"{'text' if family == 'text' else 'not text'}, and its labels are {expected} "
+                "(a classifier's labels must all be of one type; events.labels declares them)"
+            )
+
     def _try_label(self, model, x: dict, y) -> None:
         """Learn `y` once on a fresh clone of the model and copies of the metrics first (each label's first time only).
 
         River's own rules on labels differ by model (a binary model fails inside ``learn_one`` on a
         string): the clone finds out without touching the model or the metrics. A fresh clone, not
         a copy of `model`: copying a River object makes CPython drop its fast attribute layout
-        (measured: the learner's throughput fell 12%). Raises `EventError`.
+        (measured: the learner's throughput fell 12%). What a clone cannot see (a label of another
+        type than the model's, which trees accept once and then fail on, or freeze) is checked
+        first (`_check_label`). Raises `EventError`.
         """
+        self._check_label(y)
         try:
             trial, metrics = self.prototype.clone(), build_metrics(self.model_config.metrics, self.prototype)
             y_pred = getattr(trial, self._predict_name)(x)
@@ -437,6 +475,8 @@ class Learner:
         except Exception as error:
             raise EventError(f"label '{self.events_config.target}' cannot be learned by this model: {y!r} ({type(error).__name__}: {error})") from None
         self._labels_tried.add(y)
+        if self.state.label_family is None:
+            self.state.label_family = label_family(y)
 
     def _score_and_learn(self, model, x, y, y_pred) -> None:
         model.learn_one(x, y) if self._supervised else model.learn_one(x)  # before scoring: a failure leaves the metrics untouched
@@ -701,6 +741,37 @@ def fresh_model_factory(prototype: base.Estimator) -> Callable[[], base.Estimato
 
 
 
+def uneven_features(xs: list[dict]) -> dict[int, str]:
+    """The events of one mini-batch whose features are not the chunk's, each with its reason.
+
+    A chunk is learned as one table (`pandas.DataFrame`): an event missing a column, or bringing
+    one the others lack, would fill it with NaN, and River's ``learn_many`` turns a model's weights
+    to NaN on it, for good. The chunk's features are its most common feature set (the earliest of
+    equals); the events that differ are refused.
+
+    >>> uneven_features([{"a": 1, "b": 2}, {"a": 3}, {"a": 5, "b": 6}, {"a": 1, "b": 2, "c": 3}])
+    {1: "features differ from its mini-batch chunk's (2 of 4 events have them): missing 'b' (model.batch learns a chunk as one table: every event of a chunk needs the same features)", 3: "features differ from its mini-batch chunk's (2 of 4 events have them): extra 'c' (model.batch learns a chunk as one table: every event of a chunk needs the same features)"}
+    """
+    sets = [frozenset(x) for x in xs]
+    counts = collections.Counter(sets)
+    common = max(counts, key=counts.__getitem__)  # the first of the most common, in event order
+    refused = {}
+    for i, names in enumerate(sets):
+        if names != common:
+            parts = [f"{label} {_names(found)}" for label, found in (("missing", common - names), ("extra", names - common)) if found]
+            refused[i] = (
+                f"features differ from its mini-batch chunk's ({counts[common]} of {len(xs)} events have them): {'; '.join(parts)} "
+                "(model.batch learns a chunk as one table: every event of a chunk needs the same features)"
+            )
+    return refused
+
+
+def _names(names, shown: int = 5) -> str:
+    ordered = sorted(names)
+    text = ", ".join(repr(name) for name in ordered[:shown])
+    return text + (f" and {len(ordered) - shown} more" if len(ordered) > shown else "")
+
+
 def model_failure(error: BaseException) -> EventError:
     """An exception River raised for one event, as that event's `EventError` (its dead-letter reason).
 
@@ -708,6 +779,11 @@ def model_failure(error: BaseException) -> EventError:
     EventError("the model failed on this event: ValueError: invalid literal for int() with base 10: 'maybe'")
     """
     return EventError(f"the model failed on this event: {type(error).__name__}: {error}")
+
+
+def _json(value: Any) -> str:
+    """A label (or a list of them) as JSON text, as the user wrote it: ``true``, ``"spam"``."""
+    return json.dumps(value, default=repr)
 
 
 def _plain(value: Any) -> Any:

@@ -272,3 +272,97 @@ def test_a_drift_detector_that_is_not_one_is_a_configuration_error():
 
     with pytest.raises(ConfigError, match=r"drift.detector: .*LinearRegression is not a drift detector"):
         Learner(ModelConfig(pipeline=LOGREG, drift=DriftConfig(detector="linear_model.LinearRegression")), EventsConfig(target="y"))
+
+
+# -- what a label may be (issue 26, item 6) -----------------------------------------------------
+
+def river_on(events: list[dict], model, target="y") -> tuple[dict, object]:
+    """River's own progressive validation of `model` over `events` (Accuracy): (metrics, the model)."""
+    pairs = [({k: v for k, v in e.items() if k != target}, e[target]) for e in events]
+    accuracy = evaluate.progressive_val_score(pairs, model, metrics.Accuracy())
+    return {"Accuracy": accuracy.get()}, model
+
+
+def _river_models():
+    from river import forest, optim
+
+    return {
+        "tree.HoeffdingTreeClassifier": ([{"tree.HoeffdingTreeClassifier": {}}], tree.HoeffdingTreeClassifier),
+        "tree.ExtremelyFastDecisionTreeClassifier": ([{"tree.ExtremelyFastDecisionTreeClassifier": {}}], tree.ExtremelyFastDecisionTreeClassifier),
+        "forest.ARFClassifier": ([{"forest.ARFClassifier": {"n_models": 3, "seed": 7}}], lambda: forest.ARFClassifier(n_models=3, seed=7)),
+        "tree.HoeffdingAdaptiveTreeClassifier": ([{"tree.HoeffdingAdaptiveTreeClassifier": {"seed": 7}}], lambda: tree.HoeffdingAdaptiveTreeClassifier(seed=7)),
+        "linear_model.LogisticRegression": (LOGREG, lambda: preprocessing.StandardScaler() | linear_model.LogisticRegression(optimizer=optim.SGD(0.1))),
+        "linear_model.SoftmaxRegression": ([{"preprocessing.StandardScaler": {}}, {"linear_model.SoftmaxRegression": {}}],
+                                           lambda: preprocessing.StandardScaler() | linear_model.SoftmaxRegression()),
+    }
+
+
+IMAGE_SEGMENTS = events_of(datasets.ImageSegments())  # multiclass, text labels ("sky", "path", ...)
+
+
+@pytest.mark.parametrize("name, dataset, bad", [
+    ("tree.HoeffdingTreeClassifier", "Phishing", "maybe"),
+    ("tree.ExtremelyFastDecisionTreeClassifier", "Phishing", "maybe"),
+    ("forest.ARFClassifier", "Phishing", "maybe"),
+    ("tree.HoeffdingAdaptiveTreeClassifier", "Phishing", "maybe"),  # froze: Accuracy 0.826 -> 0.517, nothing dead-lettered
+    ("linear_model.LogisticRegression", "Phishing", "maybe"),
+    ("tree.HoeffdingTreeClassifier", "ImageSegments", 7),
+    ("linear_model.SoftmaxRegression", "ImageSegments", True),  # learned as a class of its own, silently
+])  # fmt: skip
+def test_one_label_of_another_type_is_the_only_dead_letter_and_the_model_is_rivers_on_the_good_events(name, dataset, bad):
+    spec, make = _river_models()[name]
+    good = PHISHING_EVENTS if dataset == "Phishing" else IMAGE_SEGMENTS
+    stream = [dict(e) for e in good]
+    stream.insert(300, {**good[0], "y": bad})
+    learner = Learner(ModelConfig(pipeline=spec, metrics=["Accuracy"]), EventsConfig(target="y"))
+    rejected: list = []
+    assert learner.process_many(stream, on_error=lambda i, e: rejected.append((i, str(e)))) == len(good)
+    assert [i for i, _ in rejected] == [300]
+    assert rejected[0][1].startswith("label 'y' cannot be learned by this model") and str(bad).lower() in rejected[0][1].lower()
+    expected, model = river_on([dict(e) for e in good], make())
+    assert learner.metric_values() == expected
+    probes = [{k: v for k, v in e.items() if k != "y"} for e in good[::97]]
+    assert [learner.state.models[None].predict_proba_one(dict(x)) for x in probes] == [model.predict_proba_one(dict(x)) for x in probes]
+
+
+def test_the_first_label_fixes_the_type_family_and_a_checkpoint_keeps_it():
+    learner = Learner(ModelConfig(pipeline=[{"tree.HoeffdingTreeClassifier": {}}]), EventsConfig(target="y"))
+    learner.process_many([dict(e) for e in PHISHING_EVENTS[:200]])
+    assert learner.state.label_family == "number"
+    restored = Learner.restore(learner.snapshot(), learner.model_config, learner.events_config)
+    with pytest.raises(EventError, match=r"^label 'y' cannot be learned by this model: \"maybe\" is text, and its labels are booleans or integers"):
+        restored.process({**PHISHING_EVENTS[0], "y": "maybe"})
+    assert restored.process({**PHISHING_EVENTS[0], "y": 2}).learned  # a new class of the same family: a multiclass tree takes it
+    text = Learner(ModelConfig(pipeline=[{"tree.HoeffdingTreeClassifier": {}}]), EventsConfig(target="y"))
+    text.process({"a": 1.0, "y": "sky"})
+    with pytest.raises(EventError, match=r"0 is not text, and its labels are text"):
+        text.process({"a": 1.0, "y": 0})
+
+
+def test_declared_labels_refuse_every_other_label_even_the_first():
+    spec = [{"tree.HoeffdingTreeClassifier": {}}]
+    events = EventsConfig(target="y", labels=[True, False])
+    stream = [{**PHISHING_EVENTS[0], "y": "maybe"}] + [dict(e) for e in PHISHING_EVENTS]
+    stream.insert(500, {**PHISHING_EVENTS[1], "y": 2})  # the same type family, but not declared
+    learner = Learner(ModelConfig(pipeline=spec, metrics=["Accuracy"]), events)
+    rejected: list = []
+    learner.process_many(stream, on_error=lambda i, e: rejected.append((i, str(e))))
+    assert rejected == [(0, "label 'y' cannot be learned by this model: \"maybe\" is not one of events.labels [true, false]"),
+                        (500, "label 'y' cannot be learned by this model: 2 is not one of events.labels [true, false]")]
+    assert learner.metric_values() == river_on([dict(e) for e in PHISHING_EVENTS], tree.HoeffdingTreeClassifier())[0]
+
+
+def test_declared_labels_must_fit_the_model_and_be_of_one_type():
+    from core.configuration import parse_config
+    from core.errors import ConfigError
+    from online.config import ReplayJobConfig
+
+    with pytest.raises(ConfigError, match="^events.labels: declares a classifier's labels, but this model is not a classifier"):
+        Learner(ModelConfig(pipeline=[{"linear_model.LinearRegression": {}}], metrics=["MAE"]), EventsConfig(target="y", labels=[1, 2]))
+    with pytest.raises(ConfigError, match=r'^events.labels: this model is a binary classifier \(true/false or 1/0\): \["spam", "ham"\] cannot all be learned'):
+        Learner(ModelConfig(pipeline=LOGREG), EventsConfig(target="y", labels=["spam", "ham"]))
+    job = {"model": {"pipeline": LOGREG}}
+    for labels, message in [([True, 1], "each label once"), (["a", 1], "all be text or all booleans/integers"), ([0.5], "got 0.5"), ([None], "got None"), ([], "at least 1")]:
+        with pytest.raises(ConfigError, match=f"^events.labels: .*{message}"):
+            parse_config({**job, "events": {"target": "y", "labels": labels}}, ReplayJobConfig, environ={})
+    assert parse_config({**job, "events": {"target": "y", "labels": [True, False]}}, ReplayJobConfig, environ={}).events.labels == [True, False]

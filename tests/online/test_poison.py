@@ -197,3 +197,38 @@ def test_a_closed_output_pipe_ends_quietly(tmp_path):
     save_learner(CheckpointStore(str(tmp_path / "ckpt")), learner, positions={})
     shown = subprocess.run(f"{sys.executable} -m riverbeam.cli checkpoints show {tmp_path / 'ckpt'} | head -1", shell=True, capture_output=True, text=True, timeout=60)
     assert shown.stdout.strip() and "Traceback" not in shown.stderr and "BrokenPipe" not in shown.stderr, shown.stderr
+
+
+@pytest.mark.parametrize("case", ["mini-batch: a missing and an extra feature", "tree: a text label among booleans"])
+def test_the_daemon_dead_letters_an_event_that_would_break_the_model_for_good(tmp_path, kafka_bootstrap, topic, case):
+    """Issue 26, items 5 and 6, through the daemon: that event alone is a dead letter, the model is River's on the others."""
+    from river import evaluate, metrics, tree
+
+    from tests.online.test_batch import LOGREG, reference_without
+
+    values = [orjson.dumps(e) for e in PHISHING]
+    if case.startswith("mini-batch"):
+        missing, extra = dict(PHISHING[200]), {**PHISHING[401], "extra": 1.0}
+        del missing["long_url"]
+        values[200], values[401] = orjson.dumps(missing), orjson.dumps(extra)
+        model = {"pipeline": LOGREG, "metrics": ["Accuracy", "LogLoss"], "batch": {"size": 100}}
+        expected = reference_without(PHISHING, {200, 401}, 100)[0]
+        reasons = {200: "missing 'long_url'", 401: "extra 'extra'"}
+    else:
+        values[300] = orjson.dumps({**PHISHING[300], "label": "maybe"})
+        model = {"pipeline": [{"tree.HoeffdingTreeClassifier": {}}], "metrics": ["Accuracy"]}
+        good = [e for i, e in enumerate(PHISHING) if i != 300]
+        pairs = [({k: v for k, v in e.items() if k != "label"}, e["label"]) for e in good]
+        expected = {"Accuracy": evaluate.progressive_val_score(pairs, tree.HoeffdingTreeClassifier(), metrics.Accuracy()).get()}
+        reasons = {300: '"maybe" is text, and its labels are booleans or integers'}
+    produce_values(kafka_bootstrap, topic, values)
+    config = job_config(tmp_path, kafka_bootstrap, topic, "kafka-python", kafka={"dead_letter_topic": f"{topic}.dlq"}, model=model)
+    process = start_daemon(config, "--until-caught-up")
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0 and "Traceback" not in err, err[-3000:]
+    unit = json.loads(out.strip().splitlines()[-1])["units"]["all"]
+    assert unit["events_learned"] == len(PHISHING) - len(reasons) and unit["metrics"] == expected
+    dead = [read_dead_letter(r.value) for r in read_topic(kafka_bootstrap, f"{topic}.dlq")]
+    assert sorted(d["source"]["offset"] for d in dead) == sorted(reasons)
+    assert all(reasons[d["source"]["offset"]] in d["reason"] for d in dead)
+    assert CheckpointStore(str(tmp_path / "checkpoints")).load_latest().manifest["metrics"] == expected  # nothing damaged was checkpointed
