@@ -422,6 +422,20 @@ def list_models() -> dict[str, list[str]]:
     return {kind: sorted(names) for kind, names in kinds.items()}
 
 
+def spec_form(name: str) -> str:
+    """How a listed name is written in a spec when its class takes ``*args`` (else the name itself).
+
+    >>> spec_form("compose.TransformerUnion"), spec_form("linear_model.LogisticRegression")
+    ('compose.TransformerUnion: {transformers: [...]}', 'linear_model.LogisticRegression')
+    """
+    try:
+        parameters = inspect.signature(resolve_river_class(name, name)).parameters.values()
+    except (ConfigError, TypeError, ValueError):
+        return name
+    varargs = next((p.name for p in parameters if p.kind is inspect.Parameter.VAR_POSITIONAL), None)
+    return f"{name}: {{{varargs}: [...]}}" if varargs else name
+
+
 def _can_be_built(cls: type) -> bool:
     """Whether a model spec can build `cls`: not abstract, its ``*args`` writable, and River's test parameters make one."""
     if inspect.isabstract(cls) or cls.__module__.startswith("river.base") or cls in _UNWRITABLE_VARARGS:

@@ -204,3 +204,37 @@ def test_models_list_offers_exactly_what_builds():
         from online.models import build_metric
 
         build_metric(metric, "m")
+
+
+def test_the_readmes_composition_example_builds(tmp_path, monkeypatch):
+    import re
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = re.search(r"\*\*Composition\*\*.*?```yaml\n(.*?)```", readme, re.S).group(1)
+    (tmp_path / "myproject").mkdir()
+    (tmp_path / "myproject" / "__init__.py").write_text("")
+    (tmp_path / "myproject" / "steps.py").write_text("def ratios(x):\n    return {'income_per_age': x['income'] / max(x['age'], 1)}\n")
+    monkeypatch.chdir(tmp_path)  # found in the working directory, as a user's `riverbeam` run finds it
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(sys, "modules", dict(sys.modules))
+    config = ModelConfig(**yaml.safe_load(example)["model"])
+    config.check_semantics()
+    Learner(config, EventsConfig(target="label")).process({"age": 30, "income": 60.0, "id": 7, "city_size": 3.0, "label": True})
+    model = build_pipeline(config.pipeline, modules=config.custom_modules)
+    model.learn_one({"age": 30, "income": 60.0, "id": 7, "city_size": 3.0}, True)
+    union = model["TransformerUnion"]
+    assert sorted(union.transform_one({"age": 30, "income": 60.0, "id": 7, "city_size": 3.0})) == ["age", "city_size", "income", "income_per_age"]
+
+
+def test_models_list_shows_how_star_args_are_written(capsys):
+    from riverbeam.cli import main
+
+    assert main(["models", "list", "--kind", "estimators"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "  compose.Select: {keys: [...]}" in lines and "  compose.TransformerUnion: {transformers: [...]}" in lines
+    assert "  linear_model.LogisticRegression" in lines
+    assert not [line for line in lines if "SelectType" in line or line.strip().startswith("base.")]
