@@ -1,15 +1,23 @@
-"""The README's quick starts run as written: one story, executed block by block in a fresh directory.
+"""The README runs as written, on what a new user has: a fresh copy of the repository and a fresh venv.
 
-Every fenced ``bash`` block between ``<!-- story:begin -->`` and ``<!-- story:end -->`` runs, in
-order, in one ``bash -euo pipefail`` script (``pip install`` lines are skipped: the suite runs in
-the installed checkout). The story checks its own claims (for example that the daemon's metrics
-equal replay's), so a README that drifts from the code fails here.
+Every fenced ``bash`` block of the README either belongs to a *story* or says why it is not run:
+
+* ``<!-- story:begin NAME -->`` ... ``<!-- story:end -->``: the bash blocks between run in order, in
+  one ``bash -euo pipefail`` script, **``pip install`` lines included**, in a fresh copy of the
+  repository's files with a fresh venv of its own (nothing of the test's environment leaks in: the
+  story installs what it uses, or fails as a new user's would). Stories check their own claims (the
+  daemon's metrics equal replay's, a prediction equals serve's answer), so a README that drifts from
+  the code fails here.
+* ``<!-- not run: REASON -->`` right before a block: why no test runs it here.
+
+The "Test it" command is .ci/run's own (checked to be the same words), so CI runs it on every submission.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,41 +27,110 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 BLOCK = re.compile(r"^```bash\n(.*?)^```", re.S | re.M)
+MARK = re.compile(r"<!-- (story:begin (?P<story>[\w-]+)|story:end|not run: (?P<reason>.+?)) -->")
 
 
-def story_blocks(text: str) -> list[str]:
-    """The bash blocks of the README's story, in order.
+def command_blocks(text: str) -> list[tuple[str | None, str | None, str]]:
+    """Every bash block of a README as ``(story, not_run_reason, block)``, in order.
 
-    >>> story_blocks("x\\n<!-- story:begin -->\\n```bash\\necho 1\\n```\\n```python\\nno\\n```\\n<!-- story:end -->\\n```bash\\nno\\n```\\n")
-    ['echo 1\\n']
+    >>> text = '''<!-- story:begin a -->
+    ... ```bash
+    ... echo 1
+    ... ```
+    ... <!-- story:end -->
+    ... <!-- not run: needs a cloud -->
+    ... ```bash
+    ... gcloud x
+    ... ```
+    ... ```bash
+    ... echo orphan
+    ... ```
+    ... '''
+    >>> command_blocks(text)
+    [('a', None, 'echo 1\\n'), (None, 'needs a cloud', 'gcloud x\\n'), (None, None, 'echo orphan\\n')]
     """
-    begin, end = text.find("<!-- story:begin -->"), text.find("<!-- story:end -->")
-    if begin < 0 or end < begin:
-        return []
-    return BLOCK.findall(text[begin:end])
+    blocks = []
+    story, reason, position = None, None, 0
+    events = sorted([(m.start(), "mark", m) for m in MARK.finditer(text)] + [(m.start(), "block", m) for m in BLOCK.finditer(text)], key=lambda e: e[0])
+    for start, kind, match in events:
+        if kind == "mark":
+            if match.group("story"):
+                story = match.group("story")
+            elif match.group("reason"):
+                reason, position = match.group("reason"), match.end()
+            else:
+                story = None
+            continue
+        said = reason if reason is not None and not text[position:start].strip() else None
+        blocks.append((story, said, match.group(1)))
+        reason = None
+    return blocks
 
 
-def runnable(block: str) -> str:
-    """The block as the test runs it: ``pip install`` lines become no-ops (the checkout is installed)."""
-    return "\n".join(":  # (installed)" if line.lstrip().startswith("pip install") else line for line in block.splitlines())
+def stories(text: str) -> dict[str, str]:
+    """Each story's script: its blocks joined in order."""
+    scripts: dict[str, list[str]] = {}
+    for story, _, block in command_blocks(text):
+        if story:
+            scripts.setdefault(story, []).append(block)
+    return {name: "\n".join(blocks) for name, blocks in scripts.items()}
 
 
-def test_the_readme_has_a_story():
-    blocks = story_blocks(README.read_text())
-    assert len(blocks) >= 3
-    assert any("riverbeam local up" in b for b in blocks) and any("riverbeam local down" in b for b in blocks)
+def fresh_copy(destination: Path) -> Path:
+    """The repository's files as a clone has them (tracked, plus new files git does not ignore)."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    return destination
+
+
+def new_user_environment(venv: Path) -> dict[str, str]:
+    """This process's environment less its venv and the local stack it started: a fresh venv first on PATH."""
+    ours = str(Path(sys.executable).parent)
+    path = [str(venv / "bin")] + [p for p in os.environ["PATH"].split(os.pathsep) if p != ours]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RIVERBEAM", "PYTEST")) and k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    for name in ("STORAGE_EMULATOR_HOST", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_REGION"):
+        env.pop(name, None)  # the story sets what it needs itself
+    return dict(env, PATH=os.pathsep.join(path), VIRTUAL_ENV=str(venv), NO_GCE_CHECK="true", PIP_DISABLE_PIP_VERSION_CHECK="1")
+
+
+def test_every_command_block_runs_in_a_story_or_says_why_not():
+    orphans = [block.splitlines()[0] for story, reason, block in command_blocks(README.read_text()) if story is None and reason is None]
+    assert orphans == [], f"README bash blocks neither in a story nor marked '<!-- not run: why -->': {orphans}"
+    assert {"run-it", "main"} <= stories(README.read_text()).keys()
+
+
+def test_the_readme_test_command_is_what_ci_runs():
+    [(_, reason, block)] = [b for b in command_blocks(README.read_text()) if "python -m pytest" in b[2]]
+    ci = (ROOT / ".ci" / "run").read_text()
+    [ci_command] = re.findall(r'^test_command="(.*)"$', ci, re.M)
+    assert block.strip() == ci_command, "README's 'Test it' and .ci/run must be the same command"
+    assert reason and ".ci/run" in reason
+
+
+def test_the_main_story_starts_and_stops_the_local_stack():
+    script = stories(README.read_text())["main"]
+    assert "riverbeam local up" in script and "riverbeam local down" in script
 
 
 @pytest.mark.slow
-def test_the_readme_story_runs_as_written(tmp_path):
-    script = "\n".join(runnable(block) for block in story_blocks(README.read_text()))
-    env = dict(os.environ, NO_GCE_CHECK="true", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    for name in ("STORAGE_EMULATOR_HOST", "AWS_ENDPOINT_URL"):
-        env.pop(name, None)  # the story sets what it needs itself
+@pytest.mark.timeout(1500)
+@pytest.mark.parametrize("name", sorted(stories(README.read_text())))
+def test_the_readme_story_runs_as_written(name, tmp_path):
+    script = stories(README.read_text())[name]
+    clone = fresh_copy(tmp_path / "riverbeam")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    env = new_user_environment(venv)
     try:
-        result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env,
-                                capture_output=True, text=True, timeout=600)
+        result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=clone, env=env, capture_output=True, text=True, timeout=1400)
     finally:  # never leave the story's servers running, whatever happened
-        subprocess.run([sys.executable, "-m", "riverbeam.cli", "local", "down"], cwd=tmp_path, env=env, capture_output=True, timeout=60)
-    assert result.returncode == 0, f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}"
-    assert "Traceback" not in result.stderr
+        riverbeam = shutil.which("riverbeam", path=env["PATH"]) or shutil.which("riverbeam", path=str(clone / ".venv" / "bin"))
+        if riverbeam and (clone / ".riverbeam").exists():
+            subprocess.run([riverbeam, "local", "down"], cwd=clone, env=env, capture_output=True, timeout=60)
+    assert result.returncode == 0, f"story {name}: exit {result.returncode}\nstdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-6000:]}"
+    assert "Traceback" not in result.stderr, result.stderr[-6000:]
