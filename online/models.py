@@ -463,6 +463,8 @@ def describe_model(model: base.Estimator) -> tuple[list[dict], list[str]]:
     `custom_modules`. A parameter that a spec cannot hold (a lambda, an arbitrary object) is a
     `ConfigError` naming it.
 
+    A class's module is listed by its top-level package, a function's by its own module.
+
     >>> from river import compose, linear_model, optim, preprocessing
     >>> pipeline, modules = describe_model(preprocessing.StandardScaler() | linear_model.LogisticRegression(optimizer=optim.SGD(0.1)))
     >>> pipeline[1]["linear_model.LogisticRegression"]["optimizer"]
@@ -528,7 +530,10 @@ def _is_class_pair(value: Any) -> bool:
 def _ordered(values: Any) -> list:
     """A set as a sorted list (the spec, its hash and the next process agree), other sequences as they are."""
     if isinstance(values, (set, frozenset)):
-        return sorted(values, key=lambda v: (type(v).__name__, v))
+        try:
+            return sorted(values, key=lambda v: (type(v).__name__, v))
+        except TypeError:  # members that do not compare (objects): by their text, still the same in every process
+            return sorted(values, key=repr)
     return list(values)
 
 
@@ -574,6 +579,6 @@ def _public_name(cls: type, modules: list[str], path: str) -> str:
             except ConfigError:
                 continue
         raise ConfigError(path, f"{cls.__module__}.{cls.__name__} is not a public river class")
-    if cls.__module__ not in modules:
-        modules.append(cls.__module__)
+    if parts[0] not in modules:  # the top-level package, as checkpoints written before recorded it (their hash stays)
+        modules.append(parts[0])
     return f"{cls.__module__}.{cls.__name__}"
