@@ -3,8 +3,12 @@
 The target is the job's ``kafka:`` section, the same section the daemon reads (``bootstrap_servers``,
 ``topic``, ``client``, ``producer`` options); ``--topic``, ``--bootstrap-servers`` and ``--kafka-client``
 override it. Records carry headers ``riverbeam-file`` and ``riverbeam-line`` and all go to ONE partition, in
-replay order. On start, the partition's last record names the last line produced and the backfill
-continues after it (see `online.replay` for the guarantee and its limits).
+replay order. The resume key is per file: on start, the partition's records say the last line produced
+of every file (a file's lines go out in order, so every line up to it is there), and the backfill
+produces every input line past its file's last one. So an interrupted backfill continues where it
+stopped, a second file is appended after the first (whether it sorts before or after it, passed alone
+or with the first), and a re-run produces nothing and says so (see `online.replay` for the guarantee
+and its limits).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import orjson
 
 from online.config import KafkaConfig, ReplayJobConfig
 from online.errors_file import ErrorLog, ReplayError
-from online.readers import InputFile, ReplayPosition
+from online.readers import InputFile
 from online.replay import FILE_HEADER, LINE_HEADER, ReplayOptions, ReplayResult
 from online.sources import FileSource, progress_bar
 from core.errors import RiverbeamError, UsageError
@@ -44,27 +48,42 @@ def backfill_kafka_config(job: ReplayJobConfig, options: ReplayOptions) -> Kafka
     return KafkaConfig.model_validate(merged, strict=False)
 
 
-def last_produced(kafka: KafkaConfig, partition: int) -> tuple[str, int] | None:
-    """``(file, line)`` of the last record in the backfill's partition, or None when it is empty.
+SCAN_TIMEOUT_S = 600.0  # reading the partition back to find what is in it
 
-    Raises `ReplayError` when that record was not written by a backfill (no source headers).
+
+def _source_of(record) -> tuple[str, int] | None:
+    headers = dict(record.headers or ())
+    if FILE_HEADER not in headers or LINE_HEADER not in headers:
+        return None
+    return headers[FILE_HEADER].decode(), int(headers[LINE_HEADER])
+
+
+def produced_lines(kafka: KafkaConfig, partition: int) -> dict[str, int]:
+    """The last line produced of each file in the backfill's partition (``{file: line}``; empty: nothing yet).
+
+    Reads the partition back once (its source headers). Raises `ReplayError` when its last record
+    was not written by a backfill (no source headers): riverbeam does not append to a foreign stream.
     """
-    from online.kafka_clients import create_topic, read_tail
+    from online.kafka_clients import create_topic, read_records, read_tail
 
     create_topic(kafka.bootstrap_servers, kafka.topic, partitions=1)
     tails = read_tail(kafka, kafka.topic, 1)
     if partition not in tails:
         raise UsageError(f"topic {kafka.topic} has no partition {partition} (it has {sorted(tails)})")
-    tail = tails[partition]
-    if not tail:
-        return None
-    headers = dict(tail[-1].headers or ())
-    if FILE_HEADER not in headers or LINE_HEADER not in headers:
+    if not tails[partition]:
+        return {}
+    if _source_of(tails[partition][-1]) is None:
         raise ReplayError(
             f"topic {kafka.topic} partition {partition} already holds records not written by a backfill "
             f"(no {FILE_HEADER}/{LINE_HEADER} headers): refusing to append; use an empty topic"
         )
-    return headers[FILE_HEADER].decode(), int(headers[LINE_HEADER])
+    elsewhere = {p: 1 << 62 for p in tails if p != partition}  # only this partition is read
+    done: dict[str, int] = {}
+    for record in read_records(kafka, kafka.topic, {partition: 0, **elsewhere}, timeout_s=SCAN_TIMEOUT_S):
+        source = _source_of(record) if record.partition == partition else None
+        if source is not None and source[1] > done.get(source[0], 0):
+            done[source[0]] = source[1]
+    return done
 
 
 def backfill(job: ReplayJobConfig, files: list[InputFile], options: ReplayOptions) -> ReplayResult:
@@ -75,33 +94,23 @@ def backfill(job: ReplayJobConfig, files: list[InputFile], options: ReplayOption
     from online.kafka_clients import make_producer
 
     started = time.monotonic()
-    last = last_produced(kafka, options.partition)
-    start, skip_until = None, None
-    if last is not None:
-        names = {f.name for f in files}
-        if last[0] not in names:
-            raise ReplayError(f"the topic's last record came from {last[0]}, which is not among the inputs: is this the same backfill?")
-        if job.events.time is None:
-            start = ReplayPosition(file=last[0], line=last[1])
-        else:
-            skip_until = last
+    done = produced_lines(kafka, options.partition)  # the resume key, per file
     errors = ErrorLog(options.errors_path, options.max_errors)
-    source = FileSource(files, job.events.time, job.events.categorical, start, max_events=256, progress=progress_bar(options.progress, files))
+    source = FileSource(files, job.events.time, job.events.categorical, max_events=256, progress=progress_bar(options.progress, files))
+    already = [done.get(f.name, 0) for f in files]  # by file index: lines up to this one are in the topic
+    skipped = 0
     producer = make_producer(kafka)
     sink = BackfillSink(producer, kafka.topic, options.partition, files, job.events.key, options.rate)
     try:
         for batch in source:
             for index, record in enumerate(batch.records):
-                if record.event is None:
+                if record.line <= already[record.file_index]:
+                    skipped += 1  # produced by an earlier run (a bad line there was reported then)
+                elif record.event is None:
                     errors.dead_letter(batch, index, record.reason)
-                elif skip_until is not None:
-                    if (files[record.file_index].name, record.line) == skip_until:
-                        skip_until = None
                 else:
                     sink.send(record)
             sink.flush_every(5000)
-        if skip_until is not None:
-            raise ReplayError(f"the topic's last record ({skip_until[0]}: line {skip_until[1]}) was not met in the inputs: is this the same backfill?")
         producer.flush()
     finally:
         errors.close()
@@ -110,7 +119,11 @@ def backfill(job: ReplayJobConfig, files: list[InputFile], options: ReplayOption
         except RiverbeamError as error:
             log.warning("closing the producer: %s", error)
     produced = sink.produced
-    return ReplayResult("backfill", len(files), source.lines, source.good, errors.count, produced=produced,
+    if skipped:
+        log.info("backfill: %d input lines were already in %s[%d], produced by an earlier run: skipped", skipped, kafka.topic, options.partition)
+    if source.lines and not produced and skipped == source.lines:
+        log.warning("backfill: nothing new to produce: every input line is already in %s[%d]", kafka.topic, options.partition)
+    return ReplayResult("backfill", len(files), source.lines, source.good, errors.count, produced=produced, already_produced=skipped,
                         seconds=time.monotonic() - started, position=source.position()["replay"], first_errors=errors.first)
 
 

@@ -20,11 +20,12 @@ Modes (chosen by `online.replay_job.run_replay`):
   and a leaderboard sorted by the headline metric (the first candidate's first metric).
 * **backfill** — produce each event as a JSON record to a Kafka topic, at most ``rate`` events
   per second. Records carry headers ``riverbeam-file`` and ``riverbeam-line`` and all go to ONE
-  partition (``partition``, 0 by default), in replay order. On start, the last record of that
-  partition names the last line produced, and the backfill continues after it: an interrupted
-  backfill, even killed with ``kill -9``, produces every event exactly once provided nothing else
-  writes to that partition (the producer is idempotent and ordered, so the partition never holds
-  a record whose predecessors are missing). A topic whose last record lacks the headers is refused.
+  partition (``partition``, 0 by default), in replay order. On start, the partition's records name
+  the last line produced of each file, and the backfill produces every input line past its file's:
+  an interrupted backfill, even killed with ``kill -9``, produces every event exactly once provided
+  nothing else writes to that partition (the producer is idempotent and ordered, so the partition
+  never holds a record whose predecessors are missing), and a new file is appended after what is
+  there. A topic whose last record lacks the headers is refused.
   (`online.backfill`.)
 * **search** (``search > 0`` in evaluate mode) — Optuna trials over the ranges of a `SearchConfig`,
   progressive validation as the objective; ``search.parallel`` trials share one pass over the data.
@@ -109,6 +110,7 @@ class ReplayResult:
     first_errors: list[dict] = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)
     resumed: Resumed | None = None  # the model continued from a checkpoint
+    already_produced: int = 0  # backfill: input lines an earlier run had produced, skipped
 
     def job_summary(self) -> JobSummary:
         """The run as the summary every command ends with (`core.summary`): the same count names everywhere.
@@ -126,6 +128,8 @@ class ReplayResult:
         if self.mode == "backfill":
             counts["events_produced"] = self.produced
         details: dict = {"files": self.files}
+        if self.already_produced:
+            details["already_produced"] = self.already_produced  # never a silent events_produced 0
         if len(self.leaderboard) > 1:
             details["leaderboard"] = [{"rank": r["rank"], "model": r["model"], **r["metrics"]} for r in self.leaderboard]
         if self.first_errors:
@@ -267,12 +271,15 @@ class Evaluation:
         transform = load_transform(job)
         self.candidates = [Candidate(name, Learner(model, job.events, transform)) for name, model in zip(candidate_names(models), models)]
         self.resumed: Resumed | None = None
+        self.resumed: Resumed | None = None
         if options.checkpoint_uri:  # evaluate a checkpointed model on new data: read, never written
             latest = _checkpoint_store(job, options.checkpoint_uri, options).load_latest()
             if latest is not None:
                 if len(self.candidates) != 1:
                     raise UsageError("--checkpoint-uri in evaluate mode starts one model from its checkpoint: configure one model")
                 self.candidates[0].learner = LearnerSpec(models[0], job.events, job.features, transform).restore(latest)
+                self.resumed = Resumed(latest.id, self.candidates[0].learner.state.events_learned)
+                log.info(self.resumed.text())
                 self.resumed = Resumed(latest.id, self.candidates[0].learner.state.events_learned)
                 log.info(self.resumed.text())
         self.rows: list[dict] = []
@@ -358,6 +365,9 @@ def learn(job: ReplayJobConfig, files: list[InputFile], options: ReplayOptions) 
     every_events = cadence.every_events
     spec = LearnerSpec(job.model, job.events, job.features, load_transform(job))
     learner, latest = resume(store, spec)  # refuses a checkpoint of another model/events/features configuration
+    resumed = Resumed(latest.id, learner.state.events_learned) if latest is not None else None
+    if resumed is not None:
+        log.info(resumed.text())
     resumed = Resumed(latest.id, learner.state.events_learned) if latest is not None else None
     if resumed is not None:
         log.info(resumed.text())

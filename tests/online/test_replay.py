@@ -128,6 +128,27 @@ def test_a_run_that_resumes_a_checkpoint_says_so_and_counts_this_run_apart_from_
     assert third["resumed_from"]["events_learned"] == 500
 
 
+def test_a_run_that_resumes_a_checkpoint_says_so_and_counts_this_run_apart_from_the_total(tmp_path, capsys):
+    events = phishing_events()
+    write_jsonl(tmp_path / "day-1.jsonl", events[:300])
+    config = write_yaml(tmp_path / "job.yaml", {**JOB, "checkpoint": {"uri": str(tmp_path / "ckpt")}})
+    argv = ["replay", "--config", config, "--input", str(tmp_path / "*.jsonl"), "--no-progress"]
+    assert main([*argv, "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert (first["events_learned"], first["events_learned_total"]) == (300, 300) and "resumed_from" not in first
+    checkpoint = CheckpointStore(str(tmp_path / "ckpt")).load_latest().id
+    write_jsonl(tmp_path / "day-2.jsonl", events[300:500])
+    assert main(argv) == 0
+    text = capsys.readouterr().out.splitlines()
+    assert text[1:3] == [f"  resumed from checkpoint {checkpoint} (300 events learned before)",
+                         "  events_seen 200 · events_learned 200 · events_learned_total 500 · events_dead_lettered 0"]
+    write_jsonl(tmp_path / "day-3.jsonl", events[500:600])
+    assert main([*argv, "--json"]) == 0
+    third = json.loads(capsys.readouterr().out)
+    assert (third["events_seen"], third["events_learned"], third["events_learned_total"]) == (100, 100, 600)  # per run, as the daemon counts
+    assert third["resumed_from"]["events_learned"] == 500
+
+
 def _latest_sequence(path) -> int:
     try:
         return json.loads((path / "LATEST").read_text())["sequence"]
@@ -305,6 +326,33 @@ def test_backfill_resumes_after_kill_9_without_duplicates(tmp_path, kafka_bootst
     records = consume_all(kafka_bootstrap, topic, 1250)
     assert [int(dict(r.headers)[LINE_HEADER]) for r in records] == list(range(1, 1251))
     assert [orjson.loads(r.value) for r in records] == events
+
+
+def test_backfill_appends_new_files_after_what_the_topic_holds_whatever_their_names_sort_as(tmp_path, kafka_bootstrap, topic, capsys, caplog, monkeypatch):
+    events = phishing_events()
+    for name, part in (("m.jsonl", events[:600]), ("z.jsonl", events[600:900]), ("a.jsonl", events[900:])):
+        write_jsonl(tmp_path / name, part)
+    config = write_yaml(tmp_path / "job.yaml", {**JOB, "kafka": {"bootstrap_servers": kafka_bootstrap, "topic": topic}})
+
+    def backfill(*names: str) -> dict:
+        inputs = [flag for name in names for flag in ("--input", str(tmp_path / name))]
+        assert main(["replay", "--config", config, *inputs, "--mode", "backfill", "--json", "--no-progress"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    assert backfill("m.jsonl")["events_produced"] == 600
+    assert backfill("z.jsonl")["events_produced"] == 300  # a second file alone: appended (was refused)
+    both = backfill("a.jsonl", "m.jsonl", "z.jsonl")  # a.jsonl sorts first: appended too (was events_produced 0, silently)
+    assert (both["events_produced"], both["already_produced"]) == (350, 900)
+    again = backfill("a.jsonl", "m.jsonl", "z.jsonl")  # nothing new: said, not silent
+    assert (again["events_seen"], again["events_produced"], again["already_produced"]) == (1250, 0, 1250)
+    assert f"backfill: nothing new to produce: every input line is already in {topic}[0]" in caplog.messages
+    records = consume_all(kafka_bootstrap, topic, 1250)
+    sources = [(os.path.basename(dict(r.headers)[FILE_HEADER].decode()), int(dict(r.headers)[LINE_HEADER])) for r in records]
+    assert sources == [("m.jsonl", i) for i in range(1, 601)] + [("z.jsonl", i) for i in range(1, 301)] + [("a.jsonl", i) for i in range(1, 351)]
+    assert [orjson.loads(r.value) for r in records] == events[:900] + events[900:]
+    monkeypatch.chdir(tmp_path)  # the resume key is the file's full name: a relative spelling is the same file
+    assert main(["replay", "--config", config, "--input", "m.jsonl", "--mode", "backfill", "--json", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["events_produced"] == 0
 
 
 def test_backfill_refuses_a_topic_with_foreign_records(tmp_path, kafka_bootstrap, topic):
