@@ -239,3 +239,33 @@ def test_models_list_shows_how_star_args_are_written(capsys):
     assert "  compose.Select: {keys: [...]}" in lines and "  compose.TransformerUnion: {transformers: [...]}" in lines
     assert "  linear_model.LogisticRegression" in lines
     assert not [line for line in lines if "SelectType" in line or line.strip().startswith("base.")]
+
+
+def test_a_target_transform_with_library_functions_is_described_and_learns_like_river():
+    import math
+
+    def river_model():
+        return compose.TargetTransformRegressor(
+            regressor=preprocessing.StandardScaler() | linear_model.LinearRegression(), func=math.log1p, inverse_func=math.expm1)
+
+    pipeline, modules = describe_model(river_model())
+    params = pipeline[0]["compose.TargetTransformRegressor"]
+    assert (params["func"], params["inverse_func"], modules) == ("math:log1p", "math:expm1", ["math"])
+    config = ModelConfig(pipeline=pipeline, custom_modules=modules, metrics=["MAE"])
+    assert learner_scores(config, datasets.TrumpApproval(), target="y") == river_scores(river_model(), datasets.TrumpApproval(), ["MAE"])
+
+
+def test_a_composed_model_checkpoints_and_restores(tmp_path):
+    from online.persistence import checkpoint_store, restore_learner, save_learner
+
+    config = ModelConfig(custom_modules=[MODULE], pipeline=PHISHING_UNION, metrics=["Accuracy", "LogLoss"])
+    events = [{**x, "label": y} for x, y in datasets.Phishing()]
+    learner = Learner(config, EventsConfig(target="label"))
+    learner.process_many([dict(e) for e in events[:600]])
+    store = checkpoint_store(str(tmp_path / "ckpt"))
+    save_learner(store, learner, positions={"replay": 600})
+    restored = restore_learner(store.load_latest())
+    assert restored.model_config.pipeline == config.pipeline
+    learner.process_many([dict(e) for e in events[600:]])
+    restored.process_many([dict(e) for e in events[600:]])
+    assert restored.metric_values() == learner.metric_values() == river_scores(phishing_union_in_river(), datasets.Phishing(), ["Accuracy", "LogLoss"])
