@@ -271,15 +271,12 @@ class Evaluation:
         transform = load_transform(job)
         self.candidates = [Candidate(name, Learner(model, job.events, transform)) for name, model in zip(candidate_names(models), models)]
         self.resumed: Resumed | None = None
-        self.resumed: Resumed | None = None
         if options.checkpoint_uri:  # evaluate a checkpointed model on new data: read, never written
             latest = _checkpoint_store(job, options.checkpoint_uri, options).load_latest()
             if latest is not None:
                 if len(self.candidates) != 1:
                     raise UsageError("--checkpoint-uri in evaluate mode starts one model from its checkpoint: configure one model")
                 self.candidates[0].learner = LearnerSpec(models[0], job.events, job.features, transform).restore(latest)
-                self.resumed = Resumed(latest.id, self.candidates[0].learner.state.events_learned)
-                log.info(self.resumed.text())
                 self.resumed = Resumed(latest.id, self.candidates[0].learner.state.events_learned)
                 log.info(self.resumed.text())
         self.rows: list[dict] = []
@@ -365,9 +362,6 @@ def learn(job: ReplayJobConfig, files: list[InputFile], options: ReplayOptions) 
     every_events = cadence.every_events
     spec = LearnerSpec(job.model, job.events, job.features, load_transform(job))
     learner, latest = resume(store, spec)  # refuses a checkpoint of another model/events/features configuration
-    resumed = Resumed(latest.id, learner.state.events_learned) if latest is not None else None
-    if resumed is not None:
-        log.info(resumed.text())
     resumed = Resumed(latest.id, learner.state.events_learned) if latest is not None else None
     if resumed is not None:
         log.info(resumed.text())

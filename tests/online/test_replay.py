@@ -128,27 +128,6 @@ def test_a_run_that_resumes_a_checkpoint_says_so_and_counts_this_run_apart_from_
     assert third["resumed_from"]["events_learned"] == 500
 
 
-def test_a_run_that_resumes_a_checkpoint_says_so_and_counts_this_run_apart_from_the_total(tmp_path, capsys):
-    events = phishing_events()
-    write_jsonl(tmp_path / "day-1.jsonl", events[:300])
-    config = write_yaml(tmp_path / "job.yaml", {**JOB, "checkpoint": {"uri": str(tmp_path / "ckpt")}})
-    argv = ["replay", "--config", config, "--input", str(tmp_path / "*.jsonl"), "--no-progress"]
-    assert main([*argv, "--json"]) == 0
-    first = json.loads(capsys.readouterr().out)
-    assert (first["events_learned"], first["events_learned_total"]) == (300, 300) and "resumed_from" not in first
-    checkpoint = CheckpointStore(str(tmp_path / "ckpt")).load_latest().id
-    write_jsonl(tmp_path / "day-2.jsonl", events[300:500])
-    assert main(argv) == 0
-    text = capsys.readouterr().out.splitlines()
-    assert text[1:3] == [f"  resumed from checkpoint {checkpoint} (300 events learned before)",
-                         "  events_seen 200 · events_learned 200 · events_learned_total 500 · events_dead_lettered 0"]
-    write_jsonl(tmp_path / "day-3.jsonl", events[500:600])
-    assert main([*argv, "--json"]) == 0
-    third = json.loads(capsys.readouterr().out)
-    assert (third["events_seen"], third["events_learned"], third["events_learned_total"]) == (100, 100, 600)  # per run, as the daemon counts
-    assert third["resumed_from"]["events_learned"] == 500
-
-
 def _latest_sequence(path) -> int:
     try:
         return json.loads((path / "LATEST").read_text())["sequence"]
