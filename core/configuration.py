@@ -90,9 +90,14 @@ def _describe(error: Mapping[str, Any]) -> str:
 
 
 MAX_CONFIG_NODES = 100_000  # values in a document once YAML aliases are expanded: bounds an alias bomb
+MAX_CONFIG_DEPTH = 100  # nesting of a document: bounds a self-referencing alias and a 20,000-deep list
 
 
-def _interpolate(value: Any, environ: Mapping[str, str], path: str, budget: list[int] | None = None) -> Any:
+def _short(path: str, limit: int = 60) -> str:
+    return path if len(path) <= limit else f"{path[:limit]}…"
+
+
+def _interpolate(value: Any, environ: Mapping[str, str], path: str, budget: list[int] | None = None, depth: int = 0) -> Any:
     """`value` with ``${VAR}`` / ``${VAR:-default}`` replaced, as a tree (aliases expanded).
 
     YAML aliases share one object; expanding them copies it once per reference, so nested aliases
@@ -106,12 +111,21 @@ def _interpolate(value: Any, environ: Mapping[str, str], path: str, budget: list
     Traceback (most recent call last):
     ...
     core.errors.ConfigError: e[7][8][8][8][9]: the document expands to more than 100000 values (nested YAML aliases?)
+
+    A self-referencing alias would nest for ever: past `MAX_CONFIG_DEPTH` levels it is refused.
+
+    >>> _interpolate(yaml.safe_load("model: &m {pipeline: *m}"), {}, "")
+    Traceback (most recent call last):
+    ...
+    core.errors.ConfigError: model.pipeline.pipeline.pipeline.pipeline.pipeline.pipeline.…: the document nests more than 100 levels deep (a self-referencing YAML alias?)
     """
     if budget is None:
         budget = [MAX_CONFIG_NODES]
     budget[0] -= 1
     if budget[0] < 0:
         raise ConfigError(path, f"the document expands to more than {MAX_CONFIG_NODES} values (nested YAML aliases?)")
+    if depth > MAX_CONFIG_DEPTH:
+        raise ConfigError(_short(path), f"the document nests more than {MAX_CONFIG_DEPTH} levels deep (a self-referencing YAML alias?)")
     if isinstance(value, str):
 
         def replace(match: re.Match) -> str:
@@ -124,9 +138,9 @@ def _interpolate(value: Any, environ: Mapping[str, str], path: str, budget: list
 
         return _INTERPOLATION.sub(replace, value)
     if isinstance(value, dict):
-        return {k: _interpolate(v, environ, f"{path}.{k}" if path else str(k), budget) for k, v in value.items()}
+        return {k: _interpolate(v, environ, f"{path}.{k}" if path else str(k), budget, depth + 1) for k, v in value.items()}
     if isinstance(value, list):
-        return [_interpolate(v, environ, f"{path}[{i}]", budget) for i, v in enumerate(value)]
+        return [_interpolate(v, environ, f"{path}[{i}]", budget, depth + 1) for i, v in enumerate(value)]
     return value
 
 
@@ -211,11 +225,46 @@ def read_yaml(path: str | os.PathLike) -> Any:
     except (storage.StorageError, UnicodeDecodeError) as error:
         raise ConfigError("", f"cannot read: {error}", source=source) from None
     try:
-        return yaml.safe_load(text)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(where, f"invalid YAML: {getattr(error, 'problem', error)}", source=source) from None
+    except RecursionError:  # the YAML reader recurses once per level
+        raise ConfigError("", f"the document nests too deep to read (keep it under {MAX_CONFIG_DEPTH} levels)", source=source) from None
+    duplicates = duplicate_keys(root)
+    if duplicates:
+        raise config_error([e.at(source=source) for e in duplicates])
+    return data
+
+
+def duplicate_keys(root: yaml.Node | None) -> list[ConfigError]:
+    """A `ConfigError` for each key given twice in one mapping (YAML would silently keep the last).
+
+    >>> [str(e) for e in duplicate_keys(yaml.compose("kafka:\\n  topic: a\\n  topic: b\\nmodel: {x: 1, x: 2}\\n"))]
+    ['kafka.topic: given twice (lines 2 and 3); YAML would keep only the last: remove one', 'model.x: given twice (lines 4 and 4); YAML would keep only the last: remove one']
+    """
+    errors, seen, stack = [], set(), [(root, "")]
+    while stack:  # iterative, each node once: an alias (even a self-referencing one) is walked once
+        node, path = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict = {}
+            for key, value in node.value:
+                if key.tag == "tag:yaml.org,2002:merge" or not isinstance(key, yaml.ScalarNode):
+                    stack.append((value, path))
+                    continue
+                where = f"{path}.{key.value}" if path else key.value
+                if key.value in first:
+                    errors.append(ConfigError(where, f"given twice (lines {first[key.value]} and {key.start_mark.line + 1}); YAML would keep only the last: remove one"))
+                first.setdefault(key.value, key.start_mark.line + 1)
+                stack.append((value, where))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, f"{path}[{i}]") for i, item in enumerate(node.value))
+    return sorted(errors, key=lambda e: e.path)
 
 
 def load_config(path: str | os.PathLike, cls: type[SectionT], environ: Mapping[str, str] | None = None) -> SectionT:
