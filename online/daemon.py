@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 from core.summary import JobSummary, Resumed
 from core.errors import RiverbeamError
+from core.storage import StorageError, StorageUnusable
 from online.checkpoints import CheckpointStore, FencingError
 from online.config import ConsumeJobConfig, model_names
 from online.kafka_clients import KafkaClientError, TopicPartition, make_consumer, make_producer
@@ -313,6 +314,20 @@ class Daemon:
             self.units.pop(unit.name, None)
         self.metrics.ready = bool(self.units)
 
+    def _check_storage(self) -> None:
+        """Before consuming: a checkpoint location that waiting will not heal (permission denied, a
+        read-only disk, no such bucket) stops the daemon in one line (exit 1), with or without
+        ``--until-caught-up``; one that is only unreachable is left to the usual retries."""
+        store = self._store_for("all").store
+        probe = f".riverbeam-write-check-{instance_id()}"
+        try:
+            store.write(probe, b"")
+            store.delete(probe)
+        except (PermissionError, StorageUnusable) as error:
+            raise DaemonError(f"cannot write checkpoints at {self.config.checkpoint.uri}: {error}") from None
+        except StorageError as error:
+            log.warning("checkpoint storage unreachable at start; retrying as it goes", extra={"fields": {"error": str(error)}})
+
     def _wait_for_lease(self) -> bool:
         """Standby until this instance holds the lease (renewed from then on by a `LeaseKeeper`); False if stopped."""
         self.lease = Lease(self._store_for("all").store, instance_id(), ttl=self.lease_seconds)
@@ -320,7 +335,7 @@ class Daemon:
         while True:
             try:
                 acquired = self.lease.try_acquire()
-            except PermissionError as error:  # a read-only checkpoint location will not heal: one line, exit 1
+            except (PermissionError, StorageUnusable) as error:  # permission denied, no such bucket: will not heal; one line, exit 1
                 raise DaemonError(f"cannot write the lease at {self.config.checkpoint.uri}: {error}") from None
             except Exception as error:  # storage down: stay standby
                 acquired = False
@@ -447,6 +462,8 @@ class Daemon:
 
     def _upload_failed(self, unit: LearningUnit, error: BaseException) -> None:
         # Nothing is lost: the offsets stay uncommitted and the next checkpoint holds the whole state.
+        if isinstance(error, StorageUnusable):  # permission denied, no such bucket: retrying will not heal it
+            raise DaemonError(f"cannot write checkpoints at {self.config.checkpoint.uri}: {error}") from None
         self.metrics.checkpoint_failures.inc()
         unit.checkpointer.last_positions = None  # the next due checkpoint is written even without new events
         log.error("checkpoint upload failed; retrying at the next due checkpoint", extra={"fields": {"unit": unit.name, "error": f"{type(error).__name__}: {error}"}})
@@ -550,6 +567,7 @@ class Daemon:
             self.health = HealthServer(self.metrics, self.config.metrics.host, port)
         previous_gc = steady_state_gc()
         try:
+            self._check_storage()
             if self.keyed:
                 self._open_clients()
                 self.topic_ids = {topic: self.consumer.topic_id(topic) for topic in self.config.kafka.source_topics}  # recorded in each checkpoint

@@ -12,7 +12,8 @@ storage backend. Callers use:
 Backends, one per module: `core.storage.local`, `core.storage.gcs` (google-cloud-storage,
 client in `core.gcs`), `core.storage.s3` (boto3, client in `core.s3`). Every failure is a
 `StorageError` (one line for the user), a missing object `ObjectNotFound`, a lost
-compare-and-swap `PreconditionFailed`.
+compare-and-swap `PreconditionFailed`; one that waiting will not heal (permission denied, no such
+bucket) `StorageUnusable`.
 
 >>> import os, tempfile
 >>> root = tempfile.mkdtemp()
@@ -45,12 +46,14 @@ from core.storage.base import (
     ObjectStore,
     PreconditionFailed,
     StorageError,
+    StorageUnusable,
     match_listing,
 )
 from core.storage.uri import StorageUri, is_local, parse_uri
 
 __all__ = [
     "ABSENT", "Generation", "InvalidUri", "ObjectInfo", "ObjectNotFound", "ObjectStore", "PreconditionFailed", "StorageError",
+    "StorageUnusable",
     "StorageUri", "is_local", "parse_uri", "open_store", "read_bytes", "write_bytes", "open_binary", "match",
 ]  # fmt: skip
 

@@ -24,6 +24,13 @@ class StorageError(RiverbeamError):
     """Object storage failed (unreachable, permission denied, bad URI...)."""
 
 
+class StorageUnusable(StorageError):
+    """A storage failure that waiting will not heal: permission denied, a read-only location, no such
+    bucket, refused credentials. A job stops on it with one line instead of retrying forever; any
+    other `StorageError` (timeouts, 5xx, a connection refused) may heal and is retried.
+    """
+
+
 class InvalidUri(StorageError, UsageError):
     """A storage URI cannot be used as written (unknown scheme, no bucket): a usage error, exit code 2."""
 

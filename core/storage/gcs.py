@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import BinaryIO
 
 from core.gcs import gcs_client
-from core.storage.base import Generation, ObjectInfo, ObjectNotFound, ObjectStore, PreconditionFailed, StorageError, open_ranged
+from core.storage.base import Generation, ObjectInfo, ObjectNotFound, ObjectStore, PreconditionFailed, StorageError, StorageUnusable, open_ranged
 
 
 class GcsStore(ObjectStore):
@@ -31,9 +31,13 @@ class GcsStore(ObjectStore):
         try:
             return operation()
         except self._exceptions.NotFound:
+            if what in ("write", "list"):  # only the bucket can be missing
+                raise StorageUnusable(f"cannot {what} {self.join(name)}: bucket {self.bucket.name!r} does not exist") from None
             raise ObjectNotFound(f"{self.join(name)} does not exist") from None
         except self._exceptions.PreconditionFailed:
             raise PreconditionFailed(f"{name}: its generation changed (precondition failed)") from None
+        except (self._exceptions.Forbidden, self._exceptions.Unauthorized) as error:
+            raise StorageUnusable(f"cannot {what} {self.join(name)}: {error}") from None
         except self._exceptions.GoogleAPIError as error:
             raise StorageError(f"cannot {what} {self.join(name)}: {error}") from None
         except (OSError, ValueError) as error:  # requests' connection errors are OSErrors; auth errors

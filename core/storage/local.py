@@ -13,6 +13,7 @@ core.storage.base.PreconditionFailed: LATEST: generation is ..., expected 0
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import glob
 import os
@@ -20,7 +21,15 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
-from core.storage.base import ABSENT, Generation, ObjectInfo, ObjectNotFound, ObjectStore, PreconditionFailed, StorageError
+from core.storage.base import ABSENT, Generation, ObjectInfo, ObjectNotFound, ObjectStore, PreconditionFailed, StorageError, StorageUnusable
+
+# what waiting will not heal: no permission, a read-only file system, a file where a folder should be
+_UNUSABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR})
+
+
+def _storage_error(message: str, error: OSError) -> StorageError:
+    """The `StorageError` for an `OSError`: `StorageUnusable` when it is permanent (see `_UNUSABLE`)."""
+    return (StorageUnusable if error.errno in _UNUSABLE else StorageError)(f"{message}: {error.strerror}")
 
 
 class LocalStore(ObjectStore):
@@ -46,7 +55,7 @@ class LocalStore(ObjectStore):
         except FileNotFoundError:
             raise ObjectNotFound(f"{self.join(name)} does not exist") from None
         except OSError as error:
-            raise StorageError(f"cannot read {self.join(name)}: {error.strerror}") from None
+            raise _storage_error(f"cannot read {self.join(name)}", error) from None
         return data, self._generation(stat)
 
     def write(self, name: str, data: bytes) -> None:
@@ -69,7 +78,7 @@ class LocalStore(ObjectStore):
             finally:
                 os.close(directory)
         except OSError as error:
-            raise StorageError(f"cannot write {self.join(name)}: {error.strerror}") from None
+            raise _storage_error(f"cannot write {self.join(name)}", error) from None
 
     def write_if_generation(self, name: str, data: bytes, generation: Generation) -> Generation:
         path = self._path(name)
@@ -77,7 +86,7 @@ class LocalStore(ObjectStore):
             path.parent.mkdir(parents=True, exist_ok=True)
             lock = open(path.parent / f".{path.name}.lock", "a")
         except OSError as error:
-            raise StorageError(f"cannot write {self.join(name)}: {error.strerror}") from None
+            raise _storage_error(f"cannot write {self.join(name)}", error) from None
         with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
@@ -118,7 +127,7 @@ class LocalStore(ObjectStore):
                 parent.rmdir()
                 parent = parent.parent
         except OSError as error:
-            raise StorageError(f"cannot delete {self.join(name)}: {error.strerror}") from None
+            raise _storage_error(f"cannot delete {self.join(name)}", error) from None
 
     def open_read(self, name: str) -> BinaryIO:
         try:
@@ -126,7 +135,7 @@ class LocalStore(ObjectStore):
         except FileNotFoundError:
             raise ObjectNotFound(f"{self.join(name)} does not exist") from None
         except OSError as error:
-            raise StorageError(f"cannot open {self.join(name)}: {error.strerror}") from None
+            raise _storage_error(f"cannot open {self.join(name)}", error) from None
 
 
 def match_local(pattern: str) -> list[ObjectInfo]:

@@ -19,10 +19,11 @@ import time
 from typing import BinaryIO
 
 from core.s3 import s3_client
-from core.storage.base import ABSENT, Generation, ObjectInfo, ObjectNotFound, ObjectStore, PreconditionFailed, StorageError, open_ranged
+from core.storage.base import ABSENT, Generation, ObjectInfo, ObjectNotFound, ObjectStore, PreconditionFailed, StorageError, StorageUnusable, open_ranged
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _CONFLICT_RETRIES = 5
+_UNUSABLE = {"AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidBucketName", "AccountProblem"}
 
 
 def _error_code(error) -> str:
@@ -54,7 +55,9 @@ class S3Store(ObjectStore):
             if code == "PreconditionFailed":
                 raise PreconditionFailed(f"{name}: its ETag changed (precondition failed)") from None
             if code == "NoSuchBucket":
-                raise StorageError(f"cannot {what} {self.join(name)}: bucket {self.bucket!r} does not exist") from None
+                raise StorageUnusable(f"cannot {what} {self.join(name)}: bucket {self.bucket!r} does not exist") from None
+            if code in _UNUSABLE:
+                raise StorageUnusable(f"cannot {what} {self.join(name)}: {code}") from None
             raise StorageError(f"cannot {what} {self.join(name)}: {code or error}") from None
         except BotoCoreError as error:  # unreachable endpoint, no credentials, timeouts
             raise StorageError(f"cannot {what} {self.join(name)}: S3 unreachable: {error}") from None

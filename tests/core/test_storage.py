@@ -132,6 +132,31 @@ def test_local_errors_are_storage_errors(tmp_path):
         open_store(str(tmp_path / "file")).write("below-a-file", b"x")  # its root is a file, not a folder
 
 
+@pytest.mark.parametrize("scheme", ["gs", "s3"])
+def test_a_missing_bucket_is_unusable_storage_not_a_missing_object(local_stack, scheme):
+    """What waiting will not heal is `StorageUnusable` (a job stops on it); a missing object stays `ObjectNotFound`."""
+    import uuid
+
+    from core.storage import StorageUnusable
+
+    store = open_store(f"{scheme}://no-such-bucket-{uuid.uuid4().hex[:8]}/ckpt")
+    for operation in (lambda: store.write("LEASE", b"x"), lambda: store.write_if_generation("LEASE", b"x", ABSENT), lambda: store.list()):
+        with pytest.raises(StorageUnusable, match="does not exist"):
+            operation()
+
+
+def test_local_errors_that_will_not_heal_are_unusable_storage(tmp_path):
+    from core.storage import StorageUnusable
+
+    (tmp_path / "file").write_text("x")
+    below_a_file = open_store(str(tmp_path / "file" / "ckpt"))
+    for operation in (lambda: below_a_file.write("LEASE", b"x"), lambda: below_a_file.write_if_generation("LEASE", b"x", ABSENT), lambda: below_a_file.read("LEASE")):
+        with pytest.raises(StorageUnusable, match="Not a directory"):
+            operation()
+    with pytest.raises(ObjectNotFound):
+        open_store(str(tmp_path / "elsewhere")).read("LEASE")
+
+
 @pytest.mark.parametrize("scheme", ["s3"])
 def test_unreachable_store_is_one_line_not_a_traceback(tmp_path, scheme):
     """S3 down: replay and checkpoint listing end with one line and exit 1."""

@@ -637,3 +637,36 @@ def test_a_checkpoint_location_that_cannot_be_written_fails_in_one_line(tmp_path
     monkeypatch.setattr(local.LocalStore, "write_if_generation", read_only)
     with pytest.raises(DaemonError, match=r"cannot write the lease at .*checkpoints: \[Errno 13\] Permission denied"):
         Daemon(job, until_caught_up=True, progress=False).run()
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "read-only-mount", "gs-no-bucket", "s3-no-bucket"])
+@pytest.mark.parametrize("keyed", [False, True], ids=["global", "keyed"])
+def test_a_checkpoint_location_that_will_not_heal_stops_the_daemon_in_one_line_before_it_consumes(tmp_path, kafka_bootstrap, topic, where, keyed):
+    """Permission denied, a read-only disk, no such bucket: exit 1 with one line, never standby forever."""
+    import subprocess as sp
+
+    if where == "under-a-file":
+        (tmp_path / "a-file").write_text("")
+        uri, expected = str(tmp_path / "a-file" / "checkpoints"), "Not a directory"
+    elif where == "read-only-mount":
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        if sp.run(["mount", "--bind", "-o", "ro", str(folder), str(folder)], capture_output=True).returncode != 0:
+            pytest.skip("cannot mount a read-only folder here (needs root)")
+        uri, expected = str(folder / "checkpoints"), "Read-only file system"
+    else:
+        scheme = where[:2]
+        uri, expected = f"{scheme}://no-such-bucket-{uuid.uuid4().hex[:8]}/checkpoints", "does not exist"
+    produce(kafka_bootstrap, topic, [orjson.dumps({**e, "shop": "a"}) for e in PHISHING[:50]])
+    events = {"target": "label", "key": "shop"} if keyed else {"target": "label"}
+    try:
+        for extra in (["--until-caught-up"], []) if (where, keyed) == ("under-a-file", False) else (["--until-caught-up"],):
+            process = start_daemon(job_config(tmp_path, kafka_bootstrap, topic, "kafka-python", checkpoint={"uri": uri}, events=events), *extra)
+            out, err = process.communicate(timeout=90)
+            lines = [line for line in err.splitlines() if not line.startswith("{")]  # the JSON log aside
+            assert process.returncode == 1, err[-2000:]
+            assert len(lines) == 1 and lines[0].startswith(f"riverbeam: error: cannot write checkpoints at {uri}: ") and expected in lines[0], err[-2000:]
+            assert "Traceback" not in err and '"events_seen"' not in out
+    finally:
+        if where == "read-only-mount":
+            sp.run(["umount", str(tmp_path / "read-only")], check=True)
