@@ -32,6 +32,11 @@ class RiverbeamError(Exception):
     """Base class of the errors riverbeam reports to users as one line."""
 
 
+class RunFailed(RiverbeamError):
+    """A run that went through but whose counts show it did not do its job (learned nothing, refused
+    most events): the summary is printed, then this one line, exit 1 (`core.summary.learning_failure`)."""
+
+
 class UsageError(RiverbeamError):
     """The user asked for something that cannot be done as written (exit code 2)."""
 

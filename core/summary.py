@@ -46,6 +46,8 @@ from typing import Any, TextIO
 
 import orjson
 
+from core.errors import RunFailed
+
 COUNT_NAMES = ("events_seen", "events_learned", "events_learned_total", "events_predicted", "events_dead_lettered", "events_produced")
 METRIC_DECIMALS = 4
 
@@ -70,6 +72,45 @@ def format_count(value: int) -> str:
     '1,234,567'
     """
     return f"{value:,}"
+
+
+def learning_failure(counts: dict[str, int], *, target: str | None, max_dead_letter_fraction: float = 0.5, learns: bool = True,
+                     labels_may_come_later: bool = False, fields_seen: list[str] | None = None, first_reason: str | None = None) -> str | None:
+    """Why a run that went through did not do its job, in one line, or None when it did.
+
+    A run with events fails when every event was refused, when more than `max_dead_letter_fraction`
+    of them were (``events.max_dead_letter_fraction``), or, for a job that `learns`, when it learned
+    from none (its target, most likely misspelled, was in none of them). `labels_may_come_later`
+    (delayed labels, ``events.id``) lets a run of unlabelled events pass.
+
+    >>> learning_failure({"events_seen": 1250, "events_learned": 0, "events_dead_lettered": 0}, target="lable",
+    ...                  fields_seen=["label", "long_url", "https"])
+    "events.target: 'lable' is in none of 1,250 events (fields seen: https, label, long_url); nothing was learned"
+    >>> learning_failure({"events_seen": 10, "events_learned": 0, "events_dead_lettered": 10}, target="y", first_reason="not JSON")
+    'every one of 10 events was dead-lettered (first reason: not JSON); nothing was learned'
+    >>> learning_failure({"events_seen": 10, "events_learned": 4, "events_dead_lettered": 6}, target="y")
+    '6 of 10 events (60%) were dead-lettered, more than events.max_dead_letter_fraction 0.5'
+    >>> learning_failure({"events_seen": 10, "events_learned": 9, "events_dead_lettered": 1}, target="y") is None
+    True
+    >>> learning_failure({"events_seen": 0, "events_learned": 0}, target="y") is None  # nothing arrived: nothing to judge
+    True
+    """
+    seen = counts.get("events_seen", 0)
+    dead = counts.get("events_dead_lettered", 0)
+    if not seen:
+        return None
+    reason = f" (first reason: {first_reason})" if first_reason else ""
+    if dead >= seen:
+        return f"every one of {format_count(seen)} events was dead-lettered{reason}; nothing was learned"
+    if learns and counts.get("events_learned", 0) == 0 and not labels_may_come_later:
+        if target is None:
+            return f"nothing was learned from {format_count(seen - dead)} events: set events.target to the field that holds the label"
+        fields = f" (fields seen: {', '.join(sorted(fields_seen))})" if fields_seen else ""
+        return f"events.target: {target!r} is in none of {format_count(seen - dead)} events{fields}; nothing was learned"
+    if dead / seen > max_dead_letter_fraction:
+        return (f"{format_count(dead)} of {format_count(seen)} events ({dead / seen:.0%}) were dead-lettered, "
+                f"more than events.max_dead_letter_fraction {max_dead_letter_fraction:g}{reason}")
+    return None
 
 
 @dataclass(frozen=True)
@@ -110,6 +151,7 @@ class JobSummary:
     seconds: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
     resumed: Resumed | None = None  # the run continued a model from a checkpoint
+    failure: str | None = None  # why the run did not do its job (`learning_failure`); the command then exits 1
 
     def __post_init__(self) -> None:
         unknown = set(self.counts) - set(COUNT_NAMES)
@@ -143,7 +185,23 @@ class JobSummary:
             if rate is not None:
                 data["events_per_second"] = round(rate, 1)
         data.update(self.details)
+        if self.failure is not None:
+            data["failure"] = self.failure
         return data
+
+    def raise_for_failure(self) -> None:
+        """After printing: `core.errors.RunFailed` (one line, exit 1) when the run did not do its job.
+
+        >>> JobSummary("replay", "learn", counts={"events_seen": 3, "events_learned": 0, "events_dead_lettered": 3},
+        ...            failure="every one of 3 events was dead-lettered").raise_for_failure()
+        Traceback (most recent call last):
+        ...
+        core.errors.RunFailed: every one of 3 events was dead-lettered
+        """
+        if self.failure is not None:
+            error = RunFailed(self.failure)
+            error.summary = self  # for Python callers: what the run did, next to why it failed
+            raise error
 
     def _same_total(self, name: str) -> bool:
         """``events_learned_total`` equal to ``events_learned`` (a fresh start) says nothing new to a person."""
@@ -177,6 +235,8 @@ class JobSummary:
             if isinstance(value, (dict, list)):
                 value = orjson.dumps(value).decode()
             lines.append(f"  {key}: {value}")
+        if self.failure is not None:
+            lines.append(f"  FAILED: {self.failure}")
         return "\n".join(lines)
 
     def print(self, as_json: bool = False, file: TextIO | None = None) -> None:

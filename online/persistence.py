@@ -136,7 +136,7 @@ def transform_digest(transform: Callable | None) -> str | None:
 
 def _hash(model: ModelConfig, events: EventsConfig, digest: str | None) -> str:
     """Over the settings that differ from their defaults: a setting added later (with a default) keeps old hashes."""
-    sections = [model.model_dump(mode="json", exclude_defaults=True), events.model_dump(mode="json", exclude_defaults=True, exclude={"key_cache_size"})]
+    sections = [model.model_dump(mode="json", exclude_defaults=True), events.model_dump(mode="json", exclude_defaults=True, exclude={"key_cache_size", "max_dead_letter_fraction"})]
     return config_hash(*sections, *([{"transform_sha256": digest}] if digest is not None else []))
 
 

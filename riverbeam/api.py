@@ -119,7 +119,9 @@ def replay(job: Any, inputs: list[str], *, mode: str = "evaluate", **settings: A
     options = {k: v for k, v in settings.items() if k in option_names}
     events = {k: v for k, v in settings.items() if k not in option_names}
     options.setdefault("progress", False)
-    return run_replay(replay_job(job, **events), ReplayOptions(inputs=list(inputs), mode=mode, **options)).job_summary()
+    summary = run_replay(replay_job(job, **events), ReplayOptions(inputs=list(inputs), mode=mode, **options)).job_summary()
+    summary.raise_for_failure()
+    return summary
 
 
 def consume(config: Any, *, until_caught_up: bool = False, stop: threading.Event | None = None,

@@ -30,5 +30,8 @@ def consume_command(args) -> int:
     config = load_config(args.config, ConsumeJobConfig)
     configure_json_logging()
     summary = run_daemon(config, until_caught_up=args.until_caught_up, progress=args.progress, stop=stop, allow_model_change=args.allow_model_change)
-    daemon_job_summary(summary, units_in_full=args.json).print(as_json=args.json)
+    result = daemon_job_summary(summary, units_in_full=args.json)
+    result.failure = config.events.run_failure(result.counts)
+    result.print(as_json=args.json)
+    result.raise_for_failure()
     return 0

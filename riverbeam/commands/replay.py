@@ -61,4 +61,5 @@ def replay(args) -> int:
         result.job_summary().print(as_json=True)
     else:
         print(result.summary())
+    result.job_summary().raise_for_failure()
     return 0
