@@ -32,9 +32,10 @@ class ErrorLog:
     source ``{file, line}``, `reason`, and `model` when a single candidate rejected the event),
     counted, and fatal past `max_errors`.
 
-    In learn mode the file follows the checkpoints: `flush` makes it durable and returns its size,
-    which the checkpoint records; a resumed replay first cuts the file back to that size
-    (`resume_at`), so the bad lines it meets again after a crash are written once.
+    A fresh run starts the file empty (`start_fresh`). In learn mode the file follows the
+    checkpoints: `flush` makes it durable and returns its size, which the checkpoint records; a
+    resumed replay first cuts the file back to that size (`resume_at`), so the bad lines it meets
+    again after a crash are written once.
     """
 
     def __init__(self, path: str | None, max_errors: int | None, keep_first: int = 5, follow_checkpoints: bool = False):
@@ -82,6 +83,15 @@ class ErrorLog:
             os.fsync(self._handle.fileno())
             return self._handle.tell()
         return os.path.getsize(self.path) if os.path.exists(self.path) else 0
+
+    def start_fresh(self) -> None:
+        """Empty the file (created if missing): a fresh run's errors file holds that run's bad lines only."""
+        if self.path is None:
+            return
+        self.close()
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        with open(self.path, "wb"):
+            pass
 
     def resume_at(self, size: int | None) -> None:
         """Cut the file back to `size` bytes (what the checkpoint resumed from had made durable)."""

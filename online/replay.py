@@ -111,7 +111,6 @@ class ReplayResult:
     rows: list[dict] = field(default_factory=list)
     resumed: Resumed | None = None  # the model continued from a checkpoint
     already_produced: int = 0  # backfill: input lines an earlier run had produced, skipped
-    failure: str | None = None  # why the run did not do its job (core.summary.learning_failure), set by run_replay
 
     def job_summary(self) -> JobSummary:
         """The run as the summary every command ends with (`core.summary`): the same count names everywhere.
@@ -143,7 +142,7 @@ class ReplayResult:
             details["report"] = self.report_dir
         metrics = dict(self.leaderboard[0]["metrics"]) if self.leaderboard else {}
         return JobSummary("replay", "dry-run" if self.mode == "dry-run" else self.mode, counts=counts, metrics=metrics,
-                          seconds=self.seconds, details=details, resumed=self.resumed, failure=self.failure)
+                          seconds=self.seconds, details=details, resumed=self.resumed)
 
     def summary(self) -> str:
         """The summary as text, with the leaderboard as a table when several candidates ran."""
@@ -289,6 +288,7 @@ class Evaluation:
         started = time.monotonic()
         candidates, options = self.candidates, self.options
         self.errors = errors = ErrorLog(options.errors_path, options.max_errors)
+        errors.start_fresh()  # each evaluation is a run of its own: its bad lines only
         total = count_records(self.files) if options.report_every is None else None  # counted once: the report step and the progress bar
         every = report_step(options.report_every, total)
         self.source = source = FileSource(self.files, self.job.events.time, self.job.events.categorical, max_events=CHUNK_EVENTS,
@@ -374,7 +374,9 @@ def learn(job: ReplayJobConfig, files: list[InputFile], options: ReplayOptions) 
             log.warning("the checkpoint's replay position names %s, which is not among the inputs; files sorting before it are skipped", start.file)
     candidate = Candidate(candidate_names([job.model])[0], learner)
     errors = ErrorLog(options.errors_path, options.max_errors, follow_checkpoints=True)
-    if latest is not None and options.errors_path is not None:
+    if latest is None:
+        errors.start_fresh()  # a fresh run: its bad lines only
+    elif options.errors_path is not None:
         written = latest.manifest.get("extra", {}).get("errors_file") or {}
         if written.get("path") == os.path.abspath(options.errors_path):
             errors.resume_at(written.get("bytes"))  # bad lines past the checkpoint are met, and written, again

@@ -16,6 +16,8 @@ core.errors.ConfigError: ...job.yaml: events.target: expected a string, got 7
 
 from __future__ import annotations
 
+import logging
+
 from online.backfill import backfill
 from online.config import ReplayJobConfig
 from online.gc_tuning import restore_gc, steady_state_gc
@@ -25,6 +27,8 @@ from online.replay_report import require_plotting
 from online.replay_search import SearchConfig, check_search, search_trials
 from core.configuration import parse_config, read_yaml
 from core.errors import ConfigErrorCollector, UsageError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["load_replay_job", "run_replay", "ReplayOptions", "ReplayResult"]
 
@@ -68,27 +72,22 @@ def run_replay(job: ReplayJobConfig, options: ReplayOptions, search: SearchConfi
             raise UsageError("--search needs a search: section in the configuration (the parameter ranges)")
     if not options.inputs:
         raise UsageError("give at least one --input")
+    ignored = [name for name, section in (("metrics", job.metrics), ("kafka", job.kafka)) if section is not None and (name == "metrics" or options.mode != "backfill")]
+    if ignored:  # a consume file replays as it is: its daemon-only sections are said, not refused
+        log.warning("note: replay ignores the %s section%s of this file (the daemon's)", " and ".join(f"{n}:" for n in ignored), "s" if len(ignored) > 1 else "")
     if options.report_dir and not options.dry_run:
         require_plotting()
     files = expand_inputs(options.inputs, options.input_format)
     if options.dry_run:
-        return judged(job, dry_run(job, files, options))
+        return dry_run(job, files, options)
     previous_gc = steady_state_gc()
     try:
         if options.mode == "learn":
-            return judged(job, learn(job, files, options))
+            return learn(job, files, options)
         if options.mode == "backfill":
-            return judged(job, backfill(job, files, options))
+            return backfill(job, files, options)
         if options.search:
-            return judged(job, search_trials(job, search, files, options))
-        return judged(job, evaluate(job, files, options))
+            return search_trials(job, search, files, options)
+        return evaluate(job, files, options)
     finally:
         restore_gc(previous_gc)
-
-
-def judged(job: ReplayJobConfig, result: ReplayResult) -> ReplayResult:
-    """`result` with its `failure` set when its counts show it did not do its job (`EventsConfig.run_failure`)."""
-    summary = result.job_summary()
-    first = result.first_errors[0]["reason"] if result.first_errors else None
-    result.failure = job.events.run_failure(summary.counts, learns="events_learned" in summary.counts, first_reason=first)
-    return result

@@ -420,3 +420,37 @@ def test_every_mode_counts_a_file_the_same_way_in_one_json_summary(tmp_path, cap
     assert summaries["evaluate"]["events_learned"] == summaries["learn"]["events_learned"] == 6  # the unlabelled one is only predicted
     assert "events_learned" not in summaries["dry-run"]
     assert summaries["evaluate"]["metrics"] == summaries["learn"]["metrics"]
+
+
+def test_the_errors_file_holds_this_runs_bad_lines_only(tmp_path, capsys):
+    """`--errors F` twice: a fresh evaluate (or learn) run starts F empty; a resumed learn run keeps what its checkpoint made durable."""
+    lines = [orjson.dumps(e) for e in phishing_events()[:100]]
+    lines[10], lines[40] = b"{broken", b"[1]"
+    (tmp_path / "p.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    errors = tmp_path / "errors.jsonl"
+    config = write_yaml(tmp_path / "job.yaml", JOB)
+    evaluate_argv = ["replay", "--config", config, "--input", str(tmp_path / "p.jsonl"), "--mode", "evaluate", "--errors", str(errors)]
+    for _ in range(2):
+        assert main(evaluate_argv) == 0
+        assert [json.loads(line)["source"]["line"] for line in errors.read_text().splitlines()] == [11, 41]
+    (tmp_path / "clean.jsonl").write_bytes(b"\n".join(orjson.dumps(e) for e in phishing_events()[:20]) + b"\n")
+    clean = evaluate_argv[:4] + [str(tmp_path / "clean.jsonl")] + evaluate_argv[5:]
+    assert main(clean) == 0 and errors.read_text() == ""  # a run without bad lines leaves no stale ones behind
+    learn_config = write_yaml(tmp_path / "learn.yaml", {**JOB, "checkpoint": {"uri": str(tmp_path / "ckpt")}})
+    errors.write_text('{"stale": "from another run"}\n')
+    learn_argv = ["replay", "--config", learn_config, "--input", str(tmp_path / "p.jsonl"), "--mode", "learn", "--errors", str(errors)]
+    assert main(learn_argv) == 0
+    assert [json.loads(line)["source"]["line"] for line in errors.read_text().splitlines()] == [11, 41]
+    capsys.readouterr()
+
+
+def test_a_consume_file_replays_as_it_is_its_daemon_sections_said_not_refused(tmp_path, capsys, caplog):
+    (tmp_path / "p.jsonl").write_bytes(b"\n".join(orjson.dumps(e) for e in phishing_events()[:50]) + b"\n")
+    consume = {**JOB, "kafka": {"topic": "events", "bootstrap_servers": "127.0.0.1:9"}, "checkpoint": {"uri": str(tmp_path / "ckpt")},
+               "metrics": {"host": "127.0.0.1", "port": 9108}}  # fmt: skip
+    config = write_yaml(tmp_path / "consumer.yaml", consume)
+    assert main(["config", "check", config, "--job", "replay"]) == 0
+    with caplog.at_level("WARNING", logger="online.replay_job"):
+        assert main(["replay", "--config", config, "--input", str(tmp_path / "p.jsonl"), "--mode", "evaluate"]) == 0
+    assert "events_seen 50" in capsys.readouterr().out
+    assert "note: replay ignores the metrics: and kafka: sections of this file (the daemon's)" in caplog.text
