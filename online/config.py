@@ -170,6 +170,18 @@ class EventsConfig(Section):
     key_cache_size: int = pydantic.Field(default=100_000, ge=2)
     # Drop a key's model once it has not been used for this long (processing clock); counted as models_expired.
     key_ttl_seconds: float | None = pydantic.Field(default=None, gt=0)
+    # A run whose dead letters exceed this fraction of its events fails (exit 1) once its summary is
+    # printed (core.summary.learning_failure); 1.0 fails only a run that refused every event.
+    # Judges a run, never changes what is learned (not in the config hash).
+    max_dead_letter_fraction: float = pydantic.Field(default=0.5, gt=0, le=1)
+
+    def run_failure(self, counts: dict[str, int], *, learns: bool = True, fields_seen: list[str] | None = None,
+                    first_reason: str | None = None) -> str | None:
+        """Why a run with these counts did not do its job under these settings (`core.summary.learning_failure`)."""
+        from core.summary import learning_failure
+
+        return learning_failure(counts, target=self.target, max_dead_letter_fraction=self.max_dead_letter_fraction, learns=learns,
+                                labels_may_come_later=self.id is not None, fields_seen=fields_seen, first_reason=first_reason)
 
     @pydantic.field_validator("labels", mode="before")
     @classmethod

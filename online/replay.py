@@ -111,6 +111,7 @@ class ReplayResult:
     rows: list[dict] = field(default_factory=list)
     resumed: Resumed | None = None  # the model continued from a checkpoint
     already_produced: int = 0  # backfill: input lines an earlier run had produced, skipped
+    failure: str | None = None  # why the run did not do its job (core.summary.learning_failure), set by run_replay
 
     def job_summary(self) -> JobSummary:
         """The run as the summary every command ends with (`core.summary`): the same count names everywhere.
@@ -142,7 +143,7 @@ class ReplayResult:
             details["report"] = self.report_dir
         metrics = dict(self.leaderboard[0]["metrics"]) if self.leaderboard else {}
         return JobSummary("replay", "dry-run" if self.mode == "dry-run" else self.mode, counts=counts, metrics=metrics,
-                          seconds=self.seconds, details=details, resumed=self.resumed)
+                          seconds=self.seconds, details=details, resumed=self.resumed, failure=self.failure)
 
     def summary(self) -> str:
         """The summary as text, with the leaderboard as a table when several candidates ran."""

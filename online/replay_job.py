@@ -79,15 +79,23 @@ def run_replay(job: ReplayJobConfig, options: ReplayOptions, search: SearchConfi
         require_plotting()
     files = expand_inputs(options.inputs, options.input_format)
     if options.dry_run:
-        return dry_run(job, files, options)
+        return judged(job, dry_run(job, files, options))
     previous_gc = steady_state_gc()
     try:
         if options.mode == "learn":
-            return learn(job, files, options)
+            return judged(job, learn(job, files, options))
         if options.mode == "backfill":
-            return backfill(job, files, options)
+            return judged(job, backfill(job, files, options))
         if options.search:
-            return search_trials(job, search, files, options)
-        return evaluate(job, files, options)
+            return judged(job, search_trials(job, search, files, options))
+        return judged(job, evaluate(job, files, options))
     finally:
         restore_gc(previous_gc)
+
+
+def judged(job: ReplayJobConfig, result: ReplayResult) -> ReplayResult:
+    """`result` with its `failure` set when its counts show it did not do its job (`EventsConfig.run_failure`)."""
+    summary = result.job_summary()
+    first = result.first_errors[0]["reason"] if result.first_errors else None
+    result.failure = job.events.run_failure(summary.counts, learns="events_learned" in summary.counts, first_reason=first)
+    return result
