@@ -53,7 +53,7 @@ from online.config import LEASE_RENEWALS
 from online.lease import Lease, LeaseKeeper, instance_id
 from online.observability import DaemonMetrics, HealthServer, ProgressLine
 from online.outputs import OutputWriter
-from online.persistence import Cadence, Checkpointer, Durable, LearnerSpec, open_checkpoint_store, resume
+from online.persistence import Cadence, Checkpointer, Durable, LearnerSpec, kafka_context, open_checkpoint_store, resume
 
 log = logging.getLogger("riverbeam.daemon")
 
@@ -199,7 +199,7 @@ class Daemon:
         store = self._store_for(name)
         learner, checkpoint = resume(store, self.spec)  # refuses a checkpoint of another configuration, or unsigned with a key
         positions = kafka_positions(checkpoint.positions) if checkpoint is not None else {}
-        extra = checkpoint.manifest.get("extra", {}) if checkpoint is not None else {}
+        extra = kafka_context(checkpoint, store.uri)  # topic ids, output offsets, outputs ahead: one line if any is missing
         positions = {tp: positions.get(tp, 0) for tp in partitions}
         self.outputs.restore(partitions, extra.get("outputs"), extra.get("outputs_ahead"))
         if checkpoint is not None:

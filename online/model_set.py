@@ -223,9 +223,12 @@ def restore_model(checkpoint: Checkpoint, name: str | None = None) -> Learner:
     """
     recorded = checkpoint.manifest.get("extra", {}).get("learning") or {}
     if "models" not in recorded:
+        from online.config import model_names
+
         learner = restore_learner(checkpoint)
-        if name is not None and name != (learner.model_config.name or name):
-            raise ConfigError("--model", f"checkpoint {checkpoint.id} holds one model ({learner.model_config.name}), not {name}")
+        only = model_names([learner.model_config])[0]  # its name, else its pipeline's classes (as listed everywhere)
+        if name is not None and name != only:
+            raise ConfigError("--model", f"checkpoint {checkpoint.id} holds one model ({only}), not {name!r}")
         return learner
     spec = ModelsSpec.from_checkpoint(checkpoint)
     names = list(spec.models)

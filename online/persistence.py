@@ -66,7 +66,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from core.errors import ConfigError
-from online.checkpoints import Checkpoint, CheckpointStore, config_hash, signing_key_from_env
+from online.checkpoints import KAFKA_CONTEXT, Checkpoint, CheckpointError, CheckpointStore, config_hash, missing_fields, signing_key_from_env
 from online.config import CheckpointConfig, EventsConfig, FeaturesConfig, ModelConfig
 from online.events import load_feature_transform
 from online.keyed_state import encode_part, merge_parts, pending_delta
@@ -79,7 +79,7 @@ DEFAULT_SIGNING_KEY_ENV = "RIVERBEAM_CHECKPOINT_KEY"
 __all__ = [
     "DEFAULT_SIGNING_KEY_ENV", "LearnerSpec", "Cadence", "Checkpointer", "Durable",
     "open_checkpoint_store", "checkpoint_store", "resume", "restore_learner", "save_learner",
-    "learning_hash", "transform_digest", "checkpoint_fields", "learning_extra",
+    "learning_hash", "transform_digest", "checkpoint_fields", "learning_extra", "kafka_context", "position_context",
 ]  # fmt: skip
 
 
@@ -306,12 +306,54 @@ def restore_learner(
 def resume(store: CheckpointStore, spec: LearnerSpec) -> tuple[Learner, Checkpoint | None]:
     """The learner continuing from `store`'s latest checkpoint (and that checkpoint), or a new one (and None).
 
-    Also records the store's pointer generation, so the next save through `store` is fenced.
+    A latest checkpoint that verifies but cannot be restored (an unknown class, a module that
+    cannot be imported) is skipped for the previous good one with a warning, as a corrupt one is;
+    one written with another configuration is refused (`ConfigError`). Also records the store's
+    pointer generation, so the next save through `store` is fenced.
     """
-    checkpoint = store.load_latest()
-    if checkpoint is None:
+    found = store.restore_latest(spec.restore)
+    if found is None:
         return spec.new_learner(), None
-    return spec.restore(checkpoint), checkpoint
+    checkpoint, learner = found
+    return learner, checkpoint
+
+
+def position_context(manifest: dict) -> dict:
+    """What `manifest` recorded about its Kafka offsets (`online.checkpoints.KAFKA_CONTEXT`), as a writer carries it on.
+
+    >>> position_context({"extra": {"topic_ids": {"events": "Aq"}, "report": {}}})
+    {'topic_ids': {'events': 'Aq'}}
+    """
+    extra = manifest.get("extra") or {}
+    return {name: extra[name] for name in KAFKA_CONTEXT if name in extra}
+
+
+def kafka_context(checkpoint: Checkpoint | None, uri: str = "") -> dict:
+    """What a checkpoint with Kafka offsets recorded about them (`online.checkpoints.KAFKA_CONTEXT`): topic ids,
+    output offsets, outputs written ahead. Empty without a checkpoint or Kafka offsets.
+
+    Raises `CheckpointError` (one line) for a checkpoint with Kafka offsets that lacks any of them
+    (written by a riverbeam that did not carry them): without the topic ids a recreated topic
+    cannot be told, without the outputs ahead outputs would be written twice.
+
+    >>> kafka_context(Checkpoint({"id": "ck", "positions": {"replay": {}}, "extra": {}}, b""))
+    {}
+    >>> kafka_context(Checkpoint({"id": "ck", "positions": {"events/0": 7}, "extra": {"source": "replay"}}, b""), "ckpt/")
+    Traceback (most recent call last):
+    ...
+    online.checkpoints.CheckpointError: ckpt/: checkpoint ck (written by replay) holds Kafka offsets but not extra.topic_ids (of topic events), extra.outputs, extra.outputs_ahead: ...
+    """
+    if checkpoint is None:
+        return {}
+    extra = checkpoint.manifest.get("extra") or {}
+    missing = [name for name in missing_fields({**checkpoint.manifest, "extra": extra}) if name.startswith("extra.")]
+    if missing:
+        writer = extra.get("source") or extra.get("pipeline") or "another job"
+        raise CheckpointError(
+            f"{uri}: checkpoint {checkpoint.id} (written by {writer}) holds Kafka offsets but not {', '.join(missing)}: "
+            "a recreated topic or outputs already written cannot be told; resume from a checkpoint that records them, or start a new checkpoint URI"
+        )
+    return position_context(checkpoint.manifest)
 
 
 # -- when, and in what order -------------------------------------------------------------------
@@ -394,7 +436,11 @@ class Checkpointer:
     A caller passing `state` (a full snapshot: Beam's per-key state) gets a full checkpoint.
 
     `positions` given to `checkpoint` are the writer's own (Kafka offsets, a replay position,
-    files); positions recorded by other jobs in the restored checkpoint are kept.
+    files); positions recorded by other jobs in the restored checkpoint are kept, and so is what
+    that checkpoint recorded about its Kafka offsets (`online.checkpoints.KAFKA_CONTEXT`: topic
+    ids, output offsets, outputs ahead) unless the writer records its own (the daemon's `prepare`).
+    A caller giving `base_positions` instead of `restored` gives their `base_context` too
+    (`position_context` of the checkpoint they came from).
     """
 
     slice_seconds = 0.02
@@ -410,6 +456,7 @@ class Checkpointer:
         on_durable: Callable[[Durable], None] | None = None,
         restored: Checkpoint | None = None,
         base_positions: dict | None = None,
+        base_context: dict | None = None,
     ):
         self.store = store
         self.learner = learner
@@ -419,6 +466,8 @@ class Checkpointer:
         self.on_durable = on_durable
         self.base_positions = dict(restored.positions if restored is not None else base_positions or {})
         self.last_positions: dict | None = dict(self.base_positions) if restored is not None else None
+        # what the positions kept say about themselves (topic ids, outputs): carried with them (online.checkpoints.KAFKA_CONTEXT)
+        self.base_context = position_context(restored.manifest) if restored is not None else dict(base_context or {})
         self.pending: concurrent.futures.Future | None = None
         self.written = 0
         self.last_manifest: dict | None = restored.manifest if restored is not None else None
@@ -467,7 +516,7 @@ class Checkpointer:
         started = time.perf_counter()
         fields = checkpoint_fields(self.learner, self.spec)
         all_positions = {**self.base_positions, **positions}
-        manifest_extra = {**extra, **learning_extra(self.learner, spec=self.spec)}
+        manifest_extra = {**self.base_context, **extra, **learning_extra(self.learner, spec=self.spec)}
         store = self.store
         self.last_positions = all_positions
         self.cadence.reset()

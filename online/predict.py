@@ -23,11 +23,12 @@ the checkpoint the model came from. A line that cannot be predicted gets an erro
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Iterable, Iterator
 
 import orjson
 
-from online.checkpoints import Checkpoint
+from online.checkpoints import Checkpoint, CheckpointStore
 from online.events import EventError
 from online.learner import Learner, probabilities_record
 from online.model_set import restore_model
@@ -66,14 +67,15 @@ def prediction_record(learner: Learner, event: Any, checkpoint_id: str | None) -
     return record
 
 
-def predict_lines(checkpoint: Checkpoint, lines: Iterable[str | bytes], model: str | None = None) -> Iterator[str]:
+def predict_lines(checkpoint: Checkpoint, lines: Iterable[str | bytes], model: str | None = None, learner: Learner | None = None) -> Iterator[str]:
     """Yield one JSON line per input line: ``{"line": n, **prediction_record(...)}``, or an error.
 
     `n` is the line's number in the input: blank lines are skipped but counted. Lines may be
     bytes: one that is not UTF-8 is one error record. `model` names one model of a checkpoint of
-    several (``models:``; default the first).
+    several (``models:``; default the first); `learner` is that model when the caller restored it
+    already (`latest_model`).
     """
-    learner = restore_model(checkpoint, model)
+    learner = learner if learner is not None else restore_model(checkpoint, model)
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -86,3 +88,15 @@ def predict_lines(checkpoint: Checkpoint, lines: Iterable[str | bytes], model: s
         except EventError as error:
             record = {"line": number, "error": str(error)}
         yield orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+def latest_model(store: CheckpointStore, checkpoint_id: str | None = None, model: str | None = None) -> tuple[Checkpoint, Learner] | None:
+    """The checkpoint to predict with and its model (`model` of several); None when the store holds none.
+
+    Without `checkpoint_id`, the latest that verifies and restores: one that verifies but cannot
+    be restored (an unknown class, a module that cannot be imported) is skipped for the previous
+    good one with a warning. With it, that one or a one-line error (`online.checkpoints.UnrestorableError`).
+    An unknown `model` is a one-line `ConfigError`.
+    """
+    restore = functools.partial(restore_model, name=model)
+    return store.restore(checkpoint_id, restore) if checkpoint_id else store.restore_latest(restore)

@@ -273,11 +273,14 @@ class Evaluation:
         self.candidates = [Candidate(name, Learner(model, job.events, transform)) for name, model in zip(candidate_names(models), models)]
         self.resumed: Resumed | None = None
         if options.checkpoint_uri:  # evaluate a checkpointed model on new data: read, never written
-            latest = _checkpoint_store(job, options.checkpoint_uri, options).load_latest()
-            if latest is not None:
+            def restore(checkpoint):
                 if len(self.candidates) != 1:
                     raise UsageError("--checkpoint-uri in evaluate mode starts one model from its checkpoint: configure one model")
-                self.candidates[0].learner = LearnerSpec(models[0], job.events, job.features, transform).restore(latest)
+                return LearnerSpec(models[0], job.events, job.features, transform).restore(checkpoint)
+
+            found = _checkpoint_store(job, options.checkpoint_uri, options).restore_latest(restore)  # past one that cannot be restored
+            if found is not None:
+                latest, self.candidates[0].learner = found
                 self.resumed = Resumed(latest.id, self.candidates[0].learner.state.events_learned)
                 log.info(self.resumed.text())
         self.rows: list[dict] = []

@@ -118,7 +118,7 @@ from online.checkpoints import CheckpointStore, FencingError
 from online.config import ConsumeJobConfig
 from online.events import EventError, _json_type
 from online.learner import Learner, Prediction, probabilities_record
-from online.persistence import Cadence, Checkpointer, LearnerSpec, open_checkpoint_store, resume
+from online.persistence import Cadence, Checkpointer, LearnerSpec, open_checkpoint_store, position_context, resume
 from pipelines.options import add_required_argument, check_required
 from pipelines.filesystems import configure_filesystems
 from core.configuration import load_config
@@ -449,14 +449,15 @@ class LearnStateFn(beam.DoFn):
             learner, checkpoint = self.new_learner(key, store)
             snapshot_state.write(learner.snapshot())
             base = dict(checkpoint.positions) if checkpoint is not None else {}
+            context = position_context(checkpoint.manifest) if checkpoint is not None else {}  # carried with the base positions
             files = dict(base.get("files") or {})
             if base:
-                positions_state.write(orjson.dumps({"base": base, "files": files}))
+                positions_state.write(orjson.dumps({"base": base, "files": files, "context": context}))
             logged = 0
         else:
             learner = Learner.restore(snapshot_state.read(), self._spec.model, self._spec.events, transform=self._spec.transform)
             recorded = orjson.loads(positions_state.read() or b"{}")
-            base, files = recorded.get("base") or {}, recorded.get("files") or {}
+            base, files, context = recorded.get("base") or {}, recorded.get("files") or {}, recorded.get("context") or {}
             logged = 0
             chunk = learner.batch_size
             entries = []
@@ -490,7 +491,7 @@ class LearnStateFn(beam.DoFn):
             if logged != version[1]:
                 log.warning("key %r: replayed %d logged events, state says %d", key, logged, version[1])
         cadence = Cadence(self.settings.every_events, self.settings.every_seconds, clock=self.settings.clock, since=logged)
-        checkpointer = Checkpointer(store, learner, self._spec, cadence, base_positions=base)
+        checkpointer = Checkpointer(store, learner, self._spec, cadence, base_positions=base, base_context=context)
         cached = self._learners[key] = CachedLearner(learner, "", logged, checkpointer, files, held if version is not None else [])
         self._learners.move_to_end(key)
         while len(self._learners) > self.settings.cached_learners:
@@ -601,7 +602,7 @@ class LearnStateFn(beam.DoFn):
         for *_, entry in cached.held:  # mini-batch: an incomplete chunk is not in the snapshot: it stays logged
             log_state.add(entry)
         if cached.files:
-            positions_state.write(orjson.dumps({"base": cached.checkpointer.base_positions, "files": cached.files}))
+            positions_state.write(orjson.dumps({"base": cached.checkpointer.base_positions, "files": cached.files, "context": cached.checkpointer.base_context}))
         cached.logged = len(cached.held)
         cached.token = self._token
         version_state.write((self._token, cached.logged))

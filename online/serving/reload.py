@@ -1,11 +1,15 @@
 """The model a serving instance answers with, and the watcher that swaps in each new checkpoint.
 
 A read-only instance polls the checkpoint store's ``LATEST`` pointer every
-``serve.reload_seconds``. A new id is loaded, verified (SHA-256; HMAC with a signing key) and
+``serve.reload_seconds`` (read and checked by the store, `CheckpointStore.latest_id`: with a key, a
+pointer that is unsigned, forged or moved back is refused). A new id is loaded, verified (SHA-256;
+with a signing key, the signatures of its manifest and state) and
 restored through `online.persistence` on a worker thread while the current model keeps answering;
 then one reference is swapped, so no request fails or waits during the swap. A checkpoint that
 fails verification or restoring is refused (logged, ``riverbeam_serve_reload_failures_total``)
 and the model already served stays; the watcher tries again only when ``LATEST`` moves again.
+At start, a latest checkpoint that verifies but cannot be restored falls back to the previous good
+one with a warning, as `riverbeam predict` and the learning jobs do (`CheckpointStore.restore_latest`).
 
 >>> import tempfile
 >>> from online.checkpoints import CheckpointStore
@@ -13,17 +17,14 @@ and the model already served stays; the watcher tries again only when ``LATEST``
 >>> from online.learner import Learner
 >>> from online.persistence import save_learner
 >>> from online.serving.metrics import ServeMetrics
->>> store = CheckpointStore(tempfile.mkdtemp())
+>>> store = CheckpointStore(tempfile.mkdtemp(), signing_key=b"the key")
 >>> learner = Learner(ModelConfig(pipeline=[{"linear_model.LinearRegression": {}}], metrics=["MAE"]), EventsConfig(target="y"))
 >>> first = save_learner(store, learner, positions={})
 >>> slot = ModelSlot()
->>> watcher = CheckpointWatcher(store, slot, ServeMetrics())
+>>> watcher = CheckpointWatcher(CheckpointStore(store.uri, signing_key=b"the key"), slot, ServeMetrics())
 >>> watcher.poll() == first["id"] == slot.current.checkpoint_id
 True
->>> bad = CheckpointStore(store.uri, signing_key=b"another key")
->>> signed = CheckpointStore(store.uri, signing_key=b"the key")
->>> watcher = CheckpointWatcher(signed, slot, ServeMetrics())
->>> _ = bad.save(b"not a learner", events_seen=0, events_learned=0, positions={})
+>>> _ = store.save(b"not a learner", events_seen=0, events_learned=0, positions={})  # verifies, cannot be restored
 >>> watcher.poll() is None and slot.current.checkpoint_id == first["id"]
 True
 """
@@ -31,17 +32,16 @@ True
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from dataclasses import dataclass
 from typing import Callable
 
-from online.checkpoints import LATEST, Checkpoint, CheckpointStore
+from online.checkpoints import Checkpoint, CheckpointError, CheckpointStore
 from online.learner import Learner
 from online.persistence import restore_learner
 from online.serving.metrics import ServeMetrics
-from core.storage import ObjectNotFound, StorageError
+from core.storage import StorageError
 
 log = logging.getLogger("riverbeam.serve")
 
@@ -63,14 +63,11 @@ class ModelSlot:
 
 
 def latest_id(store: CheckpointStore) -> str | None:
-    """The id ``LATEST`` points at, without loading anything (None: no checkpoint, or no readable pointer)."""
-    try:
-        pointer = json.loads(store.store.read(LATEST))
-    except ObjectNotFound:
-        return None
-    except ValueError:
-        return None
-    return pointer.get("id") if isinstance(pointer, dict) and isinstance(pointer.get("id"), str) else None
+    """The id ``LATEST`` points at, without loading anything (None: no checkpoint, or no readable pointer).
+
+    The store's one pointer reader (`CheckpointStore.latest_id`): a pointer it refuses raises `CheckpointError`.
+    """
+    return store.latest_id()
 
 
 class CheckpointWatcher:
@@ -83,9 +80,9 @@ class CheckpointWatcher:
         self.restore = restore
         self.interval = interval
         self.refused: str | None = None
+        self.refused_pointer: str | None = None
 
-    def _swap(self, checkpoint: Checkpoint, started: float) -> str:
-        learner = self.restore(checkpoint)
+    def _swap(self, checkpoint: Checkpoint, learner: Learner, started: float) -> str:
         self.slot.current = ServedModel(learner, checkpoint.id, checkpoint.manifest)
         self.metrics.checkpoint_is(checkpoint.manifest)
         self.metrics.model_is(learner.report())
@@ -98,8 +95,8 @@ class CheckpointWatcher:
     def load_initial(self) -> str | None:
         """Serve the newest good checkpoint (falling back past corrupt ones, as `riverbeam predict` does)."""
         started = time.perf_counter()
-        checkpoint = self.store.load_latest()
-        return self._swap(checkpoint, started) if checkpoint is not None else None
+        found = self.store.restore_latest(self.restore)
+        return self._swap(*found, started) if found is not None else None
 
     def poll(self) -> str | None:
         """Look once: the id swapped in, or None (nothing new, or refused)."""
@@ -109,13 +106,20 @@ class CheckpointWatcher:
         except StorageError as error:
             log.warning("cannot read the checkpoint pointer", extra={"fields": {"uri": self.store.uri, "error": str(error)}})
             return None
+        except CheckpointError as error:  # a pointer refused (forged, moved back, not plain ids): the current model stays
+            if str(error) != self.refused_pointer:
+                self.refused_pointer = str(error)
+                self.metrics.reload_failures.inc()
+                log.error("refused checkpoint; the current model keeps serving",
+                          extra={"fields": {"id": getattr(error, "checkpoint_id", None), "serving": current, "error": str(error)}})
+            return None
         if newest is None:
             return self.load_initial() if current is None else None
         if newest in (current, self.refused):
             return None
         started = time.perf_counter()
         try:
-            return self._swap(self.store.load(newest), started)
+            return self._swap(*self.store.restore(newest, self.restore), started)
         except Exception as error:  # any failure to verify or restore: refuse it, never stop serving
             self.refused = newest
             self.metrics.reload_failures.inc()

@@ -51,7 +51,7 @@ def checkpoints_list(args) -> int:
     rows = []  # --json
     for manifest in manifests:
         headline = next(iter(manifest.get("metrics", {}).items()), ("-", None))
-        signed = "signed" if (manifest.get("state") or {}).get("hmac_sha256") else "unsigned"
+        signed = "signed" if manifest.get("signature") else "signed-before-manifest-signing" if (manifest.get("state") or {}).get("hmac_sha256") else "unsigned"
         if args.json:
             rows.append({key: manifest.get(key) for key in ("id", "created_at", "events_seen", "events_learned", "metrics")} | {"signature": signed})
             continue

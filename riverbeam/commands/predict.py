@@ -20,18 +20,18 @@ def register(subparsers) -> None:
 
 def predict_command(args) -> int:
     from online.persistence import checkpoint_store
-    from online.predict import predict_lines
+    from online.predict import latest_model, predict_lines
     from core.errors import RiverbeamError, UsageError
 
-    store = checkpoint_store(args.checkpoint, args.signing_key_env)
-    checkpoint = store.load(args.id) if args.id else store.load_latest()
-    if checkpoint is None:
+    found = latest_model(checkpoint_store(args.checkpoint, args.signing_key_env), args.id, args.model)
+    if found is None:
         raise RiverbeamError(f"no checkpoints at {args.checkpoint}")
+    checkpoint, learner = found
     try:  # bytes: a line that is not UTF-8 is one error record, not a traceback
         source = sys.stdin.buffer if args.input == "-" else open(args.input, "rb")
     except OSError as error:
         raise UsageError(f"--input {args.input}: {error.strerror}") from None
     with source:
-        for line in predict_lines(checkpoint, source, args.model):  # blank lines are skipped but keep their numbers
+        for line in predict_lines(checkpoint, source, args.model, learner):  # blank lines are skipped but keep their numbers
             sys.stdout.write(line + "\n")
     return 0

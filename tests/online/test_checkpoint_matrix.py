@@ -173,7 +173,7 @@ def test_every_writer_resumes_in_every_reader(writer, reader, written, topics, k
         path = jsonl(tmp_path / "tail.jsonl", TAIL)
         result = evaluate(replay_job(uri), expand_inputs([path]), ReplayOptions([path], mode="evaluate", checkpoint_uri=uri, progress=False))
         assert result.leaderboard[0]["metrics"] == whole.metric_values()
-        assert CheckpointStore(uri).load_latest().id == head.id  # read, never written
+        assert CheckpointStore(uri, signing_key=KEY.encode()).load_latest().id == head.id  # read, never written
         return
 
     if reader == "daemon":
@@ -256,3 +256,76 @@ def test_with_the_default_variable_set_the_clis_refuse_too(unsigned, tmp_path, m
     one_line_refusal(capsys.readouterr().err, unsigned)
     assert main(["checkpoints", "list", unsigned]) == 0  # manifests only: listed, marked unsigned, nothing unpickled
     assert capsys.readouterr().out.split()[-1] == "unsigned"
+
+
+# -- what a checkpoint must hold: every writer carries the daemon's Kafka context ----------------
+
+
+def serve_learns(uri: str, events: list[dict]) -> None:
+    """A learning ``riverbeam serve`` (``serve.learn: true``) learns `events` over HTTP's path and checkpoints when it stops."""
+    from online.serving.config import ServeJobConfig
+    from online.serving.metrics import ServeMetrics
+    from online.serving.reload import ModelSlot
+    from online.serving.writer import LearningWriter
+
+    config = parse_config({"checkpoint": {"uri": uri, "every_events": 100, "lease_seconds": 3}, "serve": {"learn": True},
+                           "model": MODEL, "events": {"target": "label"}}, ServeJobConfig, environ={})
+    writer = LearningWriter(config, ServeMetrics(), ModelSlot())
+    assert writer.start()
+    writer.learn(copy.deepcopy(events))
+    writer.stop()
+
+
+@pytest.mark.parametrize("writer", ["replay", "serve", "stream-learn"])
+def test_after_any_writer_the_daemon_still_tells_a_recreated_topic(writer, kafka_bootstrap, tmp_path, monkeypatch):
+    """The daemon checkpoints a topic, another job continues the model, the topic is recreated with more events.
+
+    The other job's checkpoint keeps the daemon's offsets, so it must keep what the daemon recorded
+    about them (topic ids, output offsets, outputs ahead): without them the daemon restored it, saw
+    no gap under ``on_offset_gap: fail`` and silently skipped the new topic's first 240 events.
+    """
+    from online.daemon import DaemonError
+    from tests.online.test_daemon import produce, recreate_topic
+
+    monkeypatch.setenv("RIVERBEAM_CHECKPOINT_KEY", KEY)
+    topic = f"matrix-recreated-{uuid.uuid4().hex[:8]}"
+    produce(kafka_bootstrap, topic, [orjson.dumps(e) for e in HEAD])
+    uri = str(tmp_path / "ckpt")
+    daemon_learns(uri, topic, kafka_bootstrap, tmp_path)
+    store = CheckpointStore(uri, signing_key=KEY.encode())
+    recorded = store.load_latest().manifest["extra"]
+    assert recorded["topic_ids"][topic] and "outputs" in recorded and "outputs_ahead" in recorded
+
+    if writer == "replay":
+        replay_learns(uri, TAIL, tmp_path, "events-2-tail")
+    elif writer == "serve":
+        serve_learns(uri, TAIL)
+    else:
+        stream_learn_learns(uri, TAIL, tmp_path)
+    continued = CheckpointStore(uri, signing_key=KEY.encode()).load_latest().manifest
+    assert continued["events_seen"] == 480 and continued["positions"][f"{topic}/0"] == 240
+    assert {name: continued["extra"].get(name) for name in ("topic_ids", "outputs", "outputs_ahead")} == \
+        {name: recorded[name] for name in ("topic_ids", "outputs", "outputs_ahead")}
+
+    recreate_topic(kafka_bootstrap, topic, [orjson.dumps(e) for e in EVENTS[:300]])
+    with pytest.raises(DaemonError, match="the topic was recreated") as refused:
+        run_daemon(consume_config(uri, kafka_bootstrap, topic), until_caught_up=True, progress=False)
+    assert "\n" not in str(refused.value) and f"offset gap on {topic}[0]: the checkpoint resumes at offset 240" in str(refused.value)
+
+
+def test_the_daemon_refuses_in_one_line_a_checkpoint_with_kafka_offsets_and_no_topic_ids(written, kafka_bootstrap, topics, tmp_path, monkeypatch):
+    """A checkpoint written before writers carried the Kafka context: one line, never 'nothing to check'."""
+    from online.checkpoints import CheckpointError
+
+    monkeypatch.setenv("RIVERBEAM_CHECKPOINT_KEY", KEY)
+    uri = copy_checkpoints(written["daemon"], tmp_path / "ckpt")
+    store = CheckpointStore(uri, signing_key=KEY.encode())
+    latest = store.load_latest()
+    extra = {k: v for k, v in latest.manifest["extra"].items() if k != "topic_ids"}  # what replay and serve wrote until now
+    store.save(latest.state, events_seen=240, events_learned=240, positions=latest.positions, metrics=latest.manifest["metrics"],
+               model=latest.manifest["model"], config_hash=latest.manifest["config_hash"], extra={**extra, "source": "replay"})
+    with pytest.raises(CheckpointError) as refused:
+        run_daemon(consume_config(uri, kafka_bootstrap, topics["head"]), until_caught_up=True, progress=False)
+    message = str(refused.value)
+    assert "\n" not in message and "(written by replay) holds Kafka offsets but not extra.topic_ids" in message, message
+

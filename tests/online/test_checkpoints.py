@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import pytest
 
-from online.checkpoints import CheckpointError, CheckpointStore, FencingError, IntegrityError
+from online.checkpoints import CheckpointError, CheckpointStore, FencingError, IntegrityError, SignatureError
 from core.storage import open_store
 
 
@@ -19,6 +20,13 @@ def uri(request, tmp_path):
 
 def save(store, n, state=None):
     return store.save(state or b"state-%d" % n, events_seen=n, events_learned=n, positions={"events/0": n}, metrics={"Accuracy": n / 10})
+
+
+def intruder(uri, key=None):
+    """A writer that does not check the pointer it replaces (an intruder, or a riverbeam that predates the checks)."""
+    store = CheckpointStore(uri, signing_key=key)
+    store._check_pointer = lambda pointer, verify=True: None
+    return store
 
 
 def test_save_and_load_latest(uri):
@@ -75,7 +83,7 @@ def test_signed_checkpoints_refuse_unsigned_and_tampered(uri):
         signed.load_latest()  # the only checkpoint is unsigned
     with pytest.raises(IntegrityError, match="not signed"):
         signed.load(unsigned.list()[0]["id"])
-    good = save(signed, 2)
+    good = save(intruder(uri, b"secret"), 2)  # a signed writer over an unsigned store (a signed one refuses the unsigned pointer)
     assert CheckpointStore(uri, signing_key=b"secret").load_latest().state == b"state-2"
     # tamper: change the blob and recompute the plain checksum, but not the HMAC
     import hashlib
@@ -150,12 +158,12 @@ def test_an_unsigned_latest_is_refused_not_skipped_for_an_older_signed_one(uri):
 
     signed = CheckpointStore(uri, signing_key=b"secret")
     save(signed, 1)
-    save(CheckpointStore(uri), 2)  # an intruder (or a misconfigured writer) moves LATEST to an unsigned blob
+    save(intruder(uri), 2)  # an intruder (or a misconfigured writer) moves LATEST to an unsigned blob
     with pytest.raises(SignatureError) as refused:
         CheckpointStore(uri, signing_key=b"secret").load_latest()
     message = str(refused.value)
     assert "\n" not in message and message.startswith(f"{CheckpointStore(uri).uri}: checkpoint ") and "is not signed" in message
-    save(CheckpointStore(uri, signing_key=b"other"), 3)
+    save(intruder(uri, b"other"), 3)
     with pytest.raises(SignatureError, match="wrong signature"):
         CheckpointStore(uri, signing_key=b"secret").load_latest()
 
@@ -404,3 +412,252 @@ def test_recorded_configuration_leaves_defaults_out_so_other_versions_read_it(tm
     assert recorded["model"] == {"pipeline": [{"linear_model.LinearRegression": {}}], "metrics": ["MAE"]}
     assert recorded["events"] == {"target": "y"}
     assert restore_learner(store.load_latest()).report()["events_learned"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Signing covers the whole manifest, binds id and sequence, and the LATEST pointer (issue 26.1)
+# ---------------------------------------------------------------------------------------------
+
+KEY = b"tamper-test-key"
+
+
+def signed_checkpoint(uri) -> dict:
+    """A signed checkpoint holding every kind of field a reader acts on: Kafka positions and their context, a part."""
+    store = CheckpointStore(uri, signing_key=KEY)
+    save(store, 1)
+    part = store.write_part(b"keyed models", records=3)
+    return store.save(b"state-2", events_seen=2000, events_learned=1990, positions={"events/0": 2000, "replay": {"file": "a.jsonl", "line": 7}},
+                      metrics={"Accuracy": 0.9}, model="LogisticRegression", config_hash="abc123",
+                      extra={"topic_ids": {"events": "Aq-1"}, "outputs": {"events.dlq/0": 12}, "outputs_ahead": {"events.dlq": {"events/0": 2004}},
+                             "learning": {"model": {"pipeline": [{"linear_model.LogisticRegression": {}}]}}},
+                      parts=[part])
+
+
+def leaves(document, path=()):
+    """(path, value) of every leaf of a JSON document (an empty dict or list is a leaf too)."""
+    if isinstance(document, dict) and document:
+        for key, value in document.items():
+            yield from leaves(value, path + (key,))
+    elif isinstance(document, list) and document:
+        for index, value in enumerate(document):
+            yield from leaves(value, path + (index,))
+    else:
+        yield path, document
+
+
+def changed(value):
+    if isinstance(value, bool) or value is None:
+        return not value
+    if isinstance(value, (int, float)):
+        return value - 1 if value else 1
+    if isinstance(value, str):
+        return value[:-1] + ("0" if value[-1:] != "0" else "1") if value else "x"
+    return {"x": 1} if isinstance(value, dict) else [1]
+
+
+def test_every_field_of_a_signed_manifest_is_covered(tmp_path):
+    uri = str(tmp_path / "ckpt")
+    manifest = signed_checkpoint(uri)
+    path = f"checkpoints/{manifest['id']}/manifest.json"
+    original = open_store(uri).read(path)
+    fields = [p for p, _ in leaves(manifest) if p[0] != "signature"]
+    assert len(fields) >= 25 and {p[0] for p in fields} >= {"id", "sequence", "positions", "extra", "parts", "config_hash", "state", "events_seen"}
+    for field in fields:
+        tampered = json.loads(original)
+        target = tampered
+        for key in field[:-1]:
+            target = target[key]
+        target[field[-1]] = changed(target[field[-1]])
+        open_store(uri).write(path, json.dumps(tampered).encode())
+        with pytest.raises(IntegrityError) as refused:
+            CheckpointStore(uri, signing_key=KEY).load_latest()  # never a fall-back to the older checkpoint
+        assert "wrong signature" in str(refused.value) and "\n" not in str(refused.value), field
+    for name in [p[0] for p in fields]:  # and a field removed
+        tampered = json.loads(original)
+        del tampered[name]
+        open_store(uri).write(path, json.dumps(tampered).encode())
+        with pytest.raises(IntegrityError, match="wrong signature"):
+            CheckpointStore(uri, signing_key=KEY).load_latest()
+    open_store(uri).write(path, original)
+    assert CheckpointStore(uri, signing_key=KEY).load_latest().manifest == manifest
+
+
+def test_an_older_signed_checkpoint_copied_under_a_new_id_is_refused(tmp_path):
+    uri = str(tmp_path / "ckpt")
+    store = CheckpointStore(uri, signing_key=KEY)
+    old = save(store, 1)
+    newest = [save(store, n) for n in (2, 3)][-1]
+    raw = open_store(uri)
+    forged = "000000000004" + newest["id"][12:]  # the next place in the sequence
+    for name in ("manifest.json", "state.bin"):
+        raw.write(f"checkpoints/{forged}/{name}", raw.read(f"checkpoints/{old['id']}/{name}"))
+    with pytest.raises(SignatureError, match=f"checkpoint {forged} holds the manifest of checkpoint '{old['id']}'"):
+        CheckpointStore(uri, signing_key=KEY).load(forged)
+    pointer = json.loads(raw.read("LATEST"))
+    raw.write("LATEST", json.dumps({**pointer, "id": forged, "sequence": 4, "history": [forged] + pointer["history"]}).encode())
+    with pytest.raises(SignatureError, match="the LATEST pointer has a wrong signature"):
+        CheckpointStore(uri, signing_key=KEY).load_latest()
+    unsigned = {"id": forged, "sequence": 4, "history": [forged] + pointer["history"]}
+    raw.write("LATEST", json.dumps(unsigned).encode())
+    with pytest.raises(SignatureError, match=f"checkpoint {forged} holds the manifest of checkpoint"):
+        CheckpointStore(uri, signing_key=KEY).load_latest()
+
+
+def test_a_latest_pointer_moved_back_is_refused(tmp_path):
+    uri = str(tmp_path / "ckpt")
+    store = CheckpointStore(uri, signing_key=KEY)
+    raw = open_store(uri)
+    pointers = {}
+    for n in range(1, 5):
+        save(store, n)
+        pointers[n] = raw.read("LATEST")  # what someone who can read the bucket keeps
+    reader = CheckpointStore(uri, signing_key=KEY)
+    assert reader.load_latest().state == b"state-4"
+    raw.write("LATEST", pointers[2])  # a signed pointer, replayed: two checkpoints back
+    with pytest.raises(SignatureError, match="LATEST was rolled back") as refused:
+        CheckpointStore(uri, signing_key=KEY).load_latest()  # a fresh reader: a signed checkpoint two past it is present
+    assert "\n" not in str(refused.value)
+    raw.write("LATEST", pointers[3])  # one step back: a fresh reader cannot tell it from a writer killed before moving LATEST ...
+    assert CheckpointStore(uri, signing_key=KEY).load_latest().state == b"state-3"
+    with pytest.raises(SignatureError, match="LATEST moved back from sequence 4 to 3"):
+        reader.latest_id()  # ... a reader that saw the newer one can
+    with pytest.raises(SignatureError, match="LATEST moved back"):
+        reader.load_latest()
+
+
+def test_a_signed_store_read_without_the_key_fails_closed(tmp_path, monkeypatch, capsys):
+    from online.persistence import checkpoint_store
+    from riverbeam.cli import main
+
+    uri = str(tmp_path / "ckpt")
+    save(CheckpointStore(uri, signing_key=KEY), 1)
+    monkeypatch.delenv("RIVERBEAM_CHECKPOINT_KEY", raising=False)
+    for read in (lambda: checkpoint_store(uri).load_latest(), lambda: CheckpointStore(uri).load(CheckpointStore(uri).ids()[0])):
+        with pytest.raises(SignatureError, match="is signed but no signing key is set") as refused:
+            read()
+        assert "\n" not in str(refused.value) and "refusing to load it unverified" in str(refused.value)
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"x": 1}\n')
+    assert main(["predict", "--checkpoint", uri, "--input", str(events)]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "is signed but no signing key is set" in err and "Traceback" not in err
+
+
+def test_a_checkpoint_signed_before_manifest_signing_is_refused_in_one_line(tmp_path):
+    """Format 1 signed only the state blob: its manifest could be edited undetected, so it is refused (not trusted)."""
+    uri = str(tmp_path / "ckpt")
+    manifest = save(CheckpointStore(uri, signing_key=KEY), 1)
+    raw = open_store(uri)
+    old = {k: v for k, v in manifest.items() if k != "signature"} | {"format": 1}
+    raw.write(f"checkpoints/{manifest['id']}/manifest.json", json.dumps(old).encode())
+    raw.write("LATEST", json.dumps({"id": manifest["id"], "sequence": 1, "history": [manifest["id"]]}).encode())
+    for read in (CheckpointStore(uri, signing_key=KEY).load_latest, lambda: CheckpointStore(uri, signing_key=KEY).load(manifest["id"])):
+        with pytest.raises(SignatureError) as refused:
+            read()
+        message = str(refused.value)
+        assert "\n" not in message and f"checkpoint {manifest['id']} predates manifest signing" in message, message
+    with pytest.raises(SignatureError, match="is signed but no signing key is set"):
+        CheckpointStore(uri).load_latest()  # without a key either: a signed store is never loaded unverified
+
+
+# ---------------------------------------------------------------------------------------------
+# Ids that are not plain checkpoint ids (issue 26.4)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_latest_naming_a_path_outside_the_store_is_refused(tmp_path, capsys):
+    from riverbeam.cli import main
+
+    uri = str(tmp_path / "store" / "ckpt")
+    save(CheckpointStore(uri), 1)
+    outside = save(CheckpointStore(str(tmp_path / "outside-store")), 7)
+    escape = "../../outside/ck1"  # checkpoints/../../outside/ck1 is tmp/store/outside/ck1: outside the store
+    raw, source = open_store(str(tmp_path / "store")), open_store(str(tmp_path / "outside-store"))
+    raw.write("outside/ck1/manifest.json", json.dumps({**outside, "id": escape}).encode())
+    raw.write("outside/ck1/state.bin", source.read(f"checkpoints/{outside['id']}/state.bin"))
+    open_store(uri).write("LATEST", json.dumps({"id": escape, "sequence": 7, "history": [escape]}).encode())
+    for read in (CheckpointStore(uri).load_latest, CheckpointStore(uri).list, lambda: CheckpointStore(uri).load(escape)):
+        with pytest.raises(IntegrityError, match=r"'\.\./\.\./outside/ck1', which is not a checkpoint id"):
+            read()
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"x": 1}\n')
+    for argv in (["checkpoints", "list", uri], ["predict", "--checkpoint", uri, "--input", str(events)],
+                 ["checkpoints", "show", uri, "--id", "../../outside/ck1"]):
+        capsys.readouterr()
+        assert main(argv) == 1, argv
+        captured = capsys.readouterr()
+        assert "not a checkpoint id" in captured.err and len(captured.err.strip().splitlines()) == 1 and not captured.out, argv
+
+
+# ---------------------------------------------------------------------------------------------
+# A latest checkpoint that verifies but cannot be restored (issue 26.3, 25.6); --model (26.4)
+# ---------------------------------------------------------------------------------------------
+
+
+def learned_store(uri):
+    """A store with a good checkpoint of a small regression model; the learner and the manifest."""
+    from online.config import EventsConfig, ModelConfig
+    from online.learner import Learner
+    from online.persistence import save_learner
+
+    learner = Learner(ModelConfig(pipeline=[{"linear_model.LinearRegression": {}}], metrics=["MAE"]), EventsConfig(target="y"))
+    for i in range(30):
+        learner.process({"x": float(i % 5), "y": 2.0 * (i % 5)})
+    return learner, save_learner(CheckpointStore(uri), learner, positions={"replay": {"file": "a.jsonl", "line": 30}})
+
+
+UNRESTORABLE = {
+    "module-missing": b"cno_such_module_of_the_user\nSteps\n.",  # a custom_modules class whose module is gone
+    "unknown-class": b"criver.linear_model\nNoSuchRegression\n.",
+    "wrong-type": pickle.dumps({"not": "a learner state"}),
+}
+
+
+@pytest.mark.parametrize("state", list(UNRESTORABLE.values()), ids=list(UNRESTORABLE))
+def test_a_latest_checkpoint_that_cannot_be_restored_falls_back_to_the_previous_good_one(state, tmp_path, caplog, capsys, monkeypatch):
+    from online.persistence import LearnerSpec, checkpoint_fields, learning_extra, resume
+    from online.serving.metrics import ServeMetrics
+    from online.serving.reload import CheckpointWatcher, ModelSlot
+    from riverbeam.cli import main
+
+    monkeypatch.delenv("RIVERBEAM_CHECKPOINT_KEY", raising=False)
+    uri = str(tmp_path / "ckpt")
+    learner, good = learned_store(uri)
+    bad = CheckpointStore(uri).save(state, **checkpoint_fields(learner), positions=good["positions"], extra=learning_extra(learner))
+
+    with caplog.at_level("WARNING", logger="online.checkpoints"):  # the daemon, replay, a learning serve, stream-learn
+        restored, checkpoint = resume(CheckpointStore(uri), LearnerSpec.of_learner(learner))
+    assert checkpoint.id == good["id"] and restored.report() == learner.report()
+    assert f"checkpoint {bad['id']} verifies but cannot be restored" in caplog.text
+    assert f"fell back to checkpoint {good['id']} (the latest, {bad['id']}, cannot be used)" in caplog.text
+
+    watcher = CheckpointWatcher(CheckpointStore(uri), ModelSlot(), ServeMetrics())  # a read-only serve
+    assert watcher.load_initial() == good["id"]
+
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"x": 1.0}\n')
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", uri, "--input", str(events)]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["checkpoint"] == good["id"] and "Traceback" not in captured.err
+    assert main(["predict", "--checkpoint", uri, "--id", bad["id"], "--input", str(events)]) == 1  # that one: one line
+    captured = capsys.readouterr()
+    assert not captured.out and len(captured.err.strip().splitlines()) == 1, captured.err
+    assert f"checkpoint {bad['id']} verifies but cannot be restored" in captured.err
+
+
+def test_a_model_name_the_checkpoint_does_not_hold_is_refused(tmp_path, capsys, monkeypatch):
+    from riverbeam.cli import main
+
+    monkeypatch.delenv("RIVERBEAM_CHECKPOINT_KEY", raising=False)
+    uri = str(tmp_path / "ckpt")
+    learned_store(uri)
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"x": 1.0}\n')
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", uri, "--model", "../../etc/passwd", "--input", str(events)]) == 2
+    captured = capsys.readouterr()
+    assert not captured.out and len(captured.err.strip().splitlines()) == 1
+    assert "--model: checkpoint " in captured.err and "holds one model (LinearRegression), not '../../etc/passwd'" in captured.err
+    assert main(["predict", "--checkpoint", uri, "--model", "LinearRegression", "--input", str(events)]) == 0  # its name is taken
+    assert "prediction" in json.loads(capsys.readouterr().out)

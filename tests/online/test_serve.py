@@ -54,8 +54,12 @@ def learned_locally(events: list[dict], model: dict = MODEL, events_config: dict
     return learner
 
 
-def write_checkpoint(uri: str, events: list[dict], key: bytes | None = None) -> dict:
-    return save_learner(CheckpointStore(uri, signing_key=key), learned_locally(events), positions={})
+def write_checkpoint(uri: str, events: list[dict], key: bytes | None = None, intruder: bool = False) -> dict:
+    """A checkpoint of a model learned from `events`; an `intruder` writes over a pointer it cannot verify."""
+    store = CheckpointStore(uri, signing_key=key)
+    if intruder:
+        store._check_pointer = lambda pointer, verify=True: None
+    return save_learner(store, learned_locally(events), positions={})
 
 
 def latest_manifest(uri: str) -> dict | None:
@@ -128,13 +132,15 @@ def test_a_checkpoint_failing_verification_is_refused_and_the_old_one_keeps_serv
     client = httpx.Client(base_url=base, timeout=10)
     before = client.post("/v1/predict", json=HELD_OUT[:20]).json()
 
-    tampered = write_checkpoint(uri, PHISHING[:600], b"another key")  # LATEST moves to a checkpoint signed with another key
+    pointer = (tmp_path / "checkpoints" / "LATEST").read_bytes()
+    tampered = write_checkpoint(uri, PHISHING[:600], b"another key", intruder=True)  # LATEST moves to a checkpoint signed with another key
     wait_until(lambda: "riverbeam_serve_reload_failures_total 1.0" in client.get("/metrics").text, timeout=10, what="the refusal to be counted")
     assert client.post("/v1/predict", json=HELD_OUT[:20]).json() == before
     assert client.get("/v1/model").json()["checkpoint"]["id"] == good["id"]
     refusals = [json.loads(line) for line in serve_log.read_text().splitlines() if "refused checkpoint" in line]
     assert refusals and refusals[0]["id"] == tampered["id"] and "wrong signature" in refusals[0]["error"]
 
+    (tmp_path / "checkpoints" / "LATEST").write_bytes(pointer)  # put back (a writer with the key refuses a forged LATEST)
     fixed = write_checkpoint(uri, PHISHING[:900], key)  # the next good one is swapped in
     wait_until(lambda: client.get("/v1/model").json()["checkpoint"]["id"] == fixed["id"], timeout=10, what="the next good checkpoint")
     expected = riverbeam_predict(uri, fixed["id"], HELD_OUT[:20], env={"RIVERBEAM_CHECKPOINT_KEY": key.decode()})
