@@ -244,11 +244,38 @@ class Learner:
 
     # -- the hot path -----------------------------------------------------------------------
 
+    @property
+    def model(self) -> base.Estimator:
+        """The model that learns (the global one; with ``events.key``, one per key: see `models`)."""
+        if self.events_config.key is not None:
+            raise AttributeError("a keyed learner has one model per key: learner.state.models[key]")
+        return self.state.models[None]
+
+    def predict(self, event: dict) -> Prediction:
+        """Predict one event without learning from it or scoring it (counters unchanged; `event` unchanged).
+
+        Raises `EventError` for a bad event, or for a key no model has learned yet.
+
+        >>> from online.config import EventsConfig, ModelConfig
+        >>> learner = Learner(ModelConfig(pipeline=[{"linear_model.LogisticRegression": {}}]), EventsConfig(target="y"))
+        >>> learner.predict({"x": 1.0}).label(), learner.report()["events_seen"]
+        (False, 0)
+        """
+        x, _, key = self.reader.split(dict(event) if type(event) is dict else event)
+        model = self.state.models.get(key)
+        if model is None:
+            raise EventError(f"no model for key {key!r} yet")
+        return Prediction(key, getattr(model, self._predict_name)(x), None, False)
+
     def process(self, event: dict) -> Prediction:
-        """Predict, score and learn one event; raise `EventError` (nothing learned, nothing scored) for a bad one."""
+        """Predict, score and learn one event; raise `EventError` (nothing learned, nothing scored) for a bad one.
+
+        The caller's `event` is not changed (as River's ``learn_one`` leaves its ``x``); `process_many`,
+        the jobs' hot path, consumes the dicts it is given.
+        """
         outcomes: list = []
         failures: list = []
-        self.process_many([event], on_error=lambda i, error: failures.append(error), predictions=outcomes)
+        self.process_many([dict(event) if type(event) is dict else event], on_error=lambda i, error: failures.append(error), predictions=outcomes)
         if failures:
             raise failures[0]
         return outcomes[0][1]
@@ -787,8 +814,14 @@ def _json(value: Any) -> str:
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
+    """A metric's value as plain JSON: a Python float (River may answer a numpy one), None for NaN/inf.
+
+    >>> import numpy
+    >>> type(_plain(numpy.float64(-0.0))), _plain(float("nan")), _plain(3)
+    (<class 'float'>, None, 3)
+    """
+    if isinstance(value, float):
+        return float(value) if math.isfinite(value) else None
     return value
 
 

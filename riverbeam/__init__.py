@@ -7,7 +7,7 @@ the `core` package; see its docstring for the layering. Names are imported on fi
 
 >>> import riverbeam
 >>> sorted(riverbeam.__all__)[:4]
-['CheckpointStore', 'JobSummary', 'Learner', '__version__']
+['CheckpointStore', 'JobSummary', 'Learner', 'RunFailed']
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ _LAZY = {
     "checkpoint_store": "online.persistence",
     "restore_learner": "online.persistence",
     "JobSummary": "core.summary",
+    "RunFailed": "core.errors",
     **{name: "riverbeam.api" for name in ("model_config", "learner", "replay_job", "iter_replay", "replay", "consume", "load_config")},
 }
 

@@ -37,6 +37,8 @@ from __future__ import annotations
 import threading
 from typing import Any, Iterator
 
+from river.base import Estimator as RiverEstimator
+
 from core.configuration import load_config as _load_config
 from core.configuration import parse_config
 from core.errors import UsageError
@@ -71,8 +73,24 @@ def model_config(model: Any, metrics: list | tuple = ("Accuracy",), name: str | 
 
 
 def learner(model: Any, metrics: list | tuple = ("Accuracy",), *, transform=None, **events: Any) -> Learner:
-    """A `online.learner.Learner` for `model`; `events` are the ``events:`` settings (``target``, ``key``, ``id``, ``time``...)."""
-    return Learner(model_config(model, metrics), EventsConfig(**events), transform=transform)
+    """A `online.learner.Learner` for `model`; `events` are the ``events:`` settings (``target``, ``key``, ``id``, ``time``...).
+
+    Given a River object and no ``key``, the learner learns **that object**, as ``model.learn_one``
+    would (``learner.model is model``); with a ``key`` each key learns its own fresh copy. A
+    checkpoint (`Learner.snapshot`) continues with a compact copy: `Learner.model` is always the one
+    that learns. No call changes the caller's events.
+
+    >>> from river import linear_model
+    >>> model = linear_model.LogisticRegression()
+    >>> learned = learner(model, target="y")
+    >>> _ = learned.process({"x": 1.0, "y": True})
+    >>> learned.model is model, model.weights
+    (True, {'x': 0.005})
+    """
+    built = Learner(model_config(model, metrics), EventsConfig(**events), transform=transform)
+    if isinstance(model, RiverEstimator) and built.events_config.key is None:
+        built.state.models[None] = model
+    return built
 
 
 def replay_job(job: Any, **events: Any) -> ReplayJobConfig:

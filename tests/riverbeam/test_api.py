@@ -78,3 +78,35 @@ def test_consume_runs_embedded_in_a_thread(tmp_path, kafka_bootstrap, topic):
     direct = riverbeam.learner(preprocessing.StandardScaler() | linear_model.LogisticRegression(), target="label")
     direct.process_many([dict(e) for e in PHISHING[:800]])
     assert result["units"]["all"]["metrics"] == direct.metric_values()
+
+
+def test_the_users_own_object_is_the_one_that_learns():
+    """As with River's learn_one: riverbeam.learner(model) learns `model` itself (it used to learn a copy,
+    leaving the user's weights {}), and ends equal to River learning a clone directly."""
+    model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    twin = model.clone()
+    learner = riverbeam.learner(model, target="label")
+    for x, y in datasets.Phishing():
+        learner.process({**x, "label": y})
+        twin.learn_one(x, y)
+    assert learner.model is model
+    assert model["LogisticRegression"].weights == twin["LogisticRegression"].weights != {}
+
+
+def test_no_call_changes_the_callers_event_and_predict_learns_nothing():
+    learner = riverbeam.learner(linear_model.LogisticRegression(), target="label")
+    event = {"x": 1.0, "label": True}
+    learner.process(event)
+    assert event == {"x": 1.0, "label": True}  # the target used to be popped from the caller's dict
+    query = {"x": 1.0, "label": False}
+    before = learner.report()
+    prediction = learner.predict(query)
+    assert query == {"x": 1.0, "label": False} and learner.report() == before  # nothing learned, nothing scored
+    assert prediction.learned is False and set(prediction.y_pred) == {False, True}
+
+
+def test_metrics_come_back_as_plain_python_floats():
+    learner = riverbeam.learner(linear_model.LogisticRegression(), metrics=["Accuracy", "ROCAUC"], target="label")
+    for x, y in list(datasets.Phishing())[:50]:
+        learner.process({**x, "label": y})
+    assert {name: type(value) for name, value in learner.metric_values().items()} == {"Accuracy": float, "ROCAUC": float}
