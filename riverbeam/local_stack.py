@@ -149,7 +149,6 @@ class LocalSettings:
             "STORAGE_EMULATOR_HOST": self.storage_emulator_host,
             "NO_GCE_CHECK": "true",
             "GOOGLE_CLOUD_PROJECT": EMULATOR_PROJECT,
-            "RIVERBEAM__KAFKA__BOOTSTRAP_SERVERS": self.bootstrap_servers,  # overrides kafka.bootstrap_servers of any job
         }
         if self.s3_endpoint_url:
             environment.update(
@@ -162,6 +161,14 @@ class LocalSettings:
 
     def shell_exports(self) -> str:
         return "\n".join(f"export {k}={v}" for k, v in self.environment().items())
+
+    def kafka_override(self) -> dict[str, str]:
+        """The variable that sets ``kafka.bootstrap_servers`` of a job to this broker (its YAML may then leave it out).
+
+        Not part of `environment`: an override applies to every riverbeam command of the shell, and
+        a job without a ``kafka`` section (preprocess, serve, a file replay) would then be refused.
+        """
+        return {"RIVERBEAM__KAFKA__BOOTSTRAP_SERVERS": self.bootstrap_servers}
 
 
 class LocalService:

@@ -39,6 +39,8 @@ def local_up(args) -> int:
     print(f"  GCS emulator bucket:     gs://{settings.bucket}")
     print(f"  S3 server bucket:        s3://{settings.bucket} (endpoint {settings.s3_endpoint_url})")
     print(settings.shell_exports())
+    print("For a job whose YAML leaves kafka.bootstrap_servers out (for that job only: a job without a kafka section would refuse it):")
+    print("".join(f"  {name}={value} riverbeam consume ...\n" for name, value in settings.kafka_override().items()), end="")
     return 0
 
 

@@ -43,6 +43,21 @@ def test_up_status_down_leaves_nothing_running(tmp_path):
     assert not any(state["running"] for state in LocalStack(tmp_path).status().values())
 
 
+def test_the_exported_settings_leave_jobs_without_a_kafka_section_valid(tmp_path):
+    """``eval "$(grep '^export' local-stack.txt)"`` (the README's story) then preprocess, serve or a file replay:
+    an exported Kafka override would reach them and be refused (``kafka: unknown key``)."""
+    from core.configuration import parse_config
+    from online.config import ReplayJobConfig
+    from online.serving.config import ServeJobConfig
+
+    settings = LocalStack(tmp_path, kafka_port=0, gcs_port=0, s3_port=0).settings
+    replay = {"model": {"pipeline": [{"linear_model.LogisticRegression": {}}]}, "events": {"target": "label"}}
+    assert parse_config(replay, ReplayJobConfig, environ=settings.environment()).kafka is None
+    assert parse_config({"checkpoint": {"uri": str(tmp_path)}}, ServeJobConfig, environ=settings.environment()).checkpoint is not None
+    override = parse_config({**replay, "kafka": {"topic": "t"}}, ReplayJobConfig, environ=settings.kafka_override())
+    assert override.kafka.bootstrap_servers == settings.bootstrap_servers
+
+
 def test_taken_port_is_a_clear_error(tmp_path):
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
@@ -66,8 +81,10 @@ def test_cli_local_up_status_down(tmp_path):
         assert up.returncode == 0, up.stderr
         assert f"127.0.0.1:{kafka_port}" in up.stdout and f"STORAGE_EMULATOR_HOST=http://127.0.0.1:{gcs_port}" in up.stdout
         assert f"AWS_ENDPOINT_URL=http://127.0.0.1:{s3_port}" in up.stdout and "s3://riverbeam" in up.stdout
-        # the variable riverbeam's configuration reads as kafka.bootstrap_servers (a job's YAML need not name the port)
-        assert f"export RIVERBEAM__KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:{kafka_port}\n" in up.stdout
+        # the variable riverbeam's configuration reads as kafka.bootstrap_servers (a job's YAML need not name the port),
+        # for one job: exported, it would reach every command of the shell (see the next test)
+        assert f"\n  RIVERBEAM__KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:{kafka_port} riverbeam consume ...\n" in up.stdout
+        assert "export RIVERBEAM__KAFKA" not in up.stdout
         # the printed settings are all a client needs: the bucket exists on the S3 server
         exports = dict(line[len("export "):].split("=", 1) for line in up.stdout.splitlines() if line.startswith("export "))
         probe = subprocess.run(
@@ -194,7 +211,9 @@ def test_cli_apache_kafka_up_then_consume_learns_from_it_then_down(tmp_path):
     try:
         assert up.returncode == 0, up.stderr[-2000:]
         exports = dict(line[len("export "):].split("=", 1) for line in up.stdout.splitlines() if line.startswith("export "))
-        bootstrap = exports["RIVERBEAM__KAFKA__BOOTSTRAP_SERVERS"]
+        override = next(line.split()[0] for line in up.stdout.splitlines() if line.startswith("  RIVERBEAM__KAFKA__BOOTSTRAP_SERVERS="))
+        bootstrap = override.split("=", 1)[1]
+        exports["RIVERBEAM__KAFKA__BOOTSTRAP_SERVERS"] = bootstrap  # as printed: for this consume only
         assert f"{bootstrap} (Apache Kafka)" in up.stdout
         status = cli("local", "status", "--dir", str(tmp_path / "stack"), "--json")
         kafka = json.loads(status.stdout)["kafka"]
