@@ -240,6 +240,71 @@ def user_modules(models: list["ModelConfig"]) -> list[str]:
     return list(dict.fromkeys(m for model in models for m in model.custom_modules))
 
 
+def check_job(
+    models: list[tuple[str, "ModelConfig"]],
+    events: "EventsConfig | None",
+    features: "FeaturesConfig | None" = None,
+    kafka: "KafkaConfig | None" = None,
+    checkpoint: "CheckpointConfig | None" = None,
+) -> None:
+    """What a job's sections mean together, beyond their types: every mistake at once, each naming its key path.
+
+    An events.key that is the label, mini-batch learning with delayed labels, an output topic that is
+    the source (the job would read its own dead letters or predictions), a fitted transform or a
+    checkpoint bucket that is not there. The runtime refuses or gets these wrong, so ``config check``
+    and every job's start refuse them first.
+
+    >>> check_job([("model", ModelConfig(pipeline=[{"linear_model.LogisticRegression": {}}], batch={"size": 8}))],
+    ...           EventsConfig(target="label", key="label", id="id"),
+    ...           kafka=KafkaConfig(topic="events", dead_letter_topic="events"))
+    Traceback (most recent call last):
+    ...
+    core.errors.ConfigErrors: events.key: is the label (events.target = 'label'): each label would pick its own model, which never sees another label
+    model.batch: mini-batch learning does not join delayed labels (events.id): unset one of them
+    kafka.dead_letter_topic: 'events' is the source topic: the job would read its own dead letters back (and nest them for ever)
+    """
+    from core.errors import ConfigError, config_error
+
+    errors: list[ConfigError] = []
+    if events is not None:
+        if events.key is not None and events.key == events.target:
+            errors.append(ConfigError("events.key", f"is the label (events.target = {events.target!r}): each label would pick its own model, which never sees another label"))
+        if events.id is not None:
+            errors += [ConfigError(f"{path}.batch", "mini-batch learning does not join delayed labels (events.id): unset one of them")
+                       for path, model in models if model.batch is not None]  # fmt: skip
+    if kafka is not None:
+        for key, what in (("dead_letter_topic", "dead letters"), ("predictions_topic", "predictions")):
+            output = getattr(kafka, key)
+            if output is not None and output in kafka.source_topics:
+                errors.append(ConfigError(f"kafka.{key}", f"{output!r} is the source topic: the job would read its own {what} back (and nest them for ever)"))
+    if features is not None and features.transform_output:
+        errors += _missing("features.transform_output", features.transform_output, "the output of riverbeam preprocess")
+    if checkpoint is not None:
+        errors += _missing("checkpoint.uri", checkpoint.uri, None, probe="LATEST")
+    if errors:
+        raise config_error(errors)
+
+
+def _missing(path: str, uri: str, what: str | None, probe: str = "") -> list:
+    """A `ConfigError` when `uri` cannot be there: a bucket that does not exist; with `what`, a folder
+    that does not exist or holds nothing (one listing, of the names starting with `probe`)."""
+    import os
+
+    from core import storage
+    from core.errors import ConfigError
+
+    location = parse_uri(uri)
+    if location.is_local:
+        return [] if what is None or os.path.isdir(location.path) else [ConfigError(path, f"{uri} does not exist (expected {what})")]
+    try:
+        found = storage.open_store(uri).list(probe)
+    except storage.StorageUnusable as error:
+        return [ConfigError(path, str(error))]
+    except Exception:  # unreachable now, or no credentials where the file is checked: the job itself retries or says so
+        return []
+    return [ConfigError(path, f"{uri} holds nothing (expected {what})")] if what is not None and not found else []
+
+
 def check_feature_function(features: FeaturesConfig, models: list["ModelConfig"]) -> None:
     """``features.function`` resolved as the job will load it: defined in a module the models list
     in ``custom_modules`` (`ConfigError` naming ``features.function`` otherwise)."""
@@ -276,6 +341,8 @@ class CheckpointConfig(Section):
     @pydantic.field_validator("uri")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("is empty: checkpoints would be written into the working directory; give a folder or a gs:// or s3:// URI")
         try:
             parse_uri(value)  # the one URI parser: a known scheme and a bucket
         except InvalidUri as error:
@@ -300,6 +367,20 @@ class KafkaConfig(Section):
     # A checkpointed offset the broker no longer has (topic recreated, records deleted, log truncated):
     # fail (one line naming topic, partition, offset and the broker's range; exit 1) or skip (counted, logged).
     on_offset_gap: Literal["fail", "skip"] = "fail"
+
+    @pydantic.field_validator("topic", "dead_letter_topic", "predictions_topic", "group_id", "bootstrap_servers")
+    @classmethod
+    def _not_empty(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("is empty: give a name, or leave the key out")
+        return value
+
+    @pydantic.field_validator("topics")
+    @classmethod
+    def _no_empty_topic(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (not value or any(not topic.strip() for topic in value)):
+            raise ValueError("holds an empty topic name" if value else "is empty: name at least one topic")
+        return value
 
     @pydantic.model_validator(mode="after")
     def _one_topic_setting(self) -> "KafkaConfig":
@@ -341,6 +422,8 @@ class LearningConfig(Section):
             check_batch(self.model, path="model")
         with collect.check():
             check_feature_function(self.features, [self.model])
+        with collect.check():
+            check_job([("model", self.model)], self.events, self.features)
         collect.raise_if_any()
 
 
@@ -399,6 +482,8 @@ class ConsumeJobConfig(LearningConfig):
                 check_batch(candidate, path=path)
         with collect.check():
             check_feature_function(self.features, self.candidates)
+        with collect.check():
+            check_job(self.model_paths(), self.events, self.features, self.kafka, self.checkpoint)
         collect.raise_if_any()
 
     def model_paths(self) -> list[tuple[str, ModelConfig]]:
@@ -449,6 +534,9 @@ class ReplayJobConfig(Section):
                 check_batch(candidate, path=f"models[{i}]")
         with collect.check():
             check_feature_function(self.features, self.candidates)
+        with collect.check():
+            paths = [("model", self.model)] if self.model is not None else [(f"models[{i}]", m) for i, m in enumerate(self.models or [])]
+            check_job(paths, self.events, self.features, self.kafka, self.checkpoint)
         collect.raise_if_any()
 
     @property

@@ -60,10 +60,12 @@ class ServeJobConfig(Section):
         return self
 
     def check_semantics(self) -> None:
-        """Resolve the River names of the model section, if any, and ``features.function`` (from its ``custom_modules``)."""
-        from online.config import check_feature_function
+        """Resolve the River names of the model section, if any, and ``features.function`` (from its ``custom_modules``);
+        then what the sections mean together (`online.config.check_job`)."""
+        from online.config import check_feature_function, check_job
         from online.models import build_model
 
         if self.model is not None:
             build_model(self.model, path="model")
         check_feature_function(self.features, [self.model] if self.model is not None else [])
+        check_job([("model", self.model)] if self.model is not None else [], self.events, self.features, checkpoint=self.checkpoint)

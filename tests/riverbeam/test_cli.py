@@ -147,3 +147,51 @@ def test_checkpoints_list_json(tmp_path, capsys):
     assert [(r["id"], r["events_learned"]) for r in rows] == [(second["id"], 3), (first["id"], 2)]  # newest first
     assert set(rows[0]) == {"id", "created_at", "events_seen", "events_learned", "metrics", "signature"} and rows[0]["signature"] == "unsigned"
     assert main(["checkpoints", "list", str(tmp_path / "none"), "--json"]) == 0 and json.loads(capsys.readouterr().out) == []
+
+
+MODEL_YAML = "model: {pipeline: [{linear_model.LogisticRegression: {}}], batch: {size: 8}}\n"
+
+
+def test_config_check_refuses_what_the_sections_mean_together_at_once_and_so_does_the_start(tmp_path):
+    """Each mistake the runtime refuses or gets wrong is one line naming its key path, all of them at once, at check time and at start."""
+    path = tmp_path / "consumer.yaml"
+    path.write_text(
+        "kafka: {topic: events, dead_letter_topic: events, predictions_topic: events, bootstrap_servers: '127.0.0.1:9'}\n"
+        + MODEL_YAML
+        + "events: {target: label, key: label, id: event_id}\n"
+        + f"features: {{transform_output: {tmp_path / 'no-such-output'}}}\n"
+        + f"checkpoint: {{uri: {tmp_path / 'ck'}}}\n"
+    )
+    expected = [
+        f"riverbeam: error: {path}: events.key: is the label (events.target = 'label'): each label would pick its own model, which never sees another label",
+        f"riverbeam: error: {path}: model.batch: mini-batch learning does not join delayed labels (events.id): unset one of them",
+        f"riverbeam: error: {path}: kafka.dead_letter_topic: 'events' is the source topic: the job would read its own dead letters back (and nest them for ever)",
+        f"riverbeam: error: {path}: kafka.predictions_topic: 'events' is the source topic: the job would read its own predictions back (and nest them for ever)",
+        f"riverbeam: error: {path}: features.transform_output: {tmp_path / 'no-such-output'} does not exist (expected the output of riverbeam preprocess)",
+    ]
+    for command in (["config", "check", str(path)], ["consume", "--config", str(path), "--until-caught-up"]):
+        result = riverbeam(*command)
+        assert result.returncode == 2 and result.stderr.splitlines() == expected, result.stderr[-3000:]
+    replay = tmp_path / "replay.yaml"
+    replay.write_text(MODEL_YAML + "events: {target: label, key: label, id: event_id}\n")
+    result = riverbeam("config", "check", str(replay))
+    assert result.returncode == 2 and [line.split(": ")[3] for line in result.stderr.splitlines()] == ["events.key", "model.batch"], result.stderr
+
+
+def test_empty_names_are_refused_where_they_are(tmp_path):
+    path = tmp_path / "consumer.yaml"
+    path.write_text("kafka: {topic: '', group_id: ' '}\n" + MODEL_YAML.replace(", batch: {size: 8}", "") + "checkpoint: {uri: ''}\n")
+    result = riverbeam("config", "check", str(path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert sorted(line.split(": ")[3] for line in result.stderr.splitlines()) == ["checkpoint.uri", "kafka.group_id", "kafka.topic"], result.stderr
+    assert f"riverbeam: error: {path}: checkpoint.uri: is empty: checkpoints would be written into the working directory; give a folder or a gs:// or s3:// URI" in result.stderr
+
+
+@pytest.mark.parametrize("scheme", ["gs", "s3"])
+def test_a_checkpoint_bucket_that_does_not_exist_is_refused_at_check_time(tmp_path, local_stack, scheme):
+    path = tmp_path / "consumer.yaml"
+    path.write_text("kafka: {topic: events}\n" + MODEL_YAML.replace(", batch: {size: 8}", "") + f"checkpoint: {{uri: '{scheme}://no-such-bucket-h6/ck'}}\n")
+    env = dict(os.environ, NO_GCE_CHECK="true")  # the local stack's emulator settings, set by its fixture
+    result = subprocess.run([sys.executable, "-m", "riverbeam.cli", "config", "check", str(path)], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert f"checkpoint.uri: cannot list {scheme}://no-such-bucket-h6/ck" in result.stderr and "does not exist" in result.stderr
