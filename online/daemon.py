@@ -51,7 +51,7 @@ from online.model_set import ModelSet, ModelsSpec
 from online.sources import KafkaBatch, KafkaSource, kafka_positions, position_key
 from online.config import LEASE_RENEWALS
 from online.lease import Lease, LeaseKeeper, instance_id
-from online.observability import DaemonMetrics, HealthServer, ProgressLine
+from online.observability import DaemonMetrics, HealthServer, LearningCurve, ProgressLine
 from online.outputs import OutputWriter
 from online.persistence import Cadence, Checkpointer, Durable, LearnerSpec, kafka_context, open_checkpoint_store, resume
 
@@ -128,6 +128,7 @@ class Daemon:
         self.keyed = config.events.key is not None
         self.lease_seconds = config.checkpoint.lease_seconds
         self.metrics = DaemonMetrics()
+        self.curve = LearningCurve() if config.metrics.port is not None else None  # the dashboard's, by events learned
         self.progress = ProgressLine(progress)
         # model(s), events, features and the fitted transform: what a checkpoint must have been written with
         self.spec = ModelsSpec.of(config, allow_model_change) if config.models is not None else LearnerSpec.of(config)
@@ -216,10 +217,11 @@ class Daemon:
         unit.loop = LearningLoop(
             learner.items() if isinstance(learner, ModelSet) else [(self.model_name, learner)], dead_letters=self.sinks,
             predictions=self.sinks if self.outputs.predictions_topic else None, predictions_model=self.config.predictions_model,
-            checkpointer=unit.checkpointer, positions=positions,
+            checkpointer=unit.checkpointer, positions=positions, curve=self.curve, curve_unit=None if name == "all" else name,
         )
         unit.positions = unit.loop.positions  # one dict: what the loop advances is what gets checkpointed
         self.units[name] = unit
+        self._model_progress()  # the restored model's count and metrics, before any new event
         self.source.seek(dict(positions))
         for tp in partitions:
             self.unit_of[tp] = unit
@@ -534,6 +536,18 @@ class Daemon:
             return False
         return all(max(unit.loop.read.get(tp, 0), unit.positions.get(tp, 0)) >= self.targets.get(tp, 0) for tp, unit in self.unit_of.items())
 
+    def _model_progress(self) -> None:
+        """The models' gauges (metrics, drifts, events learned in all) and a learning-curve point of each."""
+        for unit in self.units.values():
+            for model, learner in unit.loop.models:  # every model of the unit, labelled by its name
+                for name, value in learner.metric_values().items():
+                    if value is not None:
+                        self.metrics.model_metric.labels(unit.name, model, name).set(value)
+            if unit.learner.state.drift_detector is not None:
+                self.metrics.drifts.labels(unit.name).set(unit.learner.state.drifts_detected)
+            unit.loop.record_curve()
+        self.metrics.model_events.set(sum(unit.learner.state.events_learned for unit in self.units.values()))
+
     def _report_progress(self, last: list) -> None:
         now = time.monotonic()
         if now - last[0] < 1.0:
@@ -545,13 +559,7 @@ class Daemon:
         for tp, unit in self.unit_of.items():
             if tp in marks:
                 self.metrics.lag.labels(tp[0], str(tp[1])).set(max(0, marks[tp] - unit.positions[tp]))
-        for unit in self.units.values():
-            for model, learner in unit.loop.models:  # every model of the unit, labelled by its name
-                for name, value in learner.metric_values().items():
-                    if value is not None:
-                        self.metrics.model_metric.labels(unit.name, model, name).set(value)
-            if unit.learner.state.drift_detector is not None:
-                self.metrics.drifts.labels(unit.name).set(unit.learner.state.drifts_detected)
+        self._model_progress()
         headline = ""
         if self.units:
             unit = next(iter(self.units.values()))
@@ -564,7 +572,7 @@ class Daemon:
         started = time.monotonic()
         port = self.config.metrics.port
         if port is not None:
-            self.health = HealthServer(self.metrics, self.config.metrics.host, port)
+            self.health = HealthServer(self.metrics, self.config.metrics.host, port, curve=self.curve)
         previous_gc = steady_state_gc()
         try:
             self._check_storage()

@@ -117,11 +117,15 @@ class LearningLoop:
     the first). The chunk size is the models' ``model.batch.size`` (`chunk_size`; per event, each
     batch is processed at once).
     `positions` are where the unit's partitions stand (restored from a checkpoint).
+    `curve` (an `online.observability.LearningCurve`) records each model's metrics every
+    ``curve.every`` events (the dashboard's learning curve), under the model's name followed by
+    ``(curve_unit)`` when given.
     """
 
     def __init__(self, models: list[tuple[str, Learner]], *, dead_letters: DeadLetterSink | None = None,
                  predictions: PredictionSink | None = None, predictions_model: str | None = None,
-                 checkpointer=None, positions: dict | None = None, count_unreadable: bool = True):
+                 checkpointer=None, positions: dict | None = None, count_unreadable: bool = True,
+                 curve=None, curve_unit: str | None = None):
         self.models = list(models)
         self.dead_letters = dead_letters
         self.prediction_sink = predictions
@@ -135,6 +139,9 @@ class LearningLoop:
         self.held: list = []
         self.held_count = 0
         self.consumed = self.learned = self.rejected = 0
+        self.curve = curve
+        self._series = {name: name if curve_unit is None else f"{name} ({curve_unit})" for name in names}
+        self._until_point = {name: curve.every if curve is not None else 0 for name in names}
 
     @property
     def learner(self) -> Learner:
@@ -182,6 +189,38 @@ class LearningLoop:
     def checkpoint_positions(self) -> dict:
         return checkpoint_positions(self.positions)
 
+    def record_curve(self) -> None:
+        """A learning-curve point of every model now (the newest state, between due points)."""
+        if self.curve is not None:
+            for name, learner in self.models:
+                self.curve.record(self._series[name], learner.state.events_learned, learner.metric_values())
+
+    def _learn(self, name: str, learner: Learner, events: list, on_error, predictions: list | None) -> int:
+        """`learner.process_many`; with a learning curve, in slices that end where a curve point is due
+        (whole chunks in mini-batch mode), recording the point after its slice. Indices stay the batch's."""
+        curve = self.curve
+        if curve is None:
+            return learner.process_many(events, on_error=on_error, predictions=predictions)
+        learned, low, total = 0, 0, len(events)
+        while low < total:
+            step = min(total - low, self._until_point[name])
+            if self.chunk:
+                step = min(total - low, -(-step // self.chunk) * self.chunk)
+            if low == 0 and step == total:
+                learned += learner.process_many(events, on_error=on_error, predictions=predictions)
+            else:
+                shifted = None if on_error is None else (lambda index, error, low=low: on_error(index + low, error))
+                got = None if predictions is None else []
+                learned += learner.process_many(events[low : low + step], on_error=shifted, predictions=got)
+                if got:
+                    predictions.extend((index + low, outcome) for index, outcome in got)
+            self._until_point[name] -= step
+            if self._until_point[name] <= 0:
+                curve.record(self._series[name], learner.state.events_learned, learner.metric_values())
+                self._until_point[name] = curve.every
+            low += step
+        return learned
+
     def _release(self) -> int:
         segments, self.held, self.held_count = self.held, [], 0
         return self._process(segments)
@@ -215,7 +254,7 @@ class LearningLoop:
                 def on_error(index: int, error: EventError, name=name) -> None:
                     if index not in rejected:
                         dead.append((index, reasons.get(index) or str(error), name))
-            count = learner.process_many(given, on_error=on_error, predictions=outcomes if position == self.predicting else None)
+            count = self._learn(name, learner, given, on_error, outcomes if position == self.predicting else None)
             if position == 0:
                 learned = count
         if dead and self.dead_letters is not None:

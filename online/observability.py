@@ -76,6 +76,7 @@ class DaemonMetrics:
         self.registry = registry = CollectorRegistry()
         self.consumed = Counter("riverbeam_events_consumed", "Events read from Kafka", registry=registry)
         self.learned = Counter("riverbeam_events_learned", "Events the model learned from", registry=registry)
+        self.model_events = Gauge("riverbeam_model_events_learned", "Events the model(s) have learned from in all, runs before a restored checkpoint included (serve's name)", registry=registry)
         self.dead_lettered = Counter("riverbeam_events_dead_lettered", "Events rejected with a reason", registry=registry)
         self.lag = Gauge("riverbeam_partition_lag", "End offset minus next offset to read", ["topic", "partition"], registry=registry)
         self.checkpoint_age = Gauge("riverbeam_checkpoint_age_seconds", "Seconds since the last durable checkpoint", registry=registry)
@@ -130,9 +131,12 @@ class MetricsHistory:
     [(2.0, 4.0)]
     """
 
-    def __init__(self, registry: CollectorRegistry, size: int = 3600, before=None):
+    def __init__(self, registry: CollectorRegistry, size: int = 3600, before=None, consumer: bool = False,
+                 curve: "LearningCurve | None" = None):
         self.registry = registry
         self.before = before
+        self.consumer = consumer  # the process reads Kafka (the daemon): the dashboard shows consumer lag
+        self.curve = curve
         self._points: collections.deque = collections.deque(maxlen=size)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -159,12 +163,14 @@ class MetricsHistory:
             return [p for p in self._points if p["t"] > t]
 
     def json(self, query: str = "") -> bytes:
-        """The ``/dashboard/history`` answer for a query string (``since=<t>``)."""
+        """The ``/dashboard/history`` answer for a query string (``since=<t>``): the timed samples after
+        `since`, whether this process has a consumer, and the learning curve when one is recorded."""
         try:
             since = float(urllib.parse.parse_qs(query).get("since", ["0"])[0])
         except ValueError:
             since = 0.0
-        return orjson.dumps({"now": round(time.time(), 3), "points": self.since(since)})
+        return orjson.dumps({"now": round(time.time(), 3), "points": self.since(since), "consumer": self.consumer,
+                             "curve": self.curve.json() if self.curve is not None else None})
 
     def start(self, interval: float = 1.0) -> "MetricsHistory":
         """Sample every `interval` seconds on a daemon thread until `stop`."""
@@ -184,6 +190,47 @@ class MetricsHistory:
         self._stop.set()
 
 
+class LearningCurve:
+    """The learning curve by events learned: each model's metrics every `every` events, whatever the speed.
+
+    The learning loop (`online.learning_loop.LearningLoop`) hands its learners events in slices of
+    `every` and records a point after each; sampling by time instead gave a fast job two points.
+    Past `size` points in a series, every other point is dropped and `every` doubles, so the curve
+    spans the whole run in bounded memory (like River's ``print_every``, adaptively).
+
+    >>> curve = LearningCurve(every=2, size=4)
+    >>> for n in range(2, 12, 2):
+    ...     curve.record("lr", n, {"MAE": 1.0 / n})
+    >>> curve.every, [x for x, _ in curve.json()["lr"]]
+    (4, [2, 6, 10])
+    """
+
+    def __init__(self, every: int = 10, size: int = 600):
+        self.every = every
+        self.size = size
+        self._series: dict[str, list] = {}
+        self._lock = threading.Lock()
+
+    def record(self, series: str, events_learned: int, values: dict) -> None:
+        """A point of `series` (a model's name) at `events_learned` with its metric `values`."""
+        point = (events_learned, {name: value for name, value in values.items() if value is not None})
+        with self._lock:
+            points = self._series.setdefault(series, [])
+            if points and points[-1][0] == events_learned:
+                points[-1] = point
+                return
+            points.append(point)
+            if len(points) > self.size:
+                for name, kept in self._series.items():
+                    self._series[name] = kept[::2]  # the first and the newest stay (size + 1 points: odd when size is even)
+                self.every *= 2
+
+    def json(self) -> dict:
+        """``{series: [[events_learned, {metric: value}], ...]}``, oldest first."""
+        with self._lock:
+            return {name: [list(point) for point in points] for name, points in self._series.items()}
+
+
 def dashboard_page() -> bytes:
     """The live dashboard (one self-contained HTML page, shipped with the package)."""
     return resources.files("online.serving").joinpath("dashboard.html").read_bytes()
@@ -192,8 +239,8 @@ def dashboard_page() -> bytes:
 class HealthServer:
     """``/metrics``, ``/healthz``, ``/readyz`` and the dashboard on a background thread (port 0 picks a free one)."""
 
-    def __init__(self, metrics: DaemonMetrics, host: str, port: int):
-        history = MetricsHistory(metrics.registry, before=metrics.refresh_checkpoint_age)
+    def __init__(self, metrics: DaemonMetrics, host: str, port: int, curve: LearningCurve | None = None):
+        history = MetricsHistory(metrics.registry, before=metrics.refresh_checkpoint_age, consumer=True, curve=curve)
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 (http.server's naming)
