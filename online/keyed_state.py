@@ -42,6 +42,7 @@ followed by the model's pickle.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import pickle
 import shutil
@@ -50,6 +51,8 @@ import tempfile
 import time
 import weakref
 from typing import Any, Callable, Iterable, Iterator
+
+from core.errors import RiverbeamError
 
 log = logging.getLogger(__name__)
 
@@ -178,25 +181,65 @@ def pending_delta(previous: dict | None, current: collections.OrderedDict) -> li
 # -- the store ---------------------------------------------------------------------------------
 
 
+class SpillError(RiverbeamError):
+    """The local spill store of per-key models failed (a full disk, a folder that cannot be written): the job stops in one line.
+
+    >>> str(SpillError("/tmp/riverbeam-keys-x", OSError("IO error: No space left on device")))  # doctest: +ELLIPSIS
+    'the spill store of per-key models at /tmp/riverbeam-keys-x failed: IO error: No space left on device (give its folder...'
+    """
+
+    def __init__(self, path: str, error: BaseException):
+        super().__init__(
+            f"the spill store of per-key models at {path} failed: {error} (give its folder more room, or point TMPDIR at "
+            f"one that has it; a larger events.key_cache_size spills less)"
+        )
+
+
+@contextlib.contextmanager
+def _spill_errors(path: str) -> Iterator[None]:
+    """RocksDB's errors (plain ``Exception``: ``IO error: No space left on device``) as a `SpillError`."""
+    try:
+        yield
+    except OSError as error:
+        raise SpillError(path, error) from None
+    except Exception as error:
+        if type(error) is not Exception:  # a bug of ours, not RocksDB's I/O
+            raise
+        raise SpillError(path, error) from None
+
+
 class _Spill:
     """A local RocksDB in a temporary directory, deleted with its owner (raw bytes in, bytes out)."""
 
     def __init__(self, directory: str | None = None):
         from rocksdict import Options, Rdict, WriteOptions
 
-        self.path = tempfile.mkdtemp(prefix="riverbeam-keys-", dir=directory)
+        with _spill_errors(directory or tempfile.gettempdir()):
+            self.path = tempfile.mkdtemp(prefix="riverbeam-keys-", dir=directory)
         options = Options(raw_mode=True)
         options.create_if_missing(True)
-        self.db = Rdict(self.path, options)
+        try:
+            with _spill_errors(self.path):
+                self.db = Rdict(self.path, options)
+        except SpillError:
+            shutil.rmtree(self.path, ignore_errors=True)
+            raise
         write_options = WriteOptions()
         write_options.disable_wal = True  # a cache of the checkpointed state: rebuilt from checkpoints, never recovered
         self.db.set_write_options(write_options)
         self._finalizer = weakref.finalize(self, _Spill._remove, self.db, self.path)
 
+    def write(self, batch) -> None:
+        """Apply a write batch (`SpillError` when RocksDB cannot)."""
+        with _spill_errors(self.path):
+            self.db.write(batch)
+
     @staticmethod
     def _remove(db, path: str) -> None:
         try:
             db.close()
+        except Exception:  # a store that failed (a full disk) may fail to close too: it is deleted all the same
+            pass
         finally:
             shutil.rmtree(path, ignore_errors=True)
 
@@ -334,7 +377,7 @@ class KeyedModels:
                     frozen[key] = value
                 batch.put(_key_bytes(key), value)
                 del self.used[key]
-            self._spill.db.write(batch)
+            self._spill.write(batch)
             self._spilled += excess
         return dropped
 
@@ -460,9 +503,9 @@ class KeyedModels:
                 batch.put(_key_bytes(key), value)
             size += 1
             if size >= 10_000:
-                db.write(batch)
+                self._spill.write(batch)
                 batch, size = WriteBatch(raw_mode=True), 0
-        db.write(batch)
+        self._spill.write(batch)
         self._spilled = sum(1 for _ in db.keys())
         self.count = self._spilled + len(self.hot)
         return self.count
@@ -487,4 +530,4 @@ def _key_bytes(key) -> bytes:
     return pickle.dumps(key, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-__all__ = ["KeyedModels", "encode_part", "decode_part", "iter_part", "merge_parts", "apply_records", "pending_delta", "MODEL", "PENDING"]
+__all__ = ["KeyedModels", "SpillError", "encode_part", "decode_part", "iter_part", "merge_parts", "apply_records", "pending_delta", "MODEL", "PENDING"]

@@ -394,3 +394,60 @@ def test_large_parts_are_read_again_at_restore_and_verified_again(tmp_path, monk
     part.write_bytes(part.read_bytes()[:-1])  # changed between the verification and the restore
     with pytest.raises(checkpoints.IntegrityError):
         LearnerSpec(MODEL, spec().events).restore(checkpoint)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A mounted tmpfs of a given size (kB), unmounted after the test: a disk that fills up for real (needs root)."""
+    mounted = []
+
+    def mount(kilobytes: int):
+        folder = tmp_path / f"disk-{kilobytes}k"
+        folder.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kilobytes}k", "tmpfs", str(folder)], capture_output=True).returncode != 0:
+            pytest.skip("cannot mount a small tmpfs here (needs root)")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+SPILL_SCRIPT = """
+import sys
+from river import linear_model, preprocessing
+from online.keyed_state import KeyedModels
+models = KeyedModels(cache_size=2)
+for i in range(int(sys.argv[1])):
+    models[str(i)] = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    if i % 100 == 0:
+        models.trim()
+models.trim()
+print("spilled", models.hot_count, len(models))
+"""
+
+
+def test_a_full_spill_disk_is_one_line_and_a_spill_store_that_cannot_close_is_still_removed(tmp_path, small_disk):
+    """RocksDB's 'IO error: No space left on device' on the spill folder (TMPDIR): a replay stops in one line, exit 1;
+    a small run whose store fails only when it closes ends cleanly (no 'Exception ignored' traceback) and leaves nothing behind."""
+    rows = [{**x, "label": y, "shop": f"s{i}"} for i, (x, y) in enumerate(datasets.Phishing())]
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "job.yaml").write_text(
+        "model: {pipeline: [{preprocessing.StandardScaler: {}}, {linear_model.LogisticRegression: {}}]}\n"
+        f"events: {{target: label, key: shop, key_cache_size: 2}}\ncheckpoint: {{uri: {tmp_path / 'ck'}}}\n"
+    )
+    full = small_disk(12)
+    env = dict(os.environ, NO_GCE_CHECK="true", TMPDIR=str(full))
+    done = subprocess.run([sys.executable, "-m", "riverbeam.cli", "replay", "--config", str(tmp_path / "job.yaml"), "--input", str(tmp_path / "events.jsonl"),
+                           "--mode", "learn", "--no-progress"], capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr[-3000:]
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"riverbeam: error: the spill store of per-key models at {full}/riverbeam-keys-") and "No space left on device" in line, line
+    assert os.listdir(full) == []
+
+    closing = small_disk(100)  # room to open the store; its flush at close does not fit
+    done = subprocess.run([sys.executable, "-c", SPILL_SCRIPT, "3000"], capture_output=True, text=True, env=dict(env, TMPDIR=str(closing)), timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "spilled 2 3000", done.stderr[-3000:]
+    assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert os.listdir(closing) == []
