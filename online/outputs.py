@@ -213,11 +213,15 @@ class OutputWriter:
         """The highest source offset of `wanted` in the records of `tps` from `start` to their end.
 
         Every partition is read to the high watermark its fetch responses carry (exact, and past
-        a transaction still open), never to a ListOffsets answer: the scanner reads
-        read_committed, so ListOffsets answers the last stable offset, which Tansu reports as 0
-        while a transaction is open in the partition. A partition holding a killed instance's
-        dangling transaction then looked empty, was not read, and its records were written again
-        once the transaction was resolved (a dead letter twice, 1 run in 5). Raises
+        a transaction still open), never to a ListOffsets answer. Tansu-specific, correct on both
+        brokers: the scanner reads read_committed, so ListOffsets answers the last stable offset,
+        which Tansu reports as 0 while a transaction is open in the partition; and Tansu keeps a
+        killed instance's transaction open until its successor starts, then commits it. A
+        partition holding such a dangling transaction looked empty, was not read, and its records
+        were written again once the transaction was resolved (a dead letter twice, 1 run in 5).
+        On Apache Kafka the successor's producer (opened before the restore) has aborted that
+        transaction already, so the last stable offset is the high watermark and the aborted
+        records are invisible and written again, once (tests/online/test_apache_kafka.py). Raises
         `KafkaClientError` when a partition makes no progress for `SCAN_IDLE_SECONDS`.
         """
         scanner = self.scanner
