@@ -212,7 +212,10 @@ class LearningCurve:
         self._lock = threading.Lock()
 
     def record(self, series: str, events_learned: int, values: dict) -> None:
-        """A point of `series` (a model's name) at `events_learned` with its metric `values`."""
+        """A point of `series` (a model's name) at `events_learned` with its metric `values` (none before
+        the first event learned: River's metrics read 0 then, which is no score)."""
+        if events_learned <= 0:
+            return
         point = (events_learned, {name: value for name, value in values.items() if value is not None})
         with self._lock:
             points = self._series.setdefault(series, [])
