@@ -42,16 +42,7 @@ def test_daemon_install_pulls_in_neither_beam_nor_tensorflow(tmp_path):
     is among them."""
     dockerfile = pytest.importorskip("dockerfile")
     commands = dockerfile.parse_file(str(ROOT / "deploy" / "Dockerfile"))
-    context = tmp_path / "context"
-    for command in (c for c in commands if c.cmd.upper() == "COPY"):
-        *sources, target = command.value
-        for source in sources:
-            destination = context / target / Path(source).name if target.endswith("/") else context / target
-            if (ROOT / source).is_dir():
-                shutil.copytree(ROOT / source, destination, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-            else:
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(ROOT / source, destination)
+    context = docker_context([c.value for c in commands if c.cmd.upper() == "COPY"], tmp_path / "context")
     [install] = [" ".join(c.value) for c in commands if c.cmd.upper() == "RUN" and "pip install" in " ".join(c.value)]
     words = shlex.split(install.split("&&")[0])
     assert words[:2] == ["pip", "install"] and "-c" in words
@@ -70,6 +61,19 @@ def test_daemon_install_pulls_in_neither_beam_nor_tensorflow(tmp_path):
     assert {"river", "kafka-python", "confluent-kafka", "google-cloud-storage", "rocksdict", "riverbeam"} <= installed.keys()  # rocksdict: keyed models
     assert not installed.keys() & {"apache-beam", "tensorflow", "tensorflow-transform", "tfx-bsl"}
     assert {name: version for name, version in installed.items() if name != "riverbeam"} == {name: pins.get(name) for name in installed if name != "riverbeam"}
+
+
+def docker_context(copies: list[tuple[str, ...]], context: Path) -> Path:
+    """The build context a Dockerfile's COPY lines (each ``(*sources, target)``, from the repository root) make."""
+    for *sources, target in copies:
+        for source in sources:
+            destination = context / target / Path(source).name if target.endswith("/") else context / target
+            if (ROOT / source).is_dir():
+                shutil.copytree(ROOT / source, destination, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+            else:
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(ROOT / source, destination)
+    return context
 
 
 def locked_versions() -> dict[str, str]:

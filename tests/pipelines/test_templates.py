@@ -812,16 +812,9 @@ def test_worker_install_step_provides_every_module_the_pipelines_use(tmp_path):
     ``--dry-run --report``, and check that the distribution of every module the pipelines import is
     in what it installs, at the image's Beam version."""
     by_cmd = parse_dockerfile("worker.Dockerfile")
-    context = tmp_path / "context"
-    for value in by_cmd["COPY"]:
-        *sources, target = value
-        for source in sources:
-            destination = context / target / Path(source).name if target.endswith("/") else context / target
-            if (REPO / source).is_dir():
-                shutil.copytree(REPO / source, destination, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-            else:
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(REPO / source, destination)
+    from tests.test_deploy import docker_context
+
+    context = docker_context(by_cmd["COPY"], tmp_path / "context")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
