@@ -190,6 +190,26 @@ class Daemon:
             self._source = KafkaSource(self.consumer, kafka.poll_timeout_ms / 1000, kafka.poll_max_records)
         return self._source
 
+    def _check_vanished(self, checkpointed: dict[TopicPartition, int], partitions: list[TopicPartition]) -> None:
+        """Partitions the checkpoint reads but the topic no longer has (recreated with fewer): said, never dropped silently.
+
+        Under ``kafka.on_offset_gap: fail`` the daemon stops in one line; under ``skip`` each is logged
+        and counted as an offset gap (``riverbeam_offset_gaps_total``), and the run goes on without it.
+        """
+        current = set(partitions)
+        vanished = sorted(tp for tp in checkpointed if tp not in current and tp[0] in self.config.kafka.source_topics)
+        if not vanished:
+            return
+        names = ", ".join(f"{topic}[{partition}] (checkpointed at offset {checkpointed[(topic, partition)]})" for topic, partition in vanished)
+        if self.config.kafka.on_offset_gap == "fail":
+            raise DaemonError(
+                f"partitions vanished: {names}: the checkpoint reads them but the broker no longer has them (topic recreated with "
+                f"fewer partitions?); set kafka.on_offset_gap: skip to go on without them"
+            )
+        for topic, partition in vanished:
+            log.warning("partition vanished: going on without it", extra={"fields": {"topic": topic, "partition": partition, "checkpointed": checkpointed[(topic, partition)]}})
+            self.metrics.offset_gaps.labels(topic, str(partition)).inc()
+
     def _store_for(self, name: str) -> CheckpointStore:
         uri = self.config.checkpoint.uri.rstrip("/")
         if name != "all":
@@ -201,6 +221,7 @@ class Daemon:
         learner, checkpoint = resume(store, self.spec)  # refuses a checkpoint of another configuration, or unsigned with a key
         positions = kafka_positions(checkpoint.positions) if checkpoint is not None else {}
         extra = kafka_context(checkpoint, store.uri)  # topic ids, output offsets, outputs ahead: one line if any is missing
+        self._check_vanished(positions, partitions)
         positions = {tp: positions.get(tp, 0) for tp in partitions}
         self.outputs.restore(partitions, extra.get("outputs"), extra.get("outputs_ahead"))
         if checkpoint is not None:

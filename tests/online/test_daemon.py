@@ -670,3 +670,34 @@ def test_a_checkpoint_location_that_will_not_heal_stops_the_daemon_in_one_line_b
     finally:
         if where == "read-only-mount":
             sp.run(["umount", str(tmp_path / "read-only")], check=True)
+
+
+
+def test_partitions_that_vanished_with_a_recreated_topic_fail_in_one_line_or_are_skipped_and_counted(tmp_path, kafka_bootstrap, topic):
+    from kafka.admin import KafkaAdminClient
+
+    produce(kafka_bootstrap, topic, [orjson.dumps(e) for e in PHISHING[:400]], partitions=4)
+    config = job_config(tmp_path, kafka_bootstrap, topic, "kafka-python")
+    assert run_daemon(config)["units"]["all"]["events_seen"] == 400
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.delete_topics([topic])
+    finally:
+        admin.close()
+    time.sleep(1)
+    produce(kafka_bootstrap, topic, [orjson.dumps(e) for e in PHISHING[:200]], partitions=2)  # recreated with fewer partitions
+
+    process = start_daemon(config, "--until-caught-up")
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 1 and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1] == (
+        f"riverbeam: error: partitions vanished: {topic}[2] (checkpointed at offset 100), {topic}[3] (checkpointed at offset 100): the checkpoint "
+        "reads them but the broker no longer has them (topic recreated with fewer partitions?); set kafka.on_offset_gap: skip to go on without them"
+    )
+    skipping = job_config(tmp_path, kafka_bootstrap, topic, "kafka-python", kafka={"on_offset_gap": "skip"})
+    process = start_daemon(skipping, "--until-caught-up")
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err[-2000:]
+    vanished = [json.loads(line) for line in err.splitlines() if '"msg":"partition vanished' in line]
+    assert [(v["topic"], v["partition"], v["checkpointed"]) for v in vanished] == [(topic, 2, 100), (topic, 3, 100)]
+    assert json.loads(out.strip().splitlines()[-1])["units"]["all"]["events_seen"] == 400 + 200
