@@ -277,12 +277,56 @@ def check_job(
             output = getattr(kafka, key)
             if output is not None and output in kafka.source_topics:
                 errors.append(ConfigError(f"kafka.{key}", f"{output!r} is the source topic: the job would read its own {what} back (and nest them for ever)"))
+    if kafka is not None:
+        errors += client_option_errors(kafka)
     if features is not None and features.transform_output:
         errors += _missing("features.transform_output", features.transform_output, "the output of riverbeam preprocess")
     if checkpoint is not None:
         errors += _missing("checkpoint.uri", checkpoint.uri, None, probe="LATEST")
     if errors:
         raise config_error(errors)
+
+
+def client_option_errors(kafka: "KafkaConfig") -> list:
+    """kafka-python's options in ``kafka.consumer`` / ``kafka.producer`` checked as the client will take them:
+    a name it knows, not one riverbeam sets, a value of the type of its default (``session_timeout_ms: "abc"``).
+
+    confluent-kafka (librdkafka) checks names and values itself when the client is built, at start.
+
+    >>> [str(e) for e in client_option_errors(KafkaConfig(topic="t", consumer={"session_timeout_ms": "abc", "check_crcs": 1}, producer={"acks": "banana"}))]
+    ["kafka.consumer.session_timeout_ms: expected an integer, got 'abc'", 'kafka.consumer.check_crcs: expected true or false, got 1', 'kafka.producer.acks: riverbeam always produces with acks=all']
+    """
+    if kafka.client != "kafka-python":
+        return []
+    from kafka import KafkaConsumer, KafkaProducer
+
+    from core.errors import ConfigError
+    from online.kafka_clients.base import check_options
+    from online.kafka_clients.kafka_python import CONSUMER_MANAGED, PRODUCER_MANAGED
+
+    errors = []
+    for section, client, managed in (("consumer", KafkaConsumer, CONSUMER_MANAGED), ("producer", KafkaProducer, PRODUCER_MANAGED)):
+        for key, value in getattr(kafka, section).items():
+            try:
+                check_options({key: value}, known=client.DEFAULT_CONFIG, managed=managed, section=section, client="kafka-python")
+            except ConfigError as error:
+                errors.append(error)
+                continue
+            default = client.DEFAULT_CONFIG[key]
+            if isinstance(default, bool):
+                expected = "true or false" if not isinstance(value, bool) else None
+            elif isinstance(default, (int, float)):
+                wrong = isinstance(value, bool) or not isinstance(value, (int, float)) or (type(default) is int and not isinstance(value, int))
+                expected = ("an integer" if type(default) is int else "a number") if wrong else None
+            elif isinstance(default, str):
+                expected = "a string" if not isinstance(value, str) else None
+            elif isinstance(default, (list, tuple)):
+                expected = "a list" if not isinstance(value, list) else None
+            else:
+                expected = None
+            if expected is not None:
+                errors.append(ConfigError(f"kafka.{section}.{key}", f"expected {expected}, got {value!r}"))
+    return errors
 
 
 def _missing(path: str, uri: str, what: str | None, probe: str = "") -> list:

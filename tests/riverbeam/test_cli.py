@@ -195,3 +195,20 @@ def test_a_checkpoint_bucket_that_does_not_exist_is_refused_at_check_time(tmp_pa
     result = subprocess.run([sys.executable, "-m", "riverbeam.cli", "config", "check", str(path)], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
     assert f"checkpoint.uri: cannot list {scheme}://no-such-bucket-h6/ck" in result.stderr and "does not exist" in result.stderr
+
+
+def test_kafka_python_options_of_the_wrong_type_or_name_are_refused_at_check_time(tmp_path):
+    path = tmp_path / "consumer.yaml"
+    path.write_text(
+        "kafka: {topic: events, consumer: {session_timeout_ms: abc, check_crcs: 1, session.timeout.ms: 2000}, producer: {acks: banana, linger_ms: 5}}\n"
+        + MODEL_YAML.replace(", batch: {size: 8}", "")
+        + f"checkpoint: {{uri: {tmp_path / 'ck'}}}\n"
+    )
+    result = riverbeam("config", "check", str(path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert [line.split(f"{path}: ")[1] for line in result.stderr.splitlines()] == [
+        "kafka.consumer.session_timeout_ms: expected an integer, got 'abc'",
+        "kafka.consumer.check_crcs: expected true or false, got 1",
+        "kafka.consumer.session.timeout.ms: unknown option for kafka-python (did you mean session_timeout_ms?)",
+        "kafka.producer.acks: riverbeam always produces with acks=all",
+    ]
