@@ -383,8 +383,11 @@ class ConfluentProducer:
             except BufferError:  # the local queue is full: serve delivery reports, then retry
                 self._producer.poll(0.05)
             except KafkaException as error:
-                if error.args and self._fenced(error.args[0]):
-                    raise ProducerFencedError(f"confluent-kafka: producer fenced by a newer instance: {error.args[0].str()}") from None
+                cause = error.args[0] if error.args and isinstance(error.args[0], KafkaError) else None
+                # once fenced, librdkafka refuses every send with a bare "Local: Fatal error": as in flush,
+                # a transactional producer in a fatal state is treated as fenced (back to standby)
+                if self._fenced(cause) or (self.transactional and cause is not None and (cause.fatal() or cause.code() == KafkaError._FATAL)):
+                    raise ProducerFencedError(f"confluent-kafka: producer fenced by a newer instance: {cause.str()}") from None
                 raise KafkaClientError(f"confluent-kafka: cannot send to {topic}: {error.args[0].str() if error.args else error}") from None
 
     def flush(self, timeout_s: float = 30) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KafkaTopicPartition
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.errors import CommitFailedError, KafkaConfigurationError, KafkaError, ProducerFencedError as KafkaProducerFenced
+from kafka.errors import CommitFailedError, IllegalStateError, KafkaConfigurationError, KafkaError, ProducerFencedError as KafkaProducerFenced
 from kafka.future import Future
 from kafka.structs import MemberState, OffsetAndMetadata
 
@@ -279,6 +279,11 @@ class KafkaPythonConsumer(ConsumerState):
         self._raise_callback_error()
 
 
+def _bumping_epoch(error: BaseException) -> bool:
+    """kafka-python refusing a send while it bumps the producer's epoch after its transaction was aborted."""
+    return isinstance(error, IllegalStateError) and "BUMPING_PRODUCER_EPOCH" in str(error)
+
+
 def _fenced(error: BaseException) -> bool:
     """A producer-fenced error, bare or wrapped (kafka-python re-raises it inside a `KafkaError` on the next send)."""
     return isinstance(error, KafkaProducerFenced) or any(isinstance(arg, KafkaProducerFenced) for arg in getattr(error, "args", ()))
@@ -312,10 +317,33 @@ class KafkaPythonProducer:
         try:
             future = self._producer.send(topic, value=value, key=key, headers=headers, partition=partition)
         except KafkaError as error:
-            if _fenced(error):
-                raise ProducerFencedError(f"kafka-python: producer fenced by a newer instance: {error}") from None
-            raise KafkaClientError(f"kafka-python: cannot send to {topic}: {error}") from error
+            future = self._send_after(error, lambda: self._producer.send(topic, value=value, key=key, headers=headers, partition=partition), topic)
         future.add_errback(self._failures.append)
+
+    def _send_after(self, error: KafkaError, send, topic: str):
+        """A send refused with `error`: `ProducerFencedError`, a retry while kafka-python bumps its epoch, or `KafkaClientError`.
+
+        When the broker aborted this producer's transaction (Apache Kafka, after a newer instance
+        fenced it), kafka-python tries to bump its epoch and refuses sends meanwhile with
+        IllegalStateError ("Cannot call send in state BUMPING_PRODUCER_EPOCH"); the bump ends
+        fenced (or ready again). Taken for a send failure, it stopped a stale daemon instead of
+        sending it back to standby.
+        """
+        def once():
+            try:
+                return send()
+            except KafkaError as again:
+                if _fenced(again):
+                    raise ProducerFencedError(f"kafka-python: producer fenced by a newer instance: {again}") from None
+                if _bumping_epoch(again):
+                    raise
+                raise KafkaClientError(f"kafka-python: cannot send to {topic}: {again}") from again
+
+        if _bumping_epoch(error):
+            return retry_call(once, f"kafka-python: send to {topic} while the producer's epoch is bumped", seconds=30, permanent=(KafkaClientError,))
+        if _fenced(error):
+            raise ProducerFencedError(f"kafka-python: producer fenced by a newer instance: {error}") from None
+        raise KafkaClientError(f"kafka-python: cannot send to {topic}: {error}") from error
 
     def flush(self, timeout_s: float = 30) -> None:
         try:
