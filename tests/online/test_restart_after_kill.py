@@ -46,6 +46,7 @@ from tests.online.test_daemon import (
 )
 
 EVENTS = 12_000
+pytestmark = pytest.mark.both_brokers  # the exactly-once guarantees: on Tansu and on Apache Kafka
 
 
 def pointer(checkpoints: Path) -> bytes | None:
@@ -219,7 +220,7 @@ def test_restore_scan_waits_for_a_killed_writers_open_transaction(kafka_bootstra
 
 
 @pytest.mark.parametrize("client", CLIENTS)
-def test_restore_waits_out_a_stalled_broker_instead_of_skipping_an_output_topic(running_stack, kafka_bootstrap, topic, client):
+def test_restore_waits_out_a_stalled_broker_instead_of_skipping_an_output_topic(kafka_broker, kafka_bootstrap, topic, client):
     """The broker stalls (SIGSTOP) while a restarted writer restores, so an output topic's metadata
     does not come in time. Taken for a missing topic, it made the restore skip that topic's scan,
     and every record already written there was written again (confluent-kafka: a checkpoint's
@@ -233,7 +234,7 @@ def test_restore_waits_out_a_stalled_broker_instead_of_skipping_an_output_topic(
     producer.close()
 
     outputs = OutputWriter(None, None, out, scanner=lambda: make_consumer(kafka, group=False))
-    broker = running_stack.kafka.pid()
+    broker = kafka_broker.pid()
     os.kill(broker, signal.SIGSTOP)
     resume = threading.Timer(4.0, os.kill, (broker, signal.SIGCONT))
     resume.start()
