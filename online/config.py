@@ -199,6 +199,49 @@ class EventsConfig(Section):
         return value
 
 
+def label_errors(labels: list, models: list[tuple[str, "ModelConfig"]]) -> list:
+    """``events.labels`` against each model (`check_labels`), as errors; a model that does not build is left to its own error."""
+    from core.errors import ConfigError
+    from online.models import build_pipeline
+
+    errors = []
+    for path, model in models:
+        try:
+            estimator = build_pipeline(model.pipeline, f"{path}.pipeline", model.custom_modules)
+        except ConfigError:
+            continue
+        try:
+            check_labels(labels, estimator, path)
+        except ConfigError as error:
+            errors.append(error)
+    return errors
+
+
+def check_labels(labels: list | None, estimator: Any, path: str | None = None) -> None:
+    """Declared labels (``events.labels``) must fit the model (`ConfigError` naming the key): only a
+    classifier's, and a binary classifier's within true/false/1/0. `path` names the model (else "this model").
+
+    >>> from river import linear_model
+    >>> check_labels(["spam", "ham"], linear_model.LogisticRegression())
+    Traceback (most recent call last):
+    ...
+    core.errors.ConfigError: events.labels: this model is a binary classifier (true/false or 1/0): ["spam", "ham"] cannot all be learned
+    """
+    if labels is None:
+        return
+    import json
+
+    from river import base
+
+    from core.errors import ConfigError
+
+    model = "this model" if path in (None, "model") else path
+    if not isinstance(estimator, base.Classifier):
+        raise ConfigError("events.labels", f"declares a classifier's labels, but {model} is not a classifier: unset it")
+    if not estimator._multiclass and any(label not in (0, 1) for label in labels):
+        raise ConfigError("events.labels", f"{model} is a binary classifier (true/false or 1/0): {json.dumps(labels)} cannot all be learned")
+
+
 def label_family(label: Any) -> str:
     """A classifier label's type family: ``"text"`` (strings) or ``"number"`` (booleans and integers).
 
@@ -272,6 +315,8 @@ def check_job(
         if events.id is not None:
             errors += [ConfigError(f"{path}.batch", "mini-batch learning does not join delayed labels (events.id): unset one of them")
                        for path, model in models if model.batch is not None]  # fmt: skip
+        if events.labels is not None:
+            errors += label_errors(events.labels, models)
     if kafka is not None:
         for key, what in (("dead_letter_topic", "dead letters"), ("predictions_topic", "predictions")):
             output = getattr(kafka, key)

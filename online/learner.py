@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterable
 from river import base, compose
 
 from core.errors import ConfigError
-from online.config import EventsConfig, ModelConfig, check_batch, check_drift_detector, label_family
+from online.config import EventsConfig, ModelConfig, check_batch, check_drift_detector, check_labels, label_family
 from online.events import EventError, EventReader
 from online.keyed_state import KeyedModels
 from online.models import build_metrics, build_pipeline, metric_name
@@ -458,10 +458,7 @@ class Learner:
         """``events.labels`` as a set, checked against the model (`ConfigError` naming the key)."""
         if events.labels is None:
             return None
-        if self.kind != "class":
-            raise ConfigError("events.labels", "declares a classifier's labels, but this model is not a classifier: unset it")
-        if label_kind(self.prototype) == "binary" and any(label not in (0, 1) for label in events.labels):
-            raise ConfigError("events.labels", f"this model is a binary classifier (true/false or 1/0): {_json(events.labels)} cannot all be learned")
+        check_labels(events.labels, self.prototype)
         return frozenset(events.labels)
 
     def _check_label(self, y) -> None:

@@ -366,3 +366,6 @@ def test_declared_labels_must_fit_the_model_and_be_of_one_type():
         with pytest.raises(ConfigError, match=f"^events.labels: .*{message}"):
             parse_config({**job, "events": {"target": "y", "labels": labels}}, ReplayJobConfig, environ={})
     assert parse_config({**job, "events": {"target": "y", "labels": [True, False]}}, ReplayJobConfig, environ={}).events.labels == [True, False]
+    regressor = {"models": [{"pipeline": LOGREG}, {"pipeline": [{"linear_model.LinearRegression": {}}], "metrics": ["MAE"]}], "events": {"target": "y", "labels": [0, 1]}}
+    with pytest.raises(ConfigError, match=r"^events.labels: declares a classifier's labels, but models\[1\] is not a classifier"):
+        parse_config(regressor, ReplayJobConfig, environ={}).check_semantics()  # what config check and every job's start run
