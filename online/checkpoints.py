@@ -122,29 +122,13 @@ topics (a recreated topic gets a new one), the output topics' end offsets and wh
 ahead of the positions. The daemon writes them; other writers carry them with the positions they keep."""
 
 
-def missing_fields(manifest: dict, kafka: bool = True) -> list[str]:
-    """The fields `manifest` lacks of what a checkpoint must hold (`REQUIRED_FIELDS`, `KAFKA_CONTEXT`).
+def missing_fields(manifest: dict) -> list[str]:
+    """The `REQUIRED_FIELDS` `manifest` lacks (the Kafka context is checked where it is read: `online.persistence.kafka_context`).
 
-    >>> missing_fields({"positions": {"events/0": 5}, "extra": {"outputs": {}, "outputs_ahead": {}, "topic_ids": {"events": "Aq"}}})
+    >>> missing_fields({"positions": {"events/0": 5}, "extra": {}})
     ['format', 'id', 'sequence', 'created_at', 'events_seen', 'events_learned', 'metrics', 'state']
-    >>> missing_fields({**dict.fromkeys(REQUIRED_FIELDS, 1), "positions": {"events/0": 5}, "extra": {"outputs": {}}})
-    ['extra.topic_ids (of topic events)', 'extra.outputs_ahead']
     """
-    from online.sources import kafka_positions
-
-    missing = [name for name in REQUIRED_FIELDS if name not in manifest]
-    positions, extra = manifest.get("positions"), manifest.get("extra")
-    topics = sorted({tp[0] for tp in kafka_positions(positions)}) if isinstance(positions, dict) else []
-    if kafka and topics and isinstance(extra, dict):
-        for name in KAFKA_CONTEXT:
-            if name == "topic_ids":
-                known = extra.get(name) if isinstance(extra.get(name), dict) else {}
-                lacking = [t for t in topics if t not in known]
-                if lacking:
-                    missing.append(f"extra.topic_ids (of topic {', '.join(lacking)})")
-            elif not isinstance(extra.get(name), dict):
-                missing.append(f"extra.{name}")
-    return missing
+    return [name for name in REQUIRED_FIELDS if name not in manifest]
 
 
 def sequence_of(checkpoint_id: str) -> int:
@@ -578,7 +562,7 @@ class CheckpointStore:
             self._refuse(f"{self.uri}: {what} holds the manifest of checkpoint {manifest.get('id')!r} (copied under another id)")
         if manifest.get("sequence") != sequence_of(checkpoint_id):
             self._refuse(f"{self.uri}: {what} records sequence {manifest.get('sequence')!r}, not the one its id names")
-        missing = missing_fields(manifest, kafka=False)
+        missing = missing_fields(manifest)
         if missing or not isinstance(manifest["state"], dict) or not {"file", "size", "sha256"} <= set(manifest["state"]):
             raise IntegrityError(f"{self.uri}: {what} has an incomplete manifest (no {', '.join(missing or ['state descriptor'])})")
         if self.signing_key is None:

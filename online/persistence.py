@@ -66,11 +66,12 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from core.errors import ConfigError
-from online.checkpoints import KAFKA_CONTEXT, Checkpoint, CheckpointError, CheckpointStore, config_hash, missing_fields, signing_key_from_env
+from online.checkpoints import KAFKA_CONTEXT, Checkpoint, CheckpointError, CheckpointStore, config_hash, signing_key_from_env
 from online.config import CheckpointConfig, EventsConfig, FeaturesConfig, ModelConfig
 from online.events import load_feature_transform
 from online.keyed_state import encode_part, merge_parts, pending_delta
 from online.learner import Learner
+from online.sources import kafka_positions
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +347,12 @@ def kafka_context(checkpoint: Checkpoint | None, uri: str = "") -> dict:
     if checkpoint is None:
         return {}
     extra = checkpoint.manifest.get("extra") or {}
-    missing = [name for name in missing_fields({**checkpoint.manifest, "extra": extra}) if name.startswith("extra.")]
+    topics = sorted({tp[0] for tp in kafka_positions(checkpoint.positions)})
+    missing = []
+    if topics:
+        lacking = [topic for topic in topics if topic not in (extra.get("topic_ids") or {})]
+        missing += [f"extra.topic_ids (of topic {', '.join(lacking)})"] if lacking else []
+        missing += [f"extra.{name}" for name in KAFKA_CONTEXT if name != "topic_ids" and not isinstance(extra.get(name), dict)]
     if missing:
         writer = extra.get("source") or extra.get("pipeline") or "another job"
         raise CheckpointError(
