@@ -168,7 +168,7 @@ class Daemon:
 
         A global model's producer is transactional with an id derived from the checkpoint URI:
         opening it fences any older instance's producer at the broker, so records a stale
-        instance sends after a takeover are refused (measured on Tansu with both clients).
+        instance sends after a takeover are refused (tested on Apache Kafka and on Tansu, both clients).
         """
         kafka = self.config.kafka
         if self.consumer is None:

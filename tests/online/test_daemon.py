@@ -186,6 +186,7 @@ def test_sigterm_writes_a_final_checkpoint(tmp_path, kafka_bootstrap, topic):
     assert latest["positions"][f"{topic}/0"] == summary["units"]["all"]["positions"][f"{topic}/0"]
 
 
+@pytest.mark.both_brokers
 @pytest.mark.parametrize("client", CLIENTS)
 def test_kill_9_repeatedly_equals_uninterrupted_run_and_outputs_exactly_once(tmp_path, kafka_bootstrap, topic, client):
     events, bad_positions = produce_with_broken_lines(kafka_bootstrap, topic, 12_000, first=150, every=997)
@@ -243,6 +244,7 @@ def test_checkpoints_on_s3_survive_kill_9_as_on_local_disk(tmp_path, kafka_boots
     assert store.load_latest().positions == {f"{topic}/0": len(events)}
 
 
+@pytest.mark.both_brokers
 def test_global_model_standby_takes_over_after_kill(tmp_path, kafka_bootstrap, topic):
     events = list(itertools.islice(itertools.cycle(PHISHING), 15_000))
     produce(kafka_bootstrap, topic, [orjson.dumps(e) for e in events], partitions=2)
@@ -261,6 +263,7 @@ def test_global_model_standby_takes_over_after_kill(tmp_path, kafka_bootstrap, t
     assert summary["units"]["all"]["events_seen"] == len(events)
 
 
+@pytest.mark.both_brokers
 @pytest.mark.parametrize("client", CLIENTS)
 def test_keyed_models_split_partitions_and_survive_a_kill(tmp_path, kafka_bootstrap, topic, client):
     shops = ["a", "b", "c", "d", "e", "f"]
@@ -405,11 +408,13 @@ def assert_outputs_exactly_once(bootstrap: str, topic: str, events: int, bad: se
     assert len(sources) == len(set(sources)) == events
 
 
-def test_stale_writer_resumed_after_takeover_writes_nothing_and_goes_back_to_standby(tmp_path, kafka_bootstrap, topic):
+@pytest.mark.both_brokers
+@pytest.mark.parametrize("client", CLIENTS)
+def test_stale_writer_resumed_after_takeover_writes_nothing_and_goes_back_to_standby(tmp_path, kafka_bootstrap, topic, client):
     """SIGSTOP the active instance past its lease, let the standby take over, SIGCONT it: no output doubled, nobody exits."""
     events, bad = produce_with_broken_lines(kafka_bootstrap, topic, 15_000, first=50, every=500)
     outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred", "poll_max_records": 100}
-    config = job_config(tmp_path, kafka_bootstrap, topic, "kafka-python", kafka=outputs, checkpoint={"every_events": 2000, "every_seconds": 1, "lease_seconds": 3})
+    config = job_config(tmp_path, kafka_bootstrap, topic, client, kafka=outputs, checkpoint={"every_events": 2000, "every_seconds": 1, "lease_seconds": 3})
     active = start_daemon(config)
     wait_for_log(active, '"msg":"starting fresh"')
     time.sleep(1.5)  # learning, with outputs sent but not yet committed
@@ -429,11 +434,13 @@ def test_stale_writer_resumed_after_takeover_writes_nothing_and_goes_back_to_sta
     assert store.load_latest().manifest["events_learned"] == len(events)
 
 
-def test_two_instances_started_together_with_a_short_lease_one_learns_and_both_stay(tmp_path, kafka_bootstrap, topic):
+@pytest.mark.both_brokers
+@pytest.mark.parametrize("client", CLIENTS)
+def test_two_instances_started_together_with_a_short_lease_one_learns_and_both_stay(tmp_path, kafka_bootstrap, topic, client):
     """lease_seconds 3, started 1 s apart: one is active, the other standby; nobody exits and no output is doubled."""
     events, bad = produce_with_broken_lines(kafka_bootstrap, topic, 10_000, first=30, every=400, broken=b"[1]")
     outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred", "poll_max_records": 200}
-    config = job_config(tmp_path, kafka_bootstrap, topic, "confluent-kafka", kafka=outputs, checkpoint={"every_events": 1000, "every_seconds": 1, "lease_seconds": 3})
+    config = job_config(tmp_path, kafka_bootstrap, topic, client, kafka=outputs, checkpoint={"every_events": 1000, "every_seconds": 1, "lease_seconds": 3})
     first = start_daemon(config)
     time.sleep(1)
     second = start_daemon(config)
@@ -461,6 +468,7 @@ def recreate_topic(bootstrap: str, topic: str, values: list[bytes]) -> None:
     produce(bootstrap, topic, values)
 
 
+@pytest.mark.both_brokers
 @pytest.mark.parametrize("before, after", [(1000, 300), (300, 1000)], ids=["fewer", "more"])
 def test_recreated_topic_is_an_offset_gap_failing_in_one_line_or_skipped(tmp_path, kafka_bootstrap, topic, before, after):
     """A topic recreated with fewer records (idled, lag 0) or more (first records skipped silently): fail, or skip counted."""
@@ -608,6 +616,7 @@ def test_lease_keeper_renews_through_a_slow_step_and_notices_a_takeover(tmp_path
         keeper.stop()
 
 
+@pytest.mark.both_brokers
 def test_keyed_unit_on_a_recreated_topic_is_an_offset_gap(tmp_path, kafka_bootstrap, topic):
     events = [{**e, "shop": "a"} for e in PHISHING[:400]]
     produce(kafka_bootstrap, topic, [orjson.dumps(e) for e in events])
