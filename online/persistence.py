@@ -21,9 +21,10 @@ checkpoint alone.
 ``checkpoint:`` section signs and verifies with the key in the environment variable named by
 ``checkpoint.signing_key_env``; commands without one (``riverbeam checkpoints``, ``predict``,
 ``replay --checkpoint-uri``) take the variable's name by ``--signing-key-env`` and default to
-``RIVERBEAM_CHECKPOINT_KEY``. With a key every reader refuses an unsigned or wrongly signed
-checkpoint; without one, reading warns once that checkpoints are not verified (a checkpoint is
-a pickle: loading it runs code).
+``RIVERBEAM_CHECKPOINT_KEY``. With a key every reader refuses an unsigned, wrongly signed,
+copied or rolled-back checkpoint (the signature covers the whole manifest and ``LATEST``: see
+`online.checkpoints`); without one, a signed store is refused and an unsigned one read with a
+warning, once, that checkpoints are not verified (a checkpoint is a pickle: loading it runs code).
 
 **When, and in what order** (`Cadence`, `Checkpointer`). One `Checkpointer` per learning unit
 (the daemon's unit, a replay, a Beam key) decides when a checkpoint is due (every N events or

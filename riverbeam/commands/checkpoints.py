@@ -2,7 +2,9 @@
 
 Commands that read checkpoints without a ``checkpoint:`` section (this one, ``predict``,
 ``replay --checkpoint-uri``) verify signatures with the key in the environment variable named by
-``--signing-key-env`` (`add_signing_key_env`), ``RIVERBEAM_CHECKPOINT_KEY`` by default.
+``--signing-key-env`` (`add_signing_key_env`), ``RIVERBEAM_CHECKPOINT_KEY`` by default. ``list``
+reads manifests only (nothing is unpickled or verified) and marks each ``signed``, ``unsigned`` or
+``signed-before-manifest-signing`` (refused by every reader); ``show`` loads and verifies.
 """
 
 from __future__ import annotations

@@ -603,7 +603,7 @@ def learned_store(uri):
     learner = Learner(ModelConfig(pipeline=[{"linear_model.LinearRegression": {}}], metrics=["MAE"]), EventsConfig(target="y"))
     for i in range(30):
         learner.process({"x": float(i % 5), "y": 2.0 * (i % 5)})
-    return learner, save_learner(CheckpointStore(uri), learner, positions={"replay": {"file": "a.jsonl", "line": 30}})
+    return learner, save_learner(CheckpointStore(uri), learner, positions={})
 
 
 UNRESTORABLE = {
@@ -644,6 +644,15 @@ def test_a_latest_checkpoint_that_cannot_be_restored_falls_back_to_the_previous_
     captured = capsys.readouterr()
     assert not captured.out and len(captured.err.strip().splitlines()) == 1, captured.err
     assert f"checkpoint {bad['id']} verifies but cannot be restored" in captured.err
+
+    config = tmp_path / "replay.yaml"  # replay --mode learn through the command: learns on from the good one
+    config.write_text(json.dumps({"model": {"pipeline": [{"linear_model.LinearRegression": {}}], "metrics": ["MAE"]},
+                                  "events": {"target": "y"}, "checkpoint": {"uri": uri, "every_events": 100}}))
+    more = tmp_path / "more.jsonl"
+    more.write_text("".join(json.dumps({"x": float(i % 5), "y": 2.0 * (i % 5)}) + "\n" for i in range(10)))
+    assert main(["replay", "--config", str(config), "--input", str(more), "--no-progress"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    assert CheckpointStore(uri).load_latest().manifest["events_learned"] == good["events_learned"] + 10
 
 
 def test_a_model_name_the_checkpoint_does_not_hold_is_refused(tmp_path, capsys, monkeypatch):
