@@ -186,8 +186,7 @@ def test_sigterm_writes_a_final_checkpoint(tmp_path, kafka_bootstrap, topic):
     assert latest["positions"][f"{topic}/0"] == summary["units"]["all"]["positions"][f"{topic}/0"]
 
 
-@pytest.mark.both_brokers
-@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("client", CLIENTS)  # on Apache Kafka too: test_restart_after_kill's kill -9 with outputs (the same guarantee, once)
 def test_kill_9_repeatedly_equals_uninterrupted_run_and_outputs_exactly_once(tmp_path, kafka_bootstrap, topic, client):
     events, bad_positions = produce_with_broken_lines(kafka_bootstrap, topic, 12_000, first=150, every=997)
     outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred", "poll_max_records": 500}
