@@ -60,8 +60,27 @@ def config_check(args) -> int:
     if job == "replay":  # the replay loader also checks the search: section
         from online.replay_job import load_replay_job
 
-        load_replay_job(args.file)
+        config, _ = load_replay_job(args.file)
     else:
-        load_config(args.file, config_class(job))
+        config = load_config(args.file, config_class(job))
+    checkpoint = getattr(config, "checkpoint", None)
+    if checkpoint is not None:
+        signed_without_key(checkpoint, args.file)
     print(f"{args.file}: valid {job} configuration")
     return 0
+
+
+def signed_without_key(checkpoint, source: str) -> None:
+    """A store whose checkpoints are signed, checked with the key variable unset: refused now, as loading them will be."""
+    import os
+
+    from online.checkpoints import CheckpointStore, SignatureError
+
+    if os.environ.get(checkpoint.signing_key_env):
+        return
+    try:
+        CheckpointStore(checkpoint.uri).latest_id()  # its pointer is checked as for loading
+    except SignatureError:
+        raise ConfigError("checkpoint.signing_key_env", f"{checkpoint.signing_key_env} is not set, but the checkpoints at {checkpoint.uri} are signed: set it to their key", source=source) from None
+    except Exception:  # unreadable now: the job itself says so
+        return

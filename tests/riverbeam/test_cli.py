@@ -212,3 +212,24 @@ def test_kafka_python_options_of_the_wrong_type_or_name_are_refused_at_check_tim
         "kafka.consumer.session.timeout.ms: unknown option for kafka-python (did you mean session_timeout_ms?)",
         "kafka.producer.acks: riverbeam always produces with acks=all",
     ]
+
+
+def test_a_signed_store_checked_with_its_key_variable_unset_is_refused(tmp_path):
+    from online.checkpoints import CheckpointStore
+    from online.config import EventsConfig, ModelConfig
+    from online.learner import Learner
+    from online.persistence import save_learner
+
+    uri = str(tmp_path / "ck")
+    learner = Learner(ModelConfig(pipeline=[{"linear_model.LogisticRegression": {}}]), EventsConfig(target="label"))
+    save_learner(CheckpointStore(uri, signing_key=b"the key"), learner, positions={})
+    path = tmp_path / "serve.yaml"
+    path.write_text(f"checkpoint: {{uri: {uri}, signing_key_env: MY_CHECKPOINT_KEY}}\nserve: {{port: 8080}}\n")
+    env = {k: v for k, v in ENV.items() if k != "MY_CHECKPOINT_KEY"}
+    result = subprocess.run([sys.executable, "-m", "riverbeam.cli", "config", "check", str(path)], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 2 and result.stderr.splitlines() == [
+        f"riverbeam: error: {path}: checkpoint.signing_key_env: MY_CHECKPOINT_KEY is not set, but the checkpoints at {uri} are signed: set it to their key"
+    ], result.stderr
+    result = subprocess.run([sys.executable, "-m", "riverbeam.cli", "config", "check", str(path)], capture_output=True, text=True,
+                            env=dict(env, MY_CHECKPOINT_KEY="the key"), timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
