@@ -79,6 +79,7 @@ class Artifact:
     artifact: str
     version: str
     classifier: str | None = None
+    packaging: str = "jar"  # another file type a project publishes, e.g. "tar.gz" (a distribution)
 
     @classmethod
     def parse(cls, text: str) -> "Artifact":
@@ -91,12 +92,12 @@ class Artifact:
     @property
     def file_name(self) -> str:
         suffix = f"-{self.classifier}" if self.classifier else ""
-        return f"{self.artifact}-{self.version}{suffix}.jar"
+        return f"{self.artifact}-{self.version}{suffix}.{self.packaging}"
 
     @property
     def maven_spec(self) -> str:
         """The coordinate as the dependency plugin's ``-Dartifact`` wants it (packaging included)."""
-        spec = f"{self.group}:{self.artifact}:{self.version}:jar"
+        spec = f"{self.group}:{self.artifact}:{self.version}:{self.packaging}"
         return f"{spec}:{self.classifier}" if self.classifier else spec
 
     def __str__(self) -> str:

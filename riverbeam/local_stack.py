@@ -15,7 +15,10 @@ Two brokers, chosen with ``kafka=``:
   delay, short minimum session timeout, replication factor 1 for the internal topics, a retention
   check every second).
 
-S3 runs when the stack is given an S3 port (``riverbeam local up`` always gives one). `LocalStack`
+S3 runs when the stack is given an S3 port (``riverbeam local up`` always gives one), the schema
+registry (Apicurio Registry 3.3, `SchemaRegistry`: a real registry serving the Confluent Schema
+Registry API, its distribution fetched from Maven Central like Apache Kafka's jars; Java 21) when
+given a schema-registry port (``riverbeam local up --schema-registry``). `LocalStack`
 starts the services as background processes with pid files and logs under one directory, waits
 until each serves, and stops only the processes it started. The CLI (``riverbeam local``), the
 demo and the pytest fixtures all use this one launcher.
@@ -48,6 +51,7 @@ DEFAULT_DIR = ".riverbeam"
 DEFAULT_KAFKA_PORT = 9092
 DEFAULT_GCS_PORT = 4443
 DEFAULT_S3_PORT = 4566
+DEFAULT_SCHEMA_REGISTRY_PORT = 8081  # where Kafka tools look for a schema registry by default
 DEFAULT_BUCKET = "riverbeam"
 EMULATOR_PROJECT = "riverbeam-local"
 HOST = "127.0.0.1"
@@ -142,6 +146,7 @@ class LocalSettings:
     storage_emulator_host: str
     bucket: str
     s3_endpoint_url: str | None = None
+    schema_registry_url: str | None = None  # the Confluent-compatible API, with `local up --schema-registry`
 
     def environment(self) -> dict[str, str]:
         """Environment variables for processes that talk to the stack (the standard AWS ones for S3)."""
@@ -443,12 +448,109 @@ class S3Server(LocalService):
             raise LocalStackError(f"creating bucket {bucket} on the S3 server failed: {error}") from None
 
 
+SCHEMA_REGISTRY = ("io.apicurio", "apicurio-registry-app", "3.3.3", "all", "tar.gz")  # Apicurio Registry's distribution
+SCHEMA_REGISTRY_JAVA = 21  # Apicurio Registry 3.3 is built for Java 21
+
+
+def registry_java() -> str:
+    """A ``java`` of version 21 or later: ``$JAVA_HOME``'s, the one on PATH, or a JDK under ``/usr/lib/jvm``.
+
+    The broker runs on Java 17; Apicurio Registry 3.3 needs 21, which machines often keep beside it.
+    """
+    from core.maven import JavaToolError, java_major_version
+
+    java_home = os.environ.get("JAVA_HOME")
+    candidates = [os.path.join(java_home, "bin", "java")] if java_home else []
+    candidates += [shutil.which("java") or ""] + sorted(str(p) for p in Path("/usr/lib/jvm").glob("*/bin/java"))
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK) and (java_major_version(candidate) or 0) >= SCHEMA_REGISTRY_JAVA:
+            return candidate
+    raise JavaToolError(f"the schema registry (Apicurio Registry 3.3) needs Java {SCHEMA_REGISTRY_JAVA}+; none found in $JAVA_HOME, on PATH or under /usr/lib/jvm")
+
+
+def fetch_schema_registry() -> Path:
+    """Apicurio Registry's Quarkus application directory (``quarkus-run.jar`` inside), fetched from Maven Central once.
+
+    The distribution (``io.apicurio:apicurio-registry-app:3.3.3``, classifier ``all``, a tar.gz) is
+    fetched by `core.maven` and unpacked into riverbeam's cache; later calls use the cache, offline.
+    """
+    import tarfile
+    import tempfile
+
+    from core.maven import Artifact, JavaToolError, cache_dir, fetch_artifact
+
+    artifact = Artifact(*SCHEMA_REGISTRY)
+    home = cache_dir() / f"apicurio-registry-{artifact.version}"
+    if (home / "quarkus-run.jar").is_file():
+        return home
+    archive = fetch_artifact(artifact)
+    home.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=home.parent, prefix=f".{home.name}-"))
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(scratch, filter="data")
+        if not (scratch / "quarkus-run.jar").is_file():
+            raise JavaToolError(f"{archive} holds no quarkus-run.jar: not Apicurio Registry's distribution")
+        os.replace(scratch, home)
+    except FileExistsError:
+        pass  # a concurrent fetch unpacked it first
+    except (OSError, tarfile.TarError) as error:
+        raise JavaToolError(f"cannot unpack {archive} into {home}: {error}") from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return home
+
+
+class SchemaRegistry(LocalService):
+    """Apicurio Registry 3.3 (a real schema registry, in memory) serving the Confluent Schema Registry API on loopback.
+
+    Its Confluent-compatible API is at `url` (``http://127.0.0.1:PORT/apis/ccompat/v7``), the
+    URL ``kafka.schema_registry.url`` takes. Schemas live in the process's memory (its default
+    storage): a restart forgets them, like the Tansu broker forgets its topics. Quarkus's
+    management interface (health, metrics), which would listen on all interfaces at port 9000,
+    listens on loopback at `management_port` (a free port by default).
+    """
+
+    kind = "apicurio"
+    start_timeout = 240.0  # a large JVM application on a busy 2-core machine: ~30 s when idle
+    heap = "512m"
+
+    def __init__(self, name: str, directory: Path, port: int, management_port: int | None = None):
+        super().__init__(name, directory, port)
+        self.management_port = management_port or free_port()
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}/apis/ccompat/v7"
+
+    def command(self) -> list[str]:
+        home = fetch_schema_registry()
+        return [
+            registry_java(), f"-Xmx{self.heap}", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+            f"-Dquarkus.http.host={HOST}", f"-Dquarkus.http.port={self.port}",
+            f"-Dquarkus.management.host={HOST}", f"-Dquarkus.management.port={self.management_port}",
+            "-Dquarkus.log.console.json=false", f"-Driverbeam.stack={self.directory.resolve()}",
+            "-jar", str(home / "quarkus-run.jar"),
+        ]  # fmt: skip
+
+    def signature(self, command: list[str]) -> str:
+        return f"-Driverbeam.stack={self.directory.resolve()}"
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/subjects", timeout=2) as response:
+                return response.status == 200
+        except (OSError, urllib.error.URLError):
+            return False
+
+
 class LocalStack:
     """The broker, the GCS emulator and (with an S3 port) the S3 server, managed together under `directory`.
 
     `kafka` picks the broker: ``"tansu"`` (default) or ``"apache"`` (Apache Kafka, Java 17).
     A port of 0 picks a free one; ``s3_port=None`` leaves S3 out (unless a running stack in
-    `directory` has it). The broker and ports chosen by `up` are remembered in ``stack.json`` so
+    `directory` has it), and likewise ``schema_registry_port=None`` the schema registry
+    (`SchemaRegistry`, Java 21). The broker and ports chosen by `up` are remembered in ``stack.json`` so
     that `status` and `down` find the same processes. The bucket has the same name on GCS and S3.
     """
 
@@ -460,6 +562,7 @@ class LocalStack:
         bucket: str = DEFAULT_BUCKET,
         s3_port: int | None = None,
         kafka: str | None = None,
+        schema_registry_port: int | None = None,
     ):
         self.directory = Path(directory)
         self.state_file = self.directory / "stack.json"
@@ -481,10 +584,12 @@ class LocalStack:
             self.kafka = TansuBroker("kafka", self.directory, kafka_port or free_port())
         self.gcs = GcsEmulator("gcs", self.directory, gcs_port or free_port())
         self.s3 = None if s3_port is None else S3Server("s3", self.directory, s3_port or free_port())
+        schema_registry_port = state.get("schema_registry_port") if schema_registry_port is None else schema_registry_port
+        self.schema_registry = None if schema_registry_port is None else SchemaRegistry("schema-registry", self.directory, schema_registry_port or free_port())
 
     @property
     def services(self) -> list[LocalService]:
-        return [self.kafka, self.gcs] + ([self.s3] if self.s3 is not None else [])
+        return [self.kafka, self.gcs] + [service for service in (self.s3, self.schema_registry) if service is not None]
 
     def _read_state(self) -> dict:
         try:
@@ -495,7 +600,8 @@ class LocalStack:
     @property
     def settings(self) -> LocalSettings:
         s3 = self.s3.endpoint_url if self.s3 is not None else None
-        return LocalSettings(f"{HOST}:{self.kafka.port}", f"http://{HOST}:{self.gcs.port}", self.bucket, s3)
+        registry = self.schema_registry.url if self.schema_registry is not None else None
+        return LocalSettings(f"{HOST}:{self.kafka.port}", f"http://{HOST}:{self.gcs.port}", self.bucket, s3, registry)
 
     def up(self) -> LocalSettings:
         """Start the services (or fail with the log's tail) and create the bucket on GCS (and S3)."""
@@ -517,6 +623,8 @@ class LocalStack:
             state["kafka_controller_port"] = self.kafka.controller_port
         if self.s3 is not None:
             state["s3_port"] = self.s3.port
+        if self.schema_registry is not None:
+            state["schema_registry_port"] = self.schema_registry.port
         self.state_file.write_text(json.dumps(state))
         return self.settings
 

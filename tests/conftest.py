@@ -157,3 +157,27 @@ def beam_gcs(local_stack, monkeypatch):
 
     monkeypatch.setattr(gcs_batch.MIMEApplicationHTTP, "__init__", init_with_content_id)
     yield local_stack
+
+
+@pytest.fixture(scope="session")
+def schema_registry(tmp_path_factory):
+    """A running schema registry (Apicurio Registry 3.3, in memory) on a free loopback port; stopped after the session.
+
+    Its ``url`` is the Confluent-compatible API (what ``kafka.schema_registry.url`` takes). It
+    needs Java 21+ and Maven (its distribution is fetched from Maven Central into the cache once):
+    without them the tests that use it skip with the reason, or fail with
+    ``RIVERBEAM_TESTS_REQUIRE_SCHEMA_REGISTRY=1`` (CI).
+    """
+    from riverbeam.local_stack import SchemaRegistry, fetch_schema_registry, registry_java
+
+    try:
+        registry_java()
+        fetch_schema_registry()
+    except JavaToolError as error:
+        if os.environ.get("RIVERBEAM_TESTS_REQUIRE_SCHEMA_REGISTRY") == "1":
+            pytest.fail(f"the schema registry is required here (RIVERBEAM_TESTS_REQUIRE_SCHEMA_REGISTRY=1): {error}")
+        pytest.skip(f"the schema registry is not available: {error}")
+    registry = SchemaRegistry("schema-registry", tmp_path_factory.mktemp("schema-registry"), free_port())
+    registry.start()
+    yield registry
+    registry.stop()

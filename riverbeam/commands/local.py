@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from riverbeam.local_stack import DEFAULT_DIR, DEFAULT_S3_PORT, KAFKA_BROKERS, LocalStack, fetch_apache_kafka
+from riverbeam.local_stack import DEFAULT_DIR, DEFAULT_S3_PORT, DEFAULT_SCHEMA_REGISTRY_PORT, KAFKA_BROKERS, LocalStack, fetch_apache_kafka
 
 
 def register(subparsers) -> None:
@@ -19,6 +19,11 @@ def register(subparsers) -> None:
         "--kafka", choices=KAFKA_BROKERS, default=None,
         help="the broker: tansu (default; from PyPI, memory only) or apache (Apache Kafka 4, needs Java 17; fetched from Maven Central once)",
     )  # fmt: skip
+    up.add_argument(
+        "--schema-registry", action="store_true",
+        help="also start a schema registry (Apicurio Registry 3.3, the Confluent API; needs Java 21; fetched from Maven Central once)",
+    )  # fmt: skip
+    up.add_argument("--schema-registry-port", type=int, default=DEFAULT_SCHEMA_REGISTRY_PORT, help="its port (default %(default)s; 0 picks a free port)")
     up.set_defaults(handler=local_up)
     status = actions.add_parser("status", help="show what runs")
     status.add_argument("--dir", default=DEFAULT_DIR)
@@ -32,12 +37,15 @@ def register(subparsers) -> None:
 
 
 def local_up(args) -> int:
-    stack = LocalStack(args.dir, kafka_port=args.kafka_port, gcs_port=args.gcs_port, s3_port=args.s3_port, kafka=args.kafka)
+    registry_port = args.schema_registry_port if args.schema_registry else None
+    stack = LocalStack(args.dir, kafka_port=args.kafka_port, gcs_port=args.gcs_port, s3_port=args.s3_port, kafka=args.kafka, schema_registry_port=registry_port)
     settings = stack.up()
     print(f"Local stack is up (logs and pid files in {args.dir}/). Use these settings:")
     print(f"  kafka.bootstrap_servers: {settings.bootstrap_servers} ({'Apache Kafka' if stack.kafka_broker == 'apache' else 'Tansu'})")
     print(f"  GCS emulator bucket:     gs://{settings.bucket}")
     print(f"  S3 server bucket:        s3://{settings.bucket} (endpoint {settings.s3_endpoint_url})")
+    if settings.schema_registry_url:
+        print(f"  kafka.schema_registry:   {{url: {settings.schema_registry_url}}} (Apicurio Registry, in memory)")
     print(settings.shell_exports())
     print("For a job whose YAML leaves kafka.bootstrap_servers out (for that job only: a job without a kafka section would refuse it):")
     print("".join(f"  {name}={value} riverbeam consume ...\n" for name, value in settings.kafka_override().items()), end="")
