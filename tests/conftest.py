@@ -159,6 +159,19 @@ def beam_gcs(local_stack, monkeypatch):
     yield local_stack
 
 
+def schema_registry_or_skip() -> None:
+    """Java 21 and the schema registry's distribution are here, or a skip naming what is missing (a failure where CI requires it)."""
+    from riverbeam.local_stack import fetch_schema_registry, registry_java
+
+    try:
+        registry_java()
+        fetch_schema_registry()
+    except JavaToolError as error:
+        if os.environ.get("RIVERBEAM_TESTS_REQUIRE_SCHEMA_REGISTRY") == "1":
+            pytest.fail(f"the schema registry is required here (RIVERBEAM_TESTS_REQUIRE_SCHEMA_REGISTRY=1): {error}")
+        pytest.skip(f"the schema registry is not available: {error}")
+
+
 @pytest.fixture(scope="session")
 def schema_registry(tmp_path_factory):
     """A running schema registry (Apicurio Registry 3.3, in memory) on a free loopback port; stopped after the session.
@@ -168,15 +181,9 @@ def schema_registry(tmp_path_factory):
     without them the tests that use it skip with the reason, or fail with
     ``RIVERBEAM_TESTS_REQUIRE_SCHEMA_REGISTRY=1`` (CI).
     """
-    from riverbeam.local_stack import SchemaRegistry, fetch_schema_registry, registry_java
+    from riverbeam.local_stack import SchemaRegistry
 
-    try:
-        registry_java()
-        fetch_schema_registry()
-    except JavaToolError as error:
-        if os.environ.get("RIVERBEAM_TESTS_REQUIRE_SCHEMA_REGISTRY") == "1":
-            pytest.fail(f"the schema registry is required here (RIVERBEAM_TESTS_REQUIRE_SCHEMA_REGISTRY=1): {error}")
-        pytest.skip(f"the schema registry is not available: {error}")
+    schema_registry_or_skip()
     registry = SchemaRegistry("schema-registry", tmp_path_factory.mktemp("schema-registry"), free_port())
     registry.start()
     yield registry

@@ -8,21 +8,8 @@ import subprocess
 import sys
 import urllib.request
 
-import pytest
-
-from core.maven import JavaToolError
-from riverbeam.local_stack import LocalStack, fetch_schema_registry, free_port, registry_java
-
-
-@pytest.fixture(scope="module")
-def registry_available():
-    try:
-        registry_java()
-        fetch_schema_registry()
-    except JavaToolError as error:
-        if os.environ.get("RIVERBEAM_TESTS_REQUIRE_SCHEMA_REGISTRY") == "1":
-            pytest.fail(f"the schema registry is required here: {error}")
-        pytest.skip(f"the schema registry is not available: {error}")
+from riverbeam.local_stack import LocalStack, free_port
+from tests.conftest import schema_registry_or_skip
 
 
 def listening_addresses(pid: int) -> set[str]:
@@ -40,7 +27,8 @@ def running(pid: int) -> bool:
         return False
 
 
-def test_local_up_with_a_schema_registry_serves_the_confluent_api_on_loopback_only_and_down_stops_it(tmp_path, registry_available):
+def test_local_up_with_a_schema_registry_serves_the_confluent_api_on_loopback_only_and_down_stops_it(tmp_path):
+    schema_registry_or_skip()
     directory = tmp_path / "stack"
     env = dict(os.environ, NO_GCE_CHECK="true")
     command = [sys.executable, "-m", "riverbeam.cli", "local"]
