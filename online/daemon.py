@@ -42,6 +42,7 @@ from core.errors import RiverbeamError
 from core.storage import StorageError, StorageUnusable
 from online.checkpoints import CheckpointStore, FencingError
 from online.config import ConsumeJobConfig, model_names
+from online.formats import record_decoder
 from online.kafka_clients import KafkaClientError, TopicPartition, make_consumer, make_producer
 from online.kafka_clients.base import ProducerFencedError
 from online.gc_tuning import restore_gc, steady_state_gc
@@ -160,6 +161,7 @@ class Daemon:
         self._pending_logged = 0.0
         self.final_summary: dict | None = None
         self.resumed: dict[str, Resumed] = {}  # unit -> the checkpoint it continued from
+        self.decoder = record_decoder(config.kafka)  # kafka.format: None (JSON) or the schema registry's (online.formats)
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -239,6 +241,7 @@ class Daemon:
             learner.items() if isinstance(learner, ModelSet) else [(self.model_name, learner)], dead_letters=self.sinks,
             predictions=self.sinks if self.outputs.predictions_topic else None, predictions_model=self.config.predictions_model,
             checkpointer=unit.checkpointer, positions=positions, curve=self.curve, curve_unit=None if name == "all" else name,
+            decoder=self.decoder,
         )
         unit.positions = unit.loop.positions  # one dict: what the loop advances is what gets checkpointed
         self.units[name] = unit

@@ -125,8 +125,9 @@ class LearningLoop:
     def __init__(self, models: list[tuple[str, Learner]], *, dead_letters: DeadLetterSink | None = None,
                  predictions: PredictionSink | None = None, predictions_model: str | None = None,
                  checkpointer=None, positions: dict | None = None, count_unreadable: bool = True,
-                 curve=None, curve_unit: str | None = None):
+                 curve=None, curve_unit: str | None = None, decoder=None):
         self.models = list(models)
+        self.decoder = decoder  # kafka.format's decoder (online.formats.record_decoder): (values, topic) -> (events, reasons); None: JSON
         self.dead_letters = dead_letters
         self.prediction_sink = predictions
         names = [name for name, _ in self.models]
@@ -225,15 +226,21 @@ class LearningLoop:
         segments, self.held, self.held_count = self.held, [], 0
         return self._process(segments)
 
+    def _decode(self, batch: SourceBatch) -> tuple[list, dict[int, str]]:
+        """A raw batch as events: JSON (`decode`), or through ``kafka.format``'s decoder with the batch's topic."""
+        if self.decoder is None:
+            return decode(batch.values)
+        return self.decoder(batch.values, batch.partition[0] if isinstance(batch.partition, tuple) else str(batch.partition))
+
     def _process(self, segments: list) -> int:
         if len(segments) == 1:
             batch = segments[0]
-            events, reasons = (batch.values, batch.reasons) if batch.decoded else decode(batch.values)
+            events, reasons = (batch.values, batch.reasons) if batch.decoded else self._decode(batch)
             starts = [0]
         else:
             events, reasons, starts = [], {}, []
             for batch in segments:
-                values, errors = (batch.values, batch.reasons) if batch.decoded else decode(batch.values)
+                values, errors = (batch.values, batch.reasons) if batch.decoded else self._decode(batch)
                 starts.append(len(events))
                 reasons.update({len(events) + i: reason for i, reason in errors.items()})
                 events.extend(values)

@@ -1,0 +1,290 @@
+"""Record formats on Kafka: JSON, or Avro / Protobuf / JSON Schema through a schema registry.
+
+``kafka.format`` picks how a record's value becomes an event (`online.config.KafkaConfig`):
+
+- ``json`` (the default): the value is a JSON object (`online.learning_loop.decode`, orjson).
+- ``avro``, ``protobuf``, ``json_schema``: the value is in the schema-registry wire format (a
+  zero magic byte, the schema id in 4 bytes, then the payload), as Confluent's serializers and
+  those of most Kafka shops write it. `RegistryDecoder` decodes it with confluent-kafka's own
+  deserializers (`confluent_kafka.schema_registry`; Avro through fastavro), talking to the
+  registry at ``kafka.schema_registry.url`` with the keys confluent-kafka's
+  ``SchemaRegistryClient`` takes. Each schema id is fetched once and cached by that client.
+
+Every decoded record goes through `flatten`, one rule for every format: nested records become
+features named by their path (``address.city``), Avro/Protobuf logical types become what River
+learns from (timestamps -> epoch seconds, dates -> days since 1970-01-01, times -> seconds since
+midnight, decimals -> float), enums are their symbol (a string: list the field in
+``events.categorical``), and a null (an unset union-with-null, an absent optional field) is left
+out of the event, so the model sees the features the record carries.
+
+A record that cannot be decoded (not the wire format, a schema id the registry does not know, a
+payload that does not match its schema) is a dead letter whose reason names the schema id and the
+subject (``<topic>-value``, the topic name strategy); a registry that cannot be reached stops the
+run in one line (`SchemaRegistryUnavailable`) rather than dead-lettering good records.
+
+>>> import datetime, decimal
+>>> flatten({"a": 1, "address": {"city": "Oslo", "zip": None},
+...          "at": datetime.datetime(1970, 1, 1, 0, 1, tzinfo=datetime.timezone.utc),
+...          "day": datetime.date(1970, 1, 3), "price": decimal.Decimal("12.5")})
+{'a': 1, 'address.city': 'Oslo', 'at': 60.0, 'day': 2, 'price': 12.5}
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import io
+from collections.abc import Callable
+from typing import Any
+
+from core.errors import ConfigError, RiverbeamError
+
+FORMATS = ("json", "avro", "protobuf", "json_schema")
+REGISTRY_FORMATS = ("avro", "protobuf", "json_schema")
+_EPOCH_DAY = datetime.date(1970, 1, 1).toordinal()
+
+
+class SchemaRegistryUnavailable(RiverbeamError):
+    """The schema registry could not be reached or answered with a server error: no record can be decoded."""
+
+
+def flatten(record: dict, prefix: str = "", into: dict | None = None) -> dict:
+    """A decoded record as one flat event: nested records joined by ``.``, logical types as numbers, nulls left out.
+
+    >>> flatten({"user": {"address": {"city": "Oslo"}, "age": 7}, "tags": None})
+    {'user.address.city': 'Oslo', 'user.age': 7}
+    """
+    out = {} if into is None else into
+    for name, value in record.items():
+        key = f"{prefix}{name}"
+        kind = type(value)
+        if kind is dict:
+            flatten(value, f"{key}.", out)
+        elif value is None:
+            continue
+        elif kind is datetime.datetime:
+            out[key] = (value if value.tzinfo else value.replace(tzinfo=datetime.UTC)).timestamp()
+        elif kind is datetime.date:
+            out[key] = value.toordinal() - _EPOCH_DAY
+        elif kind is datetime.time:
+            out[key] = value.hour * 3600 + value.minute * 60 + value.second + value.microsecond / 1e6
+        elif kind is decimal.Decimal:
+            out[key] = float(value)
+        else:
+            out[key] = value
+    return out
+
+
+def wire_schema_id(value: bytes) -> int | None:
+    """The schema id in a schema-registry wire-format value, or None if `value` is not in that format.
+
+    >>> wire_schema_id(b"\\x00\\x00\\x00\\x00\\x07payload"), wire_schema_id(b'{"a": 1}')
+    (7, None)
+    """
+    if type(value) is not bytes or len(value) < 5 or value[0] != 0:
+        return None
+    return int.from_bytes(value[1:5], "big")
+
+
+class RegistryDecoder:
+    """Decodes raw record values of one format through a schema registry; called by the learning loop per batch.
+
+    ``decoder(values, topic)`` returns ``(events, reasons)`` as `online.learning_loop.decode` does:
+    an event (a flat dict, see `flatten`) or None per value, and the reason for each None.
+
+    >>> RegistryDecoder("avro", {"url": "http://127.0.0.1:1"}).subject("events")
+    'events-value'
+    """
+
+    def __init__(self, fmt: str, registry: dict[str, Any]):
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+
+        if fmt not in REGISTRY_FORMATS:
+            raise ConfigError(
+                "kafka.format",
+                f"{fmt!r} is not read through a schema registry (one of {', '.join(REGISTRY_FORMATS)})",
+            )
+        self.format = fmt
+        try:
+            self.client = SchemaRegistryClient(dict(registry))
+        except (ValueError, TypeError) as error:
+            raise ConfigError("kafka.schema_registry", str(error)) from None
+        self.url = registry.get("url")
+        self._deserialize = self._deserializer(fmt)
+        self._contexts: dict[str, Any] = {}
+
+    def _deserializer(self, fmt: str) -> Callable:
+        if fmt == "avro":
+            from confluent_kafka.schema_registry.avro import AvroDeserializer
+
+            return AvroDeserializer(self.client)
+        if fmt == "json_schema":
+            from confluent_kafka.schema_registry.json_schema import JSONDeserializer
+
+            return JSONDeserializer(None, schema_registry_client=self.client)
+        return ProtobufRecordDeserializer(self.client)
+
+    @staticmethod
+    def subject(topic: str) -> str:
+        """The subject a record of `topic` is registered under (the topic name strategy)."""
+        return f"{topic}-value"
+
+    def __call__(self, values: list, topic: str) -> tuple[list, dict[int, str]]:
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+        from confluent_kafka.serialization import MessageField, SerializationContext
+
+        context = self._contexts.get(topic)
+        if context is None:
+            context = self._contexts[topic] = SerializationContext(topic, MessageField.VALUE)
+        deserialize = self._deserialize
+        events: list = []
+        reasons: dict[int, str] = {}
+        for index, value in enumerate(values):
+            if value is None:
+                events.append(None)
+                reasons[index] = "record has no value"
+                continue
+            schema_id = wire_schema_id(value)
+            if schema_id is None:
+                events.append(None)
+                reasons[index] = f"not {self.format} in the schema-registry wire format (no magic byte 0 and schema id) for subject {self.subject(topic)}"
+                continue
+            try:
+                record = deserialize(value, context)
+            except SchemaRegistryError as error:
+                if error.http_status_code in (404, 422):
+                    events.append(None)
+                    reasons[index] = f"schema id {schema_id} (subject {self.subject(topic)}) is not in the schema registry: {error.error_message}"
+                    continue
+                raise SchemaRegistryUnavailable(f"schema registry at {self.url} failed on schema id {schema_id}: {error}") from None
+            except (OSError, ConnectionError) as error:
+                raise SchemaRegistryUnavailable(f"schema registry at {self.url} cannot be reached: {error}") from None
+            except Exception as error:  # the payload does not match its schema: this record only
+                if _is_transport_error(error):
+                    raise SchemaRegistryUnavailable(f"schema registry at {self.url} cannot be reached: {error}") from None
+                events.append(None)
+                reasons[index] = f"cannot decode {self.format} with schema id {schema_id} (subject {self.subject(topic)}): {type(error).__name__}: {error}"
+                continue
+            if type(record) is not dict:
+                events.append(None)
+                reasons[index] = f"{self.format} record with schema id {schema_id} (subject {self.subject(topic)}) is not a record but {type(record).__name__}"
+                continue
+            events.append(flatten(record))
+        return events, reasons
+
+
+def _is_transport_error(error: Exception) -> bool:
+    """Whether `error` is the HTTP client's failure to reach the registry (httpx's or httpx2's TransportError:
+    confluent-kafka uses whichever is installed), not a record's."""
+    return any(kind.__name__ == "TransportError" and kind.__module__.startswith("httpx") for kind in type(error).__mro__)
+
+
+class ProtobufRecordDeserializer:
+    """Protobuf values as dicts, with no generated classes: the message type comes from the writer's schema in the registry.
+
+    confluent-kafka's `ProtobufDeserializer` needs the reader's generated class; a learning job
+    has none, so the writer's schema (fetched once per id, as a FileDescriptorProto) builds the
+    message class, and the message becomes a dict by field name: nested messages as dicts, enums
+    by name, ``google.protobuf.Timestamp`` as `datetime` (for `flatten`), the other well-known
+    types by their JSON mapping (``json_format.MessageToDict``).
+    """
+
+    def __init__(self, client):
+        self.client = client
+        self._classes: dict[tuple[int, tuple[int, ...]], Any] = {}
+
+    def __call__(self, value: bytes, context) -> dict:
+        from confluent_kafka.schema_registry.common.protobuf import PROTOBUF_TYPE
+        from confluent_kafka.schema_registry.common.serde import SchemaId
+        from google.protobuf import json_format
+
+        schema_id = SchemaId(PROTOBUF_TYPE)
+        payload = schema_id.from_bytes(io.BytesIO(value))
+        indexes = tuple(schema_id.message_indexes or [0])
+        key = (schema_id.id, indexes)
+        message_class = self._classes.get(key)
+        if message_class is None:
+            message_class = self._classes[key] = self._message_class(schema_id.id, indexes)
+        message = message_class()
+        message.ParseFromString(payload.read())
+        return _protobuf_dict(message, json_format)
+
+    def _message_class(self, schema_id: int, indexes: tuple[int, ...]):
+        import base64
+        import binascii
+
+        from google.protobuf import (  # noqa: F401  (well-known types in the default pool)
+            any_pb2,
+            descriptor_pb2,
+            descriptor_pool,
+            duration_pb2,
+            empty_pb2,
+            message,
+            struct_pb2,
+            timestamp_pb2,
+            wrappers_pb2,
+        )
+        from google.protobuf.message_factory import GetMessageClass
+
+        def parse(text: str | None):
+            try:
+                return descriptor_pb2.FileDescriptorProto.FromString(base64.b64decode(text or "", validate=True))
+            except (binascii.Error, ValueError, message.DecodeError):
+                return None
+
+        # as confluent-kafka's serializer registers it (a FileDescriptorProto in base64), else the registry's
+        # serialized form of .proto text (Confluent's registry answers it in base64; Apicurio 3.3 does not: see the README)
+        file_proto = parse(self.client.get_schema(schema_id).schema_str) or parse(self.client.get_schema(schema_id, fmt="serialized").schema_str)
+        if file_proto is None:
+            raise ValueError("the registry's Protobuf schema is neither a base64 FileDescriptorProto nor served in that form")
+        file_proto.name = f"schema-{schema_id}.proto"
+        pool, default = descriptor_pool.DescriptorPool(), descriptor_pool.Default()
+        for dependency in file_proto.dependency:  # the well-known types; other schema references are not supported
+            known = descriptor_pb2.FileDescriptorProto()
+            default.FindFileByName(dependency).CopyToProto(known)
+            pool.Add(known)
+        pool.Add(file_proto)
+        descriptor = pool.FindFileByName(file_proto.name).message_types_by_name[file_proto.message_type[indexes[0]].name]
+        for index in indexes[1:]:
+            descriptor = descriptor.nested_types[index]
+        return GetMessageClass(descriptor)
+
+
+def _protobuf_dict(message, json_format) -> dict:
+    """A message's fields by name: every field without presence (proto3 scalars, 0 included, as JSON would carry them),
+    fields with presence only when set; nested messages as dicts, enums by name, Timestamp as datetime."""
+    out = {}
+    for field in message.DESCRIPTOR.fields:
+        repeated = field.label == field.LABEL_REPEATED
+        if not repeated and field.has_presence and not message.HasField(field.name):
+            continue
+        value = getattr(message, field.name)
+        if repeated:
+            out[field.name] = list(value)
+        elif field.message_type is not None:
+            full_name = field.message_type.full_name
+            if full_name == "google.protobuf.Timestamp":
+                out[field.name] = value.ToDatetime(tzinfo=datetime.UTC)
+            elif full_name.startswith("google.protobuf."):  # wrappers, Struct, Duration: their JSON mapping
+                out[field.name] = json_format.MessageToDict(value)
+            else:
+                out[field.name] = _protobuf_dict(value, json_format)
+        elif field.enum_type is not None:
+            symbol = field.enum_type.values_by_number.get(value)
+            out[field.name] = symbol.name if symbol is not None else value
+        else:
+            out[field.name] = value
+    return out
+
+
+def record_decoder(kafka) -> Callable[[list, str], tuple[list, dict[int, str]]] | None:
+    """The decoder for ``kafka.format`` (`online.config.KafkaConfig`): None for JSON (the learning loop's own), else a `RegistryDecoder`.
+
+    >>> from online.config import KafkaConfig
+    >>> record_decoder(KafkaConfig(topic="events")) is None
+    True
+    """
+    fmt = getattr(kafka, "format", "json")
+    if fmt == "json":
+        return None
+    return RegistryDecoder(fmt, kafka.schema_registry or {})
