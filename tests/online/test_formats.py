@@ -30,7 +30,8 @@ from online.formats import (
     record_decoder,
 )
 from online.kafka_clients import create_topic
-from tests.online.test_daemon import job_config, produce, read_topic, run_daemon
+from online.checkpoints import CheckpointStore
+from tests.online.test_daemon import job_config, produce, read_topic, run_daemon, start_daemon
 
 PHISHING = [{**x, "label": y} for x, y in datasets.Phishing()]
 TRUMP = [{**x, "approval": y} for x, y in datasets.TrumpApproval()]
@@ -363,3 +364,17 @@ def test_writers_moving_from_v1_to_v2_keep_the_daemon_learning_and_unreadable_re
 def test_a_format_without_a_registry_url_is_a_configuration_error():
     with pytest.raises(ValueError, match="kafka.format avro needs kafka.schema_registry.url"):
         KafkaConfig(topic="events", format="avro")
+
+
+def test_the_daemon_stops_in_one_line_when_the_registry_cannot_be_reached_and_keeps_the_record(tmp_path, kafka_bootstrap, topic):
+    produce(kafka_bootstrap, topic, [b"\x00\x00\x00\x00\x01\x02"])
+    config = job_config(tmp_path, kafka_bootstrap, topic, "confluent-kafka", kafka={"format": "avro", "schema_registry": {"url": "http://127.0.0.1:9"}})
+
+    process = start_daemon(config, "--until-caught-up")
+    out, err = process.communicate(timeout=120)
+
+    assert process.returncode == 1, err[-3000:]
+    assert "Traceback" not in err
+    assert "schema registry at http://127.0.0.1:9 cannot be reached" in err.strip().splitlines()[-1]
+    latest = CheckpointStore(str(tmp_path / "checkpoints")).load_latest()
+    assert latest is None or latest.manifest["positions"].get(f"{topic}/0", 0) == 0  # the record is read again on the next start
