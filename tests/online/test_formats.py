@@ -160,6 +160,19 @@ def test_avro_logical_types_unions_enums_and_nested_records_through_the_registry
     assert events == [expected, {**expected, "coupon": 0.25}]
 
 
+def test_an_avro_schema_referencing_another_subject_is_read_with_its_reference(schema_registry, topic):
+    from confluent_kafka.schema_registry import Schema, SchemaReference
+
+    client = SchemaRegistryClient({"url": schema_registry.url})
+    address = json.dumps({"type": "record", "name": "Address", "namespace": "shop", "fields": [{"name": "city", "type": "string"}]})
+    client.register_schema(f"{topic}-address", Schema(address, "AVRO"))
+    order = json.dumps({"type": "record", "name": "Order", "namespace": "shop", "fields": [{"name": "amount", "type": "double"}, {"name": "address", "type": "shop.Address"}]})
+    reference = SchemaReference("shop.Address", f"{topic}-address", client.get_latest_version(f"{topic}-address").version)
+    value = AvroSerializer(client, Schema(order, "AVRO", [reference]))({"amount": 2.0, "address": {"city": "Oslo"}}, SerializationContext(topic, MessageField.VALUE))
+
+    assert RegistryDecoder("avro", {"url": schema_registry.url})([value], topic) == ([{"amount": 2.0, "address.city": "Oslo"}], {})
+
+
 def test_records_that_cannot_be_read_are_reasons_naming_the_schema_id_and_subject(schema_registry, topic):
     client = SchemaRegistryClient({"url": schema_registry.url})
     serialize = AvroSerializer(
