@@ -11,7 +11,9 @@ from __future__ import annotations
 import datetime
 import decimal
 import json
+import random
 import struct
+import time
 
 import orjson
 import pytest
@@ -391,3 +393,36 @@ def test_the_daemon_stops_in_one_line_when_the_registry_cannot_be_reached_and_ke
     assert "schema registry at http://127.0.0.1:9 cannot be reached" in err.strip().splitlines()[-1]
     latest = CheckpointStore(str(tmp_path / "checkpoints")).load_latest()
     assert latest is None or latest.manifest["positions"].get(f"{topic}/0", 0) == 0  # the record is read again on the next start
+
+
+def test_kill_9_during_a_schema_change_equals_an_uninterrupted_run_with_dead_letters_once(tmp_path, kafka_bootstrap, schema_registry, topic):
+    client = SchemaRegistryClient({"url": schema_registry.url})
+    v1 = AvroSerializer(client, json.dumps({"type": "record", "name": "E", "fields": [{"name": "x", "type": "double"}, {"name": "old", "type": "double"}, {"name": "y", "type": "double"}]}))
+    v2 = AvroSerializer(client, json.dumps({"type": "record", "name": "E", "fields": [{"name": "x", "type": "double"}, {"name": "new", "type": "double", "default": 0.0}, {"name": "y", "type": "double"}]}))
+    context = SerializationContext(topic, MessageField.VALUE)
+    events = [{"x": i % 13 / 13, "old": i % 7 / 7, "y": i % 13 / 6.5} if i < 4000 else {"x": i % 13 / 13, "new": i % 5 / 5, "y": i % 13 / 6.5 + 1} for i in range(8000)]
+    values = [(v1 if i < 4000 else v2)(event, context) for i, event in enumerate(events)]
+    bad = {position: b"\x00" + struct.pack(">I", 987654) + b"\x02" for position in range(150, 8000, 997)}
+    produce_with_registry(kafka_bootstrap, topic, lambda value, ctx: value, values, raw=bad)
+    kafka = {"dead_letter_topic": f"{topic}.dlq", "poll_max_records": 500}
+    config = registry_job(tmp_path, kafka_bootstrap, topic, schema_registry, model=REGRESSION, events={"target": "y"}, kafka=kafka, checkpoint={"every_events": 700})
+    rng = random.Random(7)
+    for _ in range(3):
+        process = start_daemon(config)
+        time.sleep(rng.uniform(2.5, 5.0))
+        process.kill()  # kill -9, at a random moment
+        process.wait()
+
+    summary = run_daemon(config)
+
+    from online.config import EventsConfig, ModelConfig
+    from online.learner import Learner
+
+    expected = Learner(ModelConfig(**REGRESSION), EventsConfig(target="y"))
+    expected.process_many([dict(e) for e in events])
+    unit = summary["units"]["all"]
+    assert unit["events_learned"] == unit["events_seen"] == len(events)
+    assert unit["metrics"] == expected.metric_values()
+    dead = [orjson.loads(r.value) for r in read_topic(kafka_bootstrap, f"{topic}.dlq", "confluent-kafka")]
+    assert sorted(d["source"]["offset"] for d in dead) == sorted(bad)  # each exactly once
+    assert all(d["reason"].startswith(f"schema id 987654 (subject {topic}-value)") for d in dead)
