@@ -22,6 +22,12 @@ Run it::
     python benchmarks/daemon_vs_peers.py                      # 200,000 events, 3 rounds
     python benchmarks/daemon_vs_peers.py --events 50000 --rounds 1 --only bare,bytewax-recovery
     python benchmarks/daemon_vs_peers.py --baseline HEAD~1   # also the daemon as of a git ref: before/after in one run
+    python benchmarks/daemon_vs_peers.py --keys 100,10000,100000 --events 50000 --rounds 1   # a model per key
+
+With ``--keys`` the contenders learn a model per key instead (`KEYED_CONTENDERS`): each event carries
+a ``user`` field (one of K keys, also the Kafka message key), riverbeam runs with ``events.key: user``,
+Bytewax with ``key_on`` → ``stateful_map`` and recovery, Quix Streams with its RocksDB keyed state;
+one topic and one table per K.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ RESULTS_DIR = HERE / "results"
 BARE = "bare"
 CRASH_SAFE_ANCHOR = "bytewax-recovery"
 CHECKPOINT_EVERY_EVENTS = 10_000
+KEY_FIELD = "user"
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,7 @@ class Contender:
     script: str | None = None
     client: str | None = None
     source: str | None = None  # riverbeam's code from this folder (a `--baseline` ref) instead of the installed one
+    keyed: bool = False  # a model per key (`--keys`)
 
 
 CONTENDERS = (
@@ -81,22 +89,46 @@ CONTENDERS = (
     Contender("riverbeam-confluent", "riverbeam consume, confluent-kafka, checkpoint / 10k", "yes", "riverbeam", client="confluent-kafka"),
 )  # fmt: skip
 
+# A model per key (`--keys`): the same names where the contender is the same product, so the anchors hold.
+KEYED_CONTENDERS = (
+    Contender(BARE, "bare River loop, a dict of models per key, events decoded in memory", "-", "main", script="bare_keyed_loop.py", keyed=True),
+    Contender(CRASH_SAFE_ANCHOR, "Bytewax key_on → stateful_map, recovery snapshots every 5 s", "yes", "peers", script="bytewax_keyed_recovery.py", keyed=True),
+    Contender("quix-state", "Quix Streams keyed state (RocksDB, pickled models), checkpoint / 10k", "yes", "peers", script="quix_keyed_state.py", keyed=True),
+    Contender("riverbeam-kafka-python", "riverbeam consume, events.key, kafka-python, checkpoint / 10k", "yes", "riverbeam", client="kafka-python", keyed=True),
+    Contender("riverbeam-confluent", "riverbeam consume, events.key, confluent-kafka, checkpoint / 10k", "yes", "riverbeam", client="confluent-kafka", keyed=True),
+)  # fmt: skip
+
 
 # -- the events ---------------------------------------------------------------------------------
 
 
-def phishing_events(count: int) -> list[bytes]:
+def phishing_events(count: int, keys: int | None = None) -> list[bytes]:
     """`count` JSON events: River's Phishing cycled, each its features plus ``label``.
+
+    With `keys`, event ``n`` also carries ``user``: ``u<(n * 7919) % keys>`` (every key appears,
+    spread over the stream, as in ``bench_keyed.py``).
 
     >>> events = phishing_events(1252)
     >>> len(events), events[0] == events[1250], json.loads(events[0])["label"]
     (1252, True, True)
+    >>> [json.loads(event)[KEY_FIELD] for event in phishing_events(3, keys=100)]
+    ['u0', 'u19', 'u38']
     """
     import orjson
     from river import datasets
 
-    rows = [orjson.dumps({**x, "label": y}) for x, y in datasets.Phishing()]
-    return list(itertools.islice(itertools.cycle(rows), count))
+    if keys is None:
+        rows = [orjson.dumps({**x, "label": y}) for x, y in datasets.Phishing()]
+        return list(itertools.islice(itertools.cycle(rows), count))
+    rows = [{**x, "label": y} for x, y in datasets.Phishing()]
+    return [orjson.dumps({**rows[n % len(rows)], KEY_FIELD: f"u{(n * 7919) % keys}"}) for n in range(count)]
+
+
+def event_key(event: bytes) -> bytes:
+    """The Kafka message key of a keyed event: its ``user`` field (what Quix's and Bytewax's state are keyed on)."""
+    import orjson
+
+    return orjson.loads(event)[KEY_FIELD].encode()
 
 
 def write_events_file(path: Path, events: list[bytes]) -> None:
@@ -106,16 +138,20 @@ def write_events_file(path: Path, events: list[bytes]) -> None:
             out.write(event + b"\n")
 
 
-def produce_events(bootstrap_servers: str, topic: str, events: list[bytes], timeout: float = 120.0) -> int:
+def produce_events(bootstrap_servers: str, topic: str, events: list[bytes], timeout: float = 120.0, keyed: bool = False) -> int:
     """Create `topic` with one partition, produce `events` in order; return the end offset.
 
-    The end offset comes from the delivery reports (Tansu's ListOffsets can fall short of it).
+    With `keyed`, each message's key is the event's ``user`` field. The end offset comes from the
+    delivery reports (Tansu's ListOffsets can fall short of it).
     """
     from confluent_kafka import KafkaException, Producer
     from confluent_kafka.admin import AdminClient, NewTopic
 
     admin = AdminClient({"bootstrap.servers": bootstrap_servers})
-    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(timeout)
+    # Explicit retention: Tansu describes only the configs a topic was created with, and Quix Streams
+    # reads the source topic's retention.ms to create its changelog topic (KeyError without it).
+    config = {"retention.ms": "-1", "retention.bytes": "-1"}
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1, config=config)])[topic].result(timeout)
     producer = Producer({"bootstrap.servers": bootstrap_servers, "linger.ms": 20, "acks": "all", "enable.idempotence": False})
     last_offset = -1
     failures: list[str] = []
@@ -130,7 +166,7 @@ def produce_events(bootstrap_servers: str, topic: str, events: list[bytes], time
     for event in events:
         while True:
             try:
-                producer.produce(topic, event, on_delivery=delivered)
+                producer.produce(topic, event, key=event_key(event) if keyed else None, on_delivery=delivered)
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -168,7 +204,8 @@ def riverbeam_command() -> list[str] | None:
     return command if probe.returncode == 0 and "--until-caught-up" in probe.stdout else None
 
 
-def riverbeam_config(client: str, bootstrap_servers: str, topic: str, group_id: str, checkpoint_uri: str, every_events: int = CHECKPOINT_EVERY_EVENTS) -> dict:
+def riverbeam_config(client: str, bootstrap_servers: str, topic: str, group_id: str, checkpoint_uri: str, every_events: int = CHECKPOINT_EVERY_EVENTS,
+                     key: str | None = None) -> dict:
     """The daemon's configuration for one run: the benchmark model, short group timeouts for Tansu.
 
     >>> config = riverbeam_config("confluent-kafka", "127.0.0.1:9092", "events", "g1", "/tmp/ckpt")
@@ -186,7 +223,7 @@ def riverbeam_config(client: str, bootstrap_servers: str, topic: str, group_id: 
     return {
         "kafka": {"client": client, "bootstrap_servers": bootstrap_servers, "topic": topic, "group_id": group_id, "consumer": consumer},
         "model": {"pipeline": [{"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {}}], "metrics": ["Accuracy"]},
-        "events": {"target": "label"},
+        "events": {"target": "label", **({"key": key} if key else {})},
         "checkpoint": {"uri": checkpoint_uri, "every_events": every_events},
         "metrics": {"port": None},
     }
@@ -208,6 +245,7 @@ class Bench:
     riverbeam: list[str] | None
     timeout: float
     environment: dict = field(default_factory=dict)
+    keys: int | None = None  # a model per key over this many keys (`--keys`)
 
 
 @dataclass
@@ -277,6 +315,8 @@ def read_riverbeam_result(bench: Bench, stderr: str, checkpoint_uri: str, result
         result.phase = "inside batches"
     if stopped.get("first_event_at"):
         result.start_to_first_event_seconds = stopped["first_event_at"] - result.spawned_at
+    if bench.keys is not None:  # keyed: a checkpoint per source partition (the topic has one)
+        checkpoint_uri = f"{checkpoint_uri}/partitions/{bench.topic}.0"
     shown = subprocess.run([*bench.riverbeam, "checkpoints", "show", checkpoint_uri, "--json"], capture_output=True, text=True, env=bench.environment, timeout=120)
     checkpoint = parse_json_output(shown.stdout) if shown.returncode == 0 else None
     if checkpoint is None:
@@ -285,7 +325,7 @@ def read_riverbeam_result(bench: Bench, stderr: str, checkpoint_uri: str, result
     result.events = checkpoint.get("events_seen")
     result.metric = headline_metric(checkpoint.get("metrics"))
     result.metric_decimals = decimals(result.metric)
-    exact = exact_riverbeam_state(checkpoint_uri)
+    exact = exact_riverbeam_state(checkpoint_uri, keyed=bench.keys is not None)
     if exact is not None:
         result.metric, result.model_digest = exact
         result.metric_decimals = None
@@ -315,19 +355,28 @@ def decimals(value: float | None) -> int | None:
     return places if places is not None and places <= 6 else None
 
 
-def exact_riverbeam_state(checkpoint_uri: str) -> tuple[float, str] | None:
-    """The exact Accuracy and model digest in riverbeam's latest checkpoint, or None if unreadable."""
+def exact_riverbeam_state(checkpoint_uri: str, keyed: bool = False) -> tuple[float, str] | None:
+    """The exact Accuracy and model digest (over every key's model when `keyed`) in riverbeam's latest
+    checkpoint, or None if unreadable."""
     try:
-        from online.checkpoints import CheckpointStore
-        from online.persistence import restore_learner
+        if keyed:
+            from online.config import EventsConfig, ModelConfig
+            from online.persistence import LearnerSpec, checkpoint_store, resume
 
-        learner = restore_learner(CheckpointStore(checkpoint_uri).load_latest())
-        model = learner.state.models[None]
+            model = {"pipeline": [{"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {}}], "metrics": ["Accuracy"]}
+            learner, _ = resume(checkpoint_store(checkpoint_uri), LearnerSpec(ModelConfig(**model), EventsConfig(target="label", key=KEY_FIELD)))
+            digest = peer_common().keyed_digest(learner.state.models.items())
+        else:
+            from online.checkpoints import CheckpointStore
+            from online.persistence import restore_learner
+
+            learner = restore_learner(CheckpointStore(checkpoint_uri).load_latest())
+            digest = peer_common().model_digest(learner.state.models[None])
         accuracy = dict(learner.metric_values())["Accuracy"]
     except Exception as error:  # an internal API moved: fall back to the rounded values
         print(f"note: could not restore riverbeam's checkpoint for an exact comparison ({error!r})", file=sys.stderr)
         return None
-    return accuracy, peer_common().model_digest(model)
+    return accuracy, digest
 
 
 def peer_common():
@@ -344,7 +393,8 @@ def command_for(contender: Contender, bench: Bench, run_dir: Path, group_id: str
     if contender.runtime == "riverbeam":
         import yaml
 
-        config = riverbeam_config(contender.client, bench.bootstrap_servers, bench.topic, group_id, str(run_dir / "checkpoints"))
+        config = riverbeam_config(contender.client, bench.bootstrap_servers, bench.topic, group_id, str(run_dir / "checkpoints"),
+                                  key=KEY_FIELD if contender.keyed else None)
         config_file = run_dir / "consumer.yaml"
         config_file.write_text(yaml.safe_dump(config, sort_keys=False))
         command = bench.riverbeam
@@ -356,6 +406,7 @@ def command_for(contender: Contender, bench: Bench, run_dir: Path, group_id: str
         python, str(PEERS_DIR / contender.script),
         "--bootstrap-servers", bench.bootstrap_servers, "--topic", bench.topic, "--group-id", group_id,
         "--end-offset", str(bench.end_offset), "--events-file", str(bench.events_file), "--state-dir", str(run_dir / "state"),
+        *(["--key-field", KEY_FIELD, "--checkpoint-every", str(CHECKPOINT_EVERY_EVENTS)] if contender.keyed else []),
     ]  # fmt: skip
 
 
@@ -366,7 +417,7 @@ def _children_cpu_seconds() -> float:
 
 def run_contender(contender: Contender, bench: Bench, round_index: int) -> RunResult:
     """Run `contender` once in a fresh directory with a fresh group id; time it from spawn to exit."""
-    run_dir = bench.workdir / "runs" / f"{contender.name}-{round_index}"
+    run_dir = bench.workdir / "runs" / (f"{contender.name}-{round_index}" if bench.keys is None else f"keys{bench.keys}-{contender.name}-{round_index}")
     run_dir.mkdir(parents=True)
     group_id = f"bench-{contender.name}-{round_index}-{uuid.uuid4().hex[:8]}"
     command = command_for(contender, bench, run_dir, group_id)
@@ -545,7 +596,7 @@ def format_table(summaries: list[Summary]) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    names = ", ".join(contender.name for contender in CONTENDERS)
+    names = ", ".join(dict.fromkeys(contender.name for contender in CONTENDERS + KEYED_CONTENDERS))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=200_000, help="events produced to the topic (default 200000)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, each running every contender once, order rotated (default 3)")
@@ -557,10 +608,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds before one run is abandoned")
     parser.add_argument("--results", type=Path, help="write all runs as JSON here (default benchmarks/results/daemon_vs_peers-<time>.json)")
     parser.add_argument("--baseline", metavar="GIT_REF", help="also run each riverbeam contender with the code of this git ref (as <name>@base): before/after in one run")
+    parser.add_argument("--keys", help="a model per key: comma-separated key counts, one topic and table each (e.g. 100,10000,100000)")
     args = parser.parse_args(argv)
     if args.events <= 0 or args.rounds <= 0:
         parser.error("--events and --rounds must be positive")
-    known = {contender.name for contender in CONTENDERS}
+    try:
+        args.keys = [int(count) for count in args.keys.split(",")] if args.keys else None
+    except ValueError:
+        parser.error(f"--keys: comma-separated whole numbers, got {args.keys!r}")
+    if args.keys is not None and min(args.keys) <= 0:
+        parser.error("--keys: each key count must be positive")
+    known = {contender.name for contender in (KEYED_CONTENDERS if args.keys else CONTENDERS)}
     for flag in ("only", "skip"):
         chosen = [name.strip() for name in (getattr(args, flag) or "").split(",") if name.strip()]
         unknown = sorted(set(chosen) - known)
@@ -571,13 +629,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def choose_contenders(args: argparse.Namespace, riverbeam: list[str] | None, baseline: Path | None = None) -> list[Contender]:
-    chosen = [c for c in CONTENDERS if (not args.only or c.name in args.only) and c.name not in args.skip]
+    chosen = [c for c in (KEYED_CONTENDERS if args.keys else CONTENDERS) if (not args.only or c.name in args.only) and c.name not in args.skip]
     if riverbeam is None and any(c.runtime == "riverbeam" for c in chosen):
         print("riverbeam's consume daemon is not available (`riverbeam consume --help` lacks --until-caught-up): skipping its contenders", file=sys.stderr)
         chosen = [c for c in chosen if c.runtime != "riverbeam"]
     if baseline is not None:
         chosen += [
-            Contender(f"{c.name}@base", f"{c.title} (code of {args.baseline})", c.crash_safe, c.runtime, client=c.client, source=str(baseline))
+            Contender(f"{c.name}@base", f"{c.title} (code of {args.baseline})", c.crash_safe, c.runtime, client=c.client, source=str(baseline), keyed=c.keyed)
             for c in chosen if c.runtime == "riverbeam"
         ]
     return chosen
@@ -607,6 +665,7 @@ def run(argv: list[str] | None = None) -> int:
     peers_python = ensure_peers_venv(args.peers_venv) if any(c.runtime == "peers" for c in contenders) else None
     environment = {**os.environ, "NO_GCE_CHECK": "true", "PYTHONDONTWRITEBYTECODE": "1"}
     stack = None
+    cases = []  # (keys, end offset, results): one per key count, or one for a global model
     try:
         if args.bootstrap_servers:
             bootstrap_servers = args.bootstrap_servers
@@ -615,48 +674,56 @@ def run(argv: list[str] | None = None) -> int:
 
             stack = LocalStack(workdir / "stack", kafka_port=0, gcs_port=0)
             bootstrap_servers = stack.up().bootstrap_servers
-        topic = f"bench-{uuid.uuid4().hex[:8]}"
-        events = phishing_events(args.events)
-        events_file = workdir / "events.jsonl"
-        write_events_file(events_file, events)
-        started = time.perf_counter()
-        end_offset = produce_events(bootstrap_servers, topic, events)
-        print(f"produced {end_offset} events to {topic} on {bootstrap_servers} in {time.perf_counter() - started:.1f} s; runs under {workdir}", file=sys.stderr)
-        del events
-        bench = Bench(bootstrap_servers, topic, end_offset, events_file, workdir, peers_python, riverbeam, args.timeout, environment)
-        results: list[RunResult] = []
-        for round_index in range(args.rounds):
-            shift = round_index % len(contenders)
-            for contender in contenders[shift:] + contenders[:shift]:
-                result = run_contender(contender, bench, round_index)
-                results.append(result)
-                status = "FAILED" if result.error else f"{result.end_to_end_seconds:6.2f} s e2e, {_number(result.processing_seconds, '.2f')} s processing"
-                print(f"round {round_index + 1}/{args.rounds} {contender.name:<24} {status}", file=sys.stderr)
+        for keys in args.keys or [None]:
+            topic = f"bench-{uuid.uuid4().hex[:8]}"
+            events = phishing_events(args.events, keys)
+            events_file = workdir / ("events.jsonl" if keys is None else f"events-keys{keys}.jsonl")
+            write_events_file(events_file, events)
+            started = time.perf_counter()
+            end_offset = produce_events(bootstrap_servers, topic, events, keyed=keys is not None)
+            what = "" if keys is None else f" (a model per key, {keys} keys)"
+            print(f"produced {end_offset} events{what} to {topic} on {bootstrap_servers} in {time.perf_counter() - started:.1f} s; runs under {workdir}", file=sys.stderr)
+            del events
+            bench = Bench(bootstrap_servers, topic, end_offset, events_file, workdir, peers_python, riverbeam, args.timeout, environment, keys)
+            results: list[RunResult] = []
+            for round_index in range(args.rounds):
+                shift = round_index % len(contenders)
+                for contender in contenders[shift:] + contenders[:shift]:
+                    result = run_contender(contender, bench, round_index)
+                    results.append(result)
+                    status = "FAILED" if result.error else f"{result.end_to_end_seconds:6.2f} s e2e, {_number(result.processing_seconds, '.2f')} s processing"
+                    print(f"round {round_index + 1}/{args.rounds} {what.strip()} {contender.name:<24} {status}", file=sys.stderr)
+            cases.append((keys, end_offset, results))
     finally:
         if stack is not None:
             stack.down()
-    summaries = summarize(contenders, results)
-    print(f"\n{end_offset} events (Phishing, cycled), StandardScaler | LogisticRegression, {args.rounds} round(s), medians\n")
-    print(format_table(summaries))
-    problems = check_agreement(results, end_offset)
-    if problems:
-        print("\n" + "!" * 80 + "\nMISMATCH: the contenders did not all end in the same state\n" + "\n".join(f"  - {p}" for p in problems) + "\n" + "!" * 80)
-    else:
-        with_digest = sum(result.model_digest is not None for result in results)
-        print(f"\nall {len(results)} runs ended with {end_offset} events and the same Accuracy ({results[0].metric!r}); "
-              f"{with_digest} of them exposed their model: bit-identical")
+    all_problems, report = [], []
+    for keys, end_offset, results in cases:
+        summaries = summarize(contenders, results)
+        model = "StandardScaler | LogisticRegression" + ("" if keys is None else f" per key, {keys:,} keys")
+        print(f"\n{end_offset} events (Phishing, cycled), {model}, {args.rounds} round(s), medians\n")
+        print(format_table(summaries))
+        problems = check_agreement(results, end_offset)
+        if problems:
+            print("\n" + "!" * 80 + "\nMISMATCH: the contenders did not all end in the same state\n" + "\n".join(f"  - {p}" for p in problems) + "\n" + "!" * 80)
+        else:
+            with_digest = sum(result.model_digest is not None for result in results)
+            print(f"\nall {len(results)} runs ended with {end_offset} events and the same Accuracy ({results[0].metric!r}); "
+                  f"{with_digest} of them exposed their model{'s' if keys else ''}: bit-identical")
+        all_problems += [f"{keys} keys: {problem}" if keys else problem for problem in problems]
+        report.append({
+            "keys": keys, "events": end_offset, "rounds": args.rounds,
+            "runs": [result.__dict__ for result in results],
+            "medians": [{**summary.__dict__, "contender": summary.contender.name} for summary in summaries],
+            "problems": problems,
+        })  # fmt: skip
     results_file = args.results or RESULTS_DIR / f"daemon_vs_peers-{time.strftime('%Y%m%d-%H%M%S')}.json"
     results_file.parent.mkdir(parents=True, exist_ok=True)
-    results_file.write_text(json.dumps({
-        "events": end_offset, "rounds": args.rounds,
-        "runs": [result.__dict__ for result in results],
-        "medians": [{**summary.__dict__, "contender": summary.contender.name} for summary in summaries],
-        "problems": problems,
-    }, indent=2))  # fmt: skip
+    results_file.write_text(json.dumps(report[0] if len(report) == 1 and report[0]["keys"] is None else report, indent=2, default=str))
     print(f"runs written to {results_file}")
-    if args.workdir is None and not problems:
+    if args.workdir is None and not all_problems:
         shutil.rmtree(workdir, ignore_errors=True)
-    return 1 if problems else 0
+    return 1 if all_problems else 0
 
 
 if __name__ == "__main__":

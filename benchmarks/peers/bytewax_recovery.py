@@ -18,17 +18,22 @@ from _common import emit, parse_args
 from bytewax_stateful_map import build_flow, report
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(__doc__, argv)
+def run_with_recovery(flow, args) -> None:
+    """Run `flow` in one worker with recovery: a fresh SQLite store under ``--state-dir``, an epoch every ``--snapshot-seconds``."""
     db_dir = Path(args.state_dir) / "bytewax-recovery"
     db_dir.mkdir(parents=True, exist_ok=True)
     init_db_dir(db_dir, 1)
     cli_main(
-        build_flow(args),
+        flow,
         workers_per_process=1,
         epoch_interval=timedelta(seconds=args.snapshot_seconds),
         recovery_config=RecoveryConfig(str(db_dir)),
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(__doc__, argv)
+    run_with_recovery(build_flow(args), args)
     emit(report())
 
 

@@ -16,16 +16,22 @@ from quixstreams import Application
 from _common import Scorer, emit, librdkafka_group_options, parse_args
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(__doc__, argv)
-    app = Application(
+def application(args, **options) -> Application:
+    """A Quix Streams `Application` in a fresh group from the first offset, short group timeouts, `options` on top."""
+    return Application(
         broker_address=args.bootstrap_servers,
         consumer_group=args.group_id,
         auto_offset_reset="earliest",
         consumer_extra_config=librdkafka_group_options(args),
         state_dir=args.state_dir,
         loglevel=logging.WARNING,
+        **options,
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(__doc__, argv)
+    app = application(args)
     scorer = Scorer()
     events = app.dataframe(app.topic(args.topic, value_deserializer="json"))
     events.update(scorer.process)
