@@ -320,6 +320,21 @@ def _protobuf_dict(message, json_format) -> dict:
     return out
 
 
+def json_only(kafka, job: str) -> None:
+    """Refuse, in one line (a `ConfigError`, exit 2), a ``kafka.format`` other than JSON for a job that reads or writes JSON only.
+
+    >>> from online.config import KafkaConfig
+    >>> json_only(KafkaConfig(topic="events"), "archive")
+    >>> json_only(KafkaConfig(topic="events", format="avro", schema_registry={"url": "http://registry:8081"}), "archive")
+    Traceback (most recent call last):
+    ...
+    core.errors.ConfigError: kafka.format: avro records are read by 'riverbeam consume' only: archive reads and writes JSON (kafka.format: json)
+    """
+    fmt = getattr(kafka, "format", "json") if kafka is not None else "json"
+    if fmt != "json":
+        raise ConfigError("kafka.format", f"{fmt} records are read by 'riverbeam consume' only: {job} reads and writes JSON (kafka.format: json)")
+
+
 def record_decoder(kafka) -> Callable[[list, str], tuple[list, dict[int, str]]] | None:
     """The decoder for ``kafka.format`` (`online.config.KafkaConfig`): None for JSON (the learning loop's own), else a `RegistryDecoder`.
 

@@ -707,6 +707,10 @@ class ReadEvents(beam.PTransform):
             raise UsageError("--learn_subscription is required when --learn_source=pubsub")
         if source == "files" and not pattern:
             raise UsageError("--learn_input is required when --learn_source=files")
+        if source == "kafka":
+            from online.formats import json_only
+
+            json_only(config.kafka, "stream-learn")
         self.config = config
         self.source = source
         self.subscription = subscription
