@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from riverbeam.local_stack import DEFAULT_DIR, DEFAULT_S3_PORT, DEFAULT_SCHEMA_REGISTRY_PORT, KAFKA_BROKERS, LocalStack, fetch_apache_kafka
+from riverbeam.local_stack import DEFAULT_DIR, DEFAULT_S3_PORT, DEFAULT_SCHEMA_REGISTRY_PORT, KAFKA_BROKERS, LocalStack, fetch_apache_kafka, fetch_schema_registry
 
 
 def register(subparsers) -> None:
@@ -33,6 +33,7 @@ def register(subparsers) -> None:
     down.add_argument("--dir", default=DEFAULT_DIR)
     down.set_defaults(handler=local_down)
     fetch = actions.add_parser("fetch", help="fetch Apache Kafka's jars from Maven Central into the cache now, for offline use later")
+    fetch.add_argument("--schema-registry", action="store_true", help="also fetch the schema registry (Apicurio Registry's distribution, ~160 MB)")
     fetch.set_defaults(handler=local_fetch)
 
 
@@ -73,4 +74,8 @@ def local_fetch(args) -> int:
     jars = fetch_apache_kafka()
     print(f"Apache Kafka is in the cache: {len(jars)} jars in {jars[0].parent}")
     print("'riverbeam local up --kafka apache' now starts it without reaching Maven Central")
+    if args.schema_registry:
+        home = fetch_schema_registry()
+        print(f"The schema registry is in the cache: {home}")
+        print("'riverbeam local up --schema-registry' now starts it without reaching Maven Central")
     return 0

@@ -51,3 +51,13 @@ def test_local_up_with_a_schema_registry_serves_the_confluent_api_on_loopback_on
         down = subprocess.run([*command, "down", "--dir", str(directory)], capture_output=True, text=True, env=env, timeout=120)
     assert "schema-registry" in down.stdout
     assert pid is not None and not running(pid)
+
+
+def test_local_fetch_with_the_schema_registry_names_where_it_is_cached():
+    schema_registry_or_skip()
+    from riverbeam.local_stack import fetch_schema_registry
+
+    result = subprocess.run([sys.executable, "-m", "riverbeam.cli", "local", "fetch", "--schema-registry"], capture_output=True, text=True, timeout=900)
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"The schema registry is in the cache: {fetch_schema_registry()}" in result.stdout
