@@ -335,6 +335,30 @@ def json_only(kafka, job: str) -> None:
         raise ConfigError("kafka.format", f"{fmt} records are read by 'riverbeam consume' only: {job} reads and writes JSON (kafka.format: json)")
 
 
+def check_schema_registry(kafka) -> None:
+    """For ``kafka.format`` other than JSON: the registry at ``kafka.schema_registry.url`` answers, or a one-line `ConfigError`.
+
+    What ``riverbeam config check`` runs; the daemon finds out at its first record (`SchemaRegistryUnavailable`).
+
+    >>> from online.config import KafkaConfig
+    >>> check_schema_registry(KafkaConfig(topic="events", format="avro", schema_registry={"url": "http://127.0.0.1:9"}))
+    Traceback (most recent call last):
+    ...
+    core.errors.ConfigError: kafka.schema_registry.url: the schema registry at http://127.0.0.1:9 does not answer (ConnectError: [Errno 111] Connection refused)
+    """
+    if getattr(kafka, "format", "json") == "json":
+        return
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    decoder = RegistryDecoder(kafka.format, kafka.schema_registry or {})
+    try:
+        decoder.client.get_subjects()
+    except SchemaRegistryError as error:
+        raise ConfigError("kafka.schema_registry.url", f"the schema registry at {decoder.url} refused the request: {error}") from None
+    except Exception as error:  # the HTTP client's own errors: no registry there
+        raise ConfigError("kafka.schema_registry.url", f"the schema registry at {decoder.url} does not answer ({type(error).__name__}: {error})") from None
+
+
 def record_decoder(kafka) -> Callable[[list, str], tuple[list, dict[int, str]]] | None:
     """The decoder for ``kafka.format`` (`online.config.KafkaConfig`): None for JSON (the learning loop's own), else a `RegistryDecoder`.
 

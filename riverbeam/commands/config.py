@@ -66,6 +66,13 @@ def config_check(args) -> int:
     checkpoint = getattr(config, "checkpoint", None)
     if checkpoint is not None:
         signed_without_key(checkpoint, args.file)
+    if job == "consume" and config.kafka.format != "json":
+        from online.formats import check_schema_registry
+
+        try:
+            check_schema_registry(config.kafka)
+        except ConfigError as error:
+            raise error.at(source=args.file) from None
     print(f"{args.file}: valid {job} configuration")
     return 0
 

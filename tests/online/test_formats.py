@@ -445,3 +445,20 @@ def test_backfill_refuses_to_write_json_into_a_topic_of_avro_records(tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert "kafka.format: avro records are read by 'riverbeam consume' only: replay --mode backfill reads and writes JSON" in result.stderr
+
+
+def test_config_check_asks_the_schema_registry_and_names_its_url_when_it_does_not_answer(tmp_path, schema_registry):
+    def check(url: str) -> subprocess.CompletedProcess:
+        path = tmp_path / "job.yaml"
+        path.write_text(
+            "model: {pipeline: [{linear_model.LogisticRegression: {}}]}\nevents: {target: label}\ncheckpoint: {uri: ./checkpoints}\n"
+            f"kafka: {{topic: events, format: avro, schema_registry: {{url: '{url}'}}}}\n"
+        )
+        command = [sys.executable, "-m", "riverbeam.cli", "config", "check", str(path)]
+        return subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, NO_GCE_CHECK="true"), timeout=120)
+
+    answered, silent = check(schema_registry.url), check("http://127.0.0.1:9")
+
+    assert answered.returncode == 0, answered.stderr[-2000:]
+    assert silent.returncode == 2 and "Traceback" not in silent.stderr
+    assert f"{tmp_path / 'job.yaml'}: kafka.schema_registry.url: the schema registry at http://127.0.0.1:9 does not answer" in silent.stderr
