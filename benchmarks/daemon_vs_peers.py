@@ -37,7 +37,6 @@ import hashlib
 import itertools
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -410,9 +409,57 @@ def command_for(contender: Contender, bench: Bench, run_dir: Path, group_id: str
     ]  # fmt: skip
 
 
-def _children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int) -> float | None:
+    """User + system CPU seconds of a live process so far (``/proc/<pid>/stat``), None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def cpu_at(samples: list[tuple[float, float]], at: float | None) -> float | None:
+    """A process's CPU seconds at epoch time `at`: the last (time, CPU) sample at or before it.
+
+    >>> cpu_at([(1.0, 0.5), (2.0, 0.9)], 1.5), cpu_at([(1.0, 0.5)], 0.5), cpu_at([], 1.0)
+    (0.5, 0.0, None)
+    """
+    if at is None or not samples:
+        return None
+    before = [cpu for when, cpu in samples if when <= at]
+    return before[-1] if before else 0.0
+
+
+def run_sampled(command: list[str], run_dir: Path, environment: dict, timeout: float) -> tuple[int | None, str, str, float, list]:
+    """Run `command` (output into `run_dir`), sampling its CPU every 50 ms from ``/proc``.
+
+    Returns (exit code or None on timeout, stdout, stderr, CPU seconds at exit, [(time, CPU seconds)]).
+    """
+    samples: list[tuple[float, float]] = []
+    with open(run_dir / "stdout.log", "w+") as out, open(run_dir / "stderr.log", "w+") as err:
+        process = subprocess.Popen(command, stdout=out, stderr=err, env=environment, cwd=PEERS_DIR)
+        deadline = time.monotonic() + timeout
+        code, cpu = None, 0.0
+        while True:
+            sampled = process_cpu(process.pid)
+            if sampled is not None:
+                samples.append((time.time(), sampled))
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid == process.pid:
+                process.returncode = code = os.waitstatus_to_exitcode(status)
+                cpu = usage.ru_utime + usage.ru_stime
+                break
+            if time.monotonic() > deadline:
+                process.kill()
+                process.wait()
+                break
+            time.sleep(0.05)
+        out.seek(0)
+        err.seek(0)
+        return code, out.read(), err.read(), cpu, samples
 
 
 def run_contender(contender: Contender, bench: Bench, round_index: int) -> RunResult:
@@ -422,26 +469,24 @@ def run_contender(contender: Contender, bench: Bench, round_index: int) -> RunRe
     group_id = f"bench-{contender.name}-{round_index}-{uuid.uuid4().hex[:8]}"
     command = command_for(contender, bench, run_dir, group_id)
     spawned_at = time.time()
-    cpu_before = _children_cpu_seconds()
     started = time.perf_counter()
-    try:
-        process = subprocess.run(command, capture_output=True, text=True, env=bench.environment, cwd=PEERS_DIR, timeout=bench.timeout)
-    except subprocess.TimeoutExpired as expired:
-        stderr = expired.stderr or ""
-        (run_dir / "stderr.log").write_text(stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr)
+    code, stdout, stderr, cpu, samples = run_sampled(command, run_dir, bench.environment, bench.timeout)
+    if code is None:
         return RunResult(contender.name, round_index, time.perf_counter() - started, error=f"timed out after {bench.timeout:.0f} s")
     result = RunResult(contender.name, round_index, time.perf_counter() - started, spawned_at=spawned_at)
-    result.cpu_seconds = _children_cpu_seconds() - cpu_before
-    (run_dir / "stdout.log").write_text(process.stdout)
-    (run_dir / "stderr.log").write_text(process.stderr)
-    if process.returncode != 0:
-        tail = "\n    ".join(process.stderr.strip().splitlines()[-8:])
-        result.error = f"exit status {process.returncode}; stderr tail:\n    {tail}"
+    result.cpu_seconds = cpu
+    if code != 0:
+        tail = "\n    ".join(stderr.strip().splitlines()[-8:])
+        result.error = f"exit status {code}; stderr tail:\n    {tail}"
         return result
     if contender.runtime == "riverbeam":
-        read_riverbeam_result(bench, process.stderr, str(run_dir / "checkpoints"), result)
+        read_riverbeam_result(bench, stderr, str(run_dir / "checkpoints"), result)
+        if result.processing_seconds is not None and result.phase == "first event to last" and result.start_to_first_event_seconds is not None:
+            first = spawned_at + result.start_to_first_event_seconds  # the daemon reports no CPU: sampled from /proc (50 ms)
+            begin, end = cpu_at(samples, first), cpu_at(samples, first + result.processing_seconds)
+            result.processing_cpu_seconds = end - begin if begin is not None and end is not None else None
         return result
-    report = last_json_line(process.stdout, lambda record: "events" in record)
+    report = last_json_line(stdout, lambda record: "events" in record)
     if report is None:
         result.error = "no JSON report line on stdout"
         return result
@@ -641,6 +686,31 @@ def choose_contenders(args: argparse.Namespace, riverbeam: list[str] | None, bas
     return chosen
 
 
+WARM_IMPORTS = {
+    "main": "import orjson, river.compose, river.linear_model, river.metrics, river.preprocessing, confluent_kafka, kafka",
+    "riverbeam": "import riverbeam.cli, online.daemon, online.kafka_clients.confluent, online.kafka_clients.kafka_python, online.persistence",
+    "peers": "import orjson, river.compose, river.linear_model, river.metrics, bytewax.run, bytewax.connectors.kafka, quixstreams",
+}
+
+
+def bytecode_environment(cache: Path, runtimes: set[str], peers_python: Path | None = None) -> dict:
+    """The contenders' environment: every interpreter reads compiled bytecode from `cache`, warmed now
+    for each of `runtimes` (``Contender.runtime`` values).
+
+    An installed environment has its ``.pyc`` files (pip compiles them at install); one installed
+    without them (``uv pip install`` does not compile by default) under ``PYTHONDONTWRITEBYTECODE``
+    compiles River, scipy and the rest from source at every start (~1.5 s of CPU for riverbeam's
+    daemon here), which is no contender's own cost. ``PYTHONPYCACHEPREFIX`` keeps the cache out of the
+    installed packages and the repository.
+    """
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+    environment.update(NO_GCE_CHECK="true", PYTHONPYCACHEPREFIX=str(cache))
+    for runtime in sorted(runtimes):
+        python = str(peers_python) if runtime == "peers" else sys.executable
+        subprocess.run([python, "-c", WARM_IMPORTS[runtime]], env=environment, cwd=PEERS_DIR, capture_output=True, check=False)
+    return environment
+
+
 def export_baseline(ref: str, folder: Path) -> Path:
     """riverbeam's packages as of git `ref`, extracted (``git archive``) into `folder`; return it."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -663,7 +733,7 @@ def run(argv: list[str] | None = None) -> int:
         print("no contender to run", file=sys.stderr)
         return 1
     peers_python = ensure_peers_venv(args.peers_venv) if any(c.runtime == "peers" for c in contenders) else None
-    environment = {**os.environ, "NO_GCE_CHECK": "true", "PYTHONDONTWRITEBYTECODE": "1"}
+    environment = bytecode_environment(workdir / "pycache", {contender.runtime for contender in contenders}, peers_python)
     stack = None
     cases = []  # (keys, end offset, results): one per key count, or one for a global model
     try:

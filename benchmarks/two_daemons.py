@@ -39,7 +39,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from daemon_vs_peers import KEY_FIELD, event_key, phishing_events, riverbeam_command, riverbeam_config
+from daemon_vs_peers import TICK, KEY_FIELD, bytecode_environment, cpu_at, event_key, phishing_events, process_cpu, riverbeam_command, riverbeam_config
 
 
 def produce(bootstrap_servers: str, topic: str, events: list[bytes], partitions: int) -> None:
@@ -74,31 +74,11 @@ def log_lines(text: str) -> list[dict]:
     return lines
 
 
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu(pid: int) -> float | None:
-    """User + system CPU seconds of a live process so far (``/proc/<pid>/stat``), None once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
 def machine_busy() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine so far, all cores (``/proc/stat``)."""
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = values[3] + values[4]
     return (sum(values) - idle) / TICK, sum(values) / TICK
-
-
-def cpu_at(samples: list[tuple[float, float]], at: float | None) -> float | None:
-    """The process's CPU seconds at time `at` (the last sample at or before it)."""
-    if at is None or not samples:
-        return None
-    before = [cpu for when, cpu in samples if when <= at]
-    return before[-1] if before else 0.0
 
 
 def timeline(name: str, spawned: float, exited: float, cpu: float, lines: list[dict], samples: list | None = None) -> dict:
@@ -135,7 +115,7 @@ def run_group(count: int, riverbeam: list[str], bootstrap: str, topic: str, work
     config["kafka"]["consumer"] = {"session.timeout.ms": args.session_timeout_ms, "heartbeat.interval.ms": args.heartbeat_interval_ms}
     config_file = work / f"{group}.yaml"
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
-    environment = {**os.environ, "NO_GCE_CHECK": "true", "PYTHONDONTWRITEBYTECODE": "1"}
+    environment = bytecode_environment(work / "pycache", {"riverbeam"})
     processes = []
     for index in range(count):
         if index:
