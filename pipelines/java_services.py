@@ -29,8 +29,10 @@ True
 
 from __future__ import annotations
 
+import inspect
 import os
 import tempfile
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,12 @@ BEAM_JAVA_POM = "beam-java-pom.xml"
 FLINK_JOB_SERVER_MAIN = "org.apache.beam.runners.flink.FlinkJobServerDriver"
 EXPANSION_SERVICE_MAIN = "org.apache.beam.sdk.expansion.service.ExpansionService"
 EMBEDDED_FLINK_MASTERS = ("[local]", "[auto]")
+# The fields of ReadFromKafka's configuration the pinned Java Kafka IO (2.62) has setters for; the 2.77
+# SDK sends three more (dynamic partition discovery, a consumer factory), which 2.62 refuses.
+PINNED_KAFKA_READ_FIELDS = (
+    "consumer_config", "topics", "key_deserializer", "value_deserializer", "start_read_time", "max_num_records", "max_read_time",
+    "commit_offset_in_finalize", "timestamp_policy", "consumer_polling_timeout", "redistribute", "redistribute_num_keys", "allow_duplicates",
+)  # fmt: skip
 MANIFEST_LINE_BYTES = 72  # the jar manifest's limit; longer values continue on lines starting with a space
 
 
@@ -154,3 +162,32 @@ def kafka_expansion_service(options) -> Any:
     from apache_beam.transforms.external import JavaJarExpansionService
 
     return JavaJarExpansionService(str(expansion_service_jar()), append_args=["--defaultEnvironmentType=EMBEDDED"])
+
+
+def read_from_kafka(options, **kwargs) -> Any:
+    """Beam's ``ReadFromKafka(**kwargs)`` for a pipeline with `options`: the one way riverbeam's pipelines read Kafka.
+
+    On an embedded Flink with riverbeam's job server it expands through `kafka_expansion_service`,
+    and its configuration carries only the fields the pinned Java Kafka IO knows
+    (``PINNED_KAFKA_READ_FIELDS``; one outside them is a `core.errors.UsageError`). Elsewhere it is
+    Beam's ``ReadFromKafka`` unchanged.
+    """
+    from apache_beam.io.kafka import ReadFromKafka, ReadFromKafkaSchema
+    from apache_beam.transforms.external import ExternalTransform, NamedTupleBasedPayloadBuilder
+
+    service = kafka_expansion_service(options)
+    if service is None:
+        return ReadFromKafka(**kwargs)
+    from core.errors import UsageError
+
+    parameters = inspect.signature(ReadFromKafka.__init__).parameters
+    values = {name: p.default for name, p in parameters.items() if p.default is not inspect.Parameter.empty}
+    values.update(kwargs)
+    newer = sorted(name for name, value in kwargs.items() if name not in PINNED_KAFKA_READ_FIELDS and name != "with_metadata"
+                   and value != parameters[name].default)
+    if newer:
+        raise UsageError(f"ReadFromKafka: {', '.join(newer)} needs a newer Beam Java Kafka IO than riverbeam's embedded Flink runs")
+    schema = typing.NamedTuple("PinnedReadFromKafkaSchema", [(name, ReadFromKafkaSchema.__annotations__[name]) for name in PINNED_KAFKA_READ_FIELDS])
+    payload = schema(**{name: values[name] for name in PINNED_KAFKA_READ_FIELDS})
+    urn = ReadFromKafka.URN_WITH_METADATA if values.get("with_metadata") else ReadFromKafka.URN_WITHOUT_METADATA
+    return ExternalTransform(urn, NamedTupleBasedPayloadBuilder(payload), service)

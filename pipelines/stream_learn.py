@@ -107,7 +107,7 @@ import apache_beam as beam
 import orjson
 from apache_beam.coders import BytesCoder, StrUtf8Coder, TupleCoder, VarIntCoder
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, StandardOptions
 from apache_beam.transforms import userstate
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.window import GlobalWindow
@@ -119,7 +119,8 @@ from online.config import ConsumeJobConfig
 from online.events import EventError, _json_type
 from online.learner import Learner, Prediction, probabilities_record
 from online.persistence import Cadence, Checkpointer, LearnerSpec, open_checkpoint_store, position_context, resume
-from pipelines.options import add_required_argument, check_required
+from online.sources import kafka_positions, position_key
+from pipelines.options import add_required_argument, check_required, waits_for_result
 from pipelines.filesystems import configure_filesystems
 from core.configuration import load_config
 from core.errors import ConfigError, UsageError, run_main
@@ -189,6 +190,10 @@ class StreamLearnOptions(PipelineOptions):
             "--learn_from_checkpoint", default="latest", choices=["latest", "none"],
             help="Where a key starts when the job has no state for it: the latest checkpoint in object storage, or none (from scratch). Default: %(default)s.",
         )
+        parser.add_argument(
+            "--learn_max_records", type=int, default=None,
+            help="With the kafka source: read at most this many records (a bounded backfill; on Flink the job then idles until stopped). Default: no limit.",
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,6 +225,7 @@ class LearnSettings:
     from_checkpoint: bool = True
     clock: Callable[[], float] = time.time
     cached_learners: int = 1000  # per DoFn instance; an evicted key is rebuilt from its state
+    kafka_positions: bool = False  # the source is Kafka: positions are the daemon's "topic/partition": next offset
 
 
 def learn_settings(config: ConsumeJobConfig, options: StreamLearnOptions | None = None) -> LearnSettings:
@@ -228,7 +234,8 @@ def learn_settings(config: ConsumeJobConfig, options: StreamLearnOptions | None 
     every_events = getattr(options, "checkpoint_every_events", None) or config.checkpoint.every_events
     if every_seconds <= 0 or every_events <= 0:
         raise UsageError("--checkpoint_every_seconds and --checkpoint_every_events must be positive")
-    return LearnSettings(float(every_seconds), int(every_events), getattr(options, "learn_from_checkpoint", "latest") != "none")
+    return LearnSettings(float(every_seconds), int(every_events), getattr(options, "learn_from_checkpoint", "latest") != "none",
+                         kafka_positions=getattr(options, "learn_source", None) == "kafka")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,6 +334,29 @@ def checkpoint_uri(base: str, key: Any) -> str:
     return f"{base.rstrip('/')}/key={urllib.parse.quote(str(key), safe='')}"
 
 
+def checkpoint_positions(learned: dict, kafka: bool) -> dict:
+    """A key's checkpoint positions from what it learned per source: ``topic/partition`` -> next offset, as the
+    daemon records them (so the daemon resumes right after), or ``{"files": {path: last line}}``.
+
+    >>> checkpoint_positions({"events/0": 300}, kafka=True), checkpoint_positions({"a.jsonl": 7}, kafka=False)
+    ({'events/0': 300}, {'files': {'a.jsonl': 7}})
+    """
+    if not learned:
+        return {}
+    return dict(learned) if kafka else {"files": dict(learned)}
+
+
+def source_positions_of(positions: dict, kafka: bool) -> dict:
+    """What a checkpoint's `positions` say this job's source has learned, as `checkpoint_positions` takes it back.
+
+    >>> source_positions_of({"events/0": 300, "files": {"a.jsonl": 7}}, kafka=True)
+    {'events/0': 300}
+    """
+    if kafka:
+        return {position_key(tp): offset for tp, offset in kafka_positions(positions).items()}
+    return dict(positions.get("files") or {})
+
+
 def prediction_record(prediction: Prediction, event_id: Any = None) -> dict:
     """The JSON-able record of one prediction: key, predicted value, class probabilities (or None).
 
@@ -413,6 +443,7 @@ class LearnStateFn(beam.DoFn):
         self._token = ""
         self._spec = LearnerSpec.of(self.config)  # model, events, features, fitted transform: the daemon's hash
         self._id_field = self.config.events.id
+        self._topic_ids: dict[str, str | None] = {}  # Kafka source topics' ids, for the checkpoints
 
     def start_bundle(self):
         self._token = uuid.uuid4().hex
@@ -450,7 +481,7 @@ class LearnStateFn(beam.DoFn):
             snapshot_state.write(learner.snapshot())
             base = dict(checkpoint.positions) if checkpoint is not None else {}
             context = position_context(checkpoint.manifest) if checkpoint is not None else {}  # carried with the base positions
-            files = dict(base.get("files") or {})
+            files = source_positions_of(base, self.settings.kafka_positions)
             if base:
                 positions_state.write(orjson.dumps({"base": base, "files": files, "context": context}))
             logged = 0
@@ -607,9 +638,10 @@ class LearnStateFn(beam.DoFn):
         cached.token = self._token
         version_state.write((self._token, cached.logged))
         checkpointer = cached.checkpointer
-        positions = {"files": dict(cached.files)} if cached.files else {}
+        positions = checkpoint_positions(cached.files, self.settings.kafka_positions)
+        extra = {"pipeline": "stream-learn", "key": key, **self.kafka_context(positions)}
         try:
-            durable = checkpointer.checkpoint(positions, {"pipeline": "stream-learn", "key": key}, state=blob, wait=True)
+            durable = checkpointer.checkpoint(positions, extra, state=blob, wait=True)
         except FencingError:
             log.warning("key %r: another writer moved the latest checkpoint at %s; the bundle is retried", key, checkpointer.store.uri)
             raise
@@ -619,6 +651,24 @@ class LearnStateFn(beam.DoFn):
         manifest = durable.manifest
         record = {"key": key, "id": manifest["id"], "uri": checkpointer.store.uri, "events_seen": manifest["events_seen"], "events_learned": manifest["events_learned"]}
         yield beam.pvalue.TaggedOutput(CHECKPOINTS, record)
+
+    def kafka_context(self, positions: dict) -> dict:
+        """What a checkpoint with Kafka offsets holds besides them (`online.checkpoints.KAFKA_CONTEXT`), so that the
+        daemon takes it over: the source topics' ids (looked up once per DoFn instance, with the daemon's client);
+        no output offsets and nothing written ahead (this job's outputs are Beam's, at least once)."""
+        topics = sorted({tp[0] for tp in kafka_positions(positions)})
+        if not topics:
+            return {}
+        unknown = [topic for topic in topics if topic not in self._topic_ids]
+        if unknown:
+            from online.kafka_clients import make_consumer
+
+            consumer = make_consumer(self.config.kafka, group=False)
+            try:
+                self._topic_ids.update({topic: consumer.topic_id(topic) for topic in unknown})
+            finally:
+                consumer.close()
+        return {"topic_ids": {topic: self._topic_ids[topic] for topic in topics}, "outputs": {}, "outputs_ahead": {}}
 
     @userstate.on_timer(CHECKPOINT_TIMER)
     def on_checkpoint_timer(
@@ -692,14 +742,18 @@ def numbered_lines(readable) -> typing.Iterator[tuple[str, int, bytes]]:
 class ReadEvents(beam.PTransform):
     """Raw event records (bytes) from Kafka (the config's ``kafka`` section), Pub/Sub or JSON-lines files.
 
-    The files source yields ``(path, line, bytes)`` (`numbered_lines`), so positions reach the checkpoint.
+    The files source yields ``(path, line, bytes)`` (`numbered_lines`) and Kafka ``(topic/partition,
+    next offset, bytes)`` (`kafka_record`), so positions reach the checkpoint.
 
-    ``ReadFromKafka`` is cross-language: it needs Dataflow, Flink or another portable runner
-    with the Java expansion service, so it never runs on a laptop. Tests put a ``TestStream``
-    or ``beam.Create`` in place of this transform.
+    ``ReadFromKafka`` is cross-language: it needs Dataflow, Flink or another portable runner with
+    the Java expansion service (`pipelines.java_services.read_from_kafka`: riverbeam's own on an
+    embedded Flink); `max_records` bounds it. The ``consumer`` settings of a
+    kafka-python configuration (``auto_offset_reset``) reach Java's consumer under its names
+    (``auto.offset.reset``). Tests put a ``TestStream`` or ``beam.Create`` in place of this transform.
     """
 
-    def __init__(self, config: ConsumeJobConfig, source: str = "kafka", subscription: str | None = None, pattern: str | None = None):
+    def __init__(self, config: ConsumeJobConfig, source: str = "kafka", subscription: str | None = None, pattern: str | None = None,
+                 max_records: int | None = None):
         super().__init__()
         if source not in SOURCES:
             raise UsageError(f"--learn_source: {source!r} is not one of {', '.join(SOURCES)}")
@@ -711,10 +765,13 @@ class ReadEvents(beam.PTransform):
             from online.formats import json_only
 
             json_only(config.kafka, "stream-learn")
+        if max_records is not None and max_records <= 0:
+            raise UsageError(f"--learn_max_records: {max_records} must be positive")
         self.config = config
         self.source = source
         self.subscription = subscription
         self.pattern = pattern
+        self.max_records = max_records
 
     def expand(self, pbegin):
         if self.source == "pubsub":
@@ -730,16 +787,31 @@ class ReadEvents(beam.PTransform):
                 | "ReadMatches" >> fileio.ReadMatches()
                 | "NumberedLines" >> beam.FlatMap(numbered_lines)
             )
-        from apache_beam.io.kafka import ReadFromKafka
+        from pipelines.java_services import embedded_flink, read_from_kafka
 
         kafka = self.config.kafka
-        consumer = {str(k): str(v) for k, v in kafka.consumer.items()}
+        consumer = {java_consumer_key(str(k), kafka.client): str(v) for k, v in kafka.consumer.items()}
         consumer.update({"bootstrap.servers": kafka.bootstrap_servers, "group.id": kafka.group_id})
-        return (
-            pbegin
-            | "ReadFromKafka" >> ReadFromKafka(consumer_config=consumer, topics=kafka.source_topics, commit_offset_in_finalize=True)
-            | "RecordValues" >> beam.Values()
-        )
+        # Committing offsets needs Flink's checkpointing (@RequiresStableInput), which an embedded Flink does not run:
+        # there the checkpoint's positions are the only record, and a rerun skips what they hold (as with files).
+        commit = not embedded_flink(pbegin.pipeline.options)
+        reader = read_from_kafka(pbegin.pipeline.options, consumer_config=consumer, topics=kafka.source_topics, commit_offset_in_finalize=commit,
+                                 with_metadata=True, max_num_records=self.max_records)
+        return pbegin | "ReadFromKafka" >> reader | "RecordPositions" >> beam.Map(kafka_record)
+
+
+def java_consumer_key(name: str, client: str) -> str:
+    """A ``consumer`` setting's name for Java's Kafka consumer: kafka-python's are Java's with underscores.
+
+    >>> java_consumer_key("auto_offset_reset", "kafka-python"), java_consumer_key("auto.offset.reset", "confluent-kafka")
+    ('auto.offset.reset', 'auto.offset.reset')
+    """
+    return name.replace("_", ".") if client == "kafka-python" else name
+
+
+def kafka_record(record) -> tuple[str, int, bytes]:
+    """``(topic/partition, next offset, value)`` of a Kafka record read with metadata: where the daemon would resume after it."""
+    return position_key((record.topic, record.partition)), int(record.offset) + 1, record.value
 
 
 class WriteRecords(beam.PTransform):
@@ -756,10 +828,14 @@ class WriteRecords(beam.PTransform):
         if self.kafka_topic:
             from apache_beam.io.kafka import WriteToKafka
 
+            from pipelines.java_services import kafka_expansion_service
+
+            service = kafka_expansion_service(records.pipeline.options)  # riverbeam's on an embedded Flink, else Beam's
             (
                 records
                 | "KafkaRecords" >> beam.Map(lambda value: (b"", value)).with_output_types(tuple[bytes, bytes])
-                | "WriteToKafka" >> WriteToKafka(producer_config={"bootstrap.servers": self.kafka_servers}, topic=self.kafka_topic)
+                | "WriteToKafka" >> WriteToKafka(producer_config={"bootstrap.servers": self.kafka_servers}, topic=self.kafka_topic,
+                                                 expansion_service=service)
             )
         if self.pubsub_topic:
             from apache_beam.io.gcp.pubsub import WriteToPubSub
@@ -829,7 +905,7 @@ def run(argv: list[str] | None = None):
     kafka = config.kafka if view.learn_source == "kafka" else None
     if view.learn_source == "files" and not view.learn_output:
         raise UsageError("--learn_output is required when --learn_source=files")
-    source = ReadEvents(config, view.learn_source, view.learn_subscription, view.learn_input)
+    source = ReadEvents(config, view.learn_source, view.learn_subscription, view.learn_input, view.learn_max_records)
     pipeline = beam.Pipeline(options=options)
     outputs = build_stream_learn(pipeline, config, settings, source)
     output = view.learn_output.rstrip("/") if view.learn_output else None
@@ -846,8 +922,8 @@ def run(argv: list[str] | None = None):
         )
     )
     result = pipeline.run()
-    if standard.runner in LOCAL_RUNNERS or view.learn_source == "files":
-        result.wait_until_finish()
+    if waits_for_result(standard.runner, options.view_as(PortableOptions).environment_type) or view.learn_source == "files":
+        result.wait_until_finish()  # a local runner, or an embedded Flink: the job lives in this process
     return result
 
 
