@@ -113,6 +113,10 @@ def run_group(count: int, riverbeam: list[str], bootstrap: str, topic: str, work
     checkpoint_uri = str(work / f"ckpt-{group}")
     config = riverbeam_config("confluent-kafka", bootstrap, topic, group, checkpoint_uri, every_events=args.every, key=KEY_FIELD)
     config["kafka"]["consumer"] = {"session.timeout.ms": args.session_timeout_ms, "heartbeat.interval.ms": args.heartbeat_interval_ms}
+    if args.assignment:
+        config["kafka"]["consumer"]["partition.assignment.strategy"] = args.assignment
+    if args.fetch_wait_max_ms is not None:
+        config["kafka"]["consumer"]["fetch.wait.max.ms"] = args.fetch_wait_max_ms
     config_file = work / f"{group}.yaml"
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
     processes = []
@@ -179,6 +183,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--session-timeout-ms", type=int, default=2000)
     parser.add_argument("--heartbeat-interval-ms", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--assignment", help="librdkafka's partition.assignment.strategy, e.g. cooperative-sticky (default: range,roundrobin, eager)")
+    parser.add_argument("--fetch-wait-max-ms", type=int, help="librdkafka's fetch.wait.max.ms (default 500)")
     parser.add_argument("--stagger", type=float, default=0.0, help="seconds between starting the first daemon and the second")
     args = parser.parse_args(argv)
     riverbeam = riverbeam_command()
@@ -194,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
         produce(bootstrap, topic, phishing_events(args.events, args.keys), args.partitions)
         environment = bytecode_environment(work / "pycache", {"riverbeam"})  # compiled once, before any run
         print(f"{args.events:,} events, {args.keys:,} keys, {args.partitions} partitions, confluent-kafka, checkpoint every {args.every:,}, "
-              f"session.timeout.ms {args.session_timeout_ms}, second daemon started {args.stagger:g} s after the first")
+              f"session.timeout.ms {args.session_timeout_ms}, second daemon started {args.stagger:g} s after the first, "
+              f"assignment {args.assignment or 'eager (default)'}, fetch.wait.max.ms {args.fetch_wait_max_ms or 'default'}")
         for round_index in range(args.rounds):
             for count in (1, 2):
                 began = time.time()
