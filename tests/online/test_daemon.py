@@ -680,7 +680,6 @@ def test_a_checkpoint_location_that_will_not_heal_stops_the_daemon_in_one_line_b
             sp.run(["umount", str(tmp_path / "read-only")], check=True)
 
 
-
 def test_partitions_that_vanished_with_a_recreated_topic_fail_in_one_line_or_are_skipped_and_counted(tmp_path, kafka_bootstrap, topic):
     from kafka.admin import KafkaAdminClient
 
