@@ -31,4 +31,4 @@ def interaction(x: dict) -> dict:
     return {"age_x_long_url": x["age_of_domain"] * x["long_url"]}
 
 
-from subprocess import run as run_command  # noqa: E402 - a function imported into a listed module, not defined there
+from subprocess import run as run_command  # noqa: E402, F401 - a function imported into a listed module, not defined there

@@ -107,6 +107,16 @@ def produce_with_broken_lines(bootstrap: str, topic: str, count: int, first: int
     return events, bad
 
 
+def kill_9_at_random_moments(config_path: str, times: int = 3, seed: int = 7) -> None:
+    """Start the daemon and kill -9 it 2.5 to 5 s later, `times` times (the moments drawn from `seed`)."""
+    rng = random.Random(seed)
+    for _ in range(times):
+        process = start_daemon(config_path)
+        time.sleep(rng.uniform(2.5, 5.0))
+        process.kill()
+        process.wait()
+
+
 def run_daemon(config_path: str, timeout: float = 120) -> dict:
     process = start_daemon(config_path, "--until-caught-up")
     out, err = process.communicate(timeout=timeout)
@@ -191,12 +201,7 @@ def test_kill_9_repeatedly_equals_uninterrupted_run_and_outputs_exactly_once(tmp
     events, bad_positions = produce_with_broken_lines(kafka_bootstrap, topic, 12_000, first=150, every=997)
     outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred", "poll_max_records": 500}
     config = job_config(tmp_path, kafka_bootstrap, topic, client, kafka=outputs, checkpoint={"every_events": 700})
-    rng = random.Random(7)
-    for _ in range(3):
-        process = start_daemon(config)
-        time.sleep(rng.uniform(2.5, 5.0))
-        process.kill()  # kill -9, at a random moment
-        process.wait()
+    kill_9_at_random_moments(config)
     summary = run_daemon(config)
     unit = summary["units"]["all"]
     assert unit["events_seen"] == unit["events_learned"] == len(events)

@@ -12,11 +12,9 @@ import datetime
 import decimal
 import json
 import os
-import random
 import struct
 import subprocess
 import sys
-import time
 
 import orjson
 import pytest
@@ -36,7 +34,7 @@ from online.formats import (
 )
 from online.kafka_clients import create_topic
 from online.checkpoints import CheckpointStore
-from tests.online.test_daemon import job_config, produce, read_topic, run_daemon, start_daemon
+from tests.online.test_daemon import job_config, kill_9_at_random_moments, produce, read_topic, run_daemon, start_daemon
 
 PHISHING = [{**x, "label": y} for x, y in datasets.Phishing()]
 TRUMP = [{**x, "approval": y} for x, y in datasets.TrumpApproval()]
@@ -409,12 +407,7 @@ def test_kill_9_during_a_schema_change_equals_an_uninterrupted_run_with_dead_let
     produce_with_registry(kafka_bootstrap, topic, lambda value, ctx: value, values, raw=bad)
     kafka = {"dead_letter_topic": f"{topic}.dlq", "poll_max_records": 500}
     config = registry_job(tmp_path, kafka_bootstrap, topic, schema_registry, model=REGRESSION, events={"target": "y"}, kafka=kafka, checkpoint={"every_events": 700})
-    rng = random.Random(7)
-    for _ in range(3):
-        process = start_daemon(config)
-        time.sleep(rng.uniform(2.5, 5.0))
-        process.kill()  # kill -9, at a random moment
-        process.wait()
+    kill_9_at_random_moments(config)
 
     summary = run_daemon(config)
 
