@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -126,9 +127,16 @@ def test_the_readme_story_runs_as_written(name, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     env = new_user_environment(venv)
+    story = subprocess.Popen(["bash", "-euo", "pipefail", "-c", script], cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)
     try:
-        result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=clone, env=env, capture_output=True, text=True, timeout=1400)
-    finally:  # never leave the story's servers running, whatever happened
+        stdout, stderr = story.communicate(timeout=1400)
+        result = subprocess.CompletedProcess(story.args, story.returncode, stdout, stderr)
+    finally:  # never leave the story's servers running, whatever happened: what it left in the background, then the stack
+        try:
+            os.killpg(story.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         riverbeam = shutil.which("riverbeam", path=env["PATH"]) or shutil.which("riverbeam", path=str(clone / ".venv" / "bin"))
         if riverbeam and (clone / ".riverbeam").exists():
             subprocess.run([riverbeam, "local", "down"], cwd=clone, env=env, capture_output=True, timeout=60)
