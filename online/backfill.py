@@ -20,7 +20,6 @@ import orjson
 
 from online.config import KafkaConfig, ReplayJobConfig
 from online.errors_file import ErrorLog, ReplayError
-from online.formats import json_only
 from online.readers import InputFile
 from online.replay import FILE_HEADER, LINE_HEADER, ReplayOptions, ReplayResult
 from online.sources import FileSource, progress_bar
@@ -46,7 +45,8 @@ def backfill_kafka_config(job: ReplayJobConfig, options: ReplayOptions) -> Kafka
         raise UsageError("backfill needs a target: kafka.topic and kafka.bootstrap_servers in the configuration, or --topic and --bootstrap-servers")
     if job.kafka is not None and job.kafka.topics is not None and options.topic is None:
         raise UsageError("backfill writes one topic: set kafka.topic (not kafka.topics) or pass --topic")
-    json_only(job.kafka, "replay --mode backfill")  # it would write JSON into a topic of Avro or Protobuf records
+    if job.kafka is not None:
+        job.kafka.require_json("replay --mode backfill")  # it would write JSON into a topic of Avro or Protobuf records
     return KafkaConfig.model_validate(merged, strict=False)
 
 

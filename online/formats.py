@@ -320,21 +320,6 @@ def _protobuf_dict(message, json_format) -> dict:
     return out
 
 
-def json_only(kafka, job: str) -> None:
-    """Refuse, in one line (a `ConfigError`, exit 2), a ``kafka.format`` other than JSON for a job that reads or writes JSON only.
-
-    >>> from online.config import KafkaConfig
-    >>> json_only(KafkaConfig(topic="events"), "archive")
-    >>> json_only(KafkaConfig(topic="events", format="avro", schema_registry={"url": "http://registry:8081"}), "archive")
-    Traceback (most recent call last):
-    ...
-    core.errors.ConfigError: kafka.format: avro records are read by 'riverbeam consume' only: archive reads and writes JSON (kafka.format: json)
-    """
-    fmt = getattr(kafka, "format", "json") if kafka is not None else "json"
-    if fmt != "json":
-        raise ConfigError("kafka.format", f"{fmt} records are read by 'riverbeam consume' only: {job} reads and writes JSON (kafka.format: json)")
-
-
 def check_schema_registry(kafka) -> None:
     """For ``kafka.format`` other than JSON: the registry at ``kafka.schema_registry.url`` answers, or a one-line `ConfigError`.
 

@@ -235,7 +235,6 @@ def source_transform(options: ArchiveOptions) -> beam.PTransform:
 def kafka_section(uri: str):
     """The ``kafka:`` section of the job YAML at `uri`, validated as the daemon validates it (`KafkaConfig`)."""
     from online.config import KafkaConfig
-    from online.formats import json_only
 
     data = read_yaml(uri)
     if not isinstance(data, dict) or not isinstance(data.get("kafka"), dict):
@@ -244,7 +243,7 @@ def kafka_section(uri: str):
         kafka = parse_config(data["kafka"], KafkaConfig, source=uri, environ=None)
     except ConfigError as error:
         raise error.at(prefix="kafka") from None
-    json_only(kafka, "archive")
+    kafka.require_json("archive")
     return kafka
 
 

@@ -762,9 +762,8 @@ class ReadEvents(beam.PTransform):
         if source == "files" and not pattern:
             raise UsageError("--learn_input is required when --learn_source=files")
         if source == "kafka":
-            from online.formats import json_only
-
-            json_only(config.kafka, "stream-learn")
+            if config.kafka is not None:
+                config.kafka.require_json("stream-learn")
         if max_records is not None and max_records <= 0:
             raise UsageError(f"--learn_max_records: {max_records} must be positive")
         self.config = config

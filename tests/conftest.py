@@ -188,3 +188,16 @@ def schema_registry(tmp_path_factory):
     registry.start()
     yield registry
     registry.stop()
+
+
+@pytest.fixture
+def manifest_bucket(gcs_client):
+    """The deploy manifests' ``gs://my-bucket`` on the GCS emulator: a job's start (and ``config check``)
+    asks whether its checkpoint bucket exists, and the tests answer from the emulator, never from GCS."""
+    from google.api_core.exceptions import Conflict
+
+    try:
+        gcs_client.create_bucket("my-bucket")
+    except Conflict:
+        pass
+    return "my-bucket"

@@ -84,7 +84,7 @@ def locked_versions() -> dict[str, str]:
     return {re.sub(r"[-_.]+", "-", r.name).lower(): str(r.specifier).removeprefix("==") for r in requirements if r.marker is None or r.marker.evaluate()}
 
 
-def test_kubernetes_manifest_runs_the_daemon_with_its_probes_and_a_valid_configuration(tmp_path):
+def test_kubernetes_manifest_runs_the_daemon_with_its_probes_and_a_valid_configuration(tmp_path, manifest_bucket):
     import yaml
 
     from online.config import ConsumeJobConfig

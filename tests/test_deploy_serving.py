@@ -77,7 +77,7 @@ def test_grafana_dashboard_queries_riverbeam_series_through_its_datasource_varia
     # tests/online/test_serve.py (a daemon's and serve's /metrics)
 
 
-def test_serve_manifests_probe_scale_read_replicas_and_keep_them_available(tmp_path):
+def test_serve_manifests_probe_scale_read_replicas_and_keep_them_available(tmp_path, manifest_bucket):
     from core.configuration import load_config
     from online.serving.config import ServeJobConfig
 
