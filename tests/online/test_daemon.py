@@ -460,7 +460,8 @@ def test_two_instances_started_together_with_a_short_lease_one_learns_and_both_s
     assert_outputs_exactly_once(kafka_bootstrap, topic, len(events), bad)
 
 
-def recreate_topic(bootstrap: str, topic: str, values: list[bytes]) -> None:
+def recreate_topic(bootstrap: str, topic: str, values: list[bytes], partitions: int = 1) -> None:
+    """Delete `topic` and produce `values` to it again, as a topic of `partitions` partitions."""
     from kafka.admin import KafkaAdminClient
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
@@ -469,7 +470,7 @@ def recreate_topic(bootstrap: str, topic: str, values: list[bytes]) -> None:
     finally:
         admin.close()
     time.sleep(1)
-    produce(bootstrap, topic, values)
+    produce(bootstrap, topic, values, partitions=partitions)
 
 
 @pytest.mark.both_brokers
@@ -690,18 +691,10 @@ def test_a_checkpoint_location_that_will_not_heal_stops_the_daemon_in_one_line_b
 
 
 def test_partitions_that_vanished_with_a_recreated_topic_fail_in_one_line_or_are_skipped_and_counted(tmp_path, kafka_bootstrap, topic):
-    from kafka.admin import KafkaAdminClient
-
     produce(kafka_bootstrap, topic, [orjson.dumps(e) for e in PHISHING[:400]], partitions=4)
     config = job_config(tmp_path, kafka_bootstrap, topic, "kafka-python")
     assert run_daemon(config)["units"]["all"]["events_seen"] == 400
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    try:
-        admin.delete_topics([topic])
-    finally:
-        admin.close()
-    time.sleep(1)
-    produce(kafka_bootstrap, topic, [orjson.dumps(e) for e in PHISHING[:200]], partitions=2)  # recreated with fewer partitions
+    recreate_topic(kafka_bootstrap, topic, [orjson.dumps(e) for e in PHISHING[:200]], partitions=2)  # with fewer partitions
 
     process = start_daemon(config, "--until-caught-up")
     out, err = process.communicate(timeout=120)
