@@ -48,13 +48,13 @@ from online.kafka_clients.base import ProducerFencedError
 from online.gc_tuning import restore_gc, steady_state_gc
 from online.learner import Learner
 from online.learning_loop import LearningLoop
-from online.model_set import ModelSet, ModelsSpec
+from online.model_set import ModelSet
 from online.sources import KafkaBatch, KafkaSource, kafka_positions, position_key
 from online.config import LEASE_RENEWALS
 from online.lease import Lease, LeaseKeeper, instance_id
 from online.observability import DaemonMetrics, HealthServer, LearningCurve, ProgressLine
 from online.outputs import OutputWriter
-from online.persistence import Cadence, Checkpointer, Durable, LearnerSpec, kafka_context, open_checkpoint_store, resume
+from online.persistence import Cadence, Checkpointer, Durable, LearnerSpec, ModelsSpec, kafka_context, open_checkpoint_store, resume
 
 log = logging.getLogger("riverbeam.daemon")
 

@@ -62,16 +62,18 @@ import hashlib
 import json
 import logging
 import math
+import pickle
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from core.errors import ConfigError
 from online.checkpoints import KAFKA_CONTEXT, Checkpoint, CheckpointError, CheckpointStore, config_hash, signing_key_from_env
-from online.config import CheckpointConfig, EventsConfig, FeaturesConfig, ModelConfig
+from online.config import CheckpointConfig, EventsConfig, FeaturesConfig, ModelConfig, user_modules
 from online.events import load_feature_transform
 from online.keyed_state import encode_part, merge_parts, pending_delta
 from online.learner import Learner
+from online.model_set import SET_FORMAT, ModelSet, ModelSetState
 from online.sources import kafka_positions
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,7 @@ __all__ = [
     "DEFAULT_SIGNING_KEY_ENV", "LearnerSpec", "Cadence", "Checkpointer", "Durable",
     "open_checkpoint_store", "checkpoint_store", "resume", "restore_learner", "save_learner",
     "learning_hash", "transform_digest", "checkpoint_fields", "learning_extra", "kafka_context", "position_context",
+    "ModelsSpec", "restore_model",
 ]  # fmt: skip
 
 
@@ -663,3 +666,100 @@ class Checkpointer:
             if executor is not None:
                 executor.shutdown(wait=True)
         self._compactor = self._own_uploader = None
+
+
+@dataclass
+class ModelsSpec:
+    """The `LearnerSpec` of several named models sharing events, features and the fitted transform."""
+
+    models: dict[str, ModelConfig]
+    events: EventsConfig
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    transform: Callable[[dict], dict] | None = None
+    allow_model_change: bool = False
+
+    @classmethod
+    def of(cls, config, allow_model_change: bool = False) -> "ModelsSpec":
+        """From a job configuration with ``models`` (`online.config.ConsumeJobConfig`)."""
+        return cls(config.named_models, config.events, config.features, load_feature_transform(config.features, user_modules(config.candidates)), allow_model_change)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint) -> "ModelsSpec":
+        recorded = checkpoint.manifest.get("extra", {}).get("learning") or {}
+        if "models" not in recorded:
+            raise ConfigError("checkpoint", f"checkpoint {checkpoint.id} does not record several models")
+        models = {name: ModelConfig.model_validate(model, strict=False) for name, model in recorded["models"].items()}
+        events = EventsConfig.model_validate(recorded["events"], strict=False)
+        features = FeaturesConfig.model_validate(recorded.get("features") or {}, strict=False)
+        return cls(models, events, features, load_feature_transform(features, user_modules(list(models.values()))))
+
+    @functools.cached_property
+    def specs(self) -> dict[str, LearnerSpec]:
+        return {name: LearnerSpec(model, self.events, self.features, self.transform) for name, model in self.models.items()}
+
+    @functools.cached_property
+    def hash(self) -> str:
+        return config_hash({name: spec.hash for name, spec in self.specs.items()})
+
+    def recorded(self) -> dict:
+        one = next(iter(self.specs.values())).recorded()
+        return {
+            "models": {name: model.model_dump(mode="json", exclude_defaults=True) for name, model in self.models.items()},
+            "model_hashes": {name: spec.hash for name, spec in self.specs.items()},
+            "events": one["events"], "features": one["features"], "transform_sha256": one["transform_sha256"],
+        }  # fmt: skip
+
+    def new_learner(self) -> ModelSet:
+        return ModelSet({name: spec.new_learner() for name, spec in self.specs.items()})
+
+    def restore(self, checkpoint: Checkpoint) -> ModelSet:
+        """The models continuing from `checkpoint` (`ConfigError` if the set or a model's configuration differs)."""
+        recorded = checkpoint.manifest.get("extra", {}).get("learning") or {}
+        hashes = recorded.get("model_hashes")
+        if hashes is None:
+            raise ConfigError("models", f"checkpoint {checkpoint.id} holds one model (model:), not several (models:): use a new checkpoint URI")
+        for name, spec in self.specs.items():
+            if name in hashes and hashes[name] != spec.hash:
+                raise ConfigError(f"models.{name}", f"the configuration of model {name} differs from the one checkpoint {checkpoint.id} was written with; "
+                                  "give a changed model a new name (or restore its configuration)")
+        added = [name for name in self.specs if name not in hashes]
+        removed = [name for name in hashes if name not in self.specs]
+        if (added or removed) and not self.allow_model_change:
+            change = "; ".join(part for part in (f"adds {', '.join(added)}" if added else "", f"removes {', '.join(removed)}" if removed else "") if part)
+            raise ConfigError("models", f"checkpoint {checkpoint.id} holds the models {', '.join(hashes)}; the configuration {change}: restore them, "
+                              "use a new checkpoint URI, or pass --allow-model-change to start added models from scratch and drop removed ones")
+        state = pickle.loads(checkpoint.state)
+        if not isinstance(state, ModelSetState) or state.format != SET_FORMAT:
+            raise ValueError("checkpoint state is not a riverbeam model set of this format")
+        learners = {}
+        for name, spec in self.specs.items():
+            if name in state.states:
+                learners[name] = Learner(spec.model, self.events, transform=self.transform, state=state.states[name])
+            else:
+                learners[name] = spec.new_learner()
+                log.warning("model added: it starts from scratch", extra={"fields": {"model": name, "checkpoint": checkpoint.id}})
+        for name in removed:
+            log.warning("model removed: its state is dropped", extra={"fields": {"model": name, "checkpoint": checkpoint.id}})
+        return ModelSet(learners)
+
+
+def restore_model(checkpoint: Checkpoint, name: str | None = None) -> Learner:
+    """One model of a checkpoint: the named one of several (`ConfigError` listing them), or its only one.
+
+    For `riverbeam predict --model` and `riverbeam serve --model`.
+    """
+    recorded = checkpoint.manifest.get("extra", {}).get("learning") or {}
+    if "models" not in recorded:
+        from online.config import model_names
+
+        learner = restore_learner(checkpoint)
+        only = model_names([learner.model_config])[0]  # its name, else its pipeline's classes (as listed everywhere)
+        if name is not None and name != only:
+            raise ConfigError("--model", f"checkpoint {checkpoint.id} holds one model ({only}), not {name!r}")
+        return learner
+    spec = ModelsSpec.from_checkpoint(checkpoint)
+    names = list(spec.models)
+    if name is not None and name not in names:
+        raise ConfigError("--model", f"checkpoint {checkpoint.id} has no model {name!r} (it holds {', '.join(names)})")
+    # the manifest's configuration hash covers every model: restore the set, then take one
+    return spec.restore(checkpoint).learners[name or names[0]]

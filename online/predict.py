@@ -31,7 +31,7 @@ import orjson
 from online.checkpoints import Checkpoint, CheckpointStore
 from online.events import EventError
 from online.learner import Learner, probabilities_record
-from online.model_set import restore_model
+from online.persistence import restore_model
 
 
 def prediction_record(learner: Learner, event: Any, checkpoint_id: str | None) -> dict:

@@ -56,8 +56,7 @@ from core import __version__
 from core.errors import RiverbeamError
 from online.events import EventError
 from online.observability import MetricsHistory, dashboard_page, listen_socket
-from online.model_set import restore_model
-from online.persistence import LearnerSpec, open_checkpoint_store
+from online.persistence import LearnerSpec, open_checkpoint_store, restore_model
 from online.predict import prediction_record
 from online.serving.config import ServeJobConfig
 from online.serving.metrics import ServeMetrics

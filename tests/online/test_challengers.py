@@ -183,7 +183,7 @@ def test_several_models_with_per_key_models_in_the_daemon(tmp_path, kafka_bootst
 def test_serve_and_predict_answer_with_the_named_model_of_a_set(tmp_path):
     import httpx
 
-    from online.model_set import ModelsSpec
+    from online.persistence import ModelsSpec
     from online.persistence import Cadence, Checkpointer, checkpoint_store, resume
     from tests.online.serving_support import Processes, free_port, wait_until, get_ok
 

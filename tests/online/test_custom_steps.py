@@ -129,7 +129,7 @@ def test_config_check_refuses_a_function_outside_the_listed_modules(tmp_path, ca
 @pytest.mark.parametrize(("function", "message"), REFUSED_FUNCTIONS)
 def test_every_start_refuses_a_function_outside_the_listed_modules(tmp_path, function, message):
     """Daemon, replay, serve and restores load the transform through these, config check or not."""
-    from online.model_set import ModelsSpec
+    from online.persistence import ModelsSpec
     from online.persistence import LearnerSpec
     from online.replay import load_transform
 
@@ -153,7 +153,7 @@ def test_a_listed_function_is_allowed_for_every_model_of_a_job(tmp_path):
     job = ConsumeJobConfig(models=[plain, custom], kafka={"topic": "t"}, checkpoint={"uri": str(tmp_path)},
                            features=FeaturesConfig(function=f"{MODULE}:derive"))
     job.check_semantics()
-    from online.model_set import ModelsSpec
+    from online.persistence import ModelsSpec
 
     assert ModelsSpec.of(job).transform.function is derive
 

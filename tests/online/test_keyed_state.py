@@ -355,7 +355,7 @@ def test_spilled_models_are_on_local_disk_only_while_the_learner_lives():
 
 
 def test_several_keyed_models_on_one_stream_are_trimmed_and_saved_whole(tmp_path):
-    from online.model_set import ModelsSpec
+    from online.persistence import ModelsSpec
 
     other = ModelConfig(pipeline=[{"linear_model.LogisticRegression": {}}], metrics=["Accuracy"])
     models = ModelsSpec({"scaled": MODEL, "plain": other}, EventsConfig(target="label", key="k", key_cache_size=4))
