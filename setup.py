@@ -29,7 +29,7 @@ BASE = [
     "tqdm>=4.66,<5",
     "pyarrow>=14,<26",
     "pyfarmhash>=0.4,<1",  # tft.hash_strings' FarmHash fingerprint, for fitted transforms online
-    "rocksdict>=0.3.29,<0.4",  # per-key models past events.key_cache_size wait in a local RocksDB (online.keyed_state)
+    "rocksdict>=0.3.29,<0.4",  # per-key models past events.key_cache_size wait in a local RocksDB (online.learning.keyed_state)
 ]
 BEAM = [
     "apache-beam[gcp,aws]>=2.77,<2.78",

@@ -40,8 +40,8 @@ import pandas as pd
 from river import datasets, linear_model, metrics, preprocessing
 
 from online.config import EventsConfig, ModelConfig, ReplayJobConfig
-from online.learner import Learner
-from online.learning_loop import LearningLoop
+from online.learning.learner import Learner
+from online.learning.loop import LearningLoop
 from online.sources import KafkaBatch
 
 SPEC = [{"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {}}]
@@ -106,7 +106,7 @@ def loop_from_bytes(values: list[bytes], sizes: list[int | None]) -> tuple[float
 
 
 def replay(path: Path, size: int | None, workdir: Path) -> tuple[float, float]:
-    from online.replay_job import ReplayOptions, run_replay
+    from online.replay.job import ReplayOptions, run_replay
 
     job = ReplayJobConfig(model=model_config(size), events=EventsConfig(target="label"))
     uri = workdir / f"replay-{uuid.uuid4().hex[:6]}"

@@ -60,7 +60,7 @@ class Probe:
 
     def __init__(self):
         from core.storage.local import LocalStore
-        from online.persistence import Checkpointer
+        from online.checkpoints.persistence import Checkpointer
 
         self.calls: list[tuple[str, float, bool]] = []  # (method, seconds, wait) of every call made by the loop
         self.delta_bytes = self.delta_records = self.compacted_bytes = 0
@@ -75,7 +75,7 @@ class Probe:
                 self.gc_longest = max(self.gc_longest, time.perf_counter() - self._gc_started)
 
         gc.callbacks.append(on_gc)
-        from online.checkpoints import CheckpointStore
+        from online.checkpoints.store import CheckpointStore
 
         write_part = CheckpointStore.write_part
 
@@ -126,7 +126,7 @@ class Probe:
 
 def restore_seconds(uri: str, keys: int, cache: int) -> tuple[float, int]:
     from online.config import EventsConfig, ModelConfig
-    from online.persistence import LearnerSpec, checkpoint_store, resume
+    from online.checkpoints.persistence import LearnerSpec, checkpoint_store, resume
 
     spec = LearnerSpec(ModelConfig(**MODEL), EventsConfig(**events_config(keys, cache)))
     began = time.perf_counter()
@@ -137,7 +137,7 @@ def restore_seconds(uri: str, keys: int, cache: int) -> tuple[float, int]:
 def case_replay(path: str, keys: int, cache: int, every: int) -> dict:
     from core.configuration import parse_config
     from online.config import ReplayJobConfig
-    from online.replay_job import ReplayOptions, run_replay
+    from online.replay.job import ReplayOptions, run_replay
 
     probe = Probe()
     uri = tempfile.mkdtemp(prefix="bench-keyed-")
@@ -156,7 +156,7 @@ def case_daemon(bootstrap: str, topic: str, n: int, keys: int, cache: int, every
 
     from core.configuration import parse_config
     from online.config import ConsumeJobConfig
-    from online.daemon import Daemon
+    from online.consume.daemon import Daemon
 
     probe = Probe()
     uri = tempfile.mkdtemp(prefix="bench-keyed-")

@@ -2,7 +2,7 @@
 
 Both sides start from the same decoded events (dicts with the features and ``label``). The bare
 loop is what a user writes by hand: split off the label, ``predict_proba_one``, update the
-metrics, ``learn_one``. The core runs `online.learner.Learner.process_many` (the daemon's and
+metrics, ``learn_one``. The core runs `online.learning.learner.Learner.process_many` (the daemon's and
 replay's hot path: feature extraction, type checks, predict, metrics, learn). Rounds alternate
 and the best of each is kept. Then: checkpoint write and read time against model size, local
 disk, for a small linear model and growing Hoeffding trees.
@@ -20,10 +20,10 @@ import time
 from river import datasets, linear_model, metrics, preprocessing
 
 
-from online.checkpoints import CheckpointStore
+from online.checkpoints.store import CheckpointStore
 from online.config import EventsConfig, ModelConfig
-from online.learner import Learner
-from online.persistence import restore_learner, save_learner
+from online.learning.learner import Learner
+from online.checkpoints.persistence import restore_learner, save_learner
 
 SPEC = [{"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {}}]
 

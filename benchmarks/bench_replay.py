@@ -3,7 +3,7 @@
 The bare loop reads the same file the same way a hand-written script would (JSON lines with
 orjson; Parquet with pyarrow ``iter_batches`` + ``to_pylist``), then predicts, scores and learns
 StandardScaler | LogisticRegression with Accuracy and LogLoss. The replay runs
-``online.replay_job.run_replay`` in evaluate mode on the same file (no report, no progress bar).
+``online.replay.job.run_replay`` in evaluate mode on the same file (no report, no progress bar).
 The ratio is replay throughput / bare throughput; both runs are repeated and the best kept.
 
     python benchmarks/bench_replay.py                 # Phishing cycled to 200k events
@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from river import datasets, linear_model, metrics, optim, preprocessing
 
 from online.config import ReplayJobConfig
-from online.replay_job import ReplayOptions, run_replay
+from online.replay.job import ReplayOptions, run_replay
 from core.configuration import parse_config
 
 JOB = {

@@ -39,10 +39,10 @@ import httpx
 import orjson
 from river import datasets
 
-from online.checkpoints import CheckpointStore
+from online.checkpoints.store import CheckpointStore
 from online.config import EventsConfig, ModelConfig
-from online.learner import Learner
-from online.persistence import restore_learner, save_learner
+from online.learning.learner import Learner
+from online.checkpoints.persistence import restore_learner, save_learner
 
 MODEL = ModelConfig(pipeline=[{"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {}}], metrics=["Accuracy"])
 ROWS = [{**x, "label": y} for x, y in datasets.Phishing()]
@@ -53,8 +53,8 @@ import sys, orjson
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
-from online.checkpoints import CheckpointStore
-from online.persistence import restore_learner
+from online.checkpoints.store import CheckpointStore
+from online.checkpoints.persistence import restore_learner
 
 model = restore_learner(CheckpointStore(sys.argv[1]).load_latest()).state.models[None]
 

@@ -3,7 +3,7 @@
 One local stack (GCS emulator and moto's S3 server, both on loopback, both in memory) and one
 temporary directory. The same files are replayed (``--mode evaluate``, best of `--rounds`) from
 local disk, ``gs://`` and ``s3://``, and the same state is checkpointed `--saves` times to each
-(`online.checkpoints.CheckpointStore`: blob, manifest, fenced pointer). Local disk is the anchor
+(`online.checkpoints.store.CheckpointStore`: blob, manifest, fenced pointer). Local disk is the anchor
 (it fsyncs; the emulators keep objects in memory), so the ratios say what the storage layer and
 each client add on top of a local disk, not what a real bucket across a network costs.
 
@@ -26,14 +26,14 @@ from river import datasets
 
 from core import storage
 from core.configuration import parse_config
-from online.checkpoints import CheckpointStore
+from online.checkpoints.store import CheckpointStore
 from online.config import ReplayJobConfig
 from riverbeam.local_stack import LocalStack
 
 try:
-    from online.replay_job import ReplayOptions, run_replay
+    from online.replay.job import ReplayOptions, run_replay
 except ImportError:  # older layout
-    from online.replay import ReplayOptions, run_replay
+    from online.replay.engine import ReplayOptions, run_replay
 
 JOB = {"model": {"pipeline": [{"linear_model.LogisticRegression": {}}]}, "events": {"target": "label"}}
 

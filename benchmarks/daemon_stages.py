@@ -10,7 +10,7 @@ the bare loop's µs/event measured in the same run.
 River's stages are measured three times: on a model never pickled (what the bare loop runs), on
 one pickled once (every checkpoint does that to the daemon's live model, and a restore starts from
 an unpickled one: CPython 3.11 then keeps its attributes in a ``__dict__``, slower to reach), and
-on one after `Learner.snapshot` (which continues on `online.learner.compact_copy`).
+on one after `Learner.snapshot` (which continues on `online.learning.learner.compact_copy`).
 
     python benchmarks/daemon_stages.py --events 200000
 """
@@ -27,12 +27,12 @@ import orjson
 from river import datasets, linear_model, metrics, preprocessing
 
 from bench_learner import bare_loop  # benchmarks/ is on sys.path when run as a script
-from online.checkpoints import CheckpointStore
+from online.checkpoints.store import CheckpointStore
 from online.config import EventsConfig, KafkaConfig, ModelConfig
 from online.events import EventReader
 from online.kafka_clients import create_topic, make_consumer, make_producer
-from online.learner import Learner, compact_copy
-from online.persistence import save_learner
+from online.learning.learner import Learner, compact_copy
+from online.checkpoints.persistence import save_learner
 from riverbeam.local_stack import LocalStack
 
 SPEC = [{"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {}}]

@@ -360,14 +360,14 @@ def exact_riverbeam_state(checkpoint_uri: str, keyed: bool = False) -> tuple[flo
     try:
         if keyed:
             from online.config import EventsConfig, ModelConfig
-            from online.persistence import LearnerSpec, checkpoint_store, resume
+            from online.checkpoints.persistence import LearnerSpec, checkpoint_store, resume
 
             model = {"pipeline": [{"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {}}], "metrics": ["Accuracy"]}
             learner, _ = resume(checkpoint_store(checkpoint_uri), LearnerSpec(ModelConfig(**model), EventsConfig(target="label", key=KEY_FIELD)))
             digest = peer_common().keyed_digest(learner.state.models.items())
         else:
-            from online.checkpoints import CheckpointStore
-            from online.persistence import restore_learner
+            from online.checkpoints.store import CheckpointStore
+            from online.checkpoints.persistence import restore_learner
 
             learner = restore_learner(CheckpointStore(checkpoint_uri).load_latest())
             digest = peer_common().model_digest(learner.state.models[None])
@@ -688,7 +688,7 @@ def choose_contenders(args: argparse.Namespace, riverbeam: list[str] | None, bas
 
 WARM_IMPORTS = {
     "main": "import orjson, river.compose, river.linear_model, river.metrics, river.preprocessing, confluent_kafka, kafka",
-    "riverbeam": "import riverbeam.cli, online.daemon, online.kafka_clients.confluent, online.kafka_clients.kafka_python, online.persistence",
+    "riverbeam": "import riverbeam.cli, online.consume.daemon, online.kafka_clients.confluent, online.kafka_clients.kafka_python, online.checkpoints.persistence",
     "peers": "import orjson, river.compose, river.linear_model, river.metrics, bytewax.run, bytewax.connectors.kafka, quixstreams",
 }
 

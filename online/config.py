@@ -166,7 +166,7 @@ class EventsConfig(Section):
     # learned fixes the type family: text, or booleans and integers; see label_family below).
     labels: list[bool | int | str] | None = pydantic.Field(default=None, min_length=1)
     # Per-key models (`key` set): at most this many stay in memory, the others wait pickled in a local
-    # RocksDB (online.keyed_state); it changes memory and speed, never what is learned (not in the config hash).
+    # RocksDB (online.learning.keyed_state); it changes memory and speed, never what is learned (not in the config hash).
     key_cache_size: int = pydantic.Field(default=100_000, ge=2)
     # Drop a key's model once it has not been used for this long (processing clock); counted as models_expired.
     key_ttl_seconds: float | None = pydantic.Field(default=None, gt=0)

@@ -2,7 +2,7 @@
 
 ``kafka.format`` picks how a record's value becomes an event (`online.config.KafkaConfig`):
 
-- ``json`` (the default): the value is a JSON object (`online.learning_loop.decode`, orjson).
+- ``json`` (the default): the value is a JSON object (`online.learning.loop.decode`, orjson).
 - ``avro``, ``protobuf``, ``json_schema``: the value is in the schema-registry wire format (a
   zero magic byte, the schema id in 4 bytes, then the payload), as Confluent's serializers and
   those of most Kafka shops write it. `RegistryDecoder` decodes it with confluent-kafka's own
@@ -92,7 +92,7 @@ def wire_schema_id(value: bytes) -> int | None:
 class RegistryDecoder:
     """Decodes raw record values of one format through a schema registry; called by the learning loop per batch.
 
-    ``decoder(values, topic)`` returns ``(events, reasons)`` as `online.learning_loop.decode` does:
+    ``decoder(values, topic)`` returns ``(events, reasons)`` as `online.learning.loop.decode` does:
     an event (a flat dict, see `flatten`) or None per value, and the reason for each None.
 
     >>> RegistryDecoder("avro", {"url": "http://127.0.0.1:1"}).subject("events")

@@ -193,7 +193,7 @@ class MetricsHistory:
 class LearningCurve:
     """The learning curve by events learned: each model's metrics every `every` events, whatever the speed.
 
-    The learning loop (`online.learning_loop.LearningLoop`) hands its learners events in slices of
+    The learning loop (`online.learning.loop.LearningLoop`) hands its learners events in slices of
     `every` and records a point after each; sampling by time instead gave a fast job two points.
     Past `size` points in a series, every other point is dropped and `every` doubles, so the curve
     spans the whole run in bounded memory (like River's ``print_every``, adaptively).

@@ -4,7 +4,7 @@ Bytewax's ``StatefulSourcePartition``, for riverbeam: a source hands out `Source
 (consecutive records of one source partition, raw or already decoded, each with where it came
 from) and says where it stands, so that a checkpoint can record the position and a restart can
 seek back to it. The daemon reads a `KafkaSource`, ``riverbeam replay`` a `FileSource`; both feed
-the same loop (`online.learning_loop.LearningLoop`) and backfill reads a `FileSource` into its
+the same loop (`online.learning.loop.LearningLoop`) and backfill reads a `FileSource` into its
 Kafka sink.
 
 * `EventSource.next_batch()` — the next batch, or None (Kafka: nothing arrived within the poll

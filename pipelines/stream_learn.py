@@ -7,7 +7,7 @@
                                                                            +--(checkpoints written)
 
 The job takes the daemon's YAML (`online.config.ConsumeJobConfig`): ``model``, ``events``,
-``features`` and ``checkpoint`` mean the same thing, and the learning is `online.learner.Learner`
+``features`` and ``checkpoint`` mean the same thing, and the learning is `online.learning.learner.Learner`
 itself (predict, score, then learn; River's progressive validation order), so a job learns what
 ``riverbeam consume`` would learn from the same events in the same order. The ``kafka`` section
 names the source (``bootstrap_servers``, ``topic(s)``, ``group_id``, ``consumer``) and the
@@ -46,17 +46,17 @@ alternative — keeping only the snapshot in state and rewriting it per event, o
 Side effects are at-least-once: predictions go out with their bundle (a retried bundle's
 outputs are discarded by the runner, but a Kafka or Pub/Sub sink may still write twice), and a
 checkpoint written to object storage by a bundle that then fails is written again by its retry.
-Checkpoints are fenced (`online.checkpoints.FencingError`) against a concurrent writer; Beam
+Checkpoints are fenced (`online.checkpoints.store.FencingError`) against a concurrent writer; Beam
 guarantees one writer per key, so a fencing failure means a zombie worker and the bundle is
 retried. Ordering: Beam does not order events within a key across a shuffle; the learner learns
 in arrival order (the daemon does the same within a Kafka partition). With delayed labels, set
 ``events.time``: pending predictions then expire by event time, and a replay expires them exactly
 as the first pass did (by the processing clock it could not).
 
-Checkpoints go through `online.persistence`, the bridge every job shares: the same
+Checkpoints go through `online.checkpoints.persistence`, the bridge every job shares: the same
 configuration hash and recorded configuration as the daemon and replay, the store built from
 the ``checkpoint:`` section (signing key from ``checkpoint.signing_key_env``), and a
-`online.persistence.Checkpointer` per key (the events cadence; the seconds cadence is a
+`online.checkpoints.persistence.Checkpointer` per key (the events cadence; the seconds cadence is a
 processing-time timer, since a key without events is not called). So a checkpoint of this job
 resumes in the daemon, replay, ``predict`` and ``serve``, and theirs resume here.
 
@@ -114,11 +114,11 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 
 from online.dead_letters import DeadLetterRecord
-from online.checkpoints import CheckpointStore, FencingError
+from online.checkpoints.store import CheckpointStore, FencingError
 from online.config import ConsumeJobConfig
 from online.events import EventError, _json_type
-from online.learner import Learner, Prediction, probabilities_record
-from online.persistence import Cadence, Checkpointer, LearnerSpec, open_checkpoint_store, position_context, resume
+from online.learning.learner import Learner, Prediction, probabilities_record
+from online.checkpoints.persistence import Cadence, Checkpointer, LearnerSpec, open_checkpoint_store, position_context, resume
 from online.sources import kafka_positions, position_key
 from pipelines.options import add_required_argument, check_required, waits_for_result
 from pipelines.filesystems import configure_filesystems
@@ -204,7 +204,7 @@ class StreamLearnOptions(PipelineOptions):
 def read_job_config(uri: str) -> ConsumeJobConfig:
     """The job's `ConsumeJobConfig` from a local path, ``gs://`` or ``s3://`` (`ConfigError` names the key path)."""
     config = load_config(uri, ConsumeJobConfig)  # any storage URI; types and River names checked
-    if config.models is not None:  # several models on one stream: the daemon's (online.model_set)
+    if config.models is not None:  # several models on one stream: the daemon's (online.learning.model_set)
         raise ConfigError("models", "stream-learn learns one model (model:); run several models with riverbeam consume", source=uri)
     if config.model.batch is not None and config.events.id is not None:
         raise ConfigError("model.batch", "mini-batch learning does not join delayed labels (events.id): unset one of them", source=uri)
@@ -411,7 +411,7 @@ class CachedLearner:
 
 
 class LearnStateFn(beam.DoFn):
-    """Predict, score and learn per model key with `online.learner.Learner`; checkpoint on timers.
+    """Predict, score and learn per model key with `online.learning.learner.Learner`; checkpoint on timers.
 
     Input ``(key, event)``; main output: prediction records as JSON bytes; tagged outputs
     ``dead_letter`` (events the learner refused, with the reason) and ``checkpoints`` (one record
@@ -653,7 +653,7 @@ class LearnStateFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput(CHECKPOINTS, record)
 
     def kafka_context(self, positions: dict) -> dict:
-        """What a checkpoint with Kafka offsets holds besides them (`online.checkpoints.KAFKA_CONTEXT`), so that the
+        """What a checkpoint with Kafka offsets holds besides them (`online.checkpoints.store.KAFKA_CONTEXT`), so that the
         daemon takes it over: the source topics' ids (looked up once per DoFn instance, with the daemon's client);
         no output offsets and nothing written ahead (this job's outputs are Beam's, at least once)."""
         topics = sorted({tp[0] for tp in kafka_positions(positions)})

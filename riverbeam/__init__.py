@@ -17,11 +17,11 @@ import importlib
 from core import __version__
 
 _LAZY = {
-    "Learner": "online.learner",
-    "CheckpointStore": "online.checkpoints",
-    "open_checkpoint_store": "online.persistence",
-    "checkpoint_store": "online.persistence",
-    "restore_learner": "online.persistence",
+    "Learner": "online.learning.learner",
+    "CheckpointStore": "online.checkpoints.store",
+    "open_checkpoint_store": "online.checkpoints.persistence",
+    "checkpoint_store": "online.checkpoints.persistence",
+    "restore_learner": "online.checkpoints.persistence",
     "JobSummary": "core.summary",
     "RunFailed": "core.errors",
     **{name: "riverbeam.api" for name in ("model_config", "learner", "replay_job", "iter_replay", "replay", "consume", "load_config")},

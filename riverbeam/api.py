@@ -44,7 +44,7 @@ from core.configuration import parse_config
 from core.errors import UsageError
 from core.summary import JobSummary
 from online.config import ConsumeJobConfig, EventsConfig, ModelConfig, ReplayJobConfig
-from online.learner import Learner
+from online.learning.learner import Learner
 from online.models import describe_model
 
 __all__ = ["model_config", "learner", "replay_job", "iter_replay", "replay", "consume", "load_config"]
@@ -73,7 +73,7 @@ def model_config(model: Any, metrics: list | tuple = ("Accuracy",), name: str | 
 
 
 def learner(model: Any, metrics: list | tuple = ("Accuracy",), *, transform=None, **events: Any) -> Learner:
-    """A `online.learner.Learner` for `model`; `events` are the ``events:`` settings (``target``, ``key``, ``id``, ``time``...).
+    """A `online.learning.learner.Learner` for `model`; `events` are the ``events:`` settings (``target``, ``key``, ``id``, ``time``...).
 
     Given a River object and no ``key``, the learner learns **that object**, as ``model.learn_one``
     would (``learner.model is model``); with a ``key`` each key learns its own fresh copy. A
@@ -98,7 +98,7 @@ def replay_job(job: Any, **events: Any) -> ReplayJobConfig:
     if isinstance(job, ReplayJobConfig):
         return job
     if isinstance(job, str):
-        from online.replay_job import load_replay_job
+        from online.replay.job import load_replay_job
 
         return load_replay_job(job)[0]
     if isinstance(job, dict) and ("model" in job or "models" in job):
@@ -116,7 +116,7 @@ def iter_replay(job: Any, inputs: list[str], *, every: int | None = None, **even
     (the same rows as ``riverbeam replay --mode evaluate --report``); about 100 rows by default.
     """
     from online.readers import expand_inputs
-    from online.replay import Evaluation, ReplayOptions
+    from online.replay.engine import Evaluation, ReplayOptions
 
     config = replay_job(job, **events)
     options = ReplayOptions(inputs=list(inputs), mode="evaluate", report_every=every, progress=False)
@@ -126,12 +126,12 @@ def iter_replay(job: Any, inputs: list[str], *, every: int | None = None, **even
 def replay(job: Any, inputs: list[str], *, mode: str = "evaluate", **settings: Any) -> JobSummary:
     """Run ``riverbeam replay`` from Python and return its summary (`core.summary.JobSummary`).
 
-    `settings` are `online.replay.ReplayOptions` fields (``checkpoint_uri``, ``report_dir``,
+    `settings` are `online.replay.engine.ReplayOptions` fields (``checkpoint_uri``, ``report_dir``,
     ``errors_path``, ``max_errors``, ...) and, for a model given as an object, the ``events:``
     settings (``target``, ...).
     """
-    from online.replay import ReplayOptions
-    from online.replay_job import run_replay
+    from online.replay.engine import ReplayOptions
+    from online.replay.job import run_replay
 
     option_names = set(ReplayOptions.__dataclass_fields__)
     options = {k: v for k, v in settings.items() if k in option_names}
@@ -147,7 +147,7 @@ def consume(config: Any, *, until_caught_up: bool = False, stop: threading.Event
     """Run the consumer daemon in this process (any thread) until `stop` is set or, with
     `until_caught_up`, the end of the topic; return its summary. `config` is a YAML path, a mapping
     or a `ConsumeJobConfig`. Signals are left to the embedding program."""
-    from online.daemon import Daemon
+    from online.consume.daemon import Daemon
 
     if isinstance(config, str):
         config = _load_config(config, ConsumeJobConfig)

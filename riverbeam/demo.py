@@ -62,7 +62,7 @@ def run_demo(dataset_name: str = "Phishing", events: int | None = None, director
     from tqdm import tqdm
 
     from online.config import ConsumeJobConfig
-    from online.daemon import run_daemon
+    from online.consume.daemon import run_daemon
     from online.kafka_clients import create_topic, make_producer
     from online.observability import configure_json_logging
 
@@ -111,7 +111,7 @@ def run_demo(dataset_name: str = "Phishing", events: int | None = None, director
 
 def demo_summary(summary: dict, dataset: str, units_in_full: bool = False):
     """The demo's run as the summary every command ends with (the daemon's, plus the dataset)."""
-    from online.daemon import daemon_job_summary
+    from online.consume.daemon import daemon_job_summary
 
     result = daemon_job_summary(summary, units_in_full=units_in_full)
     result.job = "demo"

@@ -122,3 +122,51 @@ def test_no_module_level_heavy_imports_on_the_daemon_path(target):
         if name.split(".")[0] in HEAVY
     ]
     assert violations == []
+
+
+# -- the wings of online/ ------------------------------------------------------------------------
+# Each wing may import the base of `online` (its top-level modules and kafka_clients) and the
+# wings listed for it, as its package docstring says; the base imports no wing.
+WINGS = {
+    "learning": set(),
+    "checkpoints": {"learning"},
+    "consume": {"learning", "checkpoints"},
+    "replay": {"learning", "checkpoints"},
+    "serving": {"learning", "checkpoints"},
+}
+
+
+def wing_of(module: str) -> str | None:
+    """The wing of an `online` module (``"base"`` for the shared base), None outside `online`."""
+    parts = module.split(".")
+    if parts[0] != "online":
+        return None
+    return parts[1] if len(parts) > 2 and parts[1] in WINGS else "base"
+
+
+def test_wing_of():
+    assert wing_of("online.learning.learner") == "learning"
+    assert wing_of("online.config") == "base"
+    assert wing_of("online.kafka_clients.base") == "base"
+    assert wing_of("online.learning") == "base"  # the package itself: its docstring only
+    assert wing_of("pipelines.archive") is None
+
+
+@pytest.mark.parametrize("wing", ["base", *WINGS])
+def test_wings_import_only_what_their_docstring_allows(wing):
+    allowed = {"base", wing} | WINGS.get(wing, set())
+    violations = [
+        f"{path.relative_to(ROOT)}:{line} imports {name}"
+        for path in files_of("online")
+        if wing_of(module_name(path)) == wing
+        for line, name in imports(path)
+        if wing_of(name) is not None and wing_of(name) not in allowed
+    ]
+    assert violations == []
+
+
+def test_every_wing_says_what_it_owns_and_may_import():
+    for wing in WINGS:
+        docstring = ast.get_docstring(ast.parse((ROOT / "online" / wing / "__init__.py").read_text())) or ""
+        assert "Owns" in docstring or "owns" in docstring, wing
+        assert "May import" in docstring, wing

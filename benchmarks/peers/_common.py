@@ -5,7 +5,7 @@ riverbeam's environment, Bytewax and Quix Streams in the peers' own virtual envi
 module imports nothing of riverbeam's: River, orjson and the standard library only.
 
 The per-event step is the same everywhere (River's progressive validation order, as
-`online.learner.Learner` does it): ``predict_proba_one``, the most probable class into
+`online.learning.learner.Learner` does it): ``predict_proba_one``, the most probable class into
 ``Accuracy``, then ``learn_one``.
 
 >>> scorer = Scorer()

@@ -4,7 +4,7 @@ Routes (every one but ``/healthz``, ``/readyz`` and the static dashboard page ``
 ``Authorization: Bearer <token>`` when the variable named by ``serve.token_env`` is set):
 
 * ``POST /v1/predict``: one event (a JSON object) or an array of events. Each answer is
-  `online.predict.prediction_record`, the record ``riverbeam predict`` prints. A bad event gets
+  `online.serving.predict.prediction_record`, the record ``riverbeam predict`` prints. A bad event gets
   422 with the reason the daemon would dead-letter it with; in an array, a bad element gets
   ``{"error": reason}`` in its place and the others are answered.
 * ``POST /v1/learn`` (``serve.learn: true`` only): events learned in order by the learner's own
@@ -14,10 +14,10 @@ Routes (every one but ``/healthz``, ``/readyz`` and the static dashboard page ``
 
 >>> import tempfile
 >>> from starlette.testclient import TestClient
->>> from online.checkpoints import CheckpointStore
+>>> from online.checkpoints.store import CheckpointStore
 >>> from online.config import CheckpointConfig, EventsConfig, ModelConfig
->>> from online.learner import Learner
->>> from online.persistence import save_learner
+>>> from online.learning.learner import Learner
+>>> from online.checkpoints.persistence import save_learner
 >>> from online.serving.config import ServeJobConfig
 >>> uri = tempfile.mkdtemp()
 >>> learner = Learner(ModelConfig(pipeline=[{"linear_model.LinearRegression": {}}], metrics=["MAE"]), EventsConfig(target="y"))
@@ -56,8 +56,8 @@ from core import __version__
 from core.errors import RiverbeamError
 from online.events import EventError
 from online.observability import MetricsHistory, dashboard_page, listen_socket
-from online.persistence import LearnerSpec, open_checkpoint_store, restore_model
-from online.predict import prediction_record
+from online.checkpoints.persistence import LearnerSpec, open_checkpoint_store, restore_model
+from online.serving.predict import prediction_record
 from online.serving.config import ServeJobConfig
 from online.serving.metrics import ServeMetrics
 from online.serving.reload import CheckpointWatcher, ModelSlot

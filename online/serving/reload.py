@@ -4,7 +4,7 @@ A read-only instance polls the checkpoint store's ``LATEST`` pointer every
 ``serve.reload_seconds`` (read and checked by the store, `CheckpointStore.latest_id`: with a key, a
 pointer that is unsigned, forged or moved back is refused). A new id is loaded, verified (SHA-256;
 with a signing key, the signatures of its manifest and state) and
-restored through `online.persistence` on a worker thread while the current model keeps answering;
+restored through `online.checkpoints.persistence` on a worker thread while the current model keeps answering;
 then one reference is swapped, so no request fails or waits during the swap. A checkpoint that
 fails verification or restoring is refused (logged, ``riverbeam_serve_reload_failures_total``)
 and the model already served stays; the watcher tries again only when ``LATEST`` moves again.
@@ -12,10 +12,10 @@ At start, a latest checkpoint that verifies but cannot be restored falls back to
 one with a warning, as `riverbeam predict` and the learning jobs do (`CheckpointStore.restore_latest`).
 
 >>> import tempfile
->>> from online.checkpoints import CheckpointStore
+>>> from online.checkpoints.store import CheckpointStore
 >>> from online.config import EventsConfig, ModelConfig
->>> from online.learner import Learner
->>> from online.persistence import save_learner
+>>> from online.learning.learner import Learner
+>>> from online.checkpoints.persistence import save_learner
 >>> from online.serving.metrics import ServeMetrics
 >>> store = CheckpointStore(tempfile.mkdtemp(), signing_key=b"the key")
 >>> learner = Learner(ModelConfig(pipeline=[{"linear_model.LinearRegression": {}}], metrics=["MAE"]), EventsConfig(target="y"))
@@ -37,9 +37,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from online.checkpoints import Checkpoint, CheckpointError, CheckpointStore
-from online.learner import Learner
-from online.persistence import restore_learner
+from online.checkpoints.store import Checkpoint, CheckpointError, CheckpointStore
+from online.learning.learner import Learner
+from online.checkpoints.persistence import restore_learner
 from online.serving.metrics import ServeMetrics
 from core.storage import StorageError
 

@@ -1,12 +1,12 @@
 """The learning serving instance: it holds the checkpoint store's lease, learns, and checkpoints like the daemon.
 
 A ``riverbeam serve`` with ``serve.learn: true`` is a writer. Before it answers it takes the
-lease in the checkpoint store (`online.lease`: the daemon's active/standby rule, so it never
+lease in the checkpoint store (`online.checkpoints.lease`: the daemon's active/standby rule, so it never
 learns beside a daemon or another learning server on the same model), restores the latest
-checkpoint through the checkpoint bridge (`online.persistence.resume`) and learns each event of
+checkpoint through the checkpoint bridge (`online.checkpoints.persistence.resume`) and learns each event of
 ``POST /v1/learn`` with the learner's own semantics (`Learner.process`: predict, score, learn;
 with ``events.id``, an unlabelled event's prediction is kept until its label arrives). It
-checkpoints on the daemon's cadence (`online.persistence.Checkpointer`: every
+checkpoints on the daemon's cadence (`online.checkpoints.persistence.Checkpointer`: every
 ``checkpoint.every_events`` events or ``every_seconds``, one upload in flight, on a worker thread)
 and once more when it stops. It learns on the event loop only, so requests never see a model
 half-learned.
@@ -37,9 +37,9 @@ import threading
 import time
 
 from online.events import EventError
-from online.learner import Prediction, probabilities_record
-from online.lease import Lease, instance_id
-from online.persistence import Cadence, Checkpointer, Durable, LearnerSpec, open_checkpoint_store, resume
+from online.learning.learner import Prediction, probabilities_record
+from online.checkpoints.lease import Lease, instance_id
+from online.checkpoints.persistence import Cadence, Checkpointer, Durable, LearnerSpec, open_checkpoint_store, resume
 from online.serving.config import ServeJobConfig
 from online.serving.metrics import ServeMetrics
 from online.serving.reload import ModelSlot, ServedModel

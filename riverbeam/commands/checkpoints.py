@@ -40,7 +40,7 @@ def add_signing_key_env(parser) -> None:
 
 
 def _store(args):
-    from online.persistence import checkpoint_store
+    from online.checkpoints.persistence import checkpoint_store
 
     return checkpoint_store(args.uri, args.signing_key_env)
 
@@ -82,7 +82,7 @@ def checkpoint_summary(manifest: dict) -> dict:
 
 def leaderboard_of(manifest: dict) -> list[dict] | None:
     """A checkpoint of several models (``models:``): its models ranked by the headline metric; else None."""
-    from online.model_set import leaderboard_rows
+    from online.learning.model_set import leaderboard_rows
 
     models = (manifest.get("extra", {}).get("report") or {}).get("by_model")
     return leaderboard_rows(models) if isinstance(models, dict) and models else None

@@ -58,7 +58,7 @@ def config_check(args) -> int:
     """Validate a job's file: types, River names and cross-field checks, every mistake at once."""
     job = args.job or detect_job(read_yaml(args.file))
     if job == "replay":  # the replay loader also checks the search: section
-        from online.replay_job import load_replay_job
+        from online.replay.job import load_replay_job
 
         config, _ = load_replay_job(args.file)
     else:
@@ -81,7 +81,7 @@ def signed_without_key(checkpoint, source: str) -> None:
     """A store whose checkpoints are signed, checked with the key variable unset: refused now, as loading them will be."""
     import os
 
-    from online.checkpoints import CheckpointStore, SignatureError
+    from online.checkpoints.store import CheckpointStore, SignatureError
 
     if os.environ.get(checkpoint.signing_key_env):
         return

@@ -23,7 +23,7 @@ def consume_command(args) -> int:
         signal.signal(sig, lambda *_: stop.set())
 
     from online.config import ConsumeJobConfig
-    from online.daemon import daemon_job_summary, run_daemon
+    from online.consume.daemon import daemon_job_summary, run_daemon
     from online.observability import configure_json_logging
     from core.configuration import load_config
 

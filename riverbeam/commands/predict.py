@@ -19,8 +19,8 @@ def register(subparsers) -> None:
 
 
 def predict_command(args) -> int:
-    from online.persistence import checkpoint_store
-    from online.predict import latest_model, predict_lines
+    from online.checkpoints.persistence import checkpoint_store
+    from online.serving.predict import latest_model, predict_lines
     from core.errors import RiverbeamError, UsageError
 
     found = latest_model(checkpoint_store(args.checkpoint, args.signing_key_env), args.id, args.model)

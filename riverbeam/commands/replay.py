@@ -1,6 +1,6 @@
 """``riverbeam replay``: learn from, evaluate on, or backfill a topic with historical files.
 
-The handler parses, loads the job's configuration and calls `online.replay_job.run_replay`.
+The handler parses, loads the job's configuration and calls `online.replay.job.run_replay`.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def register(subparsers) -> None:
 
 
 def replay(args) -> int:
-    from online.replay_job import ReplayOptions, load_replay_job, run_replay
+    from online.replay.job import ReplayOptions, load_replay_job, run_replay
 
     job, search = load_replay_job(args.config)
     options = ReplayOptions(

@@ -131,7 +131,7 @@ def test_event_time_refuses_what_is_not_a_time(value):
 
 def test_the_learner_and_the_readers_read_a_naive_time_alike(tmp_path):
     from online.config import EventsConfig, ModelConfig
-    from online.learner import Learner
+    from online.learning.learner import Learner
     from online.readers import expand_inputs, read_inputs
 
     events_config = EventsConfig(target="y", time="t", id="id")

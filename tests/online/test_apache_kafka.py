@@ -22,7 +22,7 @@ import pytest
 
 from online.config import KafkaConfig
 from online.kafka_clients import create_topic, make_consumer, make_producer, read_records
-from online.outputs import SOURCE_HEADER, OutputWriter
+from online.consume.outputs import SOURCE_HEADER, OutputWriter
 from tests.online.test_daemon import (  # noqa: F401  (no_daemon_left_behind is autouse: no daemon outlives a test)
     CLIENTS, PHISHING, job_config, no_daemon_left_behind, produce, run_daemon, start_daemon,
 )  # fmt: skip

@@ -14,11 +14,11 @@ from river import datasets, linear_model, metrics, optim, preprocessing
 
 from core.configuration import parse_config
 from core.errors import ConfigError
-from online.checkpoints import CheckpointStore
+from online.checkpoints.store import CheckpointStore
 from online.config import ConsumeJobConfig, EventsConfig, ModelConfig, ReplayJobConfig
-from online.learner import Learner
-from online.learning_loop import LearningLoop
-from online.replay_job import ReplayOptions, run_replay
+from online.learning.learner import Learner
+from online.learning.loop import LearningLoop
+from online.replay.job import ReplayOptions, run_replay
 from online.sources import KafkaBatch
 from tests.online.test_daemon import SOURCE_HEADER, job_config as daemon_config, produce, read_topic, run_daemon, start_daemon
 from tests.online.test_readers import write_jsonl

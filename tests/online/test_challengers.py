@@ -14,8 +14,8 @@ from river import datasets, evaluate, linear_model, metrics, naive_bayes, optim,
 
 from core.configuration import parse_config
 from online.config import ConsumeJobConfig, EventsConfig, ModelConfig
-from online.learner import Learner
-from online.learning_loop import LearningLoop
+from online.learning.learner import Learner
+from online.learning.loop import LearningLoop
 from online.sources import KafkaBatch
 from tests.online.test_daemon import job_config, produce, read_topic, run_daemon, start_daemon
 
@@ -183,8 +183,8 @@ def test_several_models_with_per_key_models_in_the_daemon(tmp_path, kafka_bootst
 def test_serve_and_predict_answer_with_the_named_model_of_a_set(tmp_path):
     import httpx
 
-    from online.persistence import ModelsSpec
-    from online.persistence import Cadence, Checkpointer, checkpoint_store, resume
+    from online.checkpoints.persistence import ModelsSpec
+    from online.checkpoints.persistence import Cadence, Checkpointer, checkpoint_store, resume
     from tests.online.serving_support import Processes, free_port, wait_until, get_ok
 
     spec = ModelsSpec({m["name"]: ModelConfig(**m) for m in MODELS}, EventsConfig(target="label"))

@@ -22,14 +22,14 @@ import orjson
 import pytest
 from river import datasets
 
-from online.checkpoints import CheckpointStore, SignatureError
+from online.checkpoints.store import CheckpointStore, SignatureError
 from online.config import ConsumeJobConfig, EventsConfig, KafkaConfig, ModelConfig, ReplayJobConfig
-from online.daemon import run_daemon
+from online.consume.daemon import run_daemon
 from online.kafka_clients import create_topic, make_producer
-from online.learner import Learner
-from online.persistence import restore_learner
-from online.predict import prediction_record
-from online.replay import ReplayOptions, evaluate, learn
+from online.learning.learner import Learner
+from online.checkpoints.persistence import restore_learner
+from online.serving.predict import prediction_record
+from online.replay.engine import ReplayOptions, evaluate, learn
 from online.readers import expand_inputs
 from core.configuration import parse_config
 
@@ -284,7 +284,7 @@ def test_after_any_writer_the_daemon_still_tells_a_recreated_topic(writer, kafka
     about them (topic ids, output offsets, outputs ahead): without them the daemon restored it, saw
     no gap under ``on_offset_gap: fail`` and silently skipped the new topic's first 240 events.
     """
-    from online.daemon import DaemonError
+    from online.consume.daemon import DaemonError
     from tests.online.test_daemon import produce, recreate_topic
 
     monkeypatch.setenv("RIVERBEAM_CHECKPOINT_KEY", KEY)
@@ -315,7 +315,7 @@ def test_after_any_writer_the_daemon_still_tells_a_recreated_topic(writer, kafka
 
 def test_the_daemon_refuses_in_one_line_a_checkpoint_with_kafka_offsets_and_no_topic_ids(written, kafka_bootstrap, topics, tmp_path, monkeypatch):
     """A checkpoint written before writers carried the Kafka context: one line, never 'nothing to check'."""
-    from online.checkpoints import CheckpointError
+    from online.checkpoints.store import CheckpointError
 
     monkeypatch.setenv("RIVERBEAM_CHECKPOINT_KEY", KEY)
     uri = copy_checkpoints(written["daemon"], tmp_path / "ckpt")

@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 
-from online.checkpoints import CheckpointError, CheckpointStore, FencingError, IntegrityError, SignatureError
+from online.checkpoints.store import CheckpointError, CheckpointStore, FencingError, IntegrityError, SignatureError
 from core.storage import open_store
 
 
@@ -154,7 +154,7 @@ def test_two_writers_racing_on_one_pointer_one_is_fenced(uri):
 
 
 def test_an_unsigned_latest_is_refused_not_skipped_for_an_older_signed_one(uri):
-    from online.checkpoints import SignatureError
+    from online.checkpoints.store import SignatureError
 
     signed = CheckpointStore(uri, signing_key=b"secret")
     save(signed, 1)
@@ -169,25 +169,25 @@ def test_an_unsigned_latest_is_refused_not_skipped_for_an_older_signed_one(uri):
 
 
 def test_reading_without_a_key_warns_once_per_process(tmp_path, caplog, monkeypatch):
-    import online.checkpoints as checkpoints
+    import online.checkpoints.store as checkpoints
 
     monkeypatch.setattr(checkpoints, "_warned_unverified", False)
     store = CheckpointStore(str(tmp_path / "ckpt"))
     save(store, 1)
-    with caplog.at_level("WARNING", logger="online.checkpoints"):
+    with caplog.at_level("WARNING", logger="online.checkpoints.store"):
         store.load_latest()
         CheckpointStore(str(tmp_path / "ckpt")).load_latest()
     warnings = [r.getMessage() for r in caplog.records if "not verified" in r.getMessage()]
     assert len(warnings) == 1 and str(tmp_path / "ckpt") in warnings[0] and "pickle" in warnings[0]
     caplog.clear()
-    with caplog.at_level("WARNING", logger="online.checkpoints"):
+    with caplog.at_level("WARNING", logger="online.checkpoints.store"):
         CheckpointStore(str(tmp_path / "ckpt"), signing_key=b"k").list()  # manifests only: nothing unpickled, no warning
     assert not caplog.records
 
 
 def test_stores_take_the_key_from_the_configured_variable_or_the_default(tmp_path, monkeypatch):
     from online.config import CheckpointConfig
-    from online.persistence import checkpoint_store, open_checkpoint_store
+    from online.checkpoints.persistence import checkpoint_store, open_checkpoint_store
 
     monkeypatch.setenv("RIVERBEAM_CHECKPOINT_KEY", "default-key")
     monkeypatch.setenv("TEAM_KEY", "team-key")
@@ -210,7 +210,7 @@ def test_stores_take_the_key_from_the_configured_variable_or_the_default(tmp_pat
 
 def spec_for(**events):
     from online.config import EventsConfig, ModelConfig
-    from online.persistence import LearnerSpec
+    from online.checkpoints.persistence import LearnerSpec
 
     model = ModelConfig(pipeline=[{"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {}}])
     return LearnerSpec(model, EventsConfig(target="label", **events))
@@ -228,7 +228,7 @@ def fitted_output(folder, mean: float):
 def test_the_hash_covers_the_fitted_transform_content_not_its_location(tmp_path):
     from core.errors import ConfigError
     from online.config import FeaturesConfig
-    from online.persistence import LearnerSpec, save_learner
+    from online.checkpoints.persistence import LearnerSpec, save_learner
 
     base = spec_for()
     here = LearnerSpec.load(base.model, base.events, FeaturesConfig(transform_output=fitted_output(tmp_path / "a", 0.5)))
@@ -252,7 +252,7 @@ def test_the_hash_covers_the_fitted_transform_content_not_its_location(tmp_path)
 
 
 def test_a_setting_at_its_default_does_not_change_the_hash_and_old_hashes_are_accepted(tmp_path):
-    from online.checkpoints import Checkpoint, config_hash
+    from online.checkpoints.store import Checkpoint, config_hash
 
     implicit, explicit = spec_for(), spec_for(exclude=[], categorical=[])
     assert implicit.hash == explicit.hash != spec_for(exclude=["id"]).hash
@@ -270,7 +270,7 @@ def test_a_setting_at_its_default_does_not_change_the_hash_and_old_hashes_are_ac
 
 def test_cadence_is_due_by_events_or_by_seconds_with_at_least_one_event():
     from online.config import CheckpointConfig
-    from online.persistence import Cadence
+    from online.checkpoints.persistence import Cadence
 
     now = [100.0]
     cadence = Cadence(every_events=5, every_seconds=2.0, clock=lambda: now[0])
@@ -311,7 +311,7 @@ def test_checkpointer_one_upload_in_flight_and_offsets_only_once_durable(tmp_pat
     import concurrent.futures
     import threading
 
-    from online.persistence import Cadence, Checkpointer
+    from online.checkpoints.persistence import Cadence, Checkpointer
 
     spec = spec_for()
     learner = spec.new_learner()
@@ -346,7 +346,7 @@ def test_checkpointer_one_upload_in_flight_and_offsets_only_once_durable(tmp_pat
 def test_checkpointer_keeps_other_jobs_positions_and_surfaces_upload_errors(tmp_path):
     import concurrent.futures
 
-    from online.persistence import Cadence, Checkpointer, resume
+    from online.checkpoints.persistence import Cadence, Checkpointer, resume
 
     spec = spec_for()
     writer = CheckpointStore(str(tmp_path / "ckpt"))
@@ -375,7 +375,7 @@ def test_checkpointer_keeps_other_jobs_positions_and_surfaces_upload_errors(tmp_
 
 def test_a_failed_upload_is_written_again_at_the_next_checkpoint(tmp_path):
     from core.storage import StorageError
-    from online.persistence import Cadence, Checkpointer
+    from online.checkpoints.persistence import Cadence, Checkpointer
 
     class FailingOnce(CheckpointStore):
         failed = False
@@ -401,8 +401,8 @@ def test_a_failed_upload_is_written_again_at_the_next_checkpoint(tmp_path):
 def test_recorded_configuration_leaves_defaults_out_so_other_versions_read_it(tmp_path):
     """A setting added in a later version (left at its default) must not make older readers refuse the checkpoint."""
     from online.config import EventsConfig, ModelConfig
-    from online.learner import Learner
-    from online.persistence import checkpoint_store, restore_learner, save_learner
+    from online.learning.learner import Learner
+    from online.checkpoints.persistence import checkpoint_store, restore_learner, save_learner
 
     learner = Learner(ModelConfig(pipeline=[{"linear_model.LinearRegression": {}}], metrics=["MAE"]), EventsConfig(target="y"))
     learner.process({"x": 1.0, "y": 2.0})
@@ -526,7 +526,7 @@ def test_a_latest_pointer_moved_back_is_refused(tmp_path):
 
 
 def test_a_signed_store_read_without_the_key_fails_closed(tmp_path, monkeypatch, capsys):
-    from online.persistence import checkpoint_store
+    from online.checkpoints.persistence import checkpoint_store
     from riverbeam.cli import main
 
     uri = str(tmp_path / "ckpt")
@@ -597,8 +597,8 @@ def test_a_latest_naming_a_path_outside_the_store_is_refused(tmp_path, capsys):
 def learned_store(uri):
     """A store with a good checkpoint of a small regression model; the learner and the manifest."""
     from online.config import EventsConfig, ModelConfig
-    from online.learner import Learner
-    from online.persistence import save_learner
+    from online.learning.learner import Learner
+    from online.checkpoints.persistence import save_learner
 
     learner = Learner(ModelConfig(pipeline=[{"linear_model.LinearRegression": {}}], metrics=["MAE"]), EventsConfig(target="y"))
     for i in range(30):
@@ -615,7 +615,7 @@ UNRESTORABLE = {
 
 @pytest.mark.parametrize("state", list(UNRESTORABLE.values()), ids=list(UNRESTORABLE))
 def test_a_latest_checkpoint_that_cannot_be_restored_falls_back_to_the_previous_good_one(state, tmp_path, caplog, capsys, monkeypatch):
-    from online.persistence import LearnerSpec, checkpoint_fields, learning_extra, resume
+    from online.checkpoints.persistence import LearnerSpec, checkpoint_fields, learning_extra, resume
     from online.serving.metrics import ServeMetrics
     from online.serving.reload import CheckpointWatcher, ModelSlot
     from riverbeam.cli import main
@@ -625,7 +625,7 @@ def test_a_latest_checkpoint_that_cannot_be_restored_falls_back_to_the_previous_
     learner, good = learned_store(uri)
     bad = CheckpointStore(uri).save(state, **checkpoint_fields(learner), positions=good["positions"], extra=learning_extra(learner))
 
-    with caplog.at_level("WARNING", logger="online.checkpoints"):  # the daemon, replay, a learning serve, stream-learn
+    with caplog.at_level("WARNING", logger="online.checkpoints.store"):  # the daemon, replay, a learning serve, stream-learn
         restored, checkpoint = resume(CheckpointStore(uri), LearnerSpec.of_learner(learner))
     assert checkpoint.id == good["id"] and restored.report() == learner.report()
     assert f"checkpoint {bad['id']} verifies but cannot be restored" in caplog.text
@@ -670,3 +670,28 @@ def test_a_model_name_the_checkpoint_does_not_hold_is_refused(tmp_path, capsys, 
     assert "--model: checkpoint " in captured.err and "holds one model (LinearRegression), not '../../etc/passwd'" in captured.err
     assert main(["predict", "--checkpoint", uri, "--model", "LinearRegression", "--input", str(events)]) == 0  # its name is taken
     assert "prediction" in json.loads(capsys.readouterr().out)
+
+
+def test_a_model_set_checkpointed_before_the_modules_moved_restores(tmp_path):
+    """Checkpoints name riverbeam's classes by module: those written before online/ was split into wings still restore."""
+    import pickle
+
+    from online.checkpoints.persistence import ModelsSpec, checkpoint_store, resume
+    from online.config import EventsConfig, ModelConfig
+
+    models = {"lr": ModelConfig(pipeline=[{"linear_model.LinearRegression": {}}], metrics=["MAE"])}
+    spec = ModelsSpec(models, EventsConfig(target="y"))
+    store = checkpoint_store(str(tmp_path))
+    learners, _ = resume(store, spec)
+    for i in range(10):
+        learners.process({"x": float(i), "y": 2.0 * i})
+    before_the_move = (
+        pickle.dumps(pickle.loads(learners.snapshot()), protocol=2)
+        .replace(b"online.learning.model_set\n", b"online.model_set\n")
+        .replace(b"online.learning.learner\n", b"online.learner\n")
+    )
+    assert b"online.model_set\n" in before_the_move and b"online.learner\n" in before_the_move
+    store.save(before_the_move, events_seen=10, events_learned=10, metrics={}, model="", positions={}, config_hash=spec.hash, extra={"learning": spec.recorded()})
+    again, checkpoint = resume(store, spec)
+    assert checkpoint is not None
+    assert again.report()["by_model"]["lr"]["metrics"] == learners.report()["by_model"]["lr"]["metrics"]

@@ -15,8 +15,8 @@ from river import datasets, evaluate, linear_model, metrics, preprocessing
 from core.errors import ConfigError
 from online.config import ConsumeJobConfig, EventsConfig, FeaturesConfig, ModelConfig, ReplayJobConfig
 from online.events import load_feature_transform
-from online.learner import Learner
-from online.persistence import checkpoint_store, restore_learner, save_learner
+from online.learning.learner import Learner
+from online.checkpoints.persistence import checkpoint_store, restore_learner, save_learner
 from tests.online.custom_steps import Clip, derive
 
 MODULE = "tests.online.custom_steps"
@@ -129,9 +129,9 @@ def test_config_check_refuses_a_function_outside_the_listed_modules(tmp_path, ca
 @pytest.mark.parametrize(("function", "message"), REFUSED_FUNCTIONS)
 def test_every_start_refuses_a_function_outside_the_listed_modules(tmp_path, function, message):
     """Daemon, replay, serve and restores load the transform through these, config check or not."""
-    from online.persistence import ModelsSpec
-    from online.persistence import LearnerSpec
-    from online.replay import load_transform
+    from online.checkpoints.persistence import ModelsSpec
+    from online.checkpoints.persistence import LearnerSpec
+    from online.replay.engine import load_transform
 
     model = ModelConfig(custom_modules=[MODULE], pipeline=[{"linear_model.LogisticRegression": {}}])
     features = FeaturesConfig(function=function)
@@ -153,7 +153,7 @@ def test_a_listed_function_is_allowed_for_every_model_of_a_job(tmp_path):
     job = ConsumeJobConfig(models=[plain, custom], kafka={"topic": "t"}, checkpoint={"uri": str(tmp_path)},
                            features=FeaturesConfig(function=f"{MODULE}:derive"))
     job.check_semantics()
-    from online.persistence import ModelsSpec
+    from online.checkpoints.persistence import ModelsSpec
 
     assert ModelsSpec.of(job).transform.function is derive
 

@@ -18,11 +18,11 @@ import pytest
 import yaml
 from river import datasets, evaluate, linear_model, metrics, preprocessing
 
-from online.checkpoints import CheckpointStore
+from online.checkpoints.store import CheckpointStore
 from online.config import EventsConfig, KafkaConfig, ModelConfig
 from online.kafka_clients import create_topic, make_consumer, make_producer
-from online.learner import Learner
-from online.outputs import SOURCE_HEADER
+from online.learning.learner import Learner
+from online.consume.outputs import SOURCE_HEADER
 
 CLIENTS = ["kafka-python", "confluent-kafka"]
 SHORT_GROUP_TIMEOUTS = {
@@ -325,7 +325,7 @@ def test_a_run_that_resumes_a_checkpoint_says_so_and_counts_this_run_apart_from_
     assert (second["events_seen"], second["events_learned"], second["events_learned_total"]) == (200, 200, 500)  # per run, as replay counts
     assert second["resumed_from"] == {"checkpoint": checkpoint, "events_learned": 300}
     assert '"events_learned_before":300' in err  # the log's restore line says what the model had learned
-    from online.daemon import daemon_job_summary
+    from online.consume.daemon import daemon_job_summary
 
     text = daemon_job_summary(second).to_text().splitlines()
     assert text[1:3] == [f"  resumed from checkpoint {checkpoint} (300 events learned before)",
@@ -370,8 +370,8 @@ def test_unknown_client_option_is_a_configuration_error(tmp_path, kafka_bootstra
 def test_replay_equals_the_daemon_on_the_same_events(tmp_path, kafka_bootstrap, topic):
     """The same events through the daemon and through `riverbeam replay --mode learn`: the same checkpoint statistics and model."""
     from online.config import ReplayJobConfig
-    from online.persistence import restore_learner
-    from online.replay_job import ReplayOptions, run_replay
+    from online.checkpoints.persistence import restore_learner
+    from online.replay.job import ReplayOptions, run_replay
     from core.configuration import parse_config
 
     events = list(itertools.islice(itertools.cycle(PHISHING), 5000))
@@ -505,7 +505,7 @@ def test_checkpoint_below_the_log_start_is_an_offset_gap(tmp_path, kafka_bootstr
     """Retention deleted records past the checkpoint (Tansu has no DeleteRecords: its log start is faked, the rest is real)."""
     from core.configuration import load_config
     from online.config import ConsumeJobConfig
-    from online.daemon import Daemon, DaemonError
+    from online.consume.daemon import Daemon, DaemonError
 
     produce(kafka_bootstrap, topic, [orjson.dumps(e) for e in PHISHING[:100]])
     for policy, expected in (("fail", None), ("skip", 70)):
@@ -566,7 +566,7 @@ def test_storage_down_is_logged_counted_and_survived(tmp_path, kafka_bootstrap, 
 
     from core.configuration import load_config
     from online.config import ConsumeJobConfig
-    from online.daemon import Daemon
+    from online.consume.daemon import Daemon
 
     produce(kafka_bootstrap, topic, [orjson.dumps(e) for e in PHISHING[:1200]])
     job = load_config(job_config(tmp_path, kafka_bootstrap, topic, "kafka-python", checkpoint={"every_events": 300}, kafka={"poll_max_records": 100}), ConsumeJobConfig)
@@ -603,7 +603,7 @@ def test_storage_down_is_logged_counted_and_survived(tmp_path, kafka_bootstrap, 
 
 def test_lease_keeper_renews_through_a_slow_step_and_notices_a_takeover(tmp_path):
     from core.storage import open_store
-    from online.lease import LEASE, Lease, LeaseKeeper
+    from online.checkpoints.lease import LEASE, Lease, LeaseKeeper
 
     store = open_store(str(tmp_path))
     mine, theirs = Lease(store, "mine", ttl=1.5), Lease(store, "theirs", ttl=1.5)
@@ -640,7 +640,7 @@ def test_a_checkpoint_location_that_cannot_be_written_fails_in_one_line(tmp_path
     from core.configuration import load_config
     from core.storage import local
     from online.config import ConsumeJobConfig
-    from online.daemon import Daemon, DaemonError
+    from online.consume.daemon import Daemon, DaemonError
 
     produce(kafka_bootstrap, topic, [orjson.dumps(e) for e in PHISHING[:10]])
     job = load_config(job_config(tmp_path, kafka_bootstrap, topic, "kafka-python"), ConsumeJobConfig)

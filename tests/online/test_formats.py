@@ -33,7 +33,7 @@ from online.formats import (
     record_decoder,
 )
 from online.kafka_clients import create_topic
-from online.checkpoints import CheckpointStore
+from online.checkpoints.store import CheckpointStore
 from tests.online.test_daemon import job_config, kill_9_at_random_moments, produce, read_topic, run_daemon, start_daemon
 
 PHISHING = [{**x, "label": y} for x, y in datasets.Phishing()]
@@ -363,7 +363,7 @@ def test_writers_moving_from_v1_to_v2_keep_the_daemon_learning_and_unreadable_re
                                       kafka={"dead_letter_topic": f"{topic}.dlq"}))  # fmt: skip
 
     from online.config import EventsConfig, ModelConfig
-    from online.learner import Learner
+    from online.learning.learner import Learner
 
     expected = Learner(ModelConfig(**REGRESSION), EventsConfig(target="y"))
     expected.process_many([dict(e) for e in first + second])
@@ -412,7 +412,7 @@ def test_kill_9_during_a_schema_change_equals_an_uninterrupted_run_with_dead_let
     summary = run_daemon(config)
 
     from online.config import EventsConfig, ModelConfig
-    from online.learner import Learner
+    from online.learning.learner import Learner
 
     expected = Learner(ModelConfig(**REGRESSION), EventsConfig(target="y"))
     expected.process_many([dict(e) for e in events])

@@ -15,11 +15,11 @@ import time
 import pytest
 from river import datasets, linear_model, naive_bayes, preprocessing, tree
 
-from online.checkpoints import CheckpointStore
+from online.checkpoints.store import CheckpointStore
 from online.config import CheckpointConfig, EventsConfig, ModelConfig
-from online.keyed_state import KeyedModels, decode_part
-from online.learner import Learner, fresh_model_factory
-from online.persistence import Cadence, Checkpointer, LearnerSpec, open_checkpoint_store, restore_learner, resume
+from online.learning.keyed_state import KeyedModels, decode_part
+from online.learning.learner import Learner, fresh_model_factory
+from online.checkpoints.persistence import Cadence, Checkpointer, LearnerSpec, open_checkpoint_store, restore_learner, resume
 
 MODEL = ModelConfig(pipeline=[{"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {}}], metrics=["Accuracy", "LogLoss"])
 
@@ -225,7 +225,7 @@ def test_signed_parts_are_verified(tmp_path):
     run(learner, checkpointer, events(100, 10))
     checkpointer.checkpoint({"events/0": 1}, wait=True)
     assert all(part["hmac_sha256"] for part in store.list()[0]["parts"])
-    from online.checkpoints import SignatureError
+    from online.checkpoints.store import SignatureError
 
     with pytest.raises(SignatureError):
         CheckpointStore(str(tmp_path), signing_key=b"another").load_latest()
@@ -355,7 +355,7 @@ def test_spilled_models_are_on_local_disk_only_while_the_learner_lives():
 
 
 def test_several_keyed_models_on_one_stream_are_trimmed_and_saved_whole(tmp_path):
-    from online.persistence import ModelsSpec
+    from online.checkpoints.persistence import ModelsSpec
 
     other = ModelConfig(pipeline=[{"linear_model.LogisticRegression": {}}], metrics=["Accuracy"])
     models = ModelsSpec({"scaled": MODEL, "plain": other}, EventsConfig(target="label", key="k", key_cache_size=4))
@@ -378,7 +378,7 @@ def test_several_keyed_models_on_one_stream_are_trimmed_and_saved_whole(tmp_path
 
 
 def test_large_parts_are_read_again_at_restore_and_verified_again(tmp_path, monkeypatch):
-    import online.checkpoints as checkpoints
+    import online.checkpoints.store as checkpoints
 
     monkeypatch.setattr(checkpoints, "KEEP_PARTS_BYTES", 0)  # nothing kept in memory after the verification
     store = CheckpointStore(str(tmp_path))
@@ -417,7 +417,7 @@ def small_disk(tmp_path):
 SPILL_SCRIPT = """
 import sys
 from river import linear_model, preprocessing
-from online.keyed_state import KeyedModels
+from online.learning.keyed_state import KeyedModels
 models = KeyedModels(cache_size=2)
 for i in range(int(sys.argv[1])):
     models[str(i)] = preprocessing.StandardScaler() | linear_model.LogisticRegression()

@@ -14,7 +14,7 @@ from river import datasets, evaluate, linear_model, metrics, preprocessing, tree
 
 from online.config import DelayedLabelsConfig, DriftConfig, EventsConfig, ModelConfig
 from online.events import EventError
-from online.learner import Learner, compact_copy
+from online.learning.learner import Learner, compact_copy
 
 LOGREG = [{"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {"optimizer": {"optim.SGD": {"lr": 0.1}}}}]
 

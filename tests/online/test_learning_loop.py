@@ -7,8 +7,8 @@ import pytest
 from river import datasets
 
 from online.config import EventsConfig, ModelConfig
-from online.learner import Learner
-from online.learning_loop import LearningLoop
+from online.learning.learner import Learner
+from online.learning.loop import LearningLoop
 from online.observability import LearningCurve
 from online.sources import KafkaBatch
 

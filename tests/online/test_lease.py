@@ -7,7 +7,7 @@ import time
 import pytest
 
 from core.storage import open_store
-from online.lease import Lease
+from online.checkpoints.lease import Lease
 
 
 @pytest.fixture(params=["local", "gcs", "s3"])

@@ -10,9 +10,9 @@ from river import base, compose, datasets, evaluate, linear_model, metrics, opti
 
 from core.errors import ConfigError
 from online.config import EventsConfig, ModelConfig
-from online.learner import Learner
+from online.learning.learner import Learner
 from online.models import build_object, build_pipeline, describe_model, list_models, resolve_river_class
-from online.replay_job import load_replay_job
+from online.replay.job import load_replay_job
 from tests.online.custom_steps import Clip, interaction
 
 MODULE = "tests.online.custom_steps"
@@ -256,7 +256,7 @@ def test_a_target_transform_with_library_functions_is_described_and_learns_like_
 
 
 def test_a_composed_model_checkpoints_and_restores(tmp_path):
-    from online.persistence import checkpoint_store, restore_learner, save_learner
+    from online.checkpoints.persistence import checkpoint_store, restore_learner, save_learner
 
     config = ModelConfig(custom_modules=[MODULE], pipeline=PHISHING_UNION, metrics=["Accuracy", "LogLoss"])
     events = [{**x, "label": y} for x, y in datasets.Phishing()]

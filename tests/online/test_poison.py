@@ -17,12 +17,12 @@ import time
 import orjson
 import pytest
 
-from online.checkpoints import CheckpointStore
+from online.checkpoints.store import CheckpointStore
 from online.config import EventsConfig, KafkaConfig, ModelConfig
 from online.dead_letters import read_dead_letter
 from online.kafka_clients import create_topic, make_producer
-from online.learner import Learner
-from online.outputs import SOURCE_HEADER
+from online.learning.learner import Learner
+from online.consume.outputs import SOURCE_HEADER
 from tests.online.test_daemon import MODEL, PHISHING, job_config, read_topic, start_daemon, wait_for_log
 
 EVENTS = 20_000  # 100,000 takes ~4 minutes with the restarts on 2 shared cores; 20,000 keeps the suite fast
@@ -146,7 +146,7 @@ def test_predict_numbers_lines_as_in_the_file_and_refuses_bytes_that_are_not_utf
     import subprocess
     import sys
 
-    from online.persistence import save_learner
+    from online.checkpoints.persistence import save_learner
 
     learner = Learner(ModelConfig(**MODEL), EventsConfig(target="label"))
     learner.process_many([dict(e) for e in PHISHING[:200]])
@@ -191,7 +191,7 @@ def test_a_closed_output_pipe_ends_quietly(tmp_path):
     import subprocess
     import sys
 
-    from online.persistence import save_learner
+    from online.checkpoints.persistence import save_learner
 
     learner = Learner(ModelConfig(**MODEL), EventsConfig(target="label"))
     learner.process_many([dict(e) for e in PHISHING[:50]])

@@ -16,12 +16,12 @@ import pyarrow.parquet as pq
 import pytest
 from river import datasets, evaluate, linear_model, metrics, optim, preprocessing, tree
 
-from online.checkpoints import CheckpointStore
+from online.checkpoints.store import CheckpointStore
 from online.config import ReplayJobConfig
-from online.learner import Learner
-from online.replay import FILE_HEADER, LINE_HEADER, ReplayError
-from online.replay_job import ReplayOptions, load_replay_job, run_replay
-from online.replay_search import trial_model
+from online.learning.learner import Learner
+from online.replay.engine import FILE_HEADER, LINE_HEADER, ReplayError
+from online.replay.job import ReplayOptions, load_replay_job, run_replay
+from online.replay.search import trial_model
 from riverbeam.cli import main
 from core.configuration import parse_config
 from tests.online.test_readers import phishing_events, write_csv, write_jsonl, write_parquet
@@ -450,7 +450,7 @@ def test_a_consume_file_replays_as_it_is_its_daemon_sections_said_not_refused(tm
                "metrics": {"host": "127.0.0.1", "port": 9108}}  # fmt: skip
     config = write_yaml(tmp_path / "consumer.yaml", consume)
     assert main(["config", "check", config, "--job", "replay"]) == 0
-    with caplog.at_level("WARNING", logger="online.replay_job"):
+    with caplog.at_level("WARNING", logger="online.replay.job"):
         assert main(["replay", "--config", config, "--input", str(tmp_path / "p.jsonl"), "--mode", "evaluate"]) == 0
     assert "events_seen 50" in capsys.readouterr().out
     assert "note: replay ignores the metrics: and kafka: sections of this file (the daemon's)" in caplog.text

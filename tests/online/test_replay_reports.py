@@ -10,8 +10,8 @@ import yaml
 from river import datasets, evaluate, linear_model, metrics, optim, preprocessing, utils
 
 from online.config import ReplayJobConfig
-from online.learner import Learner
-from online.replay_job import ReplayOptions, load_replay_job, run_replay
+from online.learning.learner import Learner
+from online.replay.job import ReplayOptions, load_replay_job, run_replay
 from riverbeam.cli import main
 from core.configuration import parse_config
 from tests.online.test_readers import phishing_events, write_jsonl

@@ -25,10 +25,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from online.checkpoints import LATEST, CheckpointStore
+from online.checkpoints.store import LATEST, CheckpointStore
 from online.config import KafkaConfig
 from online.kafka_clients import create_topic, make_consumer, make_producer
-from online.outputs import SOURCE_HEADER, OutputWriter, source_header
+from online.consume.outputs import SOURCE_HEADER, OutputWriter, source_header
 from tests.online.test_daemon import (
     CLIENTS,
     PHISHING,

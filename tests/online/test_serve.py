@@ -15,10 +15,10 @@ import httpx
 import pytest
 import yaml
 
-from online.checkpoints import CheckpointStore
+from online.checkpoints.store import CheckpointStore
 from online.config import EventsConfig, ModelConfig
-from online.learner import Learner, probabilities_record
-from online.persistence import save_learner
+from online.learning.learner import Learner, probabilities_record
+from online.checkpoints.persistence import save_learner
 from online.serving.reload import latest_id
 from serving_support import ENV, MODEL, PHISHING, Processes, daemon_config, free_port, metric_names, produce, start_serve, wait_until
 

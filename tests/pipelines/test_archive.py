@@ -143,8 +143,8 @@ def test_kafka_source_reads_the_daemons_kafka_section_and_flags_override(tmp_pat
 def test_archive_is_the_input_of_replay(tmp_path):
     """The archive's partitioned files replay in event-time order through the same learner."""
     from online.config import EventsConfig, ModelConfig, ReplayJobConfig
-    from online.learner import Learner
-    from online.replay_job import ReplayOptions, run_replay
+    from online.learning.learner import Learner
+    from online.replay.job import ReplayOptions, run_replay
     from core.configuration import parse_config
 
     output = str(tmp_path / "archive")

@@ -154,10 +154,10 @@ def learn_config(bootstrap: str, topic: str, checkpoints) -> dict:
 def daemon_learns(config: dict, expected_seen: int):
     """Run the daemon until it has caught up with the topic; its latest checkpoint's manifest and learner."""
     from core.configuration import parse_config
-    from online.checkpoints import CheckpointStore
+    from online.checkpoints.store import CheckpointStore
     from online.config import ConsumeJobConfig
-    from online.daemon import run_daemon
-    from online.persistence import restore_learner
+    from online.consume.daemon import run_daemon
+    from online.checkpoints.persistence import restore_learner
 
     job = parse_config(config, ConsumeJobConfig, environ={})
     summary = run_daemon(job, until_caught_up=True, progress=False)
@@ -180,7 +180,7 @@ def test_stream_learn_from_kafka_on_flink_equals_the_daemon_and_the_daemon_takes
     import yaml
     from river import datasets
 
-    from online.checkpoints import CheckpointStore
+    from online.checkpoints.store import CheckpointStore
     from online.kafka_clients import create_topic
 
     bootstrap, topic = f"127.0.0.1:{apache_kafka.port}", f"t-{os.urandom(5).hex()}"
@@ -212,7 +212,7 @@ def test_stream_learn_from_kafka_on_flink_equals_the_daemon_and_the_daemon_takes
     alone, alone_learner = daemon_learns(daemon_config, 300)
     from core.configuration import parse_config
     from online.config import ConsumeJobConfig
-    from online.persistence import restore_learner
+    from online.checkpoints.persistence import restore_learner
 
     parsed = parse_config(flink_config, ConsumeJobConfig, environ={})
     flink_learner = restore_learner(latest, parsed.model, parsed.events, features=parsed.features)

@@ -29,11 +29,11 @@ from apache_beam.testing import test_pipeline, test_stream  # noqa: E402
 from apache_beam.testing.util import assert_that, equal_to  # noqa: E402
 from river import datasets, evaluate, linear_model, metrics, preprocessing  # noqa: E402
 
-from online.checkpoints import CheckpointStore  # noqa: E402
+from online.checkpoints.store import CheckpointStore  # noqa: E402
 from online.config import ConsumeJobConfig  # noqa: E402
 from online.events import EventError  # noqa: E402
-from online.learner import Learner  # noqa: E402
-from online.persistence import restore_learner  # noqa: E402
+from online.learning.learner import Learner  # noqa: E402
+from online.checkpoints.persistence import restore_learner  # noqa: E402
 from pipelines import stream_learn  # noqa: E402
 from pipelines.stream_learn import (  # noqa: E402
     GLOBAL_KEY,

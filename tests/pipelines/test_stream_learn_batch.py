@@ -11,9 +11,9 @@ beam = pytest.importorskip("apache_beam")
 import orjson  # noqa: E402
 
 from core.configuration import parse_config  # noqa: E402
-from online.checkpoints import CheckpointStore  # noqa: E402
+from online.checkpoints.store import CheckpointStore  # noqa: E402
 from online.config import ConsumeJobConfig  # noqa: E402
-from online.learner import Learner  # noqa: E402
+from online.learning.learner import Learner  # noqa: E402
 from pipelines.stream_learn import GLOBAL_KEY, LearnStateFn, prediction_record, to_json  # noqa: E402
 from river import linear_model, metrics, preprocessing  # noqa: E402
 

@@ -33,7 +33,7 @@ def test_version_and_help_everywhere(capsys):
 
 
 def test_help_does_not_import_beam_or_tensorflow():
-    probe = "import sys; from riverbeam.cli import build_parser; build_parser(); import online.daemon; print(sorted(m for m in ('apache_beam', 'tensorflow') if m in sys.modules))"
+    probe = "import sys; from riverbeam.cli import build_parser; build_parser(); import online.consume.daemon; print(sorted(m for m in ('apache_beam', 'tensorflow') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=ENV, timeout=60).stdout
     assert out.strip() == "[]"
 
@@ -92,10 +92,10 @@ def test_demo_runs_end_to_end_and_stops_what_it_started(tmp_path):
 def test_predict_from_a_checkpoint(tmp_path):
     from river import datasets
 
-    from online.checkpoints import CheckpointStore
+    from online.checkpoints.store import CheckpointStore
     from online.config import EventsConfig, ModelConfig
-    from online.learner import Learner
-    from online.persistence import save_learner
+    from online.learning.learner import Learner
+    from online.checkpoints.persistence import save_learner
 
     learner = Learner(ModelConfig(pipeline=[{"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {}}]), EventsConfig(target="y"))
     rows = list(datasets.Phishing())
@@ -131,10 +131,10 @@ def test_an_environment_override_with_a_typo_is_blamed_on_the_variable_not_the_f
 
 
 def test_checkpoints_list_json(tmp_path, capsys):
-    from online.checkpoints import CheckpointStore
+    from online.checkpoints.store import CheckpointStore
     from online.config import EventsConfig, ModelConfig
-    from online.learner import Learner
-    from online.persistence import save_learner
+    from online.learning.learner import Learner
+    from online.checkpoints.persistence import save_learner
 
     store = CheckpointStore(str(tmp_path / "ck"))
     learner = Learner(ModelConfig(pipeline=[{"linear_model.LogisticRegression": {}}], metrics=["Accuracy"]), EventsConfig(target="y"))
@@ -215,10 +215,10 @@ def test_kafka_python_options_of_the_wrong_type_or_name_are_refused_at_check_tim
 
 
 def test_a_signed_store_checked_with_its_key_variable_unset_is_refused(tmp_path):
-    from online.checkpoints import CheckpointStore
+    from online.checkpoints.store import CheckpointStore
     from online.config import EventsConfig, ModelConfig
-    from online.learner import Learner
-    from online.persistence import save_learner
+    from online.learning.learner import Learner
+    from online.checkpoints.persistence import save_learner
 
     uri = str(tmp_path / "ck")
     learner = Learner(ModelConfig(pipeline=[{"linear_model.LogisticRegression": {}}]), EventsConfig(target="label"))

@@ -174,7 +174,7 @@ def test_pca_projects_centred_scaled_inputs_and_consumes_earlier_features():
 def test_bad_or_missing_pca_inputs_are_dead_letters_with_the_reason():
     from online.config import EventsConfig, ModelConfig
     from online.events import EventError
-    from online.learner import Learner
+    from online.learning.learner import Learner
 
     fitted = FittedTransform.from_document(PCA)
     learner = Learner(ModelConfig(pipeline=[{"linear_model.LinearRegression": {}}], metrics=["MAE"]), EventsConfig(target="y"),

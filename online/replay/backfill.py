@@ -7,7 +7,7 @@ replay order. The resume key is per file: on start, the partition's records say 
 of every file (a file's lines go out in order, so every line up to it is there), and the backfill
 produces every input line past its file's last one. So an interrupted backfill continues where it
 stopped, a second file is appended after the first (whether it sorts before or after it, passed alone
-or with the first), and a re-run produces nothing and says so (see `online.replay` for the guarantee
+or with the first), and a re-run produces nothing and says so (see `online.replay.engine` for the guarantee
 and its limits).
 """
 
@@ -19,9 +19,9 @@ import time
 import orjson
 
 from online.config import KafkaConfig, ReplayJobConfig
-from online.errors_file import ErrorLog, ReplayError
+from online.replay.errors_file import ErrorLog, ReplayError
 from online.readers import InputFile
-from online.replay import FILE_HEADER, LINE_HEADER, ReplayOptions, ReplayResult
+from online.replay.engine import FILE_HEADER, LINE_HEADER, ReplayOptions, ReplayResult
 from online.sources import FileSource, progress_bar
 from core.errors import RiverbeamError, UsageError
 

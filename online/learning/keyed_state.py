@@ -20,7 +20,7 @@ the dict it replaces (``get``, ``[key] = model``, ``len``, iteration) and adds f
 * **An idle time-to-live** (``events.key_ttl_seconds``): models not used for that long are
   dropped at `trim` (counted in ``models_expired``, logged), in bounded sweeps of the spill store.
 * **Parts**: `encode_part` / `decode_part` / `merge_parts` are the byte format of the parts an
-  incremental checkpoint is made of (`online.persistence.Checkpointer`, `online.checkpoints`):
+  incremental checkpoint is made of (`online.checkpoints.persistence.Checkpointer`, `online.checkpoints.store`):
   records of (kind, key, value or tombstone), applied in order; merging folds many parts into one.
 
 A value, in the spill store and in parts, is 8 bytes of last-use time (epoch seconds, float)

@@ -2,8 +2,8 @@
 
 `load_replay_job` reads and checks a replay YAML (every mistake of the file reported at once,
 the ``search:`` section included); `run_replay` validates the options and runs one mode:
-learn and evaluate (`online.replay`), backfill (`online.backfill`, a Kafka sink fed by the same
-file pass) or search (`online.replay_search`). The modes never import this module.
+learn and evaluate (`online.replay.engine`), backfill (`online.replay.backfill`, a Kafka sink fed by the same
+file pass) or search (`online.replay.search`). The modes never import this module.
 
 >>> import tempfile, pathlib
 >>> path = pathlib.Path(tempfile.mkdtemp()) / "job.yaml"
@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import logging
 
-from online.backfill import backfill
+from online.replay.backfill import backfill
 from online.config import ReplayJobConfig
-from online.gc_tuning import restore_gc, steady_state_gc
+from online.learning.gc_tuning import restore_gc, steady_state_gc
 from online.readers import expand_inputs
-from online.replay import MODES, ReplayOptions, ReplayResult, dry_run, evaluate, learn
-from online.replay_report import require_plotting
-from online.replay_search import SearchConfig, check_search, search_trials
+from online.replay.engine import MODES, ReplayOptions, ReplayResult, dry_run, evaluate, learn
+from online.replay.report import require_plotting
+from online.replay.search import SearchConfig, check_search, search_trials
 from core.configuration import parse_config, read_yaml
 from core.errors import ConfigErrorCollector, UsageError
 
@@ -60,7 +60,7 @@ def load_replay_job(path: str, environ=None) -> tuple[ReplayJobConfig, SearchCon
 
 
 def run_replay(job: ReplayJobConfig, options: ReplayOptions, search: SearchConfig | None = None) -> ReplayResult:
-    """Run one replay as `options` says (see `online.replay` for the modes)."""
+    """Run one replay as `options` says (see `online.replay.engine` for the modes)."""
     if options.mode not in MODES:
         raise UsageError(f"unknown mode {options.mode!r} (choose among {', '.join(MODES)})")
     if options.max_errors is not None and options.max_errors < 0:

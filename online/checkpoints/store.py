@@ -7,7 +7,7 @@ Layout below the checkpoint URI (a local path, ``file://``, ``gs://bucket/prefix
     parts/<sequence>-<token>.bin    keyed-state parts of incremental checkpoints (shared between them)
     LATEST                          {"id", "sequence", "history"}: moved last, by compare-and-swap
 
-An *incremental* checkpoint (per-key models, `online.persistence.Checkpointer`) also lists in its
+An *incremental* checkpoint (per-key models, `online.checkpoints.persistence.Checkpointer`) also lists in its
 manifest the ``parts`` that make up its keyed state: parts written by earlier checkpoints and
 the one holding what changed since the last, each with its size, SHA-256 and HMAC. A part is
 immutable once written and verified like the state blob; a checkpoint with a part missing,
@@ -18,7 +18,7 @@ A reader never sees half a checkpoint: `LATEST` moves only after the blob and th
 complete. `LATEST` is replaced only if its generation is still the one this writer last saw, so
 of two concurrent writers only one can win; the other gets `FencingError` (never a silent
 overwrite). The state blob's SHA-256 is verified on load. (Stores are built from configuration by
-`online.persistence.open_checkpoint_store`.)
+`online.checkpoints.persistence.open_checkpoint_store`.)
 
 **Signing.** With a signing key (the environment variable named by ``checkpoint.signing_key_env``)
 a writer signs, with HMAC-SHA256, the whole manifest but its ``signature`` (canonical JSON: every
@@ -40,8 +40,8 @@ moving ``LATEST`` leaves the same state), and a store emptied and rewritten from
 holds the required fields (`save` writes them, `load` refuses a manifest without one as damaged); a
 manifest with Kafka offsets among its positions also holds, in ``extra``, the topic ids of their
 topics, the output offsets and the outputs written ahead. The daemon fills them; every other writer
-carries them from the checkpoint it continues (`online.persistence.Checkpointer`); the daemon refuses
-a checkpoint without them in one line (`online.persistence.kafka_context`).
+carries them from the checkpoint it continues (`online.checkpoints.persistence.Checkpointer`); the daemon refuses
+a checkpoint without them in one line (`online.checkpoints.persistence.kafka_context`).
 
 Checkpoint ids are plain (``<sequence>-<time>-<token>``): a pointer or ``--id`` naming anything else
 (``../outside/ck``) is refused.
@@ -123,7 +123,7 @@ ahead of the positions. The daemon writes them; other writers carry them with th
 
 
 def missing_fields(manifest: dict) -> list[str]:
-    """The `REQUIRED_FIELDS` `manifest` lacks (the Kafka context is checked where it is read: `online.persistence.kafka_context`).
+    """The `REQUIRED_FIELDS` `manifest` lacks (the Kafka context is checked where it is read: `online.checkpoints.persistence.kafka_context`).
 
     >>> missing_fields({"positions": {"events/0": 5}, "extra": {}})
     ['format', 'id', 'sequence', 'created_at', 'events_seen', 'events_learned', 'metrics', 'state']

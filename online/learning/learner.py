@@ -48,7 +48,7 @@ from river import base, compose
 from core.errors import ConfigError
 from online.config import EventsConfig, ModelConfig, check_batch, check_drift_detector, check_labels, label_family
 from online.events import EventError, EventReader
-from online.keyed_state import KeyedModels
+from online.learning.keyed_state import KeyedModels
 from online.models import build_metrics, build_pipeline, metric_name
 from core.eventtime import event_time
 
@@ -613,7 +613,7 @@ class Learner:
             models[None] = compact_copy(models[None])
         return blob
 
-    # -- per-key models: incremental snapshots (online.keyed_state, online.persistence) -----------
+    # -- per-key models: incremental snapshots (online.learning.keyed_state, online.checkpoints.persistence) -----------
 
     @property
     def keyed(self) -> bool:
@@ -645,18 +645,18 @@ class Learner:
 
     @classmethod
     def restore(cls, blob: bytes, model: ModelConfig, events: EventsConfig, transform=None, parts: Iterable[bytes] = ()) -> "Learner":
-        """A learner continuing from `snapshot()` bytes (verify them first: see `online.checkpoints`).
+        """A learner continuing from `snapshot()` bytes (verify them first: see `online.checkpoints.store`).
 
-        `parts` are an incremental checkpoint's keyed-state parts (`online.keyed_state`), applied in order.
+        `parts` are an incremental checkpoint's keyed-state parts (`online.learning.keyed_state`), applied in order.
         """
-        state = pickle.loads(blob)
+        state = load_state(blob)
         if not isinstance(state, LearnerState) or state.format != STATE_FORMAT:
             raise ValueError("checkpoint state is not a riverbeam learner state of this format")
         if type(state.models) is dict and len(state.models) == 1 and None in state.models:  # unpickled: learn in the compact layout
             state.models[None], state.metrics = compact_copy(state.models[None]), compact_copy(state.metrics)
         learner = cls(model, events, transform=transform, state=state)
         if parts:
-            from online.keyed_state import apply_records, iter_part
+            from online.learning.keyed_state import apply_records, iter_part
 
             pending: collections.OrderedDict = collections.OrderedDict()
             models = learner.state.models
@@ -672,6 +672,28 @@ class Learner:
             models.load_records(records())
             learner.state.pending = collections.OrderedDict((key, pickle.loads(value)) for key, value in pending.items())
         return learner
+
+
+# Modules of riverbeam that moved (online/ split into wings): checkpoints written before still restore.
+MOVED_MODULES = {
+    "online.learner": "online.learning.learner", "online.model_set": "online.learning.model_set",
+    "online.keyed_state": "online.learning.keyed_state", "online.learning_loop": "online.learning.loop",
+}
+
+
+class _StateUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        return super().find_class(MOVED_MODULES.get(module, module), name)
+
+
+def load_state(blob: bytes) -> Any:
+    r"""Unpickle a checkpoint's learner state, also one written before riverbeam's modules moved.
+
+    >>> written_before = pickle.dumps(LearnerState(events_seen=3), protocol=2).replace(b"online.learning.learner\n", b"online.learner\n")
+    >>> b"online.learner\n" in written_before, load_state(written_before).events_seen
+    (True, 3)
+    """
+    return _StateUnpickler(io.BytesIO(blob)).load()
 
 
 _MANAGED_DICT = 1 << 4  # CPython's Py_TPFLAGS_MANAGED_DICT: instances keep their attributes inline until __dict__ is asked for

@@ -3,7 +3,7 @@
 A `SearchConfig` names parameters of one candidate model by step and path
 (``LogisticRegression.optimizer.lr``) with a range or choices; `search_trials` asks Optuna for
 values, builds each trial's model with `trial_model` and evaluates the trials in shared passes
-over the data (`online.replay.evaluate`). With a report directory it writes ``search.json``
+over the data (`online.replay.engine.evaluate`). With a report directory it writes ``search.json``
 (every trial), ``best.yaml`` (the replay configuration with the best trial's parameters: it runs
 as is with ``riverbeam replay --config best.yaml``) and ``leaderboard.png``.
 """
@@ -20,8 +20,8 @@ import pydantic
 
 from online.config import ModelConfig, ReplayJobConfig
 from online.models import build_metric, build_model, metric_name
-from online.replay import CHUNK_EVENTS, ReplayOptions, ReplayResult, evaluate
-from online.replay_report import plot_search_leaderboard
+from online.replay.engine import CHUNK_EVENTS, ReplayOptions, ReplayResult, evaluate
+from online.replay.report import plot_search_leaderboard
 from core.configuration import Section
 from core.errors import ConfigError, ConfigErrorCollector, UsageError
 

@@ -26,7 +26,7 @@ import orjson
 
 from online.dead_letters import DEFAULT_MAX_BYTES, DeadLetterRecord
 from online.kafka_clients import EventConsumer, EventProducer, KafkaClientError, TopicPartition
-from online.learner import probabilities_record
+from online.learning.learner import probabilities_record
 from online.sources import parse_position_key, position_key
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ checkpoint alone.
 ``replay --checkpoint-uri``) take the variable's name by ``--signing-key-env`` and default to
 ``RIVERBEAM_CHECKPOINT_KEY``. With a key every reader refuses an unsigned, wrongly signed,
 copied or rolled-back checkpoint (the signature covers the whole manifest and ``LATEST``: see
-`online.checkpoints`); without one, a signed store is refused and an unsigned one read with a
+`online.checkpoints.store`); without one, a signed store is refused and an unsigned one read with a
 warning, once, that checkpoints are not verified (a checkpoint is a pickle: loading it runs code).
 
 **When, and in what order** (`Cadence`, `Checkpointer`). One `Checkpointer` per learning unit
@@ -32,7 +32,7 @@ T seconds), snapshots the learner on the caller's thread, uploads it (on a backg
 when given one: one upload in flight, the next waits), and only once the checkpoint is durable
 reports it (`Durable`) so that the caller may commit source offsets. Positions written by other
 jobs (a replay position in a daemon's checkpoint, Kafka offsets in a replay's) are kept. Per-key
-models (`online.keyed_state`) are checkpointed incrementally: only what changed since the last
+models (`online.learning.keyed_state`) are checkpointed incrementally: only what changed since the last
 checkpoint, pickled after its instant while the stream goes on (see `Checkpointer`).
 
 >>> import tempfile
@@ -62,18 +62,17 @@ import hashlib
 import json
 import logging
 import math
-import pickle
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from core.errors import ConfigError
-from online.checkpoints import KAFKA_CONTEXT, Checkpoint, CheckpointError, CheckpointStore, config_hash, signing_key_from_env
+from online.checkpoints.store import KAFKA_CONTEXT, Checkpoint, CheckpointError, CheckpointStore, config_hash, signing_key_from_env
 from online.config import CheckpointConfig, EventsConfig, FeaturesConfig, ModelConfig, user_modules
 from online.events import load_feature_transform
-from online.keyed_state import encode_part, merge_parts, pending_delta
-from online.learner import Learner
-from online.model_set import SET_FORMAT, ModelSet, ModelSetState
+from online.learning.keyed_state import encode_part, merge_parts, pending_delta
+from online.learning.learner import Learner, load_state
+from online.learning.model_set import SET_FORMAT, ModelSet, ModelSetState
 from online.sources import kafka_positions
 
 log = logging.getLogger(__name__)
@@ -324,7 +323,7 @@ def resume(store: CheckpointStore, spec: LearnerSpec) -> tuple[Learner, Checkpoi
 
 
 def position_context(manifest: dict) -> dict:
-    """What `manifest` recorded about its Kafka offsets (`online.checkpoints.KAFKA_CONTEXT`), as a writer carries it on.
+    """What `manifest` recorded about its Kafka offsets (`online.checkpoints.store.KAFKA_CONTEXT`), as a writer carries it on.
 
     >>> position_context({"extra": {"topic_ids": {"events": "Aq"}, "report": {}}})
     {'topic_ids': {'events': 'Aq'}}
@@ -334,7 +333,7 @@ def position_context(manifest: dict) -> dict:
 
 
 def kafka_context(checkpoint: Checkpoint | None, uri: str = "") -> dict:
-    """What a checkpoint with Kafka offsets recorded about them (`online.checkpoints.KAFKA_CONTEXT`): topic ids,
+    """What a checkpoint with Kafka offsets recorded about them (`online.checkpoints.store.KAFKA_CONTEXT`): topic ids,
     output offsets, outputs written ahead. Empty without a checkpoint or Kafka offsets.
 
     Raises `CheckpointError` (one line) for a checkpoint with Kafka offsets that lacks any of them
@@ -346,7 +345,7 @@ def kafka_context(checkpoint: Checkpoint | None, uri: str = "") -> dict:
     >>> kafka_context(Checkpoint({"id": "ck", "positions": {"events/0": 7}, "extra": {"source": "replay"}}, b""), "ckpt/")
     Traceback (most recent call last):
     ...
-    online.checkpoints.CheckpointError: ckpt/: checkpoint ck (written by replay) holds Kafka offsets but not extra.topic_ids (of topic events), extra.outputs, extra.outputs_ahead: ...
+    online.checkpoints.store.CheckpointError: ckpt/: checkpoint ck (written by replay) holds Kafka offsets but not extra.topic_ids (of topic events), extra.outputs, extra.outputs_ahead: ...
     """
     if checkpoint is None:
         return {}
@@ -430,9 +429,9 @@ class Checkpointer:
     learner on this thread, (5) upload (on `uploader`, a one-thread executor, or inline), and
     (6) once the upload returned, hand a `Durable` to `on_durable` (commit source offsets there:
     never before). `collect` finishes an upload that is done (or waits with ``wait=True``) and
-    re-raises its error (`online.checkpoints.FencingError`, storage errors).
+    re-raises its error (`online.checkpoints.store.FencingError`, storage errors).
 
-    **Per-key models** (a learner whose models are a `online.keyed_state.KeyedModels`) are
+    **Per-key models** (a learner whose models are a `online.learning.keyed_state.KeyedModels`) are
     checkpointed *incrementally*: step (4) only freezes what changed since the last checkpoint
     (and pickles the small rest of the state); the changed models are pickled in slices of at
     most `slice_seconds` at each later `add` (copy-on-write keeps them as they were at the
@@ -447,7 +446,7 @@ class Checkpointer:
 
     `positions` given to `checkpoint` are the writer's own (Kafka offsets, a replay position,
     files); positions recorded by other jobs in the restored checkpoint are kept, and so is what
-    that checkpoint recorded about its Kafka offsets (`online.checkpoints.KAFKA_CONTEXT`: topic
+    that checkpoint recorded about its Kafka offsets (`online.checkpoints.store.KAFKA_CONTEXT`: topic
     ids, output offsets, outputs ahead) unless the writer records its own (the daemon's `prepare`).
     A caller giving `base_positions` instead of `restored` gives their `base_context` too
     (`position_context` of the checkpoint they came from).
@@ -476,7 +475,7 @@ class Checkpointer:
         self.on_durable = on_durable
         self.base_positions = dict(restored.positions if restored is not None else base_positions or {})
         self.last_positions: dict | None = dict(self.base_positions) if restored is not None else None
-        # what the positions kept say about themselves (topic ids, outputs): carried with them (online.checkpoints.KAFKA_CONTEXT)
+        # what the positions kept say about themselves (topic ids, outputs): carried with them (online.checkpoints.store.KAFKA_CONTEXT)
         self.base_context = position_context(restored.manifest) if restored is not None else dict(base_context or {})
         self.pending: concurrent.futures.Future | None = None
         self.written = 0
@@ -490,7 +489,7 @@ class Checkpointer:
         self._compactor: concurrent.futures.Executor | None = None
         self._own_uploader: concurrent.futures.Executor | None = None
         self.longest_step = 0.0  # the longest time one checkpoint step held the caller's thread (seconds)
-        # incremental only for a `Learner` with per-key models (a `online.model_set.ModelSet` is saved whole)
+        # incremental only for a `Learner` with per-key models (a `online.learning.model_set.ModelSet` is saved whole)
         self.keyed = getattr(learner, "keyed", False) is True
         several = getattr(learner, "learners", None)  # a ModelSet's learners: their caches are trimmed here too
         self._trimmed = [one for one in (several.values() if isinstance(several, dict) else [learner]) if getattr(one, "keyed", False) is True]
@@ -728,7 +727,7 @@ class ModelsSpec:
             change = "; ".join(part for part in (f"adds {', '.join(added)}" if added else "", f"removes {', '.join(removed)}" if removed else "") if part)
             raise ConfigError("models", f"checkpoint {checkpoint.id} holds the models {', '.join(hashes)}; the configuration {change}: restore them, "
                               "use a new checkpoint URI, or pass --allow-model-change to start added models from scratch and drop removed ones")
-        state = pickle.loads(checkpoint.state)
+        state = load_state(checkpoint.state)
         if not isinstance(state, ModelSetState) or state.format != SET_FORMAT:
             raise ValueError("checkpoint state is not a riverbeam model set of this format")
         learners = {}

@@ -7,7 +7,7 @@ monitoring only).
 
 * **Global model** (no ``events.key``): one unit over every partition of the topics, at the
   checkpoint URI. One instance is active; it holds a lease in the checkpoint store
-  (`online.lease`) and reads all partitions by manual assignment. Other instances wait as
+  (`online.checkpoints.lease`) and reads all partitions by manual assignment. Other instances wait as
   standby and take over from the last checkpoint when the lease expires. A single global model
   cannot be split across instances without changing what it learns, hence active/standby.
 * **Keyed models** (``events.key``): one unit per source partition, at
@@ -17,9 +17,9 @@ monitoring only).
   given up; on assign it is restored. This scales out by partition.
 
 Per batch (never per event): decode with orjson, predict / score / learn, send dead letters and
-predictions (`online.outputs`: exactly once across crashes), update counters. A checkpoint is due
+predictions (`online.consume.outputs`: exactly once across crashes), update counters. A checkpoint is due
 every ``checkpoint.every_events`` events or ``every_seconds`` (each unit's
-`online.persistence.Checkpointer`, the cadence every job shares): the producer is flushed and the
+`online.checkpoints.persistence.Checkpointer`, the cadence every job shares): the producer is flushed and the
 learner serialised on the event loop, the upload runs on a background thread (one in flight:
 back-pressure), and the offsets are committed only once it is durable. After a kill -9 at any
 moment, a restart restores the last durable checkpoint and re-reads from its positions, so the
@@ -40,21 +40,21 @@ from dataclasses import dataclass, field
 from core.summary import JobSummary, Resumed
 from core.errors import RiverbeamError
 from core.storage import StorageError, StorageUnusable
-from online.checkpoints import CheckpointStore, FencingError
+from online.checkpoints.store import CheckpointStore, FencingError
 from online.config import ConsumeJobConfig, model_names
 from online.formats import record_decoder
 from online.kafka_clients import KafkaClientError, TopicPartition, make_consumer, make_producer
 from online.kafka_clients.base import ProducerFencedError
-from online.gc_tuning import restore_gc, steady_state_gc
-from online.learner import Learner
-from online.learning_loop import LearningLoop
-from online.model_set import ModelSet
+from online.learning.gc_tuning import restore_gc, steady_state_gc
+from online.learning.learner import Learner
+from online.learning.loop import LearningLoop
+from online.learning.model_set import ModelSet
 from online.sources import KafkaBatch, KafkaSource, kafka_positions, position_key
 from online.config import LEASE_RENEWALS
-from online.lease import Lease, LeaseKeeper, instance_id
+from online.checkpoints.lease import Lease, LeaseKeeper, instance_id
 from online.observability import DaemonMetrics, HealthServer, LearningCurve, ProgressLine
-from online.outputs import OutputWriter
-from online.persistence import Cadence, Checkpointer, Durable, LearnerSpec, ModelsSpec, kafka_context, open_checkpoint_store, resume
+from online.consume.outputs import OutputWriter
+from online.checkpoints.persistence import Cadence, Checkpointer, Durable, LearnerSpec, ModelsSpec, kafka_context, open_checkpoint_store, resume
 
 log = logging.getLogger("riverbeam.daemon")
 
@@ -116,8 +116,8 @@ class LearningUnit:
     learner: Learner
     partitions: list[TopicPartition]
     positions: dict[TopicPartition, int] = field(default_factory=dict)  # the loop's processed positions (the same dict)
-    checkpointer: Checkpointer | None = None  # cadence, the upload in flight, commits once durable (online.persistence)
-    loop: LearningLoop | None = None  # decode, learn, outputs, positions (online.learning_loop)
+    checkpointer: Checkpointer | None = None  # cadence, the upload in flight, commits once durable (online.checkpoints.persistence)
+    loop: LearningLoop | None = None  # decode, learn, outputs, positions (online.learning.loop)
 
 
 class Daemon:
@@ -731,7 +731,7 @@ def run_daemon(config: ConsumeJobConfig, until_caught_up: bool = False, progress
     `stop` is an event the caller may already have wired to signals (set before the daemon
     starts, it makes the daemon stop right after restoring). `allow_model_change`: a model added
     to (removed from) ``models:`` since the checkpoint starts from scratch (is dropped) instead of
-    stopping the daemon (`online.model_set`).
+    stopping the daemon (`online.learning.model_set`).
     """
     daemon = Daemon(config, until_caught_up=until_caught_up, progress=progress, allow_model_change=allow_model_change)
     if stop is not None:

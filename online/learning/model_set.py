@@ -1,9 +1,9 @@
 """Several models on one stream (``models:``): each event predicted and learned by every one.
 
-A `ModelSet` holds one `online.learner.Learner` per named model; the learning loop
-(`online.learning_loop.LearningLoop`) hands every event to each of them in turn, so each model's
-metrics equal `river.evaluate.progressive_val_score` for that model alone. Its `online.persistence.ModelsSpec` is the
-`online.persistence.LearnerSpec` of a set: the checkpoint bridge saves and restores a `ModelSet`
+A `ModelSet` holds one `online.learning.learner.Learner` per named model; the learning loop
+(`online.learning.loop.LearningLoop`) hands every event to each of them in turn, so each model's
+metrics equal `river.evaluate.progressive_val_score` for that model alone. Its `online.checkpoints.persistence.ModelsSpec` is the
+`online.checkpoints.persistence.LearnerSpec` of a set: the checkpoint bridge saves and restores a `ModelSet`
 through it like a single learner (one state holding every model, one configuration hash, the
 recorded configuration of each model), so the cadence, signing, fencing and positions are the
 ones every job shares.
@@ -15,7 +15,7 @@ A model whose own configuration changed is always refused (use a new name for a 
 
 >>> import tempfile
 >>> from online.config import EventsConfig, ModelConfig
->>> from online.persistence import ModelsSpec, checkpoint_store, resume
+>>> from online.checkpoints.persistence import ModelsSpec, checkpoint_store, resume
 >>> models = {"lr": ModelConfig(pipeline=[{"linear_model.LinearRegression": {}}], metrics=["MAE"]),
 ...           "mean": ModelConfig(pipeline=[{"dummy.StatisticRegressor": {"statistic": {"stats.Mean": {}}}}], metrics=["MAE"])}
 >>> spec = ModelsSpec(models, EventsConfig(target="y"))
@@ -41,7 +41,7 @@ import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
-from online.learner import Learner, LearnerState
+from online.learning.learner import Learner, LearnerState
 
 log = logging.getLogger(__name__)
 

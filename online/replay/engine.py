@@ -1,8 +1,8 @@
 """Replaying historical events from files through the learner that serves the stream.
 
-Modes (chosen by `online.replay_job.run_replay`):
+Modes (chosen by `online.replay.job.run_replay`):
 
-* **learn** — continue from the latest checkpoint (or start empty), feed `online.learner.Learner`
+* **learn** — continue from the latest checkpoint (or start empty), feed `online.learning.learner.Learner`
   in replay order, write a checkpoint every ``checkpoint.every_events`` events (or
   ``every_seconds``) and at the end. The checkpoint holds the same statistics the daemon writes
   (``events_seen``, ``events_learned``, ``metrics``, ``positions``) and the replay position as
@@ -26,10 +26,10 @@ Modes (chosen by `online.replay_job.run_replay`):
   nothing else writes to that partition (the producer is idempotent and ordered, so the partition
   never holds a record whose predecessors are missing), and a new file is appended after what is
   there. A topic whose last record lacks the headers is refused.
-  (`online.backfill`.)
+  (`online.replay.backfill`.)
 * **search** (``search > 0`` in evaluate mode) — Optuna trials over the ranges of a `SearchConfig`,
   progressive validation as the objective; ``search.parallel`` trials share one pass over the data.
-  (`online.replay_search`; reports: `online.replay_report`.)
+  (`online.replay.search`; reports: `online.replay.report`.)
 
 ``dry_run`` validates and counts: every line is parsed and checked by the learner's event
 reader; nothing is learned, produced or written.
@@ -44,13 +44,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from online.config import ModelConfig, ReplayJobConfig, model_names, user_modules
-from online.errors_file import ErrorLog, ReplayError
+from online.replay.errors_file import ErrorLog, ReplayError
 from online.events import EventError, load_feature_transform
-from online.learner import Learner
-from online.learning_loop import LearningLoop
-from online.persistence import Cadence, Checkpointer, LearnerSpec, checkpoint_store, open_checkpoint_store, resume
+from online.learning.learner import Learner
+from online.learning.loop import LearningLoop
+from online.checkpoints.persistence import Cadence, Checkpointer, LearnerSpec, checkpoint_store, open_checkpoint_store, resume
 from online.readers import InputFile, ReplayPosition, count_records
-from online.replay_report import format_leaderboard, write_report_dir
+from online.replay.report import format_leaderboard, write_report_dir
 from online.sources import REPLAY, FileSource, progress_bar
 from core.summary import JobSummary, Resumed, format_metric
 from core.errors import UsageError
@@ -199,7 +199,7 @@ def leaderboard(candidates: list[Candidate]) -> list[dict]:
 
 
 def models_loop(candidates: list[Candidate], errors: ErrorLog, checkpointer=None, start: ReplayPosition | None = None) -> LearningLoop:
-    """The learning loop (`online.learning_loop`) of the candidates, rejects into the errors file."""
+    """The learning loop (`online.learning.loop`) of the candidates, rejects into the errors file."""
     return LearningLoop([(c.name, c.learner) for c in candidates], dead_letters=errors, checkpointer=checkpointer,
                         positions={REPLAY: start} if start is not None else None, count_unreadable=False)
 

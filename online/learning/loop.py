@@ -1,14 +1,14 @@
 """The learning loop: batches from an event source into one or several learners, written once.
 
-The daemon (`online.daemon`) and ``riverbeam replay --mode learn`` / ``--mode evaluate``
-(`online.replay`) run this loop over their `online.sources.EventSource`; only the sinks differ.
+The daemon (`online.consume.daemon`) and ``riverbeam replay --mode learn`` / ``--mode evaluate``
+(`online.replay.engine`) run this loop over their `online.sources.EventSource`; only the sinks differ.
 For each batch it decodes raw records (orjson; an undecodable record is rejected with the
 reason), hands the events to every model in order (River's progressive validation: each model
 predicts, is scored, then learns, as `river.evaluate.progressive_val_score` does for it alone),
 sends rejected records to the dead-letter sink (`online.dead_letters.DeadLetterRecord`, through
 the daemon's Kafka outputs or replay's errors file), the named model's predictions to the
 predictions sink, advances the source positions and counts the events in the unit's
-`online.persistence.Checkpointer`. When a checkpoint is due is the caller's question.
+`online.checkpoints.persistence.Checkpointer`. When a checkpoint is due is the caller's question.
 
 Mini-batch learning (``model.batch.size`` = N): the loop cuts the stream into chunks of exactly
 N records in source order, across batches and partitions, and processes a chunk only once it is
@@ -18,7 +18,7 @@ restart re-reads the held records into the same chunk: the result equals one uni
 (kill -9 included). `flush` processes the incomplete last chunk (end of the inputs, a stop).
 
 >>> from online.config import EventsConfig, ModelConfig
->>> from online.learner import Learner
+>>> from online.learning.learner import Learner
 >>> from online.sources import KafkaBatch
 >>> learner = Learner(ModelConfig(pipeline=[{"linear_model.LinearRegression": {}}], metrics=["MAE"]), EventsConfig(target="y"))
 >>> class Printed:
@@ -41,7 +41,7 @@ from typing import Any, Hashable, Protocol
 import orjson
 
 from online.events import EventError
-from online.learner import Learner
+from online.learning.learner import Learner
 from online.sources import SourceBatch, position_key
 
 __all__ = ["LearningLoop", "DeadLetterSink", "PredictionSink", "decode", "checkpoint_positions", "chunk_size"]
@@ -54,7 +54,7 @@ class DeadLetterSink(Protocol):
 
 class PredictionSink(Protocol):
     def predictions(self, batch: SourceBatch, outcomes: list) -> None:
-        """Write ``(index, online.learner.Prediction)`` pairs of records of `batch`."""
+        """Write ``(index, online.learning.learner.Prediction)`` pairs of records of `batch`."""
 
 
 def decode(values: list) -> tuple[list, dict[int, str]]:
@@ -88,7 +88,7 @@ def decode(values: list) -> tuple[list, dict[int, str]]:
 def chunk_size(learners: list[Learner]) -> int | None:
     """Records per chunk for these learners: their common multiple of ``model.batch.size`` (None: all per event).
 
-    Each model then cuts the same chunks as it would alone (`online.learner.Learner.process_chunks`).
+    Each model then cuts the same chunks as it would alone (`online.learning.learner.Learner.process_chunks`).
     """
     sizes = [learner.batch_size for learner in learners if learner.batch_size]
     return math.lcm(*sizes) if sizes else None

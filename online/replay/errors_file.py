@@ -1,6 +1,6 @@
 """Replay's errors file: rejected lines as dead-letter records, in step with the checkpoints.
 
-The file side of `online.learning_loop.DeadLetterSink` (the daemon's is its Kafka dead-letter
+The file side of `online.learning.loop.DeadLetterSink` (the daemon's is its Kafka dead-letter
 topic): one JSON line per rejected line or row, the one dead-letter schema
 (`online.dead_letters.DeadLetterRecord`, source ``{file, line}``).
 

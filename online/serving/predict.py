@@ -7,10 +7,10 @@ the checkpoint the model came from. A line that cannot be predicted gets an erro
 (``{"line": n, "error": reason}``), never a crash.
 
 >>> import tempfile
->>> from online.checkpoints import CheckpointStore
+>>> from online.checkpoints.store import CheckpointStore
 >>> from online.config import EventsConfig, ModelConfig
->>> from online.learner import Learner
->>> from online.persistence import save_learner
+>>> from online.learning.learner import Learner
+>>> from online.checkpoints.persistence import save_learner
 >>> learner = Learner(ModelConfig(pipeline=[{"linear_model.LinearRegression": {}}], metrics=["MAE"]), EventsConfig(target="y"))
 >>> for i in range(50):
 ...     _ = learner.process({"x": float(i % 5), "y": 2.0 * (i % 5)})
@@ -28,10 +28,10 @@ from typing import Any, Iterable, Iterator
 
 import orjson
 
-from online.checkpoints import Checkpoint, CheckpointStore
+from online.checkpoints.store import Checkpoint, CheckpointStore
 from online.events import EventError
-from online.learner import Learner, probabilities_record
-from online.persistence import restore_model
+from online.learning.learner import Learner, probabilities_record
+from online.checkpoints.persistence import restore_model
 
 
 def prediction_record(learner: Learner, event: Any, checkpoint_id: str | None) -> dict:
@@ -95,7 +95,7 @@ def latest_model(store: CheckpointStore, checkpoint_id: str | None = None, model
 
     Without `checkpoint_id`, the latest that verifies and restores: one that verifies but cannot
     be restored (an unknown class, a module that cannot be imported) is skipped for the previous
-    good one with a warning. With it, that one or a one-line error (`online.checkpoints.UnrestorableError`).
+    good one with a warning. With it, that one or a one-line error (`online.checkpoints.store.UnrestorableError`).
     An unknown `model` is a one-line `ConfigError`.
     """
     restore = functools.partial(restore_model, name=model)

@@ -4,7 +4,7 @@ A global model (no ``events.key``) is learned by one active instance; others wai
 The lease is a small object (``LEASE``) next to the checkpoints, replaced only by
 compare-and-swap on its generation. The holder renews it; when it stops renewing (crash,
 kill -9) the lease expires after `ttl` seconds and a standby takes it, restores the latest
-checkpoint and goes on. Checkpoint writes are fenced independently (`online.checkpoints`), so
+checkpoint and goes on. Checkpoint writes are fenced independently (`online.checkpoints.store`), so
 even a holder that lost its lease without noticing cannot overwrite its successor's checkpoints.
 
 >>> import tempfile

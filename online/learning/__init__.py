@@ -1,0 +1,8 @@
+"""Learning: River's progressive validation (predict, score, then learn) for every job.
+
+Owns `learner` (one model, per-key models, delayed labels, mini-batches), `loop` (batches of a
+source into one or several learners, rejected records to the dead-letter sink), `model_set`
+(several models side by side), `keyed_state` (per-key models over a bounded cache and an
+embedded store) and `gc_tuning`. May import the base of `online` only (config, events, models,
+sources, ...); never checkpoints, consume, replay or serving.
+"""
