@@ -120,6 +120,7 @@ def test_the_main_story_starts_and_stops_the_local_stack():
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
+@pytest.mark.xdist_group("readme-default-ports")  # the stories use the default ports (9092, 8080, 8081): one at a time
 @pytest.mark.parametrize("name", sorted(stories(README.read_text())))
 def test_the_readme_story_runs_as_written(name, tmp_path):
     script = stories(README.read_text())[name]
