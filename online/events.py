@@ -81,7 +81,7 @@ class EventReader:
 
         def split(event: Any) -> tuple[dict, Any, Any]:
             if type(event) is not dict:
-                raise EventError(f"event is not a JSON object but {_json_type(event)}")
+                raise EventError(f"event is not a JSON object but {json_type(event)}")
             y = event.pop(target, None) if target is not None else None
             for name in others:
                 event.pop(name, None)
@@ -103,7 +103,7 @@ class EventReader:
     def split(self, event: Any) -> tuple[dict, Any, Any]:
         """Return ``(x, y, key)``; `y` is None when the event has no label. Consumes `event`."""
         if type(event) is not dict:
-            raise EventError(f"event is not a JSON object but {_json_type(event)}")
+            raise EventError(f"event is not a JSON object but {json_type(event)}")
         y = event.get(self.target) if self.target is not None else None
         key = None
         if self.key_field is not None:
@@ -166,7 +166,12 @@ class EventReader:
             raise EventError(f"feature '{name}' is not a number: {value!r}")
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """What a decoded JSON value is, in the words of a rejection reason ("not a JSON object but ...").
+
+    >>> json_type([1, 2]), json_type("a"), json_type(1.5), json_type(True), json_type(None)
+    ('an array', 'a string', 'a number', 'a boolean', 'null')
+    """
     return {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean", type(None): "null"}.get(
         type(value), type(value).__name__
     )

@@ -47,6 +47,7 @@ import orjson
 from core.eventtime import event_time
 from core import storage
 from core.errors import RiverbeamError, UsageError
+from online.events import json_type
 
 FORMATS = {
     ".jsonl": "json",
@@ -232,15 +233,9 @@ def _read_json_lines(source: InputFile, file_index: int, skip: int) -> Iterator[
                 if type(event) is dict:
                     yield SourceRecord(file_index, line, event, None)
                 else:
-                    yield SourceRecord(file_index, line, None, f"not a JSON object but {_json_type(event)}")
+                    yield SourceRecord(file_index, line, None, f"not a JSON object but {json_type(event)}")
         except (OSError, EOFError) as error:  # truncated gzip, network
             raise InputError(f"{source.name}: read failed after line {line}: {error}") from None
-
-
-def _json_type(value: Any) -> str:
-    return {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean", type(None): "null"}.get(
-        type(value), type(value).__name__
-    )
 
 
 _CSV_WORDS = {"true": True, "false": False, "": None}

@@ -116,7 +116,7 @@ from apache_beam.utils.timestamp import Timestamp
 from online.dead_letters import DeadLetterRecord
 from online.checkpoints.store import CheckpointStore, FencingError
 from online.config import ConsumeJobConfig
-from online.events import EventError, _json_type
+from online.events import EventError, json_type
 from online.learning.learner import Learner, Prediction, probabilities_record
 from online.checkpoints.persistence import Cadence, Checkpointer, LearnerSpec, open_checkpoint_store, position_context, resume
 from online.sources import kafka_positions, position_key
@@ -254,7 +254,7 @@ def parse_event(payload: bytes | str, key_field: str | None) -> tuple[dict | Non
     except orjson.JSONDecodeError as error:
         return None, f"invalid JSON: {error}"
     if type(event) is not dict:
-        return None, f"event is not a JSON object but {_json_type(event)}"
+        return None, f"event is not a JSON object but {json_type(event)}"
     if key_field is not None:
         key = event.get(key_field)
         if key is None:
