@@ -133,22 +133,46 @@ class TemplateParameter:
         return entry
 
 
-def _recording_parser() -> argparse.ArgumentParser:
+def beam_argument_parser(exit_on_error: bool = True) -> argparse.ArgumentParser:
+    """An empty parser of the kind Beam parses pipeline flags with (it knows ``add_value_provider_argument``).
+
+    Beam offers no public one: `PipelineOptions` builds its private ``_BeamArgumentParser``
+    itself. This is riverbeam's only use of it (the template metadata, `check_required` and the
+    CLI's flag checks all come here), so a Beam release that renames it breaks one function.
+    """
     from apache_beam.options.pipeline_options import _BeamArgumentParser
 
-    return _BeamArgumentParser(add_help=False, allow_abbrev=False)
+    return _BeamArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=exit_on_error)
 
 
-def _own_actions(options_cls: type) -> list[argparse.Action]:
-    """The argparse actions `options_cls` (and its bases below PipelineOptions) define, as Beam's view_as does."""
+def flag_classes(options_cls: type) -> list[type]:
+    """`options_cls` and its bases below `PipelineOptions` that define flags, base first: the classes
+    whose flags ``options.view_as(options_cls)`` has.
+
+    >>> from apache_beam.options.pipeline_options import StandardOptions
+    >>> class Mine(StandardOptions):
+    ...     pass
+    >>> [cls.__name__ for cls in flag_classes(Mine)]
+    ['StandardOptions']
+    """
     from apache_beam.options.pipeline_options import PipelineOptions
 
     if not (isinstance(options_cls, type) and issubclass(options_cls, PipelineOptions)):
         raise UsageError(f"{options_cls!r} is not a PipelineOptions subclass")
-    parser = _recording_parser()
-    for cls in reversed(options_cls.mro()):
-        if cls is not PipelineOptions and issubclass(cls, PipelineOptions) and "_add_argparse_args" in cls.__dict__:
-            cls._add_argparse_args(parser)
+    return [cls for cls in reversed(options_cls.mro())
+            if cls is not PipelineOptions and isinstance(cls, type) and issubclass(cls, PipelineOptions) and "_add_argparse_args" in vars(cls)]
+
+
+def flag_actions(options_cls: type) -> list[argparse.Action]:
+    """The argparse actions of the flags `options_cls` (and its bases below PipelineOptions) define, in order.
+
+    >>> from apache_beam.options.pipeline_options import StandardOptions
+    >>> [a.option_strings[0] for a in flag_actions(StandardOptions)][:2]
+    ['--runner', '--streaming']
+    """
+    parser = beam_argument_parser()
+    for cls in flag_classes(options_cls):
+        cls._add_argparse_args(parser)  # pylint: disable=protected-access
     return [action for action in parser._actions if action.option_strings]
 
 
@@ -199,7 +223,7 @@ def describe_parameters(options_cls: type) -> list[TemplateParameter]:
     declared: dict[str, str] = dict(getattr(options_cls, "TEMPLATE_PARAM_TYPES", {}) or {})
     owner = f"{options_cls.__module__}.{options_cls.__name__}"
     parameters = []
-    for action in _own_actions(options_cls):
+    for action in flag_actions(options_cls):
         long_flags = [flag for flag in action.option_strings if flag.startswith("--")]
         name = (long_flags or action.option_strings)[0].lstrip("-")
         value_provider = isinstance(action.default, RuntimeValueProvider)

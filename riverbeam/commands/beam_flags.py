@@ -41,23 +41,6 @@ def options_class(target: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-def _beam_parser() -> argparse.ArgumentParser:
-    from apache_beam.options.pipeline_options import _BeamArgumentParser
-
-    return _BeamArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
-
-
-def pipeline_flag_actions(options_cls: type) -> list[argparse.Action]:
-    """The argparse actions `options_cls` defines (its own flags, in order), as Beam records them.
-
-    >>> [a.option_strings[0] for a in pipeline_flag_actions(options_class("apache_beam.options.pipeline_options:StandardOptions"))][:2]
-    ['--runner', '--streaming']
-    """
-    parser = _beam_parser()
-    options_cls._add_argparse_args(parser)  # pylint: disable=protected-access
-    return [action for action in parser._actions if action.option_strings]
-
-
 def accepted_flags_parser(options_cls: type | None) -> argparse.ArgumentParser:
     """A parser of what Beam parses for this pipeline: Beam's own options classes and the pipeline's.
 
@@ -66,15 +49,15 @@ def accepted_flags_parser(options_cls: type | None) -> argparse.ArgumentParser:
     """
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    from pipelines.options import beam_argument_parser, flag_classes
+
     classes: dict[str, type] = {}
     for cls in PipelineOptions.__subclasses__():  # as PipelineOptions.get_all_options does
         if cls.__module__.startswith("apache_beam."):
             classes.setdefault(f"{cls.__module__}.{cls.__qualname__}", cls)
-    if options_cls is not None:
-        for cls in reversed(options_cls.mro()):
-            if isinstance(cls, type) and issubclass(cls, PipelineOptions) and cls is not PipelineOptions and "_add_argparse_args" in vars(cls):
-                classes.setdefault(f"{cls.__module__}.{cls.__qualname__}", cls)
-    parser = _beam_parser()
+    for cls in flag_classes(options_cls) if options_cls is not None else []:
+        classes.setdefault(f"{cls.__module__}.{cls.__qualname__}", cls)
+    parser = beam_argument_parser(exit_on_error=False)
     for cls in classes.values():
         cls._add_argparse_args(parser)  # pylint: disable=protected-access
     return parser
@@ -133,8 +116,10 @@ def with_beam_flags(parser_class: type, options: str | None = None) -> type:
             text = super().format_help()
             if options is None:
                 return text
+            from pipelines.options import flag_actions
+
             options_cls = options_class(options)
-            own = [a for a in pipeline_flag_actions(options_cls) if not any(f in self._option_string_actions for f in a.option_strings)]
+            own = [a for a in flag_actions(options_cls) if not any(f in self._option_string_actions for f in a.option_strings)]
             formatter = self._get_formatter()
             formatter.start_section(f"pipeline flags ({options_cls.__name__}; also as --name=value)")
             formatter.add_arguments(own)
