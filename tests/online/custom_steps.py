@@ -23,6 +23,29 @@ def derive(x: dict) -> dict:
     return {**{k: x[k] for k in keys}, "product": x[keys[0]] * x[keys[1]]}
 
 
+class Counter(base.Transformer):
+    """Counts the events it transforms through a bound method it keeps, rebuilt by its own ``__setstate__``
+    (a bound method does not pickle by reference to its object's copy: a step like this one rebuilds it)."""
+
+    def __init__(self):
+        self.seen = 0
+        self._count = self._increment
+
+    def _increment(self) -> None:
+        self.seen += 1
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_count"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._count = self._increment  # captures self: it must be the restored object
+
+    def transform_one(self, x):
+        self._count()
+        return x
+
+
 NOT_A_STEP = object()
 
 

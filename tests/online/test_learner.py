@@ -110,6 +110,41 @@ def test_compact_copy_returns_what_it_cannot_copy():
     assert compact_copy(unpicklable) is unpicklable
 
 
+def test_a_step_whose_setstate_captures_itself_keeps_working_on_the_copy_after_a_snapshot_and_a_restore():
+    """A user's step whose ``__setstate__`` keeps a bound method of itself: the copy's method is the copy's own."""
+    from tests.online.custom_steps import Counter
+
+    step = compact_copy(Counter())
+    assert step._count.__self__ is step
+    config = ModelConfig(custom_modules=["tests.online.custom_steps"], pipeline=[{"tests.online.custom_steps.Counter": {}}, {"linear_model.LinearRegression": {}}], metrics=["MAE"])
+    learner, uninterrupted = Learner(config, EventsConfig(target="y")), Learner(config, EventsConfig(target="y"))
+    learner.process_many([{"x": float(i), "y": float(i)} for i in range(5)])
+    uninterrupted.process_many([{"x": float(i), "y": float(i)} for i in range(5)])
+    seen_at_snapshot = uninterrupted.state.models[None]["Counter"].seen
+    blob = learner.snapshot()  # the live model continues as a compact copy
+    learner.process_many([{"x": float(i), "y": float(i)} for i in range(2)])
+    uninterrupted.process_many([{"x": float(i), "y": float(i)} for i in range(2)])
+    live = learner.state.models[None]["Counter"]
+    assert live._count.__self__ is live
+    assert live.seen == uninterrupted.state.models[None]["Counter"].seen > seen_at_snapshot
+    restored = Learner.restore(blob, config, EventsConfig(target="y"))
+    restored.process_many([{"x": float(i), "y": float(i)} for i in range(2)])
+    step = restored.state.models[None]["Counter"]
+    assert step._count.__self__ is step
+    assert step.seen == uninterrupted.state.models[None]["Counter"].seen
+
+
+def test_compact_copy_is_a_plain_pickle_copy_where_the_compact_layout_is_not_known(monkeypatch):
+    """Off the Python versions it was tested on, the copy is pickle's own (same model, no layout tricks)."""
+    from online.learning import learner as learner_module
+
+    monkeypatch.setattr(learner_module, "COMPACT_LAYOUT", False)
+    model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    model.learn_one({"a": 1.0, "b": 2.0}, True)
+    copy_ = compact_copy(model)
+    assert copy_ is not model and copy_.predict_proba_one({"a": 2.0, "b": 1.0}) == model.predict_proba_one({"a": 2.0, "b": 1.0})
+
+
 def test_keyed_models_learn_separately():
     config = ModelConfig(pipeline=[{"linear_model.LinearRegression": {}}], metrics=["MAE"])
     learner = Learner(config, EventsConfig(target="y", key="shop"))
