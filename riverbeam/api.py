@@ -164,8 +164,8 @@ def consume(config: Any, *, until_caught_up: bool = False, stop: threading.Event
 
 def load_config(path: str, kind: str = "consume"):
     """A job's configuration file validated into its typed object (``consume``, ``replay``, ``preprocess``, ``serve``)."""
-    from riverbeam.commands.config import config_class
+    from online.config import job_config_class
 
     if kind == "replay":
         return replay_job(path)
-    return _load_config(path, config_class(kind))
+    return _load_config(path, job_config_class(kind))

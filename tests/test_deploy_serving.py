@@ -79,7 +79,7 @@ def test_grafana_dashboard_queries_riverbeam_series_through_its_datasource_varia
 
 def test_serve_manifests_probe_scale_read_replicas_and_keep_them_available(tmp_path, manifest_bucket):
     from core.configuration import load_config
-    from online.serving.config import ServeJobConfig
+    from online.config import ServeJobConfig
 
     documents = {d["kind"]: d for d in yaml.safe_load_all((DEPLOY / "kubernetes-serve.yaml").read_text())}
     assert set(documents) == {"ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"}

@@ -124,6 +124,13 @@ def test_no_module_level_heavy_imports_on_the_daemon_path(target):
     assert violations == []
 
 
+def test_the_python_api_imports_no_cli_command():
+    """`riverbeam.api` is the library surface: what it shares with a command (the job kinds,
+    `online.config.job_config_class`) lives below the CLI, never in `riverbeam.commands`."""
+    violations = [f"riverbeam/api.py:{line} imports {name}" for line, name in imports(ROOT / "riverbeam" / "api.py") if name.startswith("riverbeam.commands")]
+    assert violations == []
+
+
 # -- the wings of online/ ------------------------------------------------------------------------
 # Each wing may import the base of `online` (its top-level modules and kafka_clients) and the
 # wings listed for it, as its package docstring says; the base imports no wing.

@@ -1,7 +1,7 @@
 """Serving: predictions from checkpoints, over HTTP (``riverbeam serve``) and over files (``riverbeam predict``).
 
 Owns `predict` (predictions of a checkpoint's model for each event of files, without learning),
-`config` (the ``serve.yaml`` sections), `metrics` (Prometheus series), `reload` (the served
+`metrics` (Prometheus series), `reload` (the served
 model and the checkpoint watcher), `writer` (the learning instance: lease and checkpoint
 cadence), `app` (the ASGI application). ``dashboard.html`` is the live page served at ``/`` here
 and by the daemon's metrics port. May import the base of `online`, `learning` and

@@ -18,7 +18,7 @@ Routes (every one but ``/healthz``, ``/readyz`` and the static dashboard page ``
 >>> from online.config import CheckpointConfig, EventsConfig, ModelConfig
 >>> from online.learning.learner import Learner
 >>> from online.checkpoints.persistence import save_learner
->>> from online.serving.config import ServeJobConfig
+>>> from online.config import ServeJobConfig
 >>> uri = tempfile.mkdtemp()
 >>> learner = Learner(ModelConfig(pipeline=[{"linear_model.LinearRegression": {}}], metrics=["MAE"]), EventsConfig(target="y"))
 >>> for i in range(50):
@@ -58,7 +58,7 @@ from online.events import EventError
 from online.observability import MetricsHistory, dashboard_page, listen_socket
 from online.checkpoints.persistence import LearnerSpec, open_checkpoint_store, restore_model
 from online.serving.predict import prediction_record
-from online.serving.config import ServeJobConfig
+from online.config import ServeJobConfig
 from online.serving.metrics import ServeMetrics
 from online.serving.reload import CheckpointWatcher, ModelSlot
 from online.serving.writer import LearningWriter

@@ -13,7 +13,7 @@ half-learned.
 
 >>> import tempfile
 >>> from core.configuration import parse_config
->>> from online.serving.config import ServeJobConfig
+>>> from online.config import ServeJobConfig
 >>> from online.serving.metrics import ServeMetrics
 >>> from online.serving.reload import ModelSlot
 >>> config = parse_config({"checkpoint": {"uri": tempfile.mkdtemp(), "every_events": 2}, "serve": {"learn": True},
@@ -40,7 +40,7 @@ from online.events import EventError
 from online.learning.learner import Prediction, probabilities_record
 from online.checkpoints.lease import Lease, instance_id
 from online.checkpoints.persistence import Cadence, Checkpointer, Durable, LearnerSpec, open_checkpoint_store, resume
-from online.serving.config import ServeJobConfig
+from online.config import ServeJobConfig
 from online.serving.metrics import ServeMetrics
 from online.serving.reload import ModelSlot, ServedModel
 

@@ -18,7 +18,7 @@ def serve_command(args) -> int:
     from core.configuration import load_config, parse_config
     from online.observability import configure_json_logging
     from online.serving.app import run_server
-    from online.serving.config import ServeJobConfig
+    from online.config import ServeJobConfig
 
     if args.config:
         config = load_config(args.config, ServeJobConfig)

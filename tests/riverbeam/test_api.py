@@ -110,3 +110,19 @@ def test_metrics_come_back_as_plain_python_floats():
     for x, y in list(datasets.Phishing())[:50]:
         learner.process({**x, "label": y})
     assert {name: type(value) for name, value in learner.metric_values().items()} == {"Accuracy": float, "ROCAUC": float}
+
+
+def test_load_config_and_config_check_take_a_job_kind_to_the_same_class(tmp_path, capsys):
+    """The job kinds live below the CLI (online.config): the API and ``riverbeam config check`` share them."""
+    from online.config import ServeJobConfig, job_config_class
+    from riverbeam.cli import main
+
+    path = tmp_path / "serve.yaml"
+    path.write_text(f"checkpoint: {{uri: {tmp_path / 'ck'}}}\nserve: {{port: 9000}}\n")
+    config = riverbeam.load_config(str(path), "serve")
+    assert type(config) is job_config_class("serve") is ServeJobConfig and config.serve.port == 9000
+    assert main(["config", "check", str(path), "--job", "serve"]) == 0 and "valid serve configuration" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="unknown job kind 'serving': one of consume, replay, preprocess, serve"):
+        riverbeam.load_config(str(path), "serving")
+    assert main(["config", "check", str(path), "--job", "serving"]) == 2
+    assert capsys.readouterr().err.strip() == "riverbeam: error: unknown job kind 'serving': one of consume, replay, preprocess, serve"

@@ -48,7 +48,7 @@ def test_the_exported_settings_leave_jobs_without_a_kafka_section_valid(tmp_path
     an exported Kafka override would reach them and be refused (``kafka: unknown key``)."""
     from core.configuration import parse_config
     from online.config import ReplayJobConfig
-    from online.serving.config import ServeJobConfig
+    from online.config import ServeJobConfig
 
     settings = LocalStack(tmp_path, kafka_port=0, gcs_port=0, s3_port=0).settings
     replay = {"model": {"pipeline": [{"linear_model.LogisticRegression": {}}]}, "events": {"target": "label"}}
