@@ -43,6 +43,7 @@ FORMATS = ("json", "avro", "protobuf", "json_schema")
 REGISTRY_FORMATS = ("avro", "protobuf", "json_schema")
 _EPOCH_DAY = datetime.date(1970, 1, 1).toordinal()
 _PLAIN = frozenset({float, int, bool, str})
+_FLAT_AVRO_TYPES = frozenset({"double", "float", "long", "int", "boolean", "string"})  # decoded as float, int, bool, str
 
 
 class SchemaRegistryUnavailable(RiverbeamError):
@@ -76,6 +77,11 @@ def flatten(record: dict, prefix: str = "", into: dict | None = None) -> dict:
         else:
             out[key] = value
     return out
+
+
+def flat_event(record: Any) -> Any:
+    """A decoded record as an event (`flatten`); anything but a record is left for the decoder to refuse."""
+    return flatten(record) if type(record) is dict else record
 
 
 def wire_schema_id(value: bytes) -> int | None:
@@ -122,7 +128,8 @@ class RegistryDecoder:
         if fmt == "json_schema":
             from confluent_kafka.schema_registry.json_schema import JSONDeserializer
 
-            return JSONDeserializer(None, schema_registry_client=self.client)
+            deserialize = JSONDeserializer(None, schema_registry_client=self.client)
+            return lambda value, context: flat_event(deserialize(value, context))
         return ProtobufRecordDeserializer(self.client)
 
     @staticmethod
@@ -170,7 +177,7 @@ class RegistryDecoder:
                 events.append(None)
                 reasons[index] = f"{self.format} record with schema id {schema_id} (subject {self.subject(topic)}) is not a record but {type(record).__name__}"
                 continue
-            events.append(flatten(record))
+            events.append(record)
         return events, reasons
 
 
@@ -200,26 +207,47 @@ class AvroRecordDeserializer:
     def __call__(self, value: bytes, context) -> Any:
         schema_id = int.from_bytes(value[1:5], "big")
         try:
-            parsed = self._parsed[schema_id]
+            parsed, flat = self._parsed[schema_id]
         except KeyError:
-            parsed = self._parsed[schema_id] = self._parse(schema_id)
+            parsed, flat = self._parsed[schema_id] = self._parse(schema_id)
         if parsed is None:
             if self._general is None:
                 from confluent_kafka.schema_registry.avro import AvroDeserializer
 
                 self._general = AvroDeserializer(self.client)
-            return self._general(value, context)
-        return self._read(io.BytesIO(value[5:]), parsed, None)
+            return flat_event(self._general(value, context))
+        record = self._read(io.BytesIO(value[5:]), parsed, None)
+        return record if flat else flat_event(record)
 
-    def _parse(self, schema_id: int):
+    def _parse(self, schema_id: int) -> tuple[Any, bool]:
+        """fastavro's parsed schema of `schema_id` (None: the general path) and whether its records are already flat events."""
         import json
 
         from fastavro import parse_schema
 
         schema = self.client.get_schema(schema_id)  # the registry's SchemaRegistryError (an unknown id) is the caller's
         if schema.rule_set or schema.references or (schema.schema_type or "AVRO") != "AVRO":
-            return None
-        return parse_schema(json.loads(schema.schema_str))
+            return None, False
+        written = json.loads(schema.schema_str)
+        return parse_schema(written), flat_avro_record(written)
+
+
+def flat_avro_record(schema: Any) -> bool:
+    """Whether every record of an Avro `schema` is already a flat event (`flatten` would return it unchanged).
+
+    True for a record whose fields are all non-null primitives without a logical type: nothing
+    nested, null or logical to turn into features, so the decoder skips `flatten` per record.
+
+    >>> flat_avro_record({"type": "record", "name": "E", "fields": [{"name": "x", "type": "double"}, {"name": "s", "type": "string"}]})
+    True
+    >>> flat_avro_record({"type": "record", "name": "E", "fields": [{"name": "x", "type": ["null", "double"]}]})
+    False
+    """
+    return (
+        isinstance(schema, dict)
+        and schema.get("type") == "record"
+        and all(isinstance(field.get("type"), str) and field["type"] in _FLAT_AVRO_TYPES for field in schema.get("fields", ()))
+    )
 
 
 class ProtobufRecordDeserializer:
@@ -250,7 +278,7 @@ class ProtobufRecordDeserializer:
             message_class = self._classes[key] = self._message_class(schema_id.id, indexes)
         message = message_class()
         message.ParseFromString(payload.read())
-        return _protobuf_dict(message, json_format)
+        return flatten(_protobuf_dict(message, json_format))
 
     def _message_class(self, schema_id: int, indexes: tuple[int, ...]):
         import base64
