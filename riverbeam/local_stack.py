@@ -13,7 +13,8 @@ Two brokers, chosen with ``kafka=``:
   Its storage is formatted on first start and kept on disk in the stack's directory
   (``kafka-data/``) until the directory is deleted; its settings suit tests (no initial rebalance
   delay, short minimum session timeout, replication factor 1 for the internal topics, a retention
-  check every second).
+  check every second). `ApacheKafkaCluster` runs several such nodes as one cluster (a shared
+  KRaft quorum, topics replicated to every node) for the broker-fault tests.
 
 S3 runs when the stack is given an S3 port (``riverbeam local up`` always gives one), the schema
 registry (Apicurio Registry 3.3, `SchemaRegistry`: a real registry serving the Confluent Schema
@@ -350,9 +351,16 @@ class ApacheKafkaBroker(LocalService):
         "",
     ])  # fmt: skip
 
-    def __init__(self, name: str, directory: Path, port: int, controller_port: int):
+    def __init__(
+        self, name: str, directory: Path, port: int, controller_port: int,
+        node_id: int = 1, voters: str | None = None, cluster_id: str | None = None, overrides: dict[str, str] | None = None,
+    ):  # fmt: skip
         super().__init__(name, directory, port)
         self.controller_port = controller_port
+        self.node_id = node_id
+        self.voters = voters or f"{node_id}@{HOST}:{controller_port}"  # a cluster's nodes share one quorum
+        self.cluster_id = cluster_id
+        self.overrides = overrides or {}
         self.config_file = directory / f"{name}.properties"
         self.log4j_file = directory / f"{name}-log4j2.properties"
         self.data_dir = directory / f"{name}-data"
@@ -360,10 +368,12 @@ class ApacheKafkaBroker(LocalService):
     def settings(self) -> dict[str, str]:
         return {
             **self.SETTINGS,
+            "node.id": str(self.node_id),
             "listeners": f"PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}",
             "advertised.listeners": f"PLAINTEXT://{HOST}:{self.port}",
-            "controller.quorum.voters": f"1@{HOST}:{self.controller_port}",
+            "controller.quorum.voters": self.voters,
             "log.dirs": str(self.data_dir.resolve()),
+            **self.overrides,
         }
 
     def java_command(self, main_class: str, *args: str) -> list[str]:
@@ -388,7 +398,7 @@ class ApacheKafkaBroker(LocalService):
         self.log4j_file.write_text(self.LOG4J2)
         if (self.data_dir / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = self.cluster_id or new_cluster_id()
         command = self.java_command("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config_file.resolve()))
         with open(self.log_file, "ab") as log:
             result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=self.start_timeout)
@@ -397,6 +407,86 @@ class ApacheKafkaBroker(LocalService):
 
     def ready(self) -> bool:
         return "Kafka Server started" in self.new_log() and accepts_connections(self.port)
+
+
+def new_cluster_id() -> str:
+    """A KRaft cluster id (a UUID in URL-safe base64, as ``kafka-storage random-uuid`` prints)."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+
+
+class ApacheKafkaCluster:
+    """`size` Apache Kafka nodes on loopback, each a broker and one of `size` KRaft controller voters.
+
+    For tests of broker faults: topics are replicated to every node (``default.replication.factor``
+    and the internal topics' factor = `size`) with ``min.insync.replicas`` = `size` - 1, so one node
+    may die at a time and every acknowledged write survives; a majority of the nodes is needed for
+    the controller quorum. Node ``i`` (from 1) is ``brokers[i - 1]``, named ``kafka-i``, its files
+    under `directory` like a single `ApacheKafkaBroker`'s. Heaps are small (``heap``): three JVMs
+    share the machine.
+
+    >>> cluster = ApacheKafkaCluster(".riverbeam-doctest-cluster", size=3)
+    >>> [broker.node_id for broker in cluster.brokers], cluster.broker(2).settings()["min.insync.replicas"]
+    ([1, 2, 3], '2')
+    """
+
+    heap = "384m"
+
+    def __init__(self, directory: str | os.PathLike, size: int = 3):
+        self.directory = Path(directory)
+        ports = [(free_port(), free_port()) for _ in range(size)]
+        voters = ",".join(f"{node}@{HOST}:{controller}" for node, (_, controller) in enumerate(ports, start=1))
+        replicated = {
+            "default.replication.factor": str(size),
+            "min.insync.replicas": str(max(1, size - 1)),
+            "offsets.topic.replication.factor": str(size),
+            "transaction.state.log.replication.factor": str(size),
+            "transaction.state.log.min.isr": str(max(1, size - 1)),
+            "share.coordinator.state.topic.replication.factor": str(size),
+            "share.coordinator.state.topic.min.isr": str(max(1, size - 1)),
+        }
+        cluster_id = new_cluster_id()
+        self.brokers = [
+            ApacheKafkaBroker(f"kafka-{node}", self.directory, port, controller, node_id=node, voters=voters, cluster_id=cluster_id, overrides=replicated)
+            for node, (port, controller) in enumerate(ports, start=1)
+        ]
+        for broker in self.brokers:
+            broker.heap = self.heap
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return ",".join(f"{HOST}:{broker.port}" for broker in self.brokers)
+
+    def broker(self, node_id: int) -> ApacheKafkaBroker:
+        return self.brokers[node_id - 1]
+
+    def start(self, node_ids: list[int] | None = None) -> None:
+        """Start the nodes named (default: all) together: a node serves only once a quorum of controllers runs."""
+        import concurrent.futures
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        brokers = [self.broker(node) for node in node_ids] if node_ids else self.brokers
+        with concurrent.futures.ThreadPoolExecutor(len(brokers)) as pool:
+            for future in [pool.submit(broker.start) for broker in brokers]:
+                future.result()
+
+    def kill(self, node_id: int) -> None:
+        """kill -9 node `node_id` (a crash: no controlled shutdown) and wait until it is gone."""
+        broker = self.broker(node_id)
+        pid = broker.pid()
+        if pid is None:
+            raise LocalStackError(f"{broker.name} is not running")
+        os.kill(pid, signal.SIGKILL)
+        while _alive(pid):
+            time.sleep(0.05)
+        broker.pid_file.unlink(missing_ok=True)
+
+    def stop(self) -> list[str]:
+        """Stop every node this launcher started, together (the last one alone would wait for a quorum); the names of those stopped."""
+        import concurrent.futures
+
+        with concurrent.futures.ThreadPoolExecutor(len(self.brokers)) as pool:
+            stopped = list(pool.map(lambda broker: broker.stop(), self.brokers))
+        return [broker.name for broker, was in zip(self.brokers, stopped) if was]
 
 
 class GcsEmulator(LocalService):

@@ -22,7 +22,7 @@ os.environ["NO_GCE_CHECK"] = "true"
 os.environ.setdefault("GOOGLE_CLOUD_PROJECT", "riverbeam-local")
 
 from core.maven import JavaToolError  # noqa: E402
-from riverbeam.local_stack import ApacheKafkaBroker, LocalService, LocalStack, fetch_apache_kafka, free_port  # noqa: E402
+from riverbeam.local_stack import ApacheKafkaBroker, ApacheKafkaCluster, LocalService, LocalStack, fetch_apache_kafka, free_port  # noqa: E402
 
 BROKERS = ["tansu", "apache"]
 
@@ -82,6 +82,18 @@ def apache_kafka(tmp_path_factory) -> ApacheKafkaBroker:
     broker.start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture(scope="module")
+def apache_kafka_cluster(tmp_path_factory) -> ApacheKafkaCluster:
+    """Three Apache Kafka 4 nodes (each a broker and a KRaft controller voter) on free loopback ports,
+    topics replicated 3 times with ``min.insync.replicas`` 2; one cluster per test module (its tests
+    kill and restart nodes), stopped after it."""
+    apache_kafka_or_skip()
+    cluster = ApacheKafkaCluster(tmp_path_factory.mktemp("apache-kafka-cluster"), size=3)
+    cluster.start()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture(scope="session")

@@ -75,8 +75,10 @@ def make_producer(config: "KafkaConfig", transactional_id: str | None = None, tr
     return _implementation(config).make_producer(config, transactional_id, transaction_timeout_s)
 
 
-def create_topic(bootstrap: str, topic: str, partitions: int = 1, config: dict[str, str] | None = None, timeout_s: float = 30) -> None:
-    """Create `topic` with `partitions` partitions (replication 1) unless it exists; for tests and the demo.
+def create_topic(
+    bootstrap: str, topic: str, partitions: int = 1, config: dict[str, str] | None = None, timeout_s: float = 30, replication_factor: int = 1,
+) -> None:  # fmt: skip
+    """Create `topic` with `partitions` partitions (`replication_factor` copies each) unless it exists; for tests and the demo.
 
     On Tansu, DescribeConfigs later returns only the `config` given here.
     """
@@ -88,7 +90,7 @@ def create_topic(bootstrap: str, topic: str, partitions: int = 1, config: dict[s
     except KafkaError as error:
         raise KafkaClientError(f"cannot reach {bootstrap} to create topic {topic}: {error}") from None
     try:
-        spec = {"num_partitions": partitions, "replication_factor": 1, "configs": {k: str(v) for k, v in (config or {}).items()}}
+        spec = {"num_partitions": partitions, "replication_factor": replication_factor, "configs": {k: str(v) for k, v in (config or {}).items()}}
         admin.create_topics({topic: spec}, timeout_ms=int(timeout_s * 1000), wait_for_metadata=True)
     except TopicAlreadyExistsError:
         pass
