@@ -348,10 +348,13 @@ def _protobuf_dict(message, json_format) -> dict:
     return out
 
 
-def check_schema_registry(kafka) -> None:
+def check_schema_registry(kafka, subjects: bool = False) -> None:
     """For ``kafka.format`` other than JSON: the registry at ``kafka.schema_registry.url`` answers, or a one-line `ConfigError`.
 
-    What ``riverbeam config check`` runs; the daemon finds out at its first record (`SchemaRegistryUnavailable`).
+    With `subjects` (``riverbeam config check --online``), each source topic's subject
+    (``<topic>-value``, `RegistryDecoder.subject`) must also hold a schema: a missing one is a
+    `ConfigError` at ``kafka.topic`` (or ``kafka.topics``) naming the subject. What ``riverbeam
+    config check`` runs; the daemon finds out at its first record (`SchemaRegistryUnavailable`).
 
     >>> from online.config import KafkaConfig
     >>> check_schema_registry(KafkaConfig(topic="events", format="avro", schema_registry={"url": "http://127.0.0.1:9"}))
@@ -365,11 +368,16 @@ def check_schema_registry(kafka) -> None:
 
     decoder = RegistryDecoder(kafka.format, kafka.schema_registry or {})
     try:
-        decoder.client.get_subjects()
+        registered = set(decoder.client.get_subjects())
     except SchemaRegistryError as error:
         raise ConfigError("kafka.schema_registry.url", f"the schema registry at {decoder.url} refused the request: {error}") from None
     except Exception as error:  # the HTTP client's own errors: no registry there
         raise ConfigError("kafka.schema_registry.url", f"the schema registry at {decoder.url} does not answer ({type(error).__name__}: {error})") from None
+    missing = [decoder.subject(topic) for topic in kafka.source_topics if decoder.subject(topic) not in registered] if subjects else []
+    if missing:
+        key = "kafka.topic" if kafka.topic is not None else "kafka.topics"
+        raise ConfigError(key, f"no schema under subject {', '.join(missing)} in the schema registry at {decoder.url}: "
+                          "its producers register one with their first record (topic name strategy)")
 
 
 def record_decoder(kafka) -> Callable[[list, str], tuple[list, dict[int, str]]] | None:

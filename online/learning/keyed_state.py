@@ -155,6 +155,32 @@ def apply_records(records: Iterable[tuple[int, Any, bytes | None]], models, pend
                 pending[key] = value  # (re)appended at the end: the order the learner had
 
 
+def apply_parts(state, parts: Iterable[bytes]) -> None:
+    """Apply an incremental checkpoint's parts, in order, to a restored learner state (`online.learning.learner.LearnerState`).
+
+    Model records go into ``state.models`` (a `KeyedModels`, left pickled in its spill store);
+    delayed-label records rebuild ``state.pending`` in the order the learner had.
+
+    >>> import types
+    >>> state = types.SimpleNamespace(models=KeyedModels(), pending=collections.OrderedDict())
+    >>> apply_parts(state, [encode_part([(MODEL, "a", struct.pack("<d", 1.0) + pickle.dumps(7)), (PENDING, "id-1", pickle.dumps((1, 2)))])])
+    >>> state.models["a"], dict(state.pending)
+    (7, {'id-1': (1, 2)})
+    """
+    pending: collections.OrderedDict = collections.OrderedDict()
+
+    def models():
+        for data in parts:
+            for record in iter_part(data):
+                if record[0] == PENDING:
+                    apply_records((record,), {}, pending)
+                else:
+                    yield record
+
+    state.models.load_records(models())
+    state.pending = collections.OrderedDict((key, pickle.loads(value)) for key, value in pending.items())
+
+
 def pending_delta(previous: dict | None, current: collections.OrderedDict) -> list[tuple[int, Any, bytes | None]]:
     """Part records turning `previous` (a copy of the pending delayed labels at the last checkpoint)
     into `current`: tombstones for ids gone, the entries added since (in order).
@@ -530,4 +556,4 @@ def _key_bytes(key) -> bytes:
     return pickle.dumps(key, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-__all__ = ["KeyedModels", "SpillError", "encode_part", "decode_part", "iter_part", "merge_parts", "apply_records", "pending_delta", "MODEL", "PENDING"]
+__all__ = ["KeyedModels", "SpillError", "encode_part", "decode_part", "iter_part", "merge_parts", "apply_records", "apply_parts", "pending_delta", "MODEL", "PENDING"]

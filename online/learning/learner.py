@@ -659,21 +659,9 @@ class Learner:
             state.models[None], state.metrics = compact_copy(state.models[None]), compact_copy(state.metrics)
         learner = cls(model, events, transform=transform, state=state)
         if parts:
-            from online.learning.keyed_state import apply_records, iter_part
+            from online.learning.keyed_state import apply_parts
 
-            pending: collections.OrderedDict = collections.OrderedDict()
-            models = learner.state.models
-
-            def records():
-                for data in parts:
-                    for record in iter_part(data):
-                        if record[0] == 1:  # keyed_state.PENDING
-                            apply_records((record,), {}, pending)
-                        else:
-                            yield record
-
-            models.load_records(records())
-            learner.state.pending = collections.OrderedDict((key, pickle.loads(value)) for key, value in pending.items())
+            apply_parts(learner.state, parts)
         return learner
 
 

@@ -12,6 +12,7 @@ def register(subparsers) -> None:
     check = actions.add_parser("check", help="validate a configuration file without running anything")
     check.add_argument("file", help="the job's YAML file")
     check.add_argument("--job", help="job kind: consume, replay, preprocess or serve (default: detected from the keys)")
+    check.add_argument("--online", action="store_true", help="also ask the services the file names: the schema registry's subjects of the source topics exist")
     check.set_defaults(handler=config_check)
 
 
@@ -34,7 +35,7 @@ def config_check(args) -> int:
         from online.formats import check_schema_registry
 
         try:
-            check_schema_registry(config.kafka)
+            check_schema_registry(config.kafka, subjects=args.online)
         except ConfigError as error:
             raise error.at(source=args.file) from None
     print(f"{args.file}: valid {job} configuration")

@@ -455,3 +455,25 @@ def test_config_check_asks_the_schema_registry_and_names_its_url_when_it_does_no
     assert answered.returncode == 0, answered.stderr[-2000:]
     assert silent.returncode == 2 and "Traceback" not in silent.stderr
     assert f"{tmp_path / 'job.yaml'}: kafka.schema_registry.url: the schema registry at http://127.0.0.1:9 does not answer" in silent.stderr
+
+
+def test_config_check_online_names_the_subject_no_producer_has_registered(tmp_path, schema_registry, topic):
+    client = SchemaRegistryClient({"url": schema_registry.url})
+    AvroSerializer(client, json.dumps({"type": "record", "name": "E", "fields": [{"name": "x", "type": "double"}]}))(
+        {"x": 1.0}, SerializationContext(topic, MessageField.VALUE))  # registers <topic>-value, as a producer's first record does
+
+    def check(topics: str, *flags: str) -> subprocess.CompletedProcess:
+        path = tmp_path / "job.yaml"
+        path.write_text(
+            "model: {pipeline: [{linear_model.LogisticRegression: {}}]}\nevents: {target: label}\ncheckpoint: {uri: ./checkpoints}\n"
+            f"kafka: {{topics: [{topics}], format: avro, schema_registry: {{url: '{schema_registry.url}'}}}}\n"
+        )
+        command = [sys.executable, "-m", "riverbeam.cli", "config", "check", str(path), *flags]
+        return subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, NO_GCE_CHECK="true"), timeout=120)
+
+    registered, unregistered, offline = check(topic, "--online"), check(f"{topic}, {topic}-new", "--online"), check(f"{topic}-new")
+
+    assert registered.returncode == 0, registered.stderr[-2000:]
+    assert unregistered.returncode == 2 and "Traceback" not in unregistered.stderr
+    assert f"kafka.topics: no schema under subject {topic}-new-value in the schema registry at {schema_registry.url}" in unregistered.stderr
+    assert offline.returncode == 0, offline.stderr[-2000:]  # without --online only the registry's URL is checked
