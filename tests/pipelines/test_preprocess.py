@@ -591,6 +591,28 @@ def test_record_batches_write_what_instance_dicts_wrote(tmp_path):
                           [tuple(sorted(r.items())) for t in dict_tables for r in t.to_pylist()])
 
 
+def test_the_record_batch_sink_writes_the_bytes_of_beams_tfrecord_writer_on_public_beam_classes(tmp_path):
+    """`TFRecordBatchSink` frames whole record batches itself: its files hold exactly the bytes
+    `beam.io.WriteToTFRecord` writes for the same records, and it subclasses no private Beam class."""
+    import apache_beam as beam
+
+    from pipelines.preprocess import TFRecordBatchSink
+
+    records = [b"", b"a", bytes(range(256)) * 40]
+    with beam.Pipeline(runner="FnApiRunner") as pipeline:
+        for i, record in enumerate(records):
+            (pipeline | f"One{i}" >> beam.Create([record])
+             | f"Beam{i}" >> beam.io.WriteToTFRecord(str(tmp_path / f"beam{i}"), file_name_suffix=".tfrecord", num_shards=1))
+        pipeline | "Batch" >> beam.Create([records]) | "Ours" >> beam.io.Write(TFRecordBatchSink(str(tmp_path / "ours"), ".tfrecord"))
+
+    def content(prefix: str) -> bytes:
+        return b"".join(open(path, "rb").read() for path in sorted(glob.glob(str(tmp_path / f"{prefix}*.tfrecord"))))
+
+    assert content("ours") == b"".join(content(f"beam{i}") for i in range(len(records))) != b""
+    private = [f"{c.__module__}.{c.__qualname__}" for c in TFRecordBatchSink.__mro__ if c.__module__.startswith("apache_beam") and c.__name__.startswith("_")]
+    assert private == []
+
+
 def _assert_close(a, b, rel: float) -> None:
     if isinstance(a, float) or isinstance(b, float):
         assert a == pytest.approx(b, rel=rel, abs=1e-12), (a, b)  # abs: a mean near 0 (of z-scores) cancels
