@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from online.config import ModelConfig, ReplayJobConfig, model_names, user_modules
 from online.replay.errors_file import ErrorLog, ReplayError
 from online.events import EventError, load_feature_transform
+from online.learning.leaderboard import leaderboard as rank_models
 from online.learning.learner import Learner
 from online.learning.loop import LearningLoop
 from online.checkpoints.persistence import Cadence, Checkpointer, LearnerSpec, checkpoint_store, open_checkpoint_store, resume
@@ -177,22 +178,8 @@ def load_transform(job: ReplayJobConfig):
 
 
 def leaderboard(candidates: list[Candidate]) -> list[dict]:
-    """Candidates ranked by the headline metric (the first candidate's first metric; best first)."""
-    headline_metric = candidates[0].learner.state.metrics[0]
-    headline, better = next(iter(candidates[0].learner.metric_values())), headline_metric.bigger_is_better
-
-    def sort_key(c: Candidate):
-        value = c.learner.metric_values().get(headline)
-        if value is None:
-            return (1, 0.0)
-        return (0, -value if better else value)
-
-    rows = []
-    for rank, candidate in enumerate(sorted(candidates, key=sort_key), start=1):
-        state = candidate.learner.state
-        rows.append({"rank": rank, "model": candidate.name, "events_seen": state.events_seen, "events_learned": state.events_learned,
-                     "events_dead_lettered": state.events_rejected, "metrics": candidate.learner.metric_values()})
-    return rows
+    """The candidates ranked by the first candidate's first metric (`online.learning.leaderboard`), best first."""
+    return rank_models({c.name: c.learner.report() for c in candidates}, candidates[0].learner.state.metrics[0])
 
 
 # -- one pass over the inputs ------------------------------------------------------------------

@@ -19,6 +19,7 @@ import orjson
 import pydantic
 
 from online.config import ModelConfig, ReplayJobConfig
+from online.learning.leaderboard import leaderboard
 from online.models import build_metric, build_model, metric_name
 from online.replay.engine import CHUNK_EVENTS, ReplayOptions, ReplayResult, evaluate
 from online.replay.report import plot_search_leaderboard
@@ -156,7 +157,8 @@ def search_trials(job: ReplayJobConfig, search: SearchConfig, files: list[InputF
         raise ConfigError("search.metric", f"{metric} is not among the model's metrics {names}")
     first = names.index(metric)
     base = base.model_copy(update={"metrics": [base.metrics[first]] + [m for i, m in enumerate(base.metrics) if i != first]})
-    maximise = build_metric(base.metrics[0], "search.metric").bigger_is_better
+    headline = build_metric(base.metrics[0], "search.metric")
+    maximise = headline.bigger_is_better
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize" if maximise else "minimize", sampler=optuna.samplers.TPESampler(seed=search.seed))
     per_pass = search.parallel or options.search
@@ -177,9 +179,11 @@ def search_trials(job: ReplayJobConfig, search: SearchConfig, files: list[InputF
             value = by_name[model.name]["metrics"].get(metric)
             study.tell(trial, value if value is not None else float("nan"), state=None if value is not None else optuna.trial.TrialState.FAIL)
             trials_done.append({"trial": trial.number, "params": trial.params, "value": value})
-    ranked = sorted(trials_done, key=lambda t: (t["value"] is None, -(t["value"] or 0) if maximise else (t["value"] or 0)))
-    board = [{"rank": i, "model": f"trial {t['trial']}", "events_seen": lines, "events_learned": events, "metrics": {metric: t["value"]}, "params": t["params"]}
-             for i, t in enumerate(ranked, start=1)]
+    trials_by_name = {f"trial {t['trial']}": t for t in trials_done}
+    board = leaderboard({name: {"events_seen": lines, "events_learned": events, "metrics": {metric: t["value"]}} for name, t in trials_by_name.items()}, headline)
+    ranked = [trials_by_name[row["model"]] for row in board]
+    for row in board:
+        row["params"] = trials_by_name[row["model"]]["params"]
     summary = {"metric": metric, "direction": "maximize" if maximise else "minimize", "best": ranked[0], "trials": ranked}
     out = ReplayResult("search", len(files), lines, events, bad, seconds=time.monotonic() - started, leaderboard=board, search=summary)
     if options.report_dir:

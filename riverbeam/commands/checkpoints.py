@@ -82,10 +82,13 @@ def checkpoint_summary(manifest: dict) -> dict:
 
 def leaderboard_of(manifest: dict) -> list[dict] | None:
     """A checkpoint of several models (``models:``): its models ranked by the headline metric; else None."""
-    from online.learning.model_set import leaderboard_rows
+    from online.learning.leaderboard import leaderboard, recorded_headline
 
-    models = (manifest.get("extra", {}).get("report") or {}).get("by_model")
-    return leaderboard_rows(models) if isinstance(models, dict) and models else None
+    extra = manifest.get("extra", {})
+    models = (extra.get("report") or {}).get("by_model")
+    if not (isinstance(models, dict) and models):
+        return None
+    return leaderboard(models, recorded_headline(extra.get("learning") or {"models": {}}))
 
 
 def checkpoints_show(args) -> int:
