@@ -2,7 +2,7 @@
 
 Owns `learner` (one model, per-key models, delayed labels, mini-batches), `loop` (batches of a
 source into one or several learners, rejected records to the dead-letter sink), `model_set`
-(several models side by side), `keyed_state` (per-key models over a bounded cache and an
+(several models side by side), `leaderboard` (models ranked by a headline metric, for every job), `keyed_state` (per-key models over a bounded cache and an
 embedded store) and `gc_tuning`. May import the base of `online` only (config, events, models,
 sources, ...); never checkpoints, consume, replay or serving.
 """

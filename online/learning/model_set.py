@@ -41,13 +41,14 @@ import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
+from online.learning.leaderboard import leaderboard
 from online.learning.learner import Learner, LearnerState
 
 log = logging.getLogger(__name__)
 
 SET_FORMAT = 1
 
-__all__ = ["ModelSet", "ModelSetState", "leaderboard_rows"]
+__all__ = ["ModelSet", "ModelSetState"]
 
 
 @dataclass
@@ -96,7 +97,8 @@ class ModelSet:
         return {**self.primary.report(), "by_model": {name: learner.report() for name, learner in self.learners.items()}}
 
     def leaderboard(self) -> list[dict]:
-        return leaderboard_rows(self.report()["by_model"])
+        """The models ranked by the primary's first metric (`online.learning.leaderboard`), best first."""
+        return leaderboard(self.report()["by_model"], self.primary.state.metrics[0])
 
     def model_text(self) -> str:
         return "\n".join(f"[{name}] {learner.model_text()}" for name, learner in self.learners.items())
@@ -104,32 +106,3 @@ class ModelSet:
     def snapshot(self) -> bytes:
         """Every model's state as bytes (pickle: load only trusted, verified blobs)."""
         return pickle.dumps(ModelSetState({name: learner.state for name, learner in self.learners.items()}), protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def leaderboard_rows(reports: dict[str, dict]) -> list[dict]:
-    """Models ranked by the first model's headline metric (its first metric; best first; None last).
-
-    >>> leaderboard_rows({"a": {"metrics": {"MAE": 3.0}, "events_seen": 5}, "b": {"metrics": {"MAE": 1.0}, "events_seen": 5}})
-    [{'rank': 1, 'model': 'b', 'events': 5, 'metrics': {'MAE': 1.0}}, {'rank': 2, 'model': 'a', 'events': 5, 'metrics': {'MAE': 3.0}}]
-    """
-    if not reports:
-        return []
-    headline = next(iter(next(iter(reports.values()))["metrics"]), None)
-    better = _bigger_is_better(headline)
-
-    def key(item):
-        value = item[1]["metrics"].get(headline)
-        return (1, 0.0) if value is None else (0, -value if better else value)
-
-    return [{"rank": rank, "model": name, "events": report.get("events_seen"), "metrics": report["metrics"]}
-            for rank, (name, report) in enumerate(sorted(reports.items(), key=key), start=1)]
-
-
-def _bigger_is_better(name: str | None) -> bool:
-    from river import metrics
-
-    metric = getattr(metrics, str(name).split("(")[0], None)
-    try:
-        return bool(metric().bigger_is_better) if metric is not None else True
-    except Exception:
-        return True
