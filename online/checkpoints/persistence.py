@@ -71,8 +71,8 @@ from online.checkpoints.store import KAFKA_CONTEXT, Checkpoint, CheckpointError,
 from online.config import CheckpointConfig, EventsConfig, FeaturesConfig, ModelConfig, user_modules
 from online.events import load_feature_transform
 from online.learning.keyed_state import encode_part, merge_parts, pending_delta
-from online.learning.learner import Learner, load_state
-from online.learning.model_set import SET_FORMAT, ModelSet, ModelSetState
+from online.learning.learner import Learner
+from online.learning.model_set import ModelSet
 from online.sources import kafka_positions
 
 log = logging.getLogger(__name__)
@@ -482,23 +482,19 @@ class Checkpointer:
         self.last_manifest: dict | None = restored.manifest if restored is not None else None
         # incremental checkpoints of keyed models
         self.parts: list[dict] = list(restored.manifest.get("parts") or []) if restored is not None else []
-        self._pending_base = learner.state.pending.copy() if self.parts else None  # delayed labels as of the last part
+        self._pending_base = learner.pending_labels() if self.parts else None  # delayed labels as of the last part
         self._building: dict | None = None  # a checkpoint whose changed models are being pickled in slices
         self._carry: list = []  # model records of a delta that failed to upload: written with the next one
         self._compaction: concurrent.futures.Future | None = None
         self._compactor: concurrent.futures.Executor | None = None
         self._own_uploader: concurrent.futures.Executor | None = None
         self.longest_step = 0.0  # the longest time one checkpoint step held the caller's thread (seconds)
-        # incremental only for a `Learner` with per-key models (a `online.learning.model_set.ModelSet` is saved whole)
-        self.keyed = getattr(learner, "keyed", False) is True
-        several = getattr(learner, "learners", None)  # a ModelSet's learners: their caches are trimmed here too
-        self._trimmed = [one for one in (several.values() if isinstance(several, dict) else [learner]) if getattr(one, "keyed", False) is True]
+        self.keyed = learner.keyed  # per-key models (of one learner or of a model set): incremental checkpoints
 
     def add(self, events: int) -> None:
         """Count `events` more events; a safe point: spill and expire keyed models, pickle a slice of a checkpoint."""
         self.cadence.add(events)
-        for learner in self._trimmed:
-            learner.trim_models()
+        self.learner.trim_models()
         if self.keyed:
             if self._building is not None:
                 self._advance(self.slice_seconds)
@@ -532,7 +528,7 @@ class Checkpointer:
         if state is None and self.keyed:
             self._take_compaction()
             core, pending = self.learner.core_snapshot()
-            self.learner.state.models.freeze()
+            self.learner.keyed_models.freeze()
             self._building = {"core": core, "pending": pending, "fields": fields, "positions": all_positions,
                               "own": dict(positions), "extra": manifest_extra, "started": started}
             self.longest_step = max(self.longest_step, time.perf_counter() - started)
@@ -584,7 +580,7 @@ class Checkpointer:
         """Pickle a slice of the changed models (all with `budget` None); once all are, start the upload."""
         building = self._building
         began = time.perf_counter()
-        models = self.learner.state.models
+        models = self.learner.keyed_models
         if not models.serialize(budget):
             self.longest_step = max(self.longest_step, time.perf_counter() - began)
             return
@@ -727,19 +723,12 @@ class ModelsSpec:
             change = "; ".join(part for part in (f"adds {', '.join(added)}" if added else "", f"removes {', '.join(removed)}" if removed else "") if part)
             raise ConfigError("models", f"checkpoint {checkpoint.id} holds the models {', '.join(hashes)}; the configuration {change}: restore them, "
                               "use a new checkpoint URI, or pass --allow-model-change to start added models from scratch and drop removed ones")
-        state = load_state(checkpoint.state)
-        if not isinstance(state, ModelSetState) or state.format != SET_FORMAT:
-            raise ValueError("checkpoint state is not a riverbeam model set of this format")
-        learners = {}
-        for name, spec in self.specs.items():
-            if name in state.states:
-                learners[name] = Learner(spec.model, self.events, transform=self.transform, state=state.states[name])
-            else:
-                learners[name] = spec.new_learner()
-                log.warning("model added: it starts from scratch", extra={"fields": {"model": name, "checkpoint": checkpoint.id}})
+        models = ModelSet.restore(checkpoint.state, self.models, self.events, self.transform, parts=checkpoint.parts)
+        for name in added:
+            log.warning("model added: it starts from scratch", extra={"fields": {"model": name, "checkpoint": checkpoint.id}})
         for name in removed:
             log.warning("model removed: its state is dropped", extra={"fields": {"model": name, "checkpoint": checkpoint.id}})
-        return ModelSet(learners)
+        return models
 
 
 def restore_model(checkpoint: Checkpoint, name: str | None = None) -> Learner:

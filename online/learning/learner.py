@@ -35,6 +35,7 @@ set, else the processing clock.
 from __future__ import annotations
 
 import collections
+import contextlib
 import copyreg
 import io
 import json
@@ -51,6 +52,7 @@ from river import base, compose
 from core.errors import ConfigError
 from online.config import EventsConfig, ModelConfig, check_batch, check_drift_detector, check_labels, label_family
 from online.events import EventError, EventReader
+from online.learning.interface import OnlineLearner
 from online.learning.keyed_state import KeyedModels
 from online.models import build_metrics, build_pipeline, metric_name
 from core.eventtime import event_time
@@ -174,7 +176,7 @@ def model_kind(model: base.Estimator) -> str | None:
     return None
 
 
-class Learner:
+class Learner(OnlineLearner):
     """Predict-then-learn over events (dicts), with per-key models, delayed labels and drift detection.
 
     `transform` is applied to each event's features first (see `online.events.EventReader`).
@@ -611,10 +613,14 @@ class Learner:
         then learns ~10% slower, for good); the global model continues as a `compact_copy` instead.
         """
         blob = pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL)
+        self.continue_compact()
+        return blob
+
+    def continue_compact(self) -> None:
+        """After the state was pickled (`snapshot`, a model set's): the global model continues as a `compact_copy`."""
         models = self.state.models
         if type(models) is dict and len(models) == 1 and None in models:
             models[None] = compact_copy(models[None])
-        return blob
 
     # -- per-key models: incremental snapshots (online.learning.keyed_state, online.checkpoints.persistence) -----------
 
@@ -622,6 +628,15 @@ class Learner:
     def keyed(self) -> bool:
         """Whether models are kept per key in a `KeyedModels` store (``events.key`` set)."""
         return isinstance(self.state.models, KeyedModels)
+
+    @property
+    def keyed_models(self) -> KeyedModels | None:
+        """The per-key models' store (None without ``events.key``): what an incremental checkpoint freezes and serialises."""
+        return self.state.models if self.keyed else None
+
+    def pending_labels(self) -> collections.OrderedDict:
+        """A copy of the pending delayed labels (id -> (x, y_pred, key, expires)), in order."""
+        return self.state.pending.copy()
 
     def trim_models(self) -> int:
         """At a safe point between batches: drop idle keyed models (TTL) and spill past the cache size; how many were dropped."""
@@ -637,14 +652,20 @@ class Learner:
         The models go into an incremental checkpoint's parts (`KeyedModels.freeze`); the pending
         labels' copy is compared with the previous one off the processing loop (`keyed_state.pending_delta`).
         """
+        with self.core_state() as state:
+            core = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+        return core, self.pending_labels()
+
+    @contextlib.contextmanager
+    def core_state(self):
+        """The state with its keyed models and pending labels set aside while the block runs (to pickle the rest)."""
         state = self.state
         models, pending = state.models, state.pending
         state.models, state.pending = {}, collections.OrderedDict()
         try:
-            core = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+            yield state
         finally:
             state.models, state.pending = models, pending
-        return core, pending.copy()
 
     @classmethod
     def restore(cls, blob: bytes, model: ModelConfig, events: EventsConfig, transform=None, parts: Iterable[bytes] = ()) -> "Learner":
@@ -652,7 +673,12 @@ class Learner:
 
         `parts` are an incremental checkpoint's keyed-state parts (`online.learning.keyed_state`), applied in order.
         """
-        state = load_state(blob)
+        return cls.from_state(load_state(blob), model, events, transform, parts)
+
+    @classmethod
+    def from_state(cls, state: Any, model: ModelConfig, events: EventsConfig, transform=None, parts: Iterable[bytes] = ()) -> "Learner":
+        """A learner continuing from an unpickled `LearnerState` (`restore`; each model of a `online.learning.model_set.ModelSet`):
+        the global model (and the metrics) continue as a `compact_copy`, and `parts` are applied."""
         if not isinstance(state, LearnerState) or state.format != STATE_FORMAT:
             raise ValueError("checkpoint state is not a riverbeam learner state of this format")
         if type(state.models) is dict and len(state.models) == 1 and None in state.models:  # unpickled: learn in the compact layout
