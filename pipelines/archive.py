@@ -10,7 +10,9 @@ Files land under ``<archive_output>/date=YYYY-MM-DD/hour=HH/`` (dead letters und
 ``part-<window start>-<shard>-of-<shards>.jsonl`` (or ``.parquet``).
 
 Run on Dataflow or Flink (``ReadFromKafka`` is a cross-language transform: the runner needs the
-Java expansion service, so this pipeline never runs against Kafka on a laptop)::
+Java expansion service). ``riverbeam archive --runner=FlinkRunner`` with no ``--flink_master`` runs
+it on an embedded Flink with riverbeam's own Beam Java parts (`pipelines.java_services`), reading
+Kafka unbounded until stopped, and waits for it::
 
     python -m pipelines.archive --runner=DataflowRunner --streaming \\
         --kafka_bootstrap_servers=broker:9092 --kafka_topics=events \\
@@ -38,11 +40,12 @@ from typing import Any, Iterable
 import apache_beam as beam
 import orjson
 from apache_beam.io import fileio
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, StandardOptions
 from apache_beam.options.value_provider import StaticValueProvider, ValueProvider
 from apache_beam.transforms import window
 
-from pipelines.options import add_required_argument, check_required
+from pipelines.java_services import java_consumer_key
+from pipelines.options import add_required_argument, check_required, waits_for_result
 from online.dead_letters import DeadLetterRecord
 from core.configuration import parse_config, read_yaml
 from core.errors import ConfigError, UsageError, run_main
@@ -177,7 +180,8 @@ class ReadKafkaEvents(beam.PTransform):
     """Record values from Kafka topics, timestamped with the record's create time.
 
     ``ReadFromKafka`` is cross-language: it needs Dataflow, Flink or another portable runner with
-    the Java expansion service (it cannot run on the DirectRunner offline).
+    the Java expansion service (`pipelines.java_services.read_from_kafka`: riverbeam's own on an
+    embedded Flink). It cannot run on the DirectRunner offline.
     """
 
     def __init__(self, bootstrap_servers: str, topics: list[str], consumer_config: dict[str, str] | None = None):
@@ -189,12 +193,12 @@ class ReadKafkaEvents(beam.PTransform):
     def expand(self, pbegin):
         from apache_beam.io.kafka import ReadFromKafka
 
+        from pipelines.java_services import read_from_kafka
+
         config = {**self.consumer_config, "bootstrap.servers": self.bootstrap_servers}
-        return (
-            pbegin
-            | "ReadFromKafka" >> ReadFromKafka(consumer_config=config, topics=self.topics, timestamp_policy=ReadFromKafka.create_time_policy)
-            | "RecordValues" >> beam.Values()
-        )
+        reader = read_from_kafka(pbegin.pipeline.options, consumer_config=config, topics=self.topics,
+                                 timestamp_policy=ReadFromKafka.create_time_policy)
+        return pbegin | "ReadFromKafka" >> reader | "RecordValues" >> beam.Values()
 
 
 class ReadPubSubEvents(beam.PTransform):
@@ -228,7 +232,7 @@ def source_transform(options: ArchiveOptions) -> beam.PTransform:
         raise UsageError(f"--kafka_consumer_config: invalid JSON: {error}") from None
     if not isinstance(extra, dict):
         raise UsageError("--kafka_consumer_config: expected a JSON object")
-    consumer = {"group.id": kafka.group_id, **kafka.consumer} if kafka else {}
+    consumer = {"group.id": kafka.group_id, **{java_consumer_key(str(k), kafka.client): v for k, v in kafka.consumer.items()}} if kafka else {}
     return ReadKafkaEvents(servers, topics, {str(k): str(v) for k, v in {**consumer, **extra}.items()})
 
 
@@ -437,7 +441,10 @@ def run(argv: list[str] | None = None):
         raise UsageError("the archive reads Kafka or Pub/Sub: pass --runner=DataflowRunner or --runner=FlinkRunner")
     pipeline = beam.Pipeline(options=options)
     build_archive(pipeline, options)
-    return pipeline.run()
+    result = pipeline.run()
+    if waits_for_result(options.view_as(StandardOptions).runner, options.view_as(PortableOptions).environment_type):
+        result.wait_until_finish()  # an embedded Flink: the job lives in this process and ends with it
+    return result
 
 
 def read_archive(pattern: str) -> Iterable[dict]:

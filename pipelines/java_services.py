@@ -1,4 +1,4 @@
-"""Beam's Java parts for the pipelines: the embedded Flink job server and Kafka's expansion service.
+"""Beam's Java parts for the pipelines: the embedded Flink and local Spark job servers, and Kafka's expansion service.
 
 ``--runner=FlinkRunner`` without ``--flink_master`` (or with ``[local]``/``[auto]``) starts an
 embedded Flink from a job server jar, and ``ReadFromKafka``/``WriteToKafka`` need a Java expansion
@@ -15,9 +15,17 @@ brings its own:
   ``--environment_type=LOOPBACK`` (Beam's own choice for an embedded Flink, made explicit so that
   riverbeam waits for the job: its workers and its job server live in this process);
 * `kafka_expansion_service` is the expansion service of the Kafka transforms on that Flink: Java
-  transforms run inside the job server's JVM (environment ``EMBEDDED``; there is no Docker).
+  transforms run inside the job server's JVM (environment ``EMBEDDED``; there is no Docker), and
+  Kafka IO expands to Beam's ``UnboundedSource`` read (``--experiments=use_deprecated_read``), which
+  the Flink runner translates into a native Flink source with event-time watermarks. Its default,
+  a splittable DoFn, reads records on the portable Flink runner of 2.62, but its watermark never
+  advances there (apache/beam#19637), so no event-time window ever fires (the archive wrote nothing).
 
-On Dataflow, a remote Flink or any other runner nothing changes: Beam's own defaults apply.
+``--runner=SparkRunner`` with a local master (Beam's default, ``local[4]``) likewise gets the launcher
+of Beam's Spark job server from its own pinned POM (``core/java/beam-spark-pom.xml``: Beam 2.62's
+Spark 3 runner on Spark 3.5) and LOOPBACK workers (`local_spark`, `runner_args`).
+
+On Dataflow, a remote Flink or Spark, or any other runner nothing changes: Beam's own defaults apply.
 
 >>> runner_args(["--runner=DataflowRunner", "--project=p"])
 ['--runner=DataflowRunner', '--project=p']
@@ -25,19 +33,25 @@ On Dataflow, a remote Flink or any other runner nothing changes: Beam's own defa
 False
 >>> embedded_flink(["--runner=FlinkRunner", "--flink_master=[local]"])
 True
+>>> local_spark(["--runner=SparkRunner"]), local_spark(["--runner=SparkRunner", "--spark_master_url=spark://host:7077"])
+(True, False)
 """
 
 from __future__ import annotations
 
 import inspect
 import os
+import re
 import tempfile
 import typing
 from pathlib import Path
 from typing import Any
 
 BEAM_JAVA_POM = "beam-java-pom.xml"
+BEAM_SPARK_POM = "beam-spark-pom.xml"
 FLINK_JOB_SERVER_MAIN = "org.apache.beam.runners.flink.FlinkJobServerDriver"
+SPARK_JOB_SERVER_MAIN = "org.apache.beam.runners.spark.SparkJobServerDriver"
+LOCAL_SPARK_MASTER = re.compile(r"^local(\[.+\])?$")  # Beam's SparkRunner starts such a master in its job server
 EXPANSION_SERVICE_MAIN = "org.apache.beam.sdk.expansion.service.ExpansionService"
 EMBEDDED_FLINK_MASTERS = ("[local]", "[auto]")
 # The fields of ReadFromKafka's configuration the pinned Java Kafka IO (2.62) has setters for; the 2.77
@@ -45,6 +59,24 @@ EMBEDDED_FLINK_MASTERS = ("[local]", "[auto]")
 PINNED_KAFKA_READ_FIELDS = (
     "consumer_config", "topics", "key_deserializer", "value_deserializer", "start_read_time", "max_num_records", "max_read_time",
     "commit_offset_in_finalize", "timestamp_policy", "consumer_polling_timeout", "redistribute", "redistribute_num_keys", "allow_duplicates",
+)  # fmt: skip
+# Kafka IO expands to Beam's UnboundedSource read, which the Flink runner translates natively (offsets in Flink's
+# state, event-time watermarks), instead of the splittable DoFn, whose watermark the portable Flink runner of 2.62
+# never advances (apache/beam#19637): records are read, but no event-time window ever fires.
+EXPANSION_EXPERIMENTS = ("--experiments=use_deprecated_read",)
+# The Flink runner's own options (the getters of Java's FlinkPipelineOptions in the pinned 2.62 runner, in Beam's
+# snake case): a Python job passes them through (Beam's portable runner asks the job server for them when it
+# submits the job), so riverbeam's flag check accepts them on Flink (`add_runner_flags`). tests/pipelines/test_flink.py
+# compares this list with the cached jar.
+FLINK_JAVA_FLAGS = (
+    "flink_master", "parallelism", "max_parallelism", "checkpointing_interval", "checkpointing_mode", "checkpoint_timeout_millis",
+    "min_pause_between_checkpoints", "num_concurrent_checkpoints", "fail_on_checkpointing_errors", "finish_bundle_before_checkpointing",
+    "unaligned_checkpoint_enabled", "force_unaligned_checkpoint_enabled", "shutdown_sources_after_idle_ms", "number_of_execution_retries",
+    "job_check_interval_in_secs", "attached_mode", "execution_retry_delay", "object_reuse", "operator_chaining", "state_backend_factory",
+    "state_backend", "state_backend_storage_path", "disable_metrics", "retain_externalized_checkpoints_on_cancellation", "max_bundle_size",
+    "max_bundle_time_mills", "latency_tracking_interval", "auto_watermark_interval", "execution_mode_for_batch", "savepoint_path",
+    "allow_non_restored_state", "report_checkpoint_duration", "re_iterable_group_by_key_result", "faster_copy", "flink_conf_dir",
+    "file_input_split_max_size_m_b", "enable_stable_input_drain",
 )  # fmt: skip
 MANIFEST_LINE_BYTES = 72  # the jar manifest's limit; longer values continue on lines starting with a space
 
@@ -55,6 +87,14 @@ def beam_java_classpath() -> list[Path]:
 
     java_executable()
     return resolve_classpath(shipped_pom(BEAM_JAVA_POM))
+
+
+def beam_spark_classpath() -> list[Path]:
+    """The cached jars of riverbeam's Beam Spark job server (fetched with Maven on first use; `core.maven.JavaToolError` otherwise)."""
+    from core.maven import java_executable, resolve_classpath, shipped_pom
+
+    java_executable()
+    return resolve_classpath(shipped_pom(BEAM_SPARK_POM))
 
 
 def manifest(main_class: str, classpath: list[str]) -> bytes:
@@ -107,6 +147,11 @@ def flink_job_server_jar() -> Path:
     return launcher_jar(FLINK_JOB_SERVER_MAIN, beam_java_classpath())
 
 
+def spark_job_server_jar() -> Path:
+    """The launcher of Beam's Spark job server (Spark 3.5, a local master) from the cached jars."""
+    return launcher_jar(SPARK_JOB_SERVER_MAIN, beam_spark_classpath())
+
+
 def expansion_service_jar() -> Path:
     """The launcher of Beam's Java expansion service (with Kafka IO) from the cached jars."""
     return launcher_jar(EXPANSION_SERVICE_MAIN, beam_java_classpath())
@@ -130,19 +175,64 @@ def embedded_flink(options_or_argv: Any) -> bool:
     return (options.view_as(FlinkRunnerOptions).flink_master or "[auto]").strip() in EMBEDDED_FLINK_MASTERS
 
 
+def local_spark(options_or_argv: Any) -> bool:
+    """Whether the runner is ``SparkRunner`` starting its own job server with a local master (``local``, ``local[N]``)."""
+    from apache_beam.options.pipeline_options import PortableOptions, SparkRunnerOptions, StandardOptions
+
+    options = _options(options_or_argv)
+    runner = options.view_as(StandardOptions).runner
+    name = runner if isinstance(runner, str) else type(runner).__name__
+    spark = options.view_as(SparkRunnerOptions)
+    if name.rsplit(".", 1)[-1] != "SparkRunner" or options.view_as(PortableOptions).job_endpoint or spark.spark_submit_uber_jar:
+        return False
+    return bool(LOCAL_SPARK_MASTER.match((spark.spark_master_url or "").strip()))
+
+
+def add_runner_flags(parser, argv: list[str]) -> None:
+    """Add to `parser` the Flink runner's own flags (`FLINK_JAVA_FLAGS`) when `argv` runs on Flink: Beam passes them to
+    the job server, so a check of the flags must accept them (``--checkpointing_interval=2000``, ``--object_reuse``).
+
+    >>> import argparse
+    >>> parser = argparse.ArgumentParser()
+    >>> add_runner_flags(parser, ["--runner=FlinkRunner"])
+    >>> parser.parse_known_args(["--checkpointing_interval=2000", "--object_reuse"])[1]
+    []
+    >>> parser = argparse.ArgumentParser()
+    >>> add_runner_flags(parser, ["--runner", "FnApiRunner"])
+    >>> parser.parse_known_args(["--checkpointing_interval=2000"])[1]
+    ['--checkpointing_interval=2000']
+    """
+    import argparse
+
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    runner_argv = [arg for i, arg in enumerate(argv) if arg.startswith("--runner") or (i and argv[i - 1] == "--runner")]
+    runner = _options(runner_argv).view_as(StandardOptions).runner  # only --runner: no warning about the other flags
+    if not isinstance(runner, str) or runner.rsplit(".", 1)[-1] != "FlinkRunner":
+        return
+    for name in FLINK_JAVA_FLAGS:
+        try:
+            parser.add_argument(f"--{name}", nargs="?", help=argparse.SUPPRESS)
+        except argparse.ArgumentError:
+            pass  # Beam's Python options define it already (--flink_master, --parallelism ...)
+
+
 def runner_args(argv: list[str]) -> list[str]:
-    """`argv` completed for an embedded Flink: riverbeam's job server jar and LOOPBACK workers, unless given.
+    """`argv` completed for an embedded Flink or a local Spark: riverbeam's job server jar and LOOPBACK workers, unless given.
 
     Any other runner's arguments come back unchanged.
     """
-    if not embedded_flink(argv):
+    flink, spark = embedded_flink(argv), local_spark(argv)
+    if not (flink or spark):
         return list(argv)
-    from apache_beam.options.pipeline_options import FlinkRunnerOptions, PortableOptions
+    from apache_beam.options.pipeline_options import FlinkRunnerOptions, PortableOptions, SparkRunnerOptions
 
     options = _options(argv)
     extra = []
-    if not options.view_as(FlinkRunnerOptions).flink_job_server_jar:
+    if flink and not options.view_as(FlinkRunnerOptions).flink_job_server_jar:
         extra.append(f"--flink_job_server_jar={flink_job_server_jar()}")
+    if spark and not options.view_as(SparkRunnerOptions).spark_job_server_jar:
+        extra.append(f"--spark_job_server_jar={spark_job_server_jar()}")
     if not options.view_as(PortableOptions).environment_type:
         extra.append("--environment_type=LOOPBACK")
     return [*argv, *extra]
@@ -161,7 +251,16 @@ def kafka_expansion_service(options) -> Any:
         return None  # a job server of the user's own: Beam's defaults
     from apache_beam.transforms.external import JavaJarExpansionService
 
-    return JavaJarExpansionService(str(expansion_service_jar()), append_args=["--defaultEnvironmentType=EMBEDDED"])
+    return JavaJarExpansionService(str(expansion_service_jar()), append_args=["--defaultEnvironmentType=EMBEDDED", *EXPANSION_EXPERIMENTS])
+
+
+def java_consumer_key(name: str, client: str) -> str:
+    """A ``kafka.consumer`` setting's name for Java's Kafka consumer: kafka-python's are Java's with underscores.
+
+    >>> java_consumer_key("auto_offset_reset", "kafka-python"), java_consumer_key("auto.offset.reset", "confluent-kafka")
+    ('auto.offset.reset', 'auto.offset.reset')
+    """
+    return name.replace("_", ".") if client == "kafka-python" else name
 
 
 def read_from_kafka(options, **kwargs) -> Any:

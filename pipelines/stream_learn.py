@@ -786,26 +786,21 @@ class ReadEvents(beam.PTransform):
                 | "ReadMatches" >> fileio.ReadMatches()
                 | "NumberedLines" >> beam.FlatMap(numbered_lines)
             )
-        from pipelines.java_services import embedded_flink, read_from_kafka
+        from pipelines.java_services import embedded_flink, java_consumer_key, read_from_kafka
 
         kafka = self.config.kafka
         consumer = {java_consumer_key(str(k), kafka.client): str(v) for k, v in kafka.consumer.items()}
         consumer.update({"bootstrap.servers": kafka.bootstrap_servers, "group.id": kafka.group_id})
-        # Committing offsets needs Flink's checkpointing (@RequiresStableInput), which an embedded Flink does not run:
-        # there the checkpoint's positions are the only record, and a rerun skips what they hold (as with files).
+        # Committing offsets needs Flink's checkpointing (@RequiresStableInput), and an embedded Flink's checkpoints die
+        # with it: there the checkpoint's positions are the only record, and a rerun skips what they hold (as with files).
+        # So nothing may move the group's offsets past them: Java's consumer auto-commits what it has read by default,
+        # and a rerun after a kill would start there, losing what was read but not yet checkpointed.
         commit = not embedded_flink(pbegin.pipeline.options)
+        if not commit:
+            consumer["enable.auto.commit"] = "false"
         reader = read_from_kafka(pbegin.pipeline.options, consumer_config=consumer, topics=kafka.source_topics, commit_offset_in_finalize=commit,
                                  with_metadata=True, max_num_records=self.max_records)
         return pbegin | "ReadFromKafka" >> reader | "RecordPositions" >> beam.Map(kafka_record)
-
-
-def java_consumer_key(name: str, client: str) -> str:
-    """A ``consumer`` setting's name for Java's Kafka consumer: kafka-python's are Java's with underscores.
-
-    >>> java_consumer_key("auto_offset_reset", "kafka-python"), java_consumer_key("auto.offset.reset", "confluent-kafka")
-    ('auto.offset.reset', 'auto.offset.reset')
-    """
-    return name.replace("_", ".") if client == "kafka-python" else name
 
 
 def kafka_record(record) -> tuple[str, int, bytes]:

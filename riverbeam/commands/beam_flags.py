@@ -66,8 +66,10 @@ def accepted_flags_parser(options_cls: type | None) -> argparse.ArgumentParser:
 def check_beam_args(argv: list[str], options_cls: type | None, command: str = "COMMAND") -> list[str]:
     """`argv` for Beam (without ``--`` separators), after checking that Beam parses every argument.
 
-    For an embedded Flink (``--runner=FlinkRunner`` without ``--flink_master``) riverbeam's job
-    server jar and LOOPBACK workers are added unless given (`pipelines.java_services.runner_args`).
+    For an embedded Flink (``--runner=FlinkRunner`` without ``--flink_master``) or a local Spark
+    (``--runner=SparkRunner``) riverbeam's job server jar and LOOPBACK workers are added unless given
+    (`pipelines.java_services.runner_args`). On Flink the Flink runner's own flags are accepted too
+    (``--checkpointing_interval``: `pipelines.java_services.add_runner_flags`).
 
     Raises `UsageError` (exit 2) naming every flag neither the pipeline nor Beam defines, each with
     the closest known flag, or a known flag's bad value.
@@ -81,6 +83,9 @@ def check_beam_args(argv: list[str], options_cls: type | None, command: str = "C
     """
     argv = [arg for arg in argv if arg != "--"]
     parser = accepted_flags_parser(options_cls)
+    from pipelines.java_services import add_runner_flags
+
+    add_runner_flags(parser, argv)  # on Flink, the Flink runner's own flags (--checkpointing_interval ...), passed to its job server
     try:
         _, unknown = parser.parse_known_args(argv)
     except argparse.ArgumentError as error:  # a known flag with a bad value (a wrong choice, not a number)
