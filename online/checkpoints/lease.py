@@ -26,6 +26,7 @@ import time
 import uuid
 
 from core.storage import ABSENT, Generation, ObjectNotFound, ObjectStore, PreconditionFailed
+from online.config import LEASE_RENEWALS
 
 LEASE = "LEASE"
 log = logging.getLogger("riverbeam.lease")
@@ -94,7 +95,9 @@ class Lease:
 
 
 class LeaseKeeper:
-    """Holds a `Lease` from the moment it is taken: renews it every `every` seconds on its own thread.
+    """Holds a `Lease` from the moment it is taken: renews it every `every` seconds on its own thread
+    (by default ``LEASE_RENEWALS`` times per time to live). The one lease loop: the daemon's and the
+    learning server's (`online.serving.writer`).
 
     Renewal goes on while the holder restores, looks up topics or uploads a checkpoint, so a
     slow step never lets the lease lapse under a live holder. `lost` is set when a renewal finds
@@ -113,9 +116,9 @@ class LeaseKeeper:
     >>> keeper.stop()
     """
 
-    def __init__(self, lease: Lease, every: float):
+    def __init__(self, lease: Lease, every: float | None = None):
         self.lease = lease
-        self.every = every
+        self.every = lease.ttl / LEASE_RENEWALS if every is None else every
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -306,7 +306,7 @@ class Server:
             while self.writer.active:
                 await asyncio.sleep(1.0)
                 self.writer.tick()
-                await asyncio.to_thread(self.writer.renew_if_due)
+                self.writer.check_lease()  # renewed by its LeaseKeeper's thread: this only reads a flag
             log.info("standby: waiting to take the lease again", extra={"fields": {"uri": self.config.checkpoint.uri}})
 
     # -- routes ------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The learning serving instance: it holds the checkpoint store's lease, learns, and checkpoints like the daemon.
 
 A ``riverbeam serve`` with ``serve.learn: true`` is a writer. Before it answers it takes the
-lease in the checkpoint store (`online.checkpoints.lease`: the daemon's active/standby rule, so it never
+lease in the checkpoint store (`online.checkpoints.lease`: the daemon's active/standby rule and its
+`LeaseKeeper`, which renews the lease from the moment it is taken, so it never
 learns beside a daemon or another learning server on the same model), restores the latest
 checkpoint through the checkpoint bridge (`online.checkpoints.persistence.resume`) and learns each event of
 ``POST /v1/learn`` with the learner's own semantics (`Learner.process`: predict, score, learn;
@@ -34,11 +35,10 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import threading
-import time
 
 from online.events import EventError
 from online.learning.learner import Prediction, probabilities_record
-from online.checkpoints.lease import Lease, instance_id
+from online.checkpoints.lease import Lease, LeaseKeeper, instance_id
 from online.checkpoints.persistence import Cadence, Checkpointer, Durable, LearnerSpec, open_checkpoint_store, resume
 from online.config import ServeJobConfig
 from online.serving.metrics import ServeMetrics
@@ -81,7 +81,7 @@ class LearningWriter:
         self.checkpointer: Checkpointer | None = None
         self.active = False
         self.checkpoint_id: str | None = None
-        self._renewed = 0.0
+        self.keeper: LeaseKeeper | None = None  # renews the lease from the moment it is taken (the daemon's one lease loop)
 
     # -- life cycle (start and stop run on a worker thread or at shutdown) -----------------
 
@@ -99,6 +99,7 @@ class LearningWriter:
             except Exception:
                 pass
             self.checkpointer = None
+            self._stop_keeper()
             self.lease = Lease(self.store.store, instance_id(), ttl=self.config.checkpoint.lease_seconds)
         waited = False
         while not self._try_acquire():
@@ -107,7 +108,7 @@ class LearningWriter:
                 waited = True
             if stopping is None or stopping.wait(min(2.0, self.lease.ttl / 3)):
                 return False
-        self._renewed = time.monotonic()
+        self.keeper = LeaseKeeper(self.lease).start()  # renewed from now on, while restoring too
         learner, restored = resume(self.store, self.spec)
         self.checkpointer = Checkpointer(
             self.store, learner, self.spec, Cadence.from_config(self.config.checkpoint),
@@ -138,6 +139,7 @@ class LearningWriter:
                 self.checkpointer.checkpoint({}, wait=True)
         finally:
             self._deactivate()
+            self._stop_keeper()
             self.lease.release()
             self.uploader.shutdown(wait=True)
 
@@ -196,21 +198,15 @@ class LearningWriter:
         if self.checkpointer.due():
             self.checkpoint()
 
-    def renew_if_due(self) -> None:
-        """Renew the lease every third of its time to live (storage I/O: call it off the event loop)."""
-        if self.active and time.monotonic() - self._renewed >= self.lease.ttl / 3:
-            try:
-                renewed = self.lease.renew()
-            except Exception as error:  # storage unreachable: keep trying until the lease would expire
-                if time.time() >= self.lease.expires_at:
-                    self._fail("the lease expired while storage was unreachable; this instance stops learning", error)
-                else:
-                    log.warning("lease renewal failed; retrying until the lease expires", extra={"fields": {"error": str(error)}})
-                return
-            if renewed:
-                self._renewed = time.monotonic()
-            else:
-                self._fail("lost the lease to another instance; this instance stops learning", None)
+    def check_lease(self) -> None:
+        """Stop learning once the lease is not ours any more (its `LeaseKeeper` renews it on its own thread: no I/O here)."""
+        if self.active and self.keeper is not None and not self.keeper.valid():
+            self._fail("lost the lease (another instance took it, or it expired while storage was unreachable); this instance stops learning", None)
+
+    def _stop_keeper(self) -> None:
+        if self.keeper is not None:
+            self.keeper.stop()
+            self.keeper = None
 
     def _fail(self, message: str, error: Exception | None) -> None:
         self._deactivate()

@@ -335,6 +335,35 @@ def test_a_learning_server_that_lost_its_lease_takes_it_back_when_it_is_free(tmp
     assert "lost the lease" in log_path.read_text()
 
 
+def test_a_learning_server_holds_its_lease_through_the_daemons_lease_keeper(tmp_path):
+    """One lease loop: from the moment the writer takes the lease, a `LeaseKeeper` renews it on its own thread
+    (nobody has to call the writer for it: a long restore or a busy event loop never lets it lapse);
+    once another instance holds it, the writer stops learning at its next look."""
+    from core.configuration import parse_config
+    from core.storage import open_store
+    from online.serving.metrics import ServeMetrics
+    from online.serving.reload import ModelSlot
+    from online.serving.writer import LearningWriter, ServeJobConfig
+
+    uri = str(tmp_path / "checkpoints")
+    writer = LearningWriter(parse_config(learn_config(uri), ServeJobConfig, environ={}), ServeMetrics(), ModelSlot())
+    assert writer.start()
+    try:
+        store = open_store(uri)
+        taken = json.loads(store.read("LEASE"))
+        assert taken["owner"] == writer.lease.owner
+        wait_until(lambda: json.loads(store.read("LEASE"))["expires_at"] > taken["expires_at"], timeout=10, what="a renewal nobody asked for")
+        writer.check_lease()
+        assert writer.active
+        store.write("LEASE", json.dumps({"owner": "another-instance", "expires_at": time.time() + 30}).encode())
+        wait_until(lambda: writer.keeper.lost.is_set(), timeout=10, what="the keeper to find another owner")
+        writer.check_lease()
+        assert not writer.active
+    finally:
+        writer.stop()
+    assert json.loads(store.read("LEASE"))["owner"] == "another-instance"  # released only if still ours
+
+
 def test_a_wrong_serve_configuration_is_one_line_and_exit_2(tmp_path):
     path = tmp_path / "serve.yaml"
     path.write_text(yaml.safe_dump({"checkpoint": {"uri": str(tmp_path)}, "serve": {"learn": True, "port": "http"}}))
