@@ -170,7 +170,9 @@ def case_daemon(bootstrap: str, topic: str, n: int, keys: int, cache: int, every
     summary = daemon.run()
     seconds = summary["processing_seconds"]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    restore, restored = restore_seconds(f"{uri}/partitions/{topic}.0", keys, cache)
+    from online.checkpoints.units import partition_unit, unit_uri
+
+    restore, restored = restore_seconds(unit_uri(uri, partition_unit(topic, 0)), keys, cache)
     return _row("daemon", keys, summary["events_seen"], seconds, probe, restore, restored, probe.hot, peak)
 
 

@@ -315,7 +315,9 @@ def read_riverbeam_result(bench: Bench, stderr: str, checkpoint_uri: str, result
     if stopped.get("first_event_at"):
         result.start_to_first_event_seconds = stopped["first_event_at"] - result.spawned_at
     if bench.keys is not None:  # keyed: a checkpoint per source partition (the topic has one)
-        checkpoint_uri = f"{checkpoint_uri}/partitions/{bench.topic}.0"
+        from online.checkpoints.units import partition_unit, unit_uri
+
+        checkpoint_uri = unit_uri(checkpoint_uri, partition_unit(bench.topic, 0))
     shown = subprocess.run([*bench.riverbeam, "checkpoints", "show", checkpoint_uri, "--json"], capture_output=True, text=True, env=bench.environment, timeout=120)
     checkpoint = parse_json_output(shown.stdout) if shown.returncode == 0 else None
     if checkpoint is None:

@@ -14,9 +14,11 @@ names the source (``bootstrap_servers``, ``topic(s)``, ``group_id``, ``consumer`
 optional ``predictions_topic`` and ``dead_letter_topic``.
 
 Keys. With ``events.key`` each key value is a Beam key with its own `Learner` (one River model),
-checkpointed below ``<checkpoint.uri>/key=<key>`` (URL-quoted). Without it every event goes to
-one constant key and the checkpoints are at ``checkpoint.uri``: the daemon's layout, so the
-daemon can take over from this job's checkpoint and vice versa. Metrics of a keyed job are per
+checkpointed in its unit ``<checkpoint.uri>/units/key=<key>`` (URL-quoted): the keyed layout every
+job shares (`online.checkpoints.units`), so a key new to this job starts from the model the daemon,
+a replay or a learning serve checkpointed for it, and theirs continue this job's keys. Without it
+every event goes to one constant key and the checkpoints are at ``checkpoint.uri``: the daemon's
+layout, so the daemon can take over from this job's checkpoint and vice versa. Metrics of a keyed job are per
 key (the daemon reports one set over all keys).
 
 State, the per-key cache and retries
@@ -89,7 +91,7 @@ FnApiRunner by default — explicit and download-free, never Prism::
 >>> parse_event(b'{"x": 1}', key_field="user")
 (None, "model key field 'user' is missing")
 >>> checkpoint_uri("gs://bucket/ckpt", "user/7"), checkpoint_uri("gs://bucket/ckpt", GLOBAL_KEY)
-('gs://bucket/ckpt/key=user%2F7', 'gs://bucket/ckpt')
+('gs://bucket/ckpt/units/key=user%2F7', 'gs://bucket/ckpt')
 """
 
 from __future__ import annotations
@@ -99,7 +101,6 @@ import dataclasses
 import logging
 import time
 import typing
-import urllib.parse
 import uuid
 from typing import Any, Callable
 
@@ -115,6 +116,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from online.dead_letters import DeadLetterRecord
 from online.checkpoints.store import CheckpointStore, FencingError
+from online.checkpoints.units import OtherUnits, check_layout, key_unit, unit_uri
 from online.config import ConsumeJobConfig
 from online.events import EventError, json_type
 from online.learning.learner import Learner, Prediction, probabilities_record
@@ -328,10 +330,10 @@ class KeyByModelKey(beam.PTransform):
 
 
 def checkpoint_uri(base: str, key: Any) -> str:
-    """Where one key's checkpoints live: `base` for the global model, ``base/key=<quoted key>`` otherwise."""
+    """Where one key's checkpoints live: `base` for the global model, its unit otherwise (`online.checkpoints.units`)."""
     if key == GLOBAL_KEY:
         return base
-    return f"{base.rstrip('/')}/key={urllib.parse.quote(str(key), safe='')}"
+    return unit_uri(base, key_unit(key))
 
 
 def checkpoint_positions(learned: dict, kafka: bool) -> dict:
@@ -444,6 +446,7 @@ class LearnStateFn(beam.DoFn):
         self._spec = LearnerSpec.of(self.config)  # model, events, features, fitted transform: the daemon's hash
         self._id_field = self.config.events.id
         self._topic_ids: dict[str, str | None] = {}  # Kafka source topics' ids, for the checkpoints
+        self._other_units: OtherUnits | None = None  # keyed: the units other jobs wrote, read once when a new key needs them
 
     def start_bundle(self):
         self._token = uuid.uuid4().hex
@@ -460,6 +463,14 @@ class LearnStateFn(beam.DoFn):
             learner, checkpoint = resume(store or self.store(key), self._spec)
             if checkpoint is not None:
                 log.info("key %r starts from checkpoint %s", key, checkpoint.id)
+            elif key != GLOBAL_KEY:  # a key its unit does not hold: the other units' model of it (online.checkpoints.units)
+                if self._other_units is None:
+                    check_layout(self.config.checkpoint.uri)
+                    self._other_units = OtherUnits(open_checkpoint_store(self.config.checkpoint), self._spec.restore)
+                found = self._other_units.model_of_beam_key(key)
+                if found is not None:
+                    learner.state.models[found[0]] = found[1]
+                    log.info("key %r starts from another unit's model", key)
             return learner, checkpoint
         return self._spec.new_learner(), None
 
@@ -858,6 +869,8 @@ def build_stream_learn(
     Returns the ``predictions`` (JSON bytes), ``dead_letters`` (dead-letter records, `dead_letter`)
     and ``checkpoints`` (one dict per checkpoint written) collections.
     """
+    if config.events.key is not None and settings.from_checkpoint:
+        check_layout(config.checkpoint.uri)  # keyed checkpoints in a layout before units: one line before the job starts
     payloads = pipeline | "ReadEvents" >> source
     parsed = payloads | "ParseEvents" >> ParseEvents(config.events.key)
     keyed = parsed.events | "KeyByModelKey" >> KeyByModelKey(config.events.key)

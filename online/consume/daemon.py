@@ -11,8 +11,10 @@ monitoring only).
   standby and take over from the last checkpoint when the lease expires. A single global model
   cannot be split across instances without changing what it learns, hence active/standby.
 * **Keyed models** (``events.key``): one unit per source partition, at
-  ``<uri>/partitions/<topic>.<partition>``, holding the models of the keys seen on that partition
-  (produce events with the model key as the Kafka message key). Units move between instances
+  ``<uri>/units/partition=<topic>.<partition>`` (`online.checkpoints.units`: the keyed layout every
+  job shares), holding the models of the keys seen on that partition (produce events with the
+  model key as the Kafka message key); a key its unit does not hold yet starts from the other
+  units' model of it (another partition's, a replay's, a stream-learn key's). Units move between instances
   with the consumer group: on revoke a unit is checkpointed and committed before its partition is
   given up; on assign it is restored. This scales out by partition.
 
@@ -41,6 +43,7 @@ from core.summary import JobSummary, Resumed
 from core.errors import RiverbeamError
 from core.storage import StorageError, StorageUnusable
 from online.checkpoints.store import CheckpointStore, FencingError
+from online.checkpoints.units import OtherUnits, check_layout, partition_unit, unit_store
 from online.config import ConsumeJobConfig, model_names
 from online.formats import record_decoder
 from online.kafka_clients import KafkaClientError, TopicPartition, make_consumer, make_producer
@@ -213,14 +216,14 @@ class Daemon:
             self.metrics.offset_gaps.labels(topic, str(partition)).inc()
 
     def _store_for(self, name: str) -> CheckpointStore:
-        uri = self.config.checkpoint.uri.rstrip("/")
-        if name != "all":
-            uri = f"{uri}/partitions/{name}"
-        return open_checkpoint_store(self.config.checkpoint, uri)
+        root = open_checkpoint_store(self.config.checkpoint)
+        return root if name == "all" else unit_store(root, partition_unit(*name.rsplit(".", 1)))  # online.checkpoints.units
 
     def _restore_unit(self, name: str, partitions: list[TopicPartition]) -> LearningUnit:
         store = self._store_for(name)
         learner, checkpoint = resume(store, self.spec)  # refuses a checkpoint of another configuration, or unsigned with a key
+        if name != "all":  # keys this partition's unit does not hold come from the other units (online.checkpoints.units)
+            OtherUnits(open_checkpoint_store(self.config.checkpoint), self.spec.restore, own=store.uri.rsplit("/", 1)[1]).attach(learner)
         positions = kafka_positions(checkpoint.positions) if checkpoint is not None else {}
         extra = kafka_context(checkpoint, store.uri)  # topic ids, output offsets, outputs ahead: one line if any is missing
         self._check_vanished(positions, partitions)
@@ -349,6 +352,8 @@ class Daemon:
         try:
             store.write(probe, b"")
             store.delete(probe)
+            if self.keyed:
+                check_layout(self.config.checkpoint.uri)  # keyed checkpoints in a layout before units: one line, never a fresh start
         except (PermissionError, StorageUnusable) as error:
             raise DaemonError(f"cannot write checkpoints at {self.config.checkpoint.uri}: {error}") from None
         except StorageError as error:

@@ -300,6 +300,9 @@ class KeyedModels:
         self._todo: list = []  # frozen keys not pickled yet
         self._sweep_cursor: bytes | None = None
         self._last_sweep = self.now
+        # key -> model or None: where a key this store does not hold comes from (another checkpoint unit:
+        # `online.checkpoints.units.OtherUnits`); a model found there becomes this store's own, dirty
+        self.fallback: Callable[[Any], Any] | None = None
         for key, model in (models or {}).items():
             self[key] = model
 
@@ -320,7 +323,15 @@ class KeyedModels:
         else:
             raw = self._spill.db.get(_key_bytes(key)) if self._spilled else None
             if raw is None:
-                return default
+                model = self.fallback(key) if self.fallback is not None else None
+                if model is None:
+                    return default
+                hot[key] = model  # taken from another unit: this store's own from now on
+                self.count += 1
+                self.used[key] = self.clock()
+                self.dirty.add(key)
+                self.dropped.discard(key)
+                return model
             if self.frozen.get(key) is _TODO:
                 self.frozen[key] = raw
             model = pickle.loads(memoryview(raw)[_TIME.size :])

@@ -50,6 +50,7 @@ from online.learning.leaderboard import leaderboard as rank_models
 from online.learning.learner import Learner
 from online.learning.loop import LearningLoop
 from online.checkpoints.persistence import Cadence, Checkpointer, LearnerSpec, checkpoint_store, open_checkpoint_store, resume
+from online.checkpoints.units import REPLAY_UNIT, OtherUnits, check_layout, read_units, unit_store
 from online.readers import InputFile, ReplayPosition, count_records
 from online.replay.report import format_leaderboard, write_report_dir
 from online.sources import REPLAY, FileSource, progress_bar
@@ -265,7 +266,11 @@ class Evaluation:
                     raise UsageError("--checkpoint-uri in evaluate mode starts one model from its checkpoint: configure one model")
                 return LearnerSpec(models[0], job.events, job.features, transform).restore(checkpoint)
 
-            found = _checkpoint_store(job, options.checkpoint_uri, options).restore_latest(restore)  # past one that cannot be restored
+            root = _checkpoint_store(job, options.checkpoint_uri, options)
+            if job.events.key is None:
+                found = root.restore_latest(restore)  # past one that cannot be restored
+            else:  # per-key models: every unit of the keyed layout, merged (online.checkpoints.units)
+                found = read_units(root, restore)
             if found is not None:
                 latest, self.candidates[0].learner = found
                 self.resumed = Resumed(latest.id, self.candidates[0].learner.state.events_learned)
@@ -353,7 +358,14 @@ def learn(job: ReplayJobConfig, files: list[InputFile], options: ReplayOptions) 
     cadence = Cadence.from_config(job.checkpoint, every_events=options.checkpoint_every)
     every_events = cadence.every_events
     spec = LearnerSpec(job.model, job.events, job.features, load_transform(job))
+    others = None
+    if job.events.key is not None:  # per-key models: replay's unit of the keyed layout (online.checkpoints.units)
+        others = OtherUnits(store, spec.restore, own=REPLAY_UNIT)
+        check_layout(uri)
+        store = unit_store(store, REPLAY_UNIT)
     learner, latest = resume(store, spec)  # refuses a checkpoint of another model/events/features configuration
+    if others is not None:
+        others.attach(learner)  # a key replay's unit does not hold starts from the other units' model of it
     resumed = Resumed(latest.id, learner.state.events_learned) if latest is not None else None
     if resumed is not None:
         log.info(resumed.text())

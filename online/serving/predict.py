@@ -32,6 +32,7 @@ from online.checkpoints.store import Checkpoint, CheckpointStore
 from online.events import EventError
 from online.learning.learner import Learner, probabilities_record
 from online.checkpoints.persistence import restore_model
+from online.checkpoints.units import read_units
 
 
 def prediction_record(learner: Learner, event: Any, checkpoint_id: str | None) -> dict:
@@ -96,7 +97,11 @@ def latest_model(store: CheckpointStore, checkpoint_id: str | None = None, model
     Without `checkpoint_id`, the latest that verifies and restores: one that verifies but cannot
     be restored (an unknown class, a module that cannot be imported) is skipped for the previous
     good one with a warning. With it, that one or a one-line error (`online.checkpoints.store.UnrestorableError`).
+    Per-key models checkpointed in units (`online.checkpoints.units`) are merged, with the newest unit's checkpoint.
     An unknown `model` is a one-line `ConfigError`.
     """
     restore = functools.partial(restore_model, name=model)
-    return store.restore(checkpoint_id, restore) if checkpoint_id else store.restore_latest(restore)
+    if checkpoint_id:
+        return store.restore(checkpoint_id, restore)
+    # per-key models: without a checkpoint at the URI itself, every unit of the keyed layout, merged (online.checkpoints.units)
+    return store.restore_latest(restore) or read_units(store, restore)

@@ -40,6 +40,7 @@ from typing import Callable
 from online.checkpoints.store import Checkpoint, CheckpointError, CheckpointStore
 from online.learning.learner import Learner
 from online.checkpoints.persistence import restore_learner
+from online.checkpoints.units import read_units, unit_store, units_of
 from online.serving.metrics import ServeMetrics
 from core.storage import StorageError
 
@@ -81,6 +82,7 @@ class CheckpointWatcher:
         self.interval = interval
         self.refused: str | None = None
         self.refused_pointer: str | None = None
+        self.units_seen: tuple = ()  # keyed layout: the units' latest ids the served models were merged from
 
     def _swap(self, checkpoint: Checkpoint, learner: Learner, started: float) -> str:
         self.slot.current = ServedModel(learner, checkpoint.id, checkpoint.manifest)
@@ -96,7 +98,18 @@ class CheckpointWatcher:
         """Serve the newest good checkpoint (falling back past corrupt ones, as `riverbeam predict` does)."""
         started = time.perf_counter()
         found = self.store.restore_latest(self.restore)
+        if found is None:  # per-key models: every unit of the keyed layout, merged (online.checkpoints.units)
+            self.units_seen = self._units_version()
+            found = read_units(self.store, self.restore) if self.units_seen else None
         return self._swap(*found, started) if found is not None else None
+
+    def _units_version(self) -> tuple:
+        """The latest checkpoint id of each unit below the store (empty without units; as last seen when unreachable)."""
+        try:
+            return tuple((unit, unit_store(self.store, unit).latest_id()) for unit in units_of(self.store.uri))
+        except StorageError as error:
+            log.warning("cannot list the checkpoint units", extra={"fields": {"uri": self.store.uri, "error": str(error)}})
+            return self.units_seen
 
     def poll(self) -> str | None:
         """Look once: the id swapped in, or None (nothing new, or refused)."""
@@ -114,6 +127,8 @@ class CheckpointWatcher:
                           extra={"fields": {"id": getattr(error, "checkpoint_id", None), "serving": current, "error": str(error)}})
             return None
         if newest is None:
+            if current is not None and self.units_seen and self._units_version() != self.units_seen:
+                return self.load_initial()  # a unit checkpointed since: the merged models again
             return self.load_initial() if current is None else None
         if newest in (current, self.refused):
             return None

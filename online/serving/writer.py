@@ -40,6 +40,7 @@ from online.events import EventError
 from online.learning.learner import Prediction, probabilities_record
 from online.checkpoints.lease import Lease, LeaseKeeper, instance_id
 from online.checkpoints.persistence import Cadence, Checkpointer, Durable, LearnerSpec, open_checkpoint_store, resume
+from online.checkpoints.units import SERVE_UNIT, OtherUnits, unit_store
 from online.config import ServeJobConfig
 from online.serving.metrics import ServeMetrics
 from online.serving.reload import ModelSlot, ServedModel
@@ -109,9 +110,12 @@ class LearningWriter:
             if stopping is None or stopping.wait(min(2.0, self.lease.ttl / 3)):
                 return False
         self.keeper = LeaseKeeper(self.lease).start()  # renewed from now on, while restoring too
-        learner, restored = resume(self.store, self.spec)
+        store = self.store if self.spec.events.key is None else unit_store(self.store, SERVE_UNIT)  # keyed: serve's unit (online.checkpoints.units)
+        learner, restored = resume(store, self.spec)
+        if store is not self.store:
+            OtherUnits(self.store, self.spec.restore, own=SERVE_UNIT).attach(learner)  # keys the unit does not hold: the other units' models
         self.checkpointer = Checkpointer(
-            self.store, learner, self.spec, Cadence.from_config(self.config.checkpoint),
+            store, learner, self.spec, Cadence.from_config(self.config.checkpoint),
             uploader=self.uploader, on_durable=self._durable, restored=restored,
         )  # fmt: skip
         self.learner = learner

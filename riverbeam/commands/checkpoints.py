@@ -4,7 +4,9 @@ Commands that read checkpoints without a ``checkpoint:`` section (this one, ``pr
 ``replay --checkpoint-uri``) verify signatures with the key in the environment variable named by
 ``--signing-key-env`` (`add_signing_key_env`), ``RIVERBEAM_CHECKPOINT_KEY`` by default. ``list``
 reads manifests only (nothing is unpickled or verified) and marks each ``signed``, ``unsigned`` or
-``signed-before-manifest-signing`` (refused by every reader); ``show`` loads and verifies.
+``signed-before-manifest-signing`` (refused by every reader); ``show`` loads and verifies. At the URI
+of per-key models (the units of `online.checkpoints.units`), ``list`` lists every unit's checkpoints
+and ``show`` names the units to show.
 """
 
 from __future__ import annotations
@@ -45,19 +47,32 @@ def _store(args):
     return checkpoint_store(args.uri, args.signing_key_env)
 
 
+def _units(args, store) -> list[tuple[str, object]]:
+    """Per-key models: the units of the keyed layout below the URI, with their stores (`online.checkpoints.units`)."""
+    from online.checkpoints.units import unit_store, units_of
+
+    return [(unit, unit_store(store, unit)) for unit in units_of(args.uri)]
+
+
 def checkpoints_list(args) -> int:
-    manifests = _store(args).list()
+    """List the checkpoints at the URI, newest first; at a keyed URI, those of each unit (prefixed ``unit=``)."""
+    store = _store(args)
+    manifests = [(None, manifest) for manifest in store.list()]
+    if not manifests:
+        manifests = [(unit, manifest) for unit, unit_store in _units(args, store) for manifest in unit_store.list()]
     if not manifests and not args.json:
         print(f"no checkpoints at {args.uri}")
         return 0
     rows = []  # --json
-    for manifest in manifests:
+    for unit, manifest in manifests:
         headline = next(iter(manifest.get("metrics", {}).items()), ("-", None))
         signed = "signed" if manifest.get("signature") else "signed-before-manifest-signing" if (manifest.get("state") or {}).get("hmac_sha256") else "unsigned"
         if args.json:
-            rows.append({key: manifest.get(key) for key in ("id", "created_at", "events_seen", "events_learned", "metrics")} | {"signature": signed})
+            rows.append({key: manifest.get(key) for key in ("id", "created_at", "events_seen", "events_learned", "metrics")} | {"signature": signed}
+                        | ({"unit": unit} if unit is not None else {}))
             continue
-        print(f"{manifest['id']}  {manifest['created_at']}  events_seen={manifest['events_seen']}  {headline[0]}={format_metric(headline[1])}  {signed}")
+        where = f"unit={unit}  " if unit is not None else ""
+        print(f"{where}{manifest['id']}  {manifest['created_at']}  events_seen={manifest['events_seen']}  {headline[0]}={format_metric(headline[1])}  {signed}")
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
     return 0
@@ -97,6 +112,12 @@ def checkpoints_show(args) -> int:
     store = _store(args)
     checkpoint = store.load(args.id) if args.id else store.load_latest()
     if checkpoint is None:
+        units = [unit for unit, _ in _units(args, store)]
+        if units:
+            from online.checkpoints.units import unit_uri
+
+            raise RiverbeamError(f"{args.uri} holds per-key models in {len(units)} units ({', '.join(units[:3])}{', …' if len(units) > 3 else ''}): "
+                                 f"show one with riverbeam checkpoints show {unit_uri(args.uri, units[0])}")
         raise RiverbeamError(f"no checkpoints at {args.uri}")
     summary = checkpoint_summary(checkpoint.manifest)
     if args.json:

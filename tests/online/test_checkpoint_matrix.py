@@ -53,19 +53,24 @@ def answers(learner: Learner, events: list[dict]) -> list[dict]:
     return [{k: v for k, v in prediction_record(learner, dict(e), None).items() if k != "checkpoint"} for e in events]
 
 
-@pytest.fixture(scope="module")
-def topics(kafka_bootstrap):
-    """The head and the tail of the events, each on its own one-partition topic."""
+def produced_topics(bootstrap: str, prefix: str, parts: dict, partitions: int = 1, user_key: bool = False) -> dict:
+    """Each part's events on a topic of its own (`partitions` partitions; keyed by ``user``, its partition `by_partition`)."""
     names = {}
-    for part, events in (("head", HEAD), ("tail", TAIL)):
-        name = names[part] = f"matrix-{part}-{uuid.uuid4().hex[:8]}"
-        create_topic(kafka_bootstrap, name, partitions=1)
-        producer = make_producer(KafkaConfig(bootstrap_servers=kafka_bootstrap, topic=name))
-        for event in events:
-            producer.send(name, orjson.dumps(event), partition=0)
+    for part, events in parts.items():
+        name = names[part] = f"{prefix}-{part}-{uuid.uuid4().hex[:8]}"
+        create_topic(bootstrap, name, partitions=partitions)
+        producer = make_producer(KafkaConfig(bootstrap_servers=bootstrap, topic=name))
+        for event, partition in zip(events, by_partition(events) if user_key else [0] * len(events)):
+            producer.send(name, orjson.dumps(event), key=event["user"].encode() if user_key else None, partition=partition)
         producer.flush()
         producer.close()
     return names
+
+
+@pytest.fixture(scope="module")
+def topics(kafka_bootstrap):
+    """The head and the tail of the events, each on its own one-partition topic."""
+    return produced_topics(kafka_bootstrap, "matrix", {"head": HEAD, "tail": TAIL})
 
 
 def jsonl(path: Path, events: list[dict]) -> str:
@@ -128,17 +133,21 @@ def write(writer: str, uri: str, topics: dict, bootstrap: str, tmp_path: Path) -
         stream_learn_learns(uri, HEAD, tmp_path)
 
 
+def signed_checkpoints(root: Path, writers: tuple, write_one) -> dict:
+    """One signed checkpoint per writer below `root` (``write_one(writer, uri)``); their URIs and the folder."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RIVERBEAM_CHECKPOINT_KEY", KEY)
+        uris = {writer: str(root / writer) for writer in writers}
+        for writer, uri in uris.items():
+            write_one(writer, uri)
+        return {**uris, "folder": str(root)}
+
+
 @pytest.fixture(scope="module")
 def written(tmp_path_factory, topics, kafka_bootstrap):
     """One signed checkpoint per writer, each over the head of the events."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RIVERBEAM_CHECKPOINT_KEY", KEY)
-        root = tmp_path_factory.mktemp("written")
-        uris = {}
-        for writer in WRITERS:
-            uris[writer] = str(root / writer)
-            write(writer, uris[writer], topics, kafka_bootstrap, root)
-        return {**uris, "folder": str(root)}
+    root = tmp_path_factory.mktemp("written")
+    return signed_checkpoints(root, WRITERS, lambda writer, uri: write(writer, uri, topics, kafka_bootstrap, root))
 
 
 def copy_checkpoints(source: str, target: Path) -> str:
@@ -329,3 +338,168 @@ def test_the_daemon_refuses_in_one_line_a_checkpoint_with_kafka_offsets_and_no_t
     message = str(refused.value)
     assert "\n" not in message and "(written by replay) holds Kafka offsets but not extra.topic_ids" in message, message
 
+# -- keyed checkpoints: one layout of units, every writer x every reader ----------------------
+#
+# Per-key models (events.key) split into units (online.checkpoints.units): the daemon writes one per
+# partition, stream-learn one per key, replay and a learning serve one each. Each writer learns the
+# head of the keyed events; each reader continues with the tail (daemon, replay, stream-learn) or
+# predicts (predict, serve). Whatever the pair, every key's model equals River's model learned
+# directly on that key's events: its predictions on probe events are the same.
+
+USERS = ("ann", "bob", "cid")
+KEYED_EVENTS = [{**x, "label": y, "user": USERS[i % 3]} for i, (x, y) in enumerate(itertools.islice(datasets.Phishing(), 150))]
+KEYED_HEAD, KEYED_TAIL, KEYED_PROBE = KEYED_EVENTS[:60], KEYED_EVENTS[60:120], KEYED_EVENTS[120:]
+KEYED_EVENTS_CONFIG = {"target": "label", "key": "user"}
+KEYED_WRITERS = ("daemon", "replay", "stream-learn", "serve")
+WRITER_UNITS = {  # the units each writer's head leaves (online.checkpoints.units)
+    "daemon": lambda topic: [f"partition={topic}.0", f"partition={topic}.1"],
+    "replay": lambda topic: ["replay"],
+    "stream-learn": lambda topic: [f"key={user}" for user in USERS],
+    "serve": lambda topic: ["serve"],
+}
+KEYED_READERS = ("daemon", "replay", "stream-learn", "predict", "serve")
+
+
+def river_per_key(*parts: list[dict]) -> dict:
+    """River's own pipelines, one per key, learned on that key's events in order."""
+    from river import compose, linear_model, preprocessing
+
+    models = {}
+    for part in parts:
+        for event in part:
+            x = {k: v for k, v in event.items() if k not in ("label", "user")}
+            model = models.setdefault(event["user"], compose.Pipeline(preprocessing.StandardScaler(), linear_model.LogisticRegression()))
+            model.learn_one(x, event["label"])
+    return models
+
+
+def river_answers(models: dict, events: list[dict]) -> list[dict]:
+    return [models[e["user"]].predict_proba_one({k: v for k, v in e.items() if k not in ("label", "user")}) for e in events]
+
+
+def keyed_answers(learner: Learner, events: list[dict]) -> list[dict]:
+    """The probabilities the checkpointed per-key models give (through `riverbeam predict`'s record)."""
+    return [prediction_record(learner, dict(e), None)["probabilities"] for e in events]
+
+
+def by_partition(events: list[dict]) -> list[int]:
+    return [USERS.index(e["user"]) % 2 for e in events]  # ann, cid -> 0; bob -> 1: a key stays on its partition
+
+
+@pytest.fixture(scope="module")
+def keyed_topics(kafka_bootstrap):
+    """The keyed head and tail, each on its own two-partition topic, a key always on the same partition."""
+    return produced_topics(kafka_bootstrap, "keyed", {"head": KEYED_HEAD, "tail": KEYED_TAIL}, partitions=2, user_key=True)
+
+
+def keyed_consume_config(uri: str, bootstrap: str, topic: str) -> ConsumeJobConfig:
+    config = consume_config(uri, bootstrap, topic)
+    return config.model_copy(update={"events": EventsConfig(**KEYED_EVENTS_CONFIG)})
+
+
+def keyed_daemon_learns(uri: str, topic: str, bootstrap: str) -> None:
+    summary = run_daemon(keyed_consume_config(uri, bootstrap, topic), until_caught_up=True, progress=False)
+    assert summary["events_seen"] == 60
+
+
+def keyed_replay_learns(uri: str, events: list[dict], folder: Path, name: str) -> None:
+    job = parse_config({"model": MODEL, "events": KEYED_EVENTS_CONFIG, "checkpoint": {"uri": uri, "every_events": 25}}, ReplayJobConfig, environ={})
+    path = jsonl(folder / f"{name}-{uuid.uuid4().hex[:6]}.jsonl", events)
+    assert learn(job, expand_inputs([path]), ReplayOptions([path], checkpoint_uri=uri, progress=False)).events == 60
+
+
+def keyed_stream_learn_learns(uri: str, events: list[dict]) -> None:
+    """Stream-learn on the FnApiRunner (batch), one Beam key per model key."""
+    beam = pytest.importorskip("apache_beam")
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines.stream_learn import LearnSettings, build_stream_learn
+
+    config = keyed_consume_config(uri, "localhost:1", "unused")
+    with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as pipeline:
+        build_stream_learn(pipeline, config, LearnSettings(3600.0, 25), beam.Create([orjson.dumps(e) for e in events]))
+
+
+def keyed_serve_learns(uri: str, events: list[dict]) -> None:
+    from online.serving.config import ServeJobConfig
+    from online.serving.metrics import ServeMetrics
+    from online.serving.reload import ModelSlot
+    from online.serving.writer import LearningWriter
+
+    config = parse_config({"checkpoint": {"uri": uri, "every_events": 25, "lease_seconds": 3}, "serve": {"learn": True},
+                           "model": MODEL, "events": KEYED_EVENTS_CONFIG}, ServeJobConfig, environ={})
+    writer = LearningWriter(config, ServeMetrics(), ModelSlot())
+    assert writer.start()
+    records = writer.learn(copy.deepcopy(events))
+    assert not [r for r in records if "error" in r]
+    writer.stop()
+
+
+def keyed_learns(job: str, uri: str, part: str, topics: dict, bootstrap: str, folder: Path) -> None:
+    events = KEYED_HEAD if part == "head" else KEYED_TAIL
+    if job == "daemon":
+        keyed_daemon_learns(uri, topics[part], bootstrap)
+    elif job == "replay":
+        keyed_replay_learns(uri, events, folder, f"events-{1 if part == 'head' else 2}-{part}")
+    elif job == "stream-learn":
+        keyed_stream_learn_learns(uri, events)
+    else:
+        keyed_serve_learns(uri, events)
+
+
+@pytest.fixture(scope="module")
+def keyed_written(tmp_path_factory, keyed_topics, kafka_bootstrap):
+    """One signed keyed checkpoint per writer, each over the keyed head."""
+    root = tmp_path_factory.mktemp("keyed")
+    return signed_checkpoints(root, KEYED_WRITERS, lambda writer, uri: keyed_learns(writer, uri, "head", keyed_topics, kafka_bootstrap, root))
+
+
+def served(uri: str) -> Learner:
+    """What ``riverbeam serve`` (no configuration: the one the checkpoint recorded) loads and serves."""
+    import functools
+
+    from online.checkpoints.persistence import checkpoint_store, restore_model
+    from online.serving.metrics import ServeMetrics
+    from online.serving.reload import CheckpointWatcher, ModelSlot
+
+    slot = ModelSlot()
+    watcher = CheckpointWatcher(checkpoint_store(uri), slot, ServeMetrics(), restore=functools.partial(restore_model, name=None))
+    assert watcher.load_initial() is not None, f"serve found no checkpoint at {uri}"
+    return slot.current.learner
+
+
+@pytest.mark.parametrize("reader", KEYED_READERS)
+@pytest.mark.parametrize("writer", KEYED_WRITERS)
+def test_every_keyed_writer_resumes_in_every_reader(writer, reader, keyed_written, keyed_topics, kafka_bootstrap, tmp_path, monkeypatch, capsys):
+    from online.checkpoints.persistence import checkpoint_store
+    from online.checkpoints.units import units_of
+    from online.serving.predict import latest_model
+
+    monkeypatch.setenv("RIVERBEAM_CHECKPOINT_KEY", KEY)
+    uri = str(tmp_path / "ckpt")
+    shutil.copytree(keyed_written[writer], uri, ignore=shutil.ignore_patterns("lease*", ".riverbeam-*"))
+    assert units_of(uri) == WRITER_UNITS[writer](keyed_topics["head"])  # the one keyed layout
+
+    if reader == "predict":
+        from riverbeam.cli import main
+
+        assert main(["predict", "--checkpoint", uri, "--input", jsonl(tmp_path / "probe.jsonl", KEYED_PROBE)]) == 0
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        expected = json.loads(json.dumps(keyed_answers_of(river_per_key(KEYED_HEAD))))
+        assert [line["probabilities"] for line in lines] == expected  # the head's per-key models, nothing learned
+        return
+    if reader == "serve":
+        assert keyed_answers(served(uri), KEYED_PROBE) == keyed_answers_of(river_per_key(KEYED_HEAD))
+        return
+
+    keyed_learns(reader, uri, "tail", keyed_topics, kafka_bootstrap, Path(keyed_written["folder"]))
+    found = latest_model(checkpoint_store(uri))  # every unit, merged: what predict and serve read
+    assert found is not None
+    assert keyed_answers(found[1], KEYED_PROBE) == keyed_answers_of(river_per_key(KEYED_HEAD, KEYED_TAIL))
+
+
+def keyed_answers_of(models: dict) -> list[dict]:
+    """River's per-key probabilities as `prediction_record` writes them."""
+    from online.learning.learner import probabilities_record
+
+    return [probabilities_record(p) for p in river_answers(models, KEYED_PROBE)]

@@ -19,6 +19,7 @@ import yaml
 from river import datasets, evaluate, linear_model, metrics, preprocessing
 
 from online.checkpoints.store import CheckpointStore
+from online.checkpoints.units import partition_unit, unit_uri
 from online.config import EventsConfig, KafkaConfig, ModelConfig
 from online.kafka_clients import create_topic, make_consumer, make_producer
 from online.learning.learner import Learner
@@ -287,7 +288,7 @@ def test_keyed_models_split_partitions_and_survive_a_kill(tmp_path, kafka_bootst
     def unit_manifests():
         found = {}
         for p in range(4):
-            checkpoint = CheckpointStore(str(tmp_path / "checkpoints" / "partitions" / f"{topic}.{p}")).load_latest()
+            checkpoint = CheckpointStore(unit_uri(str(tmp_path / "checkpoints"), partition_unit(topic, p))).load_latest()
             found[p] = checkpoint.manifest if checkpoint else None
         return found
 

@@ -11,11 +11,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from river import datasets, linear_model, naive_bayes, preprocessing, tree
 
 from online.checkpoints.store import CheckpointStore
+from online.checkpoints.units import REPLAY_UNIT, unit_uri
 from online.config import CheckpointConfig, EventsConfig, ModelConfig
 from online.learning.keyed_state import KeyedModels, decode_part
 from online.learning.learner import Learner, fresh_model_factory
@@ -277,7 +279,8 @@ def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_pat
     command = [sys.executable, "-m", "riverbeam.cli", "replay", "--config", str(config), "--input", str(data), "--no-progress"]
     env = {**os.environ, "NO_GCE_CHECK": "true"}
     rng = random.Random(7)
-    latest = tmp_path / "ckpt" / "LATEST"
+    unit = unit_uri(str(tmp_path / "ckpt"), REPLAY_UNIT)  # a keyed replay's unit (online.checkpoints.units)
+    latest = Path(unit) / "LATEST"
     kills = 0
     for attempt in range(12):
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -297,7 +300,7 @@ def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_pat
             break
         assert process.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
     assert process.returncode == 0 and kills >= 3
-    store = CheckpointStore(str(tmp_path / "ckpt"))
+    store = CheckpointStore(unit)
     restored, checkpoint = resume(store, spec(cache=16))
     assert checkpoint.manifest["parts"]
     reference = Learner(MODEL, EventsConfig(target="label", key="k"))
@@ -451,3 +454,47 @@ def test_a_full_spill_disk_is_one_line_and_a_spill_store_that_cannot_close_is_st
     assert done.returncode == 0 and done.stdout.strip() == "spilled 2 3000", done.stderr[-3000:]
     assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert os.listdir(closing) == []
+
+def test_a_key_the_models_miss_comes_from_the_fallback_once_and_is_then_their_own():
+    """`KeyedModels.fallback` (another checkpoint unit's models): asked only on a miss, the model found becomes
+    this store's own (counted, dirty: in the next checkpoint), and is never asked for again."""
+    asked = []
+    borrowed = linear_model.LinearRegression()
+
+    def fallback(key):
+        asked.append(key)
+        return borrowed if key == "theirs" else None
+
+    models = KeyedModels({"mine": linear_model.LinearRegression()})
+    models.fallback = fallback
+    assert models.get("mine") is not None and asked == []  # its own: the fallback is not asked
+    assert models.get("theirs") is borrowed and models.get("theirs") is borrowed
+    assert models.get("nobody's") is None
+    assert asked == ["theirs", "nobody's"]
+    assert len(models) == 2 and "theirs" in models.dirty
+    models.freeze()
+    models.serialize()
+    assert sorted(key for _, key, _ in models.delta_records()) == ["mine", "theirs"]
+
+
+def test_restore_applies_the_parts_through_keyed_state(tmp_path):
+    """`Learner.restore` hands the parts to `keyed_state.apply_parts`: models and delayed labels as they were."""
+    from online.learning import keyed_state
+
+    spec = LearnerSpec(MODEL, EventsConfig(target="label", key="k", id="id"))
+    store = open_checkpoint_store(CheckpointConfig(uri=str(tmp_path / "ckpt")))
+    learner, _ = resume(store, spec)
+    checkpointer = Checkpointer(store, learner, spec, Cadence(every_events=10_000))
+    learner.process_many(events(300, keys=20, delayed=True))
+    checkpointer.checkpoint({"events/0": 300}, wait=True)
+    checkpointer.close()
+    applied = []
+    original = keyed_state.apply_parts
+    try:
+        keyed_state.apply_parts = lambda state, parts: applied.append(len(list(parts))) or original(state, [])
+        restored, _ = resume(open_checkpoint_store(CheckpointConfig(uri=str(tmp_path / "ckpt"))), spec)
+    finally:
+        keyed_state.apply_parts = original
+    assert applied == [1] and len(restored.state.models) == 0  # the learner decoded nothing itself
+    again, _ = resume(open_checkpoint_store(CheckpointConfig(uri=str(tmp_path / "ckpt"))), spec)
+    assert len(again.state.models) == 20 and list(again.state.pending) == list(learner.state.pending)

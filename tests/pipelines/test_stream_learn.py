@@ -200,7 +200,7 @@ def test_config_and_checkpoints_on_gcs(gcs_client, gcs_prefix, beam_gcs):
     for key in "ab":
         alone = Learner(config.model, config.events)
         alone.process_many(copy.deepcopy([e for e in events if e["user"] == key]))
-        assert latest_learner(f"{gcs_prefix}/ckpt/key={key}", config).report() == alone.report()
+        assert latest_learner(checkpoint_uri(f"{gcs_prefix}/ckpt", key), config).report() == alone.report()
 
 
 # ---------------------------------------------------------------------------------------------
