@@ -329,7 +329,13 @@ class CheckpointStore:
     # -- signatures and ids -----------------------------------------------------------------
 
     def _signature(self, data: bytes) -> str:
+        """The one signing: HMAC-SHA256 with the store's key (checked by `_check_signature`)."""
         return hmac.new(self.signing_key, data, hashlib.sha256).hexdigest()
+
+    def _descriptor(self, name: str, data: bytes) -> dict:
+        """What a manifest says about its state blob or a part: file, size, SHA-256 and (with a key) its signature (`_verify`)."""
+        return {"file": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                "hmac_sha256": self._signature(data) if self.signing_key else None}
 
     def _document_bytes(self, kind: str, document: dict) -> bytes:
         """What a document's signature covers: its kind, then its canonical JSON without the signature."""
@@ -397,7 +403,6 @@ class CheckpointStore:
         sequence = int(previous.get("sequence", 0)) + 1
         now = datetime.datetime.now(datetime.timezone.utc)
         checkpoint_id = f"{sequence:012d}-{now.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
-        digest = hashlib.sha256(state).hexdigest()
         manifest = {
             "format": MANIFEST_FORMAT,
             "id": checkpoint_id,
@@ -410,12 +415,7 @@ class CheckpointStore:
             "model": model,
             "config_hash": config_hash,
             "versions": {"riverbeam": __version__, "river": _river_version(), "python": platform.python_version()},
-            "state": {
-                "file": "state.bin",
-                "size": len(state),
-                "sha256": digest,
-                "hmac_sha256": hmac.new(self.signing_key, state, hashlib.sha256).hexdigest() if self.signing_key else None,
-            },
+            "state": self._descriptor("state.bin", state),
             "extra": extra or {},
         }
         if parts is not None:
@@ -494,13 +494,7 @@ class CheckpointStore:
         if protect:
             self._protected.add(name)
         self.store.write(name, data)
-        return {
-            "file": name,
-            "size": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "hmac_sha256": hmac.new(self.signing_key, data, hashlib.sha256).hexdigest() if self.signing_key else None,
-            **fields,
-        }
+        return {**self._descriptor(name, data), **fields}
 
     def unprotect(self, name: str) -> None:
         """A protected part will never be named: retention may delete it."""

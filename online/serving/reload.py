@@ -63,14 +63,6 @@ class ModelSlot:
         self.current = current
 
 
-def latest_id(store: CheckpointStore) -> str | None:
-    """The id ``LATEST`` points at, without loading anything (None: no checkpoint, or no readable pointer).
-
-    The store's one pointer reader (`CheckpointStore.latest_id`): a pointer it refuses raises `CheckpointError`.
-    """
-    return store.latest_id()
-
-
 class CheckpointWatcher:
     """Swap each new verified checkpoint into `slot`; refuse (and count) the ones that fail."""
 
@@ -115,7 +107,7 @@ class CheckpointWatcher:
         """Look once: the id swapped in, or None (nothing new, or refused)."""
         current = self.slot.current.checkpoint_id if self.slot.current else None
         try:
-            newest = latest_id(self.store)
+            newest = self.store.latest_id()  # the store's one LATEST reader: a pointer it refuses raises CheckpointError
         except StorageError as error:
             log.warning("cannot read the checkpoint pointer", extra={"fields": {"uri": self.store.uri, "error": str(error)}})
             return None

@@ -19,7 +19,6 @@ from online.checkpoints.store import CheckpointStore
 from online.config import EventsConfig, ModelConfig
 from online.learning.learner import Learner, probabilities_record
 from online.checkpoints.persistence import save_learner
-from online.serving.reload import latest_id
 from serving_support import ENV, MODEL, PHISHING, Processes, daemon_config, free_port, metric_names, produce, start_serve, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -64,7 +63,7 @@ def write_checkpoint(uri: str, events: list[dict], key: bytes | None = None, int
 
 def latest_manifest(uri: str) -> dict | None:
     store = CheckpointStore(uri)
-    newest = latest_id(store)
+    newest = store.latest_id()
     return store.manifest(newest) if newest else None
 
 
@@ -311,7 +310,7 @@ def test_a_learning_server_fenced_by_another_writer_stops_learning_and_keeps_ans
     wait_until(lambda: client.get("/readyz").status_code == 503, timeout=10, what="the fenced server to stop learning")
     assert client.post("/v1/learn", json=PHISHING[20:30]).status_code == 503
     assert client.post("/v1/predict", json=HELD_OUT[0]).status_code == 200
-    assert latest_id(CheckpointStore(uri)) == intruder["id"]
+    assert CheckpointStore(uri).latest_id() == intruder["id"]
     assert "stops learning" in log_path.read_text()
 
 
