@@ -124,8 +124,7 @@ def units_of(uri: str) -> list[str]:
 
 def _learners(learner) -> dict:
     """The learners of a restored unit by model name: a model set's, or {None: the learner}."""
-    several = getattr(learner, "learners", None)
-    return several if isinstance(several, dict) else {None: learner}
+    return learner.learners_by_name()
 
 
 KEY_UNIT = "key="

@@ -61,6 +61,10 @@ class OnlineLearner(abc.ABC):
         """The whole state as bytes (a pickle: load only trusted, verified blobs)."""
 
     @abc.abstractmethod
+    def learners_by_name(self) -> dict:
+        """Its learners by model name: a model set's, or ``{None: the learner}``."""
+
+    @abc.abstractmethod
     def trim_models(self) -> int:
         """At a safe point between batches: drop idle per-key models and spill past the cache; how many were dropped."""
 

@@ -629,6 +629,10 @@ class Learner(OnlineLearner):
         """Whether models are kept per key in a `KeyedModels` store (``events.key`` set)."""
         return isinstance(self.state.models, KeyedModels)
 
+    def learners_by_name(self) -> dict:
+        """``{None: self}``: one unnamed learner (a `online.learning.model_set.ModelSet` names several)."""
+        return {None: self}
+
     @property
     def keyed_models(self) -> KeyedModels | None:
         """The per-key models' store (None without ``events.key``): what an incremental checkpoint freezes and serialises."""

@@ -88,6 +88,9 @@ class ModelSet(OnlineLearner):
     def items(self) -> list[tuple[str, Learner]]:
         return list(self.learners.items())
 
+    def learners_by_name(self) -> dict[str, Learner]:
+        return self.learners
+
     def process(self, event: dict):
         """One event through every model (each on its own copy); the primary's `Prediction`."""
         outcomes = [learner.process(dict(event)) for learner in self.learners.values()]

@@ -41,7 +41,9 @@ def shop_events(start: int, stop: int) -> list[dict]:
 
 def test_a_model_set_and_a_learner_are_both_online_learners():
     learner = Learner(MODELS["lr"], EventsConfig(target="y"))
-    assert isinstance(learner, OnlineLearner) and isinstance(ModelSet({"lr": learner}), OnlineLearner)
+    models = ModelSet({"lr": learner})
+    assert isinstance(learner, OnlineLearner) and isinstance(models, OnlineLearner)
+    assert learner.learners_by_name() == {None: learner} and models.learners_by_name() == {"lr": learner}
 
 
 def test_a_keyed_model_set_is_checkpointed_incrementally_and_restores_equal(tmp_path):
