@@ -226,7 +226,7 @@ class Learner(OnlineLearner):
         self._predict_name = "predict_proba_one" if probabilities else "predict_one"
         self._metric_update = score_function(list(metric), probabilities)
         # mini-batches: labels suffice when every metric takes labels and nobody asked for probabilities
-        self._labels_suffice = probabilities and metric.requires_labels
+        self._labels_suffice = self.batch_size is not None and probabilities and metric.requires_labels
         self._label_update = score_function(list(metric), False) if self._labels_suffice else None
         self._supervised = self.prototype._supervised
 
@@ -235,17 +235,6 @@ class Learner(OnlineLearner):
         if model is None:
             model = self.state.models[key] = self._new_model()
         return model
-
-    def _route(self, event) -> tuple[dict, Any, Any, Any]:
-        """``(x, y, key, model)`` of one event: split, its key's model (a new one for a new key),
-        and a label seen for the first time tried on a clone first. Raises `EventError`."""
-        x, y, key = self.reader.split(event)
-        model = self.state.models.get(key)
-        if model is None:
-            model = self._model_for(key)
-        if self._try_labels and y is not None and y not in self._labels_tried:
-            self._try_label(model, x, y)
-        return x, y, key, model
 
     # -- the hot path -----------------------------------------------------------------------
 
@@ -289,78 +278,131 @@ class Learner(OnlineLearner):
         """Process events in order; bad ones go to `on_error(index, error)`; returns how many were learned.
 
         With `predictions` (a list), each good event's `Prediction` is appended to it with its index.
-        The loop is written for speed: no per-event work beyond split, predict, score and learn.
-        With ``model.batch`` the events are learned in chunks of that size (`process_chunks`).
+        The one learn path of every mode, written once as River's `progressive_val_score` writes
+        its loop: `_learned` routes each record (split, its key's model, a new label tried) and its
+        mode's learn step predicts and learns it (per event; `_join` for delayed labels; in
+        mini-batches, `_learn_chunks`); what was learned is scored here (metrics, drift, counters,
+        predictions). A record the model fails on is that record's failure (`model_failure`), in
+        every mode. No per-event work beyond split, predict, score and learn.
         """
-        if self.batch_size is not None:
-            return self.process_chunks(events, on_error, predictions)
         state = self.state
-        route = self._route
-        predict_name = self._predict_name
-        metric_update = self._metric_update
-        supervised = self._supervised
+        labels_only = self._labels_suffice and predictions is None  # mini-batches: predict_many gives the same labels
+        metric_update = self._label_update if labels_only else self._metric_update
         drift = state.drift_detector
-        delayed = self.delayed
-        learned = seen = rejected = 0
-        last_model = predict = learn = None
+        rejected = 0
+
+        def fail(index: int, error: EventError, cause: BaseException | None = None) -> None:
+            nonlocal rejected
+            rejected += 1
+            if on_error is None:
+                raise error from cause
+            on_error(index, error)
+
+        learned = seen = 0
+        outcomes = self._learned(events, fail) if self.batch_size is None else self._learn_chunks(events, fail, labels_only)
         try:
-            for index, event in enumerate(events):
-                try:
-                    meta = self._meta(event) if delayed else None
-                    x, y, key, model = route(event)
-                except EventError as error:
-                    rejected += 1
-                    if on_error is None:
-                        raise
-                    on_error(index, error)
-                    continue
-                if not delayed and model is not last_model:  # bind once per model, not once per event
-                    last_model, predict, learn = model, getattr(model, predict_name), model.learn_one
+            for index, key, y_pred, y in outcomes:
                 try:  # free in Python 3.11 unless something raises
-                    if delayed:
-                        outcome = self._process_delayed(meta, x, y, key, model)
-                    else:
-                        y_pred = predict(x)
-                        if y is not None:  # learn before scoring: a failure leaves the metrics untouched
-                            learn(x, y) if supervised else learn(x)
-                            if y_pred is not None and y_pred != {}:
-                                metric_update(y, y_pred)
-                            if drift is not None:
-                                self._update_drift(y, y_pred, at=state.events_seen + seen + 1)
-                            learned += 1
-                except Exception as error:  # River refused this event: its own failure, nothing else's
-                    rejected += 1
-                    failure = model_failure(error)
-                    if on_error is None:
-                        raise failure from error
-                    on_error(index, failure)
-                    continue
-                if delayed:
-                    state.events_seen += 1
-                    learned += outcome.learned
-                    if predictions is not None:
-                        predictions.append((index, outcome))
+                    if y is not None:
+                        if y_pred is not None and y_pred != {}:
+                            metric_update(y, y_pred)
+                        if drift is not None:
+                            self._update_drift(y, y_pred, at=state.events_seen + seen + 1)
+                        learned += 1
+                except Exception as error:  # River's metric or detector refused this event
+                    fail(index, model_failure(error), error)
                     continue
                 seen += 1
                 if predictions is not None:
                     predictions.append((index, Prediction(key, y_pred, y, y is not None)))
         finally:  # counters are kept per call, not per event
             state.events_rejected += rejected
-            if not delayed:
-                state.events_seen += seen
-                state.events_learned += learned
+            state.events_seen += seen
+            state.events_learned += learned
         return learned
 
-    def process_chunks(self, events: Iterable[dict], on_error: Callable[[int, EventError], None] | None = None,
-                       predictions: list | None = None) -> int:
-        """Mini-batch learning (``model.batch.size``): the events in order, cut into chunks of that size.
+    def _learned(self, events: Iterable, fail: Callable, start: int = 0, hold: Callable | None = None):
+        """The learn path's loop: each record routed, then learned by its mode's step; yields
+        ``(index, key, y_pred, y)`` of each record predicted (and learned, when labelled).
+
+        Routing: split (`online.events.EventReader`; with delayed labels the event's id and time are
+        read first: `_meta`), its key's model (a new one for a new key), a label seen for the first
+        time tried on a clone first (`_try_label`); `fail` gets the `EventError` of a record that
+        cannot be routed, and the `model_failure` of one the model refuses. The learn step: per event
+        (the fast path) the model predicts, then learns a labelled event, here; with delayed labels
+        `_join` does; in mini-batches `hold` takes the routed record for its chunk (`_learn_chunks`).
+        """
+        split, models, model_for = self.reader.split, self.state.models, self._model_for
+        try_labels, tried, try_label = self._try_labels, self._labels_tried, self._try_label
+        delayed, meta, join = self.delayed, self._meta, self._join
+        predict_name, supervised = self._predict_name, self._supervised
+        last_model = predict = learn = when = None
+        for index, event in enumerate(events, start):
+            try:
+                if delayed:
+                    when = meta(event)
+                x, y, key = split(event)
+                model = models.get(key)
+                if model is None:
+                    model = model_for(key)
+                if try_labels and y is not None and y not in tried:
+                    try_label(model, x, y)
+            except EventError as error:
+                fail(index, error)
+                continue
+            if hold is not None:  # mini-batches: learned with its chunk
+                hold(index, x, y, key, model)
+                continue
+            try:  # free in Python 3.11 unless something raises
+                if delayed:
+                    key, y_pred = join(when, x, y, key, model)
+                else:
+                    if model is not last_model:  # bind once per model, not once per event
+                        last_model, predict, learn = model, getattr(model, predict_name), model.learn_one
+                    y_pred = predict(x)
+                    if y is not None:  # learn before scoring: a failure leaves the metrics untouched
+                        learn(x, y) if supervised else learn(x)
+            except Exception as error:  # River refused this event: its own failure, nothing else's
+                fail(index, model_failure(error), error)
+                continue
+            yield index, key, y_pred, y
+
+    def _join(self, when: tuple, x: dict, y, key, model) -> tuple:
+        """The delayed-label learn step (``events.id``); ``(key, y_pred)`` to score.
+
+        A label whose id has a kept prediction is scored against it and learned with the kept
+        features (and key); any other event is predicted, and learned when labelled; an unlabelled
+        event with an id keeps its prediction (at most ``max_pending``, for ``ttl_seconds``)."""
+        state = self.state
+        event_id, now = when
+        self._expire(now)
+        pending = state.pending
+        kept = pending.pop(event_id, None) if event_id is not None else None
+        if kept is not None and y is not None:  # the label of a kept prediction
+            x, y_pred, key, _ = kept
+            state.labels_joined += 1
+            model = self._model_for(key)
+        else:
+            y_pred = getattr(model, self._predict_name)(x)
+        if y is not None:
+            model.learn_one(x, y) if self._supervised else model.learn_one(x)
+        elif event_id is not None:
+            pending[event_id] = (x, y_pred, key, now + self.ttl)
+            if len(pending) > self.max_pending:
+                pending.popitem(last=False)
+                state.labels_expired += 1
+        return key, y_pred
+
+    def _learn_chunks(self, events: Iterable, fail: Callable, labels_only: bool = False):
+        """The mini-batch learn step (``model.batch.size``): the events in order, cut into chunks of that size.
 
         For each chunk, the good events (and, with ``events.key``, each key's share of them) become
         one `pandas.DataFrame`; the model predicts all of them (``predict_proba_many`` /
         ``predict_many``), every metric is updated per event with those predictions in the events'
         order, then the model learns the labelled ones (``learn_many``). This equals, bit for bit,
         River's own mini-batch loop over the same chunks. A chunk on which River fails is rejected
-        as a whole (each of its events gets the failure). Returns how many events were learned.
+        as a whole (each of its events gets the failure); a chunk's failures are reported after it,
+        in the events' order.
 
         >>> from river import datasets, linear_model, metrics, preprocessing
         >>> import pandas as pd
@@ -381,39 +423,37 @@ class Learner(OnlineLearner):
         """
         events = events if isinstance(events, list) else list(events)
         size = self.batch_size
-        learned = 0
         for start in range(0, len(events), size):
-            learned += self._process_chunk(events[start:start + size], start, on_error, predictions)
-        return learned
+            failures: list = []  # (index, error, cause), reported once the chunk is learned
+            groups: dict = {}  # model key -> (model, indices, features, labels), in event order
 
-    def _process_chunk(self, events: list, offset: int, on_error, predictions: list | None) -> int:
+            def hold(index, x, y, key, model) -> None:
+                group = groups.get(key)
+                if group is None:
+                    group = groups[key] = (model, [], [], [])
+                group[1].append(index)
+                group[2].append(x)
+                group[3].append(y)
+
+            for _ in self._learned(events[start:start + size], lambda *failure: failures.append(failure), start, hold):
+                pass  # every routed record is held: nothing is yielded
+            yield from self._learn_chunk(groups, failures, labels_only)
+            failures.sort(key=lambda failure: failure[0])
+            for failure in failures:
+                fail(*failure)
+
+    def _learn_chunk(self, groups: dict, failures: list, labels_only: bool) -> list:
+        """One chunk's groups predicted and learned (``learn_many``): ``(index, key, y_pred, y)`` in event order."""
         import pandas as pd
 
-        state = self.state
-        route = self._route
-        groups: dict = {}  # model key -> (model, indices, features, labels), in event order
-        failures: list = []
-        for i, event in enumerate(events):
-            try:
-                x, y, key, model = route(event)
-            except EventError as error:
-                failures.append((offset + i, error))
-                continue
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = (model, [], [], [])
-            group[1].append(offset + i)
-            group[2].append(x)
-            group[3].append(y)
-        labels_only = self._labels_suffice and predictions is None  # predict_many: the same labels (the most probable class)
         probabilities = self._predict_name == "predict_proba_one" and not labels_only
-        outcomes: list = []  # (index, key, y_pred, y)
+        outcomes: list = []
         for key, (model, indices, xs, ys) in groups.items():
             try:
                 frame = pd.DataFrame(xs)  # as River's own mini-batch loop builds it (measured: faster than building columns here)
                 if len(frame.columns) * len(xs) != sum(map(len, xs)):  # an event lacks a column: its NaN would poison the model
                     refused = uneven_features(xs)
-                    failures.extend((indices[i], EventError(reason)) for i, reason in refused.items())
+                    failures.extend((indices[i], EventError(reason), None) for i, reason in refused.items())
                     indices, xs, ys = ([item for i, item in enumerate(items) if i not in refused] for items in (indices, xs, ys))
                     frame = pd.DataFrame(xs)
                 if probabilities:  # one dict per row, as to_dict("records") builds them, without its per-row overhead
@@ -430,34 +470,12 @@ class Learner(OnlineLearner):
                     model.learn_many(part, pd.Series([ys[j] for j in labelled])) if self._supervised else model.learn_many(part)
             except Exception as error:  # River refused this chunk: its events fail, nothing else
                 failure = model_failure(error)
-                failures.extend((index, failure) for index in indices)
+                failures.extend((index, failure, error) for index in indices)
                 continue
             outcomes.extend(zip(indices, [key] * len(indices), y_preds, ys))
         if len(groups) > 1:
             outcomes.sort(key=lambda outcome: outcome[0])
-        metric_update = self._label_update if labels_only else self._metric_update
-        drift = state.drift_detector
-        learned = seen = 0
-        for index, key, y_pred, y in outcomes:
-            seen += 1
-            if y is not None:
-                if y_pred is not None and y_pred != {}:
-                    metric_update(y, y_pred)
-                if drift is not None:
-                    self._update_drift(y, y_pred, at=state.events_seen + seen)
-                learned += 1
-            if predictions is not None:
-                predictions.append((index, Prediction(key, y_pred, y, y is not None)))
-        state.events_seen += seen
-        state.events_learned += learned
-        state.events_rejected += len(failures)
-        if failures:
-            failures.sort(key=lambda failure: failure[0])
-            if on_error is None:
-                raise failures[0][1]
-            for index, error in failures:
-                on_error(index, error)
-        return learned
+        return outcomes
 
     def _check_declared_labels(self, events: EventsConfig) -> frozenset | None:
         """``events.labels`` as a set, checked against the model (`ConfigError` naming the key)."""
@@ -507,15 +525,8 @@ class Learner(OnlineLearner):
         if self.state.label_family is None:
             self.state.label_family = label_family(y)
 
-    def _score_and_learn(self, model, x, y, y_pred) -> None:
-        model.learn_one(x, y) if self._supervised else model.learn_one(x)  # before scoring: a failure leaves the metrics untouched
-        if y_pred is not None and y_pred != {}:
-            self._metric_update(y, y_pred)
-        if self.state.drift_detector is not None:
-            self._update_drift(y, y_pred)
-        self.state.events_learned += 1
-
-    def _update_drift(self, y, y_pred, at: int | None = None) -> None:
+    def _update_drift(self, y, y_pred, at: int) -> None:
+        """Feed the drift detector this event's error; `at` is the event's number (its `events_seen` once counted)."""
         if self.kind == "class":
             label = max(y_pred, key=y_pred.get) if isinstance(y_pred, dict) and y_pred else y_pred
             error = float(label != y)
@@ -525,7 +536,7 @@ class Learner(OnlineLearner):
         detector.update(error)
         if detector.drift_detected:
             self.state.drifts_detected += 1
-            self.state.last_drift_at = self.state.events_seen if at is None else at
+            self.state.last_drift_at = at
 
     # -- delayed labels ---------------------------------------------------------------------
 
@@ -541,27 +552,6 @@ class Learner(OnlineLearner):
         except ValueError as error:
             raise EventError(f"time field '{self.time_field}': {error}") from None
         return event.get(self.events_config.id), moment
-
-    def _process_delayed(self, meta, x, y, key, model) -> Prediction:
-        state = self.state
-        event_id, now = meta
-        self._expire(now)
-        pending = state.pending.pop(event_id, None) if event_id is not None else None
-        if pending is not None and y is not None:
-            x_then, y_pred, key_then, _ = pending
-            state.labels_joined += 1
-            self._score_and_learn(self._model_for(key_then), x_then, y, y_pred)
-            return Prediction(key_then, y_pred, y, True)
-        y_pred = getattr(model, self._predict_name)(x)
-        if y is not None:
-            self._score_and_learn(model, x, y, y_pred)
-            return Prediction(key, y_pred, y, True)
-        if event_id is not None:
-            state.pending[event_id] = (x, y_pred, key, now + self.ttl)
-            if len(state.pending) > self.max_pending:
-                state.pending.popitem(last=False)
-                state.labels_expired += 1
-        return Prediction(key, y_pred, None, False)
 
     def _expire(self, now: float) -> None:
         pending = self.state.pending

@@ -404,3 +404,50 @@ def test_declared_labels_must_fit_the_model_and_be_of_one_type():
     regressor = {"models": [{"pipeline": LOGREG}, {"pipeline": [{"linear_model.LinearRegression": {}}], "metrics": ["MAE"]}], "events": {"target": "y", "labels": [0, 1]}}
     with pytest.raises(ConfigError, match=r"^events.labels: declares a classifier's labels, but models\[1\] is not a classifier"):
         parse_config(regressor, ReplayJobConfig, environ={}).check_semantics()  # what config check and every job's start run
+
+
+def test_a_drift_is_dated_by_the_event_that_showed_it_per_event_with_delayed_labels_and_in_mini_batches():
+    """One learn path for every mode: ``last_drift_at`` is the number of the event whose error the
+    detector flagged, as a bare River loop counts it. Delayed labels dated it one event early (the
+    event was not counted yet); per event and in mini-batches it was right."""
+    from river import drift
+
+    detector = DriftConfig(detector="drift.ADWIN", params={"delta": 0.01})
+    # the label flips half-way: a model that learned the first half is wrong on the second
+    data = [({"a": float(i % 2)}, bool(i % 2) if i < 2000 else not bool(i % 2)) for i in range(4000)]
+
+    def report(events_config, batch=None, ids=False):
+        learner = Learner(ModelConfig(pipeline=LOGREG, metrics=["Accuracy"], drift=detector, batch=batch), events_config)
+        learner.process_many([{**x, "y": y, **({"id": i} if ids else {})} for i, (x, y) in enumerate(data)])
+        return learner.report()
+
+    def river_loop(chunk: int | None) -> tuple[int, int]:
+        """(drifts, the number of the last drifting event), River alone: per event, or in chunks of `chunk`."""
+        import pandas as pd
+        from river import optim
+
+        model = preprocessing.StandardScaler() | linear_model.LogisticRegression(optimizer=optim.SGD(0.1))
+        adwin, drifts, last = drift.ADWIN(delta=0.01), 0, None
+        size = chunk or 1
+        for start in range(0, len(data), size):
+            part = data[start:start + size]
+            if chunk:
+                X, Y = pd.DataFrame([x for x, _ in part]), pd.Series([y for _, y in part])
+                labels = list(model.predict_many(X))
+            else:
+                labels = [model.predict_one(part[0][0])]
+            for n, ((_, y), label) in enumerate(zip(part, labels), start + 1):
+                adwin.update(float(label != y))
+                if adwin.drift_detected:
+                    drifts, last = drifts + 1, n
+            model.learn_many(X, Y) if chunk else model.learn_one(*part[0])
+        return drifts, last
+
+    per_event = report(EventsConfig(target="y"))
+    delayed = report(EventsConfig(target="y", id="id"), ids=True)  # each label comes with its event: learned at once
+    chunked = report(EventsConfig(target="y"), batch={"size": 100})
+    expected = river_loop(None)
+    assert expected[0] >= 1 and 2000 < expected[1] < 2600
+    assert (per_event["drifts_detected"], per_event["last_drift_at"]) == expected
+    assert (delayed["drifts_detected"], delayed["last_drift_at"]) == expected and delayed["metrics"] == per_event["metrics"]
+    assert (chunked["drifts_detected"], chunked["last_drift_at"]) == river_loop(100)
