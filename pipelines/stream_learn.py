@@ -119,7 +119,7 @@ from online.checkpoints.store import CheckpointStore, FencingError
 from online.checkpoints.units import OtherUnits, check_layout, key_unit, unit_uri
 from online.config import ConsumeJobConfig
 from online.events import EventError, json_type
-from online.learning.learner import Learner, Prediction, probabilities_record
+from online.learning.learner import Learner
 from online.checkpoints.persistence import Cadence, Checkpointer, LearnerSpec, open_checkpoint_store, position_context, resume
 from online.sources import kafka_positions, position_key
 from pipelines.options import add_required_argument, check_required, waits_for_result
@@ -359,25 +359,6 @@ def source_positions_of(positions: dict, kafka: bool) -> dict:
     return dict(positions.get("files") or {})
 
 
-def prediction_record(prediction: Prediction, event_id: Any = None) -> dict:
-    """The JSON-able record of one prediction: key, predicted value, class probabilities (or None).
-
-    >>> prediction_record(Prediction("a", {True: 0.75, False: 0.25}, True, True), event_id=7)
-    {'key': 'a', 'prediction': True, 'probabilities': {'true': 0.75, 'false': 0.25}, 'label': True, 'learned': True, 'id': 7}
-    """
-    probabilities = probabilities_record(prediction.y_pred) if isinstance(prediction.y_pred, dict) else None
-    record = {
-        "key": prediction.key,
-        "prediction": prediction.label(),
-        "probabilities": probabilities,
-        "label": prediction.y_true,
-        "learned": prediction.learned,
-    }
-    if event_id is not None:
-        record["id"] = event_id
-    return record
-
-
 def to_json(record: dict) -> bytes:
     """JSON bytes of a record (non-string keys such as boolean classes become strings; bytes become text).
 
@@ -578,7 +559,7 @@ class LearnStateFn(beam.DoFn):
             self.predicted.inc()
             if prediction.learned:
                 self.learned.inc()
-            yield to_json(prediction_record(prediction, event_id))
+            yield to_json(prediction.record() if event_id is None else prediction.record(id=event_id))
         if source is None:
             log_state.add(raw)
         else:  # the position travels in the log entry: no extra state write per event
@@ -628,7 +609,7 @@ class LearnStateFn(beam.DoFn):
                 self.predicted.inc()
                 if prediction.learned:
                     self.learned.inc()
-                yield to_json(prediction_record(prediction, event_id))
+                yield to_json(prediction.record() if event_id is None else prediction.record(id=event_id))
             if source is not None:
                 cached.files[source[0]] = source[1]
         cached.checkpointer.add(len(held))

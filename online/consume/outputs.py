@@ -26,7 +26,6 @@ import orjson
 
 from online.dead_letters import DEFAULT_MAX_BYTES, DeadLetterRecord
 from online.kafka_clients import EventConsumer, EventProducer, KafkaClientError, TopicPartition
-from online.learning.learner import probabilities_record
 from online.sources import parse_position_key, position_key
 
 log = logging.getLogger(__name__)
@@ -115,9 +114,7 @@ class OutputWriter:
             if offset <= through:
                 self.skipped += 1
                 continue
-            record = {"topic": tp[0], "partition": tp[1], "offset": offset, "key": outcome.key, "prediction": outcome.label(), "label": outcome.y_true}
-            if isinstance(outcome.y_pred, dict):
-                record["probabilities"] = probabilities_record(outcome.y_pred)
+            record = outcome.record(topic=tp[0], partition=tp[1], offset=offset)  # online.learning.learner.Prediction.record
             send(topic, orjson.dumps(record, default=str), key=key, headers=[(SOURCE_HEADER, source_header(tp[0], tp[1], offset))])
 
     def flush(self) -> None:

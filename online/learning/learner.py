@@ -37,6 +37,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import copyreg
+import functools
 import io
 import json
 import math
@@ -94,6 +95,38 @@ class Prediction:
         if isinstance(self.y_pred, dict):
             return max(self.y_pred, key=self.y_pred.get) if self.y_pred else None
         return self.y_pred
+
+    def record(self, *, learning: bool = True, **where: Any) -> dict:
+        """The record every job writes for this prediction: one shape, the same field names everywhere.
+
+        * ``key``: the model key, for per-key models only (``events.key``);
+        * ``prediction``: the predicted value (a classifier's most probable class);
+        * ``probabilities``: a classifier's class probabilities keyed by `label_text`, when it gives them;
+        * ``label`` (null when the event had none) and ``learned`` (whether the model learned from it):
+          in the records of a job that learns (the daemon's ``predictions_topic``, stream-learn,
+          serve's ``POST /v1/learn``); a job that only predicts (``riverbeam predict``, serve's
+          ``POST /v1/predict``: ``learning=False``) writes neither;
+        * then `where` the prediction was made, by job: ``checkpoint`` (predict and serve: the id of
+          the checkpoint the model came from), ``topic``, ``partition`` and ``offset`` (the daemon:
+          the event's source position), ``id`` (stream-learn, with ``events.id``).
+
+        >>> Prediction(None, {True: 0.75, False: 0.25}, True, True).record(topic="events", partition=0, offset=41)
+        {'prediction': True, 'probabilities': {'true': 0.75, 'false': 0.25}, 'label': True, 'learned': True, 'topic': 'events', 'partition': 0, 'offset': 41}
+        >>> Prediction("u7", 2.5, None, False).record(learning=False, checkpoint="ck-1")
+        {'key': 'u7', 'prediction': 2.5, 'checkpoint': 'ck-1'}
+        """
+        record: dict = {} if self.key is None else {"key": self.key}
+        y_pred = self.y_pred
+        if isinstance(y_pred, dict):
+            record["prediction"] = max(y_pred, key=y_pred.get) if y_pred else None
+            record["probabilities"] = probabilities_record(y_pred)
+        else:
+            record["prediction"] = y_pred
+        if learning:
+            record["label"] = self.y_true
+            record["learned"] = self.learned
+        record.update(where)
+        return record
 
 
 def label_text(label: Any) -> str:
@@ -248,7 +281,9 @@ class Learner(OnlineLearner):
     def predict(self, event: dict) -> Prediction:
         """Predict one event without learning from it or scoring it (counters unchanged; `event` unchanged).
 
-        Raises `EventError` for a bad event, or for a key no model has learned yet.
+        A classifier answers with its class probabilities when it has them (whatever its metrics
+        need), so ``riverbeam predict`` and ``serve`` show them (`Prediction.record`). Raises
+        `EventError` for a bad event, or for a key no model has learned yet.
 
         >>> from online.config import EventsConfig, ModelConfig
         >>> learner = Learner(ModelConfig(pipeline=[{"linear_model.LogisticRegression": {}}]), EventsConfig(target="y"))
@@ -259,7 +294,14 @@ class Learner(OnlineLearner):
         model = self.state.models.get(key)
         if model is None:
             raise EventError(f"no model for key {key!r} yet")
-        return Prediction(key, getattr(model, self._predict_name)(x), None, False)
+        return Prediction(key, getattr(model, self._answer_name)(x), None, False)
+
+    @functools.cached_property
+    def _answer_name(self) -> str:
+        """`predict`'s method: ``predict_proba_one`` for a classifier that has it (River's base class raises), else ``predict_one``."""
+        final = self.prototype._last_step if isinstance(self.prototype, compose.Pipeline) else self.prototype
+        probabilities = self.kind == "class" and type(final).predict_proba_one is not base.Classifier.predict_proba_one
+        return "predict_proba_one" if probabilities else "predict_one"
 
     def process(self, event: dict) -> Prediction:
         """Predict, score and learn one event; raise `EventError` (nothing learned, nothing scored) for a bad one.

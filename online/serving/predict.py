@@ -1,7 +1,8 @@
 """Predictions from a checkpoint, without learning: one record per event.
 
 `prediction_record` is the one place that turns an event into what riverbeam answers for it
-(``riverbeam predict`` prints it as a JSON line, ``riverbeam serve`` returns it over HTTP): the
+(``riverbeam predict`` prints it as a JSON line, ``riverbeam serve`` returns it over HTTP):
+`Learner.predict`, written as every job writes a prediction (`online.learning.learner.Prediction.record`): the
 model key (per-key models), the prediction, the class probabilities (classifiers) and the id of
 the checkpoint the model came from. A line that cannot be predicted gets an error record
 (``{"line": n, "error": reason}``), never a crash.
@@ -30,15 +31,15 @@ import orjson
 
 from online.checkpoints.store import Checkpoint, CheckpointStore
 from online.events import EventError
-from online.learning.learner import Learner, probabilities_record
+from online.learning.learner import Learner
 from online.checkpoints.persistence import restore_model
 from online.checkpoints.units import read_units
 
 
 def prediction_record(learner: Learner, event: Any, checkpoint_id: str | None) -> dict:
-    """What riverbeam answers for one decoded event; raises `EventError` (the daemon's reason) for a bad one.
-
-    Nothing is learned and the learner's counters do not move.
+    """What riverbeam answers for one decoded event: `Learner.predict`, written as `Prediction.record`
+    (a predicting job's record: no label, no learned flag) with the checkpoint's id. Raises `EventError`
+    (the daemon's reason) for a bad one; nothing is learned and the learner's counters do not move.
 
     >>> from online.config import EventsConfig, ModelConfig
     >>> learner = Learner(ModelConfig(pipeline=[{"linear_model.LogisticRegression": {}}]), EventsConfig(target="y"))
@@ -51,21 +52,7 @@ def prediction_record(learner: Learner, event: Any, checkpoint_id: str | None) -
     ...
     online.events.EventError: feature 'x' is not a number: 'a'
     """
-    x, _, key = learner.reader.split(event)
-    model = learner.state.models.get(key)
-    if model is None:
-        raise EventError(f"no model for key {key!r} in this checkpoint")
-    record: dict = {}
-    if key is not None:
-        record["key"] = key
-    if learner.kind == "class":
-        probabilities = model.predict_proba_one(x)
-        record["prediction"] = max(probabilities, key=probabilities.get) if probabilities else None
-        record["probabilities"] = probabilities_record(probabilities)
-    else:
-        record["prediction"] = model.predict_one(x)
-    record["checkpoint"] = checkpoint_id
-    return record
+    return learner.predict(event).record(learning=False, checkpoint=checkpoint_id)
 
 
 def predict_lines(checkpoint: Checkpoint, lines: Iterable[str | bytes], model: str | None = None, learner: Learner | None = None) -> Iterator[str]:

@@ -24,7 +24,7 @@ half-learned.
 >>> writer.start()
 True
 >>> [sorted(r) for r in writer.learn([{"x": 1.0, "y": 2.0}, {"x": "a", "y": 1.0}, {"x": 2.0, "y": 4.0}])]
-[['checkpoint', 'learned', 'prediction'], ['error'], ['checkpoint', 'learned', 'prediction']]
+[['checkpoint', 'label', 'learned', 'prediction'], ['error'], ['checkpoint', 'label', 'learned', 'prediction']]
 >>> writer.stop()
 >>> writer.store.load_latest().manifest["events_learned"]
 2
@@ -37,7 +37,6 @@ import logging
 import threading
 
 from online.events import EventError
-from online.learning.learner import Prediction, probabilities_record
 from online.checkpoints.lease import Lease, LeaseKeeper, instance_id
 from online.checkpoints.persistence import Cadence, Checkpointer, Durable, LearnerSpec, open_checkpoint_store, resume
 from online.checkpoints.units import SERVE_UNIT, OtherUnits, unit_store
@@ -46,25 +45,6 @@ from online.serving.metrics import ServeMetrics
 from online.serving.reload import ModelSlot, ServedModel
 
 log = logging.getLogger("riverbeam.serve")
-
-
-def learned_record(prediction: Prediction, checkpoint_id: str | None) -> dict:
-    """What ``POST /v1/learn`` answers for one event the learner processed.
-
-    >>> learned_record(Prediction(None, {True: 0.75, False: 0.25}, True, True), "ck")
-    {'prediction': True, 'probabilities': {'true': 0.75, 'false': 0.25}, 'learned': True, 'checkpoint': 'ck'}
-    """
-    record: dict = {}
-    if prediction.key is not None:
-        record["key"] = prediction.key
-    if isinstance(prediction.y_pred, dict):
-        record["prediction"] = prediction.label()
-        record["probabilities"] = probabilities_record(prediction.y_pred)
-    else:
-        record["prediction"] = prediction.y_pred
-    record["learned"] = prediction.learned
-    record["checkpoint"] = checkpoint_id
-    return record
 
 
 class LearningWriter:
@@ -174,7 +154,7 @@ class LearningWriter:
                 records.append({"error": f"the model cannot learn this event: {error}"})
                 continue
             processed += 1
-            records.append(learned_record(prediction, self.checkpoint_id))
+            records.append(prediction.record(checkpoint=self.checkpoint_id))  # a learning job's record (online.learning.learner.Prediction.record)
             if prediction.learned:
                 self.metrics.learned.inc()
         self.checkpointer.add(processed)

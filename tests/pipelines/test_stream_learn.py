@@ -43,7 +43,6 @@ from pipelines.stream_learn import (  # noqa: E402
     build_stream_learn,
     checkpoint_uri,
     parse_event,
-    prediction_record,
     to_json,
 )
 from core.configuration import parse_config  # noqa: E402
@@ -78,7 +77,7 @@ def daemon_predictions(learner: Learner, events: list[dict]) -> list[dict]:
     out = []
     for event in copy.deepcopy(events):
         try:
-            out.append(orjson.loads(to_json(prediction_record(learner.process(event)))))
+            out.append(orjson.loads(to_json(learner.process(event).record())))
         except EventError:
             pass
     return out

@@ -14,7 +14,7 @@ from core.configuration import parse_config  # noqa: E402
 from online.checkpoints.store import CheckpointStore  # noqa: E402
 from online.config import ConsumeJobConfig  # noqa: E402
 from online.learning.learner import Learner  # noqa: E402
-from pipelines.stream_learn import GLOBAL_KEY, LearnStateFn, prediction_record, to_json  # noqa: E402
+from pipelines.stream_learn import GLOBAL_KEY, LearnStateFn, to_json  # noqa: E402
 from river import linear_model, metrics, preprocessing  # noqa: E402
 
 from tests.online.test_batch import bare_minibatch  # noqa: E402
@@ -37,7 +37,7 @@ def test_chunks_survive_retried_bundles_key_moves_and_checkpoints_and_equal_the_
     reference = Learner(config.model, config.events)
     outcomes: list = []
     reference.process_many(copy.deepcopy(events), predictions=outcomes)
-    expected = [orjson.loads(to_json(prediction_record(p))) for _, p in outcomes]
+    expected = [orjson.loads(to_json(p.record())) for _, p in outcomes]
     fn = LearnStateFn(config, settings(every_events=120))
     fn.setup()
     committed = new_state()
