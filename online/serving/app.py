@@ -77,9 +77,10 @@ OPENAPI_BASE = {
             "Event": {"type": "object", "description": "One event: the fields the model reads (plus its label, key, id, time).",
                       "additionalProperties": {"nullable": True, "oneOf": [{"type": "number"}, {"type": "string"}, {"type": "boolean"}]}},
             "Events": {"oneOf": [{"$ref": "#/components/schemas/Event"}, {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}]},
-            "Record": {"type": "object", "description": "A prediction record (as `riverbeam predict` prints), or an error with its reason.",
+            "Record": {"type": "object", "description": "A prediction record (online.learning.learner.Prediction.record: as `riverbeam predict` prints it; "
+                                                         "from /v1/learn also label and learned), or an error with its reason.",
                        "properties": {"prediction": {}, "probabilities": {"type": "object"}, "key": {}, "checkpoint": {"type": "string", "nullable": True},
-                                      "learned": {"type": "boolean"}, "error": {"type": "string"}}},
+                                      "label": {}, "learned": {"type": "boolean"}, "error": {"type": "string"}}},
             "Error": {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]},
         },
     },
@@ -381,7 +382,7 @@ class Server:
               schema: {$ref: '#/components/schemas/Events'}
         responses:
           200:
-            description: One record per event (prediction, learned), or its error.
+            description: One record per event (prediction, label, learned), or its error.
             content:
               application/json:
                 schema: {oneOf: [{$ref: '#/components/schemas/Record'}, {type: array, items: {$ref: '#/components/schemas/Record'}}]}
