@@ -451,3 +451,28 @@ def test_a_drift_is_dated_by_the_event_that_showed_it_per_event_with_delayed_lab
     assert (per_event["drifts_detected"], per_event["last_drift_at"]) == expected
     assert (delayed["drifts_detected"], delayed["last_drift_at"]) == expected and delayed["metrics"] == per_event["metrics"]
     assert (chunked["drifts_detected"], chunked["last_drift_at"]) == river_loop(100)
+
+
+@pytest.mark.parametrize("mode", ["per event", "delayed labels", "mini-batches"])
+def test_a_metric_that_raises_on_one_event_makes_it_that_events_dead_letter_in_every_mode(monkeypatch, mode):
+    """One learn path: whatever River raises while scoring an event is that event's dead letter, per
+    event, with delayed labels and in mini-batches alike (in mini-batches it escaped the loop)."""
+    mine: list = []
+    real_update = metrics.Accuracy.update
+
+    def update(self, *args, **kwargs):
+        if mine and self is mine[0]:
+            mine.append(None)
+            if len(mine) == 52:  # the 51st event scored: index 50
+                raise ZeroDivisionError("float division by zero")
+        return real_update(self, *args, **kwargs)
+
+    monkeypatch.setattr(metrics.Accuracy, "update", update)
+    batch = {"size": 10} if mode == "mini-batches" else None
+    learner = Learner(ModelConfig(pipeline=LOGREG, metrics=["Accuracy"], batch=batch), EventsConfig(target="y", id="id" if mode == "delayed labels" else None))
+    mine.append(next(iter(learner.state.metrics)))
+    stream = [{**e, **({"id": i} if mode == "delayed labels" else {})} for i, e in enumerate(PHISHING_EVENTS[:100])]
+    rejected: list = []
+    learned = learner.process_many(stream, on_error=lambda i, e: rejected.append((i, str(e))))
+    assert rejected == [(50, "the model failed on this event: ZeroDivisionError: float division by zero")]
+    assert learned == 99 and learner.report()["events_rejected"] == 1 and learner.report()["events_seen"] == 99
