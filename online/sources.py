@@ -3,9 +3,10 @@
 Bytewax's ``StatefulSourcePartition``, for riverbeam: a source hands out `SourceBatch` objects
 (consecutive records of one source partition, raw or already decoded, each with where it came
 from) and says where it stands, so that a checkpoint can record the position and a restart can
-seek back to it. The daemon reads a `KafkaSource`, ``riverbeam replay`` a `FileSource`; both feed
-the same loop (`online.learning.loop.LearningLoop`) and backfill reads a `FileSource` into its
-Kafka sink.
+seek back to it. The daemon polls a `KafkaSource` and pushes each partition's batches into the
+`FedSource` of the learning unit that owns it, ``riverbeam replay`` reads a `FileSource`; each
+is the source of a `online.learning.unit.LearningUnit` (which reads it with `next_batch` and
+restores it with `seek`), and backfill reads a `FileSource` into its Kafka sink.
 
 * `EventSource.next_batch()` — the next batch, or None (Kafka: nothing arrived within the poll
   timeout; files: the inputs are exhausted, `exhausted` turns True).
@@ -39,6 +40,7 @@ True
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Iterator, Protocol
 
@@ -48,7 +50,7 @@ from online.readers import InputFile, ReplayPosition, SourceRecord, read_inputs
 
 REPLAY = "replay"  # the file source's one partition, and its key among checkpoint positions
 
-__all__ = ["EventSource", "SourceBatch", "KafkaBatch", "FileBatch", "KafkaSource", "FileSource", "position_key", "parse_position_key", "kafka_positions", "progress_bar", "REPLAY"]
+__all__ = ["EventSource", "SourceBatch", "KafkaBatch", "FileBatch", "KafkaSource", "FileSource", "FedSource", "position_key", "parse_position_key", "kafka_positions", "progress_bar", "REPLAY"]
 
 
 def position_key(tp: TopicPartition) -> str:
@@ -190,6 +192,49 @@ class KafkaSource:
         self._polled = [b for b in self._polled if b.partition not in set(tps)]
 
 
+class FedSource:
+    """A source whose batches are pushed in by whoever reads them (`push`), handed out by `next_batch`.
+
+    The daemon polls one consumer for all its learning units and feeds each unit's partitions
+    into that unit's `FedSource`; `seek` reaches the reader behind it (`upstream`, the daemon's
+    `KafkaSource`), so a unit restored from a checkpoint re-reads from there. Without `upstream`
+    (events handed in by a caller) `seek` only drops what is queued.
+
+    >>> source = FedSource()
+    >>> source.push(KafkaBatch(("t", 0), [b"a", b"b"], [4, 5]))
+    >>> source.next_batch().offsets, source.position(), source.next_batch()
+    ([4, 5], {'t/0': 6}, None)
+    """
+
+    def __init__(self, upstream: EventSource | None = None):
+        self.upstream = upstream
+        self.exhausted = False  # a fed source ends when its feeder stops
+        self.read: dict = {}
+        self._queue: deque = deque()
+
+    def push(self, batch: SourceBatch) -> None:
+        self._queue.append(batch)
+
+    def next_batch(self) -> SourceBatch | None:
+        if not self._queue:
+            return None
+        batch = self._queue.popleft()
+        self.read[batch.partition] = batch.next_position
+        return batch
+
+    def position(self) -> dict:
+        return {position_key(p) if isinstance(p, tuple) else str(p): v for p, v in self.read.items()}
+
+    def seek(self, positions: dict) -> None:
+        """Drop queued batches of the partitions in `positions` and seek the upstream reader there."""
+        keys = {parse_position_key(k) if isinstance(k, str) and "/" in k else k for k in positions}
+        self._queue = deque(b for b in self._queue if b.partition not in keys)
+        for key, value in positions.items():
+            self.read[parse_position_key(key) if isinstance(key, str) and "/" in key else key] = value
+        if self.upstream is not None:
+            self.upstream.seek(positions)
+
+
 # -- files ---------------------------------------------------------------------------------------
 
 
@@ -267,8 +312,8 @@ class FileSource:
     exactly there). `lines` and `good` count what was handed out.
     """
 
-    def __init__(self, files: list[InputFile], time_field: str | None = None, categorical=(), start: ReplayPosition | None = None,
-                 max_events: int = 1000, every: int | None = None, progress=None):
+    def __init__(self, files: list[InputFile], time_field: str | None = None, categorical=(), max_events: int = 1000,
+                 every: int | None = None, progress=None):
         self.files = files
         self.time_field = time_field
         self.order = "time" if time_field else "file"
@@ -279,7 +324,7 @@ class FileSource:
         self.lines = 0
         self.good = 0
         self.exhausted = False
-        self._seek(start)
+        self._seek(None)  # from the start; `seek` to continue from a checkpoint's position
 
     def _seek(self, start: ReplayPosition | None) -> None:
         start = start or ReplayPosition(order=self.order)
@@ -291,8 +336,12 @@ class FileSource:
         self.exhausted = False
 
     def seek(self, positions: dict) -> None:
-        """Continue after the replay position among `positions` (from the start without one)."""
-        self._seek(ReplayPosition.from_json(positions.get(REPLAY)))
+        """Continue after the replay position among `positions` (from the start without one).
+
+        The position is a checkpoint's (``{"replay": {...}}``) or the learning loop's (a `ReplayPosition`).
+        """
+        position = positions.get(REPLAY)
+        self._seek(position if isinstance(position, ReplayPosition) else ReplayPosition.from_json(position))
 
     def position(self) -> dict:
         return {REPLAY: self._position.to_json()}

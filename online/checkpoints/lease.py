@@ -94,6 +94,10 @@ class Lease:
             self.generation = None
 
 
+class LeaseLost(Exception):
+    """This instance no longer holds the lease: drop what is not durable, go back to standby."""
+
+
 class LeaseKeeper:
     """Holds a `Lease` from the moment it is taken: renews it every `every` seconds on its own thread
     (by default ``LEASE_RENEWALS`` times per time to live). The one lease loop: the daemon's and the
@@ -131,6 +135,11 @@ class LeaseKeeper:
     def valid(self) -> bool:
         """Still ours: not lost and not past its expiry by this process's clock."""
         return not self.lost.is_set() and time.time() < self.lease.expires_at
+
+    def check(self) -> None:
+        """Raise `LeaseLost` unless the lease is still ours (`valid`)."""
+        if not self.valid():
+            raise LeaseLost("this instance's lease on the global model expired or was taken over")
 
     def _run(self) -> None:
         failing_since = None

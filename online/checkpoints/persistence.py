@@ -67,7 +67,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from core.errors import ConfigError
-from online.checkpoints.store import KAFKA_CONTEXT, Checkpoint, CheckpointError, CheckpointStore, config_hash, signing_key_from_env
+from core.storage import StorageUnusable
+from online.checkpoints.store import KAFKA_CONTEXT, Checkpoint, CheckpointError, CheckpointStore, FencingError, config_hash, signing_key_from_env
 from online.config import CheckpointConfig, EventsConfig, FeaturesConfig, ModelConfig, user_modules
 from online.events import load_feature_transform
 from online.learning.keyed_state import encode_part, merge_parts, pending_delta
@@ -256,9 +257,12 @@ def learning_hash(learner: Learner) -> str:
     return LearnerSpec.of_learner(learner).hash
 
 
-def checkpoint_fields(learner: Learner, spec: LearnerSpec | None = None) -> dict:
-    """The manifest fields describing a learner: counters, metrics, model text, configuration hash."""
-    report = learner.report()
+def checkpoint_fields(learner: Learner, spec: LearnerSpec | None = None, report: dict | None = None) -> dict:
+    """The manifest fields describing a learner: counters, metrics, model text, configuration hash.
+
+    `report` is the learner's `report()` when the caller has just taken it (computed once per checkpoint).
+    """
+    report = learner.report() if report is None else report
     return {
         "events_seen": report["events_seen"],
         "events_learned": report["events_learned"],
@@ -268,9 +272,9 @@ def checkpoint_fields(learner: Learner, spec: LearnerSpec | None = None) -> dict
     }
 
 
-def learning_extra(learner: Learner, features: FeaturesConfig | None = None, spec: LearnerSpec | None = None) -> dict:
-    """The manifest's ``extra`` about a learner: its recorded configuration and its report."""
-    return {"learning": (spec or LearnerSpec.of_learner(learner, features)).recorded(), "report": learner.report()}
+def learning_extra(learner: Learner, features: FeaturesConfig | None = None, spec: LearnerSpec | None = None, report: dict | None = None) -> dict:
+    """The manifest's ``extra`` about a learner: its recorded configuration and its report (`report`, when just taken)."""
+    return {"learning": (spec or LearnerSpec.of_learner(learner, features)).recorded(), "report": learner.report() if report is None else report}
 
 
 def save_learner(store: CheckpointStore, learner: Learner, positions: dict, extra: dict | None = None, features: FeaturesConfig | None = None) -> dict:
@@ -424,12 +428,13 @@ class Checkpointer:
 
     Quix Streams' ``Checkpoint``, for a learner: `add` counts events, `due` says when a checkpoint
     is needed, `checkpoint` writes one in numbered steps — (1) finish the upload in flight,
-    (2) skip if nothing changed since the last checkpoint written or restored, (3) `prepare`
-    (flush the producer, note output offsets: returns extra manifest fields), (4) snapshot the
-    learner on this thread, (5) upload (on `uploader`, a one-thread executor, or inline), and
-    (6) once the upload returned, hand a `Durable` to `on_durable` (commit source offsets there:
-    never before). `collect` finishes an upload that is done (or waits with ``wait=True``) and
-    re-raises its error (`online.checkpoints.store.FencingError`, storage errors).
+    (2) skip if nothing changed since the last checkpoint written or restored, (3) snapshot the
+    learner on this thread, (4) upload (on `uploader`, a one-thread executor, or inline), and
+    (5) once the upload returned, record it as `last_durable` (and hand it to `on_durable` when
+    given). `collect` finishes an upload that is done (or waits with ``wait=True``) and re-raises
+    its error (`online.checkpoints.store.FencingError`, storage errors; `fatal` are those a retry
+    will not heal). The learning unit (`online.learning.unit.LearningUnit.checkpoint`) drives it:
+    it flushes its sinks before and commits source offsets once `last_durable` moved, never before.
 
     **Per-key models** (a learner whose models are a `online.learning.keyed_state.KeyedModels`) are
     checkpointed *incrementally*: step (4) only freezes what changed since the last checkpoint
@@ -447,12 +452,13 @@ class Checkpointer:
     `positions` given to `checkpoint` are the writer's own (Kafka offsets, a replay position,
     files); positions recorded by other jobs in the restored checkpoint are kept, and so is what
     that checkpoint recorded about its Kafka offsets (`online.checkpoints.store.KAFKA_CONTEXT`: topic
-    ids, output offsets, outputs ahead) unless the writer records its own (the daemon's `prepare`).
+    ids, output offsets, outputs ahead) unless the writer records its own (the daemon's sinks).
     A caller giving `base_positions` instead of `restored` gives their `base_context` too
     (`position_context` of the checkpoint they came from).
     """
 
     slice_seconds = 0.02
+    fatal = (FencingError, StorageUnusable)  # errors a retry will not heal: another writer took over, storage refuses us
 
     def __init__(
         self,
@@ -479,6 +485,7 @@ class Checkpointer:
         self.base_context = position_context(restored.manifest) if restored is not None else dict(base_context or {})
         self.pending: concurrent.futures.Future | None = None
         self.written = 0
+        self.last_durable: Durable | None = None  # the latest checkpoint made durable here
         self.last_manifest: dict | None = restored.manifest if restored is not None else None
         # incremental checkpoints of keyed models
         self.parts: list[dict] = list(restored.manifest.get("parts") or []) if restored is not None else []
@@ -508,8 +515,7 @@ class Checkpointer:
         """Whether a checkpoint at `positions` would differ from the last one written or restored."""
         return self.cadence.since > 0 or self.last_positions != {**self.base_positions, **positions}
 
-    def checkpoint(self, positions: dict, extra: dict | None = None, *, prepare: Callable[[], dict] | None = None,
-                   wait: bool = False, state: bytes | None = None) -> Durable | None:
+    def checkpoint(self, positions: dict, extra: dict | None = None, *, wait: bool = False, state: bytes | None = None) -> Durable | None:
         """Write a checkpoint at `positions` (see the class for the steps); the `Durable` when it finished here.
 
         `state` is the learner's `snapshot()` when the caller has just taken it (not taken twice).
@@ -517,11 +523,12 @@ class Checkpointer:
         done = self.collect(wait=True)
         if not self.has_news(positions):
             return done if wait else None
-        extra = {**(extra or {}), **(prepare() if prepare is not None else {})}
+        extra = extra or {}
         started = time.perf_counter()
-        fields = checkpoint_fields(self.learner, self.spec)
+        report = self.learner.report()  # once: the manifest's fields and its extra both hold it
+        fields = checkpoint_fields(self.learner, self.spec, report)
         all_positions = {**self.base_positions, **positions}
-        manifest_extra = {**self.base_context, **extra, **learning_extra(self.learner, spec=self.spec)}
+        manifest_extra = {**self.base_context, **extra, **learning_extra(self.learner, spec=self.spec, report=report)}
         store = self.store
         self.last_positions = all_positions
         self.cadence.reset()
@@ -566,6 +573,7 @@ class Checkpointer:
 
     def _finish(self, durable: Durable) -> Durable:
         self.written += 1
+        self.last_durable = durable
         self.last_manifest = durable.manifest
         if "parts" in durable.manifest:
             self.parts = list(durable.manifest["parts"])

@@ -1,8 +1,10 @@
 """The streaming consumer daemon: Kafka JSON events into the learner core, with exactly-once model state.
 
-``riverbeam consume --config consumer.yaml`` runs `run_daemon`. The unit of state is a
-`LearningUnit`: a learner, its checkpoint store and the next offset of each source partition it
-covers. Checkpoint positions are the truth; Kafka's committed offsets follow them (for lag
+``riverbeam consume --config consumer.yaml`` runs `run_daemon`. The daemon is a scheduler of
+learning units (`online.learning.unit.LearningUnit`: a source and its positions, the learner(s), a
+checkpointer and the sinks): it builds or restores them as partitions are assigned, polls the
+consumer once and pushes each partition's batch into its unit's source, lets the unit step and
+checkpoint, and checkpoints and drops units whose partitions are revoked. Checkpoint positions are the truth; Kafka's committed offsets follow them (for lag
 monitoring only).
 
 * **Global model** (no ``events.key``): one unit over every partition of the topics, at the
@@ -21,9 +23,11 @@ monitoring only).
 Per batch (never per event): decode with orjson, predict / score / learn, send dead letters and
 predictions (`online.consume.outputs`: exactly once across crashes), update counters. A checkpoint is due
 every ``checkpoint.every_events`` events or ``every_seconds`` (each unit's
-`online.checkpoints.persistence.Checkpointer`, the cadence every job shares): the producer is flushed and the
-learner serialised on the event loop, the upload runs on a background thread (one in flight:
-back-pressure), and the offsets are committed only once it is durable. After a kill -9 at any
+`online.checkpoints.persistence.Checkpointer`, the cadence every job shares), in the unit's numbered
+steps (`LearningUnit.checkpoint`): the producer is flushed (`online.consume.outputs.KafkaSinks`) and
+the learner serialised on the event loop, the upload runs on a background thread (one in flight:
+back-pressure, waited for here with the lease checked), and the offsets are committed only once it
+is durable. After a kill -9 at any
 moment, a restart restores the last durable checkpoint and re-reads from its positions, so the
 final model equals an uninterrupted run.
 """
@@ -36,7 +40,6 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
 
 
 from core.summary import JobSummary, Resumed
@@ -46,28 +49,23 @@ from online.checkpoints.store import CheckpointStore, FencingError
 from online.checkpoints.units import OtherUnits, check_layout, partition_unit, unit_store
 from online.config import ConsumeJobConfig, model_names
 from online.formats import record_decoder
-from online.kafka_clients import KafkaClientError, TopicPartition, make_consumer, make_producer
+from online.kafka_clients import TopicPartition, make_consumer, make_producer
 from online.kafka_clients.base import ProducerFencedError
 from online.learning.gc_tuning import restore_gc, steady_state_gc
-from online.learning.learner import Learner
-from online.learning.loop import LearningLoop
 from online.learning.model_set import ModelSet
-from online.sources import KafkaBatch, KafkaSource, kafka_positions, position_key
+from online.learning.unit import LearningUnit, Stepped
+from online.sources import FedSource, KafkaBatch, KafkaSource, kafka_positions, position_key
 from online.config import LEASE_RENEWALS
-from online.checkpoints.lease import Lease, LeaseKeeper, instance_id
+from online.checkpoints.lease import Lease, LeaseKeeper, LeaseLost, instance_id
 from online.observability import DaemonMetrics, HealthServer, LearningCurve, ProgressLine
-from online.consume.outputs import OutputWriter
-from online.checkpoints.persistence import Cadence, Checkpointer, Durable, LearnerSpec, ModelsSpec, kafka_context, open_checkpoint_store, resume
+from online.consume.outputs import KafkaSinks, OutputWriter
+from online.checkpoints.persistence import Cadence, Checkpointer, LearnerSpec, ModelsSpec, kafka_context, open_checkpoint_store, resume
 
 log = logging.getLogger("riverbeam.daemon")
 
 
 class DaemonError(RiverbeamError):
     """The daemon had to stop: it could not go on without losing or duplicating something."""
-
-
-class LeaseLost(Exception):
-    """This instance no longer holds the global model's lease: drop what is not durable, go back to standby."""
 
 
 STORAGE_LOG_EVERY = 30.0  # seconds between log lines while a checkpoint upload keeps retrying
@@ -97,32 +95,6 @@ def offset_gap(position: int, start: int, end: int, recorded_id: str | None = No
     return None
 
 
-class KafkaOutputs:
-    """The learning loop's sinks in the daemon: dead letters and predictions through its current `OutputWriter`."""
-
-    def __init__(self, daemon: "Daemon"):
-        self.daemon = daemon
-
-    def dead_letter(self, batch: KafkaBatch, index: int, reason: str, model: str | None = None) -> None:
-        self.daemon.outputs.dead_letter(batch.partition, batch.offsets[index], batch.values[index], reason)
-
-    def predictions(self, batch: KafkaBatch, outcomes: list) -> None:
-        self.daemon.outputs.predictions(batch.partition, batch.offsets, outcomes)
-
-
-@dataclass
-class LearningUnit:
-    """A learner, where it checkpoints, and the next offset of each source partition it covers."""
-
-    name: str
-    store: CheckpointStore
-    learner: Learner
-    partitions: list[TopicPartition]
-    positions: dict[TopicPartition, int] = field(default_factory=dict)  # the loop's processed positions (the same dict)
-    checkpointer: Checkpointer | None = None  # cadence, the upload in flight, commits once durable (online.checkpoints.persistence)
-    loop: LearningLoop | None = None  # decode, learn, outputs, positions (online.learning.loop)
-
-
 class Daemon:
     """One daemon instance; `run` returns a summary when it stops."""
 
@@ -148,10 +120,11 @@ class Daemon:
         self.processing_seconds = 0.0
         self.first_event_at: float | None = None
         self.last_event_at: float | None = None
-        self.checkpoints_written = 0
+        self._dropped_checkpoints = 0  # checkpoints written by units since dropped (revoked, lease lost)
+        self._dropped_failures = 0  # and their failed uploads
+        self._failures_counted = 0
         self.consumer = None
         self._source: KafkaSource | None = None
-        self.sinks = KafkaOutputs(self)
         self.model_name = model_names([config.model])[0] if config.model is not None else None  # its label in metrics
         self.producer = None
         self.outputs: OutputWriter | None = None
@@ -160,7 +133,7 @@ class Daemon:
         self.keeper: LeaseKeeper | None = None
         self.topic_ids: dict[str, str | None] = {}
         self._gap_checks: dict[TopicPartition, dict] = {}  # keyed units restored in a callback, not yet checked for offset gaps
-        self._upload_started: dict[str, float] = {}
+        self._upload_started: dict[str, tuple] = {}  # unit -> (its upload in flight, when first seen)
         self._pending_logged = 0.0
         self.final_summary: dict | None = None
         self.resumed: dict[str, Resumed] = {}  # unit -> the checkpoint it continued from
@@ -235,21 +208,17 @@ class Daemon:
                 self._gap_checks.update({tp: recorded_ids for tp in partitions})
             else:
                 positions = self._resolve_offset_gaps(positions, recorded_ids)
-        unit = LearningUnit(name, store, learner, list(partitions), positions)
-        unit.checkpointer = Checkpointer(
-            store, learner, self.spec, Cadence.from_config(self.config.checkpoint), uploader=self.uploader,
-            on_durable=lambda durable: self._durable(unit, durable), restored=checkpoint,
-        )
-        unit.loop = LearningLoop(
-            learner.items() if isinstance(learner, ModelSet) else [(self.model_name, learner)], dead_letters=self.sinks,
-            predictions=self.sinks if self.outputs.predictions_topic else None, predictions_model=self.config.predictions_model,
-            checkpointer=unit.checkpointer, positions=positions, curve=self.curve, curve_unit=None if name == "all" else name,
-            decoder=self.decoder,
-        )
-        unit.positions = unit.loop.positions  # one dict: what the loop advances is what gets checkpointed
+        checkpointer = Checkpointer(store, learner, self.spec, Cadence.from_config(self.config.checkpoint), uploader=self.uploader, restored=checkpoint)
+        sinks = KafkaSinks(self.outputs, self.consumer, name, topic_ids=self.topic_ids, keeper=self.keeper,
+                           instance=self.lease.owner if self.lease else None, metrics=self.metrics)
+        unit = LearningUnit(
+            name, FedSource(self.source), learner.items() if isinstance(learner, ModelSet) else [(self.model_name, learner)], sinks, checkpointer,
+            predictions=bool(self.outputs.predictions_topic), retry_failed_checkpoints=True, predictions_model=self.config.predictions_model,
+            curve=self.curve, curve_unit=None if name == "all" else name, decoder=self.decoder,
+        )  # fmt: skip
         self.units[name] = unit
         self._model_progress()  # the restored model's count and metrics, before any new event
-        self.source.seek(dict(positions))
+        unit.seek(positions)  # the unit's source seeks the consumer
         for tp in partitions:
             self.unit_of[tp] = unit
             self.needs_targets[tp] = time.monotonic()
@@ -304,8 +273,7 @@ class Daemon:
                 continue
             resolved = self._resolve_offset_gaps({tp: unit.positions[tp]}, recorded_ids)[tp]
             if resolved != unit.positions[tp]:
-                unit.positions[tp] = resolved
-                self.consumer.seek(tp, resolved)
+                unit.seek({tp: resolved})
                 moved.add(tp)
         return [batch for batch in batches if batch.partition not in moved] if moved else batches
 
@@ -333,14 +301,15 @@ class Daemon:
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
         for unit in {id(self.unit_of[tp]): self.unit_of[tp] for tp in partitions if tp in self.unit_of}.values():
-            unit.loop.drop()  # an incomplete chunk is read again by the next owner, from the checkpoint's positions
+            unit.drop()  # an incomplete chunk is read again by the next owner, from the checkpoint's positions
             self._checkpoint(unit, wait=True)
-            self.source.forget(unit.partitions)
-            for tp in unit.partitions:
+            owned = list(unit.positions)
+            self.source.forget(owned)
+            for tp in owned:
                 self.unit_of.pop(tp, None)
                 self.targets.pop(tp, None)
                 self.needs_targets.pop(tp, None)
-            self.units.pop(unit.name, None)
+            self._drop_unit(unit)
         self.metrics.ready = bool(self.units)
 
     def _check_storage(self) -> None:
@@ -391,8 +360,8 @@ class Daemon:
         self.metrics.ready = True
 
     def _check_lease(self) -> None:
-        if self.keeper is not None and not self.keeper.valid():
-            raise LeaseLost("this instance's lease on the global model expired or was taken over")
+        if self.keeper is not None:
+            self.keeper.check()  # LeaseLost
 
     def _back_to_standby(self, error: BaseException) -> None:
         """Lost the lease: drop (never flush) what is not durable, forget the unit, wait as standby again."""
@@ -402,11 +371,12 @@ class Daemon:
         if self.keeper is not None:
             self.keeper.stop()
             self.keeper = None
-        for unit in self.units.values():
+        for unit in list(self.units.values()):
             try:
-                unit.checkpointer.collect(wait=True)  # the store fences a stale write itself
+                unit.checkpointer.collect(wait=True)  # the store fences a stale write itself; never committed (no sinks.commit)
             except Exception:
                 pass
+            self._drop_unit(unit)
         if self.outputs is not None:
             self.outputs.drop()
             self.outputs.close()
@@ -441,67 +411,46 @@ class Daemon:
 
     # -- checkpoints ------------------------------------------------------------------------
 
-    def _durable(self, unit: LearningUnit, durable: Durable) -> None:
-        """A checkpoint of `unit` is in storage: only now commit its offsets (for lag monitoring)."""
-        self.metrics.checkpoint_done(durable.seconds)
-        self.checkpoints_written += 1
-        try:
-            self.consumer.commit(kafka_positions(durable.positions))
-        except KafkaClientError as error:  # the checkpoint is the truth; a failed commit only delays lag figures
-            log.warning("commit after checkpoint failed", extra={"fields": {"error": str(error)}})
-        manifest = durable.manifest
-        log.info("checkpoint", extra={"fields": {"unit": unit.name, "id": manifest["id"], "events_seen": manifest["events_seen"], "seconds": round(durable.seconds, 4)}})
-
     def _checkpoint(self, unit: LearningUnit, wait: bool = False) -> None:
-        """Checkpoint `unit` (skipped when nothing is new); the upload runs on the uploader thread unless `wait`."""
+        """Checkpoint `unit` in its numbered steps (`LearningUnit.checkpoint`; skipped when nothing is new).
 
-        def prepare() -> dict:  # outputs flushed before the snapshot: their end offsets go into the manifest
-            self._check_lease()
-            self.outputs.flush()  # a transactional producer commits here; ProducerFencedError if taken over
-            self._check_lease()
-            return {
-                "outputs": self.outputs.end_offsets() if self.outputs.topics else {},
-                "outputs_ahead": self.outputs.written_ahead(unit.positions),
-                "instance": self.lease.owner if self.lease else None,
-                "topic_ids": dict(self.topic_ids),
-            }
-
-        positions = {position_key(tp): offset for tp, offset in unit.positions.items()}
+        The scheduler's part: while the unit's previous upload is in flight, wait for it
+        (back-pressure) saying so out loud and checking the lease; the upload runs on the uploader
+        thread unless `wait`.
+        """
         pending = unit.checkpointer.pending
         while pending is not None and not concurrent.futures.wait([pending], timeout=1.0).done:  # back-pressure, said out loud
             self._watch_uploads(time.monotonic())
             self._check_lease()
-        self._collect(unit)
-        try:
-            unit.checkpointer.checkpoint(positions, prepare=prepare, wait=wait)  # re-raises FencingError and storage errors
-        except (FencingError, LeaseLost, KafkaClientError):
-            raise
-        except Exception as error:
-            self._upload_failed(unit, error)
-            return
-        if unit.checkpointer.pending is not None:
-            self._upload_started[unit.name] = time.monotonic()
+        unit.checkpoint(wait=wait)  # a failed upload is logged and retried; FencingError, LeaseLost, KafkaClientError raise
 
-    def _collect(self, unit: LearningUnit) -> None:
-        """Finish `unit`'s upload if it is done; a storage failure is logged and retried, never fatal."""
-        try:
-            unit.checkpointer.collect()
-        except FencingError:
-            raise
-        except Exception as error:
-            self._upload_failed(unit, error)
+    def _drop_unit(self, unit: LearningUnit) -> None:
+        """Forget `unit` (revoked, or the lease lost), keeping its counts for the summary and the metrics."""
+        self._dropped_checkpoints += unit.checkpoints_written
+        self._dropped_failures += unit.failed_checkpoints
+        self.units.pop(unit.name, None)
+        self._upload_started.pop(unit.name, None)
 
-    def _upload_failed(self, unit: LearningUnit, error: BaseException) -> None:
-        # Nothing is lost: the offsets stay uncommitted and the next checkpoint holds the whole state.
-        if isinstance(error, StorageUnusable):  # permission denied, no such bucket: retrying will not heal it
-            raise DaemonError(f"cannot write checkpoints at {self.config.checkpoint.uri}: {error}") from None
-        self.metrics.checkpoint_failures.inc()
-        unit.checkpointer.last_positions = None  # the next due checkpoint is written even without new events
-        log.error("checkpoint upload failed; retrying at the next due checkpoint", extra={"fields": {"unit": unit.name, "error": f"{type(error).__name__}: {error}"}})
+    @property
+    def checkpoints_written(self) -> int:
+        return self._dropped_checkpoints + sum(unit.checkpoints_written for unit in self.units.values())
 
     def _watch_uploads(self, now: float) -> None:
-        """While a checkpoint upload keeps retrying (storage slow or down): a log line after 5 s, then every 30 s, and a gauge."""
-        started = [self._upload_started.get(unit.name, now) for unit in self.units.values() if unit.checkpointer.pending is not None]
+        """While a checkpoint upload keeps retrying (storage slow or down): a log line after 5 s, then every 30 s, and a gauge;
+        failed uploads counted (``riverbeam_checkpoint_failures_total``)."""
+        failed = self._dropped_failures + sum(unit.failed_checkpoints for unit in self.units.values())
+        if failed > self._failures_counted:
+            self.metrics.checkpoint_failures.inc(failed - self._failures_counted)
+            self._failures_counted = failed
+        started = []
+        for unit in self.units.values():
+            pending = unit.checkpointer.pending
+            if pending is None:
+                continue
+            since = self._upload_started.get(unit.name)
+            if since is None or since[0] is not pending:  # an upload the unit started since the last look
+                since = self._upload_started[unit.name] = (pending, now)
+            started.append(since[1])
         if not started:
             self.metrics.storage_retrying.set(0)
             self._pending_logged = 0.0
@@ -515,26 +464,22 @@ class Daemon:
     # -- the loop ---------------------------------------------------------------------------
 
     def _process(self, batch: KafkaBatch) -> None:
+        """Hand `batch` to the unit owning its partition and let the unit step (learn, outputs, positions, checkpoint when due)."""
         unit = self.unit_of.get(batch.partition)
         if unit is None:  # fetched before a revoke; the next owner reads it again
             return
-        loop = unit.loop
-        consumed, learned, rejected = loop.consumed, loop.learned, loop.rejected
-        loop.feed(batch)  # decode, learn, dead letters and predictions, positions, checkpoint cadence
-        self._count(loop, consumed, learned, rejected)
+        unit.source.push(batch)
+        self._count(unit.step())
 
     def _flush(self) -> None:
         """Learn the incomplete chunk of every unit (mini-batch mode): the stream is stopping or caught up."""
         for unit in self.units.values():
-            loop = unit.loop
-            consumed, learned, rejected = loop.consumed, loop.learned, loop.rejected
-            loop.flush()
-            self._count(loop, consumed, learned, rejected)
+            self._count(unit.flush())
 
-    def _count(self, loop: LearningLoop, consumed: int, learned: int, rejected: int) -> None:
-        count, learned, rejected = loop.consumed - consumed, loop.learned - learned, loop.rejected - rejected
-        if not count:
+    def _count(self, stepped: Stepped | None) -> None:
+        if not stepped or not stepped.consumed:
             return
+        count, learned, rejected = stepped
         self.events_consumed += count
         self.events_learned += learned
         self.events_rejected += rejected
@@ -617,6 +562,8 @@ class Daemon:
                 self.consumer = make_consumer(self.config.kafka, group=True)  # the producer comes once the lease is held
                 self._run_global(started)
                 summary = self.final_summary or self.summary(time.monotonic() - started)
+        except StorageUnusable as error:  # permission denied, no such bucket: retrying a checkpoint will not heal it
+            raise DaemonError(f"cannot write checkpoints at {self.config.checkpoint.uri}: {error}") from None
         finally:
             restore_gc(previous_gc)
             self.progress.close()
@@ -641,7 +588,7 @@ class Daemon:
                 self.last_event_at = time.time()
             now = time.monotonic()
             for unit in list(self.units.values()):
-                self._collect(unit)  # an upload that finished: its offsets are committed now
+                unit.collect()  # an upload that finished: its offsets are committed now
                 if unit.checkpointer.due():
                     self._checkpoint(unit)
             self._check_lease()

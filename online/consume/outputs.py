@@ -24,11 +24,13 @@ from typing import Callable
 
 import orjson
 
+from online.checkpoints.lease import LeaseKeeper
 from online.dead_letters import DEFAULT_MAX_BYTES, DeadLetterRecord
 from online.kafka_clients import EventConsumer, EventProducer, KafkaClientError, TopicPartition
-from online.sources import parse_position_key, position_key
+from online.sources import KafkaBatch, kafka_positions, parse_position_key, position_key
 
 log = logging.getLogger(__name__)
+daemon_log = logging.getLogger("riverbeam.daemon")  # the daemon's checkpoint lines, as before the sinks moved here
 
 SOURCE_HEADER = "riverbeam-source"
 SCAN_IDLE_SECONDS = 30.0  # the restore scan fails when a partition makes no progress for this long
@@ -256,3 +258,58 @@ class OutputWriter:
         if self._scanner is not None:
             self._scanner.close()
             self._scanner = None
+
+
+class KafkaSinks:
+    """A daemon learning unit's sinks (`online.learning.unit.Sinks`): its dead letters and
+    predictions through the daemon's `OutputWriter`, flushed before each checkpoint, and the
+    consumer's offsets committed once the checkpoint is durable (for lag monitoring: the
+    checkpoint's positions are the truth).
+
+    `flush` checks the global model's lease (`keeper`) before and after the producer commits, so
+    an instance that lost it raises `online.checkpoints.lease.LeaseLost` instead of checkpointing;
+    it returns what the manifest records about the Kafka side: the output topics' end offsets,
+    what is written ahead of the positions (`OutputWriter.written_ahead`), the instance and the
+    source topics' ids. `metrics` (`online.observability.DaemonMetrics`) times each durable checkpoint.
+    """
+
+    def __init__(self, writer: OutputWriter, consumer: EventConsumer, unit: str, *, topic_ids: dict[str, str | None],
+                 keeper: LeaseKeeper | None = None, instance: str | None = None, metrics=None):
+        self.writer = writer
+        self.consumer = consumer
+        self.unit = unit
+        self.topic_ids = topic_ids
+        self.keeper = keeper
+        self.instance = instance
+        self.metrics = metrics
+
+    def dead_letter(self, batch: KafkaBatch, index: int, reason: str, model: str | None = None) -> None:
+        self.writer.dead_letter(batch.partition, batch.offsets[index], batch.values[index], reason)
+
+    def predictions(self, batch: KafkaBatch, outcomes: list) -> None:
+        self.writer.predictions(batch.partition, batch.offsets, outcomes)
+
+    def flush(self, positions: dict[TopicPartition, int]) -> dict:
+        """Commit what was sent (a transactional producer's transaction); the manifest's Kafka fields at `positions`."""
+        if self.keeper is not None:
+            self.keeper.check()
+        self.writer.flush()  # ProducerFencedError if another instance took over
+        if self.keeper is not None:
+            self.keeper.check()
+        return {
+            "outputs": self.writer.end_offsets() if self.writer.topics else {},
+            "outputs_ahead": self.writer.written_ahead(positions),
+            "instance": self.instance,
+            "topic_ids": dict(self.topic_ids),
+        }
+
+    def commit(self, durable) -> None:
+        """A checkpoint is durable: only now commit its source offsets."""
+        if self.metrics is not None:
+            self.metrics.checkpoint_done(durable.seconds)
+        try:
+            self.consumer.commit(kafka_positions(durable.positions))
+        except KafkaClientError as error:  # the checkpoint is the truth; a failed commit only delays lag figures
+            daemon_log.warning("commit after checkpoint failed", extra={"fields": {"error": str(error)}})
+        manifest = durable.manifest
+        daemon_log.info("checkpoint", extra={"fields": {"unit": self.unit, "id": manifest["id"], "events_seen": manifest["events_seen"], "seconds": round(durable.seconds, 4)}})

@@ -48,7 +48,7 @@ from online.replay.errors_file import ErrorLog, ReplayError
 from online.events import EventError, load_feature_transform
 from online.learning.leaderboard import leaderboard as rank_models
 from online.learning.learner import Learner
-from online.learning.loop import LearningLoop
+from online.learning.unit import LearningUnit
 from online.checkpoints.persistence import Cadence, Checkpointer, LearnerSpec, checkpoint_store, open_checkpoint_store, resume
 from online.checkpoints.units import REPLAY_UNIT, OtherUnits, check_layout, read_units, unit_store
 from online.readers import InputFile, ReplayPosition, count_records
@@ -186,10 +186,38 @@ def leaderboard(candidates: list[Candidate]) -> list[dict]:
 # -- one pass over the inputs ------------------------------------------------------------------
 
 
-def models_loop(candidates: list[Candidate], errors: ErrorLog, checkpointer=None, start: ReplayPosition | None = None) -> LearningLoop:
-    """The learning loop (`online.learning.loop`) of the candidates, rejects into the errors file."""
-    return LearningLoop([(c.name, c.learner) for c in candidates], dead_letters=errors, checkpointer=checkpointer,
-                        positions={REPLAY: start} if start is not None else None, count_unreadable=False)
+class ReplaySinks:
+    """A replay unit's sinks (`online.learning.unit.Sinks`): rejected lines into the errors file.
+
+    Before each checkpoint (`flush`) the errors file is made durable up to here and its size goes
+    into the manifest with `extra` (a resumed replay truncates the file back to it); nothing
+    follows a durable checkpoint (`commit`): files have no offsets to commit.
+    """
+
+    def __init__(self, errors: ErrorLog, path: str | None = None, extra=None):
+        self.errors = errors
+        self.path = os.path.abspath(path) if path is not None else None
+        self.extra = extra or (lambda: {})  # manifest fields known at checkpoint time (counts)
+
+    def dead_letter(self, batch, index: int, reason: str, model: str | None = None) -> None:
+        self.errors.dead_letter(batch, index, reason, model)
+
+    def predictions(self, batch, outcomes: list) -> None:  # replay writes no prediction records
+        pass
+
+    def flush(self, positions: dict) -> dict:
+        extra = self.extra()
+        if self.path is not None:  # the errors file is durable up to here with each checkpoint
+            extra["errors_file"] = {"path": self.path, "bytes": self.errors.flush()}
+        return extra
+
+    def commit(self, durable) -> None:
+        pass
+
+
+def replay_unit(candidates: list[Candidate], source: FileSource, sinks: ReplaySinks, checkpointer=None) -> LearningUnit:
+    """The learning unit (`online.learning.unit`) of the candidates over `source`, rejects into the errors file."""
+    return LearningUnit("replay", source, [(c.name, c.learner) for c in candidates], sinks, checkpointer, count_unreadable=False)
 
 
 def report_step(report_every: int | None, total: int | None) -> int:
@@ -289,7 +317,7 @@ class Evaluation:
         every = report_step(options.report_every, total)
         self.source = source = FileSource(self.files, self.job.events.time, self.job.events.categorical, max_events=CHUNK_EVENTS,
                                           every=every, progress=_progress(options, self.files, total=total))
-        loop = models_loop(candidates, errors)
+        unit = replay_unit(candidates, source, ReplaySinks(errors))
 
         def rows() -> list[dict]:
             elapsed = round(time.monotonic() - started, 6)
@@ -298,13 +326,12 @@ class Evaluation:
             return new
 
         try:
-            for batch in source:
-                loop.feed(batch)
+            while unit.step() is not None:
                 if source.progress is not None:
                     show_headline(source.progress, candidates[0].learner)
                 if source.good % every == 0:
                     yield from rows()
-            loop.flush()
+            unit.flush()
         finally:
             errors.close()
             self.seconds = time.monotonic() - started
@@ -384,37 +411,30 @@ def learn(job: ReplayJobConfig, files: list[InputFile], options: ReplayOptions) 
         if written.get("path") == os.path.abspath(options.errors_path):
             errors.resume_at(written.get("bytes"))  # bad lines past the checkpoint are met, and written, again
     every = max(1, min(report_step(options.report_every, count_records(files) if options.report_every is None else None), every_events)) if options.report_dir else every_events
-    source = FileSource(files, job.events.time, job.events.categorical, start, max_events=min(CHUNK_EVENTS, every_events),
+    source = FileSource(files, job.events.time, job.events.categorical, max_events=min(CHUNK_EVENTS, every_events),
                         every=every, progress=_progress(options, files))
-    loop = models_loop([candidate], errors, checkpointer, start=source.replay_position)
+    sinks = ReplaySinks(errors, options.errors_path, lambda: {"source": "replay", "events_rejected": learner.state.events_rejected, "inputs": len(files)})
+    unit = replay_unit([candidate], source, sinks, checkpointer)
+    unit.seek({REPLAY: start or source.replay_position})  # the checkpoint's position, or the start
     rows: list[dict] = []
 
-    def save() -> None:
-        extra = {"source": "replay", "events_rejected": learner.state.events_rejected, "inputs": len(files)}
-        if options.errors_path is not None:  # the errors file is durable up to here with each checkpoint
-            extra["errors_file"] = {"path": os.path.abspath(options.errors_path), "bytes": errors.flush()}
-        checkpointer.checkpoint(loop.checkpoint_positions(), extra)  # at a chunk boundary: held records are not in it
-
     try:
-        for batch in source:
-            loop.feed(batch)
+        while unit.step() is not None:  # checkpoints when due, at a chunk boundary: held records are not in it
             if source.progress is not None:
                 show_headline(source.progress, learner)
             if options.report_dir and source.good % every == 0:
                 rows += _headline_rows([candidate], source.lines)
-            if checkpointer.due():
-                save()
-        loop.flush()
+        unit.flush()
         if source.lines:
-            save()  # skipped when nothing changed since the last one
-        checkpointer.collect(wait=True)  # per-key models: the last checkpoint may still be pickling in slices
+            unit.checkpoint(wait=True)  # skipped when nothing changed since the last one; waits for the last upload
+        unit.collect(wait=True)  # per-key models: the last checkpoint may still be pickling in slices
     finally:
-        checkpointer.close()
+        unit.close()
         errors.close()
     manifest = checkpointer.last_manifest if checkpointer.written else None
     board = leaderboard([candidate])
     result = ReplayResult("learn", len(files), source.lines, source.good, errors.count, seconds=time.monotonic() - started,
-                          leaderboard=board, position=loop.checkpoint_positions()[REPLAY], first_errors=errors.first, resumed=resumed)
+                          leaderboard=board, position=unit.checkpoint_positions()[REPLAY], first_errors=errors.first, resumed=resumed)
     if manifest is not None:
         result.checkpoint = {k: manifest[k] for k in ("id", "events_seen", "events_learned", "metrics", "positions")}
     if options.report_dir:
@@ -426,6 +446,6 @@ def learn(job: ReplayJobConfig, files: list[InputFile], options: ReplayOptions) 
 
 
 __all__ = [
-    "ReplayError", "ReplayOptions", "ReplayResult", "ErrorLog", "Candidate", "models_loop",
+    "ReplayError", "ReplayOptions", "ReplayResult", "ErrorLog", "Candidate", "ReplaySinks", "replay_unit",
     "Evaluation", "learn", "evaluate", "dry_run", "leaderboard", "format_leaderboard", "write_report_dir", "FILE_HEADER", "LINE_HEADER",
 ]  # fmt: skip

@@ -695,3 +695,27 @@ def test_a_model_set_checkpointed_before_the_modules_moved_restores(tmp_path):
     again, checkpoint = resume(store, spec)
     assert checkpoint is not None
     assert again.report()["by_model"]["lr"]["metrics"] == learners.report()["by_model"]["lr"]["metrics"]
+
+
+def test_a_checkpoint_computes_the_learner_report_once(tmp_path, monkeypatch):
+    """The manifest's counters and its ``extra.report`` come from one `Learner.report()` (it was taken twice)."""
+    from online.checkpoints.persistence import Checkpointer, LearnerSpec
+    from online.config import EventsConfig, ModelConfig
+    from online.learning.learner import Learner
+
+    model, events = ModelConfig(pipeline=[{"linear_model.LinearRegression": {}}], metrics=["MAE"]), EventsConfig(target="y")
+    learner = Learner(model, events)
+    learner.process_many([{"x": float(i), "y": 2.0 * i} for i in range(3)])
+    store = CheckpointStore(str(tmp_path / "ckpt"))
+    calls = []
+    real = Learner.report
+
+    def counted(self):
+        calls.append(1)
+        return real(self)
+
+    monkeypatch.setattr(Learner, "report", counted)
+    Checkpointer(store, learner, LearnerSpec(model, events)).checkpoint({"events/0": 3}, wait=True)
+    manifest = store.load_latest().manifest
+    assert len(calls) == 1
+    assert manifest["extra"]["report"]["events_learned"] == manifest["events_learned"] == 3
