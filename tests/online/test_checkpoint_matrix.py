@@ -272,7 +272,7 @@ def test_with_the_default_variable_set_the_clis_refuse_too(unsigned, tmp_path, m
 
 def serve_learns(uri: str, events: list[dict]) -> None:
     """A learning ``riverbeam serve`` (``serve.learn: true``) learns `events` over HTTP's path and checkpoints when it stops."""
-    from online.serving.config import ServeJobConfig
+    from online.config import ServeJobConfig
     from online.serving.metrics import ServeMetrics
     from online.serving.reload import ModelSlot
     from online.serving.writer import LearningWriter
@@ -421,7 +421,7 @@ def keyed_stream_learn_learns(uri: str, events: list[dict]) -> None:
 
 
 def keyed_serve_learns(uri: str, events: list[dict]) -> None:
-    from online.serving.config import ServeJobConfig
+    from online.config import ServeJobConfig
     from online.serving.metrics import ServeMetrics
     from online.serving.reload import ModelSlot
     from online.serving.writer import LearningWriter
