@@ -101,9 +101,10 @@ def leaderboard_of(manifest: dict) -> list[dict] | None:
 
     extra = manifest.get("extra", {})
     models = (extra.get("report") or {}).get("by_model")
-    if not (isinstance(models, dict) and models):
+    learning = extra.get("learning") or {}
+    if not (isinstance(models, dict) and models and learning.get("models")):  # not a set's checkpoint (or no recorded configuration to rank by)
         return None
-    return leaderboard(models, recorded_headline(extra.get("learning") or {"models": {}}))
+    return leaderboard(models, recorded_headline(learning))
 
 
 def checkpoints_show(args) -> int:
