@@ -119,7 +119,7 @@ from online.checkpoints.store import CheckpointStore, FencingError
 from online.checkpoints.units import OtherUnits, check_layout, key_unit, unit_uri
 from online.config import ConsumeJobConfig
 from online.events import EventError, json_type
-from online.learning.learner import Learner
+from online.learning.learner import HeldChunk, Learner
 from online.checkpoints.persistence import Cadence, Checkpointer, LearnerSpec, open_checkpoint_store, position_context, resume
 from online.sources import kafka_positions, position_key
 from pipelines.options import add_required_argument, check_required, waits_for_result
@@ -389,8 +389,8 @@ class CachedLearner:
     checkpointer: Checkpointer  # the events cadence and the save through the checkpoint bridge
     files: dict = dataclasses.field(default_factory=dict)  # files source: path -> last line learned
     # mini-batch (model.batch): events logged but not learned yet, until their chunk is complete:
-    # (event, raw JSON, event id, source (path, line) or None, log entry)
-    held: list = dataclasses.field(default_factory=list)
+    # (event, raw JSON, event id, source (path, line) or None, log entry); None per event
+    held: HeldChunk | None = None
 
 
 class LearnStateFn(beam.DoFn):
@@ -477,13 +477,14 @@ class LearnStateFn(beam.DoFn):
             if base:
                 positions_state.write(orjson.dumps({"base": base, "files": files, "context": context}))
             logged = 0
+            held = HeldChunk(learner.batch_size) if learner.batch_size is not None else None
         else:
             learner = Learner.restore(snapshot_state.read(), self._spec.model, self._spec.events, transform=self._spec.transform)
             recorded = orjson.loads(positions_state.read() or b"{}")
             base, files, context = recorded.get("base") or {}, recorded.get("files") or {}, recorded.get("context") or {}
             logged = 0
             chunk = learner.batch_size
-            entries = []
+            held = HeldChunk(chunk) if chunk is not None else None
             for raw in log_state.read():
                 entry = orjson.loads(raw)
                 source = None
@@ -497,25 +498,19 @@ class LearnStateFn(beam.DoFn):
                         learner.process(entry)
                     except EventError:
                         pass
-                else:
-                    entries.append((entry, raw, source))
-                logged += 1
-            held = []
-            if chunk is not None:  # the log starts at a chunk boundary: complete chunks are learned again, the rest is held
-                complete = len(entries) // chunk * chunk
-                learner.process_many([entry for entry, _, _ in entries[:complete]], on_error=lambda i, e: None)
-                for entry, raw, source in entries[:complete]:
-                    if source is not None:
-                        files[source[0]] = source[1]
-                for entry, raw, source in entries[complete:]:
+                else:  # the log starts at a chunk boundary: complete chunks are learned again, the rest is held
                     event_id = entry.get(self._id_field) if self._id_field is not None and type(entry) is dict else None
-                    held.append((entry, orjson.dumps(entry), event_id, source, raw))
+                    complete = held.hold((entry, orjson.dumps(entry), event_id, source, raw))
+                    if complete is not None:
+                        learner.process_many([event for event, *_ in complete], on_error=lambda i, e: None)
+                        files.update((source[0], source[1]) for *_, source, _ in complete if source is not None)
+                logged += 1
             self.replayed.inc(logged)
             if logged != version[1]:
                 log.warning("key %r: replayed %d logged events, state says %d", key, logged, version[1])
         cadence = Cadence(self.settings.every_events, self.settings.every_seconds, clock=self.settings.clock, since=logged)
         checkpointer = Checkpointer(store, learner, self._spec, cadence, base_positions=base, base_context=context)
-        cached = self._learners[key] = CachedLearner(learner, "", logged, checkpointer, files, held if version is not None else [])
+        cached = self._learners[key] = CachedLearner(learner, "", logged, checkpointer, files, held)
         self._learners.move_to_end(key)
         while len(self._learners) > self.settings.cached_learners:
             self._learners.popitem(last=False)
@@ -546,7 +541,7 @@ class LearnStateFn(beam.DoFn):
                 return
         raw = orjson.dumps(event)
         event_id = event.get(self._id_field) if self._id_field is not None and type(event) is dict else None
-        if cached.learner.batch_size is not None:
+        if cached.held is not None:
             yield from self._hold(key, cached, event, raw, event_id, source, snapshot_state, log_state, version_state, positions_state,
                                   checkpoint_timer, timer_due)
             return
@@ -580,12 +575,12 @@ class LearnStateFn(beam.DoFn):
         """Mini-batch mode: log the event, hold it, and learn the chunk once it is complete (checkpoints fall between chunks)."""
         entry = raw if source is None else orjson.dumps(list(source))[:-1] + b"," + raw + b"]"
         log_state.add(entry)
-        cached.held.append((event, raw, event_id, source, entry))
+        complete = cached.held.hold((event, raw, event_id, source, entry))
         cached.logged += 1
         cached.token = self._token
         version_state.write((self._token, cached.logged))
-        if len(cached.held) >= cached.learner.batch_size:
-            yield from self._learn_held(cached)
+        if complete is not None:
+            yield from self._learn_held(cached, complete)
             if cached.checkpointer.due():
                 yield from self.checkpoint(key, cached, snapshot_state, log_state, version_state, positions_state)
                 return
@@ -593,9 +588,8 @@ class LearnStateFn(beam.DoFn):
             checkpoint_timer.set(Timestamp.of(self.settings.clock() + self.settings.every_seconds))
             timer_due.write(1)
 
-    def _learn_held(self, cached: CachedLearner):
-        """Learn the held events as one chunk (`Learner.process_many`); their predictions and dead letters, in order."""
-        held, cached.held = cached.held, []
+    def _learn_held(self, cached: CachedLearner, held: list):
+        """Learn a chunk's held events (`Learner.process_many`); their predictions and dead letters, in order."""
         rejected: dict = {}
         outcomes: list = []
         cached.learner.process_many([event for event, _, _, _, _ in held], on_error=lambda i, e: rejected.__setitem__(i, str(e)), predictions=outcomes)
@@ -622,11 +616,12 @@ class LearnStateFn(beam.DoFn):
         blob = learner.snapshot()
         snapshot_state.write(blob)
         log_state.clear()
-        for *_, entry in cached.held:  # mini-batch: an incomplete chunk is not in the snapshot: it stays logged
+        held = cached.held.parts if cached.held is not None else []
+        for *_, entry in held:  # mini-batch: an incomplete chunk is not in the snapshot: it stays logged
             log_state.add(entry)
         if cached.files:
             positions_state.write(orjson.dumps({"base": cached.checkpointer.base_positions, "files": cached.files, "context": cached.checkpointer.base_context}))
-        cached.logged = len(cached.held)
+        cached.logged = len(held)
         cached.token = self._token
         version_state.write((self._token, cached.logged))
         checkpointer = cached.checkpointer
@@ -693,8 +688,8 @@ class LearnStateFn(beam.DoFn):
         if version is None or version[1] == 0:
             return
         cached = self.learner_for(key, snapshot_state, log_state, version_state, positions_state)
-        if final and cached.held:
-            yield from self._learn_held(cached)
+        if final and cached.held is not None and cached.held.count:
+            yield from self._learn_held(cached, cached.held.release())
         yield from self.checkpoint(key, cached, snapshot_state, log_state, version_state, positions_state)
 
 

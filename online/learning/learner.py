@@ -884,6 +884,46 @@ def fresh_model_factory(prototype: base.Estimator) -> Callable[[], base.Estimato
 
 
 
+class HeldChunk:
+    """The records of one mini-batch chunk (``model.batch.size`` of them), held in order until it is complete.
+
+    The one chunk holder of every streaming job: the learning loop holds parts of source batches
+    (`online.learning.loop.LearningLoop`), stream-learn one event at a time with what it outputs
+    for it (`pipelines.stream_learn`). `hold` takes a part of `count` records (at most `room`) and
+    answers the complete chunk's parts, in order, once it holds `size` records (the next chunk then
+    starts empty), else None; `release` answers the parts of an incomplete chunk (the inputs ended).
+    `Learner.process_many` cuts the same chunks when given them, so a checkpoint between chunks and
+    a restart that holds the logged remainder again equal one uninterrupted run.
+
+    >>> chunk = HeldChunk(3)
+    >>> chunk.hold("a"), chunk.hold("bc", count=2), chunk.hold("d")
+    (None, ['a', 'bc'], None)
+    >>> chunk.parts, chunk.count, chunk.room, chunk.release(), chunk.count
+    (['d'], 1, 2, ['d'], 0)
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self.parts: list = []
+        self.count = 0  # records held
+
+    @property
+    def room(self) -> int:
+        """How many records the chunk still needs."""
+        return self.size - self.count
+
+    def hold(self, part: Any, count: int = 1) -> list | None:
+        if count > self.room:
+            raise ValueError(f"a part of {count} records does not fit in the {self.room} left of a chunk of {self.size}")
+        self.parts.append(part)
+        self.count += count
+        return self.release() if self.count == self.size else None
+
+    def release(self) -> list:
+        parts, self.parts, self.count = self.parts, [], 0
+        return parts
+
+
 def uneven_features(xs: list[dict]) -> dict[int, str]:
     """The events of one mini-batch whose features are not the chunk's, each with its reason.
 
@@ -941,4 +981,4 @@ def _plain(value: Any) -> Any:
     return value
 
 
-__all__ = ["Learner", "LearnerState", "Prediction", "EventError", "model_kind", "score_function", "compact_copy"]
+__all__ = ["Learner", "LearnerState", "Prediction", "EventError", "HeldChunk", "model_kind", "score_function", "compact_copy"]

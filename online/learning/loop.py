@@ -41,7 +41,7 @@ from typing import Any, Hashable, Protocol
 import orjson
 
 from online.events import EventError
-from online.learning.learner import Learner
+from online.learning.learner import HeldChunk, Learner
 from online.sources import SourceBatch, position_key
 
 __all__ = ["LearningLoop", "DeadLetterSink", "PredictionSink", "decode", "checkpoint_positions", "chunk_size"]
@@ -88,7 +88,7 @@ def decode(values: list) -> tuple[list, dict[int, str]]:
 def chunk_size(learners: list[Learner]) -> int | None:
     """Records per chunk for these learners: their common multiple of ``model.batch.size`` (None: all per event).
 
-    Each model then cuts the same chunks as it would alone (`online.learning.learner.Learner.process_chunks`).
+    Each model then cuts the same chunks as it would alone (`online.learning.learner.Learner.process_many`).
     """
     sizes = [learner.batch_size for learner in learners if learner.batch_size]
     return math.lcm(*sizes) if sizes else None
@@ -137,8 +137,7 @@ class LearningLoop:
         self.chunk = chunk_size([learner for _, learner in self.models])
         self.positions: dict = dict(positions or {})  # partition -> position after the last record processed
         self.read: dict = dict(self.positions)  # partition -> position after the last record fed (held ones too)
-        self.held: list = []
-        self.held_count = 0
+        self.held = HeldChunk(self.chunk) if self.chunk is not None else None  # parts of batches until a chunk is complete
         self.consumed = self.learned = self.rejected = 0
         self.curve = curve
         self._series = {name: name if curve_unit is None else f"{name} ({curve_unit})" for name in names}
@@ -158,24 +157,22 @@ class LearningLoop:
             return self._process([batch])
         done = 0
         while batch is not None:
-            need = self.chunk - self.held_count
-            if len(batch) > need:
-                head, batch = batch.take(need)
-            else:
-                head, batch = batch, None
-            self.held.append(head)
-            self.held_count += len(head)
-            if self.held_count == self.chunk:
-                done += self._release()
+            room = self.held.room
+            head, batch = batch.take(room) if len(batch) > room else (batch, None)
+            segments = self.held.hold(head, len(head))
+            if segments is not None:
+                done += self._process(segments)
         return done
 
     def flush(self) -> int:
         """Process the held records as a last, short chunk (the inputs ended, or the job stops)."""
-        return self._release() if self.held else 0
+        segments = self.held.release() if self.held is not None else None
+        return self._process(segments) if segments else 0
 
     def drop(self) -> None:
         """Forget the held records (partitions given up): they are read again from `positions`."""
-        self.held, self.held_count = [], 0
+        if self.held is not None:
+            self.held.release()
         self.read = dict(self.positions)
 
     def forget(self, partitions) -> None:
@@ -221,10 +218,6 @@ class LearningLoop:
                 self._until_point[name] = curve.every
             low += step
         return learned
-
-    def _release(self) -> int:
-        segments, self.held, self.held_count = self.held, [], 0
-        return self._process(segments)
 
     def _decode(self, batch: SourceBatch) -> tuple[list, dict[int, str]]:
         """A raw batch as events: JSON (`decode`), or through ``kafka.format``'s decoder with the batch's topic."""
