@@ -363,7 +363,7 @@ class Learner(OnlineLearner):
             state.events_learned += learned
         return learned
 
-    def _learned(self, events: Iterable, fail: Callable, start: int = 0, hold: Callable | None = None):
+    def _learned(self, events: Iterable, fail: Callable, start: int = 0, groups: dict | None = None):
         """The learn path's loop: each record routed, then learned by its mode's step; yields
         ``(index, key, y_pred, y)`` of each record predicted (and learned, when labelled).
 
@@ -372,7 +372,8 @@ class Learner(OnlineLearner):
         time tried on a clone first (`_try_label`); `fail` gets the `EventError` of a record that
         cannot be routed, and the `model_failure` of one the model refuses. The learn step: per event
         (the fast path) the model predicts, then learns a labelled event, here; with delayed labels
-        `_join` does; in mini-batches `hold` takes the routed record for its chunk (`_learn_chunks`).
+        `_join` does; in mini-batches the routed record joins its key's group of the chunk in `groups`
+        (``key -> (model, indices, features, labels)``), learned with the chunk (`_learn_chunks`).
         """
         split, models, model_for = self.reader.split, self.state.models, self._model_for
         try_labels, tried, try_label = self._try_labels, self._labels_tried, self._try_label
@@ -392,8 +393,13 @@ class Learner(OnlineLearner):
             except EventError as error:
                 fail(index, error)
                 continue
-            if hold is not None:  # mini-batches: learned with its chunk
-                hold(index, x, y, key, model)
+            if groups is not None:  # mini-batches: learned with its chunk
+                group = groups.get(key)
+                if group is None:
+                    group = groups[key] = (model, [], [], [])
+                group[1].append(index)
+                group[2].append(x)
+                group[3].append(y)
                 continue
             try:  # free in Python 3.11 unless something raises
                 if delayed:
@@ -468,17 +474,8 @@ class Learner(OnlineLearner):
         for start in range(0, len(events), size):
             failures: list = []  # (index, error, cause), reported once the chunk is learned
             groups: dict = {}  # model key -> (model, indices, features, labels), in event order
-
-            def hold(index, x, y, key, model) -> None:
-                group = groups.get(key)
-                if group is None:
-                    group = groups[key] = (model, [], [], [])
-                group[1].append(index)
-                group[2].append(x)
-                group[3].append(y)
-
-            for _ in self._learned(events[start:start + size], lambda *failure: failures.append(failure), start, hold):
-                pass  # every routed record is held: nothing is yielded
+            for _ in self._learned(events[start:start + size], lambda *failure: failures.append(failure), start, groups):
+                pass  # every routed record joins its group: nothing is yielded
             yield from self._learn_chunk(groups, failures, labels_only)
             failures.sort(key=lambda failure: failure[0])
             for failure in failures:
