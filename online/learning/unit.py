@@ -107,29 +107,32 @@ class LearningUnit:
     """One source, its learners, its checkpointer and its sinks; `step` and `checkpoint`.
 
     `models` are ``(name, Learner)`` pairs (`online.learning.loop.LearningLoop`: the first is the
-    primary); `loop_options` go to the loop (predictions model, curve, decoder, ...).
+    primary); `learner` is what is checkpointed and reported when it is more than the primary (a
+    `online.learning.model_set.ModelSet` of the models); `loop_options` go to the loop (predictions
+    model, curve, decoder, ...).
     `checkpointer` None: nothing is checkpointed (evaluation). `retry_failed_checkpoints`: a
     failed upload is logged and counted (`failed_checkpoints`) and the next due checkpoint holds
     the whole state again (the daemon: storage down is survived); otherwise the error is raised.
     """
 
     def __init__(self, name: str, source: EventSource, models: list[tuple[str, Learner]], sinks: Sinks | None,
-                 checkpointer: Checkpoints | None = None, *, predictions: bool = False, retry_failed_checkpoints: bool = False,
-                 **loop_options):
+                 checkpointer: Checkpoints | None = None, *, learner: Learner | None = None, predictions: bool = False,
+                 retry_failed_checkpoints: bool = False, **loop_options):
         self.name = name
         self.source = source
         self.sinks = sinks
         self.checkpointer = checkpointer
         self.retry_failed_checkpoints = retry_failed_checkpoints
         self.loop = LearningLoop(models, dead_letters=sinks, predictions=sinks if predictions else None, checkpointer=checkpointer, **loop_options)
+        self._learner = learner
         self.failed_checkpoints = 0
         self.checkpoints_written = 0
         self._settled = checkpointer.written if checkpointer is not None else 0
 
     @property
     def learner(self) -> Learner:
-        """The primary model's learner (a `online.learning.model_set.ModelSet` with several models)."""
-        return self.loop.learner
+        """The unit's learner: the primary model's, or the `online.learning.model_set.ModelSet` of several models."""
+        return self._learner if self._learner is not None else self.loop.learner
 
     @property
     def positions(self) -> dict:
