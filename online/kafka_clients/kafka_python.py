@@ -50,7 +50,12 @@ CONSUMER_MANAGED = {
 }
 # read_committed (confluent-kafka's default too): records of a transaction aborted by a takeover are never
 # learned from nor mistaken for outputs already written (on Tansu, which does not filter them, it changes nothing).
-CONSUMER_DEFAULTS = {"auto_offset_reset": "earliest", "allow_auto_create_topics": False, "isolation_level": "read_committed"}
+# kafka-python backs off reconnecting to a node up to 30 s (the Java client: 1 s): a broker back after a
+# restart was left unused that long, and offset look-ups and commits waiting on it timed out (seen on a
+# three-broker cluster). riverbeam's kafka-python consumers and producers take the Java client's bound
+# unless the job sets its own (librdkafka's reconnect.backoff.max.ms is 10 s).
+RECONNECT_DEFAULTS = {"reconnect_backoff_max_ms": 1000}
+CONSUMER_DEFAULTS = {"auto_offset_reset": "earliest", "allow_auto_create_topics": False, "isolation_level": "read_committed", **RECONNECT_DEFAULTS}
 PRODUCER_MANAGED = {
     "bootstrap_servers": "set kafka.bootstrap_servers instead",
     "acks": "riverbeam always produces with acks=all",
@@ -296,8 +301,11 @@ class KafkaPythonProducer:
     (``init_transactions``) and keeps a transaction open between `commit_transaction` calls.
     """
 
+    commit_timeout_s = 30.0  # kafka-python's own commit_transaction waits without bound (confluent-kafka's is given 30 s too)
+
     def __init__(self, options: dict[str, Any]):
         self._failures: list[BaseException] = []
+        self._wedged = False  # a commit that never came back: the producer is dropped, never committed again
         self._producer = _build_client(options, "producer", lambda: KafkaProducer(**options))
         self.max_record_bytes = self._producer.config["max_request_size"] - 16_384
         self.transactional = bool(options.get("transactional_id"))
@@ -364,20 +372,71 @@ class KafkaPythonProducer:
             self.flush()
             return
         self.flush()
-        self._fenced_call(self._producer.commit_transaction, "commit_transaction")
+        self._fenced_call(self._bounded_commit, "commit_transaction")
         self._fenced_call(self._producer.begin_transaction, "begin_transaction")
+
+    def _bounded_commit(self) -> None:
+        """``KafkaProducer.commit_transaction``, waited for at most `commit_timeout_s`.
+
+        kafka-python 3.0.12 can lose a transaction's EndTxn request when the transaction
+        coordinator moves (its node killed; seen on a three-broker Apache Kafka cluster): its
+        ``commit_transaction`` then waits forever, and so did the daemon. After the bound the
+        transaction's outcome is unknown: `KafkaClientError`; the producer is wedged and only
+        dropped from then on. The next producer of the transactional id resolves the transaction
+        (aborts it, or completes a commit under way), and the daemon's restore scan sees which.
+        """
+        if self._wedged:
+            raise KafkaClientError("kafka-python: this transactional producer is wedged by an earlier commit that never completed")
+        done = threading.Event()
+        outcome: list[BaseException] = []
+
+        def commit() -> None:
+            try:
+                self._producer.commit_transaction()
+            except BaseException as error:  # handed to the caller
+                outcome.append(error)
+            finally:
+                done.set()
+
+        threading.Thread(target=commit, name="kafka-python-commit-transaction", daemon=True).start()
+        if not done.wait(self.commit_timeout_s):
+            self._wedged = True
+            raise KafkaClientError(
+                f"kafka-python: commit_transaction did not complete within {self.commit_timeout_s:g} s "
+                "(its transaction coordinator moved or is unreachable); the transaction's outcome is left to the next producer"
+            )
+        if outcome:
+            raise outcome[0]
 
     def drop(self) -> None:
         try:
             self._producer.close(timeout=0)  # a forced close aborts the batches not yet sent
         except Exception as error:  # dropping must not fail
             log.warning("kafka-python: closing a dropped producer: %s", error)
+            # kafka-python 3.0.12's close() flushes before it force-closes, even with timeout 0: with
+            # records still pending it raises and leaves the producer open, and its __del__ then flushes
+            # again and printed a traceback after the daemon's one line. Force-close its sender and mark
+            # it closed (private attributes, gated: without them the warning above is all there is).
+            sender = getattr(self._producer, "_sender", None)
+            if sender is not None and hasattr(sender, "force_close"):
+                sender.force_close()
+            if hasattr(self._producer, "_closed"):
+                self._producer._closed = True
 
     def close(self) -> None:
+        if self._wedged:  # committing again would wait out the bound again: what is open is left to the next producer
+            self.drop()
+            return
         try:
             self.commit_transaction()
         finally:
-            self._producer.close(timeout=5)
+            try:
+                self._producer.close(timeout=5)
+            except KafkaError as error:
+                # Not delivered: nothing of it is durable. A producer left open is flushed again by
+                # kafka-python's own exit hook, which printed a traceback after the daemon's one line.
+                self.drop()
+                raise KafkaClientError(f"kafka-python: closing the producer: records not delivered within 5 s: {error}") from None
 
 
 def make_consumer(config, group: bool = True) -> KafkaPythonConsumer:
@@ -403,7 +462,7 @@ def make_producer(config, transactional_id: str | None = None, transaction_timeo
     """
     user = dict(config.producer)
     check_options(user, known=KafkaProducer.DEFAULT_CONFIG, managed=PRODUCER_MANAGED, section="producer", client=CLIENT)
-    options = {**user, "bootstrap_servers": config.bootstrap_servers, "acks": "all", "enable_idempotence": True}
+    options = {**RECONNECT_DEFAULTS, **user, "bootstrap_servers": config.bootstrap_servers, "acks": "all", "enable_idempotence": True}
     if transactional_id:
         options.update(transactional_id=transactional_id, transaction_timeout_ms=int(transaction_timeout_s * 1000))
     return KafkaPythonProducer(options)
