@@ -455,6 +455,7 @@ def test_a_full_spill_disk_is_one_line_and_a_spill_store_that_cannot_close_is_st
     assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert os.listdir(closing) == []
 
+
 def test_a_key_the_models_miss_comes_from_the_fallback_once_and_is_then_their_own():
     """`KeyedModels.fallback` (another checkpoint unit's models): asked only on a miss, the model found becomes
     this store's own (counted, dirty: in the next checkpoint), and is never asked for again."""
