@@ -153,8 +153,9 @@ class LearningUnit:
     def step(self) -> Stepped | None:
         """Process the source's next batch (read, learn, count), then checkpoint when due; None without a batch.
 
-        A checkpoint due while the previous upload is still in flight waits for the next step
-        (or the caller's `checkpoint`): learning never blocks on storage here.
+        A checkpoint due while the previous upload is still in flight waits for that upload first
+        (back-pressure, as `checkpoint` step 1 says): a slow store slows learning down rather than
+        letting the checkpoints fall behind the configured cadence unseen.
         """
         batch = self.source.next_batch()
         if batch is None:
@@ -163,9 +164,9 @@ class LearningUnit:
         consumed, learned, rejected = loop.consumed, loop.learned, loop.rejected
         loop.feed(batch)
         if self.checkpointer is not None:
-            self._settle()
-            if self.checkpointer.due() and self.checkpointer.pending is None:
-                self.checkpoint()
+            self.collect()  # an upload that finished (committed now), per-key models pickled a slice further
+            if self.checkpointer.due():
+                self.checkpoint()  # an upload still in flight is waited for first: back-pressure keeps the cadence
         return Stepped(loop.consumed - consumed, loop.learned - learned, loop.rejected - rejected)
 
     def flush(self) -> Stepped:
