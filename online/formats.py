@@ -43,6 +43,7 @@ FORMATS = ("json", "avro", "protobuf", "json_schema")
 REGISTRY_FORMATS = ("avro", "protobuf", "json_schema")
 _EPOCH_DAY = datetime.date(1970, 1, 1).toordinal()
 _PLAIN = frozenset({float, int, bool, str})
+REGISTRY_TIMEOUT_S = 30  # confluent-kafka's client waits forever by default: a registry that hangs must stop the job, not wedge it
 _FLAT_AVRO_TYPES = frozenset({"double", "float", "long", "int", "boolean", "string"})  # decoded as float, int, bool, str
 
 
@@ -115,7 +116,7 @@ class RegistryDecoder:
             )
         self.format = fmt
         try:
-            self.client = SchemaRegistryClient(dict(registry))
+            self.client = SchemaRegistryClient({"timeout": REGISTRY_TIMEOUT_S, **registry})
         except (ValueError, TypeError) as error:
             raise ConfigError("kafka.schema_registry", str(error)) from None
         self.url = registry.get("url")

@@ -202,6 +202,23 @@ def test_a_registry_that_cannot_be_reached_stops_instead_of_dead_lettering(topic
         decoder([b"\x00\x00\x00\x00\x01\x02"], topic)
 
 
+def test_a_registry_that_accepts_and_never_answers_stops_the_decoder_instead_of_wedging_it(topic, monkeypatch):
+    """confluent-kafka's registry client has no timeout by default: a hung registry would stall a job unseen."""
+    import socket
+
+    import online.formats
+
+    monkeypatch.setattr(online.formats, "REGISTRY_TIMEOUT_S", 1)  # riverbeam's default (30 s), shortened
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts connections (the kernel's backlog), never answers
+    try:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        decoder = RegistryDecoder("avro", {"url": url})  # no timeout given: riverbeam's default applies
+        with pytest.raises(SchemaRegistryUnavailable, match=f"schema registry at {url}"):
+            decoder([b"\x00\x00\x00\x00\x01\x02"], topic)
+    finally:
+        silent.close()
+
+
 @pytest.mark.parametrize(
     ("dataset", "target", "model"),
     [(PHISHING, "label", None), (TRUMP, "approval", REGRESSION)],
