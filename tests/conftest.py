@@ -31,6 +31,13 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "both_brokers: run on Tansu and on Apache Kafka (a guarantee's test)")
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first (README stories, Flink, broker faults, kill -9 runs), in their own order otherwise:
+    on CI's two workers (pytest-xdist) the longest work starts at once, so both workers end together."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def pytest_generate_tests(metafunc):
     if metafunc.definition.get_closest_marker("both_brokers") and "kafka_broker" in metafunc.fixturenames:
         metafunc.parametrize("kafka_broker", BROKERS, indirect=True, scope="session")
