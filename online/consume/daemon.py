@@ -213,7 +213,7 @@ class Daemon:
                            instance=self.lease.owner if self.lease else None, metrics=self.metrics)
         unit = LearningUnit(
             name, FedSource(self.source), learner.items() if isinstance(learner, ModelSet) else [(self.model_name, learner)], sinks, checkpointer,
-            learner=learner, predictions=bool(self.outputs.predictions_topic), retry_failed_checkpoints=True, predictions_model=self.config.predictions_model,
+            learner=learner, predictions=bool(self.outputs.predictions_topic), retry_failed_checkpoints=True, wait_for_uploads=False, predictions_model=self.config.predictions_model,
             curve=self.curve, curve_unit=None if name == "all" else name, decoder=self.decoder,
         )  # fmt: skip
         self.units[name] = unit

@@ -113,16 +113,18 @@ class LearningUnit:
     `checkpointer` None: nothing is checkpointed (evaluation). `retry_failed_checkpoints`: a
     failed upload is logged and counted (`failed_checkpoints`) and the next due checkpoint holds
     the whole state again (the daemon: storage down is survived); otherwise the error is raised.
+    `wait_for_uploads`: see `step`.
     """
 
     def __init__(self, name: str, source: EventSource, models: list[tuple[str, Learner]], sinks: Sinks | None,
                  checkpointer: Checkpoints | None = None, *, learner: Learner | None = None, predictions: bool = False,
-                 retry_failed_checkpoints: bool = False, **loop_options):
+                 retry_failed_checkpoints: bool = False, wait_for_uploads: bool = True, **loop_options):
         self.name = name
         self.source = source
         self.sinks = sinks
         self.checkpointer = checkpointer
         self.retry_failed_checkpoints = retry_failed_checkpoints
+        self.wait_for_uploads = wait_for_uploads
         self.loop = LearningLoop(models, dead_letters=sinks, predictions=sinks if predictions else None, checkpointer=checkpointer, **loop_options)
         self._learner = learner
         self.failed_checkpoints = 0
@@ -155,7 +157,9 @@ class LearningUnit:
 
         A checkpoint due while the previous upload is still in flight waits for that upload first
         (back-pressure, as `checkpoint` step 1 says): a slow store slows learning down rather than
-        letting the checkpoints fall behind the configured cadence unseen.
+        letting the checkpoints fall behind the configured cadence unseen. Without
+        `wait_for_uploads` (the daemon, which watches its uploads itself: it checks its lease and
+        reports a slow store meanwhile) it waits for the next step instead.
         """
         batch = self.source.next_batch()
         if batch is None:
@@ -165,7 +169,7 @@ class LearningUnit:
         loop.feed(batch)
         if self.checkpointer is not None:
             self.collect()  # an upload that finished (committed now), per-key models pickled a slice further
-            if self.checkpointer.due():
+            if self.checkpointer.due() and (self.wait_for_uploads or self.checkpointer.pending is None):
                 self.checkpoint()  # an upload still in flight is waited for first: back-pressure keeps the cadence
         return Stepped(loop.consumed - consumed, loop.learned - learned, loop.rejected - rejected)
 
