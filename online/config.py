@@ -461,6 +461,12 @@ class KafkaConfig(Section):
     # decoded through the registry at schema_registry.url (the keys confluent-kafka's SchemaRegistryClient takes).
     format: Literal["json", "avro", "protobuf", "json_schema"] = "json"
     schema_registry: dict[str, Any] | None = None
+    # How the daemon writes its predictions and dead letters (online.formats_write): JSON, or through the registry
+    # under the subject naming strategy given (confluent-kafka's subject.name.strategy), registering the schema unless told not to.
+    predictions_format: Literal["json", "avro", "json_schema"] = "json"
+    dead_letter_format: Literal["json", "avro", "json_schema"] = "json"
+    subject_name_strategy: Literal["topic", "record", "topic_record"] = "topic"
+    auto_register_schemas: bool = True
 
     @pydantic.field_validator("topic", "dead_letter_topic", "predictions_topic", "group_id", "bootstrap_servers")
     @classmethod
@@ -486,6 +492,9 @@ class KafkaConfig(Section):
     def _registry_for_format(self) -> "KafkaConfig":
         if self.format != "json" and not (self.schema_registry or {}).get("url"):
             raise ValueError(f"kafka.format {self.format} needs kafka.schema_registry.url (the schema registry's URL)")
+        for key in ("predictions_format", "dead_letter_format"):
+            if getattr(self, key) != "json" and not (self.schema_registry or {}).get("url"):
+                raise ValueError(f"kafka.{key} {getattr(self, key)} needs kafka.schema_registry.url (the schema registry's URL)")
         return self
 
     @property
@@ -519,6 +528,30 @@ class MetricsServerConfig(Section):
 
     host: str = "127.0.0.1"
     port: int | None = pydantic.Field(default=9108, ge=0, le=65535)
+
+
+class ConsumeConfig(Section):
+    """How ``riverbeam consume`` runs: `workers` daemon processes of a keyed job in one consumer group
+    under one supervisor (`online.consume.workers`; the ``--workers`` flag overrides it)."""
+
+    workers: int = pydantic.Field(default=1, ge=1)
+
+
+def workers_error(workers: int, events: "EventsConfig", path: str = "consume.workers") -> ConfigError | None:
+    """Why `workers` processes cannot run this job, as the `ConfigError` naming `path`, or None.
+
+    Workers split a keyed job (``events.key``) by partition; a global model is one model that a
+    second process cannot share without changing what it learns.
+
+    >>> workers_error(2, EventsConfig(target="label", key="user")) is None, workers_error(1, EventsConfig(target="label")) is None
+    (True, True)
+    >>> print(workers_error(2, EventsConfig(target="label")))
+    consume.workers: 2 workers need per-key models (events.key): a global model is one model, learned in one process; to use more cores for it, learn in mini-batches (model.batch) or run the Beam pipeline (stream-learn) on Flink or Dataflow
+    """
+    if workers <= 1 or events.key is not None:
+        return None
+    return ConfigError(path, f"{workers} workers need per-key models (events.key): a global model is one model, learned in one process; to use more "
+                             "cores for it, learn in mini-batches (model.batch) or run the Beam pipeline (stream-learn) on Flink or Dataflow")
 
 
 class LearningConfig(Section):
@@ -576,6 +609,7 @@ class ConsumeJobConfig(LearningConfig):
     kafka: KafkaConfig
     checkpoint: CheckpointConfig
     metrics: MetricsServerConfig = MetricsServerConfig()
+    consume: ConsumeConfig = ConsumeConfig()
 
     @pydantic.model_validator(mode="after")
     def _one_model_setting(self) -> "ConsumeJobConfig":
@@ -601,6 +635,9 @@ class ConsumeJobConfig(LearningConfig):
             check_feature_function(self.features, self.candidates)
         with collect.check():
             check_job(self.model_paths(), self.events, self.features, self.kafka, self.checkpoint)
+        with collect.check():
+            if (error := workers_error(self.consume.workers, self.events)) is not None:
+                raise error
         collect.raise_if_any()
 
     def model_paths(self) -> list[tuple[str, ModelConfig]]:

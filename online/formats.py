@@ -51,6 +51,22 @@ class SchemaRegistryUnavailable(RiverbeamError):
     """The schema registry could not be reached or answered with a server error: no record can be decoded."""
 
 
+def registry_client(registry: dict[str, Any]):
+    """confluent-kafka's `SchemaRegistryClient` for ``kafka.schema_registry`` (its own keys), with riverbeam's
+    timeout unless one is given, and the registry's URL; a setting the client refuses is a `ConfigError`.
+
+    >>> registry_client({"url": "http://127.0.0.1:9"})[1]
+    'http://127.0.0.1:9'
+    """
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    try:
+        client = SchemaRegistryClient({"timeout": REGISTRY_TIMEOUT_S, **registry})
+    except (ValueError, TypeError) as error:
+        raise ConfigError("kafka.schema_registry", str(error)) from None
+    return client, registry.get("url")
+
+
 def flatten(record: dict, prefix: str = "", into: dict | None = None) -> dict:
     """A decoded record as one flat event: nested records joined by ``.``, logical types as numbers, nulls left out.
 
@@ -107,19 +123,13 @@ class RegistryDecoder:
     """
 
     def __init__(self, fmt: str, registry: dict[str, Any]):
-        from confluent_kafka.schema_registry import SchemaRegistryClient
-
         if fmt not in REGISTRY_FORMATS:
             raise ConfigError(
                 "kafka.format",
                 f"{fmt!r} is not read through a schema registry (one of {', '.join(REGISTRY_FORMATS)})",
             )
         self.format = fmt
-        try:
-            self.client = SchemaRegistryClient({"timeout": REGISTRY_TIMEOUT_S, **registry})
-        except (ValueError, TypeError) as error:
-            raise ConfigError("kafka.schema_registry", str(error)) from None
-        self.url = registry.get("url")
+        self.client, self.url = registry_client(registry)
         self._deserialize = self._deserializer(fmt)
         self._contexts: dict[str, Any] = {}
 
@@ -169,7 +179,7 @@ class RegistryDecoder:
             except (OSError, ConnectionError) as error:
                 raise SchemaRegistryUnavailable(f"schema registry at {self.url} cannot be reached: {error}") from None
             except Exception as error:  # the payload does not match its schema: this record only
-                if _is_transport_error(error):
+                if is_transport_error(error):
                     raise SchemaRegistryUnavailable(f"schema registry at {self.url} cannot be reached: {error}") from None
                 events.append(None)
                 reasons[index] = f"cannot decode {self.format} with schema id {schema_id} (subject {self.subject(topic)}): {type(error).__name__}: {error}"
@@ -182,7 +192,7 @@ class RegistryDecoder:
         return events, reasons
 
 
-def _is_transport_error(error: Exception) -> bool:
+def is_transport_error(error: Exception) -> bool:
     """Whether `error` is the HTTP client's failure to reach the registry (httpx's or httpx2's TransportError:
     confluent-kafka uses whichever is installed), not a record's."""
     return any(kind.__name__ == "TransportError" and kind.__module__.startswith("httpx") for kind in type(error).__mro__)
@@ -350,7 +360,8 @@ def _protobuf_dict(message, json_format) -> dict:
 
 
 def check_schema_registry(kafka, subjects: bool = False) -> None:
-    """For ``kafka.format`` other than JSON: the registry at ``kafka.schema_registry.url`` answers, or a one-line `ConfigError`.
+    """For a ``kafka.format`` (or an output format, `online.formats_write`) other than JSON: the registry at
+    ``kafka.schema_registry.url`` answers, or a one-line `ConfigError`.
 
     With `subjects` (``riverbeam config check --online``), each source topic's subject
     (``<topic>-value``, `RegistryDecoder.subject`) must also hold a schema: a missing one is a
@@ -363,21 +374,23 @@ def check_schema_registry(kafka, subjects: bool = False) -> None:
     ...
     core.errors.ConfigError: kafka.schema_registry.url: the schema registry at http://127.0.0.1:9 does not answer (ConnectError: [Errno 111] Connection refused)
     """
-    if getattr(kafka, "format", "json") == "json":
+    formats = {getattr(kafka, name, "json") for name in ("format", "predictions_format", "dead_letter_format")}
+    if formats == {"json"}:
         return
     from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-    decoder = RegistryDecoder(kafka.format, kafka.schema_registry or {})
+    client, url = registry_client(kafka.schema_registry or {})
     try:
-        registered = set(decoder.client.get_subjects())
+        registered = set(client.get_subjects())
     except SchemaRegistryError as error:
-        raise ConfigError("kafka.schema_registry.url", f"the schema registry at {decoder.url} refused the request: {error}") from None
+        raise ConfigError("kafka.schema_registry.url", f"the schema registry at {url} refused the request: {error}") from None
     except Exception as error:  # the HTTP client's own errors: no registry there
-        raise ConfigError("kafka.schema_registry.url", f"the schema registry at {decoder.url} does not answer ({type(error).__name__}: {error})") from None
-    missing = [decoder.subject(topic) for topic in kafka.source_topics if decoder.subject(topic) not in registered] if subjects else []
+        raise ConfigError("kafka.schema_registry.url", f"the schema registry at {url} does not answer ({type(error).__name__}: {error})") from None
+    reads = subjects and kafka.format != "json"
+    missing = [RegistryDecoder.subject(topic) for topic in kafka.source_topics if RegistryDecoder.subject(topic) not in registered] if reads else []
     if missing:
         key = "kafka.topic" if kafka.topic is not None else "kafka.topics"
-        raise ConfigError(key, f"no schema under subject {', '.join(missing)} in the schema registry at {decoder.url}: "
+        raise ConfigError(key, f"no schema under subject {', '.join(missing)} in the schema registry at {url}: "
                           "its producers register one with their first record (topic name strategy)")
 
 

@@ -42,13 +42,14 @@ import threading
 import time
 
 
-from core.summary import JobSummary, Resumed
+from core.summary import Resumed
 from core.errors import RiverbeamError
 from core.storage import StorageError, StorageUnusable
 from online.checkpoints.store import CheckpointStore, FencingError
 from online.checkpoints.units import OtherUnits, check_layout, partition_unit, unit_store
 from online.config import ConsumeJobConfig, model_names
 from online.formats import record_decoder
+from online.formats_write import OutputEncoders, output_encoders
 from online.kafka_clients import TopicPartition, make_consumer, make_producer
 from online.kafka_clients.base import ProducerFencedError
 from online.learning.gc_tuning import restore_gc, steady_state_gc
@@ -59,6 +60,7 @@ from online.config import LEASE_RENEWALS
 from online.checkpoints.lease import Lease, LeaseKeeper, LeaseLost, instance_id
 from online.observability import DaemonMetrics, HealthServer, LearningCurve, ProgressLine
 from online.consume.outputs import KafkaSinks, OutputWriter
+from online.consume.summary import daemon_job_summary  # noqa: F401  (its home; imported from here by callers)
 from online.checkpoints.persistence import Cadence, Checkpointer, LearnerSpec, ModelsSpec, kafka_context, open_checkpoint_store, resume
 
 log = logging.getLogger("riverbeam.daemon")
@@ -138,6 +140,10 @@ class Daemon:
         self.final_summary: dict | None = None
         self.resumed: dict[str, Resumed] = {}  # unit -> the checkpoint it continued from
         self.decoder = record_decoder(config.kafka)  # kafka.format: None (JSON) or the schema registry's (online.formats)
+        # A worker of `online.consume.workers`: joins the group with the other workers (`joining`), and its
+        # supervisor decides "caught up" for the whole group (`caught_up`) so that all workers stop together.
+        self.group = None
+        self.encoders: OutputEncoders | None = None  # kafka.predictions_format, dead_letter_format: registered at the first _open_clients
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -149,6 +155,8 @@ class Daemon:
         instance sends after a takeover are refused (tested on Apache Kafka and on Tansu, both clients).
         """
         kafka = self.config.kafka
+        if self.encoders is None:
+            self.encoders = output_encoders(kafka)  # one line, before any client opens, if the registry cannot take the output schemas
         if self.consumer is None:
             self.consumer = make_consumer(kafka, group=True)
         if (kafka.dead_letter_topic or kafka.predictions_topic) and self.producer is None:
@@ -158,7 +166,7 @@ class Daemon:
                 self.producer = make_producer(kafka, transactional_id=f"riverbeam-{digest}", transaction_timeout_s=timeout)
             else:
                 self.producer = make_producer(kafka)
-        self.outputs = OutputWriter(self.producer, kafka.dead_letter_topic, kafka.predictions_topic, scanner=lambda: make_consumer(kafka, group=False))
+        self.outputs = OutputWriter(self.producer, kafka.dead_letter_topic, kafka.predictions_topic, scanner=lambda: make_consumer(kafka, group=False), encoders=self.encoders)
 
     @property
     def source(self) -> KafkaSource:
@@ -264,17 +272,30 @@ class Daemon:
         return resolved
 
     def _check_keyed_gaps(self, batches: list) -> list:
-        """Offset-gap checks of keyed units restored during the last poll; batches of a partition moved by `skip` are dropped."""
+        """Offset-gap checks of keyed units restored during the last poll; batches of a partition moved by `skip` are dropped.
+
+        All partitions restored together are checked in one look-up of log starts and ends (each
+        look-up can wait behind a fetch the broker holds at the log end); a partition whose fetch
+        high watermark equals its position, on a topic whose id did not change, is at the log's end
+        and needs none.
+        """
         pending, self._gap_checks = self._gap_checks, {}
-        moved = set()
+        marks = self.consumer.high_watermarks()
+        checks: dict[tuple, dict[TopicPartition, int]] = {}  # recorded topic ids -> positions to check against the broker
         for tp, recorded_ids in pending.items():
             unit = self.unit_of.get(tp)
             if unit is None:
                 continue
-            resolved = self._resolve_offset_gaps({tp: unit.positions[tp]}, recorded_ids)[tp]
-            if resolved != unit.positions[tp]:
-                unit.seek({tp: resolved})
-                moved.add(tp)
+            position, recorded = unit.positions[tp], recorded_ids.get(tp[0])
+            if marks.get(tp) == position and (not recorded or recorded == self.topic_ids.get(tp[0])):
+                continue
+            checks.setdefault(tuple(sorted(recorded_ids.items())), {})[tp] = position
+        moved = set()
+        for recorded_ids, positions in checks.items():
+            for tp, resolved in self._resolve_offset_gaps(positions, dict(recorded_ids)).items():
+                if resolved != positions[tp]:
+                    self.unit_of[tp].seek({tp: resolved})
+                    moved.add(tp)
         return [batch for batch in batches if batch.partition not in moved] if moved else batches
 
     def _exact_end(self, tp: TopicPartition, listed: int) -> int:
@@ -306,6 +327,7 @@ class Daemon:
             owned = list(unit.positions)
             self.source.forget(owned)
             for tp in owned:
+                self.metrics.lag.labels(tp[0], str(tp[1])).set(0)  # its next owner reports it (one /metrics for workers: summed)
                 self.unit_of.pop(tp, None)
                 self.targets.pop(tp, None)
                 self.needs_targets.pop(tp, None)
@@ -499,8 +521,9 @@ class Daemon:
             marks = self.consumer.high_watermarks()
             now = time.monotonic()
             ready = [tp for tp, since in self.needs_targets.items() if tp in marks or now - since > 3.0]
-            if ready:
-                ends = self.consumer.end_offsets(sorted(ready))
+            if ready:  # a fetch's high watermark is exact: ListOffsets (which waits behind a held fetch) only where none answered
+                unanswered = sorted(tp for tp in ready if tp not in marks)
+                ends = self.consumer.end_offsets(unanswered) if unanswered else {}
                 for tp in ready:
                     self.targets[tp] = max(ends.get(tp, 0), marks.get(tp, 0))
                     del self.needs_targets[tp]
@@ -509,6 +532,12 @@ class Daemon:
         if not self.units:
             return False
         return all(max(unit.loop.read.get(tp, 0), unit.positions.get(tp, 0)) >= self.targets.get(tp, 0) for tp, unit in self.unit_of.items())
+
+    def _caught_up_here(self) -> bool:
+        """`--until-caught-up`: this daemon's partitions (`_caught_up`), or, for a worker, the group's as its supervisor decides."""
+        if self.group is None:
+            return self._caught_up()
+        return self.group.caught_up(self, not self.units or self._caught_up())
 
     def _model_progress(self) -> None:
         """The models' gauges (metrics, drifts, events learned in all) and a learning-curve point of each."""
@@ -553,6 +582,8 @@ class Daemon:
             if self.keyed:
                 self._open_clients()
                 self.topic_ids = {topic: self.consumer.topic_id(topic) for topic in self.config.kafka.source_topics}  # recorded in each checkpoint
+                if self.group is not None:
+                    self.group.joining(self)  # the workers subscribe together: one group generation at start, no rebalance
                 self.consumer.subscribe(self.config.kafka.source_topics, self._on_assign, self._on_revoke)
                 self._loop()
                 for unit in list(self.units.values()):
@@ -594,7 +625,7 @@ class Daemon:
             self._check_lease()
             self._watch_uploads(now)
             self._report_progress(progress)
-            if self.until_caught_up and self._caught_up():
+            if self.until_caught_up and self._caught_up_here():
                 self._flush()  # mini-batch mode: the last chunk, short
                 break
 
@@ -645,35 +676,6 @@ class Daemon:
     def request_stop(self, *_args) -> None:
         """Finish the current batch, write a final checkpoint, commit and return (SIGTERM, SIGINT)."""
         self.stopping.set()
-
-
-def daemon_job_summary(summary: dict, units_in_full: bool = False) -> JobSummary:
-    """The daemon's `Daemon.summary` as `core.summary.JobSummary` (the names every command uses).
-
-    The headline metrics are the global model's; keyed units keep theirs per unit, listed in full
-    under ``units`` with `units_in_full` (``--json``, which also carries every other figure of the
-    daemon's summary: processing seconds, outputs skipped, ...), counted otherwise.
-
-    >>> print(daemon_job_summary({"events_seen": 10, "events_learned": 9, "events_dead_lettered": 1, "seconds": 2.0,
-    ...        "checkpoint_uri": "ckpt", "checkpoints_written": 1, "units": {"all": {"metrics": {"Accuracy": 0.5}}}}).to_text())
-    consume: 10 events in 2.00 s (5 events/s)
-      events_seen 10 · events_learned 9 · events_dead_lettered 1
-      Accuracy 0.5000
-      checkpoint: ckpt
-      checkpoints_written: 1
-      units: 1
-    """
-    units = summary.get("units") or {}
-    only = next(iter(units.values())) if len(units) == 1 else None
-    metrics = dict(only.get("metrics") or {}) if only is not None else {}
-    counts = {name: summary[name] for name in ("events_seen", "events_learned", "events_learned_total", "events_dead_lettered") if name in summary}
-    resumed = summary.get("resumed_from")
-    details = {"events_per_second_learning": summary.get("events_per_second"), "checkpoint": summary.get("checkpoint_uri"),
-               "checkpoints_written": summary.get("checkpoints_written"), "units": units if units_in_full else len(units)}
-    if units_in_full:  # for machines: every figure the daemon measured
-        details.update({k: v for k, v in summary.items() if k not in counts and k not in ("units", "checkpoint_uri", "seconds", "events_per_second", "resumed_from")})
-    return JobSummary("consume", None, counts=counts, metrics=metrics, seconds=summary.get("seconds"), details=details,
-                      resumed=Resumed(**resumed) if resumed else None)
 
 
 def run_daemon(config: ConsumeJobConfig, until_caught_up: bool = False, progress: bool | None = None, stop: threading.Event | None = None,

@@ -22,10 +22,9 @@ import logging
 import time
 from typing import Callable
 
-import orjson
-
 from online.checkpoints.lease import LeaseKeeper
 from online.dead_letters import DEFAULT_MAX_BYTES, DeadLetterRecord
+from online.formats_write import OutputEncoders
 from online.kafka_clients import EventConsumer, EventProducer, KafkaClientError, TopicPartition
 from online.sources import KafkaBatch, kafka_positions, parse_position_key, position_key
 
@@ -60,10 +59,16 @@ def dead_letter_record(tp: TopicPartition, offset: int, value: bytes | None, rea
 
 
 class OutputWriter:
-    """Writes dead letters and predictions for the daemon, skipping what an earlier run already wrote."""
+    """Writes dead letters and predictions for the daemon, skipping what an earlier run already wrote.
 
-    def __init__(self, producer: EventProducer | None, dead_letter_topic: str | None, predictions_topic: str | None, scanner: Callable[[], EventConsumer]):
+    `encoders` encode their values (``kafka.predictions_format``, ``kafka.dead_letter_format``:
+    `online.formats_write.output_encoders`); JSON by default.
+    """
+
+    def __init__(self, producer: EventProducer | None, dead_letter_topic: str | None, predictions_topic: str | None, scanner: Callable[[], EventConsumer],
+                 encoders: OutputEncoders | None = None):  # fmt: skip
         self.producer = producer
+        self.encoders = encoders or OutputEncoders()
         self.dead_letter_topic = dead_letter_topic
         self.predictions_topic = predictions_topic
         self.topics = [t for t in (dead_letter_topic, predictions_topic) if t]
@@ -98,7 +103,7 @@ class OutputWriter:
         self._sent.add(self.dead_letter_topic)
         limit = getattr(self.producer, "max_record_bytes", DEFAULT_MAX_BYTES)
         self.producer.send(
-            self.dead_letter_topic, dead_letter_record(tp, offset, value, reason, limit),
+            self.dead_letter_topic, self.encoders.dead_letter(DeadLetterRecord.from_kafka(tp, offset, value, reason), self.dead_letter_topic, limit),
             key=position_key(tp).encode(), headers=[(SOURCE_HEADER, source_header(tp[0], tp[1], offset))],
         )  # fmt: skip
 
@@ -109,6 +114,7 @@ class OutputWriter:
             return
         key = position_key(tp).encode()
         send = self.producer.send
+        encode = self.encoders.prediction
         through = self.written_through.get((topic, tp), -1)
         self._sent.add(topic)
         for index, outcome in outcomes:
@@ -117,7 +123,7 @@ class OutputWriter:
                 self.skipped += 1
                 continue
             record = outcome.record(topic=tp[0], partition=tp[1], offset=offset)  # online.learning.learner.Prediction.record
-            send(topic, orjson.dumps(record, default=str), key=key, headers=[(SOURCE_HEADER, source_header(tp[0], tp[1], offset))])
+            send(topic, encode(record, topic), key=key, headers=[(SOURCE_HEADER, source_header(tp[0], tp[1], offset))])
 
     def flush(self) -> None:
         """Make every record sent so far durable (a transactional producer commits), or raise `KafkaClientError`.

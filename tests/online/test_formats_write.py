@@ -1,0 +1,147 @@
+"""Predictions and dead letters written as Avro / JSON Schema through a real schema registry (`online.formats_write`).
+
+The daemon writes them; a consumer application reads them back with confluent-kafka's own
+deserializers, and they must hold what the JSON outputs of the same events hold.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import orjson
+import pytest
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer
+from confluent_kafka.schema_registry.json_schema import JSONDeserializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from online.config import KafkaConfig
+from online.formats_write import PREDICTION_FIELDS, RecordSerializer
+from tests.online.test_daemon import (
+    PHISHING,
+    job_config,
+    produce,
+    read_topic,
+    run_daemon,
+    start_daemon,
+)
+
+BROKEN = {57, 211}  # offsets of lines that are not JSON: dead letters
+
+
+def produce_phishing_with_broken_lines(bootstrap: str, topic: str, count: int = 400) -> None:
+    values = [orjson.dumps(event) for event in PHISHING[:count]]
+    for offset in sorted(BROKEN):
+        values.insert(offset, b"{broken")
+    produce(bootstrap, topic, values)
+
+
+def outputs_of(tmp_path, bootstrap, topic, name, registry_url=None, **kafka) -> dict:
+    """Run the daemon on `topic` with predictions and dead letters in topics named after `name`; its summary."""
+    (tmp_path / name).mkdir()
+    section = {"predictions_topic": f"{topic}.{name}.predictions", "dead_letter_topic": f"{topic}.{name}.dlq", **kafka}
+    if registry_url is not None:
+        section["schema_registry"] = {"url": registry_url}
+    return run_daemon(job_config(tmp_path / name, bootstrap, topic, "confluent-kafka", kafka=section))
+
+
+def decoded(bootstrap: str, topic: str, deserialize=None) -> list[dict]:
+    """Every record of `topic`, decoded (`deserialize`, or JSON), in source order."""
+    context = SerializationContext(topic, MessageField.VALUE)
+    records = [deserialize(r.value, context) if deserialize else orjson.loads(r.value) for r in read_topic(bootstrap, topic, "confluent-kafka")]
+    return sorted(records, key=lambda record: record["offset"] if "offset" in record else record["source"]["offset"])
+
+
+def without_time(dead_letters: list[dict]) -> list[dict]:
+    return [{k: v for k, v in record.items() if k != "time"} for record in dead_letters]
+
+
+def test_the_daemon_writes_avro_predictions_and_dead_letters_that_hold_its_json_outputs(tmp_path, kafka_bootstrap, schema_registry, topic):
+    produce_phishing_with_broken_lines(kafka_bootstrap, topic)
+
+    as_avro = outputs_of(tmp_path, kafka_bootstrap, topic, "avro", schema_registry.url, predictions_format="avro", dead_letter_format="avro")
+    as_json = outputs_of(tmp_path, kafka_bootstrap, topic, "json")
+
+    client = SchemaRegistryClient({"url": schema_registry.url})
+    avro_predictions = decoded(kafka_bootstrap, f"{topic}.avro.predictions", AvroDeserializer(client))
+    json_predictions = decoded(kafka_bootstrap, f"{topic}.json.predictions")
+    assert as_avro["units"]["all"]["metrics"] == as_json["units"]["all"]["metrics"]
+    assert len(avro_predictions) == 400 + len(BROKEN) - len(BROKEN)
+    assert avro_predictions == [{**dict.fromkeys(PREDICTION_FIELDS), **record} for record in json_predictions]  # fields JSON leaves out are null
+    assert isinstance(avro_predictions[0]["prediction"], bool) and set(avro_predictions[0]["probabilities"]) == {"true", "false"}
+    avro_dead = decoded(kafka_bootstrap, f"{topic}.avro.dlq", AvroDeserializer(client))
+    json_dead = decoded(kafka_bootstrap, f"{topic}.json.dlq")
+    assert [record["source"]["offset"] for record in avro_dead] == sorted(BROKEN)
+    assert without_time(avro_dead) == [{"stage": None, "model": None, **record} for record in without_time(json_dead)]
+    assert client.get_latest_version(f"{topic}.avro.predictions-value").schema.schema_type == "AVRO"  # the topic name strategy
+
+
+def test_json_schema_predictions_under_the_record_name_strategy(tmp_path, kafka_bootstrap, schema_registry, topic):
+    produce_phishing_with_broken_lines(kafka_bootstrap, topic, count=200)
+
+    outputs_of(tmp_path, kafka_bootstrap, topic, "registry", schema_registry.url, predictions_format="json_schema", subject_name_strategy="record")
+    outputs_of(tmp_path, kafka_bootstrap, topic, "json")
+
+    client = SchemaRegistryClient({"url": schema_registry.url})
+    predictions = decoded(kafka_bootstrap, f"{topic}.registry.predictions", JSONDeserializer(None, schema_registry_client=client))
+    assert len(predictions) == 200
+    assert predictions == decoded(kafka_bootstrap, f"{topic}.json.predictions")
+    assert client.get_latest_version("riverbeam.Prediction").schema.schema_type == "JSON"
+    assert all(r.value[0] == 0 for r in read_topic(kafka_bootstrap, f"{topic}.registry.predictions", "confluent-kafka"))  # the wire format
+
+
+def test_an_avro_prediction_of_a_regressor_with_a_key_keeps_its_types(schema_registry, topic):
+    serialize = RecordSerializer("prediction", "avro", {"url": schema_registry.url}, "topic_record")
+    record = {"key": 17, "prediction": 2.5, "label": 3, "learned": True, "topic": "events", "partition": 1, "offset": 9}
+
+    value = serialize(record, topic)
+
+    client = SchemaRegistryClient({"url": schema_registry.url})
+    back = AvroDeserializer(client)(value, SerializationContext(topic, MessageField.VALUE))
+    assert back == {**dict.fromkeys(PREDICTION_FIELDS), **record}
+    assert f"{topic}-riverbeam.Prediction" in client.get_subjects()
+
+
+def config_check(tmp_path, kafka: str) -> subprocess.CompletedProcess:
+    path = tmp_path / "job.yaml"
+    path.write_text("model: {pipeline: [{linear_model.LogisticRegression: {}}]}\nevents: {target: label}\ncheckpoint: {uri: ./checkpoints}\n"
+                    f"kafka: {{topic: events, predictions_topic: p, {kafka}}}\n")  # fmt: skip
+    command = [sys.executable, "-m", "riverbeam.cli", "config", "check", str(path)]
+    return subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, NO_GCE_CHECK="true"), timeout=120)
+
+
+def test_an_unknown_subject_name_strategy_or_a_format_without_a_registry_is_one_line_naming_the_key(tmp_path):
+    strategy = config_check(tmp_path, "predictions_format: avro, schema_registry: {url: 'http://127.0.0.1:9'}, subject_name_strategy: associated")
+    no_registry = config_check(tmp_path, "dead_letter_format: json_schema")
+    unreachable = config_check(tmp_path, "predictions_format: avro, schema_registry: {url: 'http://127.0.0.1:9'}")
+
+    for result in (strategy, no_registry, unreachable):
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "kafka.subject_name_strategy" in strategy.stderr and "topic_record" in strategy.stderr
+    assert "kafka.dead_letter_format json_schema needs kafka.schema_registry.url" in no_registry.stderr
+    assert "kafka.schema_registry.url: the schema registry at http://127.0.0.1:9 does not answer" in unreachable.stderr
+
+
+def test_the_daemon_stops_in_one_line_naming_the_key_when_the_registry_cannot_take_its_schema(tmp_path, kafka_bootstrap, schema_registry, topic):
+    produce(kafka_bootstrap, topic, [orjson.dumps(PHISHING[0])])
+    down = job_config(tmp_path, kafka_bootstrap, topic, "confluent-kafka",
+                      kafka={"predictions_topic": f"{topic}.p", "predictions_format": "avro", "schema_registry": {"url": "http://127.0.0.1:9"}})  # fmt: skip
+    unregistered = job_config(tmp_path, kafka_bootstrap, topic, "confluent-kafka",
+                              kafka={"dead_letter_topic": f"{topic}.dlq", "dead_letter_format": "avro", "auto_register_schemas": False,
+                                     "schema_registry": {"url": schema_registry.url}})  # fmt: skip
+
+    results = [start_daemon(config, "--until-caught-up") for config in (down, unregistered)]
+    (_, down_err), (_, unregistered_err) = (process.communicate(timeout=120) for process in results)
+
+    assert [process.returncode for process in results] == [1, 2], down_err[-2000:] + unregistered_err[-2000:]
+    assert "Traceback" not in down_err + unregistered_err
+    assert "kafka.schema_registry.url: the schema registry at http://127.0.0.1:9 cannot be reached to write prediction records as avro" in down_err.strip().splitlines()[-1]
+    assert f"kafka.auto_register_schemas: subject {topic}.dlq-value in the schema registry at {schema_registry.url} does not hold" in unregistered_err.strip().splitlines()[-1]
+
+
+def test_a_registry_format_for_outputs_needs_the_registry_url():
+    with pytest.raises(ValueError, match="kafka.predictions_format avro needs kafka.schema_registry.url"):
+        KafkaConfig(topic="events", predictions_format="avro")
