@@ -50,7 +50,7 @@ from online.readers import InputFile, ReplayPosition, SourceRecord, read_inputs
 
 REPLAY = "replay"  # the file source's one partition, and its key among checkpoint positions
 
-__all__ = ["EventSource", "SourceBatch", "KafkaBatch", "FileBatch", "KafkaSource", "FileSource", "FedSource", "position_key", "parse_position_key", "kafka_positions", "progress_bar", "REPLAY"]
+__all__ = ["EventSource", "SourceBatch", "KafkaBatch", "EventBatch", "FileBatch", "KafkaSource", "FileSource", "FedSource", "position_key", "parse_position_key", "kafka_positions", "progress_bar", "REPLAY"]
 
 
 def position_key(tp: TopicPartition) -> str:
@@ -190,6 +190,32 @@ class KafkaSource:
         for tp in tps:
             self.read.pop(tp, None)
         self._polled = [b for b in self._polled if b.partition not in set(tps)]
+
+
+@dataclass
+class EventBatch:
+    """Events handed in by a caller, already decoded (serve's ``POST /v1/learn``): numbered from `before` on.
+
+    >>> head, tail = EventBatch("serve", [{"x": 1}, {"x": 2}, {"x": 3}], before=10).take(2)
+    >>> len(head), head.next_position, tail.before, tail.next_position
+    (2, 12, 12, 13)
+    """
+
+    partition: str
+    values: list
+    before: int = 0  # how many events this partition received before the first of these
+    decoded: bool = True
+    reasons: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @property
+    def next_position(self) -> int:
+        return self.before + len(self.values)
+
+    def take(self, count: int) -> tuple["EventBatch", "EventBatch"]:
+        return EventBatch(self.partition, self.values[:count], self.before), EventBatch(self.partition, self.values[count:], self.before + count)
 
 
 class FedSource:

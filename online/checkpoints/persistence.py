@@ -430,9 +430,8 @@ class Checkpointer:
     is needed, `checkpoint` writes one in numbered steps — (1) finish the upload in flight,
     (2) skip if nothing changed since the last checkpoint written or restored, (3) snapshot the
     learner on this thread, (4) upload (on `uploader`, a one-thread executor, or inline), and
-    (5) once the upload returned, record it as `last_durable` (and hand it to `on_durable` when
-    given). `collect` finishes an upload that is done (or waits with ``wait=True``) and re-raises
-    its error (`online.checkpoints.store.FencingError`, storage errors; `fatal` are those a retry
+    (5) once the upload returned, record it as `last_durable`. `collect` finishes an upload that is
+    done (or waits with ``wait=True``) and re-raises its error (`online.checkpoints.store.FencingError`, storage errors; `fatal` are those a retry
     will not heal). The learning unit (`online.learning.unit.LearningUnit.checkpoint`) drives it:
     it flushes its sinks before and commits source offsets once `last_durable` moved, never before.
 
@@ -468,7 +467,6 @@ class Checkpointer:
         cadence: Cadence | None = None,
         *,
         uploader: concurrent.futures.Executor | None = None,
-        on_durable: Callable[[Durable], None] | None = None,
         restored: Checkpoint | None = None,
         base_positions: dict | None = None,
         base_context: dict | None = None,
@@ -478,7 +476,6 @@ class Checkpointer:
         self.spec = spec or LearnerSpec.of_learner(learner)
         self.cadence = cadence or Cadence()
         self.uploader = uploader
-        self.on_durable = on_durable
         self.base_positions = dict(restored.positions if restored is not None else base_positions or {})
         self.last_positions: dict | None = dict(self.base_positions) if restored is not None else None
         # what the positions kept say about themselves (topic ids, outputs): carried with them (online.checkpoints.store.KAFKA_CONTEXT)
@@ -578,8 +575,6 @@ class Checkpointer:
         if "parts" in durable.manifest:
             self.parts = list(durable.manifest["parts"])
             self._maybe_compact()
-        if self.on_durable is not None:
-            self.on_durable(durable)
         return durable
 
     # -- incremental checkpoints ------------------------------------------------------------

@@ -4,12 +4,17 @@ A ``riverbeam serve`` with ``serve.learn: true`` is a writer. Before it answers 
 lease in the checkpoint store (`online.checkpoints.lease`: the daemon's active/standby rule and its
 `LeaseKeeper`, which renews the lease from the moment it is taken, so it never
 learns beside a daemon or another learning server on the same model), restores the latest
-checkpoint through the checkpoint bridge (`online.checkpoints.persistence.resume`) and learns each event of
-``POST /v1/learn`` with the learner's own semantics (`Learner.process`: predict, score, learn;
-with ``events.id``, an unlabelled event's prediction is kept until its label arrives). It
-checkpoints on the daemon's cadence (`online.checkpoints.persistence.Checkpointer`: every
-``checkpoint.every_events`` events or ``every_seconds``, one upload in flight, on a worker thread)
-and once more when it stops. It learns on the event loop only, so requests never see a model
+checkpoint through the checkpoint bridge (`online.checkpoints.persistence.resume`) and learns
+through a learning unit, as every job does (`online.learning.unit.LearningUnit`): each
+``POST /v1/learn`` request's events are pushed into the unit's source (`online.sources.FedSource`
+of `online.sources.EventBatch`) and `LearningUnit.step` learns them with the learner's own
+semantics (predict, score, learn; with ``events.id``, an unlabelled event's prediction is kept
+until its label arrives; in mini-batch mode a request's events are one chunk). The unit's sinks
+(`ResponseSinks`) are the request's answers: one record per event, its prediction or its error.
+The unit checkpoints on the daemon's cadence (`online.checkpoints.persistence.Checkpointer`:
+every ``checkpoint.every_events`` events or ``every_seconds``, one upload in flight, on a worker
+thread) and once more when the server stops; a checkpoint made durable becomes the served model
+(`ResponseSinks.commit`). It learns on the event loop only, so requests never see a model
 half-learned.
 
 >>> import tempfile
@@ -36,19 +41,62 @@ import concurrent.futures
 import logging
 import threading
 
-from online.events import EventError
 from online.checkpoints.lease import Lease, LeaseKeeper, instance_id
 from online.checkpoints.persistence import Cadence, Checkpointer, Durable, LearnerSpec, open_checkpoint_store, resume
 from online.checkpoints.units import SERVE_UNIT, OtherUnits, unit_store
 from online.config import ServeJobConfig
+from online.learning.unit import LearningUnit
 from online.serving.metrics import ServeMetrics
 from online.serving.reload import ModelSlot, ServedModel
+from online.sources import EventBatch, FedSource
 
 log = logging.getLogger("riverbeam.serve")
 
 
+class ResponseSinks:
+    """The sinks of serve's learning unit (`online.learning.unit.Sinks`): a request's answers, and the served model.
+
+    `open` starts a request of `count` events; each event's answer is its prediction record (a
+    learning job's record, `online.learning.learner.Prediction.record`, stamped with the checkpoint
+    it was learned on top of) or ``{"error": reason}``, at its place in the request (`answers`).
+    Nothing is flushed anywhere: the answers are the response. A checkpoint made durable
+    (`commit`) becomes the served model and the checkpoint stamped on the next records.
+    """
+
+    def __init__(self, metrics: ServeMetrics, slot: ModelSlot, learner, checkpoint_id: str | None):
+        self.metrics = metrics
+        self.slot = slot
+        self.learner = learner
+        self.checkpoint_id = checkpoint_id
+        self.answers: list = []
+        self._first = 0  # the position of the request's first event
+
+    def open(self, first: int, count: int) -> None:
+        self._first, self.answers = first, [None] * count
+
+    def dead_letter(self, batch: EventBatch, index: int, reason: str, model: str | None = None) -> None:
+        self.answers[batch.before - self._first + index] = {"error": reason}
+
+    def predictions(self, batch: EventBatch, outcomes: list) -> None:
+        at, checkpoint = batch.before - self._first, self.checkpoint_id
+        for index, prediction in outcomes:
+            self.answers[at + index] = prediction.record(checkpoint=checkpoint)
+            if prediction.learned:
+                self.metrics.learned.inc()
+
+    def flush(self, positions: dict) -> dict:
+        return {}
+
+    def commit(self, durable: Durable) -> None:
+        self.checkpoint_id = durable.manifest["id"]
+        self.slot.current = ServedModel(self.learner, self.checkpoint_id, durable.manifest)
+        self.metrics.checkpoint_is(durable.manifest)
+        self.metrics.checkpoints_written.inc()
+        log.info("checkpoint", extra={"fields": {"id": self.checkpoint_id, "events_learned": durable.manifest["events_learned"], "seconds": round(durable.seconds, 4)}})
+
+
 class LearningWriter:
-    """Lease, learner and checkpointer of a learning serving instance (see the module)."""
+    """Lease, learning unit and checkpointer of a learning serving instance (see the module)."""
 
     def __init__(self, config: ServeJobConfig, metrics: ServeMetrics, slot: ModelSlot):
         self.config = config
@@ -58,11 +106,20 @@ class LearningWriter:
         self.store = open_checkpoint_store(config.checkpoint)
         self.lease = Lease(self.store.store, instance_id(), ttl=config.checkpoint.lease_seconds)
         self.uploader = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="riverbeam-checkpoint")
-        self.learner = None
-        self.checkpointer: Checkpointer | None = None
+        self.unit: LearningUnit | None = None
+        self.source = FedSource()
+        self.received = 0  # events pushed into the unit (its source's position)
         self.active = False
-        self.checkpoint_id: str | None = None
         self.keeper: LeaseKeeper | None = None  # renews the lease from the moment it is taken (the daemon's one lease loop)
+
+    @property
+    def learner(self):
+        return self.unit.learner if self.unit is not None else None
+
+    @property
+    def checkpoint_id(self) -> str | None:
+        """The checkpoint the model learns on top of: the restored one, then each made durable."""
+        return self.unit.sinks.checkpoint_id if self.unit is not None else None
 
     # -- life cycle (start and stop run on a worker thread or at shutdown) -----------------
 
@@ -74,12 +131,12 @@ class LearningWriter:
         daemon's standby does: a lease this instance may still hold runs out first), and the latest
         checkpoint is restored.
         """
-        if self.checkpointer is not None:  # back from a failure: finish (or fail) the upload in flight, then wait as standby
+        if self.unit is not None:  # back from a failure: finish (or fail) the upload in flight, then wait as standby
             try:
-                self.checkpointer.collect(wait=True)  # the store fences a stale write itself
+                self.unit.checkpointer.collect(wait=True)  # the store fences a stale write itself
             except Exception:
                 pass
-            self.checkpointer = None
+            self.unit = None
             self._stop_keeper()
             self.lease = Lease(self.store.store, instance_id(), ttl=self.config.checkpoint.lease_seconds)
         waited = False
@@ -94,19 +151,19 @@ class LearningWriter:
         learner, restored = resume(store, self.spec)
         if store is not self.store:
             OtherUnits(self.store, self.spec.restore, own=SERVE_UNIT).attach(learner)  # keys the unit does not hold: the other units' models
-        self.checkpointer = Checkpointer(
-            store, learner, self.spec, Cadence.from_config(self.config.checkpoint),
-            uploader=self.uploader, on_durable=self._durable, restored=restored,
-        )  # fmt: skip
-        self.learner = learner
-        self.checkpoint_id = restored.id if restored is not None else None
+        checkpointer = Checkpointer(store, learner, self.spec, Cadence.from_config(self.config.checkpoint), uploader=self.uploader, restored=restored)
+        checkpoint_id = restored.id if restored is not None else None
+        sinks = ResponseSinks(self.metrics, self.slot, learner, checkpoint_id)
+        self.source = FedSource()
+        # a checkpoint due while one is in flight waits for it (the unit's back-pressure): the cadence holds
+        self.unit = LearningUnit(SERVE_UNIT, self.source, [("model", learner)], sinks, checkpointer, predictions=True)
         if restored is not None:
             self.metrics.checkpoint_is(restored.manifest)
-        self.slot.current = ServedModel(learner, self.checkpoint_id, restored.manifest if restored is not None else {})
+        self.slot.current = ServedModel(learner, checkpoint_id, restored.manifest if restored is not None else {})
         self.metrics.model_is(learner.report())
         self.active = True
         self.metrics.ready_gauge.set(1)
-        log.info("learning", extra={"fields": {"uri": self.store.uri, "checkpoint": self.checkpoint_id, "events_learned": learner.state.events_learned}})
+        log.info("learning", extra={"fields": {"uri": self.store.uri, "checkpoint": checkpoint_id, "events_learned": learner.state.events_learned}})
         return True
 
     def _try_acquire(self) -> bool:
@@ -119,8 +176,8 @@ class LearningWriter:
     def stop(self) -> None:
         """Final checkpoint (if anything changed), release the lease, stop the uploader."""
         try:
-            if self.active and self.checkpointer is not None:
-                self.checkpointer.checkpoint({}, wait=True)
+            if self.active and self.unit is not None:
+                self.unit.checkpoint(wait=True)
         finally:
             self._deactivate()
             self._stop_keeper()
@@ -131,56 +188,33 @@ class LearningWriter:
         self.active = False
         self.metrics.ready_gauge.set(0)
 
-    def _durable(self, durable: Durable) -> None:
-        self.checkpoint_id = durable.manifest["id"]
-        self.slot.current = ServedModel(self.learner, self.checkpoint_id, durable.manifest)
-        self.metrics.checkpoint_is(durable.manifest)
-        self.metrics.checkpoints_written.inc()
-        log.info("checkpoint", extra={"fields": {"id": self.checkpoint_id, "events_learned": durable.manifest["events_learned"], "seconds": round(durable.seconds, 4)}})
-
     # -- on the event loop -----------------------------------------------------------------
 
     def learn(self, events: list) -> list[dict]:
-        """Process `events` in order with the learner; one record (or ``{"error": reason}``) each."""
-        learner, records, processed = self.learner, [], 0
-        for event in events:
-            try:
-                prediction = learner.process(event)
-            except EventError as error:
-                records.append({"error": str(error)})
-                continue
-            except Exception as error:  # River failed on this event: this event's failure only, never a 500
-                log.warning("the model failed on an event", extra={"fields": {"error": repr(error)}})
-                records.append({"error": f"the model cannot learn this event: {error}"})
-                continue
-            processed += 1
-            records.append(prediction.record(checkpoint=self.checkpoint_id))  # a learning job's record (online.learning.learner.Prediction.record)
-            if prediction.learned:
-                self.metrics.learned.inc()
-        self.checkpointer.add(processed)
-        self.metrics.model_is(learner.report())
-        if self.checkpointer.due():
-            self.checkpoint()
-        return records
-
-    def checkpoint(self) -> None:
-        """Snapshot now, upload on the worker thread (after the one in flight, if any)."""
+        """Learn `events` in order through the unit; one record (or ``{"error": reason}``) each."""
+        unit = self.unit
+        unit.sinks.open(self.received, len(events))
+        self.source.push(EventBatch(SERVE_UNIT, list(events), before=self.received))
+        self.received += len(events)
         try:
-            self.checkpointer.checkpoint({})
+            unit.step()  # learn, count; checkpoint when due
         except Exception as error:  # fenced by another writer, or storage down: stop learning, keep answering
             self._fail("checkpoint failed; this instance stops learning", error)
+        unit.flush()  # mini-batch mode: the request's events are one chunk, answered now
+        self.metrics.model_is(unit.learner.report())
+        return unit.sinks.answers
 
     def tick(self) -> None:
         """Called about once a second on the event loop: finish a done upload, checkpoint when due by time."""
         if not self.active:
             return
+        unit = self.unit
         try:
-            self.checkpointer.collect()
+            unit.collect()
+            if unit.checkpointer.due():
+                unit.checkpoint()
         except Exception as error:
             self._fail("checkpoint failed; this instance stops learning", error)
-            return
-        if self.checkpointer.due():
-            self.checkpoint()
 
     def check_lease(self) -> None:
         """Stop learning once the lease is not ours any more (its `LeaseKeeper` renews it on its own thread: no I/O here)."""

@@ -316,10 +316,12 @@ def test_checkpointer_one_upload_in_flight_and_offsets_only_once_durable(tmp_pat
     spec = spec_for()
     learner = spec.new_learner()
     store = SlowStore(str(tmp_path / "ckpt"))
-    committed = []
     uploader = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    checkpointer = Checkpointer(store, learner, spec, Cadence(every_events=2), uploader=uploader,
-                                on_durable=lambda durable: committed.append(durable.positions))
+    checkpointer = Checkpointer(store, learner, spec, Cadence(every_events=2), uploader=uploader)
+
+    def committed():  # what a unit commits (`LearningUnit._settle`): checkpoints durable so far, the latest one's own positions
+        return checkpointer.written, checkpointer.last_durable.positions if checkpointer.last_durable else None
+
     learner.process({"x": 1.0, "label": True})
     checkpointer.add(1)
     assert not checkpointer.due()
@@ -328,16 +330,16 @@ def test_checkpointer_one_upload_in_flight_and_offsets_only_once_durable(tmp_pat
     assert checkpointer.due()
     checkpointer.checkpoint({"events/0": 2})
     assert store.started.wait(5) and not checkpointer.due()
-    assert checkpointer.collect() is None and committed == []  # not durable yet: nothing committed
+    assert checkpointer.collect() is None and committed() == (0, None)  # not durable yet: nothing committed
     learner.process({"x": 3.0, "label": True})
     checkpointer.add(1)
     second = threading.Thread(target=lambda: checkpointer.checkpoint({"events/0": 3}, wait=True))
     second.start()
     second.join(0.3)
-    assert second.is_alive() and committed == []  # the next checkpoint waits for the one in flight
+    assert second.is_alive() and committed() == (0, None)  # the next checkpoint waits for the one in flight
     store.release.set()
     second.join(10)
-    assert committed == [{"events/0": 2}, {"events/0": 3}]  # in order, each after its upload returned
+    assert committed() == (2, {"events/0": 3})  # each after its upload returned, in order (the store's list below)
     assert [m["events_seen"] for m in CheckpointStore(store.uri).list()] == [3, 2]
     assert checkpointer.checkpoint({"events/0": 3}, wait=True) is None and checkpointer.written == 2  # nothing new
     uploader.shutdown()
@@ -354,22 +356,21 @@ def test_checkpointer_keeps_other_jobs_positions_and_surfaces_upload_errors(tmp_
     Checkpointer(writer, learner, spec).checkpoint({"replay": {"file": "a.jsonl", "line": 9}}, wait=True)
     store = CheckpointStore(str(tmp_path / "ckpt"))
     learner, restored = resume(store, spec)
-    committed = []
     uploader = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    checkpointer = Checkpointer(store, learner, spec, Cadence(), uploader=uploader, restored=restored, on_durable=committed.append)
+    checkpointer = Checkpointer(store, learner, spec, Cadence(), uploader=uploader, restored=restored)
     assert not checkpointer.has_news({})
     learner.process({"x": 1.0, "label": True})
     checkpointer.add(1)
     checkpointer.checkpoint({"events/0": 1}, wait=True)
     assert store.load_latest().positions == {"replay": {"file": "a.jsonl", "line": 9}, "events/0": 1}
-    assert committed[0].positions == {"events/0": 1}  # only the writer's own positions are committed
+    assert checkpointer.last_durable.positions == {"events/0": 1}  # only the writer's own positions are committed
     Checkpointer(CheckpointStore(store.uri), learner, spec).checkpoint({"events/0": 1}, wait=True)  # another writer moves LATEST
     learner.process({"x": 2.0, "label": True})
     checkpointer.add(1)
     checkpointer.checkpoint({"events/0": 2})
     with pytest.raises(FencingError):
         checkpointer.collect(wait=True)
-    assert len(committed) == 1  # a failed upload never commits
+    assert checkpointer.written == 1 and checkpointer.last_durable.positions == {"events/0": 1}  # a failed upload never commits
     uploader.shutdown()
 
 
