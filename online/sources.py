@@ -3,13 +3,14 @@
 Bytewax's ``StatefulSourcePartition``, for riverbeam: a source hands out `SourceBatch` objects
 (consecutive records of one source partition, raw or already decoded, each with where it came
 from) and says where it stands, so that a checkpoint can record the position and a restart can
-seek back to it. The daemon polls a `KafkaSource` and pushes each partition's batches into the
-`FedSource` of the learning unit that owns it, ``riverbeam replay`` reads a `FileSource`; each
-is the source of a `online.learning.unit.LearningUnit` (which reads it with `next_batch` and
-restores it with `seek`), and backfill reads a `FileSource` into its Kafka sink.
+seek back to it. Every learning unit (`online.learning.unit.LearningUnit`) reads its source with
+`next_batch` and restores it with `seek`: ``riverbeam replay`` a `FileSource`; the daemon a
+`FedSource` per unit, into which it pushes each partition's batches of its one `KafkaSource`
+poll (a unit's `seek` reaches the `KafkaSource` behind it); serve a `FedSource` of each
+request's `EventBatch`. Backfill reads a `FileSource` into its Kafka sink.
 
-* `EventSource.next_batch()` — the next batch, or None (Kafka: nothing arrived within the poll
-  timeout; files: the inputs are exhausted, `exhausted` turns True).
+* `EventSource.next_batch()` — the next batch, or None (fed: nothing pushed since; files: the
+  inputs are exhausted, `exhausted` turns True).
 * `EventSource.position()` — where the source stands after the last batch handed out, as
   checkpoint positions (``{"topic/partition": next offset}`` or ``{"replay": {...}}``).
 * `EventSource.seek(positions)` — continue from such positions (a checkpoint's).
@@ -103,7 +104,7 @@ class SourceBatch(Protocol):
 
 
 class EventSource(Protocol):
-    """Where events come from: Kafka partitions (`KafkaSource`) or files (`FileSource`)."""
+    """Where a learning unit's events come from: files (`FileSource`), or batches pushed in (`FedSource`)."""
 
     def next_batch(self) -> SourceBatch | None: ...
 
@@ -150,7 +151,12 @@ class KafkaBatch:
 
 
 class KafkaSource:
-    """The partitions a consumer is assigned, one `KafkaBatch` at a time (one poll is handed out batch by batch)."""
+    """The partitions a consumer is assigned, read poll by poll: the upstream of the daemon's `FedSource`s.
+
+    It is not an `EventSource` of its own: the daemon (the scheduler of its learning units) polls
+    it once per loop and pushes each partition's `KafkaBatch` into the `FedSource` of the unit that
+    owns the partition; a unit's `seek` reaches back here (`FedSource.upstream`).
+    """
 
     def __init__(self, consumer: EventConsumer, poll_timeout: float, max_records: int):
         self.consumer = consumer
@@ -158,21 +164,13 @@ class KafkaSource:
         self.max_records = max_records
         self.exhausted = False  # a topic has no end
         self.read: dict[TopicPartition, int] = {}
-        self._polled: list[Batch] = []
 
     def poll(self) -> list[KafkaBatch]:
-        """Every batch one poll returns (the daemon's loop works poll by poll)."""
+        """Every batch one poll returns, one per partition at most (the daemon's loop works poll by poll)."""
         batches = [KafkaBatch.of(b) for b in self.consumer.poll_batches(self.poll_timeout, self.max_records)]
         for batch in batches:
             self.read[batch.partition] = batch.next_position
         return batches
-
-    def next_batch(self) -> KafkaBatch | None:
-        if not self._polled:
-            self._polled = self.poll()
-            if not self._polled:
-                return None
-        return self._polled.pop(0)
 
     def position(self) -> dict:
         return {position_key(tp): offset for tp, offset in self.read.items()}
@@ -183,13 +181,11 @@ class KafkaSource:
             tp = parse_position_key(key) if isinstance(key, str) else key
             self.consumer.seek(tp, offset)
             self.read[tp] = offset
-        self._polled = [b for b in self._polled if b.partition not in {parse_position_key(k) if isinstance(k, str) else k for k in positions}]
 
     def forget(self, tps) -> None:
         """Partitions given up (revoked): their position is no longer this source's."""
         for tp in tps:
             self.read.pop(tp, None)
-        self._polled = [b for b in self._polled if b.partition not in set(tps)]
 
 
 @dataclass

@@ -80,8 +80,7 @@ def test_kafka_source_reads_positions_and_seeks_back(kafka_bootstrap, topic):
         source.seek({f"{topic}/0": 0, f"{topic}/1": 0})
         seen: dict = {tp: [] for tp in tps}
         for _ in range(40):
-            batch = source.next_batch()
-            if batch is not None:
+            for batch in source.poll():
                 assert len(batch) <= 7 and batch.offsets == sorted(batch.offsets)
                 seen[batch.partition].extend(batch.offsets)
             if sum(map(len, seen.values())) == 30:
@@ -91,8 +90,7 @@ def test_kafka_source_reads_positions_and_seeks_back(kafka_bootstrap, topic):
         source.seek({f"{topic}/1": 10})
         again = []
         for _ in range(20):
-            batch = source.next_batch()
-            if batch is not None:
+            for batch in source.poll():
                 assert batch.partition == (topic, 1)
                 again.extend(batch.offsets)
             if len(again) == 5:
