@@ -467,6 +467,9 @@ class KafkaConfig(Section):
     dead_letter_format: Literal["json", "avro", "json_schema"] = "json"
     subject_name_strategy: Literal["topic", "record", "topic_record"] = "topic"
     auto_register_schemas: bool = True
+    # replay --mode backfill into an avro or json_schema topic: the schema file (.avsc, or a JSON Schema) its
+    # records are written with; derived from the input events when absent (online.formats_write.event_serializer).
+    value_schema: str | None = None
 
     @pydantic.field_validator("topic", "dead_letter_topic", "predictions_topic", "group_id", "bootstrap_servers")
     @classmethod

@@ -29,6 +29,7 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -142,6 +143,10 @@ SCHEMAS = {
 }
 
 
+class RecordNotWritable(RiverbeamError):
+    """A record does not fit the schema it is written with (`RecordSerializer`): that record only."""
+
+
 def _scalar(value: Any) -> Any:
     """A JSON scalar as it is; anything else as its text (as ``orjson.dumps(..., default=str)`` writes it)."""
     return value if value is None or type(value) in (bool, int, float, str) else str(value)
@@ -173,14 +178,14 @@ class RecordSerializer:
     """
 
     def __init__(self, kind: str, fmt: str, registry: dict[str, Any], strategy: str = "topic", auto_register: bool = True,
-                 setting: str = "kafka.predictions_format"):  # fmt: skip
-        if (kind, fmt) not in SCHEMAS:
+                 setting: str = "kafka.predictions_format", schema: dict | None = None):  # fmt: skip
+        if schema is None and (kind, fmt) not in SCHEMAS:
             raise ConfigError(setting, f"{fmt!r} is not a format {kind} records are written in (one of {', '.join(WRITE_FORMATS)})")
         if strategy not in STRATEGIES:
             raise ConfigError("kafka.subject_name_strategy", f"{strategy!r} is not a subject name strategy (one of {', '.join(STRATEGIES)})")
         self.kind, self.format, self.strategy, self.auto_register, self.setting = kind, fmt, strategy, auto_register, setting
         self.client, self.url = registry_client(registry)
-        self.schema = SCHEMAS[(kind, fmt)]
+        self.schema = schema if schema is not None else SCHEMAS[(kind, fmt)]
         conf = {"subject.name.strategy.type": STRATEGIES[strategy], "auto.register.schemas": auto_register}
         if fmt == "avro":
             from confluent_kafka.schema_registry.avro import AvroSerializer
@@ -198,7 +203,8 @@ class RecordSerializer:
 
     def subject(self, topic: str) -> str:
         """The subject the schema is registered under for `topic`, by ``kafka.subject_name_strategy``."""
-        name = self.schema.get("title") or f"{self.schema['namespace']}.{self.schema['name']}"
+        schema = self.schema
+        name = schema.get("title") or ".".join(part for part in (schema.get("namespace"), schema.get("name")) if part)
         return {"topic": f"{topic}-value", "record": name, "topic_record": f"{topic}-{name}"}[self.strategy]
 
     def __call__(self, record: dict, topic: str) -> bytes:
@@ -217,7 +223,7 @@ class RecordSerializer:
         except Exception as error:
             if is_transport_error(error):
                 raise self._unreachable(error, topic) from None
-            raise RiverbeamError(f"cannot write a {self.kind} record as {self.format} ({self.setting}) to {topic}: {type(error).__name__}: {error}") from None
+            raise RecordNotWritable(f"cannot write the {self.kind} record as {self.format} ({self.setting}) to {topic}: {type(error).__name__}: {error}") from None
 
     def check(self, topic: str, sample: dict) -> None:
         """Register (or find) the schema under `topic`'s subject by serializing `sample`; raise one line if that fails."""
@@ -294,3 +300,102 @@ def output_encoders(kafka) -> OutputEncoders:
         dead_letter = RecordSerializer("dead letter", kafka.dead_letter_format, registry, strategy, auto, "kafka.dead_letter_format")
         dead_letter.check(kafka.dead_letter_topic, orjson.loads(DeadLetterRecord("schema check", None).to_json()))
     return OutputEncoders(prediction, dead_letter)
+
+
+_AVRO_OF = {bool: "boolean", int: "long", float: "double", str: "string"}
+_JSON_OF = {bool: "boolean", int: "integer", float: "number", str: "string"}
+
+
+def _field_kinds(events: Iterable[dict]) -> tuple[dict[str, set], int]:
+    kinds: dict[str, set] = {}
+    seen: dict[str, int] = {}
+    count = 0
+    for event in events:
+        count += 1
+        for name, value in event.items():
+            kinds.setdefault(name, set()).add(type(value))
+            seen[name] = seen.get(name, 0) + 1
+    return {name: kind | ({type(None)} if seen[name] < count else set()) for name, kind in kinds.items()}, count
+
+
+def _field_type(name: str, kind: set, table: dict, setting: str) -> tuple[list, bool]:
+    """The types of a field seen with Python types `kind` (an int among floats is a double), and whether it may be null."""
+    nullable = type(None) in kind
+    kind = kind - {type(None)}
+    if kind == {int, float}:
+        kind = {float}
+    unknown = sorted(k.__name__ for k in kind if k not in table)
+    if unknown or len(kind) > 1 or not kind and not nullable:
+        what = ", ".join(unknown) if unknown else " and ".join(sorted(k.__name__ for k in kind))
+        raise ConfigError(setting, f"cannot derive a schema for field {name!r}: its values are {what}; give one (kafka.value_schema)")
+    return [table[k] for k in kind], nullable
+
+
+def derive_avro_schema(events: Iterable[dict], name: str = "Event", setting: str = "kafka.value_schema") -> dict:
+    """A flat Avro record schema that every one of `events` fits: a field missing somewhere (or null) is a union with null.
+
+    An integer field that is a float elsewhere is a double; a field with values of two other types
+    (or a nested object or list) cannot be derived: a `ConfigError` naming it.
+
+    >>> derive_avro_schema([{"x": 1, "s": "a"}, {"x": 2.5, "y": True}])["fields"]
+    [{'name': 'x', 'type': 'double'}, {'name': 's', 'type': ['null', 'string'], 'default': None}, {'name': 'y', 'type': ['null', 'boolean'], 'default': None}]
+    """
+    kinds, _ = _field_kinds(events)
+    fields = []
+    for field, kind in kinds.items():
+        types, nullable = _field_type(field, kind, _AVRO_OF, setting)
+        fields.append({"name": field, "type": ["null", *types], "default": None} if nullable else {"name": field, "type": types[0]})
+    return {"type": "record", "name": name, "namespace": NAMESPACE, "fields": fields}
+
+
+def derive_json_schema(events: Iterable[dict], name: str = "Event", setting: str = "kafka.value_schema") -> dict:
+    """A JSON Schema that every one of `events` fits (the fields, their types; those in every event required).
+
+    >>> derive_json_schema([{"x": 1, "s": "a"}, {"x": 2.5}])["properties"]
+    {'x': {'type': ['number']}, 's': {'type': ['string', 'null']}}
+    """
+    kinds, _ = _field_kinds(events)
+    properties, required = {}, []
+    for field, kind in kinds.items():
+        types, nullable = _field_type(field, kind, _JSON_OF, setting)
+        properties[field] = {"type": types + (["null"] if nullable else [])}
+        if not nullable:
+            required.append(field)
+    return {"$schema": "http://json-schema.org/draft-07/schema#", "title": f"{NAMESPACE}.{name}", "type": "object",
+            "properties": properties, "required": required}  # fmt: skip
+
+
+def event_serializer(kafka, events: Callable[[], Iterable[dict]]) -> RecordSerializer | None:
+    """How ``replay --mode backfill`` writes events into a topic of ``kafka.format``: None for JSON, else a
+    `RecordSerializer` with the schema in ``kafka.value_schema`` (an ``.avsc`` file, or a JSON Schema),
+    or one derived from `events()` (`derive_avro_schema`, `derive_json_schema`) when it names none.
+
+    >>> from online.config import KafkaConfig
+    >>> event_serializer(KafkaConfig(topic="events"), list) is None
+    True
+    """
+    fmt = kafka.format
+    if fmt == "json":
+        return None
+    if fmt not in ("avro", "json_schema"):
+        raise ConfigError("kafka.format", f"replay --mode backfill writes json, avro or json_schema, not {fmt}: its producers write a {fmt} topic")
+    if kafka.value_schema:
+        from core.storage import StorageError, read_bytes
+
+        try:
+            schema = orjson.loads(read_bytes(kafka.value_schema))
+        except orjson.JSONDecodeError as error:
+            raise ConfigError("kafka.value_schema", f"{kafka.value_schema} is not a JSON schema file: {error}") from None
+        except (OSError, StorageError) as error:
+            raise ConfigError("kafka.value_schema", f"cannot read {kafka.value_schema}: {error}") from None
+        if not isinstance(schema, dict):
+            raise ConfigError("kafka.value_schema", f"{kafka.value_schema} holds no schema object")
+    else:
+        schema = (derive_avro_schema if fmt == "avro" else derive_json_schema)(events())
+    try:
+        return RecordSerializer("event", fmt, kafka.schema_registry or {}, kafka.subject_name_strategy, kafka.auto_register_schemas,
+                                "kafka.value_schema" if kafka.value_schema else "kafka.format", schema=schema)  # fmt: skip
+    except (ConfigError, SchemaRegistryUnavailable):
+        raise
+    except Exception as error:  # the serializer refused the schema itself (fastavro's SchemaParseException, ...)
+        raise ConfigError("kafka.value_schema", f"not a valid {fmt} schema: {type(error).__name__}: {error}") from None

@@ -9,6 +9,10 @@ produces every input line past its file's last one. So an interrupted backfill c
 stopped, a second file is appended after the first (whether it sorts before or after it, passed alone
 or with the first), and a re-run produces nothing and says so (see `online.replay.engine` for the guarantee
 and its limits).
+
+Records are JSON, or with ``kafka.format: avro | json_schema`` the schema-registry wire format
+(`online.formats_write.event_serializer`: the schema in ``kafka.value_schema`` or derived from the
+inputs); a line that does not fit that schema is a bad line, the others are produced.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import time
 import orjson
 
 from online.config import KafkaConfig, ReplayJobConfig
+from online.formats_write import RecordNotWritable
 from online.replay.errors_file import ErrorLog, ReplayError
 from online.readers import InputFile
 from online.replay.engine import FILE_HEADER, LINE_HEADER, ReplayOptions, ReplayResult
@@ -45,9 +50,7 @@ def backfill_kafka_config(job: ReplayJobConfig, options: ReplayOptions) -> Kafka
         raise UsageError("backfill needs a target: kafka.topic and kafka.bootstrap_servers in the configuration, or --topic and --bootstrap-servers")
     if job.kafka is not None and job.kafka.topics is not None and options.topic is None:
         raise UsageError("backfill writes one topic: set kafka.topic (not kafka.topics) or pass --topic")
-    if job.kafka is not None:
-        job.kafka.require_json("replay --mode backfill")  # it would write JSON into a topic of Avro or Protobuf records
-    return KafkaConfig.model_validate(merged, strict=False)
+    return KafkaConfig.model_validate(merged, strict=False)  # kafka.format: how the records are written (`event_serializer`)
 
 
 SCAN_TIMEOUT_S = 600.0  # reading the partition back to find what is in it
@@ -93,16 +96,18 @@ def backfill(job: ReplayJobConfig, files: list[InputFile], options: ReplayOption
     kafka = backfill_kafka_config(job, options)
     if options.rate is not None and options.rate <= 0:
         raise UsageError("--rate must be positive (events per second)")
+    from online.formats_write import event_serializer
     from online.kafka_clients import make_producer
 
     started = time.monotonic()
+    serialize = event_serializer(kafka, lambda: (r.event for batch in FileSource(files, job.events.time, job.events.categorical) for r in batch.records if r.event is not None))
     done = produced_lines(kafka, options.partition)  # the resume key, per file
     errors = ErrorLog(options.errors_path, options.max_errors)
     source = FileSource(files, job.events.time, job.events.categorical, max_events=256, progress=progress_bar(options.progress, files))
     already = [done.get(f.name, 0) for f in files]  # by file index: lines up to this one are in the topic
     skipped = 0
     producer = make_producer(kafka)
-    sink = BackfillSink(producer, kafka.topic, options.partition, files, job.events.key, options.rate)
+    sink = BackfillSink(producer, kafka.topic, options.partition, files, job.events.key, options.rate, serialize)
     try:
         for batch in source:
             for index, record in enumerate(batch.records):
@@ -111,7 +116,10 @@ def backfill(job: ReplayJobConfig, files: list[InputFile], options: ReplayOption
                 elif record.event is None:
                     errors.dead_letter(batch, index, record.reason)
                 else:
-                    sink.send(record)
+                    try:
+                        sink.send(record)
+                    except RecordNotWritable as error:  # does not fit kafka.value_schema: that line only
+                        errors.dead_letter(batch, index, str(error))
             sink.flush_every(5000)
         producer.flush()
     finally:
@@ -130,10 +138,12 @@ def backfill(job: ReplayJobConfig, files: list[InputFile], options: ReplayOption
 
 
 class BackfillSink:
-    """The backfill's Kafka sink: one JSON record per event, source headers, one partition, at most `rate` per second."""
+    """The backfill's Kafka sink: one record per event (JSON, or `serialize`'s: ``kafka.format``), source headers,
+    one partition, at most `rate` per second."""
 
-    def __init__(self, producer, topic: str, partition: int, files: list[InputFile], key_field: str | None, rate: float | None):
+    def __init__(self, producer, topic: str, partition: int, files: list[InputFile], key_field: str | None, rate: float | None, serialize=None):
         self.producer, self.topic, self.partition, self.key_field, self.rate = producer, topic, partition, key_field, rate
+        self.serialize = serialize
         self.headers_of = {i: f.name.encode() for i, f in enumerate(files)}
         self.produced = 0
         self.flushed = 0
@@ -142,7 +152,8 @@ class BackfillSink:
     def send(self, record) -> None:
         event = record.event
         key = event.get(self.key_field) if self.key_field is not None else None
-        self.producer.send(self.topic, orjson.dumps(event), key=None if key is None else str(key).encode(),
+        value = orjson.dumps(event) if self.serialize is None else self.serialize(event, self.topic)
+        self.producer.send(self.topic, value, key=None if key is None else str(key).encode(),
                            headers=[(FILE_HEADER, self.headers_of[record.file_index]), (LINE_HEADER, str(record.line).encode())],
                            partition=self.partition)
         self.produced += 1

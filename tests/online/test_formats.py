@@ -449,22 +449,6 @@ def test_kill_9_during_a_schema_change_equals_an_uninterrupted_run_with_dead_let
     assert all(d["reason"].startswith(f"schema id 987654 (subject {topic}-value)") for d in dead)
 
 
-def test_backfill_refuses_to_write_json_into_a_topic_of_avro_records(tmp_path):
-    (tmp_path / "events.jsonl").write_text('{"x": 1.0, "y": 2.0}\n')
-    config = tmp_path / "job.yaml"
-    config.write_text(
-        "model: {pipeline: [{linear_model.LinearRegression: {}}], metrics: [MAE]}\nevents: {target: y}\n"
-        "kafka: {bootstrap_servers: '127.0.0.1:9', topic: events, format: avro, schema_registry: {url: 'http://127.0.0.1:9'}}\n"
-    )
-    command = [sys.executable, "-m", "riverbeam.cli", "replay", "--config", str(config), "--input", str(tmp_path / "events.jsonl"), "--mode", "backfill"]
-
-    result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, NO_GCE_CHECK="true"), timeout=120)
-
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    assert "kafka.format: avro records are read by 'riverbeam consume' only: replay --mode backfill reads and writes JSON" in result.stderr
-
-
 def test_config_check_asks_the_schema_registry_and_names_its_url_when_it_does_not_answer(tmp_path, schema_registry):
     def check(url: str) -> subprocess.CompletedProcess:
         path = tmp_path / "job.yaml"

@@ -145,3 +145,87 @@ def test_the_daemon_stops_in_one_line_naming_the_key_when_the_registry_cannot_ta
 def test_a_registry_format_for_outputs_needs_the_registry_url():
     with pytest.raises(ValueError, match="kafka.predictions_format avro needs kafka.schema_registry.url"):
         KafkaConfig(topic="events", predictions_format="avro")
+
+
+# -- replay --mode backfill into a registry topic ---------------------------------------------------
+
+
+def backfill_then_consume(tmp_path, bootstrap, topic, registry_url, events, target, model, fmt, **kafka) -> tuple[dict, object]:
+    """Backfill `events` (a JSON-lines file) into `topic` as `fmt`; the daemon's summary reading it back, and the backfill's result."""
+    from online.replay.job import ReplayOptions, run_replay
+    from tests.online.test_readers import write_jsonl
+    from tests.online.test_replay import job_config as replay_job
+
+    source = tmp_path / f"{topic}.jsonl"
+    write_jsonl(source, events)
+    section = {"bootstrap_servers": bootstrap, "topic": topic, "format": fmt, **kafka}
+    if fmt != "json":
+        section["schema_registry"] = {"url": registry_url}
+    job = replay_job(model=model, events={"target": target}, kafka=section)
+    result = run_replay(job, ReplayOptions([str(source)], mode="backfill", errors_path=str(tmp_path / f"{topic}.errors.jsonl")))
+    (tmp_path / topic).mkdir()
+    reading = {"format": fmt, **({"schema_registry": {"url": registry_url}} if fmt != "json" else {})}
+    summary = run_daemon(job_config(tmp_path / topic, bootstrap, topic, "confluent-kafka", model=model, events={"target": target}, kafka=reading))
+    return summary, result
+
+
+@pytest.mark.parametrize(("dataset", "target", "model"), [
+    ("phishing", "label", {"pipeline": [{"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {}}], "metrics": ["Accuracy", "LogLoss"]}),
+    ("trump_approval", "approval", {"pipeline": [{"preprocessing.StandardScaler": {}}, {"linear_model.LinearRegression": {}}], "metrics": ["MAE", "RMSE"]}),
+])  # fmt: skip
+@pytest.mark.parametrize("fmt", ["avro", "json_schema"])
+def test_a_backfill_in_a_registry_format_teaches_the_daemon_what_a_json_backfill_does(tmp_path, kafka_bootstrap, schema_registry, topic, fmt, dataset, target, model):
+    from river import datasets
+
+    data = datasets.Phishing() if dataset == "phishing" else datasets.TrumpApproval()
+    events = [{**x, target: y} for x, y in data]
+
+    from_registry, written = backfill_then_consume(tmp_path, kafka_bootstrap, topic, schema_registry.url, events, target, model, fmt)
+    from_json, _ = backfill_then_consume(tmp_path, kafka_bootstrap, f"{topic}-json", schema_registry.url, events, target, model, "json")
+
+    assert written.produced == len(events)
+    assert all(r.value[0] == 0 for r in read_topic(kafka_bootstrap, topic, "confluent-kafka")[:5])  # the wire format, not JSON
+    assert from_registry["events_dead_lettered"] == 0
+    assert from_registry["units"]["all"]["events_learned"] == len(events) == from_json["units"]["all"]["events_learned"]
+    assert from_registry["units"]["all"]["metrics"] == from_json["units"]["all"]["metrics"]
+
+
+def test_a_backfill_with_a_given_avro_schema_dead_letters_the_lines_that_do_not_fit_it(tmp_path, kafka_bootstrap, schema_registry, topic):
+    schema = {"type": "record", "name": "Reading", "namespace": "plant", "fields": [
+        {"name": "x", "type": "double"}, {"name": "z", "type": ["null", "double"], "default": None}, {"name": "y", "type": "double"}]}  # fmt: skip
+    (tmp_path / "reading.avsc").write_text(orjson.dumps(schema).decode())
+    events = [{"x": i / 10, "y": i / 5, **({"z": i / 7} if i % 3 == 0 else {})} for i in range(300)]
+    events[40] = {"x": "not a number", "y": 1.0}
+    model = {"pipeline": [{"linear_model.LinearRegression": {}}], "metrics": ["MAE"]}
+
+    summary, written = backfill_then_consume(tmp_path, kafka_bootstrap, topic, schema_registry.url, events, "y", model, "avro",
+                                             value_schema=str(tmp_path / "reading.avsc"))  # fmt: skip
+
+    assert written.produced == 299 and written.bad_lines == 1
+    errors = [orjson.loads(line) for line in (tmp_path / f"{topic}.errors.jsonl").read_bytes().splitlines()]
+    assert [e["source"]["line"] for e in errors] == [41]
+    assert errors[0]["reason"].startswith(f"cannot write the event record as avro (kafka.value_schema) to {topic}: ")
+    assert summary["units"]["all"]["events_learned"] == 299
+    from online.config import EventsConfig, ModelConfig
+    from online.learning.learner import Learner
+
+    expected = Learner(ModelConfig(**model), EventsConfig(target="y"))
+    expected.process_many([dict(e) for i, e in enumerate(events) if i != 40])
+    assert summary["units"]["all"]["metrics"] == expected.metric_values()
+    assert SchemaRegistryClient({"url": schema_registry.url}).get_latest_version(f"{topic}-value").schema.schema_str.find("plant") >= 0
+
+
+def test_a_backfill_into_a_protobuf_topic_is_refused_in_one_line(tmp_path):
+    (tmp_path / "events.jsonl").write_text('{"x": 1.0, "y": 2.0}\n')
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        "model: {pipeline: [{linear_model.LinearRegression: {}}], metrics: [MAE]}\nevents: {target: y}\n"
+        "kafka: {bootstrap_servers: '127.0.0.1:9', topic: events, format: protobuf, schema_registry: {url: 'http://127.0.0.1:9'}}\n"
+    )
+    command = [sys.executable, "-m", "riverbeam.cli", "replay", "--config", str(config), "--input", str(tmp_path / "events.jsonl"), "--mode", "backfill"]
+
+    result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, NO_GCE_CHECK="true"), timeout=120)
+
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert "kafka.format: replay --mode backfill writes json, avro or json_schema, not protobuf" in result.stderr
