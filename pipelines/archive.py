@@ -9,6 +9,11 @@ Files land under ``<archive_output>/date=YYYY-MM-DD/hour=HH/`` (dead letters und
 ``<archive_output>/dead_letter/date=.../hour=.../``), one set of shards per event-time window:
 ``part-<window start>-<shard>-of-<shards>.jsonl`` (or ``.parquet``).
 
+A topic in a schema-registry format (``kafka.format: avro | protobuf | json_schema`` in the job
+YAML of ``--archive_kafka_config``) is decoded as the daemon decodes it (`online.formats`: nested
+records flattened, logical types as numbers) and archived as those events, so replay reads them
+back; a record that cannot be decoded is a dead letter naming the schema id and subject.
+
 Run on Dataflow or Flink (``ReadFromKafka`` is a cross-language transform: the runner needs the
 Java expansion service). ``riverbeam archive --runner=FlinkRunner`` with no ``--flink_master`` runs
 it on an embedded Flink with riverbeam's own Beam Java parts (`pipelines.java_services`), reading
@@ -125,12 +130,23 @@ class ArchiveOptions(PipelineOptions):
 # ---------------------------------------------------------------------------------------------
 
 
-def parse_event(payload: bytes | str, time_field: str | None) -> tuple[dict | None, str | None]:
-    """Decode one record into an event, or return the reason it is rejected."""
-    try:
-        event = orjson.loads(payload)
-    except orjson.JSONDecodeError as error:
-        return None, f"invalid JSON: {error}"
+def parse_event(payload: bytes | str, time_field: str | None, decode=None, topic: str = "") -> tuple[dict | None, str | None]:
+    """Decode one record into an event, or return the reason it is rejected.
+
+    JSON, or with `decode` (an `online.formats.RegistryDecoder`: ``kafka.format`` avro, protobuf or
+    json_schema) the schema-registry wire format, decoded and flattened as the daemon does; `topic`
+    names the subject in its reasons.
+    """
+    if decode is not None:
+        events, reasons = decode([payload if isinstance(payload, bytes) else str(payload).encode("utf-8")], topic)
+        event = events[0]
+        if event is None:
+            return None, reasons[0]
+    else:
+        try:
+            event = orjson.loads(payload)
+        except orjson.JSONDecodeError as error:
+            return None, f"invalid JSON: {error}"
     if not isinstance(event, dict):
         return None, f"expected a JSON object, got {type(event).__name__}"
     if time_field:
@@ -144,13 +160,26 @@ def parse_event(payload: bytes | str, time_field: str | None) -> tuple[dict | No
 
 
 class ParseEventFn(beam.DoFn):
-    """Emit valid events (timestamped by `time_field` when set) and tag the rest as dead letters."""
+    """Emit valid events (timestamped by `time_field` when set) and tag the rest as dead letters.
 
-    def __init__(self, time_field: str | None):
+    With `registry` (``(kafka.format, kafka.schema_registry, topic)``) records are decoded through
+    the schema registry; its client is made in `setup`, on the worker, never at module import.
+    """
+
+    def __init__(self, time_field: str | None, registry: tuple[str, dict, str] | None = None):
         self.time_field = time_field
+        self.registry = registry
+        self._decode = None
+
+    def setup(self):
+        if self.registry is not None:
+            from online.formats import RegistryDecoder  # the registry's client: on the worker only
+
+            fmt, conf, _ = self.registry
+            self._decode = RegistryDecoder(fmt, conf)
 
     def process(self, payload):
-        event, reason = parse_event(payload, self.time_field)
+        event, reason = parse_event(payload, self.time_field, self._decode, self.registry[2] if self.registry else "")
         if reason is not None:
             value = payload if isinstance(payload, bytes) else str(payload).encode("utf-8")
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetterRecord(reason, value, stage="parse").as_dict())  # schema v1
@@ -161,14 +190,32 @@ class ParseEventFn(beam.DoFn):
 
 
 class ParseEvents(beam.PTransform):
-    """Bytes into events (main output) and dead letters (`online.dead_letters` schema v1, output ``dead_letter``)."""
+    """Bytes into events (main output) and dead letters (`online.dead_letters` schema v1, output ``dead_letter``).
 
-    def __init__(self, time_field: str | None = None):
+    `registry`: ``(kafka.format, kafka.schema_registry, topic)`` for records in the schema-registry
+    wire format (`registry_decoding`); None for JSON.
+    """
+
+    def __init__(self, time_field: str | None = None, registry: tuple[str, dict, str] | None = None):
         super().__init__()
         self.time_field = time_field
+        self.registry = registry
 
     def expand(self, payloads):
-        return payloads | "Parse" >> beam.ParDo(ParseEventFn(self.time_field)).with_outputs(DEAD_LETTER, main="events")
+        return payloads | "Parse" >> beam.ParDo(ParseEventFn(self.time_field, self.registry)).with_outputs(DEAD_LETTER, main="events")
+
+
+def registry_decoding(options: "ArchiveOptions") -> tuple[str, dict, str] | None:
+    """``(kafka.format, kafka.schema_registry, topic)`` of the Kafka source's job YAML when its records are
+    not JSON (``--archive_kafka_config``), else None. `topic` (the topics, joined by ``,``) names the
+    subject in dead letters' reasons."""
+    if options.event_source != "kafka" or not options.archive_kafka_config:
+        return None
+    kafka = kafka_section(options.archive_kafka_config)
+    if kafka.format == "json":
+        return None
+    topics = [topic.strip() for topic in (options.kafka_topics or "").split(",") if topic.strip()] or kafka.source_topics
+    return kafka.format, dict(kafka.schema_registry or {}), ",".join(topics)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,8 +294,7 @@ def kafka_section(uri: str):
         kafka = parse_config(data["kafka"], KafkaConfig, source=uri, environ=None)
     except ConfigError as error:
         raise error.at(prefix="kafka") from None
-    kafka.require_json("archive")
-    return kafka
+    return kafka  # any kafka.format: records in a registry format are decoded by ParseEventFn
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,7 +470,7 @@ def build_archive(pipeline: beam.Pipeline, options: ArchiveOptions, source: beam
     windowing = WindowEvents(view.archive_window_seconds)
     writer = WriteArchive(view.archive_output, view.archive_format, view.archive_shards)
     payloads = pipeline | "ReadEvents" >> (source if source is not None else source_transform(view))
-    parsed = payloads | "ParseEvents" >> ParseEvents(view.event_time_field)
+    parsed = payloads | "ParseEvents" >> ParseEvents(view.event_time_field, registry_decoding(view))
     events = parsed.events | "WindowEvents" >> windowing
     dead_letters = parsed[DEAD_LETTER] | "WindowDeadLetters" >> WindowEvents(view.archive_window_seconds)
     keyed_events = events | "PartitionEvents" >> beam.ParDo(PartitionByWindowFn())

@@ -1,4 +1,5 @@
-"""The Beam jobs read and write JSON only: a ``kafka.format`` of the schema registry is refused in one line, never read as JSON."""
+"""stream-learn reads JSON only: a ``kafka.format`` of the schema registry is refused in one line, never read as JSON
+(the archive decodes them: tests/pipelines/test_archive_formats.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ pytestmark = pytest.mark.beam
 pytest.importorskip("apache_beam")
 
 from core.errors import ConfigError  # noqa: E402
-from pipelines import archive, stream_learn  # noqa: E402
+from pipelines import stream_learn  # noqa: E402
 
 AVRO_KAFKA = "kafka: {topic: events, format: avro, schema_registry: {url: 'http://127.0.0.1:8081/apis/ccompat/v7'}}\n"
 MESSAGE = "kafka.format: avro records are read by 'riverbeam consume' only: {job} reads and writes JSON (kafka.format: json)"
@@ -26,12 +27,3 @@ def test_stream_learn_refuses_a_kafka_source_of_avro_records(tmp_path):
     assert str(refused.value) == MESSAGE.format(job="stream-learn")
     stream_learn.ReadEvents(config, "files", pattern=str(tmp_path / "*.jsonl"))  # a file source does not read the topic
 
-
-def test_archive_refuses_a_topic_of_avro_records(tmp_path):
-    path = tmp_path / "job.yaml"
-    path.write_text(AVRO_KAFKA)
-
-    with pytest.raises(ConfigError) as refused:
-        archive.kafka_section(str(path))
-
-    assert str(refused.value) == MESSAGE.format(job="archive")
