@@ -20,7 +20,7 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KafkaTopicPartition
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.errors import CommitFailedError, IllegalStateError, KafkaConfigurationError, KafkaError, ProducerFencedError as KafkaProducerFenced
+from kafka.errors import CommitFailedError, IllegalStateError, KafkaConfigurationError, KafkaError, ProducerFencedError as KafkaProducerFenced, RebalanceInProgressError
 from kafka.future import Future
 from kafka.structs import MemberState, OffsetAndMetadata
 
@@ -266,8 +266,10 @@ class KafkaPythonConsumer(ConsumerState):
             return
         kafka_offsets = self._kafka_offsets(offsets)
         try:
-            retry_call(lambda: self._consumer.commit(kafka_offsets), "kafka-python: commit", seconds=10, permanent=(CommitFailedError, KafkaClientError))
-        except CommitFailedError as error:
+            # a rebalance in progress ends only in a later poll: retrying here (up to 10 s) only delayed that poll, and under a short
+            # max_poll_interval_ms the member was dropped from the group; the next checkpoint commits again
+            retry_call(lambda: self._consumer.commit(kafka_offsets), "kafka-python: commit", seconds=10, permanent=(CommitFailedError, KafkaClientError, RebalanceInProgressError))
+        except (CommitFailedError, RebalanceInProgressError) as error:
             raise KafkaClientError(f"kafka-python: commit failed: {error}") from None
 
     def committed(self, tp: TopicPartition) -> int | None:
