@@ -70,27 +70,37 @@ def listen_socket(host: str, port: int, key: str) -> socket.socket:
 
 
 class DaemonMetrics:
-    """The daemon's Prometheus series, in their own registry."""
+    """The daemon's Prometheus series, in their own registry.
+
+    Under ``consume --workers`` each worker's series go to prometheus-client's multiprocess files
+    and the supervisor serves them merged (`online.consume.workers`): counters and histograms are
+    summed over the workers (the dead ones' included), and each gauge says how it merges
+    (``multiprocess_mode``: a sum or a maximum over the live workers, or the latest value set).
+    One process ignores the modes.
+    """
 
     def __init__(self):
         self.registry = registry = CollectorRegistry()
         self.consumed = Counter("riverbeam_events_consumed", "Events read from Kafka", registry=registry)
         self.learned = Counter("riverbeam_events_learned", "Events the model learned from", registry=registry)
-        self.model_events = Gauge("riverbeam_model_events_learned", "Events the model(s) have learned from in all, runs before a restored checkpoint included (serve's name)", registry=registry)
+        self.model_events = Gauge("riverbeam_model_events_learned", "Events the model(s) have learned from in all, runs before a restored checkpoint included (serve's name)",
+                                  registry=registry, multiprocess_mode="livesum")
         self.dead_lettered = Counter("riverbeam_events_dead_lettered", "Events rejected with a reason", registry=registry)
-        self.lag = Gauge("riverbeam_partition_lag", "End offset minus next offset to read", ["topic", "partition"], registry=registry)
-        self.checkpoint_age = Gauge("riverbeam_checkpoint_age_seconds", "Seconds since the last durable checkpoint", registry=registry)
+        self.lag = Gauge("riverbeam_partition_lag", "End offset minus next offset to read", ["topic", "partition"], registry=registry, multiprocess_mode="livesum")
+        self.checkpoint_age = Gauge("riverbeam_checkpoint_age_seconds", "Seconds since the last durable checkpoint", registry=registry, multiprocess_mode="livemax")
         self.checkpoint_duration = Histogram(
             "riverbeam_checkpoint_duration_seconds", "Serialise + upload time of a checkpoint", registry=registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )  # fmt: skip
-        self.model_metric = Gauge("riverbeam_model_metric", "Progressive validation metric of each model (label model: its name)", ["unit", "model", "metric"], registry=registry)
-        self.throughput = Gauge("riverbeam_events_per_second", "Events per second over the last interval", registry=registry)
-        self.drifts = Gauge("riverbeam_drifts_detected", "Concept drifts detected by the model's drift detector", ["unit"], registry=registry)
-        self.ready_gauge = Gauge("riverbeam_ready", "1 when this instance is ready (restored, active), else 0", registry=registry)
+        self.model_metric = Gauge("riverbeam_model_metric", "Progressive validation metric of each model (label model: its name)", ["unit", "model", "metric"], registry=registry,
+                                  multiprocess_mode="livemostrecent")
+        self.throughput = Gauge("riverbeam_events_per_second", "Events per second over the last interval", registry=registry, multiprocess_mode="livesum")
+        self.drifts = Gauge("riverbeam_drifts_detected", "Concept drifts detected by the model's drift detector", ["unit"], registry=registry, multiprocess_mode="livemostrecent")
+        self.ready_gauge = Gauge("riverbeam_ready", "1 when this instance is ready (restored, active), else 0", registry=registry, multiprocess_mode="livemax")
         self.offset_gaps = Counter("riverbeam_offset_gaps", "Checkpointed offsets the broker no longer had, skipped (kafka.on_offset_gap: skip)", ["topic", "partition"], registry=registry)
         self.offsets_skipped = Counter("riverbeam_offsets_skipped", "Offsets jumped over by skipped offset gaps", ["topic", "partition"], registry=registry)
-        self.storage_retrying = Gauge("riverbeam_checkpoint_pending_seconds", "Seconds the checkpoint upload in flight has been retrying (0: none)", registry=registry)
+        self.storage_retrying = Gauge("riverbeam_checkpoint_pending_seconds", "Seconds the checkpoint upload in flight has been retrying (0: none)", registry=registry,
+                                      multiprocess_mode="livemax")
         self.checkpoint_failures = Counter("riverbeam_checkpoint_failures", "Checkpoint uploads that failed (storage down); retried at the next due checkpoint", registry=registry)
         self.lease_lost = Counter("riverbeam_lease_lost", "Times this instance lost the global model's lease and went back to standby", registry=registry)
         self.ready = False

@@ -589,6 +589,8 @@ class Daemon:
                 for unit in list(self.units.values()):
                     self._checkpoint(unit, wait=True)
                 summary = self.summary(time.monotonic() - started)  # before close() revokes the units
+                if self.group is not None:
+                    self.group.leaving(self, summary)  # every worker has committed before any leaves: no rebalance under a final commit
             else:
                 self.consumer = make_consumer(self.config.kafka, group=True)  # the producer comes once the lease is held
                 self._run_global(started)

@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
+
+
+def _workers(value: str) -> int:
+    try:
+        workers = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of worker processes, got {value!r}") from None
+    if workers < 1:
+        raise argparse.ArgumentTypeError(f"at least 1 worker, got {workers}")
+    return workers
+
 
 def register(subparsers) -> None:
     consume = subparsers.add_parser("consume", help="run the Kafka consumer daemon (learn online, checkpoint)")
@@ -10,6 +22,8 @@ def register(subparsers) -> None:
     consume.add_argument("--progress", action="store_true", default=None, help="show the live progress line even when not on a terminal")
     consume.add_argument("--allow-model-change", action="store_true",
                          help="with models:, start a model added since the checkpoint from scratch and drop a removed one (else: an error)")
+    consume.add_argument("--workers", type=_workers, metavar="N",
+                         help="per-key models (events.key): N daemon processes in one consumer group under one supervisor (default: consume.workers, 1)")
     consume.add_argument("--json", action="store_true", help="print the summary as one JSON object (every unit in full)")
     consume.set_defaults(handler=consume_command)
 
@@ -23,13 +37,22 @@ def consume_command(args) -> int:
         signal.signal(sig, lambda *_: stop.set())
 
     from online.config import ConsumeJobConfig
-    from online.consume.daemon import daemon_job_summary, run_daemon
+    from online.consume.summary import daemon_job_summary
     from online.observability import configure_json_logging
     from core.configuration import load_config
 
     config = load_config(args.config, ConsumeJobConfig)
     configure_json_logging()
-    summary = run_daemon(config, until_caught_up=args.until_caught_up, progress=args.progress, stop=stop, allow_model_change=args.allow_model_change)
+    workers = args.workers if args.workers is not None else config.consume.workers
+    if workers > 1:  # per-key models only: a global model is one line saying why not (online.config.workers_error)
+        from online.consume.workers import run_workers
+
+        summary = run_workers(config, workers, until_caught_up=args.until_caught_up, stop=stop, allow_model_change=args.allow_model_change,
+                              workers_key="--workers" if args.workers is not None else "consume.workers")
+    else:
+        from online.consume.daemon import run_daemon
+
+        summary = run_daemon(config, until_caught_up=args.until_caught_up, progress=args.progress, stop=stop, allow_model_change=args.allow_model_change)
     result = daemon_job_summary(summary, units_in_full=args.json)
     result.failure = config.events.run_failure(result.counts)
     result.print(as_json=args.json)

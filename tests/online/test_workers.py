@@ -1,0 +1,281 @@
+"""``riverbeam consume --workers N`` (online.consume.workers) against the real local broker.
+
+A keyed topic with 4 partitions; per-key models. Two workers must learn every event exactly once
+into per-key models equal to River's learned directly per key; a kill -9 of one worker loses and
+doubles nothing (its partitions move to the other worker and come back when it is restarted);
+SIGTERM to the supervisor stops all with their final checkpoints; bad ``workers`` values are one
+line each.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import threading
+import time
+import urllib.request
+
+import orjson
+import pytest
+from river import datasets
+
+from online.checkpoints.persistence import checkpoint_store
+from online.checkpoints.store import CheckpointStore
+from online.checkpoints.units import partition_unit, unit_uri
+from online.config import KafkaConfig
+from online.consume.outputs import SOURCE_HEADER
+from online.kafka_clients import create_topic, make_producer
+from online.serving.predict import latest_model
+from tests.online.test_checkpoint_matrix import keyed_answers
+from tests.online.test_daemon import (
+    CLIENTS,
+    MODEL,
+    job_config,
+    no_daemon_left_behind,  # noqa: F401  (autouse: no daemon outlives a test)
+    read_topic,
+    start_daemon,
+)
+
+USERS = [f"u{i}" for i in range(8)]
+PARTITIONS = 4
+
+
+def keyed_events(count: int, start: int = 0) -> list[dict]:
+    rows = itertools.islice(itertools.cycle(datasets.Phishing()), start, start + count)
+    return [{**x, "label": y, "user": USERS[(start + i) % len(USERS)]} for i, (x, y) in enumerate(rows)]
+
+
+def produce_keyed(bootstrap: str, topic: str, events: list[dict], create: bool = True) -> None:
+    """`events` keyed by user, a user always on the same partition (two users per partition)."""
+    if create:
+        create_topic(bootstrap, topic, partitions=PARTITIONS)
+    producer = make_producer(KafkaConfig(bootstrap_servers=bootstrap, topic=topic))
+    for event in events:
+        producer.send(topic, orjson.dumps(event), key=event["user"].encode(), partition=USERS.index(event["user"]) % PARTITIONS)
+    producer.flush()
+    producer.close()
+
+
+def river_per_key(events: list[dict]) -> dict:
+    """River's own pipelines, one per key, learned on that key's events in order."""
+    from river import compose, linear_model, preprocessing
+
+    models = {}
+    for event in events:
+        x = {k: v for k, v in event.items() if k not in ("label", "user")}
+        models.setdefault(event["user"], compose.Pipeline(preprocessing.StandardScaler(), linear_model.LogisticRegression())).learn_one(x, event["label"])
+    return models
+
+
+def assert_models_equal_river(uri: str, events: list[dict]) -> None:
+    from online.learning.learner import probabilities_record
+
+    probe = keyed_events(2 * len(USERS), start=len(events))
+    found = latest_model(checkpoint_store(uri))  # every unit merged: what predict and serve read
+    assert found is not None
+    models = river_per_key(events)
+    expected = [probabilities_record(models[e["user"]].predict_proba_one({k: v for k, v in e.items() if k not in ("label", "user")})) for e in probe]
+    assert keyed_answers(found[1], probe) == json.loads(json.dumps(expected))
+
+
+def unit_manifests(uri: str, topic: str) -> dict:
+    found = {}
+    for p in range(PARTITIONS):
+        checkpoint = CheckpointStore(unit_uri(uri, partition_unit(topic, p))).load_latest()
+        found[p] = checkpoint.manifest if checkpoint else None
+    return found
+
+
+def log_lines(err: str) -> list[dict]:
+    return [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+
+
+def assigned(lines: list[dict]) -> list[tuple[int, str, str]]:
+    """(worker, unit, "restored" / "starting fresh") in the order the workers logged them."""
+    return [(line["worker"], line["unit"], line["msg"]) for line in lines if line.get("msg") in ("restored", "starting fresh")]
+
+
+def keyed_job(tmp_path, bootstrap, topic, client, **overrides) -> str:
+    return job_config(tmp_path, bootstrap, topic, client, events={"target": "label", "key": "user"}, **overrides)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_two_workers_learn_every_event_once_into_rivers_per_key_models(tmp_path, kafka_bootstrap, topic, client):
+    events = keyed_events(4000)
+    produce_keyed(kafka_bootstrap, topic, events)
+    config = keyed_job(tmp_path, kafka_bootstrap, topic, client, checkpoint={"every_events": 400})
+    process = start_daemon(config, "--workers", "2", "--until-caught-up")
+    out, err = process.communicate(timeout=180)
+    assert process.returncode == 0, err[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert (summary["workers"], summary["worker_restarts"]) == (2, 0)
+    assert summary["events_seen"] == summary["events_learned"] == summary["events_learned_total"] == len(events)
+    assert sorted(summary["units"]) == [f"{topic}.{p}" for p in range(PARTITIONS)]
+    units = assigned(log_lines(err))
+    assert sorted(unit for _, unit, _ in units) == [f"{topic}.{p}" for p in range(PARTITIONS)]  # each unit started once: no rebalance
+    assert {worker for worker, _, _ in units} == {0, 1} and all(msg == "starting fresh" for *_, msg in units)  # both workers learned
+    uri = str(tmp_path / "checkpoints")
+    for p, manifest in unit_manifests(uri, topic).items():  # each partition's unit: its events, each learned once
+        assert manifest["positions"][f"{topic}/{p}"] == manifest["events_seen"] == manifest["events_learned"] == len(events) // PARTITIONS
+    assert_models_equal_river(uri, events)
+
+
+class LogLines:
+    """A process's stderr read on a thread (the pipe never fills), its JSON lines kept in order."""
+
+    def __init__(self, process):
+        self.lines: list[dict] = []
+        self.text: list[str] = []
+
+        def read():
+            for line in process.stderr:
+                self.text.append(line)
+                if line.startswith("{"):
+                    self.lines.append(json.loads(line))
+
+        self.thread = threading.Thread(target=read, daemon=True)
+        self.thread.start()
+
+    def wait_for(self, found, what: str, process, timeout: float = 60):
+        """The first line (from the start) for which `found` is true, waiting up to `timeout` s while `process` runs."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if found(line):
+                    return line
+            assert process.poll() is None, "".join(self.text)[-3000:]
+            time.sleep(0.02)
+        raise AssertionError(f"never logged {what}: {''.join(self.text)[-3000:]}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("client", CLIENTS)
+def test_kill_9_of_one_worker_loses_and_doubles_nothing(tmp_path, kafka_bootstrap, topic, client):
+    """A worker killed twice in a row (the second time before it rejoins): its partitions move to the other worker
+    once its session expires, come back when it is restarted, and every event is learned and predicted once."""
+    head, tail = keyed_events(6000), keyed_events(2000, start=6000)
+    produce_keyed(kafka_bootstrap, topic, head)
+    outputs = {"predictions_topic": f"{topic}.pred", "poll_max_records": 100}
+    config = keyed_job(tmp_path, kafka_bootstrap, topic, client, kafka=outputs, checkpoint={"every_events": 300, "every_seconds": 1})
+    uri = str(tmp_path / "checkpoints")
+    process = start_daemon(config, "--workers", "2")
+    log = LogLines(process)
+    log.wait_for(lambda line: len(assigned(log.lines)) >= PARTITIONS, "4 units", process, timeout=90)
+    victim = 1
+    victims_units = {unit for worker, unit, _ in assigned(log.lines) if worker == victim}
+    assert len(victims_units) == 2  # the group split the partitions at start
+    started = [line for line in log.lines if line.get("msg") == "worker started" and line["worker"] == victim]
+    while not any(m and m["events_seen"] for m in unit_manifests(uri, topic).values()):  # learning: a checkpoint is written
+        assert process.poll() is None
+        time.sleep(0.05)
+    os.kill(started[0]["pid"], signal.SIGKILL)  # kill -9 of one worker mid-stream
+    restart = log.wait_for(lambda line: line.get("msg") == "worker started" and line["worker"] == victim and line["pid"] != started[0]["pid"],
+                           "the restart", process)
+    os.kill(restart["pid"], signal.SIGKILL)  # again, before it rejoins: the next restart waits 2 s, past the first one's session
+    units = ("restored", "starting fresh")  # the victim's units had a checkpoint or not yet
+    log.wait_for(lambda line: line.get("msg") in units and line["worker"] != victim and line["unit"] in victims_units,
+                 "the other worker taking the victim's units", process)
+    log.wait_for(lambda line: line.get("msg") in units and line["worker"] == victim and line["time"] > restart["time"],
+                 "the restarted worker taking units back", process)
+    produce_keyed(kafka_bootstrap, topic, tail, create=False)
+    everything = head + tail
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        manifests = unit_manifests(uri, topic)
+        if all(manifests.values()) and sum(m["events_seen"] for m in manifests.values()) == len(everything):
+            break
+        assert process.poll() is None, "".join(log.text)[-3000:]
+        time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=90)
+    log.thread.join(10)
+    assert process.returncode == 0, "".join(log.text)[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["worker_restarts"] == 2
+    moved = {unit for worker, unit, _ in assigned(log.lines)[PARTITIONS:] if worker != victim}
+    assert victims_units <= moved  # the dead worker's partitions moved to the other worker
+    for p, manifest in unit_manifests(uri, topic).items():
+        assert manifest["positions"][f"{topic}/{p}"] == manifest["events_seen"] == manifest["events_learned"] == len(everything) // PARTITIONS
+    sources = [dict(r.headers)[SOURCE_HEADER] for r in read_topic(kafka_bootstrap, f"{topic}.pred", client)]
+    assert len(sources) == len(set(sources)) == len(everything)  # each prediction exactly once
+    assert_models_equal_river(uri, everything)
+    assert not [line for line in log.lines if "commit failed after" in line.get("error", "")]  # no commit held up a poll through a rebalance
+
+
+def test_sigterm_to_the_supervisor_stops_every_worker_with_its_checkpoints_and_one_metrics_port(tmp_path, kafka_bootstrap, topic):
+    from riverbeam.local_stack import free_port
+
+    events = keyed_events(2000)
+    produce_keyed(kafka_bootstrap, topic, events)
+    port = free_port()
+    config = keyed_job(tmp_path, kafka_bootstrap, topic, "confluent-kafka", checkpoint={"every_events": 100_000}, metrics={"port": port},
+                       consume={"workers": 2})  # the YAML key: no flag
+    process = start_daemon(config)
+
+    def scrape(path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, ""
+        except OSError:
+            return 0, ""
+
+    def value(text: str, name: str) -> float:
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ") or line.startswith(name + "{"))
+
+    deadline = time.monotonic() + 90
+    metrics = ""
+    while time.monotonic() < deadline:
+        status, metrics = scrape("/metrics")
+        if status == 200 and value(metrics, "riverbeam_events_consumed_total") == len(events):
+            break
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        time.sleep(0.3)
+    assert value(metrics, "riverbeam_events_consumed_total") == value(metrics, "riverbeam_events_learned_total") == len(events)  # both workers', summed
+    assert scrape("/healthz")[0] == 200 and scrape("/readyz")[0] == 200
+    uri = str(tmp_path / "checkpoints")
+    assert not any(unit_manifests(uri, topic).values())  # nothing checkpointed yet (every 100,000 events)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=90)
+    assert process.returncode == 0, err[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert (summary["workers"], summary["events_seen"], summary["events_learned"]) == (2, len(events), len(events))
+    manifests = unit_manifests(uri, topic)
+    assert all(manifests.values()) and sum(m["events_learned"] for m in manifests.values()) == len(events)  # the final checkpoints, every unit
+    assert {line["worker"] for line in log_lines(err) if line.get("msg") == "stopped"} == {0, 1}
+
+
+@pytest.mark.parametrize("where, args, expected", [
+    ("flag", ["--workers", "0"], "argument --workers: at least 1 worker, got 0"),
+    ("flag", ["--workers", "two"], "argument --workers: expected a whole number of worker processes, got 'two'"),
+    ("yaml", {"workers": 0}, "consume.workers: Input should be greater than or equal to 1"),
+    ("yaml", {"workers": "many"}, "consume.workers: "),
+    ("yaml", {"threads": 2}, "consume.threads: "),
+    ("global-flag", ["--workers", "2"], "--workers: 2 workers need per-key models (events.key): a global model is one model"),
+    ("global-yaml", {"workers": 3}, "consume.workers: 3 workers need per-key models (events.key): a global model is one model"),
+])  # fmt: skip
+def test_bad_workers_values_are_one_line_configuration_errors(tmp_path, where, args, expected, capsys):
+    from riverbeam.cli import main
+
+    keyed = not where.startswith("global")
+    overrides = {"events": {"target": "label", "key": "user"}} if keyed else {}
+    if isinstance(args, dict):
+        overrides["consume"] = args
+        args = []
+    config = job_config(tmp_path, "localhost:1", "t", "kafka-python", **overrides)
+    if where == "flag":
+        with pytest.raises(SystemExit) as stopped:
+            main(["consume", "--config", config, *args])
+        code = stopped.value.code
+    else:
+        code = main(["consume", "--config", config, *args])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("riverbeam")]
+    assert code == 2 and len(lines) == 1, err
+    assert expected in lines[0]
+    assert "Traceback" not in err
+    if where.startswith("global"):
+        assert "mini-batches (model.batch)" in lines[0] and "Flink or Dataflow" in lines[0]
