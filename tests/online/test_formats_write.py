@@ -78,6 +78,31 @@ def test_the_daemon_writes_avro_predictions_and_dead_letters_that_hold_its_json_
     assert client.get_latest_version(f"{topic}.avro.predictions-value").schema.schema_type == "AVRO"  # the topic name strategy
 
 
+def test_kill_9_repeatedly_writes_each_avro_prediction_and_dead_letter_once(tmp_path, kafka_bootstrap, schema_registry, topic):
+    from online.consume.outputs import SOURCE_HEADER
+    from tests.online.test_daemon import expected_phishing_metrics, kill_9_at_random_moments, produce_with_broken_lines
+
+    events, bad_positions = produce_with_broken_lines(kafka_bootstrap, topic, 12_000, first=150, every=997)
+    outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred", "poll_max_records": 500, "predictions_format": "avro",
+               "dead_letter_format": "avro", "schema_registry": {"url": schema_registry.url}}  # fmt: skip
+    config = job_config(tmp_path, kafka_bootstrap, topic, "confluent-kafka", kafka=outputs, checkpoint={"every_events": 700})
+    kill_9_at_random_moments(config)
+
+    summary = run_daemon(config)
+
+    unit = summary["units"]["all"]
+    assert unit["events_seen"] == unit["events_learned"] == len(events)
+    assert unit["metrics"] == expected_phishing_metrics(events)
+    deserialize = AvroDeserializer(SchemaRegistryClient({"url": schema_registry.url}))
+    dead = decoded(kafka_bootstrap, f"{topic}.dlq", deserialize)
+    assert [d["source"]["offset"] for d in dead] == sorted(bad_positions)  # each exactly once
+    predictions = read_topic(kafka_bootstrap, f"{topic}.pred", "confluent-kafka")
+    sources = [dict(r.headers)[SOURCE_HEADER] for r in predictions]
+    assert len(sources) == len(set(sources)) == len(events)  # no prediction missing or doubled
+    context = SerializationContext(f"{topic}.pred", MessageField.VALUE)
+    assert all(deserialize(r.value, context)["offset"] == int(dict(r.headers)[SOURCE_HEADER].rsplit(b"/", 1)[1]) for r in predictions)
+
+
 def test_json_schema_predictions_under_the_record_name_strategy(tmp_path, kafka_bootstrap, schema_registry, topic):
     produce_phishing_with_broken_lines(kafka_bootstrap, topic, count=200)
 
