@@ -711,3 +711,44 @@ def test_partitions_that_vanished_with_a_recreated_topic_fail_in_one_line_or_are
     vanished = [json.loads(line) for line in err.splitlines() if '"msg":"partition vanished' in line]
     assert [(v["topic"], v["partition"], v["checkpointed"]) for v in vanished] == [(topic, 2, 100), (topic, 3, 100)]
     assert json.loads(out.strip().splitlines()[-1])["units"]["all"]["events_seen"] == 400 + 200
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_keyed_units_restored_together_are_checked_for_offset_gaps_in_one_look_up(tmp_path, kafka_bootstrap, topic, client, monkeypatch):
+    """Each look-up of log starts and ends can wait behind a fetch the broker holds at the log end (up to
+    fetch.wait.max.ms): restoring 4 keyed units checked them one partition at a time, 4 look-ups in a row
+    (benchmarks/README.md, "Two daemons in one group", finding 5). Now one look-up for all."""
+    from core.configuration import load_config
+    from online.config import ConsumeJobConfig
+    from online.consume import daemon as daemon_module
+
+    shops = ["a", "b", "c", "d"]
+    events = [{**e, "shop": shops[i % 4]} for i, e in enumerate(PHISHING[:800])]
+
+    def send(part):  # shop i on partition i: every partition has events in each part
+        producer = make_producer(KafkaConfig(bootstrap_servers=kafka_bootstrap, topic=topic))
+        for event in part:
+            producer.send(topic, orjson.dumps(event), key=event["shop"].encode(), partition=shops.index(event["shop"]))
+        producer.flush()
+        producer.close()
+
+    create_topic(kafka_bootstrap, topic, partitions=4)
+    send(events[:400])
+    config = load_config(job_config(tmp_path, kafka_bootstrap, topic, client, events={"target": "label", "key": "shop"}), ConsumeJobConfig)
+    assert daemon_module.run_daemon(config, until_caught_up=True, progress=False)["events_seen"] == 400
+    send(events[400:])  # the restored units are behind the log end: each must be checked
+
+    looked_up = []
+    opened = daemon_module.make_consumer
+
+    def counting(kafka, group=True):
+        consumer = opened(kafka, group=group)
+        if group:
+            beginning_offsets = consumer.beginning_offsets
+            consumer.beginning_offsets = lambda tps: looked_up.append(sorted(tps)) or beginning_offsets(tps)
+        return consumer
+
+    monkeypatch.setattr(daemon_module, "make_consumer", counting)
+    summary = daemon_module.run_daemon(config, until_caught_up=True, progress=False)
+    assert summary["events_seen"] == 400 and summary["resumed_from"]["checkpoints"] == 4  # the 4 units restored, each checked
+    assert looked_up == [[(topic, p) for p in range(4)]]
