@@ -752,3 +752,30 @@ def test_keyed_units_restored_together_are_checked_for_offset_gaps_in_one_look_u
     summary = daemon_module.run_daemon(config, until_caught_up=True, progress=False)
     assert summary["events_seen"] == 400 and summary["resumed_from"]["checkpoints"] == 4  # the 4 units restored, each checked
     assert looked_up == [[(topic, p) for p in range(4)]]
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_until_caught_up_takes_its_targets_from_the_fetch_high_watermarks(tmp_path, kafka_bootstrap, topic, client, monkeypatch):
+    """`--until-caught-up` looked up every partition's end offset once its first fetch answered, although that
+    fetch's high watermark is exact: the look-up waited behind the broker's held fetch (1.89 s in one call,
+    benchmarks/README.md, "Two daemons in one group", finding 7). Now ListOffsets only for a partition no fetch answered."""
+    from core.configuration import load_config
+    from online.config import ConsumeJobConfig
+    from online.consume import daemon as daemon_module
+
+    events = [{**e, "shop": "abcd"[i % 4]} for i, e in enumerate(PHISHING[:400])]
+    produce(kafka_bootstrap, topic, [orjson.dumps(e) for e in events], partitions=4)
+    config = load_config(job_config(tmp_path, kafka_bootstrap, topic, client, events={"target": "label", "key": "shop"}), ConsumeJobConfig)
+    looked_up = []
+    opened = daemon_module.make_consumer
+
+    def counting(kafka, group=True):
+        consumer = opened(kafka, group=group)
+        if group:
+            end_offsets = consumer.end_offsets
+            consumer.end_offsets = lambda tps: looked_up.append(sorted(tps)) or end_offsets(tps)
+        return consumer
+
+    monkeypatch.setattr(daemon_module, "make_consumer", counting)
+    assert daemon_module.run_daemon(config, until_caught_up=True, progress=False)["events_seen"] == len(events)  # caught up, everything read
+    assert looked_up == []
