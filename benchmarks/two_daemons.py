@@ -19,6 +19,14 @@ two daemons in one group, and prints, per process, a timeline read from its JSON
     python benchmarks/two_daemons.py --events 480000 --every 20000    # the issue's size
     python benchmarks/two_daemons.py --session-timeout-ms 6000        # how the group timeouts move it
     python benchmarks/two_daemons.py --stagger 3                      # the second joins a running group: a rebalance
+    python benchmarks/two_daemons.py --workers 2 --rounds 3           # one daemon against ``consume --workers 2`` (issue 30 item 1)
+
+With ``--workers N`` the second contender is one ``riverbeam consume --workers N --until-caught-up``
+(a supervisor and N worker processes, `online.consume.workers`) instead of two daemons started by
+hand: each round prints both wall times, their ratio, the CPU of each process tree (the supervisor,
+its fork server and workers, sampled from ``/proc``) and the machine's idle CPU meanwhile, which
+bounds what a second worker can get on a shared machine; ``TWO_DAEMONS_KEEP_LOGS=DIR`` keeps each
+contender's JSON log (stderr) in DIR.
 """
 
 from __future__ import annotations
@@ -156,6 +164,83 @@ def run_group(count: int, riverbeam: list[str], bootstrap: str, topic: str, work
     return rows
 
 
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (``/proc/<pid>/stat``'s parent ids)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(parents.get(current, []))
+    return found
+
+
+def run_tree(command: list[str], config_file: Path, work: Path, name: str, environment: dict) -> dict:
+    """One ``riverbeam consume --until-caught-up --json`` (with its workers, if any): wall, the tree's CPU, the machine's idle, the summary."""
+    err = open(work / f"{name}.err", "w+")  # noqa: SIM115 (closed below)
+    out = open(work / f"{name}.out", "w+")  # noqa: SIM115
+    busy_before = machine_busy()
+    spawned = time.time()
+    process = subprocess.Popen([*command, "--config", str(config_file), "--until-caught-up", "--json"], stdout=out, stderr=err, env=environment)
+    cpu: dict[int, float] = {}  # every process of the tree -> its last CPU seconds seen
+    while process.poll() is None:
+        for pid in descendants(process.pid):
+            seen = process_cpu(pid)
+            if seen is not None:
+                cpu[pid] = seen
+        time.sleep(0.05)
+    wall = time.time() - spawned
+    busy_after = machine_busy()
+    err.seek(0)
+    out.seek(0)
+    text, result = err.read(), out.read()
+    err.close()
+    out.close()
+    if process.returncode != 0:
+        raise SystemExit(f"{name} exited {process.returncode}:\n{text[-2000:]}")
+    lines = log_lines(text)
+    stopped = [line for line in lines if line.get("msg") == "stopped"]
+    spans = [(line["first_event_at"] - spawned, line["first_event_at"] + line["first_event_to_last_seconds"] - spawned)
+             for line in stopped if line.get("first_event_at") is not None]
+    return {"name": name, "wall_s": wall, "cpu_s": sum(cpu.values()), "processes": len(cpu), "summary": json.loads(result.strip().splitlines()[-1]),
+            "machine": (busy_after[0] - busy_before[0], busy_after[1] - busy_before[1]), "spans": spans,
+            "rebalances": sum(1 for line in lines if line.get("msg") == "restored"),
+            "first_log_s": lines[0]["time"] - spawned if lines else None,  # imports done (the supervisor's, or the daemon's)
+            "last_stopped_s": max((line["time"] for line in stopped), default=spawned) - spawned}
+
+
+def run_workers_round(workers: int, riverbeam: list[str], bootstrap: str, topic: str, work: Path, args: argparse.Namespace, environment: dict) -> tuple[dict, dict]:
+    """One daemon, then ``consume --workers N``, on the same topic, each in a fresh group with fresh checkpoints."""
+    rows = []
+    for name, extra in (("1 daemon", []), (f"--workers {workers}", ["--workers", str(workers)])):
+        group = f"workers-{uuid.uuid4().hex[:8]}"
+        config = riverbeam_config("confluent-kafka", bootstrap, topic, group, str(work / f"ckpt-{group}"), every_events=args.every, key=KEY_FIELD)
+        config["kafka"]["consumer"] = {"session.timeout.ms": args.session_timeout_ms, "heartbeat.interval.ms": args.heartbeat_interval_ms}
+        config_file = work / f"{group}.yaml"
+        config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+        rows.append(run_tree([*riverbeam, "consume", *extra], config_file, work, group, environment))
+        rows[-1]["name"] = name
+        if os.environ.get("TWO_DAEMONS_KEEP_LOGS"):
+            shutil.copy(work / f"{group}.err", Path(os.environ["TWO_DAEMONS_KEEP_LOGS"]) / f"{name.replace(' ', '_')}.err")
+    return rows[0], rows[1]
+
+
+def show_tree(row: dict, events: int) -> None:
+    busy, whole = row["machine"]
+    summary = row["summary"]
+    spans = ", ".join(f"{first:.2f}-{last:.2f} s" for first, last in row["spans"])
+    print(f"  {row['name']:<12} wall {row['wall_s']:6.2f} s, cpu {row['cpu_s']:6.2f} s in {row['processes']} process(es), events {summary['events_seen']:,} "
+          f"({summary['events_seen'] - events:+,} vs the topic); spawn to its first log line {row['first_log_s']:.2f} s, first to last event per process {spans}, "
+          f"last 'stopped' {row['last_stopped_s']:.2f} s; units restored (moved) {row['rebalances']}; "
+          f"machine idle {whole - busy:.1f} of {whole:.1f} CPU-s ({1 - busy / whole:.0%})")
+
+
 def show(rows: list[dict], start: float | None = None) -> None:
     for row in rows:
         print(f"  {row['name']}: wall {row['wall_s']:.2f} s, cpu {row['cpu_s']:.2f} s, events {row['events']:,}, processing (inside batches) {row['processing_s']:.2f} s; "
@@ -186,6 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--assignment", help="librdkafka's partition.assignment.strategy, e.g. cooperative-sticky (default: range,roundrobin, eager)")
     parser.add_argument("--fetch-wait-max-ms", type=int, help="librdkafka's fetch.wait.max.ms (default 500)")
     parser.add_argument("--stagger", type=float, default=0.0, help="seconds between starting the first daemon and the second")
+    parser.add_argument("--workers", type=int, help="compare one daemon with one 'consume --workers N' instead of two daemons started by hand")
     args = parser.parse_args(argv)
     riverbeam = riverbeam_command()
     if riverbeam is None:
@@ -201,7 +287,18 @@ def main(argv: list[str] | None = None) -> None:
         environment = bytecode_environment(work / "pycache", {"riverbeam"})  # compiled once, before any run
         print(f"{args.events:,} events, {args.keys:,} keys, {args.partitions} partitions, confluent-kafka, checkpoint every {args.every:,}, "
               f"session.timeout.ms {args.session_timeout_ms}, second daemon started {args.stagger:g} s after the first, "
-              f"assignment {args.assignment or 'eager (default)'}, fetch.wait.max.ms {args.fetch_wait_max_ms or 'default'}")
+              f"assignment {args.assignment or ('cooperative-sticky (the workers default)' if args.workers else 'eager (default)')}, fetch.wait.max.ms {args.fetch_wait_max_ms or 'default'}")
+        if args.workers:
+            ratios = []
+            for round_index in range(args.rounds):
+                one, many = run_workers_round(args.workers, riverbeam, bootstrap, topic, work, args, environment)
+                ratios.append(one["wall_s"] / many["wall_s"])
+                print(f"\nround {round_index + 1}: --workers {args.workers} ran {ratios[-1]:.2f}x as fast as 1 daemon (wall, spawn to exit)")
+                show_tree(one, args.events)
+                show_tree(many, args.events)
+            ratios.sort()
+            print(f"\nmedian over {args.rounds} round(s): {ratios[len(ratios) // 2]:.2f}x ({', '.join(f'{r:.2f}' for r in ratios)})")
+            return
         for round_index in range(args.rounds):
             for count in (1, 2):
                 began = time.time()
