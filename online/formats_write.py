@@ -178,7 +178,7 @@ class RecordSerializer:
     """
 
     def __init__(self, kind: str, fmt: str, registry: dict[str, Any], strategy: str = "topic", auto_register: bool = True,
-                 setting: str = "kafka.predictions_format", schema: dict | None = None):  # fmt: skip
+                 setting: str = "kafka.predictions_format", schema: Any = None):  # fmt: skip
         if schema is None and (kind, fmt) not in SCHEMAS:
             raise ConfigError(setting, f"{fmt!r} is not a format {kind} records are written in (one of {', '.join(WRITE_FORMATS)})")
         if strategy not in STRATEGIES:
@@ -192,11 +192,17 @@ class RecordSerializer:
 
             serialize = AvroSerializer(self.client, orjson.dumps(self.schema).decode(), conf=conf)
             shape = to_avro_prediction if kind == "prediction" else None
-        else:
+        elif fmt == "json_schema":
             from confluent_kafka.schema_registry.json_schema import JSONSerializer
 
             serialize = JSONSerializer(orjson.dumps(self.schema).decode(), self.client, conf=conf)
             shape = None
+        else:  # protobuf: `schema` is the message class (`derive_protobuf_class`)
+            from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
+
+            message_class = self.schema
+            serialize = ProtobufSerializer(message_class, self.client, {"use.deprecated.format": False, **conf})
+            shape = lambda record: message_class(**{name: value for name, value in record.items() if value is not None})  # noqa: E731  (unset: absent)
         self._serialize = serialize
         self._shape = shape
         self._contexts: dict[str, Any] = {}
@@ -204,7 +210,10 @@ class RecordSerializer:
     def subject(self, topic: str) -> str:
         """The subject the schema is registered under for `topic`, by ``kafka.subject_name_strategy``."""
         schema = self.schema
-        name = schema.get("title") or ".".join(part for part in (schema.get("namespace"), schema.get("name")) if part)
+        if not isinstance(schema, dict):  # a Protobuf message class
+            name = schema.DESCRIPTOR.full_name
+        else:
+            name = schema.get("title") or ".".join(part for part in (schema.get("namespace"), schema.get("name")) if part)
         return {"topic": f"{topic}-value", "record": name, "topic_record": f"{topic}-{name}"}[self.strategy]
 
     def __call__(self, record: dict, topic: str) -> bytes:
@@ -368,7 +377,8 @@ def derive_json_schema(events: Iterable[dict], name: str = "Event", setting: str
 def event_serializer(kafka, events: Callable[[], Iterable[dict]]) -> RecordSerializer | None:
     """How ``replay --mode backfill`` writes events into a topic of ``kafka.format``: None for JSON, else a
     `RecordSerializer` with the schema in ``kafka.value_schema`` (an ``.avsc`` file, or a JSON Schema),
-    or one derived from `events()` (`derive_avro_schema`, `derive_json_schema`) when it names none.
+    or one derived from `events()` (`derive_avro_schema`, `derive_json_schema`) when it names none;
+    Protobuf always derives its message (`derive_protobuf_class`).
 
     >>> from online.config import KafkaConfig
     >>> event_serializer(KafkaConfig(topic="events"), list) is None
@@ -377,9 +387,12 @@ def event_serializer(kafka, events: Callable[[], Iterable[dict]]) -> RecordSeria
     fmt = kafka.format
     if fmt == "json":
         return None
-    if fmt not in ("avro", "json_schema"):
-        raise ConfigError("kafka.format", f"replay --mode backfill writes json, avro or json_schema, not {fmt}: its producers write a {fmt} topic")
-    if kafka.value_schema:
+    if fmt == "protobuf" and kafka.value_schema:
+        raise ConfigError("kafka.value_schema", "a Protobuf backfill derives its message from the events: leave kafka.value_schema out "
+                          "(a .proto file would need compiling; write the topic with your producer's generated classes instead)")
+    if fmt == "protobuf":
+        schema = derive_protobuf_class(events())
+    elif kafka.value_schema:
         from core.storage import StorageError, read_bytes
 
         try:
@@ -398,4 +411,43 @@ def event_serializer(kafka, events: Callable[[], Iterable[dict]]) -> RecordSeria
     except (ConfigError, SchemaRegistryUnavailable):
         raise
     except Exception as error:  # the serializer refused the schema itself (fastavro's SchemaParseException, ...)
-        raise ConfigError("kafka.value_schema", f"not a valid {fmt} schema: {type(error).__name__}: {error}") from None
+        if kafka.value_schema:
+            raise ConfigError("kafka.value_schema", f"not a valid {fmt} schema: {type(error).__name__}: {error}") from None
+        raise ConfigError("kafka.format", f"the {fmt} schema derived from the events is not valid ({type(error).__name__}: {error}): "
+                          "give one in kafka.value_schema") from None
+
+
+def derive_protobuf_class(events: Iterable[dict], name: str = "Event", setting: str = "kafka.format"):
+    """A proto3 message class that every one of `events` fits, built from descriptors as protoc would generate it.
+
+    Fields in the order first seen: ``bool``, ``int64``, ``double`` (an integer field that is a float
+    elsewhere) or ``string``; a field some event lacks (or holds null) is ``optional``, so the
+    decoder leaves it out of those events, as JSON does.
+
+    >>> message = derive_protobuf_class([{"x": 1, "s": "a"}, {"x": 2.5}])
+    >>> [(f.name, f.type == f.TYPE_DOUBLE, f.has_presence) for f in message.DESCRIPTOR.fields]
+    [('x', True, False), ('s', False, True)]
+    """
+    from google.protobuf import descriptor_pb2, descriptor_pool
+    from google.protobuf.message_factory import GetMessageClass
+
+    kinds, _ = _field_kinds(events)
+    F = descriptor_pb2.FieldDescriptorProto
+    table = {bool: F.TYPE_BOOL, int: F.TYPE_INT64, float: F.TYPE_DOUBLE, str: F.TYPE_STRING}
+    file_proto = descriptor_pb2.FileDescriptorProto(name=f"{NAMESPACE}_{name.lower()}.proto", package=NAMESPACE, syntax="proto3")
+    message = file_proto.message_type.add(name=name)
+    for number, (field, kind) in enumerate(kinds.items(), start=1):
+        types, nullable = _field_type(field, kind, table, setting)
+        if not types:
+            continue  # null in every event: nothing to carry
+        spec = message.field.add(name=field, number=number, type=types[0], label=F.LABEL_OPTIONAL)
+        if nullable:
+            spec.proto3_optional = True
+            spec.oneof_index = len(message.oneof_decl)
+            message.oneof_decl.add(name=f"_{field}")
+    pool = descriptor_pool.DescriptorPool()
+    try:
+        pool.Add(file_proto)
+    except TypeError as error:  # a field name Protobuf refuses (e.g. with a dot or a dash)
+        raise ConfigError(setting, f"cannot derive a Protobuf message from these events: {error}") from None
+    return GetMessageClass(pool.FindMessageTypeByName(f"{NAMESPACE}.{name}"))

@@ -10,7 +10,7 @@ stopped, a second file is appended after the first (whether it sorts before or a
 or with the first), and a re-run produces nothing and says so (see `online.replay.engine` for the guarantee
 and its limits).
 
-Records are JSON, or with ``kafka.format: avro | json_schema`` the schema-registry wire format
+Records are JSON, or with ``kafka.format: avro | json_schema | protobuf`` the schema-registry wire format
 (`online.formats_write.event_serializer`: the schema in ``kafka.value_schema`` or derived from the
 inputs); a line that does not fit that schema is a bad line, the others are produced.
 """

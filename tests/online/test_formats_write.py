@@ -198,7 +198,7 @@ def backfill_then_consume(tmp_path, bootstrap, topic, registry_url, events, targ
     ("phishing", "label", {"pipeline": [{"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {}}], "metrics": ["Accuracy", "LogLoss"]}),
     ("trump_approval", "approval", {"pipeline": [{"preprocessing.StandardScaler": {}}, {"linear_model.LinearRegression": {}}], "metrics": ["MAE", "RMSE"]}),
 ])  # fmt: skip
-@pytest.mark.parametrize("fmt", ["avro", "json_schema"])
+@pytest.mark.parametrize("fmt", ["avro", "json_schema", "protobuf"])
 def test_a_backfill_in_a_registry_format_teaches_the_daemon_what_a_json_backfill_does(tmp_path, kafka_bootstrap, schema_registry, topic, fmt, dataset, target, model):
     from river import datasets
 
@@ -240,8 +240,8 @@ def test_a_backfill_with_a_given_avro_schema_dead_letters_the_lines_that_do_not_
     assert SchemaRegistryClient({"url": schema_registry.url}).get_latest_version(f"{topic}-value").schema.schema_str.find("plant") >= 0
 
 
-def test_a_backfill_into_a_protobuf_topic_is_refused_in_one_line(tmp_path):
-    (tmp_path / "events.jsonl").write_text('{"x": 1.0, "y": 2.0}\n')
+def test_a_backfill_whose_events_fit_no_derived_schema_is_one_line_naming_the_key(tmp_path):
+    (tmp_path / "events.jsonl").write_text('{"x": 1.0, "y": 2.0}\n{"x": "one", "y": 3.0}\n')
     config = tmp_path / "job.yaml"
     config.write_text(
         "model: {pipeline: [{linear_model.LinearRegression: {}}], metrics: [MAE]}\nevents: {target: y}\n"
@@ -253,4 +253,4 @@ def test_a_backfill_into_a_protobuf_topic_is_refused_in_one_line(tmp_path):
 
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
-    assert "kafka.format: replay --mode backfill writes json, avro or json_schema, not protobuf" in result.stderr
+    assert "kafka.format: cannot derive a schema for field 'x': its values are float and str; give one (kafka.value_schema)" in result.stderr
