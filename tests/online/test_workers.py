@@ -279,3 +279,34 @@ def test_bad_workers_values_are_one_line_configuration_errors(tmp_path, where, a
     assert "Traceback" not in err
     if where.startswith("global"):
         assert "mini-batches (model.batch)" in lines[0] and "Flink or Dataflow" in lines[0]
+
+
+def test_a_worker_dying_again_and_again_stops_all_in_one_line(tmp_path, kafka_bootstrap, topic, monkeypatch):
+    """Each worker is killed by its first event (a feature function that kill -9s its own process): restarted
+    after 1, 2, 4, 8 s, then the fifth death in a row stops the group: exit 1, one line, no traceback."""
+    (tmp_path / "crashing_steps.py").write_text("import os, signal\n\n\ndef derive(event):\n    os.kill(os.getpid(), signal.SIGKILL)\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    produce_keyed(kafka_bootstrap, topic, keyed_events(400))
+    config = keyed_job(tmp_path, kafka_bootstrap, topic, "confluent-kafka", model={"custom_modules": ["crashing_steps"]},
+                       features={"function": "crashing_steps:derive"})
+    process = start_daemon(config, "--workers", "2", "--until-caught-up")
+    out, err = process.communicate(timeout=120)
+    lines = [line for line in err.splitlines() if not line.startswith("{")]
+    assert process.returncode == 1, err[-3000:]
+    assert len(lines) == 1 and "died 5 times in a row, each within 60 s of its start (last: signal 9 (SIGKILL)): stopping all workers" in lines[0], err[-3000:]
+    assert lines[0].startswith("riverbeam: error: worker ") and "Traceback" not in err and out == ""
+    assert sum(1 for line in log_lines(err) if line.get("msg") == "worker died: restarting it") >= 4
+
+
+def test_a_workers_one_line_error_stops_the_group_with_that_line(tmp_path, kafka_bootstrap, topic):
+    """A checkpoint location that cannot be written: each worker stops in one line (as one daemon does), and the supervisor with it."""
+    (tmp_path / "a-file").write_text("")
+    uri = str(tmp_path / "a-file" / "checkpoints")
+    produce_keyed(kafka_bootstrap, topic, keyed_events(40))
+    process = start_daemon(keyed_job(tmp_path, kafka_bootstrap, topic, "kafka-python", checkpoint={"uri": uri}), "--workers", "2", "--until-caught-up")
+    out, err = process.communicate(timeout=90)
+    lines = [line for line in err.splitlines() if not line.startswith("{")]
+    assert process.returncode == 1, err[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("riverbeam: error: worker ") and f": cannot write checkpoints at {uri}: " in lines[0], err[-3000:]
+    assert "Not a directory" in lines[0] and "Traceback" not in err and out == ""
+    assert not [line for line in log_lines(err) if line.get("msg") == "worker died: restarting it"]  # an error, not a death: no restart
