@@ -146,7 +146,9 @@ def consume(config: Any, *, until_caught_up: bool = False, stop: threading.Event
             allow_model_change: bool = False) -> dict:
     """Run the consumer daemon in this process (any thread) until `stop` is set or, with
     `until_caught_up`, the end of the topic; return its summary. `config` is a YAML path, a mapping
-    or a `ConsumeJobConfig`. Signals are left to the embedding program."""
+    or a `ConsumeJobConfig`. Signals are left to the embedding program. With ``consume.workers`` above 1
+    (per-key models), the workers run as child processes under a supervisor in this process
+    (`online.consume.workers`) and the summary merges theirs."""
     from online.consume.daemon import Daemon
 
     if isinstance(config, str):
@@ -156,6 +158,10 @@ def consume(config: Any, *, until_caught_up: bool = False, stop: threading.Event
         config.check_semantics()
     elif not isinstance(config, ConsumeJobConfig):
         raise UsageError(f"consume takes a YAML path, a mapping or a ConsumeJobConfig, not {type(config).__name__}")
+    if config.consume.workers > 1:
+        from online.consume.workers import run_workers
+
+        return run_workers(config, config.consume.workers, until_caught_up=until_caught_up, stop=stop, allow_model_change=allow_model_change)
     daemon = Daemon(config, until_caught_up=until_caught_up, progress=False, allow_model_change=allow_model_change)
     if stop is not None:
         daemon.stopping = stop

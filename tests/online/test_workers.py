@@ -310,3 +310,17 @@ def test_a_workers_one_line_error_stops_the_group_with_that_line(tmp_path, kafka
     assert len(lines) == 1 and lines[0].startswith("riverbeam: error: worker ") and f": cannot write checkpoints at {uri}: " in lines[0], err[-3000:]
     assert "Not a directory" in lines[0] and "Traceback" not in err and out == ""
     assert not [line for line in log_lines(err) if line.get("msg") == "worker died: restarting it"]  # an error, not a death: no restart
+
+
+def test_the_python_api_runs_the_workers_that_consume_workers_asks_for(tmp_path, kafka_bootstrap, topic):
+    """`riverbeam.consume` in this process (here pytest's): the supervisor forks its workers from a fork server and returns the merged summary."""
+    import riverbeam
+    import yaml
+
+    events = keyed_events(800)
+    produce_keyed(kafka_bootstrap, topic, events)
+    config = yaml.safe_load(open(keyed_job(tmp_path, kafka_bootstrap, topic, "confluent-kafka", consume={"workers": 2})))
+    for _ in range(2):  # a second run in the same process reuses the fork server
+        summary = riverbeam.consume(config, until_caught_up=True)
+        assert (summary["workers"], summary["events_seen"]) == (2, len(events) if _ == 0 else 0)
+        assert summary["events_learned_total"] == len(events) and sorted(summary["units"]) == [f"{topic}.{p}" for p in range(PARTITIONS)]
