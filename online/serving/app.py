@@ -302,7 +302,13 @@ class Server:
     async def _learn_loop(self) -> None:
         """Learn while this instance holds the lease; after losing it (or a failed checkpoint), standby until it is free again."""
         while True:
-            if not await asyncio.to_thread(self.writer.start, self.stopping_thread):
+            try:
+                started = await asyncio.to_thread(self.writer.start, self.stopping_thread)
+            except Exception as error:  # the checkpoint cannot be restored (another configuration, an old layout, a bad signature)
+                log.error("cannot restore the checkpoint; this instance does not learn (it keeps answering predictions)",
+                          extra={"fields": {"uri": self.config.checkpoint.uri, "error": f"{type(error).__name__}: {error}"}})
+                return
+            if not started:
                 return
             while self.writer.active:
                 await asyncio.sleep(1.0)

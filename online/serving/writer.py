@@ -43,7 +43,7 @@ import threading
 
 from online.checkpoints.lease import Lease, LeaseKeeper, instance_id
 from online.checkpoints.persistence import Cadence, Checkpointer, Durable, LearnerSpec, open_checkpoint_store, resume
-from online.checkpoints.units import SERVE_UNIT, OtherUnits, unit_store
+from online.checkpoints.units import SERVE_UNIT, OtherUnits, check_layout, unit_store
 from online.config import ServeJobConfig
 from online.learning.unit import LearningUnit
 from online.serving.metrics import ServeMetrics
@@ -147,8 +147,15 @@ class LearningWriter:
             if stopping is None or stopping.wait(min(2.0, self.lease.ttl / 3)):
                 return False
         self.keeper = LeaseKeeper(self.lease).start()  # renewed from now on, while restoring too
-        store = self.store if self.spec.events.key is None else unit_store(self.store, SERVE_UNIT)  # keyed: serve's unit (online.checkpoints.units)
-        learner, restored = resume(store, self.spec)
+        try:
+            if self.spec.events.key is not None:
+                check_layout(self.store.uri)  # keyed checkpoints in a layout before units: found now, not in a request
+            store = self.store if self.spec.events.key is None else unit_store(self.store, SERVE_UNIT)  # keyed: serve's unit (online.checkpoints.units)
+            learner, restored = resume(store, self.spec)
+        except Exception:
+            self._stop_keeper()
+            self.lease.release()
+            raise
         if store is not self.store:
             OtherUnits(self.store, self.spec.restore, own=SERVE_UNIT).attach(learner)  # keys the unit does not hold: the other units' models
         checkpointer = Checkpointer(store, learner, self.spec, Cadence.from_config(self.config.checkpoint), uploader=self.uploader, restored=restored)
@@ -157,6 +164,9 @@ class LearningWriter:
         self.source = FedSource()
         # a checkpoint due while one is in flight waits for it (the unit's back-pressure): the cadence holds
         self.unit = LearningUnit(SERVE_UNIT, self.source, [("model", learner)], sinks, checkpointer, predictions=True)
+        received = restored.positions.get(SERVE_UNIT) if restored is not None else None
+        self.received = received if type(received) is int else 0  # events learned here by every serving writer so far
+        self.unit.seek({SERVE_UNIT: self.received})
         if restored is not None:
             self.metrics.checkpoint_is(restored.manifest)
         self.slot.current = ServedModel(learner, checkpoint_id, restored.manifest if restored is not None else {})
@@ -198,11 +208,12 @@ class LearningWriter:
         self.received += len(events)
         try:
             unit.step()  # learn, count; checkpoint when due
+            unit.flush()  # mini-batch mode: the request's events are one chunk, answered now
         except Exception as error:  # fenced by another writer, or storage down: stop learning, keep answering
             self._fail("checkpoint failed; this instance stops learning", error)
-        unit.flush()  # mini-batch mode: the request's events are one chunk, answered now
         self.metrics.model_is(unit.learner.report())
-        return unit.sinks.answers
+        answers = unit.sinks.answers  # an event the unit did not reach (it failed first) is not learned, and says so
+        return [answer if answer is not None else {"error": "not learned: this instance stopped learning (see its log)"} for answer in answers]
 
     def tick(self) -> None:
         """Called about once a second on the event loop: finish a done upload, checkpoint when due by time."""

@@ -73,6 +73,16 @@ def test_every_keyed_job_stops_in_one_line_on_an_old_layout(old_layout, tmp_path
     with pytest.raises(CheckpointError) as refused:  # stream-learn, when the pipeline is built
         build_stream_learn(beam.Pipeline(), config, LearnSettings(60.0, 100), beam.Create([]))
     one_line(str(refused.value))
+    from online.config import ServeJobConfig
+    from online.serving.writer import LearningWriter
+
+    serve = parse_config({"model": MODEL, "events": EVENTS, "checkpoint": {"uri": uri, "lease_seconds": 3}, "serve": {"learn": True}}, ServeJobConfig, environ={})
+    writer = LearningWriter(serve, ServeMetrics(), ModelSlot())
+    with pytest.raises(CheckpointError) as refused:  # a learning serve, when it starts learning: not in a request
+        writer.start()
+    one_line(str(refused.value))
+    assert writer.unit is None and not writer.active and writer.lease.try_acquire()  # not learning, the lease given back
+    writer.lease.release()
     capsys.readouterr()
     assert main(["predict", "--checkpoint", uri, "--input", str(path)]) == 1  # predict (and serve: the same reader)
     err = capsys.readouterr().err

@@ -364,6 +364,49 @@ def test_a_learning_server_holds_its_lease_through_the_daemons_lease_keeper(tmp_
     assert json.loads(store.read("LEASE"))["owner"] == "another-instance"  # released only if still ours
 
 
+def test_a_learning_servers_checkpoints_count_what_every_serving_writer_learned(tmp_path):
+    """The learning unit's position (``serve``) is the events learned through serve since the model began: a
+    restarted writer continues the count from its checkpoint, never restarts it at 0 over it."""
+    from core.configuration import parse_config
+    from online.serving.metrics import ServeMetrics
+    from online.serving.reload import ModelSlot
+    from online.serving.writer import LearningWriter, ServeJobConfig
+
+    uri = str(tmp_path / "checkpoints")
+    for first, count in ((0, 30), (30, 20)):
+        writer = LearningWriter(parse_config(learn_config(uri, every_events=1000), ServeJobConfig, environ={}), ServeMetrics(), ModelSlot())
+        assert writer.start()
+        try:
+            assert all(r["learned"] for r in writer.learn(PHISHING[first : first + count]))
+        finally:
+            writer.stop()
+        manifest = latest_manifest(uri)
+        assert (manifest["positions"]["serve"], manifest["events_learned"]) == (first + count, first + count)
+
+
+def test_a_learning_request_the_unit_could_not_finish_answers_an_error_per_event(tmp_path):
+    """A failure inside the unit's step (here the look-up of a new key's model, which reads the other units
+    from storage) stops learning; every event of the request still gets an answer, never a server error."""
+    from core.configuration import parse_config
+    from online.serving.metrics import ServeMetrics
+    from online.serving.reload import ModelSlot
+    from online.serving.writer import LearningWriter, ServeJobConfig
+
+    uri = str(tmp_path / "checkpoints")
+    writer = LearningWriter(parse_config(learn_config(uri, every_events=1000, key="age_of_domain"), ServeJobConfig, environ={}), ServeMetrics(), ModelSlot())
+    assert writer.start()
+    try:
+        def broken(key):
+            raise OSError("the store is unreachable")
+
+        writer.unit.learner._model_for = broken  # the look-up of a key's model fails (storage behind OtherUnits)
+        answers = writer.learn(PHISHING[:3])
+        assert [sorted(a) for a in answers] == [["error"]] * 3 and all("not learned" in a["error"] for a in answers)
+        assert not writer.active
+    finally:
+        writer.stop()
+
+
 def test_a_wrong_serve_configuration_is_one_line_and_exit_2(tmp_path):
     path = tmp_path / "serve.yaml"
     path.write_text(yaml.safe_dump({"checkpoint": {"uri": str(tmp_path)}, "serve": {"learn": True, "port": "http"}}))
