@@ -240,8 +240,8 @@ class EventConsumer(Protocol):
     def committed(self, tp: TopicPartition) -> int | None:
         """The group's committed offset of `tp`, or None."""
 
-    def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        """The end offset of each partition (see the implementations about Tansu)."""
+    def end_offsets(self, tps: list[TopicPartition], timeout_s: float = RETRY_SECONDS) -> dict[TopicPartition, int]:
+        """The end offset of each partition (see the implementations about Tansu), retried for up to `timeout_s`."""
 
     def high_watermarks(self) -> dict[TopicPartition, int]:
         """The high watermark of each assigned partition, as last seen in a fetch response."""

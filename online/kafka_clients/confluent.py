@@ -21,6 +21,7 @@ from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as ConfluentTopicPartition
 
 from online.kafka_clients.base import (
+    RETRY_SECONDS,
     Batch,
     ConsumerState,
     KafkaClientError,
@@ -251,8 +252,9 @@ class ConfluentConsumer(ConsumerState):
                 marks[(p.topic, p.partition)] = high
         return marks
 
-    def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        """ListOffsets(latest), raised to the fetch high watermark where one was seen.
+    def end_offsets(self, tps: list[TopicPartition], timeout_s: float = RETRY_SECONDS) -> dict[TopicPartition, int]:
+        """ListOffsets(latest), raised to the fetch high watermark where one was seen; each
+        partition's look-up retried for up to `timeout_s`.
 
         On Tansu, ListOffsets may fall short by up to one producer batch; a fetch high
         watermark is exact. Before the first fetch of a partition only ListOffsets is known.
@@ -261,18 +263,18 @@ class ConfluentConsumer(ConsumerState):
         marks = self.high_watermarks()
         ends = {}
         for tp in tps:
-            _, high = self._watermarks(tp, "end offset")
+            _, high = self._watermarks(tp, "end offset", timeout_s)
             ends[tuple(tp)] = max(high, marks.get(tuple(tp), high))
         return ends
 
-    def _watermarks(self, tp: TopicPartition, what: str) -> tuple[int, int]:
+    def _watermarks(self, tp: TopicPartition, what: str, timeout_s: float = RETRY_SECONDS) -> tuple[int, int]:
         def look_up():
-            low, high = self._consumer.get_watermark_offsets(_ctp(tp), timeout=LOOKUP_TIMEOUT_S / 3, cached=False)
+            low, high = self._consumer.get_watermark_offsets(_ctp(tp), timeout=max(0.1, min(timeout_s, LOOKUP_TIMEOUT_S / 3)), cached=False)
             if low is None or high is None or high < 0:
                 raise KafkaClientError(f"no {what} answered")
             return low, high
 
-        return retry_call(look_up, f"confluent-kafka: {what} of {tp[0]}[{tp[1]}]", permanent=())
+        return retry_call(look_up, f"confluent-kafka: {what} of {tp[0]}[{tp[1]}]", seconds=timeout_s, permanent=())
 
     def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         """The log start offset of each partition, retried like `end_offsets`."""

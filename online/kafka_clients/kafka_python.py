@@ -25,6 +25,7 @@ from kafka.future import Future
 from kafka.structs import MemberState, OffsetAndMetadata
 
 from online.kafka_clients.base import (
+    RETRY_SECONDS,
     Batch,
     ConsumerState,
     KafkaClientError,
@@ -229,17 +230,18 @@ class KafkaPythonConsumer(ConsumerState):
                 marks[(tp.topic, tp.partition)] = mark
         return marks
 
-    def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    def end_offsets(self, tps: list[TopicPartition], timeout_s: float = RETRY_SECONDS) -> dict[TopicPartition, int]:
         """ListOffsets(latest), raised to the fetch high watermark where one was seen.
 
         On Tansu, ListOffsets may fall short by up to one producer batch; a fetch high
         watermark is exact. Before the first fetch of a partition only ListOffsets is known.
         A look-up the broker answers partially or late (kafka-python then raises `KeyError` or a
-        timeout) is retried with backoff (`retry_call`).
+        timeout) is retried with backoff (`retry_call`) for up to `timeout_s`.
         """
         self._require_outside_callback("end_offsets")
         wanted = [_ktp(tp) for tp in tps]
-        listed = retry_call(lambda: self._consumer.end_offsets(wanted), f"kafka-python: end offsets of {sorted(tps)}")
+        each_ms = int(max(0.1, min(timeout_s, self._consumer.config["request_timeout_ms"] / 1000)) * 1000)
+        listed = retry_call(lambda: self._consumer.end_offsets(wanted, timeout_ms=each_ms), f"kafka-python: end offsets of {sorted(tps)}", seconds=timeout_s)
         marks = self.high_watermarks()
         return {(tp.topic, tp.partition): max(offset, marks.get((tp.topic, tp.partition), offset)) for tp, offset in listed.items()}
 
