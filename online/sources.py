@@ -1,4 +1,4 @@
-"""Event sources: Kafka partitions and files behind one protocol (next batch, position, seek).
+"""Event sources: what a learning unit reads (next batch, position, seek), and the daemon's Kafka reader.
 
 Bytewax's ``StatefulSourcePartition``, for riverbeam: a source hands out `SourceBatch` objects
 (consecutive records of one source partition, raw or already decoded, each with where it came
@@ -228,7 +228,7 @@ class FedSource:
     ([4, 5], {'t/0': 6}, None)
     """
 
-    def __init__(self, upstream: EventSource | None = None):
+    def __init__(self, upstream: KafkaSource | None = None):
         self.upstream = upstream
         self.exhausted = False  # a fed source ends when its feeder stops
         self.read: dict = {}

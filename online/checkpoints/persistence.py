@@ -83,7 +83,7 @@ DEFAULT_SIGNING_KEY_ENV = "RIVERBEAM_CHECKPOINT_KEY"
 __all__ = [
     "DEFAULT_SIGNING_KEY_ENV", "LearnerSpec", "Cadence", "Checkpointer", "Durable",
     "open_checkpoint_store", "checkpoint_store", "resume", "restore_learner", "save_learner",
-    "learning_hash", "transform_digest", "checkpoint_fields", "learning_extra", "kafka_context", "position_context",
+"transform_digest", "checkpoint_fields", "learning_extra", "kafka_context", "position_context",
     "ModelsSpec", "restore_model",
 ]  # fmt: skip
 
@@ -250,11 +250,6 @@ def _same_sections(recorded: dict, spec: LearnerSpec) -> bool:
 
     return (plain(recorded.get("model"), ModelConfig) == spec.model.model_dump(mode="json", exclude_defaults=True)
             and plain(recorded.get("events"), EventsConfig) == spec.events.model_dump(mode="json", exclude_defaults=True))
-
-
-def learning_hash(learner: Learner) -> str:
-    """The configuration hash of a live learner (its model, events and fitted transform)."""
-    return LearnerSpec.of_learner(learner).hash
 
 
 def checkpoint_fields(learner: Learner, spec: LearnerSpec | None = None, report: dict | None = None) -> dict:
@@ -492,7 +487,6 @@ class Checkpointer:
         self._compaction: concurrent.futures.Future | None = None
         self._compactor: concurrent.futures.Executor | None = None
         self._own_uploader: concurrent.futures.Executor | None = None
-        self.longest_step = 0.0  # the longest time one checkpoint step held the caller's thread (seconds)
         self.keyed = learner.keyed  # per-key models (of one learner or of a model set): incremental checkpoints
 
     def add(self, events: int) -> None:
@@ -535,7 +529,6 @@ class Checkpointer:
             self.learner.keyed_models.freeze()
             self._building = {"core": core, "pending": pending, "fields": fields, "positions": all_positions,
                               "own": dict(positions), "extra": manifest_extra, "started": started}
-            self.longest_step = max(self.longest_step, time.perf_counter() - started)
             self._advance(None if wait else self.slice_seconds)
             return self.collect(wait=True) if wait else None
         state = self.learner.snapshot() if state is None else state
@@ -582,10 +575,8 @@ class Checkpointer:
     def _advance(self, budget: float | None) -> None:
         """Pickle a slice of the changed models (all with `budget` None); once all are, start the upload."""
         building = self._building
-        began = time.perf_counter()
         models = self.learner.keyed_models
         if not models.serialize(budget):
-            self.longest_step = max(self.longest_step, time.perf_counter() - began)
             return
         self._building = None
         records = self._carry + models.delta_records()
@@ -606,7 +597,6 @@ class Checkpointer:
             self._pending_base = building["pending"]
             return Durable(manifest, building["own"], time.perf_counter() - started)
 
-        self.longest_step = max(self.longest_step, time.perf_counter() - began)
         self.pending = self._background().submit(upload)  # collected by the next `collect` / `checkpoint`
 
     def _maybe_compact(self) -> None:

@@ -1,12 +1,12 @@
 """The learning loop: batches from an event source into one or several learners, written once.
 
-The daemon (`online.consume.daemon`) and ``riverbeam replay --mode learn`` / ``--mode evaluate``
-(`online.replay.engine`) run this loop over their `online.sources.EventSource`; only the sinks differ.
+Every learning unit (`online.learning.unit.LearningUnit`) runs this loop over its
+`online.sources.EventSource`: the daemon's, replay's (learn, evaluate) and serve's; only the sinks differ.
 For each batch it decodes raw records (orjson; an undecodable record is rejected with the
 reason), hands the events to every model in order (River's progressive validation: each model
 predicts, is scored, then learns, as `river.evaluate.progressive_val_score` does for it alone),
 sends rejected records to the dead-letter sink (`online.dead_letters.DeadLetterRecord`, through
-the daemon's Kafka outputs or replay's errors file), the named model's predictions to the
+the daemon's Kafka outputs or replay's errors file; serve's answers), the named model's predictions to the
 predictions sink, advances the source positions and counts the events in the unit's
 `online.checkpoints.persistence.Checkpointer`. When a checkpoint is due is the caller's question.
 
@@ -116,7 +116,7 @@ class LearningLoop:
     model). `predictions_model` names whose predictions go to the `predictions` sink (default:
     the first). The chunk size is the models' ``model.batch.size`` (`chunk_size`; per event, each
     batch is processed at once).
-    `positions` are where the unit's partitions stand (restored from a checkpoint).
+    `positions` are where the unit's partitions stand (`online.learning.unit.LearningUnit.seek` sets them on a restore).
     `curve` (an `online.observability.LearningCurve`) records each model's metrics every
     ``curve.every`` events (the dashboard's learning curve), under the model's name followed by
     ``(curve_unit)`` when given.
@@ -124,7 +124,7 @@ class LearningLoop:
 
     def __init__(self, models: list[tuple[str, Learner]], *, dead_letters: DeadLetterSink | None = None,
                  predictions: PredictionSink | None = None, predictions_model: str | None = None,
-                 checkpointer=None, positions: dict | None = None, count_unreadable: bool = True,
+                 checkpointer=None, count_unreadable: bool = True,
                  curve=None, curve_unit: str | None = None, decoder=None):
         self.models = list(models)
         self.decoder = decoder  # kafka.format's decoder (online.formats.record_decoder): (values, topic) -> (events, reasons); None: JSON
@@ -135,8 +135,8 @@ class LearningLoop:
         self.checkpointer = checkpointer
         self.count_unreadable = count_unreadable  # unreadable records count towards the checkpoint cadence (the daemon's) or not (replay's)
         self.chunk = chunk_size([learner for _, learner in self.models])
-        self.positions: dict = dict(positions or {})  # partition -> position after the last record processed
-        self.read: dict = dict(self.positions)  # partition -> position after the last record fed (held ones too)
+        self.positions: dict = {}  # partition -> position after the last record processed
+        self.read: dict = {}  # partition -> position after the last record fed (held ones too)
         self.held = HeldChunk(self.chunk) if self.chunk is not None else None  # parts of batches until a chunk is complete
         self.consumed = self.learned = self.rejected = 0
         self.curve = curve
@@ -174,15 +174,6 @@ class LearningLoop:
         if self.held is not None:
             self.held.release()
         self.read = dict(self.positions)
-
-    def forget(self, partitions) -> None:
-        for partition in partitions:
-            self.positions.pop(partition, None)
-            self.read.pop(partition, None)
-
-    def caught_up_to(self) -> dict:
-        """Where each partition stands once the held records are processed."""
-        return self.read
 
     def checkpoint_positions(self) -> dict:
         return checkpoint_positions(self.positions)

@@ -5,13 +5,15 @@ numbered steps; a `LearningUnit` is both for riverbeam. `LearningUnit.step` proc
 of its source (read, learn, count, checkpoint when due) and `LearningUnit.checkpoint` is the only
 place that decides how a checkpoint is taken. The daemon schedules units (one per Kafka partition
 with ``events.key``, one global unit otherwise); ``riverbeam replay --mode learn/evaluate`` runs
-one unit over its files. Nothing calls back up into the job that runs a unit: the unit owns its
-sinks, and learns that a checkpoint is durable from its checkpointer.
+one unit over its files; a learning ``riverbeam serve`` one fed by its requests; Beam's
+stream-learn one per Beam key (`pipelines.stream_learn`). Nothing calls back up into the job that
+runs a unit: the unit owns its sinks, and learns that a checkpoint is durable from its checkpointer.
 
 This wing may not import checkpoints or Kafka outputs (`tests/test_layering.py`): the unit
 takes them as the protocols below (dependency inversion), `Checkpoints` implemented by
 `online.checkpoints.persistence.Checkpointer`, `Sinks` by `online.consume.outputs.KafkaSinks`
-(the daemon) and `online.replay.engine.ReplaySinks` (the errors file).
+(the daemon), `online.replay.engine.ReplaySinks` (the errors file) and
+`online.serving.writer.ResponseSinks` (a learning request's answers).
 
 Map for a newcomer: one event and one checkpoint, from the command line (each arrow one hop).
 
@@ -19,8 +21,12 @@ Map for a newcomer: one event and one checkpoint, from the command line (each ar
   ``Daemon._loop`` (the scheduler: one poll, each partition's batch pushed to its unit's
   `online.sources.FedSource`) -> `LearningUnit.step` -> `online.learning.loop.LearningLoop.feed`
   (decode, dead letters, predictions, positions) -> `online.learning.learner.Learner.process_many`.
-* ``riverbeam replay`` -> `online.replay.job.run_replay` -> `online.replay.engine.learn` (or
-  ``Evaluation``) -> `LearningUnit.step` over an `online.sources.FileSource` -> as above.
+* ``riverbeam replay`` -> `riverbeam.commands.replay` -> `online.replay.job.run_replay` ->
+  `online.replay.engine.learn` (or ``Evaluation``) -> `LearningUnit.step` over an
+  `online.sources.FileSource` -> as above.
+* ``riverbeam serve`` (``serve.learn``) -> `online.serving.app` (``POST /v1/learn``) ->
+  `online.serving.writer.LearningWriter.learn` (the request pushed as an `online.sources.EventBatch`)
+  -> `LearningUnit.step` -> as above; the answers are its `online.serving.writer.ResponseSinks`.
 * `LearningUnit.checkpoint` -> `Sinks.flush` (Kafka outputs committed, their end offsets) ->
   `Checkpoints.checkpoint` (snapshot, upload: `online.checkpoints.persistence.Checkpointer` ->
   `online.checkpoints.store.CheckpointStore.save`) -> once durable, `Sinks.commit` (consumer
@@ -75,7 +81,7 @@ class Checkpoints(Protocol):
 
     def has_news(self, positions: dict) -> bool: ...
 
-    def checkpoint(self, positions: dict, extra: dict | None = None, *, wait: bool = False) -> Any: ...
+    def checkpoint(self, positions: dict, extra: dict | None = None, *, wait: bool = False, state: bytes | None = None) -> Any: ...
 
     def collect(self, wait: bool = False) -> Any: ...
 
@@ -113,18 +119,22 @@ class LearningUnit:
     `checkpointer` None: nothing is checkpointed (evaluation). `retry_failed_checkpoints`: a
     failed upload is logged and counted (`failed_checkpoints`) and the next due checkpoint holds
     the whole state again (the daemon: storage down is survived); otherwise the error is raised.
-    `wait_for_uploads`: see `step`.
+    `wait_for_uploads`: see `step`. `checkpoint_when_due` False: `step` learns and counts but never
+    checkpoints; the caller calls `checkpoint` when ``checkpointer.due()`` (Beam's stream-learn,
+    which keeps each checkpoint's snapshot in Beam state too: `checkpoint`'s `state`).
     """
 
     def __init__(self, name: str, source: EventSource, models: list[tuple[str, Learner]], sinks: Sinks | None,
                  checkpointer: Checkpoints | None = None, *, learner: Learner | None = None, predictions: bool = False,
-                 retry_failed_checkpoints: bool = False, wait_for_uploads: bool = True, **loop_options):
+                 retry_failed_checkpoints: bool = False, wait_for_uploads: bool = True, checkpoint_when_due: bool = True,
+                 **loop_options):
         self.name = name
         self.source = source
         self.sinks = sinks
         self.checkpointer = checkpointer
         self.retry_failed_checkpoints = retry_failed_checkpoints
         self.wait_for_uploads = wait_for_uploads
+        self.checkpoint_when_due = checkpoint_when_due
         self.loop = LearningLoop(models, dead_letters=sinks, predictions=sinks if predictions else None, checkpointer=checkpointer, **loop_options)
         self._learner = learner
         self.failed_checkpoints = 0
@@ -167,7 +177,7 @@ class LearningUnit:
         loop = self.loop
         consumed, learned, rejected = loop.consumed, loop.learned, loop.rejected
         loop.feed(batch)
-        if self.checkpointer is not None:
+        if self.checkpointer is not None and self.checkpoint_when_due:
             self.collect()  # an upload that finished (committed now), per-key models pickled a slice further
             if self.checkpointer.due() and (self.wait_for_uploads or self.checkpointer.pending is None):
                 self.checkpoint()  # an upload still in flight is waited for first: back-pressure keeps the cadence
@@ -186,7 +196,7 @@ class LearningUnit:
 
     # -- checkpoints ------------------------------------------------------------------------
 
-    def checkpoint(self, wait: bool = False) -> None:
+    def checkpoint(self, wait: bool = False, state: bytes | None = None) -> None:
         """Checkpoint the unit, in numbered steps (skipped when nothing changed since the last one):
 
         1. finish the upload in flight (waiting for it: back-pressure) and commit it if durable (step 5);
@@ -197,7 +207,9 @@ class LearningUnit:
            (`Checkpoints.checkpoint`: on the uploader thread unless `wait`);
         5. once durable: commit the sinks and source offsets (`Sinks.commit`), never before.
 
-        A failed upload: see `retry_failed_checkpoints`.
+        A failed upload: see `retry_failed_checkpoints`. `state`: the learner's snapshot, when the caller
+        has just taken it (stream-learn writes the same bytes into Beam state): step 4 uploads exactly
+        those bytes (a full checkpoint) rather than taking another.
         """
         checkpointer = self.checkpointer
         if checkpointer is None:
@@ -208,7 +220,7 @@ class LearningUnit:
             return
         extra = self.sinks.flush(self.positions) if self.sinks is not None else {}  # 3: the sinks' errors are the caller's
         try:
-            checkpointer.checkpoint(positions, extra, wait=wait)  # 4
+            checkpointer.checkpoint(positions, extra, wait=wait, state=state)  # 4
         except Exception as error:
             self._failed(error)
         self._settle()  # 5 (an upload that finished here)
