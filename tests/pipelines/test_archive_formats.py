@@ -1,4 +1,4 @@
-"""The archive of a topic in a schema-registry format (Avro): decoded records as Parquet that replay reads back (FnApiRunner)."""
+"""The archive of a topic in a schema-registry format (Avro, Protobuf, JSON Schema): decoded records as Parquet that replay reads back (FnApiRunner)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from confluent_kafka.schema_registry.avro import AvroSerializer  # noqa: E402
 from confluent_kafka.serialization import MessageField, SerializationContext  # noqa: E402
 from river import datasets  # noqa: E402
 
-from online.formats_write import derive_avro_schema  # noqa: E402
+from online.formats_write import RecordSerializer, derive_avro_schema, derive_json_schema, derive_protobuf_class  # noqa: E402
 from online.replay.job import ReplayOptions, run_replay  # noqa: E402
 from pipelines.archive import build_archive, read_archive  # noqa: E402
 from tests.online.test_replay import job_config as replay_job  # noqa: E402
@@ -41,21 +41,30 @@ def archive(tmp_path, name: str, payloads: list[bytes], kafka: str | None = None
     return output
 
 
-def test_an_avro_topic_is_archived_as_parquet_that_replay_reads_as_the_json_events(tmp_path, schema_registry, topic):
-    serialize = AvroSerializer(SchemaRegistryClient({"url": schema_registry.url}), orjson.dumps(derive_avro_schema(EVENTS)).decode(),
-                               conf={"subject.name.strategy.type": "TOPIC"})  # fmt: skip
-    context = SerializationContext(topic, MessageField.VALUE)
-    not_avro = b'{"time": 1714568400, "x": 1}'
-    avro_kafka = f"kafka: {{topic: {topic}, format: avro, schema_registry: {{url: '{schema_registry.url}'}}}}\n"
+def serializer(fmt: str, url: str):
+    """How a producer application writes `EVENTS` as `fmt`: confluent-kafka's serializer of that format, the topic name strategy."""
+    if fmt == "avro":
+        serialize = AvroSerializer(SchemaRegistryClient({"url": url}), orjson.dumps(derive_avro_schema(EVENTS)).decode(),
+                                   conf={"subject.name.strategy.type": "TOPIC"})  # fmt: skip
+        return lambda event, topic: serialize(event, SerializationContext(topic, MessageField.VALUE))
+    schema = derive_protobuf_class(EVENTS) if fmt == "protobuf" else derive_json_schema(EVENTS)
+    return RecordSerializer("event", fmt, {"url": url}, schema=schema)  # ProtobufSerializer / JSONSerializer underneath
 
-    from_avro = archive(tmp_path, "avro", [serialize(e, context) for e in EVENTS] + [not_avro], avro_kafka)
+
+@pytest.mark.parametrize("fmt", ["avro", "protobuf", "json_schema"])
+def test_a_registry_topic_is_archived_as_parquet_that_replay_reads_as_the_json_events(tmp_path, schema_registry, topic, fmt):
+    serialize = serializer(fmt, schema_registry.url)
+    not_avro = b'{"time": 1714568400, "x": 1}'
+    avro_kafka = f"kafka: {{topic: {topic}, format: {fmt}, schema_registry: {{url: '{schema_registry.url}'}}}}\n"
+
+    from_avro = archive(tmp_path, "avro", [serialize(e, topic) for e in EVENTS] + [not_avro], avro_kafka)
     from_json = archive(tmp_path, "json", [orjson.dumps(e) for e in EVENTS])
 
     by_time = sorted(read_archive(f"{from_avro}/date=*/hour=*/*.parquet"), key=lambda e: e["time"])
     assert by_time == sorted(read_archive(f"{from_json}/date=*/hour=*/*.parquet"), key=lambda e: e["time"]) == EVENTS
     dead = list(read_archive(f"{from_avro}/dead_letter/date=*/hour=*/*.jsonl"))
     assert [d["value"] for d in dead] == [not_avro.decode()]
-    assert dead[0]["reason"] == f"not avro in the schema-registry wire format (no magic byte 0 and schema id) for subject {topic}-value"
+    assert dead[0]["reason"] == f"not {fmt} in the schema-registry wire format (no magic byte 0 and schema id) for subject {topic}-value"
     job = replay_job(model=MODEL, events={"target": "label", "time": "time"})
     replayed = [run_replay(job, ReplayOptions([f"{output}/date=*/hour=*/*.parquet"], mode="evaluate")) for output in (from_avro, from_json)]
     assert replayed[0].events == replayed[1].events == len(EVENTS)
