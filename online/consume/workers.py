@@ -281,14 +281,15 @@ class Supervisor:
         self.leaving = False  # "leave" sent: every worker stopping has committed its final checkpoints
         self.restarts = 0
         self.failure: str | None = None
+        self.barrier = None  # the first start's join barrier
 
     def run(self) -> dict:
         began = time.monotonic()
         metrics_dir = _multiprocess_dir()
         context = _fork_server(metrics_dir)
-        barrier = context.Barrier(len(self.workers))
+        self.barrier = context.Barrier(len(self.workers))
         for worker in self.workers:
-            self._start(context, worker, barrier)
+            self._start(context, worker, self.barrier)
         health = None
         port = self.config.metrics.port
         try:
@@ -378,6 +379,7 @@ class Supervisor:
         """A worker's process ended: done, a failure for the group, or a death to restart after a backoff."""
         code = worker.process.exitcode
         worker.process = None
+        self.barrier.abort()  # a worker gone before joining: the others subscribe at once (after the join, this changes nothing)
         worker.link.close()
         if worker.error is not None:  # a one-line error: the group stops with it, as one daemon would
             self.failure = f"worker {worker.index}: {worker.error}"
