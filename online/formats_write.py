@@ -143,6 +143,40 @@ SCHEMAS = {
 }
 
 
+def subject_name(strategy: str, topic: str, record: str) -> str:
+    """The subject of `record` (a schema's full name) written to `topic` under ``kafka.subject_name_strategy``.
+
+    >>> subject_name("topic", "events.predictions", "riverbeam.Prediction"), subject_name("topic_record", "p", "riverbeam.Prediction")
+    ('events.predictions-value', 'p-riverbeam.Prediction')
+    """
+    return {"topic": f"{topic}-value", "record": record, "topic_record": f"{topic}-{record}"}[strategy]
+
+
+def check_output_subjects(kafka) -> None:
+    """With ``kafka.auto_register_schemas: false``, each output written in a registry format must find its schema's
+    subject in the registry (``riverbeam config check --online``), or a one-line `ConfigError` naming the subject.
+
+    >>> from online.config import KafkaConfig
+    >>> check_output_subjects(KafkaConfig(topic="events", predictions_topic="p"))  # JSON outputs: nothing to ask
+    """
+    outputs = [(topic, fmt, name) for topic, fmt, name in (
+        (kafka.predictions_topic, kafka.predictions_format, f"{NAMESPACE}.Prediction"),
+        (kafka.dead_letter_topic, kafka.dead_letter_format, f"{NAMESPACE}.DeadLetter"),
+    ) if topic and fmt != "json"]  # fmt: skip
+    if kafka.auto_register_schemas or not outputs:
+        return
+    client, url = registry_client(kafka.schema_registry or {})
+    try:
+        registered = set(client.get_subjects())
+    except Exception as error:  # the HTTP client's own errors or the registry's: one line
+        raise ConfigError("kafka.schema_registry.url", f"the schema registry at {url} does not answer ({type(error).__name__}: {error})") from None
+    missing = [subject_name(kafka.subject_name_strategy, topic, name) for topic, _, name in outputs]
+    missing = [subject for subject in missing if subject not in registered]
+    if missing:
+        raise ConfigError("kafka.auto_register_schemas", f"no schema under subject {', '.join(missing)} in the schema registry at {url}: "
+                          "register riverbeam's output schemas (online/formats_write.py), or set kafka.auto_register_schemas: true")
+
+
 class RecordNotWritable(RiverbeamError):
     """A record does not fit the schema it is written with (`RecordSerializer`): that record only."""
 
@@ -229,7 +263,7 @@ class RecordSerializer:
             name = schema.DESCRIPTOR.full_name
         else:
             name = schema.get("title") or ".".join(part for part in (schema.get("namespace"), schema.get("name")) if part)
-        return {"topic": f"{topic}-value", "record": name, "topic_record": f"{topic}-{name}"}[self.strategy]
+        return subject_name(self.strategy, topic, name)
 
     def __call__(self, record: dict, topic: str) -> bytes:
         from confluent_kafka.schema_registry.error import SchemaRegistryError

@@ -33,9 +33,12 @@ def config_check(args) -> int:
         signed_without_key(checkpoint, args.file)
     if job == "consume":  # a registry format read or written: the registry answers (online.formats)
         from online.formats import check_schema_registry
+        from online.formats_write import check_output_subjects
 
         try:
             check_schema_registry(config.kafka, subjects=args.online)
+            if args.online:
+                check_output_subjects(config.kafka)  # the outputs' subjects, when they are not registered by the daemon
         except ConfigError as error:
             raise error.at(source=args.file) from None
     print(f"{args.file}: valid {job} configuration")

@@ -167,6 +167,28 @@ def test_the_daemon_stops_in_one_line_naming_the_key_when_the_registry_cannot_ta
     assert f"kafka.auto_register_schemas: subject {topic}.dlq-value in the schema registry at {schema_registry.url} does not hold" in unregistered_err.strip().splitlines()[-1]
 
 
+def test_config_check_online_names_the_output_subject_that_must_be_registered_when_the_daemon_does_not(tmp_path, schema_registry, topic):
+    kafka = (f"predictions_format: avro, dead_letter_topic: {topic}.dlq, subject_name_strategy: topic_record, auto_register_schemas: false, "
+             f"schema_registry: {{url: '{schema_registry.url}'}}")  # fmt: skip
+    path = tmp_path / "job.yaml"
+    path.write_text("model: {pipeline: [{linear_model.LogisticRegression: {}}]}\nevents: {target: label}\ncheckpoint: {uri: ./checkpoints}\n"
+                    f"kafka: {{topic: events, predictions_topic: {topic}.p, {kafka}}}\n")  # fmt: skip
+
+    def check(*flags: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "riverbeam.cli", "config", "check", str(path), *flags]
+        return subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, NO_GCE_CHECK="true"), timeout=120)
+
+    missing, offline = check("--online"), check()
+    RecordSerializer("prediction", "avro", {"url": schema_registry.url}, "topic_record").check(f"{topic}.p", {"prediction": None})  # registered
+    registered = check("--online")
+
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr, missing.stderr[-2000:]
+    assert (f"kafka.auto_register_schemas: no schema under subject {topic}.p-riverbeam.Prediction in the schema registry at {schema_registry.url}"
+            in missing.stderr)  # fmt: skip
+    assert offline.returncode == 0, offline.stderr[-2000:]  # without --online only the registry's URL is checked
+    assert registered.returncode == 0, registered.stderr[-2000:]  # dead letters stay JSON: only the predictions' subject is needed
+
+
 def test_a_registry_format_for_outputs_needs_the_registry_url():
     with pytest.raises(ValueError, match="kafka.predictions_format avro needs kafka.schema_registry.url"):
         KafkaConfig(topic="events", predictions_format="avro")
