@@ -262,6 +262,24 @@ def test_a_backfill_with_a_given_avro_schema_dead_letters_the_lines_that_do_not_
     assert SchemaRegistryClient({"url": schema_registry.url}).get_latest_version(f"{topic}-value").schema.schema_str.find("plant") >= 0
 
 
+def test_a_backfill_stops_in_one_line_when_the_registry_cannot_be_reached_and_produces_nothing(tmp_path, kafka_bootstrap, topic):
+    (tmp_path / "events.jsonl").write_text('{"x": 1.0, "y": 2.0}\n{"x": 2.0, "y": 3.0}\n')
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        "model: {pipeline: [{linear_model.LinearRegression: {}}], metrics: [MAE]}\nevents: {target: y}\n"
+        f"kafka: {{bootstrap_servers: '{kafka_bootstrap}', topic: {topic}, format: avro, schema_registry: {{url: 'http://127.0.0.1:9'}}}}\n"
+    )
+    command = [sys.executable, "-m", "riverbeam.cli", "replay", "--config", str(config), "--input", str(tmp_path / "events.jsonl"), "--mode", "backfill"]
+
+    result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, NO_GCE_CHECK="true"), timeout=120)
+
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert ("kafka.schema_registry.url: the schema registry at http://127.0.0.1:9 cannot be reached to write event records as avro "
+            f"(kafka.format, subject {topic}-value)") in result.stderr.strip().splitlines()[-1]  # fmt: skip
+    assert read_topic(kafka_bootstrap, topic, "confluent-kafka") == []  # nothing half-written: a rerun starts from the first line
+
+
 def test_a_backfill_whose_events_fit_no_derived_schema_is_one_line_naming_the_key(tmp_path):
     (tmp_path / "events.jsonl").write_text('{"x": 1.0, "y": 2.0}\n{"x": "one", "y": 3.0}\n')
     config = tmp_path / "job.yaml"
