@@ -5,7 +5,8 @@ The folders are the wings; each says in its own docstring what it owns and what 
 
 - the base, here: ``config`` (typed YAML sections), ``events`` (one decoded event into features,
   label, key), ``models`` (River objects from their specification), ``formats`` (JSON, Avro,
-  Protobuf record decoding), ``readers`` (history files), ``sources`` (what a learning unit reads:
+  Protobuf record decoding) and ``formats_write`` (predictions, dead letters and backfilled events
+  written in those formats), ``readers`` (history files), ``sources`` (what a learning unit reads:
   files, or batches pushed in from the daemon's Kafka poll or serve's requests), ``dead_letters`` (the one rejected-record shape), ``observability``
   (metrics, health, logs) and ``kafka_clients`` (kafka-python and confluent-kafka behind one
   interface). The base imports no wing.
