@@ -51,7 +51,7 @@ from online.readers import InputFile, ReplayPosition, SourceRecord, read_inputs
 
 REPLAY = "replay"  # the file source's one partition, and its key among checkpoint positions
 
-__all__ = ["EventSource", "SourceBatch", "KafkaBatch", "EventBatch", "FileBatch", "KafkaSource", "FileSource", "FedSource", "position_key", "parse_position_key", "kafka_positions", "progress_bar", "REPLAY"]
+__all__ = ["EventSource", "SourceBatch", "KafkaBatch", "EventBatch", "FileBatch", "KafkaSource", "FileSource", "FedSource", "position_key", "parse_position_key", "partition_of", "kafka_positions", "progress_bar", "REPLAY"]
 
 
 def position_key(tp: TopicPartition) -> str:
@@ -66,6 +66,20 @@ def position_key(tp: TopicPartition) -> str:
 def parse_position_key(key: str) -> TopicPartition:
     topic, partition = key.rsplit("/", 1)
     return topic, int(partition)
+
+
+def partition_of(key: Hashable) -> Hashable:
+    """The partition a position key names: a Kafka checkpoint key (``"topic/partition"``) as its `TopicPartition`,
+    any other key as it is (a file's path, serve's partition, a `TopicPartition` already).
+
+    >>> partition_of("events/3"), partition_of("/data/a.jsonl"), partition_of(("events", 3))
+    (('events', 3), '/data/a.jsonl', ('events', 3))
+    """
+    if isinstance(key, str) and "/" in key:
+        topic, _, partition = key.rpartition("/")
+        if partition.isdigit():
+            return topic, int(partition)
+    return key
 
 
 def kafka_positions(positions: dict) -> dict[TopicPartition, int]:
@@ -248,11 +262,20 @@ class FedSource:
         return {position_key(p) if isinstance(p, tuple) else str(p): v for p, v in self.read.items()}
 
     def seek(self, positions: dict) -> None:
-        """Drop queued batches of the partitions in `positions` and seek the upstream reader there."""
-        keys = {parse_position_key(k) if isinstance(k, str) and "/" in k else k for k in positions}
+        """Drop queued batches of the partitions in `positions` and seek the upstream reader there.
+
+        Keys are partitions as batches name them or Kafka checkpoint keys (`partition_of`): a file path
+        (stream-learn's partitions) is a partition of its own.
+
+        >>> source = FedSource()
+        >>> source.seek({"events/0": 7, "/data/a.jsonl": 3})
+        >>> source.read
+        {('events', 0): 7, '/data/a.jsonl': 3}
+        """
+        keys = {partition_of(k) for k in positions}
         self._queue = deque(b for b in self._queue if b.partition not in keys)
         for key, value in positions.items():
-            self.read[parse_position_key(key) if isinstance(key, str) and "/" in key else key] = value
+            self.read[partition_of(key)] = value
         if self.upstream is not None:
             self.upstream.seek(positions)
 
