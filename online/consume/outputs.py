@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from typing import Callable, TypeVar
 
 from online.checkpoints.lease import LeaseKeeper
 from online.dead_letters import DEFAULT_MAX_BYTES, DeadLetterRecord
 from online.formats_write import OutputEncoders
 from online.kafka_clients import EventConsumer, EventProducer, KafkaClientError, TopicPartition
+from online.kafka_clients.base import RETRY_SECONDS, retry_call
 from online.sources import KafkaBatch, kafka_positions, parse_position_key, position_key
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ daemon_log = logging.getLogger("riverbeam.daemon")  # the daemon's checkpoint li
 SOURCE_HEADER = "riverbeam-source"
 SCAN_IDLE_SECONDS = 30.0  # the restore scan fails when a partition makes no progress for this long
 LOOKUP_SECONDS = 30.0  # how long an output topic's metadata may take to come before a restore or checkpoint fails
+ATTEMPT_SECONDS = 10.0  # one end-offset look-up through one scanner client; a failed one is retried through a new client
+T = TypeVar("T")
 
 
 def source_header(topic: str, partition: int, offset: int) -> bytes:
@@ -156,11 +159,45 @@ class OutputWriter:
         return known
 
     def end_offsets(self) -> dict[str, int]:
-        """``{"topic/partition": end offset}`` of the output topics (recorded in each checkpoint)."""
+        """``{"topic/partition": end offset}`` of the output topics (recorded in each checkpoint).
+
+        Each attempt asks one scanner client for at most `ATTEMPT_SECONDS`; a failed attempt is
+        retried through a new client (`_with_fresh_scanner`), for up to `RETRY_SECONDS` in all.
+        """
         tps = [tp for topic in self.topics if topic in self._sent or self._partitions_of.get(topic) for tp in self._partitions(topic)]
         if not tps:
             return {}
-        return {position_key(tp): offset for tp, offset in self.scanner.end_offsets(tps).items()}
+        ends = self._with_fresh_scanner(f"end offsets of the output topics {sorted(tps)}", lambda scanner, seconds: scanner.end_offsets(tps, timeout_s=seconds))
+        return {position_key(tp): offset for tp, offset in ends.items()}
+
+    def _with_fresh_scanner(self, what: str, look_up: Callable[[EventConsumer, float], T], seconds: float = RETRY_SECONDS) -> T:
+        """``look_up(scanner, attempt_seconds)``, retried (`retry_call`) for up to `seconds`, each retry through a new scanner.
+
+        A client's cached metadata can go on naming a partition's old leader after a broker
+        fault: confluent-kafka's scanner, which holds no assignment, kept asking from it
+        (``Broker handle destroyed``, then ``Unknown partition``) until the 60 s bound ran out and
+        the daemon stopped. A new client reads the cluster's metadata afresh. Still failing after
+        `seconds`: one `KafkaClientError`, never a made-up answer.
+        """
+        deadline = time.monotonic() + seconds
+
+        def attempt() -> T:
+            try:
+                return look_up(self.scanner, max(0.1, min(ATTEMPT_SECONDS, deadline - time.monotonic())))
+            except KafkaClientError:
+                self._drop_scanner()  # its cached metadata may be what fails
+                raise
+
+        return retry_call(attempt, f"{what} (each retry through a new scanner client)", seconds=seconds, first_backoff=0.25)
+
+    def _drop_scanner(self) -> None:
+        """Close the scanner (a failure to close is only logged: it is replaced anyway)."""
+        scanner, self._scanner = self._scanner, None
+        if scanner is not None:
+            try:
+                scanner.close()
+            except KafkaClientError as error:
+                log.warning("closing the output scanner: %s", error)
 
     def written_ahead(self, positions: dict[TopicPartition, int]) -> dict[str, dict[str, int]]:
         """What this writer still skips at `positions`, for a checkpoint taken there to record.
