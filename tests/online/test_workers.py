@@ -9,6 +9,7 @@ line each.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import os
@@ -101,6 +102,7 @@ def keyed_job(tmp_path, bootstrap, topic, client, **overrides) -> str:
     return job_config(tmp_path, bootstrap, topic, client, events={"target": "label", "key": "user"}, **overrides)
 
 
+@pytest.mark.both_brokers
 @pytest.mark.parametrize("client", CLIENTS)
 def test_two_workers_learn_every_event_once_into_rivers_per_key_models(tmp_path, kafka_bootstrap, topic, client):
     events = keyed_events(4000)
@@ -114,8 +116,11 @@ def test_two_workers_learn_every_event_once_into_rivers_per_key_models(tmp_path,
     assert summary["events_seen"] == summary["events_learned"] == summary["events_learned_total"] == len(events)
     assert sorted(summary["units"]) == [f"{topic}.{p}" for p in range(PARTITIONS)]
     units = assigned(log_lines(err))
-    assert sorted(unit for _, unit, _ in units) == [f"{topic}.{p}" for p in range(PARTITIONS)]  # each unit started once: no rebalance
-    assert {worker for worker, _, _ in units} == {0, 1} and all(msg == "starting fresh" for *_, msg in units)  # both workers learned
+    assert {worker for worker, _, _ in units} == {0, 1}  # both workers learned
+    # one rebalance at start at most: the workers subscribe together, so they join one generation, or (a join answered before the
+    # other worker's arrives: Apache Kafka's test cluster has no initial rebalance delay, a loaded machine) a unit moves once
+    assert set(collections.Counter(unit for _, unit, _ in units)) == {f"{topic}.{p}" for p in range(PARTITIONS)}
+    assert max(collections.Counter(unit for _, unit, _ in units).values()) <= 2
     uri = str(tmp_path / "checkpoints")
     for p, manifest in unit_manifests(uri, topic).items():  # each partition's unit: its events, each learned once
         assert manifest["positions"][f"{topic}/{p}"] == manifest["events_seen"] == manifest["events_learned"] == len(events) // PARTITIONS
@@ -150,6 +155,7 @@ class LogLines:
         raise AssertionError(f"never logged {what}: {''.join(self.text)[-3000:]}")
 
 
+@pytest.mark.both_brokers
 @pytest.mark.slow
 @pytest.mark.parametrize("client", CLIENTS)
 def test_kill_9_of_one_worker_loses_and_doubles_nothing(tmp_path, kafka_bootstrap, topic, client):
@@ -162,9 +168,14 @@ def test_kill_9_of_one_worker_loses_and_doubles_nothing(tmp_path, kafka_bootstra
     uri = str(tmp_path / "checkpoints")
     process = start_daemon(config, "--workers", "2")
     log = LogLines(process)
-    log.wait_for(lambda line: len(assigned(log.lines)) >= PARTITIONS, "4 units", process, timeout=90)
     victim = 1
-    victims_units = {unit for worker, unit, _ in assigned(log.lines) if worker == victim}
+
+    def owners() -> dict:
+        return {unit: worker for worker, unit, _ in assigned(log.lines)}  # each unit's latest owner
+
+    split = lambda line: sorted(collections.Counter(owners().values()).items()) == [(0, 2), (victim, 2)]  # noqa: E731
+    log.wait_for(split, "the group's split, 2 units each", process, timeout=90)
+    victims_units = {unit for unit, worker in owners().items() if worker == victim}
     assert len(victims_units) == 2  # the group split the partitions at start
     started = [line for line in log.lines if line.get("msg") == "worker started" and line["worker"] == victim]
     while not any(m and m["events_seen"] for m in unit_manifests(uri, topic).values()):  # learning: a checkpoint is written
@@ -194,7 +205,8 @@ def test_kill_9_of_one_worker_loses_and_doubles_nothing(tmp_path, kafka_bootstra
     assert process.returncode == 0, "".join(log.text)[-3000:]
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["worker_restarts"] == 2
-    moved = {unit for worker, unit, _ in assigned(log.lines)[PARTITIONS:] if worker != victim}
+    killed_at = next(line["time"] for line in log.lines if line.get("msg") == "worker died: restarting it")
+    moved = {line["unit"] for line in log.lines if line.get("msg") in units and line["worker"] != victim and line["time"] > killed_at}
     assert victims_units <= moved  # the dead worker's partitions moved to the other worker
     for p, manifest in unit_manifests(uri, topic).items():
         assert manifest["positions"][f"{topic}/{p}"] == manifest["events_seen"] == manifest["events_learned"] == len(everything) // PARTITIONS
