@@ -26,8 +26,12 @@ State, the per-key cache and retries
 Restoring a learner for every event and pickling it back after it costs far more than learning
 (measured against one predict-score-learn step on Phishing: scaler + logistic regression,
 restore 7x and snapshot 1x; a Hoeffding tree, restore 70x and snapshot 27x; the JSON log
-append below 0.1x). So `LearnStateFn` keeps a per-key `Learner` in the DoFn instance and
-stores in Beam state only what lets any worker rebuild it exactly:
+append below 0.1x). So `LearnStateFn` keeps a per-key learning unit in the DoFn instance
+(`KeyUnit`, an `online.learning.unit.LearningUnit`: the key's `Learner`, its checkpointer, its
+positions and its outputs, as every job learns: each event is a `LoggedEvent` pushed into the
+unit's `online.sources.FedSource`, learned by `LearningUnit.step`, its prediction or dead letter
+collected by the unit's sinks, `BeamOutputs`) and stores in Beam state only what lets any worker
+rebuild it exactly:
 
 * ``snapshot`` — the learner's bytes at the last checkpoint (written on the checkpoint timer,
   every ``checkpoint.every_events`` events and at the end of the input);
@@ -38,7 +42,8 @@ Beam commits state with the bundle, never the DoFn's memory. When a bundle fails
 (or the key moves to another worker or DoFn instance), the cached learner may hold events the
 runner has thrown away. Each bundle has a random token; the cache remembers the token it last
 wrote. If the committed ``version`` names another token, the cache is stale and the learner is
-rebuilt from ``snapshot`` and the ``log`` replayed — so the learner state is exactly-once,
+rebuilt from ``snapshot`` and the ``log`` replayed through a new unit (its outputs dropped:
+the bundles that logged those events output them) — so the learner state is exactly-once,
 whatever the retries. The price is one small state write and one log append per event, and a
 replay of at most one checkpoint interval of events after a failure, a key move or an eviction
 from the cache (``cached_learners`` per DoFn instance, least recently used first). (The
@@ -58,8 +63,12 @@ as the first pass did (by the processing clock it could not).
 Checkpoints go through `online.checkpoints.persistence`, the bridge every job shares: the same
 configuration hash and recorded configuration as the daemon and replay, the store built from
 the ``checkpoint:`` section (signing key from ``checkpoint.signing_key_env``), and a
-`online.checkpoints.persistence.Checkpointer` per key (the events cadence; the seconds cadence is a
-processing-time timer, since a key without events is not called). So a checkpoint of this job
+`online.checkpoints.persistence.Checkpointer` per key unit (the events cadence; the seconds cadence is a
+processing-time timer, since a key without events is not called). A checkpoint is the unit's
+(`LearningUnit.checkpoint`, its numbered steps), taken when the DoFn says so: the snapshot it
+writes into Beam state is the one the checkpoint uploads (`state=`), so both hold the same bytes.
+In mini-batch mode (``model.batch``) an incomplete chunk's events are held by the unit's loop and
+stay logged at a checkpoint, whose positions stay before them. So a checkpoint of this job
 resumes in the daemon, replay, ``predict`` and ``serve``, and theirs resume here.
 
 A new job (empty state) starts each key from the newest checkpoint in object storage
@@ -100,6 +109,7 @@ import collections
 import dataclasses
 import logging
 import time
+import types
 import typing
 import uuid
 from typing import Any, Callable
@@ -118,10 +128,11 @@ from online.dead_letters import DeadLetterRecord
 from online.checkpoints.store import CheckpointStore, FencingError
 from online.checkpoints.units import OtherUnits, check_layout, key_unit, unit_uri
 from online.config import ConsumeJobConfig
-from online.events import EventError, json_type
-from online.learning.learner import HeldChunk, Learner
+from online.events import json_type
+from online.learning.learner import Learner
+from online.learning.unit import LearningUnit, Stepped
 from online.checkpoints.persistence import Cadence, Checkpointer, LearnerSpec, open_checkpoint_store, position_context, resume
-from online.sources import kafka_positions, position_key
+from online.sources import EventBatch, FedSource, kafka_positions, position_key
 from pipelines.options import add_required_argument, check_required, waits_for_result
 from pipelines.filesystems import configure_filesystems
 from core.configuration import load_config
@@ -338,14 +349,25 @@ def checkpoint_uri(base: str, key: Any) -> str:
 
 def checkpoint_positions(learned: dict, kafka: bool) -> dict:
     """A key's checkpoint positions from what it learned per source: ``topic/partition`` -> next offset, as the
-    daemon records them (so the daemon resumes right after), or ``{"files": {path: last line}}``.
+    daemon records them (so the daemon resumes right after), or ``{"files": {path: last line}}``. Events without
+    a source position (Pub/Sub's: the source None, `LoggedEvent`) are in no checkpoint's positions.
 
-    >>> checkpoint_positions({"events/0": 300}, kafka=True), checkpoint_positions({"a.jsonl": 7}, kafka=False)
+    >>> checkpoint_positions({"events/0": 300}, kafka=True), checkpoint_positions({"a.jsonl": 7, None: 3}, kafka=False)
     ({'events/0': 300}, {'files': {'a.jsonl': 7}})
     """
+    learned = source_positions(learned)
     if not learned:
         return {}
-    return dict(learned) if kafka else {"files": dict(learned)}
+    return learned if kafka else {"files": learned}
+
+
+def source_positions(positions: dict) -> dict:
+    """A key unit's positions (source -> position after the last event learned) without the events that had no source.
+
+    >>> source_positions({"a.jsonl": 7, None: 3})
+    {'a.jsonl': 7}
+    """
+    return {source: position for source, position in positions.items() if source is not None}
 
 
 def source_positions_of(positions: dict, kafka: bool) -> dict:
@@ -375,22 +397,132 @@ def _json_default(value):
 
 
 # ---------------------------------------------------------------------------------------------
-# The stateful learner
+# The stateful learner: a learning unit per key
 # ---------------------------------------------------------------------------------------------
+
+
+class LoggedEvent(EventBatch):
+    """One event of a key as its learning unit learns it: an `online.sources.EventBatch` of one, with what the DoFn
+    keeps beside it.
+
+    `partition` is where the event came from (``topic/partition`` or a file's path; None for Pub/Sub) and
+    `next_position` where that source stands after it (the next offset, or the line): the unit's positions
+    are the key's checkpoint positions (`checkpoint_positions`). `raw` is the event's JSON (a dead letter's
+    value), `event_id` its ``events.id`` (the prediction record's ``id``) and `entry` its Beam log entry (kept
+    logged at a checkpoint while its mini-batch chunk is incomplete). One event is never cut (`take`): the
+    learning loop cuts only batches longer than the room left in a chunk.
+
+    >>> event = LoggedEvent("events/0", {"x": 1}, 41, b'{"x":1}', None, b'["events/0",42,{"x":1}]')
+    >>> len(event), event.values, event.next_position, event.reasons
+    (1, [{'x': 1}], 42, mappingproxy({}))
+    """
+
+    reasons = types.MappingProxyType({})  # decoded by ParseEvents: nothing known bad (read only, shared)
+
+    def __init__(self, partition: str | None, event: dict, before: int, raw: bytes, event_id: Any, entry: bytes):
+        # by hand rather than EventBatch's dataclass __init__: one per event on the hot path, half the cost
+        self.partition = partition
+        self.values = [event]
+        self.before = before
+        self.raw = raw
+        self.event_id = event_id
+        self.entry = entry
+
+
+def feed(unit: LearningUnit, event, source: tuple | None, raw: bytes, entry: bytes, id_field: str | None) -> Stepped:
+    """Push one event into a key's unit (a `LoggedEvent` into its `online.sources.FedSource`) and step it: the
+    event is learned now, or held until its mini-batch chunk is complete. `source` is ``(source, position)``."""
+    event_id = event.get(id_field) if id_field is not None and type(event) is dict else None
+    if source is None:
+        unit.source.push(LoggedEvent(None, event, 0, raw, event_id, entry))
+    else:
+        unit.source.push(LoggedEvent(source[0], event, source[1] - 1, raw, event_id, entry))
+    return unit.step()
+
+
+class Tally:
+    """What a DoFn instance's units output in the current bundle, counted here and added to Beam's counters once per
+    bundle (`LearnStateFn.finish_bundle`): a Beam counter's ``inc`` costs about a microsecond, per call."""
+
+    __slots__ = ("predicted", "learned", "rejected", "checkpoints")
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.predicted = self.learned = self.rejected = self.checkpoints = 0
+
+
+class BeamOutputs:
+    """The sinks of a key's learning unit (`online.learning.unit.Sinks`): what `LearnStateFn` yields.
+
+    Prediction records (JSON bytes, with ``id`` for ``events.id``), dead letters (`dead_letter`, stage
+    ``learn``, tagged ``dead_letter``) and one record per checkpoint written (tagged ``checkpoints``)
+    are collected in order and counted (`Tally`); the DoFn `take`s them. `flush` answers the manifest fields of
+    the key's checkpoint (the pipeline, the key and, from Kafka, `kafka_context`'s). While `replaying`
+    (a learner rebuilt from Beam state: its logged events were output by the bundles that logged
+    them) predictions and dead letters are dropped. Each batch is one `LoggedEvent`.
+    """
+
+    def __init__(self, key: Any, uri: str, kafka: bool, kafka_context: Callable[[dict], dict], tally: Tally):
+        self.key = key
+        self.uri = uri
+        self.kafka = kafka
+        self.kafka_context = kafka_context
+        self.tally = tally
+        self.replaying = False
+        self.out: list = []
+
+    def dead_letter(self, batch: LoggedEvent, index: int, reason: str, model: str | None = None) -> None:
+        if not self.replaying:
+            self.tally.rejected += 1
+            self.out.append(beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(batch.raw, reason, "learn")))
+
+    def predictions(self, batch: LoggedEvent, outcomes: list) -> None:
+        if self.replaying:
+            return
+        event_id, tally = batch.event_id, self.tally
+        for _, prediction in outcomes:
+            tally.predicted += 1
+            if prediction.learned:
+                tally.learned += 1
+            self.out.append(to_json(prediction.record() if event_id is None else prediction.record(id=event_id)))
+
+    def flush(self, positions: dict) -> dict:
+        return {"pipeline": "stream-learn", "key": self.key, **self.kafka_context(checkpoint_positions(positions, self.kafka))}
+
+    def commit(self, durable) -> None:
+        self.tally.checkpoints += 1
+        manifest = durable.manifest
+        self.out.append(beam.pvalue.TaggedOutput(CHECKPOINTS, {"key": self.key, "id": manifest["id"], "uri": self.uri,
+                                                               "events_seen": manifest["events_seen"], "events_learned": manifest["events_learned"]}))
+
+    def take(self) -> list:
+        """What was collected since the last `take`, in order."""
+        out, self.out = self.out, []
+        return out
+
+
+class KeyUnit(LearningUnit):
+    """A Beam key's learning unit (`online.learning.unit.LearningUnit`), fed `LoggedEvent`s one at a time: its
+    checkpoints record stream-learn's positions (`checkpoint_positions`: Kafka offsets, or each file's line)."""
+
+    def __init__(self, *args, kafka: bool, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.kafka = kafka
+
+    def checkpoint_positions(self) -> dict:
+        return checkpoint_positions(self.positions, self.kafka)
 
 
 @dataclasses.dataclass
 class CachedLearner:
-    """A key's learner in a DoFn instance: valid while Beam's committed `version` names `token`."""
+    """A key's learning unit in a DoFn instance: valid while Beam's committed `version` names `token`."""
 
-    learner: Learner
+    unit: KeyUnit  # the learner, its checkpointer (the events cadence, the save through the checkpoint bridge), positions, outputs
     token: str
-    logged: int  # events applied since the snapshot in state
-    checkpointer: Checkpointer  # the events cadence and the save through the checkpoint bridge
-    files: dict = dataclasses.field(default_factory=dict)  # files source: path -> last line learned
-    # mini-batch (model.batch): events logged but not learned yet, until their chunk is complete:
-    # (event, raw JSON, event id, source (path, line) or None, log entry); None per event
-    held: HeldChunk | None = None
+    logged: int  # events logged since the snapshot in state (an incomplete chunk's held ones included)
+    timer_set: str = ""  # the bundle (token) in which this instance saw the checkpoint timer set: no state read until the next
 
 
 class LearnStateFn(beam.DoFn):
@@ -428,9 +560,19 @@ class LearnStateFn(beam.DoFn):
         self._id_field = self.config.events.id
         self._topic_ids: dict[str, str | None] = {}  # Kafka source topics' ids, for the checkpoints
         self._other_units: OtherUnits | None = None  # keyed: the units other jobs wrote, read once when a new key needs them
+        self._tally = Tally()  # the units' outputs in this bundle, for the Beam counters
 
     def start_bundle(self):
         self._token = uuid.uuid4().hex
+        self._tally.reset()  # a failed bundle's outputs are not counted
+
+    def finish_bundle(self):
+        tally = self._tally
+        for counter, count in ((self.predicted, tally.predicted), (self.learned, tally.learned), (self.rejected, tally.rejected),
+                               (self.checkpoints, tally.checkpoints)):
+            if count:
+                counter.inc(count)
+        tally.reset()
 
     # -- learners ---------------------------------------------------------------------------
 
@@ -461,60 +603,58 @@ class LearnStateFn(beam.DoFn):
         return open_checkpoint_store(self.config.checkpoint, checkpoint_uri(self.config.checkpoint.uri, key))
 
     def learner_for(self, key, snapshot_state, log_state, version_state, positions_state) -> CachedLearner:
-        """The key's learner, rebuilt from committed state when the cache is missing or stale."""
-        version = version_state.read()
+        """The key's learning unit, rebuilt from committed state when the cache is missing or stale."""
         cached = self._learners.get(key)
+        if cached is not None and cached.token == self._token:  # it wrote this bundle's version: nothing to read
+            self._learners.move_to_end(key)
+            return cached
+        version = version_state.read()
         if cached is not None and version is not None and cached.token == version[0]:
             self._learners.move_to_end(key)
             return cached
         store = self.store(key)
+        logged = 0
         if version is None:  # a key this job has never seen: start it and record where it started
             learner, checkpoint = self.new_learner(key, store)
             snapshot_state.write(learner.snapshot())
             base = dict(checkpoint.positions) if checkpoint is not None else {}
             context = position_context(checkpoint.manifest) if checkpoint is not None else {}  # carried with the base positions
-            files = source_positions_of(base, self.settings.kafka_positions)
+            learned = source_positions_of(base, self.settings.kafka_positions)
             if base:
-                positions_state.write(orjson.dumps({"base": base, "files": files, "context": context}))
-            logged = 0
-            held = HeldChunk(learner.batch_size) if learner.batch_size is not None else None
-        else:
+                positions_state.write(orjson.dumps({"base": base, "files": learned, "context": context}))
+            unit = self.unit_of(key, learner, store, base, context, learned)
+        else:  # the snapshot, then the events logged since, through the unit (a retried bundle's never were)
             learner = Learner.restore(snapshot_state.read(), self._spec.model, self._spec.events, transform=self._spec.transform)
             recorded = orjson.loads(positions_state.read() or b"{}")
-            base, files, context = recorded.get("base") or {}, recorded.get("files") or {}, recorded.get("context") or {}
-            logged = 0
-            chunk = learner.batch_size
-            held = HeldChunk(chunk) if chunk is not None else None
-            for raw in log_state.read():
-                entry = orjson.loads(raw)
-                source = None
-                if type(entry) is list:  # [file, line, event] from the files source
-                    path, line, entry = entry
-                    source = (path, line)
-                    if chunk is None:
-                        files[path] = line
-                if chunk is None:
-                    try:
-                        learner.process(entry)
-                    except EventError:
-                        pass
-                else:  # the log starts at a chunk boundary: complete chunks are learned again, the rest is held
-                    event_id = entry.get(self._id_field) if self._id_field is not None and type(entry) is dict else None
-                    complete = held.hold((entry, orjson.dumps(entry), event_id, source, raw))
-                    if complete is not None:
-                        learner.process_many([event for event, *_ in complete], on_error=lambda i, e: None)
-                        files.update((source[0], source[1]) for *_, source, _ in complete if source is not None)
+            unit = self.unit_of(key, learner, store, recorded.get("base") or {}, recorded.get("context") or {}, recorded.get("files") or {})
+            unit.sinks.replaying = True
+            for entry in log_state.read():  # mini-batch: the log starts at a chunk boundary, an incomplete chunk is held again
+                event, source = orjson.loads(entry), None
+                if type(event) is list:  # [source, position, event] from the files or Kafka source
+                    *source, event = event
+                feed(unit, event, source, entry if source is None else orjson.dumps(event), entry, self._id_field)
                 logged += 1
+            unit.sinks.replaying = False
             self.replayed.inc(logged)
             if logged != version[1]:
                 log.warning("key %r: replayed %d logged events, state says %d", key, logged, version[1])
-        cadence = Cadence(self.settings.every_events, self.settings.every_seconds, clock=self.settings.clock, since=logged)
-        checkpointer = Checkpointer(store, learner, self._spec, cadence, base_positions=base, base_context=context)
-        cached = self._learners[key] = CachedLearner(learner, "", logged, checkpointer, files, held)
+        cached = self._learners[key] = CachedLearner(unit, "", logged)
         self._learners.move_to_end(key)
         while len(self._learners) > self.settings.cached_learners:
             self._learners.popitem(last=False)
         return cached
+
+    def unit_of(self, key: Any, learner: Learner, store: CheckpointStore, base: dict, context: dict, learned: dict) -> KeyUnit:
+        """A key's learning unit: `learner`, a checkpointer on the key's store (the checkpoint it started from: `base`
+        positions and their `context`), where its sources stand (`learned`) and `BeamOutputs`. It checkpoints when
+        `checkpoint` says so, with the snapshot kept in Beam state."""
+        cadence = Cadence(self.settings.every_events, self.settings.every_seconds, clock=self.settings.clock)
+        checkpointer = Checkpointer(store, learner, self._spec, cadence, base_positions=base, base_context=context)
+        outputs = BeamOutputs(key, store.uri, self.settings.kafka_positions, self.kafka_context, self._tally)
+        unit = KeyUnit(f"key={key}", FedSource(), [("model", learner)], outputs, checkpointer, predictions=True,
+                       checkpoint_when_due=False, kafka=self.settings.kafka_positions)
+        unit.seek(learned)
+        return unit
 
     # -- the hot path -----------------------------------------------------------------------
 
@@ -533,111 +673,52 @@ class LearnStateFn(beam.DoFn):
         cached = self.learner_for(key, snapshot_state, log_state, version_state, positions_state)
         if cached.token == "":  # first event of this key in this DoFn instance: end-of-input checkpoint
             flush_timer.set(GlobalWindow().max_timestamp())
+        unit = cached.unit
         source = event.pop(SOURCE_FIELD, None) if type(event) is dict else None
-        if source is not None:
-            path, line = source
-            if line <= cached.files.get(path, 0):  # in the checkpoint already (a rerun over the same files)
-                self.skipped.inc()
-                return
-        raw = orjson.dumps(event)
-        event_id = event.get(self._id_field) if self._id_field is not None and type(event) is dict else None
-        if cached.held is not None:
-            yield from self._hold(key, cached, event, raw, event_id, source, snapshot_state, log_state, version_state, positions_state,
-                                  checkpoint_timer, timer_due)
+        if source is not None and source[1] <= unit.positions.get(source[0], 0):  # in the checkpoint already (a rerun over the same files)
+            self.skipped.inc()
             return
-        try:
-            prediction = cached.learner.process(event)  # consumes the event dict
-        except EventError as error:
-            self.rejected.inc()
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(raw, str(error), "learn"))
-        else:
-            self.predicted.inc()
-            if prediction.learned:
-                self.learned.inc()
-            yield to_json(prediction.record() if event_id is None else prediction.record(id=event_id))
-        if source is None:
-            log_state.add(raw)
-        else:  # the position travels in the log entry: no extra state write per event
-            log_state.add(orjson.dumps(source)[:-1] + b"," + raw + b"]")
-            cached.files[path] = line
-        cached.logged += 1
-        cached.token = self._token
-        version_state.write((self._token, cached.logged))
-        cached.checkpointer.add(1)
-        if cached.checkpointer.due():
-            yield from self.checkpoint(key, cached, snapshot_state, log_state, version_state, positions_state)
-        elif not timer_due.read():
-            checkpoint_timer.set(Timestamp.of(self.settings.clock() + self.settings.every_seconds))
-            timer_due.write(1)
-
-    def _hold(self, key, cached: CachedLearner, event, raw: bytes, event_id, source, snapshot_state, log_state, version_state,
-              positions_state, checkpoint_timer, timer_due):
-        """Mini-batch mode: log the event, hold it, and learn the chunk once it is complete (checkpoints fall between chunks)."""
-        entry = raw if source is None else orjson.dumps(list(source))[:-1] + b"," + raw + b"]"
+        raw = orjson.dumps(event)
+        entry = raw if source is None else orjson.dumps(source)[:-1] + b"," + raw + b"]"  # the position travels in the log entry
         log_state.add(entry)
-        complete = cached.held.hold((event, raw, event_id, source, entry))
         cached.logged += 1
         cached.token = self._token
         version_state.write((self._token, cached.logged))
-        if complete is not None:
-            yield from self._learn_held(cached, complete)
-            if cached.checkpointer.due():
-                yield from self.checkpoint(key, cached, snapshot_state, log_state, version_state, positions_state)
-                return
-        if not timer_due.read():
-            checkpoint_timer.set(Timestamp.of(self.settings.clock() + self.settings.every_seconds))
-            timer_due.write(1)
-
-    def _learn_held(self, cached: CachedLearner, held: list):
-        """Learn a chunk's held events (`Learner.process_many`); their predictions and dead letters, in order."""
-        rejected: dict = {}
-        outcomes: list = []
-        cached.learner.process_many([event for event, _, _, _, _ in held], on_error=lambda i, e: rejected.__setitem__(i, str(e)), predictions=outcomes)
-        predicted = dict(outcomes)
-        for index, (_, raw, event_id, source, _) in enumerate(held):
-            if index in rejected:
-                self.rejected.inc()
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(raw, rejected[index], "learn"))
-            else:
-                prediction = predicted[index]
-                self.predicted.inc()
-                if prediction.learned:
-                    self.learned.inc()
-                yield to_json(prediction.record() if event_id is None else prediction.record(id=event_id))
-            if source is not None:
-                cached.files[source[0]] = source[1]
-        cached.checkpointer.add(len(held))
+        stepped = feed(unit, event, source, raw, entry, self._id_field)  # learned (consumes the event dict), or held
+        yield from unit.sinks.take()
+        if stepped.consumed and unit.checkpointer.due():  # mini-batch: checkpoints fall between chunks
+            yield from self.checkpoint(key, cached, snapshot_state, log_state, version_state, positions_state)
+        elif cached.timer_set != self._token:
+            if not timer_due.read():
+                checkpoint_timer.set(Timestamp.of(self.settings.clock() + self.settings.every_seconds))
+                timer_due.write(1)
+            cached.timer_set = self._token
 
     # -- checkpoints ------------------------------------------------------------------------
 
     def checkpoint(self, key, cached: CachedLearner, snapshot_state, log_state, version_state, positions_state):
-        """Move the learner's snapshot (and its file positions) into state, empty the log, write a checkpoint to object storage."""
-        learner = cached.learner
-        blob = learner.snapshot()
+        """Move the learner's snapshot (and its source positions) into state, empty the log, and checkpoint the unit
+        with the same snapshot (`online.learning.unit.LearningUnit.checkpoint`); yields the checkpoint's record."""
+        unit = cached.unit
+        blob = unit.learner.snapshot()
         snapshot_state.write(blob)
         log_state.clear()
-        held = cached.held.parts if cached.held is not None else []
-        for *_, entry in held:  # mini-batch: an incomplete chunk is not in the snapshot: it stays logged
-            log_state.add(entry)
-        if cached.files:
-            positions_state.write(orjson.dumps({"base": cached.checkpointer.base_positions, "files": cached.files, "context": cached.checkpointer.base_context}))
+        held = unit.loop.held.parts if unit.loop.held is not None else []
+        for event in held:  # mini-batch: an incomplete chunk is not in the snapshot: it stays logged
+            log_state.add(event.entry)
+        learned = source_positions(unit.positions)
+        checkpointer = unit.checkpointer
+        if learned:
+            positions_state.write(orjson.dumps({"base": checkpointer.base_positions, "files": learned, "context": checkpointer.base_context}))
         cached.logged = len(held)
         cached.token = self._token
         version_state.write((self._token, cached.logged))
-        checkpointer = cached.checkpointer
-        positions = checkpoint_positions(cached.files, self.settings.kafka_positions)
-        extra = {"pipeline": "stream-learn", "key": key, **self.kafka_context(positions)}
         try:
-            durable = checkpointer.checkpoint(positions, extra, state=blob, wait=True)
+            unit.checkpoint(wait=True, state=blob)
         except FencingError:
             log.warning("key %r: another writer moved the latest checkpoint at %s; the bundle is retried", key, checkpointer.store.uri)
             raise
-        if durable is None:  # nothing new since the checkpoint this key started from
-            return
-        self.checkpoints.inc()
-        manifest = durable.manifest
-        record = {"key": key, "id": manifest["id"], "uri": checkpointer.store.uri, "events_seen": manifest["events_seen"], "events_learned": manifest["events_learned"]}
-        yield beam.pvalue.TaggedOutput(CHECKPOINTS, record)
+        yield from unit.sinks.take()
 
     def kafka_context(self, positions: dict) -> dict:
         """What a checkpoint with Kafka offsets holds besides them (`online.checkpoints.store.KAFKA_CONTEXT`), so that the
@@ -669,6 +750,9 @@ class LearnStateFn(beam.DoFn):
     ):
         """Every ``every_seconds`` of processing time while a key receives events."""
         timer_due.clear()
+        cached = self._learners.get(key)
+        if cached is not None:  # the next event of this bundle sets it again
+            cached.timer_set = ""
         yield from self._checkpoint_if_new(key, snapshot_state, log_state, version_state, positions_state)
 
     @userstate.on_timer(FLUSH_TIMER)
@@ -688,8 +772,9 @@ class LearnStateFn(beam.DoFn):
         if version is None or version[1] == 0:
             return
         cached = self.learner_for(key, snapshot_state, log_state, version_state, positions_state)
-        if final and cached.held is not None and cached.held.count:
-            yield from self._learn_held(cached, cached.held.release())
+        if final:
+            cached.unit.flush()  # mini-batch: the last, short chunk
+            yield from cached.unit.sinks.take()
         yield from self.checkpoint(key, cached, snapshot_state, log_state, version_state, positions_state)
 
 

@@ -383,6 +383,45 @@ def test_file_positions_survive_a_key_move_and_a_new_job_skips_them(tmp_path):
     assert CheckpointStore(str(tmp_path / "ckpt")).load_latest().positions == {"files": {"/data/a.jsonl": 90}}
 
 
+def test_the_checkpoint_uploads_the_snapshot_kept_in_beam_state(tmp_path, monkeypatch):
+    """A key's unit checkpoints with the DoFn's snapshot (`LearningUnit.checkpoint`'s state): taken once, the same
+    bytes in Beam state and in object storage."""
+    config = job_config(tmp_path / "ckpt")
+    events = phishing(50)
+    taken = []
+    snapshot = Learner.snapshot
+    monkeypatch.setattr(Learner, "snapshot", lambda self: taken.append(1) or snapshot(self))
+    fn = LearnStateFn(config, settings(every_events=30))
+    fn.setup()
+    committed = new_state()
+    assert run_bundle(fn, committed, events) == daemon_predictions(Learner(config.model, config.events), events)
+    latest = CheckpointStore(str(tmp_path / "ckpt")).load_latest()
+    assert latest.manifest["events_seen"] == 30 and len(committed["log_state"].read()) == 20
+    assert latest.state == committed["snapshot_state"].read()
+    assert len(taken) == 2  # the new key's starting snapshot, then one per checkpoint
+
+
+def test_a_checkpoint_timer_fired_inside_a_bundle_is_set_again_by_the_next_event(tmp_path):
+    """The DoFn remembers per bundle that a key's checkpoint timer is set (no state read per event); the timer firing
+    in that bundle forgets it, so the next event sets it again."""
+    config = job_config(tmp_path / "ckpt")
+    events = phishing(20)
+    fn = LearnStateFn(config, settings(every_events=1000))
+    fn.setup()
+    state = new_state()
+    fn.start_bundle()
+    for event in copy.deepcopy(events[:10]):
+        list(fn.process((GLOBAL_KEY, event), **state))
+    assert state["timer_due"].read() == 1
+    names = ("snapshot_state", "log_state", "version_state", "timer_due", "positions_state")
+    records = [v.value for v in fn.on_checkpoint_timer(key=GLOBAL_KEY, **{n: state[n] for n in names})]
+    assert [r["events_seen"] for r in records] == [10] and state["timer_due"].read() is None
+    state["checkpoint_timer"] = Timer()
+    for event in copy.deepcopy(events[10:]):
+        list(fn.process((GLOBAL_KEY, event), **state))
+    assert state["timer_due"].read() == 1 and getattr(state["checkpoint_timer"], "timestamp", None) is not None
+
+
 # ---------------------------------------------------------------------------------------------
 # Options, configuration and errors
 # ---------------------------------------------------------------------------------------------
