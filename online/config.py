@@ -510,16 +510,17 @@ class KafkaConfig(Section):
         A configuration check, kept apart from the decoders (`online.formats`), so that the Beam
         pipelines' workers never import the schema registry's client.
 
-        >>> KafkaConfig(topic="events").require_json("archive")
-        >>> KafkaConfig(topic="events", format="avro", schema_registry={"url": "http://registry:8081"}).require_json("archive")
+        >>> KafkaConfig(topic="events").require_json("stream-learn")
+        >>> KafkaConfig(topic="events", format="avro", schema_registry={"url": "http://registry:8081"}).require_json("stream-learn")
         Traceback (most recent call last):
         ...
-        core.errors.ConfigError: kafka.format: avro records are read by 'riverbeam consume' only: archive reads and writes JSON (kafka.format: json)
+        core.errors.ConfigError: kafka.format: stream-learn reads JSON only (kafka.format: json), not avro: riverbeam consume, archive and replay --mode backfill take avro
         """
         if self.format != "json":
             from core.errors import ConfigError
 
-            raise ConfigError("kafka.format", f"{self.format} records are read by 'riverbeam consume' only: {job} reads and writes JSON (kafka.format: json)")
+            raise ConfigError("kafka.format", f"{job} reads JSON only (kafka.format: json), not {self.format}: "
+                              f"riverbeam consume, archive and replay --mode backfill take {self.format}")
 
 
 class MetricsServerConfig(Section):

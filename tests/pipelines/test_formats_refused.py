@@ -13,7 +13,7 @@ from core.errors import ConfigError  # noqa: E402
 from pipelines import stream_learn  # noqa: E402
 
 AVRO_KAFKA = "kafka: {topic: events, format: avro, schema_registry: {url: 'http://127.0.0.1:8081/apis/ccompat/v7'}}\n"
-MESSAGE = "kafka.format: avro records are read by 'riverbeam consume' only: {job} reads and writes JSON (kafka.format: json)"
+MESSAGE = "kafka.format: {job} reads JSON only (kafka.format: json), not avro: riverbeam consume, archive and replay --mode backfill take avro"
 
 
 def test_stream_learn_refuses_a_kafka_source_of_avro_records(tmp_path):
