@@ -20,20 +20,23 @@ be in its topic exactly once (``read_committed``).
 Stall per fault: the longest time without a prediction produced (the records' CreateTime, set by
 the daemon's producer when it sends) between the kill and the daemon's first checkpoint past it;
 daemon restarts included. With nothing wrong two predictions are ~17 ms apart (~60 events/s).
-Measured here (2 shared cores, three JVMs with 384 MiB heaps, one run each; the README's
+Measured here (2 shared cores, three JVMs with 384 MiB heaps, two runs each; the README's
 Guarantees section has the same table):
 
-============================  ============  ===============
-fault (kill -9)               kafka-python  confluent-kafka
-============================  ============  ===============
-source partition leader       46.8 s        9.2 s
-predictions partition leader  147.3 s       13.6 s
-dead-letter partition leader  147.3 s       75.0 s
-transaction coordinator       147.3 s       18.4 s
-whole cluster (all three)     21.8 s        28.4 s
-============================  ============  ===============
-daemon exits: kafka-python 4, confluent-kafka 1 (each restarted at once); kafka-python's 147.3 s is
-one stretch without a new prediction across three faults in a row.
+============================  ==============  ===============
+fault (kill -9)               kafka-python    confluent-kafka
+============================  ==============  ===============
+source partition leader       57.4 s, 9.1 s   15.3 s, 19.5 s
+predictions partition leader  80.7 s, 70.5 s  13.0 s, 19.5 s
+dead-letter partition leader  80.7 s, 70.5 s  18.7 s, 19.4 s
+transaction coordinator       87.8 s, 58.9 s  12.4 s, 34.7 s
+whole cluster (all three)     87.8 s, 33.2 s  27.6 s, 34.7 s
+============================  ==============  ===============
+daemon exits: kafka-python 4 and 2, each its transactional producer's commit or flush (its sender
+waits 30 s for a killed transaction coordinator); confluent-kafka none (1 in each of two runs
+before its output scanner retried through a new client: ``Unknown partition`` for 60 s). Equal
+figures on consecutive rows are one stretch without a new prediction across those faults. The
+module took 8-10 min in one process (-n 0) on the loaded machine (in CI before: ~10 min).
 """
 
 from __future__ import annotations
