@@ -256,8 +256,7 @@ class GroupMetrics:
     @property
     def ready(self) -> bool:
         """Every worker running, and at least one holding restored partitions."""
-        running = all(w.process is not None and w.process.is_alive() for w in self._supervisor.workers)
-        return running and (self.registry.get_sample_value("riverbeam_ready") or 0) >= 1
+        return self._supervisor.all_running and (self.registry.get_sample_value("riverbeam_ready") or 0) >= 1
 
     def refresh_checkpoint_age(self) -> None:
         """Each worker keeps its own age current."""
@@ -282,6 +281,9 @@ class Supervisor:
         self.restarts = 0
         self.failure: str | None = None
         self.barrier = None  # the first start's join barrier
+        # every worker's process running, as the supervising loop last saw: what /readyz reads (only that loop polls
+        # the processes: two threads reading a fork-server child's exit status can misread it)
+        self.all_running = False
 
     def run(self) -> dict:
         began = time.monotonic()
@@ -339,6 +341,7 @@ class Supervisor:
                 worker.process.join()
                 mark_process_dead(worker.process.pid, metrics_dir)
                 self._exited(worker, now)
+            self.all_running = not (self.stopping or self.finishing) and all(w.process is not None for w in self.workers)
             if self.failure is not None:
                 return
             if self.stopping or self.finishing:
