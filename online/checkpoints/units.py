@@ -67,7 +67,7 @@ REPLAY_UNIT = "replay"  # replay --mode learn: every key of its files
 SERVE_UNIT = "serve"  # a learning serve: every key it was sent
 COUNTERS = ("events_seen", "events_learned", "events_rejected", "labels_joined", "labels_expired", "models_expired")
 
-__all__ = ["REPLAY_UNIT", "SERVE_UNIT", "unit_uri", "unit_store", "units_of", "partition_unit", "key_unit", "check_layout", "OtherUnits", "read_units"]
+__all__ = ["REPLAY_UNIT", "SERVE_UNIT", "unit_uri", "unit_store", "units_of", "partition_unit", "key_unit", "check_layout", "OtherUnits", "read_units", "restore_any"]
 
 
 def partition_unit(topic: str, partition: int) -> str:
@@ -195,6 +195,13 @@ class OtherUnits:
             models = one.state.models
             if hasattr(models, "fallback"):
                 models.fallback = (lambda key, name=name: self.model(key, name))
+
+
+def restore_any(root: CheckpointStore, restore: Callable[[Checkpoint], Any]) -> tuple[Checkpoint, Any] | None:
+    """What a reader (predict, serve, ``replay --mode evaluate``) finds at a checkpoint URI: its latest
+    checkpoint that restores (past one that does not), or, without one, every unit of the keyed layout
+    merged (`read_units`); None when there is neither."""
+    return root.restore_latest(restore) or read_units(root, restore)
 
 
 def read_units(root: CheckpointStore, restore: Callable[[Checkpoint], Any]) -> tuple[Checkpoint, Any] | None:

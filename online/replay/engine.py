@@ -50,7 +50,7 @@ from online.learning.leaderboard import leaderboard as rank_models
 from online.learning.learner import Learner
 from online.learning.unit import LearningUnit
 from online.checkpoints.persistence import Cadence, Checkpointer, LearnerSpec, checkpoint_store, open_checkpoint_store, resume
-from online.checkpoints.units import REPLAY_UNIT, OtherUnits, check_layout, read_units, unit_store
+from online.checkpoints.units import REPLAY_UNIT, OtherUnits, check_layout, restore_any, unit_store
 from online.readers import InputFile, ReplayPosition, count_records
 from online.replay.report import format_leaderboard, write_report_dir
 from online.sources import REPLAY, FileSource, progress_bar
@@ -294,11 +294,7 @@ class Evaluation:
                     raise UsageError("--checkpoint-uri in evaluate mode starts one model from its checkpoint: configure one model")
                 return LearnerSpec(models[0], job.events, job.features, transform).restore(checkpoint)
 
-            root = _checkpoint_store(job, options.checkpoint_uri, options)
-            if job.events.key is None:
-                found = root.restore_latest(restore)  # past one that cannot be restored
-            else:  # per-key models: every unit of the keyed layout, merged (online.checkpoints.units)
-                found = read_units(root, restore)
+            found = restore_any(_checkpoint_store(job, options.checkpoint_uri, options), restore)  # per-key models: the units merged
             if found is not None:
                 latest, self.candidates[0].learner = found
                 self.resumed = Resumed(latest.id, self.candidates[0].learner.state.events_learned)

@@ -33,7 +33,7 @@ from online.checkpoints.store import Checkpoint, CheckpointStore
 from online.events import EventError
 from online.learning.learner import Learner
 from online.checkpoints.persistence import restore_model
-from online.checkpoints.units import read_units
+from online.checkpoints.units import restore_any
 
 
 def prediction_record(learner: Learner, event: Any, checkpoint_id: str | None) -> dict:
@@ -90,5 +90,4 @@ def latest_model(store: CheckpointStore, checkpoint_id: str | None = None, model
     restore = functools.partial(restore_model, name=model)
     if checkpoint_id:
         return store.restore(checkpoint_id, restore)
-    # per-key models: without a checkpoint at the URI itself, every unit of the keyed layout, merged (online.checkpoints.units)
-    return store.restore_latest(restore) or read_units(store, restore)
+    return restore_any(store, restore)  # per-key models: every unit of the keyed layout, merged
