@@ -52,6 +52,7 @@ from apache_beam.transforms import window
 from pipelines.java_services import java_consumer_key
 from pipelines.options import add_required_argument, check_required, waits_for_result
 from online.dead_letters import DeadLetterRecord
+from online.events import json_type
 from core.configuration import parse_config, read_yaml
 from core.errors import ConfigError, UsageError, run_main
 from core import storage
@@ -146,9 +147,9 @@ def parse_event(payload: bytes | str, time_field: str | None, decode=None, topic
         try:
             event = orjson.loads(payload)
         except orjson.JSONDecodeError as error:
-            return None, f"invalid JSON: {error}"
+            return None, f"not JSON: {error}"  # the daemon's words for the same record (online.learning.loop.decode)
     if not isinstance(event, dict):
-        return None, f"expected a JSON object, got {type(event).__name__}"
+        return None, f"event is not a JSON object but {json_type(event)}"
     if time_field:
         if time_field not in event:
             return None, f"missing event time field {time_field!r}"

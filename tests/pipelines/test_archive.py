@@ -21,8 +21,8 @@ BASE = 1714568400  # 2024-05-01T13:00:00Z
 EVENTS = [{"time": BASE + 1200 + 170 * i, "x": i, "label": i % 2 == 0, "name": f"e{i}"} for i in range(40)]
 # records as Kafka delivers them: bytes with a record timestamp
 BAD = [
-    (b"not json", "invalid JSON"),
-    (b"[1, 2]", "expected a JSON object, got list"),
+    (b"not json", "not JSON: "),
+    (b"[1, 2]", "event is not a JSON object but an array"),
     (b'{"x": 1}', "missing event time field 'time'"),
     (b'{"time": "yesterday", "x": 2}', "bad event time field 'time'"),
 ]
