@@ -56,11 +56,6 @@ def parse_source_header(value: bytes) -> tuple[TopicPartition, int] | None:
         return None
 
 
-def dead_letter_record(tp: TopicPartition, offset: int, value: bytes | None, reason: str, max_bytes: int | None = DEFAULT_MAX_BYTES) -> bytes:
-    """The JSON value of a dead-letter record (`online.dead_letters`, schema version 1), at most `max_bytes` long."""
-    return DeadLetterRecord.from_kafka(tp, offset, value, reason).to_json(max_bytes)
-
-
 class OutputWriter:
     """Writes dead letters and predictions for the daemon, skipping what an earlier run already wrote.
 
