@@ -208,6 +208,12 @@ def _multiprocess_dir() -> str:
     return _metrics_dir
 
 
+def start_fork_server() -> None:
+    """Start the workers' fork server now (it imports the daemon on its own while this process goes on, e.g. loading
+    the configuration, which imports River too); `run_workers` uses it, or starts it if nobody did."""
+    _fork_server(_multiprocess_dir())
+
+
 def _fork_server(metrics_dir: str):
     """The fork-server context, started with the daemon imported and prometheus-client in multiprocess mode."""
     context = multiprocessing.get_context("forkserver")

@@ -15,6 +15,17 @@ def _workers(value: str) -> int:
     return workers
 
 
+def _asks_for_workers(args, read_yaml) -> bool:
+    """A hint, before the configuration is validated: ``--workers`` or ``consume.workers`` above 1 (a wrong guess costs only time)."""
+    if args.workers is not None:
+        return args.workers > 1
+    try:
+        workers = (read_yaml(args.config) or {}).get("consume", {}).get("workers", 1)
+        return isinstance(workers, int) and workers > 1
+    except Exception:  # the configuration's errors are load_config's to report
+        return False
+
+
 def register(subparsers) -> None:
     consume = subparsers.add_parser("consume", help="run the Kafka consumer daemon (learn online, checkpoint)")
     consume.add_argument("--config", required=True, help="the daemon's YAML configuration")
@@ -39,8 +50,12 @@ def consume_command(args) -> int:
     from online.config import ConsumeJobConfig
     from online.consume.summary import daemon_job_summary
     from online.observability import configure_json_logging
-    from core.configuration import load_config
+    from core.configuration import load_config, read_yaml
 
+    if _asks_for_workers(args, read_yaml):  # the workers' fork server imports the daemon while the configuration loads
+        from online.consume.workers import start_fork_server
+
+        start_fork_server()
     config = load_config(args.config, ConsumeJobConfig)
     configure_json_logging()
     workers = args.workers if args.workers is not None else config.consume.workers
