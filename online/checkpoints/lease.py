@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 
-from core.storage import ABSENT, Generation, ObjectNotFound, ObjectStore, PreconditionFailed
+from core.storage import ABSENT, Generation, ObjectNotFound, ObjectStore, PreconditionFailed, StorageUnusable
 from online.config import LEASE_RENEWALS
 
 LEASE = "LEASE"
@@ -92,6 +92,38 @@ class Lease:
             except PreconditionFailed:
                 pass
             self.generation = None
+
+
+def wait_for_lease(lease: Lease, stopping: threading.Event, what: str = "this model") -> "LeaseKeeper | None":
+    """Standby until `lease` is this instance's, then a started `LeaseKeeper` renewing it; None if `stopping` was set first.
+
+    The one standby loop (the daemon's global model, a learning server): tried ``LEASE_RENEWALS``
+    times per time to live (at least every 2 s). Storage that is down keeps the instance standby
+    (each failure logged); storage that refuses it (permission denied, no such bucket:
+    `PermissionError`, `core.storage.StorageUnusable`) is raised, since waiting will not heal it.
+
+    >>> import tempfile
+    >>> from core.storage import open_store
+    >>> keeper = wait_for_lease(Lease(open_store(tempfile.mkdtemp()), "a", ttl=3), threading.Event())
+    >>> keeper.valid()
+    True
+    >>> keeper.stop()
+    """
+    waited = False
+    while True:
+        try:
+            if lease.try_acquire():
+                return LeaseKeeper(lease).start()
+        except (PermissionError, StorageUnusable):
+            raise
+        except Exception as error:  # storage down: stay standby
+            log.warning("standby: cannot read the lease", extra={"fields": {"error": f"{type(error).__name__}: {error}"}})
+        else:
+            if not waited:
+                log.info(f"standby: another instance holds the lease for {what}", extra={"fields": {"owner": lease.owner}})
+                waited = True
+        if stopping.wait(min(2.0, lease.ttl / LEASE_RENEWALS)):
+            return None
 
 
 class LeaseLost(Exception):

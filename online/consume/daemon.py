@@ -56,8 +56,7 @@ from online.learning.gc_tuning import restore_gc, steady_state_gc
 from online.learning.model_set import ModelSet
 from online.learning.unit import LearningUnit, Stepped
 from online.sources import FedSource, KafkaBatch, KafkaSource, kafka_positions, position_key
-from online.config import LEASE_RENEWALS
-from online.checkpoints.lease import Lease, LeaseKeeper, LeaseLost, instance_id
+from online.checkpoints.lease import Lease, LeaseKeeper, LeaseLost, instance_id, wait_for_lease
 from online.observability import DaemonMetrics, HealthServer, LearningCurve, ProgressLine
 from online.consume.outputs import KafkaSinks, OutputWriter
 from online.consume.summary import daemon_job_summary  # noqa: F401  (its home; imported from here by callers)
@@ -353,24 +352,11 @@ class Daemon:
     def _wait_for_lease(self) -> bool:
         """Standby until this instance holds the lease (renewed from then on by a `LeaseKeeper`); False if stopped."""
         self.lease = Lease(self._store_for("all").store, instance_id(), ttl=self.lease_seconds)
-        waited = False
-        while True:
-            try:
-                acquired = self.lease.try_acquire()
-            except (PermissionError, StorageUnusable) as error:  # permission denied, no such bucket: will not heal; one line, exit 1
-                raise DaemonError(f"cannot write the lease at {self.config.checkpoint.uri}: {error}") from None
-            except Exception as error:  # storage down: stay standby
-                acquired = False
-                log.warning("standby: cannot read the lease", extra={"fields": {"error": f"{type(error).__name__}: {error}"}})
-            if acquired:
-                break
-            if not waited:
-                log.info("standby: another instance holds the lease for this global model", extra={"fields": {"uri": self.config.checkpoint.uri}})
-                waited = True
-            if self.stopping.wait(min(2.0, self.lease_seconds / LEASE_RENEWALS)):
-                return False
-        self.keeper = LeaseKeeper(self.lease, self.lease_seconds / LEASE_RENEWALS).start()
-        return True
+        try:
+            self.keeper = wait_for_lease(self.lease, self.stopping, "this global model")
+        except (PermissionError, StorageUnusable) as error:  # permission denied, no such bucket: will not heal; one line, exit 1
+            raise DaemonError(f"cannot write the lease at {self.config.checkpoint.uri}: {error}") from None
+        return self.keeper is not None
 
     def _activate_global(self) -> None:
         self._open_clients(transactional=True)  # fences a stale instance's producer before the outputs are scanned

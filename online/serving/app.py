@@ -304,8 +304,8 @@ class Server:
         while True:
             try:
                 started = await asyncio.to_thread(self.writer.start, self.stopping_thread)
-            except Exception as error:  # the checkpoint cannot be restored (another configuration, an old layout, a bad signature)
-                log.error("cannot restore the checkpoint; this instance does not learn (it keeps answering predictions)",
+            except Exception as error:  # storage refuses the lease, or the checkpoint cannot be restored (another configuration, an old layout)
+                log.error("cannot start learning; this instance does not learn (it keeps answering predictions)",
                           extra={"fields": {"uri": self.config.checkpoint.uri, "error": f"{type(error).__name__}: {error}"}})
                 return
             if not started:

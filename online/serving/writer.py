@@ -41,7 +41,7 @@ import concurrent.futures
 import logging
 import threading
 
-from online.checkpoints.lease import Lease, LeaseKeeper, instance_id
+from online.checkpoints.lease import Lease, LeaseKeeper, instance_id, wait_for_lease
 from online.checkpoints.persistence import Cadence, Checkpointer, Durable, LearnerSpec, open_checkpoint_store, resume
 from online.checkpoints.units import SERVE_UNIT, OtherUnits, check_layout, unit_store
 from online.config import ServeJobConfig
@@ -139,14 +139,12 @@ class LearningWriter:
             self.unit = None
             self._stop_keeper()
             self.lease = Lease(self.store.store, instance_id(), ttl=self.config.checkpoint.lease_seconds)
-        waited = False
-        while not self._try_acquire():
-            if not waited:
-                log.info("standby: another instance holds the lease for this model", extra={"fields": {"uri": self.store.uri}})
-                waited = True
-            if stopping is None or stopping.wait(min(2.0, self.lease.ttl / 3)):
-                return False
-        self.keeper = LeaseKeeper(self.lease).start()  # renewed from now on, while restoring too
+        if stopping is None:  # one try
+            stopping = threading.Event()
+            stopping.set()
+        self.keeper = wait_for_lease(self.lease, stopping, "this model")  # renewed from now on, while restoring too
+        if self.keeper is None:
+            return False
         try:
             if self.spec.events.key is not None:
                 check_layout(self.store.uri)  # keyed checkpoints in a layout before units: found now, not in a request
@@ -175,13 +173,6 @@ class LearningWriter:
         self.metrics.ready_gauge.set(1)
         log.info("learning", extra={"fields": {"uri": self.store.uri, "checkpoint": checkpoint_id, "events_learned": learner.state.events_learned}})
         return True
-
-    def _try_acquire(self) -> bool:
-        try:
-            return self.lease.try_acquire()
-        except Exception as error:  # storage down: stay standby, try again
-            log.warning("standby: cannot read the lease", extra={"fields": {"error": f"{type(error).__name__}: {error}"}})
-            return False
 
     def stop(self) -> None:
         """Final checkpoint (if anything changed), release the lease, stop the uploader."""
