@@ -74,7 +74,7 @@ def test_grafana_dashboard_queries_riverbeam_series_through_its_datasource_varia
         assert not cells & new, panel["title"]
         cells |= new
     # every series the dashboard and the rules use is checked against real scrapes in
-    # tests/online/test_serve.py (a daemon's and serve's /metrics)
+    # tests/online/serving/test_serve.py (a daemon's and serve's /metrics)
 
 
 def test_serve_manifests_probe_scale_read_replicas_and_keep_them_available(tmp_path, manifest_bucket):

@@ -23,10 +23,10 @@ import pytest
 from online.config import KafkaConfig
 from online.kafka_clients import create_topic, make_consumer, make_producer, read_records
 from online.consume.outputs import SOURCE_HEADER, OutputWriter
-from tests.online.test_daemon import (  # noqa: F401  (no_daemon_left_behind is autouse: no daemon outlives a test)
+from tests.online.consume.test_daemon import (  # noqa: F401  (no_daemon_left_behind is autouse: no daemon outlives a test)
     CLIENTS, PHISHING, job_config, no_daemon_left_behind, produce, run_daemon, start_daemon,
 )  # fmt: skip
-from tests.online.test_restart_after_kill import DANGLING
+from tests.online.consume.test_restart_after_kill import DANGLING
 
 
 @pytest.fixture(scope="module")

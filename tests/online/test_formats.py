@@ -34,7 +34,7 @@ from online.formats import (
 )
 from online.kafka_clients import create_topic
 from online.checkpoints.store import CheckpointStore
-from tests.online.test_daemon import job_config, kill_9_at_random_moments, produce, read_topic, run_daemon, start_daemon
+from tests.online.consume.test_daemon import job_config, kill_9_at_random_moments, produce, read_topic, run_daemon, start_daemon
 
 PHISHING = [{**x, "label": y} for x, y in datasets.Phishing()]
 TRUMP = [{**x, "approval": y} for x, y in datasets.TrumpApproval()]

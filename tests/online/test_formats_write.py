@@ -19,7 +19,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from online.config import KafkaConfig
 from online.formats_write import PREDICTION_FIELDS, RecordSerializer
-from tests.online.test_daemon import (
+from tests.online.consume.test_daemon import (
     PHISHING,
     job_config,
     produce,
@@ -80,7 +80,7 @@ def test_the_daemon_writes_avro_predictions_and_dead_letters_that_hold_its_json_
 
 def test_kill_9_repeatedly_writes_each_avro_prediction_and_dead_letter_once(tmp_path, kafka_bootstrap, schema_registry, topic):
     from online.consume.outputs import SOURCE_HEADER
-    from tests.online.test_daemon import expected_phishing_metrics, kill_9_at_random_moments, produce_with_broken_lines
+    from tests.online.consume.test_daemon import expected_phishing_metrics, kill_9_at_random_moments, produce_with_broken_lines
 
     events, bad_positions = produce_with_broken_lines(kafka_bootstrap, topic, 12_000, first=150, every=997)
     outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred", "poll_max_records": 500, "predictions_format": "avro",
@@ -201,7 +201,7 @@ def backfill_then_consume(tmp_path, bootstrap, topic, registry_url, events, targ
     """Backfill `events` (a JSON-lines file) into `topic` as `fmt`; the daemon's summary reading it back, and the backfill's result."""
     from online.replay.job import ReplayOptions, run_replay
     from tests.online.test_readers import write_jsonl
-    from tests.online.test_replay import job_config as replay_job
+    from tests.online.replay.test_replay import job_config as replay_job
 
     source = tmp_path / f"{topic}.jsonl"
     write_jsonl(source, events)

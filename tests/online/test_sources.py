@@ -10,7 +10,7 @@ from online.config import KafkaConfig
 from online.kafka_clients import make_consumer
 from online.readers import expand_inputs
 from online.sources import FileSource, KafkaBatch, KafkaSource, REPLAY
-from tests.online.test_daemon import produce
+from tests.online.consume.test_daemon import produce
 
 
 def write(path, rows: list) -> None:

@@ -19,7 +19,7 @@ from river import datasets  # noqa: E402
 from online.formats_write import RecordSerializer, derive_avro_schema, derive_json_schema, derive_protobuf_class  # noqa: E402
 from online.replay.job import ReplayOptions, run_replay  # noqa: E402
 from pipelines.archive import build_archive, read_archive  # noqa: E402
-from tests.online.test_replay import job_config as replay_job  # noqa: E402
+from tests.online.replay.test_replay import job_config as replay_job  # noqa: E402
 
 pytestmark = pytest.mark.beam
 

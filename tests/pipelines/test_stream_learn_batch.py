@@ -17,7 +17,7 @@ from online.learning.learner import Learner  # noqa: E402
 from pipelines.stream_learn import GLOBAL_KEY, LearnStateFn, to_json  # noqa: E402
 from river import linear_model, metrics, preprocessing  # noqa: E402
 
-from tests.online.test_batch import bare_minibatch  # noqa: E402
+from tests.online.learning.test_batch import bare_minibatch  # noqa: E402
 from tests.pipelines.test_stream_learn import MODEL, new_state, phishing, run_bundle, settings  # noqa: E402
 
 

@@ -11,7 +11,7 @@ from river import compose, datasets, ensemble, evaluate, linear_model, metrics, 
 
 import riverbeam
 from core.errors import ConfigError
-from tests.online.test_daemon import SHORT_GROUP_TIMEOUTS, produce
+from tests.online.consume.test_daemon import SHORT_GROUP_TIMEOUTS, produce
 
 PHISHING = [{**x, "label": y} for x, y in datasets.Phishing()]
 

@@ -204,7 +204,7 @@ def test_cli_apache_kafka_up_then_consume_learns_from_it_then_down(tmp_path):
 
     from online.config import KafkaConfig
     from online.kafka_clients import create_topic, make_producer
-    from tests.online.test_daemon import MODEL, PHISHING, expected_phishing_metrics
+    from tests.online.consume.test_daemon import MODEL, PHISHING, expected_phishing_metrics
 
     stack = ["--dir", str(tmp_path / "stack"), "--kafka-port", "0", "--gcs-port", "0", "--s3-port", "0"]
     up = cli("local", "up", "--kafka", "apache", *stack)

@@ -16,7 +16,7 @@ import yaml
 
 import riverbeam
 from core.errors import RunFailed
-from tests.online.test_daemon import job_config, produce
+from tests.online.consume.test_daemon import job_config, produce
 from tests.online.test_readers import phishing_events, write_jsonl
 
 MODEL = {"pipeline": [{"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {}}], "metrics": ["Accuracy", "LogLoss"]}

@@ -18,7 +18,7 @@ import orjson
 import pytest
 import yaml
 
-from tests.online.test_daemon import job_config, produce
+from tests.online.consume.test_daemon import job_config, produce
 from tests.online.test_readers import phishing_events, write_jsonl
 
 HEAVY = ("tensorflow", "tensorflow_transform", "apache_beam", "tfx_bsl", "pandas")

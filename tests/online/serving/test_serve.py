@@ -19,9 +19,9 @@ from online.checkpoints.store import CheckpointStore
 from online.config import EventsConfig, ModelConfig
 from online.learning.learner import Learner, probabilities_record
 from online.checkpoints.persistence import save_learner
-from serving_support import ENV, MODEL, PHISHING, Processes, daemon_config, free_port, metric_names, produce, start_serve, wait_until
+from tests.online.serving_support import ENV, MODEL, PHISHING, Processes, daemon_config, free_port, metric_names, produce, start_serve, wait_until
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 HELD_OUT = [{k: v for k, v in e.items() if k != "label"} for e in PHISHING[1050:1250]]

@@ -16,7 +16,7 @@ from online.serving.metrics import ServeMetrics
 from online.serving.predict import prediction_record
 from online.serving.reload import ModelSlot
 from online.serving.writer import LearningWriter
-from tests.online.test_daemon import MODEL, job_config, produce, read_topic, run_daemon
+from tests.online.consume.test_daemon import MODEL, job_config, produce, read_topic, run_daemon
 
 EVENTS = [{**x, "label": y} for x, y in itertools.islice(datasets.Phishing(), 300)]
 WHERE = {"daemon": ("topic", "partition", "offset"), "serve": ("checkpoint",)}

@@ -46,7 +46,7 @@ def old_layout(request, tmp_path):
 def test_every_keyed_job_stops_in_one_line_on_an_old_layout(old_layout, tmp_path, kafka_bootstrap, capsys, monkeypatch):
     from online.consume.daemon import run_daemon
     from riverbeam.cli import main
-    from tests.online.test_checkpoint_matrix import consume_config
+    from tests.online.checkpoints.test_checkpoint_matrix import consume_config
 
     monkeypatch.delenv("RIVERBEAM_CHECKPOINT_KEY", raising=False)
     uri, where = old_layout

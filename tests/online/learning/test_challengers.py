@@ -17,7 +17,7 @@ from online.config import ConsumeJobConfig, EventsConfig, ModelConfig
 from online.learning.learner import Learner
 from online.learning.loop import LearningLoop
 from online.sources import KafkaBatch
-from tests.online.test_daemon import job_config, produce, read_topic, run_daemon, start_daemon
+from tests.online.consume.test_daemon import job_config, produce, read_topic, run_daemon, start_daemon
 
 PHISHING = [{**x, "label": y} for x, y in datasets.Phishing()]
 MODELS = [

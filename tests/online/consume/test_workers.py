@@ -29,8 +29,8 @@ from online.config import KafkaConfig
 from online.consume.outputs import SOURCE_HEADER
 from online.kafka_clients import create_topic, make_producer
 from online.serving.predict import latest_model
-from tests.online.test_checkpoint_matrix import keyed_answers
-from tests.online.test_daemon import (
+from tests.online.checkpoints.test_checkpoint_matrix import keyed_answers
+from tests.online.consume.test_daemon import (
     CLIENTS,
     MODEL,
     job_config,

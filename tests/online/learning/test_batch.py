@@ -20,9 +20,9 @@ from online.learning.learner import Learner
 from online.learning.loop import LearningLoop
 from online.replay.job import ReplayOptions, run_replay
 from online.sources import KafkaBatch
-from tests.online.test_daemon import SOURCE_HEADER, job_config as daemon_config, produce, read_topic, run_daemon, start_daemon
+from tests.online.consume.test_daemon import SOURCE_HEADER, job_config as daemon_config, produce, read_topic, run_daemon, start_daemon
 from tests.online.test_readers import write_jsonl
-from tests.online.test_replay import kill_replay_after_checkpoints
+from tests.online.replay.test_replay import kill_replay_after_checkpoints
 
 PHISHING = [{**x, "label": y} for x, y in datasets.Phishing()]
 TRUMP = [{**x, "y": y} for x, y in datasets.TrumpApproval()]

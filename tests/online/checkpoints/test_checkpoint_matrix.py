@@ -294,7 +294,7 @@ def test_after_any_writer_the_daemon_still_tells_a_recreated_topic(writer, kafka
     no gap under ``on_offset_gap: fail`` and silently skipped the new topic's first 240 events.
     """
     from online.consume.daemon import DaemonError
-    from tests.online.test_daemon import produce, recreate_topic
+    from tests.online.consume.test_daemon import produce, recreate_topic
 
     monkeypatch.setenv("RIVERBEAM_CHECKPOINT_KEY", KEY)
     topic = f"matrix-recreated-{uuid.uuid4().hex[:8]}"

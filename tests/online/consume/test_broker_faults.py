@@ -53,7 +53,7 @@ from online.checkpoints.store import CheckpointStore
 from online.config import KafkaConfig
 from online.kafka_clients import KafkaClientError, create_topic, make_consumer, make_producer
 from online.consume.outputs import SOURCE_HEADER, OutputWriter, source_header
-from tests.online.test_daemon import (
+from tests.online.consume.test_daemon import (
     CLIENTS,
     PHISHING,
     assert_outputs_exactly_once,

@@ -23,7 +23,7 @@ from online.dead_letters import read_dead_letter
 from online.kafka_clients import create_topic, make_producer
 from online.learning.learner import Learner
 from online.consume.outputs import SOURCE_HEADER
-from tests.online.test_daemon import MODEL, PHISHING, job_config, read_topic, start_daemon, wait_for_log
+from tests.online.consume.test_daemon import MODEL, PHISHING, job_config, read_topic, start_daemon, wait_for_log
 
 EVENTS = 20_000  # 100,000 takes ~4 minutes with the restarts on 2 shared cores; 20,000 keeps the suite fast
 MAX_ABS = 1e6
@@ -205,7 +205,7 @@ def test_the_daemon_dead_letters_an_event_that_would_break_the_model_for_good(tm
     """Issue 26, items 5 and 6, through the daemon: that event alone is a dead letter, the model is River's on the others."""
     from river import evaluate, metrics, tree
 
-    from tests.online.test_batch import LOGREG, reference_without
+    from tests.online.learning.test_batch import LOGREG, reference_without
 
     values = [orjson.dumps(e) for e in PHISHING]
     if case.startswith("mini-batch"):
