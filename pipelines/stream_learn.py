@@ -265,7 +265,7 @@ def parse_event(payload: bytes | str, key_field: str | None) -> tuple[dict | Non
     try:
         event = orjson.loads(payload)
     except orjson.JSONDecodeError as error:
-        return None, f"invalid JSON: {error}"
+        return None, f"not JSON: {error}"  # the daemon's words (online.learning.loop.decode)
     if type(event) is not dict:
         return None, f"event is not a JSON object but {json_type(event)}"
     if key_field is not None:
@@ -686,7 +686,7 @@ class LearnStateFn(beam.DoFn):
         version_state.write((self._token, cached.logged))
         stepped = feed(unit, event, source, raw, entry, self._id_field)  # learned (consumes the event dict), or held
         yield from unit.sinks.take()
-        if stepped.consumed and unit.checkpointer.due():  # mini-batch: checkpoints fall between chunks
+        if stepped.consumed and unit.checkpoint_due:  # mini-batch: checkpoints fall between chunks
             yield from self.checkpoint(key, cached, snapshot_state, log_state, version_state, positions_state)
         elif cached.timer_set != self._token:
             if not timer_due.read():

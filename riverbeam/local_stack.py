@@ -399,7 +399,7 @@ class ApacheKafkaBroker(LocalService):
         if (self.data_dir / "meta.properties").exists():
             return
         cluster_id = self.cluster_id or new_cluster_id()
-        command = self.java_command("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config_file.resolve()))
+        command = self.java_command("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(self.config_file.resolve()))  # "=": an id may start with "-"
         with open(self.log_file, "ab") as log:
             result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=self.start_timeout)
         if result.returncode != 0:
@@ -410,7 +410,11 @@ class ApacheKafkaBroker(LocalService):
 
 
 def new_cluster_id() -> str:
-    """A KRaft cluster id (a UUID in URL-safe base64, as ``kafka-storage random-uuid`` prints)."""
+    """A KRaft cluster id (a UUID in URL-safe base64, as ``kafka-storage random-uuid`` prints).
+
+    One in 64 starts with ``-``, which the storage tool would read as an option unless it is given
+    as ``--cluster-id=<id>`` (the first start of a test broker failed so now and then).
+    """
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
 
 

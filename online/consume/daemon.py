@@ -380,10 +380,7 @@ class Daemon:
             self.keeper.stop()
             self.keeper = None
         for unit in list(self.units.values()):
-            try:
-                unit.checkpointer.collect(wait=True)  # the store fences a stale write itself; never committed (no sinks.commit)
-            except Exception:
-                pass
+            unit.abandon()  # the store fences a stale write itself; never committed (no sinks.commit)
             self._drop_unit(unit)
         if self.outputs is not None:
             self.outputs.drop()
@@ -426,7 +423,7 @@ class Daemon:
         (back-pressure) saying so out loud and checking the lease; the upload runs on the uploader
         thread unless `wait`.
         """
-        pending = unit.checkpointer.pending
+        pending = unit.upload_in_flight
         while pending is not None and not concurrent.futures.wait([pending], timeout=1.0).done:  # back-pressure, said out loud
             self._watch_uploads(time.monotonic())
             self._check_lease()
@@ -452,7 +449,7 @@ class Daemon:
             self._failures_counted = failed
         started = []
         for unit in self.units.values():
-            pending = unit.checkpointer.pending
+            pending = unit.upload_in_flight
             if pending is None:
                 continue
             since = self._upload_started.get(unit.name)
@@ -517,7 +514,7 @@ class Daemon:
                 return False
         if not self.units:
             return False
-        return all(max(unit.loop.read.get(tp, 0), unit.positions.get(tp, 0)) >= self.targets.get(tp, 0) for tp, unit in self.unit_of.items())
+        return all(max(unit.read_positions.get(tp, 0), unit.positions.get(tp, 0)) >= self.targets.get(tp, 0) for tp, unit in self.unit_of.items())
 
     def _caught_up_here(self) -> bool:
         """`--until-caught-up`: this daemon's partitions (`_caught_up`), or, for a worker, the group's as its supervisor decides."""
@@ -528,13 +525,13 @@ class Daemon:
     def _model_progress(self) -> None:
         """The models' gauges (metrics, drifts, events learned in all) and a learning-curve point of each."""
         for unit in self.units.values():
-            for model, learner in unit.loop.models:  # every model of the unit, labelled by its name
+            for model, learner in unit.models:  # every model of the unit, labelled by its name
                 for name, value in learner.metric_values().items():
                     if value is not None:
                         self.metrics.model_metric.labels(unit.name, model, name).set(value)
             if unit.learner.state.drift_detector is not None:
                 self.metrics.drifts.labels(unit.name).set(unit.learner.state.drifts_detected)
-            unit.loop.record_curve()
+            unit.record_curve()
         self.metrics.model_events.set(sum(unit.learner.state.events_learned for unit in self.units.values()))
 
     def _report_progress(self, last: list) -> None:
@@ -608,7 +605,7 @@ class Daemon:
             now = time.monotonic()
             for unit in list(self.units.values()):
                 unit.collect()  # an upload that finished: its offsets are committed now
-                if unit.checkpointer.due():
+                if unit.checkpoint_due:
                     self._checkpoint(unit)
             self._check_lease()
             self._watch_uploads(now)

@@ -884,9 +884,9 @@ def fresh_model_factory(prototype: base.Estimator) -> Callable[[], base.Estimato
 class HeldChunk:
     """The records of one mini-batch chunk (``model.batch.size`` of them), held in order until it is complete.
 
-    The one chunk holder of every streaming job: the learning loop holds parts of source batches
-    (`online.learning.loop.LearningLoop`), stream-learn one event at a time with what it outputs
-    for it (`pipelines.stream_learn`). `hold` takes a part of `count` records (at most `room`) and
+    The one chunk holder of every job: the learning loop of every learning unit holds parts of
+    source batches in it (`online.learning.loop.LearningLoop`; stream-learn's units one event at a
+    time, each with its Beam log entry). `hold` takes a part of `count` records (at most `room`) and
     answers the complete chunk's parts, in order, once it holds `size` records (the next chunk then
     starts empty), else None; `release` answers the parts of an incomplete chunk (the inputs ended).
     `Learner.process_many` cuts the same chunks when given them, so a checkpoint between chunks and

@@ -154,6 +154,38 @@ class LearningUnit:
     def checkpoint_positions(self) -> dict:
         return self.loop.checkpoint_positions()
 
+    @property
+    def models(self) -> list[tuple[str, Learner]]:
+        """The unit's ``(name, Learner)`` pairs, the primary first."""
+        return self.loop.models
+
+    @property
+    def read_positions(self) -> dict:
+        """Where each partition stands after the last record fed (an incomplete chunk's held records included)."""
+        return self.loop.read
+
+    def record_curve(self) -> None:
+        """A learning-curve point of every model now (`online.learning.loop.LearningLoop.record_curve`)."""
+        self.loop.record_curve()
+
+    @property
+    def checkpoint_due(self) -> bool:
+        """Whether the cadence (``checkpoint.every_events`` / ``every_seconds``) calls for a checkpoint now."""
+        return self.checkpointer is not None and self.checkpointer.due()
+
+    @property
+    def upload_in_flight(self):
+        """The checkpoint upload still running (a future), or None."""
+        return self.checkpointer.pending if self.checkpointer is not None else None
+
+    def abandon(self) -> None:
+        """Finish the upload in flight without committing anything (the lease was lost: the store fences a stale write itself)."""
+        if self.checkpointer is not None:
+            try:
+                self.checkpointer.collect(wait=True)
+            except Exception:
+                pass
+
     def seek(self, positions: dict) -> None:
         """Continue from `positions` (partition -> position, as the loop keeps them): the loop and the source both."""
         self.loop.positions.update(positions)
@@ -179,7 +211,7 @@ class LearningUnit:
         loop.feed(batch)
         if self.checkpointer is not None and self.checkpoint_when_due:
             self.collect()  # an upload that finished (committed now), per-key models pickled a slice further
-            if self.checkpointer.due() and (self.wait_for_uploads or self.checkpointer.pending is None):
+            if self.checkpoint_due and (self.wait_for_uploads or self.upload_in_flight is None):
                 self.checkpoint()  # an upload still in flight is waited for first: back-pressure keeps the cadence
         return Stepped(loop.consumed - consumed, loop.learned - learned, loop.rejected - rejected)
 

@@ -132,10 +132,7 @@ class LearningWriter:
         checkpoint is restored.
         """
         if self.unit is not None:  # back from a failure: finish (or fail) the upload in flight, then wait as standby
-            try:
-                self.unit.checkpointer.collect(wait=True)  # the store fences a stale write itself
-            except Exception:
-                pass
+            self.unit.abandon()  # the store fences a stale write itself
             self.unit = None
             self._stop_keeper()
             self.lease = Lease(self.store.store, instance_id(), ttl=self.config.checkpoint.lease_seconds)
@@ -213,7 +210,7 @@ class LearningWriter:
         unit = self.unit
         try:
             unit.collect()
-            if unit.checkpointer.due():
+            if unit.checkpoint_due:
                 unit.checkpoint()
         except Exception as error:
             self._fail("checkpoint failed; this instance stops learning", error)

@@ -290,3 +290,14 @@ def test_without_java_apache_kafka_is_one_line_and_starts_nothing(tmp_path):
         assert result.returncode == 1
         assert result.stderr.strip().splitlines() == ["riverbeam: error: Java 17+ is needed and 'java' is not on PATH (nor in $JAVA_HOME): install a JDK 17"]
     assert not (tmp_path / "stack" / "kafka.pid").exists() and not (tmp_path / "stack" / "gcs.pid").exists()
+
+
+@pytest.mark.java
+def test_a_cluster_id_starting_with_a_dash_formats_the_storage(tmp_path):
+    """One random KRaft cluster id in 64 starts with "-" (URL-safe base64): the storage tool must not read it as an option."""
+    from riverbeam.local_stack import ApacheKafkaBroker, free_port, new_cluster_id
+
+    apache_kafka_or_skip()
+    broker = ApacheKafkaBroker("kafka", tmp_path, free_port(), free_port(), cluster_id="-" + new_cluster_id()[1:])
+    broker.prepare()  # formats the storage; raised LocalStackError ("--cluster-id: expected one argument") before
+    assert (broker.data_dir / "meta.properties").read_text().count(f"cluster.id={broker.cluster_id}") == 1

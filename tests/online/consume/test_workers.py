@@ -181,6 +181,8 @@ def test_kill_9_of_one_worker_loses_and_doubles_nothing(tmp_path, kafka_bootstra
     while not any(m and m["events_seen"] for m in unit_manifests(uri, topic).values()):  # learning: a checkpoint is written
         assert process.poll() is None
         time.sleep(0.05)
+    alive = [line for line in log.lines if line.get("msg") == "worker started" and line["worker"] == victim]
+    assert alive == started, "the victim was restarted before it was killed: " + "".join(log.text)[-6000:]
     os.kill(started[0]["pid"], signal.SIGKILL)  # kill -9 of one worker mid-stream
     restart = log.wait_for(lambda line: line.get("msg") == "worker started" and line["worker"] == victim and line["pid"] != started[0]["pid"],
                            "the restart", process)
