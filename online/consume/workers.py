@@ -21,7 +21,9 @@ user (or Kubernetes) starts:
   lost or learned twice, and its outputs are skipped up to what was already written. A worker
   dying `CRASH_LOOP` times in a row, each soon after its start, stops all in one line (exit 1); a
   worker that stops with a one-line error (a checkpoint location that cannot be written, an offset
-  gap) stops the others too and the supervisor exits with that line, as one daemon would.
+  gap) stops the others too and the supervisor exits with that line, as one daemon would. A worker
+  fenced on a partition's checkpoint (it lost its session under load, another worker took the
+  partition and checkpointed it) is stale, not broken: it exits and is restarted like a death.
 * **``--until-caught-up``** is decided for the group: each worker reports whether its partitions
   reached the end offsets seen at their assignment, and once the workers' partitions cover the
   topic and all are caught up, the supervisor tells all to finish together (so no worker leaves
@@ -53,6 +55,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import RiverbeamError
+from online.checkpoints.store import FencingError
 from online.config import ConsumeJobConfig, workers_error
 
 log = logging.getLogger("riverbeam.workers")
@@ -163,6 +166,9 @@ def _worker_main(index: int, config: ConsumeJobConfig, link, barrier, until_caug
     threading.Thread(target=refresh_age, name="riverbeam-worker-age", daemon=True).start()
     try:
         daemon.run()  # its summary goes to the supervisor in `GroupMember.leaving`
+    except FencingError as error:  # another member took a partition and checkpointed it (a session lost under load): restart, as a death
+        log.warning("worker is stale on a partition another worker took: restarting it", extra={"fields": {"error": str(error)}})
+        sys.exit(STALE_EXIT)
     except RiverbeamError as error:
         link.send(("error", str(error)))
         sys.exit(1)
@@ -448,6 +454,9 @@ class Supervisor:
             if worker.process.is_alive():
                 worker.process.kill()
                 worker.process.join()
+
+
+STALE_EXIT = 75  # a worker fenced on a partition another worker took (EX_TEMPFAIL): restarted like a death, never the group's failure
 
 
 def _exit_text(code: int | None) -> str:
