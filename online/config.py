@@ -504,24 +504,6 @@ class KafkaConfig(Section):
     def source_topics(self) -> list[str]:
         return [self.topic] if self.topic is not None else list(self.topics or [])
 
-    def require_json(self, job: str) -> None:
-        """Refuse, in one line (a `ConfigError`, exit 2), a ``format`` other than JSON for a job that reads or writes JSON only.
-
-        A configuration check, kept apart from the decoders (`online.formats`), so that the Beam
-        pipelines' workers never import the schema registry's client.
-
-        >>> KafkaConfig(topic="events").require_json("stream-learn")
-        >>> KafkaConfig(topic="events", format="avro", schema_registry={"url": "http://registry:8081"}).require_json("stream-learn")
-        Traceback (most recent call last):
-        ...
-        core.errors.ConfigError: kafka.format: stream-learn reads JSON only (kafka.format: json), not avro: riverbeam consume, archive and replay --mode backfill take avro
-        """
-        if self.format != "json":
-            from core.errors import ConfigError
-
-            raise ConfigError("kafka.format", f"{job} reads JSON only (kafka.format: json), not {self.format}: "
-                              f"riverbeam consume, archive and replay --mode backfill take {self.format}")
-
 
 class MetricsServerConfig(Section):
     """Prometheus /metrics, /healthz, /readyz and the dashboard; `port: null` turns the server off.

@@ -256,16 +256,25 @@ def learn_settings(config: ConsumeJobConfig, options: StreamLearnOptions | None 
 # ---------------------------------------------------------------------------------------------
 
 
-def parse_event(payload: bytes | str, key_field: str | None) -> tuple[dict | None, str | None]:
+def parse_event(payload: bytes | str, key_field: str | None, decode=None, topic: str = "") -> tuple[dict | None, str | None]:
     """Decode one record into an event dict, or return why it is rejected.
 
-    Only what keying needs is checked here (a JSON object, a usable model key); features and
-    labels are checked by the learner, with the daemon's exact reasons.
+    JSON, or with `decode` (an `online.formats.RegistryDecoder`: ``kafka.format`` avro, protobuf or
+    json_schema) the schema-registry wire format, decoded and flattened as the daemon decodes it;
+    `topic` names the subject in its reasons. Only what keying needs is checked here (a JSON
+    object, a usable model key); features and labels are checked by the learner, with the
+    daemon's exact reasons.
     """
-    try:
-        event = orjson.loads(payload)
-    except orjson.JSONDecodeError as error:
-        return None, f"not JSON: {error}"  # the daemon's words (online.learning.loop.decode)
+    if decode is not None:
+        events, reasons = decode([payload if isinstance(payload, bytes) else str(payload).encode("utf-8")], topic)
+        event = events[0]
+        if event is None:
+            return None, reasons[0]
+    else:
+        try:
+            event = orjson.loads(payload)
+        except orjson.JSONDecodeError as error:
+            return None, f"not JSON: {error}"  # the daemon's words (online.learning.loop.decode)
     if type(event) is not dict:
         return None, f"event is not a JSON object but {json_type(event)}"
     if key_field is not None:
@@ -289,17 +298,34 @@ def dead_letter(payload: bytes | str, reason: str, stage: str) -> dict:
 
 
 class ParseEventFn(beam.DoFn):
-    """Emit events (dicts) and tag the records that are not JSON objects with a model key as dead letters."""
+    """Emit events (dicts) and tag the records that are not JSON objects with a model key as dead letters.
 
-    def __init__(self, key_field: str | None):
+    With `registry` (``(kafka.format, kafka.schema_registry, default topic)``, `registry_decoding`)
+    records are decoded through the schema registry; its client is made in `setup`, on the worker,
+    never at module import. A Kafka record's subject is its own topic's.
+    """
+
+    def __init__(self, key_field: str | None, registry: tuple[str, dict, str] | None = None):
         self.key_field = key_field
+        self.registry = registry
         self.rejected = Metrics.counter("stream_learn", "events_rejected_parse")
+        self._decode = None
+
+    def setup(self):
+        if self.registry is not None:
+            from online.formats import RegistryDecoder  # the registry's client: on the worker only
+
+            fmt, conf, _ = self.registry
+            self._decode = RegistryDecoder(fmt, conf)
 
     def process(self, payload):
         source = None
-        if type(payload) is tuple:  # (file, line, bytes) from the files source
+        if type(payload) is tuple:  # (file, line, bytes) from the files source; (topic/partition, next offset, bytes) from Kafka
             *source, payload = payload
-        event, reason = parse_event(payload, self.key_field)
+        topic = ""
+        if self.registry is not None:
+            topic = source[0].rsplit("/", 1)[0] if source else self.registry[2]
+        event, reason = parse_event(payload, self.key_field, self._decode, topic)
         if reason is None:
             if source is not None:
                 event[SOURCE_FIELD] = tuple(source)
@@ -312,12 +338,22 @@ class ParseEventFn(beam.DoFn):
 class ParseEvents(beam.PTransform):
     """Bytes into events (output ``events``) and dead letters (`dead_letter`: schema v1, output ``dead_letter``)."""
 
-    def __init__(self, key_field: str | None = None):
+    def __init__(self, key_field: str | None = None, registry: tuple[str, dict, str] | None = None):
         super().__init__()
         self.key_field = key_field
+        self.registry = registry
 
     def expand(self, payloads):
-        return payloads | "Parse" >> beam.ParDo(ParseEventFn(self.key_field)).with_outputs(DEAD_LETTER, main="events")
+        return payloads | "Parse" >> beam.ParDo(ParseEventFn(self.key_field, self.registry)).with_outputs(DEAD_LETTER, main="events")
+
+
+def registry_decoding(config: ConsumeJobConfig) -> tuple[str, dict, str] | None:
+    """``(kafka.format, kafka.schema_registry, the first source topic)`` when the Kafka records are in a
+    schema-registry format (`ParseEventFn` decodes them as the daemon does); None for JSON."""
+    kafka = config.kafka
+    if kafka is None or kafka.format == "json":
+        return None
+    return kafka.format, dict(kafka.schema_registry or {}), kafka.source_topics[0]
 
 
 class KeyByModelKey(beam.PTransform):
@@ -833,9 +869,6 @@ class ReadEvents(beam.PTransform):
             raise UsageError("--learn_subscription is required when --learn_source=pubsub")
         if source == "files" and not pattern:
             raise UsageError("--learn_input is required when --learn_source=files")
-        if source == "kafka":
-            if config.kafka is not None:
-                config.kafka.require_json("stream-learn")
         if max_records is not None and max_records <= 0:
             raise UsageError(f"--learn_max_records: {max_records} must be positive")
         self.config = config
@@ -933,7 +966,7 @@ def build_stream_learn(
     if config.events.key is not None and settings.from_checkpoint:
         check_layout(config.checkpoint.uri)  # keyed checkpoints in a layout before units: one line before the job starts
     payloads = pipeline | "ReadEvents" >> source
-    parsed = payloads | "ParseEvents" >> ParseEvents(config.events.key)
+    parsed = payloads | "ParseEvents" >> ParseEvents(config.events.key, registry_decoding(config))
     keyed = parsed.events | "KeyByModelKey" >> KeyByModelKey(config.events.key)
     learned = keyed | "LearnStateful" >> LearnStateful(config, settings)
     dead_letters = (parsed[DEAD_LETTER], learned[DEAD_LETTER]) | "DeadLetters" >> beam.Flatten()
