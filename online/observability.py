@@ -311,7 +311,7 @@ class JsonFormatter(logging.Formatter):
 
 def configure_json_logging(level: int = logging.INFO) -> None:
     """Send riverbeam's logs to stderr as JSON lines."""
-    handler = ProgressAwareHandler(sys.stderr)
+    handler = ProgressAwareHandler()  # follows sys.stderr: never a stream closed since (a caller's capture, a redirected stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -365,6 +365,18 @@ class ProgressAwareHandler(logging.StreamHandler):
     ['', 'riverbeam: 10 events', 'checkpoint\n', 'riverbeam: 10 events']
     >>> line.close()
     """
+
+    def __init__(self, stream=None):
+        super().__init__(stream)
+        self._follow_stderr = stream is None  # whatever sys.stderr is when a record comes (as logging.lastResort does)
+
+    @property
+    def stream(self):
+        return sys.stderr if getattr(self, "_follow_stderr", False) else self._stream
+
+    @stream.setter
+    def stream(self, value) -> None:
+        self._stream = value
 
     def emit(self, record: logging.LogRecord) -> None:
         line = ProgressLine.active

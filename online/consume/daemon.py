@@ -123,6 +123,7 @@ class Daemon:
         self.last_event_at: float | None = None
         self._dropped_checkpoints = 0  # checkpoints written by units since dropped (revoked, lease lost)
         self._dropped_failures = 0  # and their failed uploads
+        self._dropped_units: dict[str, tuple[dict, int]] = {}  # their last reports and models' events learned, for the summary
         self._failures_counted = 0
         self.consumer = None
         self._source: KafkaSource | None = None
@@ -433,6 +434,7 @@ class Daemon:
         """Forget `unit` (revoked, or the lease lost), keeping its counts for the summary and the metrics."""
         self._dropped_checkpoints += unit.checkpoints_written
         self._dropped_failures += unit.failed_checkpoints
+        self._dropped_units[unit.name] = (self._unit_summary(unit), unit.learner.state.events_learned)  # in the summary still, as it left
         self.units.pop(unit.name, None)
         self._upload_started.pop(unit.name, None)
 
@@ -629,15 +631,20 @@ class Daemon:
             except Exception as error:  # closing must not hide the real outcome
                 log.warning("error while closing", extra={"fields": {"error": str(error)}})
 
+    @staticmethod
+    def _unit_summary(unit: LearningUnit) -> dict:
+        return {**unit.learner.report(), "positions": {position_key(tp): o for tp, o in unit.positions.items()}}
+
     def summary(self, seconds: float) -> dict:
-        units = {
-            name: {**unit.learner.report(), "positions": {position_key(tp): o for tp, o in unit.positions.items()}}
-            for name, unit in self.units.items()
-        }
+        # every unit this instance learned: those it holds, and those revoked since (as they left; a worker's
+        # units may be revoked as the group finishes, before its summary is taken)
+        held = {name: (self._unit_summary(unit), unit.learner.state.events_learned) for name, unit in self.units.items()}
+        every = {**self._dropped_units, **held}
+        units = {name: report for name, (report, _) in every.items()}
         return {
             "events_seen": self.events_consumed,
             "events_learned": self.events_learned,
-            "events_learned_total": sum(unit.learner.state.events_learned for unit in self.units.values()),
+            "events_learned_total": sum(learned for _, learned in every.values()),
             "resumed_from": self._resumed_from(),
             "events_dead_lettered": self.events_rejected,
             "checkpoints_written": self.checkpoints_written,

@@ -75,3 +75,28 @@ def test_the_metrics_server_listens_on_loopback_unless_told_otherwise(tmp_path):
         server.close()
     explicit = load_config(path, ConsumeJobConfig, environ={"RIVERBEAM__METRICS__HOST": "0.0.0.0"})
     assert explicit.metrics.host == "0.0.0.0"
+
+
+def test_json_logging_follows_stderr_and_never_writes_to_a_stream_closed_since(capfd):
+    """The CLI configures logging in the caller's process (the Python API, a test): a handler bound to the stderr of
+    that moment wrote "--- Logging error ---" with the record on every later log once that stream was closed."""
+    import io
+    import logging
+    import sys
+
+    from online.observability import configure_json_logging
+
+    root = logging.getLogger()
+    kept = root.handlers[:], root.level
+    before, sys.stderr = sys.stderr, io.StringIO()
+    try:
+        configure_json_logging()
+        gone, sys.stderr = sys.stderr, before
+        gone.close()
+        logging.getLogger("riverbeam.test").warning("after the first stderr closed")
+        err = capfd.readouterr().err
+        assert "Logging error" not in err and '"msg":"after the first stderr closed"' in err
+    finally:
+        sys.stderr = before
+        root.handlers[:], _ = kept
+        root.setLevel(kept[1])

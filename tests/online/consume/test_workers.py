@@ -334,8 +334,9 @@ def test_a_worker_fenced_on_a_partition_is_restarted_not_the_groups_failure(tmp_
     from online.checkpoints.persistence import LearnerSpec, save_learner
     from online.checkpoints.store import KAFKA_CONTEXT, FencingError
 
-    events = keyed_events(6000)
-    produce_keyed(kafka_bootstrap, topic, events)
+    head, tail = keyed_events(2000), keyed_events(4000, start=2000)
+    events = head + tail
+    produce_keyed(kafka_bootstrap, topic, head)
     config = keyed_job(tmp_path, kafka_bootstrap, topic, "confluent-kafka", kafka={"poll_max_records": 50}, checkpoint={"every_events": 100, "every_seconds": 1})
     uri = str(tmp_path / "checkpoints")
     process = start_daemon(config, "--workers", "2")
@@ -352,6 +353,7 @@ def test_a_worker_fenced_on_a_partition_is_restarted_not_the_groups_failure(tmp_
             break
         except FencingError:
             continue
+    produce_keyed(kafka_bootstrap, topic, tail, create=False)  # more to learn: the unit checkpoints again, over the moved LATEST
     log.wait_for(lambda line: line.get("msg") == "worker is stale on a partition another worker took: restarting it", "the stale worker's restart", process)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
