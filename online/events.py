@@ -166,6 +166,33 @@ class EventReader:
             raise EventError(f"feature '{name}' is not a number: {value!r}")
 
 
+def record_event(payload: bytes | str, decode=None, topic: str = "") -> tuple[dict | None, str | None]:
+    """One raw record as an event dict, or the reason it is not one, in the daemon's words.
+
+    JSON, or with `decode` (an `online.formats.RegistryDecoder`: ``kafka.format`` avro, protobuf or
+    json_schema) the schema-registry wire format, decoded and flattened as the daemon does; `topic`
+    names the subject in its reasons. The Beam pipelines' parsers (archive, stream-learn) use it.
+
+    >>> record_event(b'{"a": 1}'), record_event(b"[1]"), record_event(b"{oops")[1][:9]
+    (({'a': 1}, None), (None, 'event is not a JSON object but an array'), 'not JSON:')
+    """
+    import orjson
+
+    if decode is not None:
+        events, reasons = decode([payload if isinstance(payload, bytes) else str(payload).encode("utf-8")], topic)
+        if events[0] is None:
+            return None, reasons[0]
+        event = events[0]
+    else:
+        try:
+            event = orjson.loads(payload)
+        except orjson.JSONDecodeError as error:
+            return None, f"not JSON: {error}"  # as online.learning.loop.decode says it
+    if type(event) is not dict:
+        return None, f"event is not a JSON object but {json_type(event)}"
+    return event, None
+
+
 def json_type(value: Any) -> str:
     """What a decoded JSON value is, in the words of a rejection reason ("not a JSON object but ...").
 

@@ -52,7 +52,7 @@ from apache_beam.transforms import window
 from pipelines.java_services import java_consumer_key
 from pipelines.options import add_required_argument, check_required, waits_for_result
 from online.dead_letters import DeadLetterRecord
-from online.events import json_type
+from online.events import record_event
 from core.configuration import parse_config, read_yaml
 from core.errors import ConfigError, UsageError, run_main
 from core import storage
@@ -138,18 +138,9 @@ def parse_event(payload: bytes | str, time_field: str | None, decode=None, topic
     json_schema) the schema-registry wire format, decoded and flattened as the daemon does; `topic`
     names the subject in its reasons.
     """
-    if decode is not None:
-        events, reasons = decode([payload if isinstance(payload, bytes) else str(payload).encode("utf-8")], topic)
-        event = events[0]
-        if event is None:
-            return None, reasons[0]
-    else:
-        try:
-            event = orjson.loads(payload)
-        except orjson.JSONDecodeError as error:
-            return None, f"not JSON: {error}"  # the daemon's words for the same record (online.learning.loop.decode)
-    if not isinstance(event, dict):
-        return None, f"event is not a JSON object but {json_type(event)}"
+    event, reason = record_event(payload, decode, topic)
+    if reason is not None:
+        return None, reason
     if time_field:
         if time_field not in event:
             return None, f"missing event time field {time_field!r}"

@@ -128,7 +128,7 @@ from online.dead_letters import DeadLetterRecord
 from online.checkpoints.store import CheckpointStore, FencingError
 from online.checkpoints.units import OtherUnits, check_layout, key_unit, unit_uri
 from online.config import ConsumeJobConfig
-from online.events import json_type
+from online.events import record_event
 from online.learning.learner import Learner
 from online.learning.unit import LearningUnit, Stepped
 from online.checkpoints.persistence import Cadence, Checkpointer, LearnerSpec, open_checkpoint_store, position_context, resume
@@ -265,18 +265,9 @@ def parse_event(payload: bytes | str, key_field: str | None, decode=None, topic:
     object, a usable model key); features and labels are checked by the learner, with the
     daemon's exact reasons.
     """
-    if decode is not None:
-        events, reasons = decode([payload if isinstance(payload, bytes) else str(payload).encode("utf-8")], topic)
-        event = events[0]
-        if event is None:
-            return None, reasons[0]
-    else:
-        try:
-            event = orjson.loads(payload)
-        except orjson.JSONDecodeError as error:
-            return None, f"not JSON: {error}"  # the daemon's words (online.learning.loop.decode)
-    if type(event) is not dict:
-        return None, f"event is not a JSON object but {json_type(event)}"
+    event, reason = record_event(payload, decode, topic)
+    if reason is not None:
+        return None, reason
     if key_field is not None:
         key = event.get(key_field)
         if key is None:

@@ -41,13 +41,13 @@ def archive(tmp_path, name: str, payloads: list[bytes], kafka: str | None = None
     return output
 
 
-def serializer(fmt: str, url: str):
-    """How a producer application writes `EVENTS` as `fmt`: confluent-kafka's serializer of that format, the topic name strategy."""
+def serializer(fmt: str, url: str, events: list[dict] = EVENTS):
+    """How a producer application writes `events` as `fmt`: confluent-kafka's serializer of that format, the topic name strategy."""
     if fmt == "avro":
-        serialize = AvroSerializer(SchemaRegistryClient({"url": url}), orjson.dumps(derive_avro_schema(EVENTS)).decode(),
+        serialize = AvroSerializer(SchemaRegistryClient({"url": url}), orjson.dumps(derive_avro_schema(events)).decode(),
                                    conf={"subject.name.strategy.type": "TOPIC"})  # fmt: skip
         return lambda event, topic: serialize(event, SerializationContext(topic, MessageField.VALUE))
-    schema = derive_protobuf_class(EVENTS) if fmt == "protobuf" else derive_json_schema(EVENTS)
+    schema = derive_protobuf_class(events) if fmt == "protobuf" else derive_json_schema(events)
     return RecordSerializer("event", fmt, {"url": url}, schema=schema)  # ProtobufSerializer / JSONSerializer underneath
 
 

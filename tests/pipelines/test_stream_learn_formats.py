@@ -15,26 +15,13 @@ beam = pytest.importorskip("apache_beam")
 
 from apache_beam.testing import test_stream  # noqa: E402
 from apache_beam.testing.util import assert_that, equal_to  # noqa: E402
-from confluent_kafka.schema_registry import SchemaRegistryClient  # noqa: E402
-from confluent_kafka.schema_registry.avro import AvroSerializer  # noqa: E402
-from confluent_kafka.serialization import MessageField, SerializationContext  # noqa: E402
 
 from core.configuration import parse_config  # noqa: E402
 from online.config import ConsumeJobConfig  # noqa: E402
-from online.formats_write import RecordSerializer, derive_avro_schema, derive_json_schema, derive_protobuf_class  # noqa: E402
 from online.learning.learner import Learner  # noqa: E402
 from pipelines.stream_learn import build_stream_learn, checkpoint_uri  # noqa: E402
+from tests.pipelines.test_archive_formats import serializer  # noqa: E402
 from tests.pipelines.test_stream_learn import MODEL, daemon_predictions, decoded, latest_learner, phishing, settings, streaming_pipeline  # noqa: E402
-
-
-def serializer(fmt: str, url: str, events: list[dict]):
-    """How a producer application writes `events` as `fmt`: confluent-kafka's serializer of that format, the topic name strategy."""
-    if fmt == "avro":
-        serialize = AvroSerializer(SchemaRegistryClient({"url": url}), orjson.dumps(derive_avro_schema(events)).decode(),
-                                   conf={"subject.name.strategy.type": "TOPIC"})  # fmt: skip
-        return lambda event, topic: serialize(event, SerializationContext(topic, MessageField.VALUE))
-    schema = derive_protobuf_class(events) if fmt == "protobuf" else derive_json_schema(events)
-    return RecordSerializer("event", fmt, {"url": url}, schema=schema)  # ProtobufSerializer / JSONSerializer underneath
 
 
 @pytest.mark.parametrize("fmt", ["avro", "protobuf", "json_schema"])
