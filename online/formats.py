@@ -44,6 +44,8 @@ REGISTRY_FORMATS = ("avro", "protobuf", "json_schema")
 _EPOCH_DAY = datetime.date(1970, 1, 1).toordinal()
 _PLAIN = frozenset({float, int, bool, str})
 REGISTRY_TIMEOUT_S = 30  # confluent-kafka's client waits forever by default: a registry that hangs must stop the job, not wedge it
+READ_SUBJECTS = {"subject.name.strategy.type": "TOPIC"}  # a reader's subject by the topic, never the per-topic "associations" request
+# (confluent-kafka 2.13+'s default): Apicurio 3.3 has no such route and at times leaves that request unanswered
 _FLAT_AVRO_TYPES = frozenset({"double", "float", "long", "int", "boolean", "string"})  # decoded as float, int, bool, str
 
 
@@ -139,7 +141,7 @@ class RegistryDecoder:
         if fmt == "json_schema":
             from confluent_kafka.schema_registry.json_schema import JSONDeserializer
 
-            deserialize = JSONDeserializer(None, schema_registry_client=self.client)
+            deserialize = JSONDeserializer(None, schema_registry_client=self.client, conf=READ_SUBJECTS)
             return lambda value, context: flat_event(deserialize(value, context))
         return ProtobufRecordDeserializer(self.client)
 
@@ -225,7 +227,7 @@ class AvroRecordDeserializer:
             if self._general is None:
                 from confluent_kafka.schema_registry.avro import AvroDeserializer
 
-                self._general = AvroDeserializer(self.client)
+                self._general = AvroDeserializer(self.client, conf=READ_SUBJECTS)
             return flat_event(self._general(value, context))
         record = self._read(io.BytesIO(value[5:]), parsed, None)
         return record if flat else flat_event(record)

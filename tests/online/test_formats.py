@@ -19,7 +19,6 @@ import sys
 import orjson
 import pytest
 from confluent_kafka import Producer
-from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer as ConfluentAvroSerializer
 from confluent_kafka.schema_registry.json_schema import JSONSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
@@ -31,6 +30,7 @@ from online.formats import (
     SchemaRegistryUnavailable,
     flatten,
     record_decoder,
+    registry_client,
 )
 from online.kafka_clients import create_topic
 from online.checkpoints.store import CheckpointStore
@@ -130,7 +130,7 @@ def test_flatten_names_nested_fields_by_path_and_makes_logical_types_numbers():
 
 
 def test_avro_logical_types_unions_enums_and_nested_records_through_the_registry(schema_registry, topic):
-    client = SchemaRegistryClient({"url": schema_registry.url})
+    client = registry_client({"url": schema_registry.url})[0]
     schema = json.dumps({"type": "record", "name": "Order", "fields": [
         {"name": "amount", "type": "double"},
         {"name": "at", "type": {"type": "long", "logicalType": "timestamp-millis"}},
@@ -174,7 +174,7 @@ def test_avro_logical_types_unions_enums_and_nested_records_through_the_registry
 def test_an_avro_schema_referencing_another_subject_is_read_with_its_reference(schema_registry, topic):
     from confluent_kafka.schema_registry import Schema, SchemaReference
 
-    client = SchemaRegistryClient({"url": schema_registry.url})
+    client = registry_client({"url": schema_registry.url})[0]
     address = json.dumps({"type": "record", "name": "Address", "namespace": "shop", "fields": [{"name": "city", "type": "string"}]})
     client.register_schema(f"{topic}-address", Schema(address, "AVRO"))
     order = json.dumps({"type": "record", "name": "Order", "namespace": "shop", "fields": [{"name": "amount", "type": "double"}, {"name": "address", "type": "shop.Address"}]})
@@ -185,7 +185,7 @@ def test_an_avro_schema_referencing_another_subject_is_read_with_its_reference(s
 
 
 def test_records_that_cannot_be_read_are_reasons_naming_the_schema_id_and_subject(schema_registry, topic):
-    client = SchemaRegistryClient({"url": schema_registry.url})
+    client = registry_client({"url": schema_registry.url})[0]
     serialize = AvroSerializer(
         client,
         json.dumps({"type": "record", "name": "E", "fields": [{"name": "a", "type": "double"}]}),
@@ -233,7 +233,7 @@ def test_a_registry_that_accepts_and_never_answers_stops_the_decoder_instead_of_
     ids=["phishing", "trump_approval"],
 )
 def test_the_daemon_learns_from_avro_exactly_what_it_learns_from_json(tmp_path, kafka_bootstrap, schema_registry, topic, dataset, target, model):
-    serializer = AvroSerializer(SchemaRegistryClient({"url": schema_registry.url}), avro_schema("Event", dataset))
+    serializer = AvroSerializer(registry_client({"url": schema_registry.url})[0], avro_schema("Event", dataset))
     overrides = {"events": {"target": target}, **({"model": model} if model else {})}
 
     from_avro, from_json = learned_from_registry_and_json(tmp_path, kafka_bootstrap, topic, schema_registry, "avro", serializer, dataset, **overrides)
@@ -309,7 +309,7 @@ def test_protobuf_nested_messages_enums_timestamps_and_unset_optionals_through_t
     )  # fmt: skip
     serialize = ProtobufSerializer(
         Order,
-        SchemaRegistryClient({"url": schema_registry.url}),
+        registry_client({"url": schema_registry.url})[0],
         {"use.deprecated.format": False, **TOPIC_STRATEGY},
     )
     context = SerializationContext(topic, MessageField.VALUE)
@@ -340,7 +340,7 @@ def test_the_daemon_learns_from_protobuf_exactly_what_it_learns_from_json(tmp_pa
     F = descriptor_pb2.FieldDescriptorProto
     fields = [(key, F.TYPE_BOOL if type(value) is bool else F.TYPE_DOUBLE, None, False) for key, value in PHISHING[0].items()]
     Event = protobuf_class(f"phishing{topic[2:]}", "Event", fields)
-    serializer = ProtobufSerializer(Event, SchemaRegistryClient({"url": schema_registry.url}), {"use.deprecated.format": False, **TOPIC_STRATEGY})
+    serializer = ProtobufSerializer(Event, registry_client({"url": schema_registry.url})[0], {"use.deprecated.format": False, **TOPIC_STRATEGY})
 
     from_protobuf, from_json = learned_from_registry_and_json(
         tmp_path, kafka_bootstrap, topic, schema_registry, "protobuf", lambda event, ctx: serializer(Event(**event), ctx), PHISHING
@@ -357,7 +357,7 @@ def test_the_daemon_learns_from_json_schema_records_as_from_json(tmp_path, kafka
             "properties": {key: {"type": "boolean" if type(value) is bool else "number"} for key, value in events[0].items()},
         }
     )
-    serializer = JSONSerializer(schema, SchemaRegistryClient({"url": schema_registry.url}), conf=TOPIC_STRATEGY)
+    serializer = JSONSerializer(schema, registry_client({"url": schema_registry.url})[0], conf=TOPIC_STRATEGY)
 
     from_registry, from_json = learned_from_registry_and_json(tmp_path, kafka_bootstrap, topic, schema_registry, "json_schema", serializer, events)
 
@@ -366,7 +366,7 @@ def test_the_daemon_learns_from_json_schema_records_as_from_json(tmp_path, kafka
 
 def test_writers_moving_from_v1_to_v2_keep_the_daemon_learning_and_unreadable_records_are_dead_letters(tmp_path, kafka_bootstrap, schema_registry, topic):
     """v2 adds a field with a default, removes one and widens int to long; each record is learned with the features it carries."""
-    client = SchemaRegistryClient({"url": schema_registry.url})
+    client = registry_client({"url": schema_registry.url})[0]
     v1 = AvroSerializer(client, json.dumps({"type": "record", "name": "E", "fields": [
         {"name": "x", "type": "double"}, {"name": "old", "type": "double"}, {"name": "n", "type": "int"}, {"name": "y", "type": "double"}]}))  # fmt: skip
     v2 = AvroSerializer(client, json.dumps({"type": "record", "name": "E", "fields": [
@@ -422,7 +422,7 @@ def test_the_daemon_stops_in_one_line_when_the_registry_cannot_be_reached_and_ke
 
 
 def test_kill_9_during_a_schema_change_equals_an_uninterrupted_run_with_dead_letters_once(tmp_path, kafka_bootstrap, schema_registry, topic):
-    client = SchemaRegistryClient({"url": schema_registry.url})
+    client = registry_client({"url": schema_registry.url})[0]
     v1 = AvroSerializer(client, json.dumps({"type": "record", "name": "E", "fields": [{"name": "x", "type": "double"}, {"name": "old", "type": "double"}, {"name": "y", "type": "double"}]}))
     v2 = AvroSerializer(client, json.dumps({"type": "record", "name": "E", "fields": [{"name": "x", "type": "double"}, {"name": "new", "type": "double", "default": 0.0}, {"name": "y", "type": "double"}]}))
     context = SerializationContext(topic, MessageField.VALUE)
@@ -467,7 +467,7 @@ def test_config_check_asks_the_schema_registry_and_names_its_url_when_it_does_no
 
 
 def test_config_check_online_names_the_subject_no_producer_has_registered(tmp_path, schema_registry, topic):
-    client = SchemaRegistryClient({"url": schema_registry.url})
+    client = registry_client({"url": schema_registry.url})[0]
     AvroSerializer(client, json.dumps({"type": "record", "name": "E", "fields": [{"name": "x", "type": "double"}]}))(
         {"x": 1.0}, SerializationContext(topic, MessageField.VALUE))  # registers <topic>-value, as a producer's first record does
 

@@ -12,12 +12,12 @@ import sys
 
 import orjson
 import pytest
-from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.schema_registry.json_schema import JSONDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from online.config import KafkaConfig
+from online.formats import READ_SUBJECTS, registry_client
 from online.formats_write import PREDICTION_FIELDS, RecordSerializer
 from tests.online.consume.test_daemon import (
     PHISHING,
@@ -64,14 +64,14 @@ def test_the_daemon_writes_avro_predictions_and_dead_letters_that_hold_its_json_
     as_avro = outputs_of(tmp_path, kafka_bootstrap, topic, "avro", schema_registry.url, predictions_format="avro", dead_letter_format="avro")
     as_json = outputs_of(tmp_path, kafka_bootstrap, topic, "json")
 
-    client = SchemaRegistryClient({"url": schema_registry.url})
-    avro_predictions = decoded(kafka_bootstrap, f"{topic}.avro.predictions", AvroDeserializer(client))
+    client = registry_client({"url": schema_registry.url})[0]
+    avro_predictions = decoded(kafka_bootstrap, f"{topic}.avro.predictions", AvroDeserializer(client, conf=READ_SUBJECTS))
     json_predictions = decoded(kafka_bootstrap, f"{topic}.json.predictions")
     assert as_avro["units"]["all"]["metrics"] == as_json["units"]["all"]["metrics"]
     assert len(avro_predictions) == 400 + len(BROKEN) - len(BROKEN)
     assert avro_predictions == [{**dict.fromkeys(PREDICTION_FIELDS), **record} for record in json_predictions]  # fields JSON leaves out are null
     assert isinstance(avro_predictions[0]["prediction"], bool) and set(avro_predictions[0]["probabilities"]) == {"true", "false"}
-    avro_dead = decoded(kafka_bootstrap, f"{topic}.avro.dlq", AvroDeserializer(client))
+    avro_dead = decoded(kafka_bootstrap, f"{topic}.avro.dlq", AvroDeserializer(client, conf=READ_SUBJECTS))
     json_dead = decoded(kafka_bootstrap, f"{topic}.json.dlq")
     assert [record["source"]["offset"] for record in avro_dead] == sorted(BROKEN)
     assert without_time(avro_dead) == [{"stage": None, "model": None, **record} for record in without_time(json_dead)]
@@ -93,7 +93,7 @@ def test_kill_9_repeatedly_writes_each_avro_prediction_and_dead_letter_once(tmp_
     unit = summary["units"]["all"]
     assert unit["events_seen"] == unit["events_learned"] == len(events)
     assert unit["metrics"] == expected_phishing_metrics(events)
-    deserialize = AvroDeserializer(SchemaRegistryClient({"url": schema_registry.url}))
+    deserialize = AvroDeserializer(registry_client({"url": schema_registry.url})[0], conf=READ_SUBJECTS)
     dead = decoded(kafka_bootstrap, f"{topic}.dlq", deserialize)
     assert [d["source"]["offset"] for d in dead] == sorted(bad_positions)  # each exactly once
     predictions = read_topic(kafka_bootstrap, f"{topic}.pred", "confluent-kafka")
@@ -109,8 +109,8 @@ def test_json_schema_predictions_under_the_record_name_strategy(tmp_path, kafka_
     outputs_of(tmp_path, kafka_bootstrap, topic, "registry", schema_registry.url, predictions_format="json_schema", subject_name_strategy="record")
     outputs_of(tmp_path, kafka_bootstrap, topic, "json")
 
-    client = SchemaRegistryClient({"url": schema_registry.url})
-    predictions = decoded(kafka_bootstrap, f"{topic}.registry.predictions", JSONDeserializer(None, schema_registry_client=client))
+    client = registry_client({"url": schema_registry.url})[0]
+    predictions = decoded(kafka_bootstrap, f"{topic}.registry.predictions", JSONDeserializer(None, schema_registry_client=client, conf=READ_SUBJECTS))
     assert len(predictions) == 200
     assert predictions == decoded(kafka_bootstrap, f"{topic}.json.predictions")
     assert client.get_latest_version("riverbeam.Prediction").schema.schema_type == "JSON"
@@ -123,8 +123,8 @@ def test_an_avro_prediction_of_a_regressor_with_a_key_keeps_its_types(schema_reg
 
     value = serialize(record, topic)
 
-    client = SchemaRegistryClient({"url": schema_registry.url})
-    back = AvroDeserializer(client)(value, SerializationContext(topic, MessageField.VALUE))
+    client = registry_client({"url": schema_registry.url})[0]
+    back = AvroDeserializer(client, conf=READ_SUBJECTS)(value, SerializationContext(topic, MessageField.VALUE))
     assert back == {**dict.fromkeys(PREDICTION_FIELDS), **record}
     assert f"{topic}-riverbeam.Prediction" in client.get_subjects()
 
@@ -259,7 +259,7 @@ def test_a_backfill_with_a_given_avro_schema_dead_letters_the_lines_that_do_not_
     expected = Learner(ModelConfig(**model), EventsConfig(target="y"))
     expected.process_many([dict(e) for i, e in enumerate(events) if i != 40])
     assert summary["units"]["all"]["metrics"] == expected.metric_values()
-    assert SchemaRegistryClient({"url": schema_registry.url}).get_latest_version(f"{topic}-value").schema.schema_str.find("plant") >= 0
+    assert registry_client({"url": schema_registry.url})[0].get_latest_version(f"{topic}-value").schema.schema_str.find("plant") >= 0
 
 
 def test_a_backfill_stops_in_one_line_when_the_registry_cannot_be_reached_and_produces_nothing(tmp_path, kafka_bootstrap, topic):

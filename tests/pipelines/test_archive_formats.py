@@ -11,11 +11,11 @@ import pytest
 beam = pytest.importorskip("apache_beam")
 
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
-from confluent_kafka.schema_registry import SchemaRegistryClient  # noqa: E402
 from confluent_kafka.schema_registry.avro import AvroSerializer  # noqa: E402
 from confluent_kafka.serialization import MessageField, SerializationContext  # noqa: E402
 from river import datasets  # noqa: E402
 
+from online.formats import registry_client  # noqa: E402
 from online.formats_write import RecordSerializer, derive_avro_schema, derive_json_schema, derive_protobuf_class  # noqa: E402
 from online.replay.job import ReplayOptions, run_replay  # noqa: E402
 from pipelines.archive import build_archive, read_archive  # noqa: E402
@@ -44,7 +44,7 @@ def archive(tmp_path, name: str, payloads: list[bytes], kafka: str | None = None
 def serializer(fmt: str, url: str, events: list[dict] = EVENTS):
     """How a producer application writes `events` as `fmt`: confluent-kafka's serializer of that format, the topic name strategy."""
     if fmt == "avro":
-        serialize = AvroSerializer(SchemaRegistryClient({"url": url}), orjson.dumps(derive_avro_schema(events)).decode(),
+        serialize = AvroSerializer(registry_client({"url": url})[0], orjson.dumps(derive_avro_schema(events)).decode(),
                                    conf={"subject.name.strategy.type": "TOPIC"})  # fmt: skip
         return lambda event, topic: serialize(event, SerializationContext(topic, MessageField.VALUE))
     schema = derive_protobuf_class(events) if fmt == "protobuf" else derive_json_schema(events)
