@@ -82,7 +82,7 @@ DEFAULT_SIGNING_KEY_ENV = "RIVERBEAM_CHECKPOINT_KEY"
 
 __all__ = [
     "DEFAULT_SIGNING_KEY_ENV", "LearnerSpec", "Cadence", "Checkpointer", "Durable",
-    "open_checkpoint_store", "checkpoint_store", "resume", "restore_learner", "save_learner",
+    "open_checkpoint_store", "checkpoint_store", "resume", "resume_unit", "ResumedUnit", "restore_learner", "save_learner",
 "transform_digest", "checkpoint_fields", "learning_extra", "kafka_context", "position_context",
     "ModelsSpec", "restore_model",
 ]  # fmt: skip
@@ -319,6 +319,49 @@ def resume(store: CheckpointStore, spec: LearnerSpec) -> tuple[Learner, Checkpoi
         return spec.new_learner(), None
     checkpoint, learner = found
     return learner, checkpoint
+
+
+@dataclass
+class ResumedUnit:
+    """A learning unit's checkpoint side, resumed by `resume_unit`: its store, learner, the checkpoint it continues, its checkpointer."""
+
+    store: CheckpointStore
+    learner: Learner
+    checkpoint: Checkpoint | None
+    checkpointer: "Checkpointer"
+
+
+def resume_unit(root: CheckpointStore, spec: LearnerSpec, unit: str | None = None, cadence: "Cadence | None" = None,
+                uploader: concurrent.futures.Executor | None = None) -> ResumedUnit:
+    """How every job resumes a learning unit (the daemon's, replay's, serve's): its learner from its latest checkpoint
+    (`resume`), and the `Checkpointer` that goes on from there, keeping other jobs' positions.
+
+    Without `unit`, `root` itself holds the unit (one model for the whole stream). With one (per-key
+    models), the unit's store is `unit` below `root` (`online.checkpoints.units.unit_store`) and a
+    key the unit does not hold starts from the other units' model of it (`OtherUnits`). Checking
+    the layout (`online.checkpoints.units.check_layout`) is each job's, once at its start.
+
+    >>> import tempfile
+    >>> from online.config import EventsConfig, ModelConfig
+    >>> spec = LearnerSpec(ModelConfig(pipeline=[{"linear_model.LinearRegression": {}}], metrics=["MAE"]), EventsConfig(target="y", key="user"))
+    >>> root = checkpoint_store(tempfile.mkdtemp())
+    >>> daemon = resume_unit(root, spec, "partition=events.0")
+    >>> _ = daemon.learner.process({"user": "a", "x": 1.0, "y": 2.0})
+    >>> _ = daemon.checkpointer.checkpoint({"events/0": 1}, wait=True)
+    >>> replay = resume_unit(root, spec, "replay")  # another unit: user "a" comes from the daemon's
+    >>> replay.checkpoint is None, replay.learner.predict({"user": "a", "x": 1.0}).y_pred == daemon.learner.predict({"user": "a", "x": 1.0}).y_pred
+    (True, True)
+    >>> resume_unit(root, spec, "partition=events.0").checkpoint.positions
+    {'events/0': 1}
+    """
+    from online.checkpoints.units import OtherUnits, unit_store
+
+    store = root if unit is None else unit_store(root, unit)
+    learner, checkpoint = resume(store, spec)  # refuses a checkpoint of another configuration, or unsigned with a key
+    if unit is not None:
+        OtherUnits(root, spec.restore, own=unit).attach(learner)
+    checkpointer = Checkpointer(store, learner, spec, cadence, uploader=uploader, restored=checkpoint)
+    return ResumedUnit(store, learner, checkpoint, checkpointer)
 
 
 def position_context(manifest: dict) -> dict:

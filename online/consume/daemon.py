@@ -45,8 +45,8 @@ import time
 from core.summary import Resumed
 from core.errors import RiverbeamError
 from core.storage import StorageError, StorageUnusable
-from online.checkpoints.store import CheckpointStore, FencingError
-from online.checkpoints.units import OtherUnits, check_layout, partition_unit, unit_store
+from online.checkpoints.store import FencingError
+from online.checkpoints.units import check_layout, partition_unit
 from online.config import ConsumeJobConfig, model_names
 from online.formats import record_decoder
 from online.formats_write import OutputEncoders, output_encoders
@@ -60,7 +60,7 @@ from online.checkpoints.lease import Lease, LeaseKeeper, LeaseLost, instance_id,
 from online.observability import DaemonMetrics, HealthServer, LearningCurve, ProgressLine
 from online.consume.outputs import KafkaSinks, OutputWriter
 from online.consume.summary import daemon_job_summary  # noqa: F401  (its home; imported from here by callers)
-from online.checkpoints.persistence import Cadence, Checkpointer, LearnerSpec, ModelsSpec, kafka_context, open_checkpoint_store, resume
+from online.checkpoints.persistence import Cadence, LearnerSpec, ModelsSpec, kafka_context, open_checkpoint_store, resume_unit
 
 log = logging.getLogger("riverbeam.daemon")
 
@@ -196,15 +196,10 @@ class Daemon:
             log.warning("partition vanished: going on without it", extra={"fields": {"topic": topic, "partition": partition, "checkpointed": checkpointed[(topic, partition)]}})
             self.metrics.offset_gaps.labels(topic, str(partition)).inc()
 
-    def _store_for(self, name: str) -> CheckpointStore:
-        root = open_checkpoint_store(self.config.checkpoint)
-        return root if name == "all" else unit_store(root, partition_unit(*name.rsplit(".", 1)))  # online.checkpoints.units
-
     def _restore_unit(self, name: str, partitions: list[TopicPartition]) -> LearningUnit:
-        store = self._store_for(name)
-        learner, checkpoint = resume(store, self.spec)  # refuses a checkpoint of another configuration, or unsigned with a key
-        if name != "all":  # keys this partition's unit does not hold come from the other units (online.checkpoints.units)
-            OtherUnits(open_checkpoint_store(self.config.checkpoint), self.spec.restore, own=store.uri.rsplit("/", 1)[1]).attach(learner)
+        resumed = resume_unit(open_checkpoint_store(self.config.checkpoint), self.spec, None if name == "all" else partition_unit(*name.rsplit(".", 1)),
+                              Cadence.from_config(self.config.checkpoint), uploader=self.uploader)  # a partition's unit: online.checkpoints.units
+        store, learner, checkpoint, checkpointer = resumed.store, resumed.learner, resumed.checkpoint, resumed.checkpointer
         positions = kafka_positions(checkpoint.positions) if checkpoint is not None else {}
         extra = kafka_context(checkpoint, store.uri)  # topic ids, output offsets, outputs ahead: one line if any is missing
         self._check_vanished(positions, partitions)
@@ -216,7 +211,6 @@ class Daemon:
                 self._gap_checks.update({tp: recorded_ids for tp in partitions})
             else:
                 positions = self._resolve_offset_gaps(positions, recorded_ids)
-        checkpointer = Checkpointer(store, learner, self.spec, Cadence.from_config(self.config.checkpoint), uploader=self.uploader, restored=checkpoint)
         sinks = KafkaSinks(self.outputs, self.consumer, name, topic_ids=self.topic_ids, keeper=self.keeper,
                            instance=self.lease.owner if self.lease else None, metrics=self.metrics)
         unit = LearningUnit(
@@ -338,7 +332,7 @@ class Daemon:
         """Before consuming: a checkpoint location that waiting will not heal (permission denied, a
         read-only disk, no such bucket) stops the daemon in one line (exit 1), with or without
         ``--until-caught-up``; one that is only unreachable is left to the usual retries."""
-        store = self._store_for("all").store
+        store = open_checkpoint_store(self.config.checkpoint).store
         probe = f".riverbeam-write-check-{instance_id()}"
         try:
             store.write(probe, b"")
@@ -352,7 +346,7 @@ class Daemon:
 
     def _wait_for_lease(self) -> bool:
         """Standby until this instance holds the lease (renewed from then on by a `LeaseKeeper`); False if stopped."""
-        self.lease = Lease(self._store_for("all").store, instance_id(), ttl=self.lease_seconds)
+        self.lease = Lease(open_checkpoint_store(self.config.checkpoint).store, instance_id(), ttl=self.lease_seconds)
         try:
             self.keeper = wait_for_lease(self.lease, self.stopping, "this global model")
         except (PermissionError, StorageUnusable) as error:  # permission denied, no such bucket: will not heal; one line, exit 1

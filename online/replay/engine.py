@@ -49,8 +49,8 @@ from online.events import EventError, load_feature_transform
 from online.learning.leaderboard import leaderboard as rank_models
 from online.learning.learner import Learner
 from online.learning.unit import LearningUnit
-from online.checkpoints.persistence import Cadence, Checkpointer, LearnerSpec, checkpoint_store, open_checkpoint_store, resume
-from online.checkpoints.units import REPLAY_UNIT, OtherUnits, check_layout, restore_any, unit_store
+from online.checkpoints.persistence import Cadence, LearnerSpec, checkpoint_store, open_checkpoint_store, resume_unit
+from online.checkpoints.units import REPLAY_UNIT, check_layout, restore_any
 from online.readers import InputFile, ReplayPosition, count_records
 from online.replay.report import format_leaderboard, write_report_dir
 from online.sources import REPLAY, FileSource, progress_bar
@@ -381,18 +381,13 @@ def learn(job: ReplayJobConfig, files: list[InputFile], options: ReplayOptions) 
     cadence = Cadence.from_config(job.checkpoint, every_events=options.checkpoint_every)
     every_events = cadence.every_events
     spec = LearnerSpec(job.model, job.events, job.features, load_transform(job))
-    others = None
     if job.events.key is not None:  # per-key models: replay's unit of the keyed layout (online.checkpoints.units)
-        others = OtherUnits(store, spec.restore, own=REPLAY_UNIT)
         check_layout(uri)
-        store = unit_store(store, REPLAY_UNIT)
-    learner, latest = resume(store, spec)  # refuses a checkpoint of another model/events/features configuration
-    if others is not None:
-        others.attach(learner)  # a key replay's unit does not hold starts from the other units' model of it
+    unit = resume_unit(store, spec, REPLAY_UNIT if job.events.key is not None else None, cadence)  # keeps other jobs' positions
+    learner, latest, checkpointer = unit.learner, unit.checkpoint, unit.checkpointer
     resumed = Resumed(latest.id, learner.state.events_learned) if latest is not None else None
     if resumed is not None:
         log.info(resumed.text())
-    checkpointer = Checkpointer(store, learner, spec, cadence, restored=latest)  # keeps other jobs' positions
     start = None
     if latest is not None:
         start = ReplayPosition.from_json(latest.positions.get("replay"))

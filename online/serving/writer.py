@@ -42,8 +42,8 @@ import logging
 import threading
 
 from online.checkpoints.lease import Lease, LeaseKeeper, instance_id, wait_for_lease
-from online.checkpoints.persistence import Cadence, Checkpointer, Durable, LearnerSpec, open_checkpoint_store, resume
-from online.checkpoints.units import SERVE_UNIT, OtherUnits, check_layout, unit_store
+from online.checkpoints.persistence import Cadence, Durable, LearnerSpec, open_checkpoint_store, resume_unit
+from online.checkpoints.units import SERVE_UNIT, check_layout
 from online.config import ServeJobConfig
 from online.learning.unit import LearningUnit
 from online.serving.metrics import ServeMetrics
@@ -145,15 +145,13 @@ class LearningWriter:
         try:
             if self.spec.events.key is not None:
                 check_layout(self.store.uri)  # keyed checkpoints in a layout before units: found now, not in a request
-            store = self.store if self.spec.events.key is None else unit_store(self.store, SERVE_UNIT)  # keyed: serve's unit (online.checkpoints.units)
-            learner, restored = resume(store, self.spec)
+            resumed = resume_unit(self.store, self.spec, None if self.spec.events.key is None else SERVE_UNIT,  # keyed: serve's unit (online.checkpoints.units)
+                                  Cadence.from_config(self.config.checkpoint), uploader=self.uploader)
         except Exception:
             self._stop_keeper()
             self.lease.release()
             raise
-        if store is not self.store:
-            OtherUnits(self.store, self.spec.restore, own=SERVE_UNIT).attach(learner)  # keys the unit does not hold: the other units' models
-        checkpointer = Checkpointer(store, learner, self.spec, Cadence.from_config(self.config.checkpoint), uploader=self.uploader, restored=restored)
+        learner, restored, checkpointer = resumed.learner, resumed.checkpoint, resumed.checkpointer
         checkpoint_id = restored.id if restored is not None else None
         sinks = ResponseSinks(self.metrics, self.slot, learner, checkpoint_id)
         self.source = FedSource()
