@@ -463,8 +463,8 @@ class KafkaConfig(Section):
     schema_registry: dict[str, Any] | None = None
     # How the daemon writes its predictions and dead letters (online.formats_write): JSON, or through the registry
     # under the subject naming strategy given (confluent-kafka's subject.name.strategy), registering the schema unless told not to.
-    predictions_format: Literal["json", "avro", "json_schema"] = "json"
-    dead_letter_format: Literal["json", "avro", "json_schema"] = "json"
+    predictions_format: Literal["json", "avro", "json_schema", "protobuf"] = "json"
+    dead_letter_format: Literal["json", "avro", "json_schema", "protobuf"] = "json"
     subject_name_strategy: Literal["topic", "record", "topic_record"] = "topic"
     auto_register_schemas: bool = True
     # replay --mode backfill into an avro or json_schema topic: the schema file (.avsc, or a JSON Schema) its

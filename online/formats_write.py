@@ -1,15 +1,17 @@
-"""Writing records in the schema-registry formats: predictions and dead letters as Avro or JSON Schema.
+"""Writing records in the schema-registry formats: predictions and dead letters as Avro, JSON Schema or Protobuf.
 
 The reading side is `online.formats`; this is its writing side, kept apart so that a job that only
 reads imports no serializer. ``kafka.predictions_format`` and ``kafka.dead_letter_format``
 (`online.config.KafkaConfig`) pick ``json`` (the default: the records as they always were),
-``avro`` or ``json_schema``. Each output record has one shape, so each has ONE schema here:
+``avro``, ``json_schema`` or ``protobuf``. Each output record has one shape, so each has ONE schema per format here:
 
-- a prediction (`online.learning.learner.Prediction.record`): `PREDICTION_AVRO` / `PREDICTION_JSON_SCHEMA`;
-- a dead letter (`online.dead_letters.DeadLetterRecord`): `DEAD_LETTER_AVRO` / `DEAD_LETTER_JSON_SCHEMA`.
+- a prediction (`online.learning.learner.Prediction.record`): `PREDICTION_AVRO` / `PREDICTION_JSON_SCHEMA` /
+  `PREDICTION_PROTOBUF` (the fields of the ``riverbeam.Prediction`` message, built by `protobuf_record_class`);
+- a dead letter (`online.dead_letters.DeadLetterRecord`): `DEAD_LETTER_AVRO` / `DEAD_LETTER_JSON_SCHEMA` /
+  `DEAD_LETTER_PROTOBUF` (``riverbeam.DeadLetter``).
 
-The records are serialized by confluent-kafka's own `AvroSerializer` / `JSONSerializer` (the
-wire format, the schema's registration, the subject), under the subject naming strategy of
+The records are serialized by confluent-kafka's own `AvroSerializer` / `JSONSerializer` /
+`ProtobufSerializer` (the wire format, the schema's registration, the subject), under the subject naming strategy of
 ``kafka.subject_name_strategy`` (``topic``: ``<topic>-value``, ``record``: the record's full name,
 ``riverbeam.Prediction``, ``topic_record``: ``<topic>-riverbeam.Prediction``), registering the
 schema unless ``kafka.auto_register_schemas`` is false (then it must be registered already).
@@ -20,16 +22,34 @@ regressor, ``label`` and ``learned`` of a job that only predicts) is null; scala
 decoded record holds the same Python values as the JSON one. A value of another type is written
 as its text, as the JSON records write it.
 
+In Protobuf (proto3, messages built from descriptors by `protobuf_message_class`, the one builder
+that also derives backfill messages), each of those union fields is a ``oneof`` named after the
+field with one member per type: ``oneof key { bool key_bool = 1; int64 key_int64 = 2; double
+key_double = 3; string key_string = 4; }``, none set for null. Not ``google.protobuf.Value``: its
+one number type is a double, so an integer key, label or class would come back as a float (and
+lose digits past 2**53), where Avro's union and JSON keep ``17`` and ``17.0`` apart; a ``oneof``
+keeps all four types, needs no import of the well-known types in the registered schema, and any
+consumer with the registry's schema decodes it (``WhichOneof("key")``). The other nullable fields
+are proto3 ``optional`` (unset for null); ``probabilities`` is a ``map<string, double>`` (Protobuf
+cannot tell an empty map from none: `protobuf_record` reads both as null); a dead letter's
+``source`` is a nested message ``Source`` with optional ``topic``, ``partition``, ``offset``,
+``file`` and ``line``. Field numbers follow the order of `PREDICTION_PROTOBUF` /
+`DEAD_LETTER_PROTOBUF`: a new field goes at the end, so that written records stay readable.
+`protobuf_record` reads a message back into the dict the Avro record decodes to.
+
 >>> to_avro_prediction({"prediction": True, "probabilities": {"true": 0.75, "false": 0.25}, "label": None, "learned": True,
 ...                     "topic": "events", "partition": 0, "offset": 41})["key"] is None
 True
 >>> sorted(field["name"] for field in DEAD_LETTER_AVRO["fields"])[:4]
 ['encoding', 'model', 'reason', 'sha256']
+>>> [name for name, _ in PREDICTION_PROTOBUF] == list(PREDICTION_FIELDS)
+True
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import functools
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -42,7 +62,7 @@ from online.formats import (
     registry_client,
 )
 
-WRITE_FORMATS = ("json", "avro", "json_schema")
+WRITE_FORMATS = ("json", "avro", "json_schema", "protobuf")
 STRATEGIES = {"topic": "TOPIC", "record": "RECORD", "topic_record": "TOPIC_RECORD"}  # confluent-kafka's subject.name.strategy.type
 NAMESPACE = "riverbeam"
 _SCALAR = ["null", "boolean", "long", "double", "string"]  # JSON's scalars, as Avro's union: a decoded value keeps its Python type
@@ -135,6 +155,24 @@ DEAD_LETTER_JSON_SCHEMA: dict = {
     "required": ["version", "source", "reason", "value", "truncated", "time"],
 }
 
+_UNION = ("bool", "int64", "double", "string")  # Avro's scalar union as a Protobuf oneof: one member per type, none set for null
+
+PREDICTION_PROTOBUF: list = [  # (field, kind) of the riverbeam.Prediction message, in field-number order (`protobuf_message_class`)
+    ("key", _UNION), ("prediction", _UNION), ("probabilities", "map<string, double>"), ("label", _UNION),
+    ("learned", "optional bool"), ("topic", "optional string"), ("partition", "optional int32"), ("offset", "optional int64"),
+    ("checkpoint", "optional string"), ("id", _UNION),
+]  # fmt: skip
+
+DEAD_LETTER_PROTOBUF: list = [  # riverbeam.DeadLetter; source: {topic, partition, offset}, {file, line} or {}
+    ("version", "int32"),
+    ("source", [("topic", "optional string"), ("partition", "optional int32"), ("offset", "optional int64"),
+                ("file", "optional string"), ("line", "optional int64")]),
+    ("reason", "string"), ("value", "optional string"), ("encoding", "optional string"), ("size", "optional int64"),
+    ("sha256", "optional string"), ("truncated", "bool"), ("time", "string"), ("stage", "optional string"), ("model", "optional string"),
+]  # fmt: skip
+
+PROTOBUF_MESSAGES = {"prediction": ("Prediction", PREDICTION_PROTOBUF), "dead letter": ("DeadLetter", DEAD_LETTER_PROTOBUF)}
+
 SCHEMAS = {
     ("prediction", "avro"): PREDICTION_AVRO,
     ("prediction", "json_schema"): PREDICTION_JSON_SCHEMA,
@@ -226,13 +264,15 @@ class RecordSerializer:
 
     def __init__(self, kind: str, fmt: str, registry: dict[str, Any], strategy: str = "topic", auto_register: bool = True,
                  setting: str = "kafka.predictions_format", schema: Any = None):  # fmt: skip
-        if schema is None and (kind, fmt) not in SCHEMAS:
+        if schema is None and (kind, fmt) not in SCHEMAS and not (fmt == "protobuf" and kind in PROTOBUF_MESSAGES):
             raise ConfigError(setting, f"{fmt!r} is not a format {kind} records are written in (one of {', '.join(WRITE_FORMATS)})")
         if strategy not in STRATEGIES:
             raise ConfigError("kafka.subject_name_strategy", f"{strategy!r} is not a subject name strategy (one of {', '.join(STRATEGIES)})")
         self.kind, self.format, self.strategy, self.auto_register, self.setting = kind, fmt, strategy, auto_register, setting
         self.client, self.url = registry_client(registry)
-        self.schema = schema if schema is not None else SCHEMAS[(kind, fmt)]
+        if schema is None:
+            schema = protobuf_record_class(kind) if fmt == "protobuf" else SCHEMAS[(kind, fmt)]
+        self.schema = schema
         conf = {"subject.name.strategy.type": STRATEGIES[strategy], "auto.register.schemas": auto_register}
         if fmt == "avro":
             from confluent_kafka.schema_registry.avro import AvroSerializer
@@ -246,12 +286,11 @@ class RecordSerializer:
             own = kind in ("prediction", "dead letter")
             serialize = JSONSerializer(orjson.dumps(self.schema).decode(), self.client, conf={**conf, "validate": not own})
             shape = to_json_schema_prediction if kind == "prediction" else None
-        else:  # protobuf: `schema` is the message class (`derive_protobuf_class`)
+        else:  # protobuf: `schema` is the message class (`protobuf_record_class`, `derive_protobuf_class`)
             from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
 
-            message_class = self.schema
-            serialize = ProtobufSerializer(message_class, self.client, {"use.deprecated.format": False, **conf})
-            shape = lambda record: message_class(**{name: value for name, value in record.items() if value is not None})  # noqa: E731  (unset: absent)
+            serialize = ProtobufSerializer(self.schema, self.client, {"use.deprecated.format": False, **conf})
+            shape = protobuf_shaper(self.schema)
         self._serialize = serialize
         self._shape = shape
         self._contexts: dict[str, Any] = {}
@@ -467,7 +506,7 @@ def event_serializer(kafka, events: Callable[[], Iterable[dict]]) -> RecordSeria
 
 
 def derive_protobuf_class(events: Iterable[dict], name: str = "Event", setting: str = "kafka.format"):
-    """A proto3 message class that every one of `events` fits, built from descriptors as protoc would generate it.
+    """A proto3 message class that every one of `events` fits (`protobuf_message_class`).
 
     Fields in the order first seen: ``bool``, ``int64``, ``double`` (an integer field that is a float
     elsewhere) or ``string``; a field some event lacks (or holds null) is ``optional``, so the
@@ -477,26 +516,161 @@ def derive_protobuf_class(events: Iterable[dict], name: str = "Event", setting: 
     >>> [(f.name, f.type == f.TYPE_DOUBLE, f.has_presence) for f in message.DESCRIPTOR.fields]
     [('x', True, False), ('s', False, True)]
     """
+    kinds, _ = _field_kinds(events)
+    table = {bool: "bool", int: "int64", float: "double", str: "string"}
+    fields = []
+    for field, kind in kinds.items():
+        types, nullable = _field_type(field, kind, table, setting)
+        if types:  # null in every event: nothing to carry
+            fields.append((field, f"optional {types[0]}" if nullable else types[0]))
+    return protobuf_message_class(name, fields, setting)
+
+
+_PROTOBUF_TYPES = {"bool": "TYPE_BOOL", "int32": "TYPE_INT32", "int64": "TYPE_INT64", "double": "TYPE_DOUBLE", "string": "TYPE_STRING"}
+
+
+def protobuf_message_class(name: str, fields: Sequence[tuple[str, Any]], setting: str = "kafka.format"):
+    """A proto3 message class ``riverbeam.<name>`` built from descriptors as protoc would generate it: the one
+    builder behind the output records' messages (`protobuf_record_class`) and `derive_protobuf_class`.
+
+    `fields` are ``(name, kind)`` pairs, numbered from 1 in their order. A kind is a scalar type
+    (``"bool"``, ``"int32"``, ``"int64"``, ``"double"``, ``"string"``); ``"optional <scalar>"`` (proto3
+    presence: unset is absent); ``"map<string, double>"`` (any two scalars); a tuple of scalar types, a
+    union: a ``oneof`` named after the field with a member ``<field>_<type>`` per type (none set: null);
+    or a list of fields, a nested message named after the field (capitalized) with those fields.
+    A field name Protobuf refuses is a `ConfigError` at `setting`.
+
+    >>> message = protobuf_message_class("Point", [("x", "double"), ("tag", ("int64", "string")), ("note", "optional string")])
+    >>> message(x=1.5, tag_string="a").WhichOneof("tag"), [f.name for f in message.DESCRIPTOR.fields]
+    ('tag_string', ['x', 'tag_int64', 'tag_string', 'note'])
+    """
     from google.protobuf import descriptor_pb2, descriptor_pool
     from google.protobuf.message_factory import GetMessageClass
 
-    kinds, _ = _field_kinds(events)
-    F = descriptor_pb2.FieldDescriptorProto
-    table = {bool: F.TYPE_BOOL, int: F.TYPE_INT64, float: F.TYPE_DOUBLE, str: F.TYPE_STRING}
     file_proto = descriptor_pb2.FileDescriptorProto(name=f"{NAMESPACE}_{name.lower()}.proto", package=NAMESPACE, syntax="proto3")
-    message = file_proto.message_type.add(name=name)
-    for number, (field, kind) in enumerate(kinds.items(), start=1):
-        types, nullable = _field_type(field, kind, table, setting)
-        if not types:
-            continue  # null in every event: nothing to carry
-        spec = message.field.add(name=field, number=number, type=types[0], label=F.LABEL_OPTIONAL)
-        if nullable:
-            spec.proto3_optional = True
-            spec.oneof_index = len(message.oneof_decl)
-            message.oneof_decl.add(name=f"_{field}")
+    _add_protobuf_fields(file_proto.message_type.add(name=name), fields, f"{NAMESPACE}.{name}", descriptor_pb2.FieldDescriptorProto)
     pool = descriptor_pool.DescriptorPool()
     try:
         pool.Add(file_proto)
     except TypeError as error:  # a field name Protobuf refuses (e.g. with a dot or a dash)
         raise ConfigError(setting, f"cannot derive a Protobuf message from these events: {error}") from None
     return GetMessageClass(pool.FindMessageTypeByName(f"{NAMESPACE}.{name}"))
+
+
+def _add_protobuf_fields(message, fields: Sequence[tuple[str, Any]], full_name: str, F) -> None:
+    """`fields` (`protobuf_message_class`) into the DescriptorProto `message` named `full_name`."""
+    unions = [name for name, kind in fields if isinstance(kind, tuple)]
+    optional: list[str] = []  # proto3's synthetic oneofs, which must follow every real one
+    number = 0
+
+    def add(name: str, kind: str, **spec):
+        nonlocal number
+        number += 1
+        if kind in _PROTOBUF_TYPES:
+            spec["type"] = getattr(F, _PROTOBUF_TYPES[kind])
+        return message.field.add(name=name, number=number, label=spec.pop("label", F.LABEL_OPTIONAL), **spec)
+
+    for name, kind in fields:
+        if isinstance(kind, tuple):
+            for member in kind:
+                add(f"{name}_{member}", member, oneof_index=unions.index(name))
+        elif isinstance(kind, list):
+            nested = message.nested_type.add(name=name[:1].upper() + name[1:])
+            _add_protobuf_fields(nested, kind, f"{full_name}.{nested.name}", F)
+            add(name, "", type=F.TYPE_MESSAGE, type_name=f".{full_name}.{nested.name}")
+        elif kind.startswith("map<"):
+            key, value = (part.strip() for part in kind[4:-1].split(","))
+            entry = message.nested_type.add(name=name.title().replace("_", "") + "Entry")  # as protoc names it
+            entry.options.map_entry = True
+            entry.field.add(name="key", number=1, type=getattr(F, _PROTOBUF_TYPES[key]), label=F.LABEL_OPTIONAL)
+            entry.field.add(name="value", number=2, type=getattr(F, _PROTOBUF_TYPES[value]), label=F.LABEL_OPTIONAL)
+            add(name, "", type=F.TYPE_MESSAGE, type_name=f".{full_name}.{entry.name}", label=F.LABEL_REPEATED)
+        elif kind.startswith("optional "):
+            add(name, kind.removeprefix("optional "), proto3_optional=True, oneof_index=len(unions) + len(optional))
+            optional.append(name)
+        else:
+            add(name, kind)
+    for name in unions + [f"_{name}" for name in optional]:
+        message.oneof_decl.add(name=name)
+
+
+@functools.cache
+def protobuf_record_class(kind: str):
+    """The message class of riverbeam's ``"prediction"`` or ``"dead letter"`` records (`PREDICTION_PROTOBUF`, `DEAD_LETTER_PROTOBUF`):
+    the class a consumer application reads them with (confluent-kafka's ``ProtobufDeserializer``).
+
+    >>> protobuf_record_class("prediction").DESCRIPTOR.full_name, protobuf_record_class("dead letter").DESCRIPTOR.full_name
+    ('riverbeam.Prediction', 'riverbeam.DeadLetter')
+    """
+    name, fields = PROTOBUF_MESSAGES[kind]
+    return protobuf_message_class(name, fields)
+
+
+_MEMBER_OF = {bool: "bool", int: "int64", float: "double", str: "string"}
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _unions(message_class) -> frozenset[str]:
+    """The union fields of a message (`protobuf_message_class`): its oneofs of more than one member
+    (proto3's ``optional`` is a oneof of one)."""
+    return frozenset(oneof.name for oneof in message_class.DESCRIPTOR.oneofs if len(oneof.fields) > 1)
+
+
+def protobuf_shaper(message_class) -> Callable[[dict], Any]:
+    """How a record (a dict) becomes a `message_class` message: a null is left unset, a union field's value
+    goes to the member of its type (another type, or an integer beyond int64, as its text: never a record
+    that cannot be written).
+
+    >>> shape = protobuf_shaper(protobuf_record_class("prediction"))
+    >>> message = shape({"key": 17, "prediction": 2.5, "label": None, "learned": True})
+    >>> message.WhichOneof("key"), message.key_int64, message.WhichOneof("prediction"), message.HasField("learned")
+    ('key_int64', 17, 'prediction_double', True)
+    >>> shape({"key": 2**64 - 1}).key_string
+    '18446744073709551615'
+    """
+    unions = _unions(message_class)
+
+    def shape(record: dict):
+        fields = {}
+        for name, value in record.items():
+            if value is None:
+                continue
+            if name in unions:
+                member = _MEMBER_OF.get(type(value))
+                if member is None or member == "int64" and not _INT64_MIN <= value <= _INT64_MAX:
+                    value, member = str(value), "string"
+                name = f"{name}_{member}"
+            fields[name] = value
+        return message_class(**fields)
+
+    return shape
+
+
+def protobuf_record(message) -> dict:
+    """A riverbeam Protobuf record read back as a dict, as its Avro record decodes: every field, an unset
+    one None; a union field as its set member's value; a map as a dict (empty: None); a nested message
+    (a dead letter's ``source``) as the dict of its set fields.
+
+    >>> message = protobuf_shaper(protobuf_record_class("prediction"))({"key": "u7", "prediction": 2.5, "checkpoint": "ck-1"})
+    >>> {name: value for name, value in protobuf_record(message).items() if value is not None}
+    {'key': 'u7', 'prediction': 2.5, 'checkpoint': 'ck-1'}
+    """
+    unions = _unions(type(message))
+    out: dict = {}
+    for field in message.DESCRIPTOR.fields:
+        oneof = field.containing_oneof
+        if oneof is not None and oneof.name in unions:
+            if oneof.name not in out:
+                member = message.WhichOneof(oneof.name)
+                out[oneof.name] = None if member is None else getattr(message, member)
+            continue
+        value = getattr(message, field.name)
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            out[field.name] = dict(value) or None
+        elif field.has_presence and not message.HasField(field.name):
+            out[field.name] = None
+        elif field.message_type is not None:
+            out[field.name] = {name: inner for name, inner in protobuf_record(value).items() if inner is not None}
+        else:
+            out[field.name] = value
+    return out

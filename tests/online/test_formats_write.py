@@ -1,4 +1,4 @@
-"""Predictions and dead letters written as Avro / JSON Schema through a real schema registry (`online.formats_write`).
+"""Predictions and dead letters written as Avro / JSON Schema / Protobuf through a real schema registry (`online.formats_write`).
 
 The daemon writes them; a consumer application reads them back with confluent-kafka's own
 deserializers, and they must hold what the JSON outputs of the same events hold.
@@ -127,6 +127,127 @@ def test_an_avro_prediction_of_a_regressor_with_a_key_keeps_its_types(schema_reg
     back = AvroDeserializer(client, conf=READ_SUBJECTS)(value, SerializationContext(topic, MessageField.VALUE))
     assert back == {**dict.fromkeys(PREDICTION_FIELDS), **record}
     assert f"{topic}-riverbeam.Prediction" in client.get_subjects()
+
+
+# -- Protobuf outputs ----------------------------------------------------------------------------------
+
+
+def protobuf_messages(kind: str):
+    """confluent-kafka's `ProtobufDeserializer` with riverbeam's generated class for `kind`, as a consumer application reads.
+
+    Without a registry client: with one it asks the registry for the writer's schema in the
+    ``serialized`` form, which Apicurio 3.3 fails to serve for a schema registered as a
+    FileDescriptorProto (a 500, "Syntax error in Prediction.proto"); Confluent's registry serves it.
+    `assert_registered_as_written` checks the registry's copy instead.
+    """
+    from confluent_kafka.schema_registry.protobuf import ProtobufDeserializer
+
+    from online.formats_write import protobuf_record_class
+
+    return ProtobufDeserializer(protobuf_record_class(kind), {"use.deprecated.format": False, **READ_SUBJECTS})
+
+
+def protobuf_reader(kind: str):
+    """`protobuf_messages`, each message read back as a dict (`online.formats_write.protobuf_record`)."""
+    from online.formats_write import protobuf_record
+
+    deserialize = protobuf_messages(kind)
+    return lambda value, context: protobuf_record(deserialize(value, context))
+
+
+def assert_registered_as_written(registry_url: str, subject: str, kind: str) -> None:
+    """The registry holds, under `subject`, a Protobuf schema that is the generated class's file descriptor itself:
+    what a consumer with the registry builds its class from (as `online.formats.ProtobufRecordDeserializer` does)."""
+    import base64
+
+    from google.protobuf import descriptor_pb2
+
+    from online.formats_write import protobuf_record_class
+
+    registered = registry_client({"url": registry_url})[0].get_latest_version(subject).schema
+    written = descriptor_pb2.FileDescriptorProto()
+    protobuf_record_class(kind).DESCRIPTOR.file.CopyToProto(written)
+    assert registered.schema_type == "PROTOBUF"
+    assert descriptor_pb2.FileDescriptorProto.FromString(base64.b64decode(registered.schema_str)) == written
+
+
+def test_the_daemon_writes_protobuf_predictions_and_dead_letters_that_hold_its_json_outputs(tmp_path, kafka_bootstrap, schema_registry, topic):
+    produce_phishing_with_broken_lines(kafka_bootstrap, topic)
+
+    as_protobuf = outputs_of(tmp_path, kafka_bootstrap, topic, "protobuf", schema_registry.url, predictions_format="protobuf",
+                             dead_letter_format="protobuf")  # fmt: skip
+    as_json = outputs_of(tmp_path, kafka_bootstrap, topic, "json")
+
+    protobuf_predictions = decoded(kafka_bootstrap, f"{topic}.protobuf.predictions", protobuf_reader("prediction"))
+    json_predictions = decoded(kafka_bootstrap, f"{topic}.json.predictions")
+    assert as_protobuf["units"]["all"]["metrics"] == as_json["units"]["all"]["metrics"]
+    assert len(protobuf_predictions) == 400
+    assert protobuf_predictions == [{**dict.fromkeys(PREDICTION_FIELDS), **record} for record in json_predictions]  # fields JSON leaves out are null
+    assert isinstance(protobuf_predictions[0]["prediction"], bool) and set(protobuf_predictions[0]["probabilities"]) == {"true", "false"}
+    protobuf_dead = decoded(kafka_bootstrap, f"{topic}.protobuf.dlq", protobuf_reader("dead letter"))
+    json_dead = decoded(kafka_bootstrap, f"{topic}.json.dlq")
+    assert [record["source"]["offset"] for record in protobuf_dead] == sorted(BROKEN)
+    assert without_time(protobuf_dead) == [{"stage": None, "model": None, **record} for record in without_time(json_dead)]
+    assert_registered_as_written(schema_registry.url, f"{topic}.protobuf.predictions-value", "prediction")  # the topic name strategy
+    assert_registered_as_written(schema_registry.url, f"{topic}.protobuf.dlq-value", "dead letter")
+    first = read_topic(kafka_bootstrap, f"{topic}.protobuf.predictions", "confluent-kafka")[0]
+    message = protobuf_messages("prediction")(first.value, SerializationContext(f"{topic}.protobuf.predictions", MessageField.VALUE))
+    assert message.WhichOneof("prediction") == "prediction_bool" and message.WhichOneof("key") is None  # a oneof member per type, none for null
+
+
+def test_kill_9_writes_each_protobuf_prediction_and_dead_letter_once(tmp_path, kafka_bootstrap, schema_registry, topic):
+    import random
+    import time
+
+    from online.consume.outputs import SOURCE_HEADER
+    from tests.online.consume.test_daemon import expected_phishing_metrics, produce_with_broken_lines, wait_for_log
+
+    events, bad_positions = produce_with_broken_lines(kafka_bootstrap, topic, 8_000, first=150, every=997)
+    outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred", "poll_max_records": 200, "predictions_format": "protobuf",
+               "dead_letter_format": "protobuf", "schema_registry": {"url": schema_registry.url}}  # fmt: skip
+    config = job_config(tmp_path, kafka_bootstrap, topic, "confluent-kafka", kafka=outputs, checkpoint={"every_events": 700, "every_seconds": 1})
+    rng = random.Random(5)
+    for _ in range(2):
+        process = start_daemon(config)
+        wait_for_log(process, '"msg":"restored"', '"msg":"starting fresh"', timeout=90)
+        wait_for_log(process, '"msg":"checkpoint"', timeout=90)  # writing Protobuf records, mid-stream
+        time.sleep(rng.uniform(0.0, 0.3))
+        process.kill()
+        process.wait()
+    written_before = len(read_topic(kafka_bootstrap, f"{topic}.pred", "confluent-kafka"))
+
+    summary = run_daemon(config)
+
+    assert 0 < written_before < len(events)  # the killed runs wrote some of the predictions, not all
+    unit = summary["units"]["all"]
+    assert unit["events_seen"] == unit["events_learned"] == len(events)
+    assert unit["metrics"] == expected_phishing_metrics(events)
+    dead = decoded(kafka_bootstrap, f"{topic}.dlq", protobuf_reader("dead letter"))
+    assert [d["source"]["offset"] for d in dead] == sorted(bad_positions)  # each exactly once
+    predictions = read_topic(kafka_bootstrap, f"{topic}.pred", "confluent-kafka")
+    sources = [dict(r.headers)[SOURCE_HEADER] for r in predictions]
+    assert len(sources) == len(set(sources)) == len(events)  # no prediction missing or doubled
+    deserialize, context = protobuf_reader("prediction"), SerializationContext(f"{topic}.pred", MessageField.VALUE)
+    assert all(deserialize(r.value, context)["offset"] == int(dict(r.headers)[SOURCE_HEADER].rsplit(b"/", 1)[1]) for r in predictions)
+
+
+@pytest.mark.parametrize("record", [
+    {"key": 17, "prediction": 2.5, "label": 3, "learned": True, "topic": "events", "partition": 1, "offset": 9},  # a regressor, an integer key
+    {"key": "u7", "prediction": 1, "probabilities": {"0": 0.25, "1": 0.75}, "label": 0, "learned": False, "checkpoint": "ck-3", "id": 12.0},  # integer classes
+])  # fmt: skip
+def test_a_protobuf_prediction_of_a_classifier_and_a_regressor_with_a_key_keeps_its_types(schema_registry, topic, record):
+    from online.formats_write import protobuf_record
+
+    serialize = RecordSerializer("prediction", "protobuf", {"url": schema_registry.url}, "topic_record")
+
+    value = serialize(record, topic)
+
+    message = protobuf_messages("prediction")(value, SerializationContext(topic, MessageField.VALUE))
+    back = protobuf_record(message)
+    assert back == {**dict.fromkeys(PREDICTION_FIELDS), **record}
+    assert {name: type(back[name]) for name in ("key", "prediction", "label")} == {name: type(record[name]) for name in ("key", "prediction", "label")}
+    assert message.WhichOneof("key") == ("key_int64" if isinstance(record["key"], int) else "key_string")  # the member of the value's type
+    assert_registered_as_written(schema_registry.url, f"{topic}-riverbeam.Prediction", "prediction")  # the topic_record strategy
 
 
 def config_check(tmp_path, kafka: str) -> subprocess.CompletedProcess:
