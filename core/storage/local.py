@@ -1,5 +1,11 @@
 """The local-disk backend: a directory; writes are atomic renames, compare-and-swap under a file lock.
 
+The lock is held only to compare the generation and rename the new file into place: the data is
+written and fsynced before it is taken, so a writer stopped while it writes (SIGSTOP, a frozen
+container, a slow disk) never keeps the others waiting. A lock still held past `LOCK_WAIT_SECONDS`
+(its holder stopped inside that short step) is a retryable `StorageError` naming it, never a
+silent wait.
+
 >>> import tempfile
 >>> store = LocalStore(tempfile.mkdtemp())
 >>> first = store.write_if_generation("LATEST", b"a", 0)
@@ -18,6 +24,7 @@ import fcntl
 import glob
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import BinaryIO
 
@@ -34,6 +41,8 @@ def _storage_error(message: str, error: OSError) -> StorageError:
 
 class LocalStore(ObjectStore):
     """A directory; writes go to a temporary file renamed into place (atomic on POSIX)."""
+
+    LOCK_WAIT_SECONDS = 10.0  # a compare-and-swap lock held longer than this: its holder stopped inside it
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -61,42 +70,78 @@ class LocalStore(ObjectStore):
     def write(self, name: str, data: bytes) -> None:
         path = self._path(name)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+            temporary = self._prepare(path, data)
             try:
-                with os.fdopen(handle, "wb") as out:
-                    out.write(data)
-                    out.flush()
-                    os.fsync(out.fileno())
                 os.replace(temporary, path)
             except BaseException:
                 Path(temporary).unlink(missing_ok=True)
                 raise
-            directory = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+            self._sync_folder(path)
         except OSError as error:
             raise _storage_error(f"cannot write {self.join(name)}", error) from None
+
+    @staticmethod
+    def _prepare(path: Path, data: bytes) -> str:
+        """`data` in a durable temporary file next to `path`, ready to be renamed into place."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        return temporary
+
+    @staticmethod
+    def _sync_folder(path: Path) -> None:
+        """Make a rename in `path`'s folder durable."""
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    def _lock(self, lock: BinaryIO, name: str) -> None:
+        """Take `lock` exclusively, waiting at most `LOCK_WAIT_SECONDS` (``flock`` itself waits without bound)."""
+        deadline = time.monotonic() + self.LOCK_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StorageError(
+                        f"cannot write {self.join(name)}: another process has held its lock for {self.LOCK_WAIT_SECONDS:g} s "
+                        f"(stopped while it wrote?)"
+                    ) from None
+                time.sleep(0.01)
 
     def write_if_generation(self, name: str, data: bytes, generation: Generation) -> Generation:
         path = self._path(name)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            lock = open(path.parent / f".{path.name}.lock", "a")
+            temporary = self._prepare(path, data)  # before the lock: only the compare and the rename hold it
         except OSError as error:
             raise _storage_error(f"cannot write {self.join(name)}", error) from None
-        with lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                current = self._generation(path.stat()) if path.exists() else ABSENT
-                if current != generation:
-                    raise PreconditionFailed(f"{name}: generation is {current}, expected {generation}")
-                self.write(name, data)
-                return self._generation(path.stat())
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        try:
+            with open(path.parent / f".{path.name}.lock", "a") as lock:
+                self._lock(lock, name)
+                try:
+                    current = self._generation(path.stat()) if path.exists() else ABSENT
+                    if current != generation:
+                        raise PreconditionFailed(f"{name}: generation is {current}, expected {generation}")
+                    os.replace(temporary, path)
+                    written = self._generation(path.stat())
+                finally:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+            self._sync_folder(path)
+            return written
+        except OSError as error:
+            raise _storage_error(f"cannot write {self.join(name)}", error) from None
+        finally:
+            Path(temporary).unlink(missing_ok=True)  # renamed into place, or the write lost
 
     def list_info(self, prefix: str = "") -> list[ObjectInfo]:
         if not self.root.exists():

@@ -204,3 +204,34 @@ def test_a_local_listing_survives_folders_vanishing_under_it(tmp_path):
     finally:
         stop.set()
         worker.join()
+
+
+def test_a_local_compare_and_swap_lock_held_too_long_is_a_storage_error_not_a_wait(tmp_path, monkeypatch):
+    """The lock of a local compare-and-swap, held by a writer stopped inside it, is an error naming the object after
+    `LOCK_WAIT_SECONDS` (a standby logs it and retries), never a silent wait; once released, the write goes through."""
+    import fcntl
+
+    from core.storage.local import LocalStore
+
+    store = open_store(str(tmp_path / "store"))
+    first = store.write_if_generation("LEASE", b"a", ABSENT)
+    monkeypatch.setattr(LocalStore, "LOCK_WAIT_SECONDS", 0.5, raising=False)
+    outcome = []
+
+    def write():
+        try:
+            outcome.append(store.write_if_generation("LEASE", b"b", first))
+        except StorageError as error:
+            outcome.append(error)
+
+    with open(tmp_path / "store" / ".LEASE.lock", "a") as held:  # another open file: flock excludes it as another process
+        fcntl.flock(held, fcntl.LOCK_EX)
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        writer.join(timeout=30)  # a hang detector: the bound is 0.5 s
+        fcntl.flock(held, fcntl.LOCK_UN)
+    assert outcome and isinstance(outcome[0], StorageError) and not isinstance(outcome[0], PreconditionFailed), outcome
+    assert "LEASE: another process has held its lock for 0.5 s" in str(outcome[0])
+    assert store.read_with_generation("LEASE") == (b"a", first)  # nothing written
+    assert store.read("LEASE") == b"a" and store.write_if_generation("LEASE", b"b", first)
+    assert [name for name in os.listdir(tmp_path / "store") if name.startswith(".LEASE.") and not name.endswith(".lock")] == []  # no temporary left
