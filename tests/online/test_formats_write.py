@@ -78,18 +78,39 @@ def test_the_daemon_writes_avro_predictions_and_dead_letters_that_hold_its_json_
     assert client.get_latest_version(f"{topic}.avro.predictions-value").schema.schema_type == "AVRO"  # the topic name strategy
 
 
+def kill_9_after_checkpoints(config: str, times: int, seed: int) -> None:
+    """Start the daemon and kill -9 it at a random moment just after one of its checkpoints (mid-stream, outputs
+    written), `times` times. Killing at a fixed 2.5-5 s after start, as before, landed before the first event
+    on a loaded machine: nothing had been written, so nothing tested what a kill does to the outputs."""
+    import random
+    import time
+
+    from tests.online.consume.test_daemon import wait_for_log
+
+    rng = random.Random(seed)
+    for _ in range(times):
+        process = start_daemon(config)
+        wait_for_log(process, '"msg":"restored"', '"msg":"starting fresh"', timeout=90)
+        wait_for_log(process, '"msg":"checkpoint"', timeout=90)  # writing its outputs, mid-stream
+        time.sleep(rng.uniform(0.0, 0.3))
+        process.kill()
+        process.wait()
+
+
 def test_kill_9_repeatedly_writes_each_avro_prediction_and_dead_letter_once(tmp_path, kafka_bootstrap, schema_registry, topic):
     from online.consume.outputs import SOURCE_HEADER
-    from tests.online.consume.test_daemon import expected_phishing_metrics, kill_9_at_random_moments, produce_with_broken_lines
+    from tests.online.consume.test_daemon import expected_phishing_metrics, produce_with_broken_lines
 
     events, bad_positions = produce_with_broken_lines(kafka_bootstrap, topic, 12_000, first=150, every=997)
-    outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred", "poll_max_records": 500, "predictions_format": "avro",
+    outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred", "poll_max_records": 200, "predictions_format": "avro",
                "dead_letter_format": "avro", "schema_registry": {"url": schema_registry.url}}  # fmt: skip
-    config = job_config(tmp_path, kafka_bootstrap, topic, "confluent-kafka", kafka=outputs, checkpoint={"every_events": 700})
-    kill_9_at_random_moments(config)
+    config = job_config(tmp_path, kafka_bootstrap, topic, "confluent-kafka", kafka=outputs, checkpoint={"every_events": 700, "every_seconds": 1})
+    kill_9_after_checkpoints(config, times=3, seed=7)
+    written_before = len(read_topic(kafka_bootstrap, f"{topic}.pred", "confluent-kafka"))
 
     summary = run_daemon(config)
 
+    assert 0 < written_before < len(events)  # the killed runs wrote some of the predictions, not all
     unit = summary["units"]["all"]
     assert unit["events_seen"] == unit["events_learned"] == len(events)
     assert unit["metrics"] == expected_phishing_metrics(events)
@@ -196,24 +217,14 @@ def test_the_daemon_writes_protobuf_predictions_and_dead_letters_that_hold_its_j
 
 
 def test_kill_9_writes_each_protobuf_prediction_and_dead_letter_once(tmp_path, kafka_bootstrap, schema_registry, topic):
-    import random
-    import time
-
     from online.consume.outputs import SOURCE_HEADER
-    from tests.online.consume.test_daemon import expected_phishing_metrics, produce_with_broken_lines, wait_for_log
+    from tests.online.consume.test_daemon import expected_phishing_metrics, produce_with_broken_lines
 
     events, bad_positions = produce_with_broken_lines(kafka_bootstrap, topic, 8_000, first=150, every=997)
     outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred", "poll_max_records": 200, "predictions_format": "protobuf",
                "dead_letter_format": "protobuf", "schema_registry": {"url": schema_registry.url}}  # fmt: skip
     config = job_config(tmp_path, kafka_bootstrap, topic, "confluent-kafka", kafka=outputs, checkpoint={"every_events": 700, "every_seconds": 1})
-    rng = random.Random(5)
-    for _ in range(2):
-        process = start_daemon(config)
-        wait_for_log(process, '"msg":"restored"', '"msg":"starting fresh"', timeout=90)
-        wait_for_log(process, '"msg":"checkpoint"', timeout=90)  # writing Protobuf records, mid-stream
-        time.sleep(rng.uniform(0.0, 0.3))
-        process.kill()
-        process.wait()
+    kill_9_after_checkpoints(config, times=2, seed=5)
     written_before = len(read_topic(kafka_bootstrap, f"{topic}.pred", "confluent-kafka"))
 
     summary = run_daemon(config)
