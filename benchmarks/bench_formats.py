@@ -17,12 +17,12 @@ first, so the comparison is of the same work.
 
 Then the writing side: microseconds per prediction record encoded as the daemon encodes its
 ``predictions_topic`` values (`online.formats_write`: orjson for ``json``, confluent-kafka's
-serializers for ``avro`` and ``json_schema``).
+serializers for ``avro``, ``json_schema`` and ``protobuf``).
 
 With ``--daemon``, also the daemon end to end on a local Tansu broker: each format's values
 produced to a topic of its own, then ``riverbeam consume --until-caught-up`` (confluent-kafka
 client, the benchmark model, no outputs) reading it, and once more reading JSON while writing
-every prediction as JSON, then as Avro; printed: the daemon's own events/s over its processing phase (first
+every prediction as JSON, then as Avro, then as Protobuf; printed: the daemon's own events/s over its processing phase (first
 event to last) and the ratio to JSON in the same run.
 
     python benchmarks/bench_formats.py                  # 200k events, 3 rounds
@@ -44,7 +44,7 @@ import orjson
 from river import datasets
 
 from online.formats import RegistryDecoder
-from online.formats_write import OutputEncoders, RecordSerializer
+from online.formats_write import OutputEncoders, RecordSerializer, derive_protobuf_class
 from online.learning.loop import decode
 from riverbeam.local_stack import SchemaRegistry, free_port
 
@@ -69,28 +69,12 @@ def avro_values(events: list[dict], url: str) -> list[bytes]:
     return [serialize(event, context) for event in events]
 
 
-def phishing_message_class(names: list[str]):
-    """A Protobuf message class with one field per feature (double) and the label (bool), as protoc would generate it."""
-    from google.protobuf import descriptor_pb2, descriptor_pool
-    from google.protobuf.message_factory import GetMessageClass
-
-    kinds = descriptor_pb2.FieldDescriptorProto
-    file_proto = descriptor_pb2.FileDescriptorProto(name="phishing.proto", package="bench", syntax="proto3")
-    message = file_proto.message_type.add(name="Phishing")
-    for number, name in enumerate(names, start=1):
-        kind = kinds.TYPE_BOOL if name == "label" else kinds.TYPE_DOUBLE
-        message.field.add(name=name, number=number, type=kind, label=kinds.LABEL_OPTIONAL)
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(file_proto)
-    return GetMessageClass(pool.FindMessageTypeByName("bench.Phishing"))
-
-
 def protobuf_values(events: list[dict], url: str) -> list[bytes]:
     from confluent_kafka.schema_registry import SchemaRegistryClient
     from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
     from confluent_kafka.serialization import MessageField, SerializationContext
 
-    message_class = phishing_message_class(list(events[0]))
+    message_class = derive_protobuf_class(events[:1], name="Phishing")  # a double per feature, the label a bool
     serialize = ProtobufSerializer(message_class, SchemaRegistryClient({"url": url}), {"use.deprecated.format": False})
     context = SerializationContext(f"{TOPIC}-protobuf", MessageField.VALUE)
     return [serialize(message_class(**event), context) for event in events]
@@ -118,6 +102,7 @@ def encode_seconds(records: list[dict], url: str, rounds: int) -> dict[str, floa
         "json": OutputEncoders().prediction,
         "avro": RecordSerializer("prediction", "avro", {"url": url}),
         "json_schema": RecordSerializer("prediction", "json_schema", {"url": url}, strategy="record"),
+        "protobuf": RecordSerializer("prediction", "protobuf", {"url": url}, strategy="topic_record"),
     }
     best: dict[str, float] = {}
     for name, encode in encoders.items():
@@ -153,7 +138,7 @@ def daemon_rates(values: dict[str, list[bytes]], url: str, workdir: Path) -> dic
                         producer.poll(0.1)
             assert producer.flush(120) == 0
         runs = {name: {"format": name} for name in values}
-        for output in ("json", "avro"):  # predictions written: the cost of the output format against JSON's
+        for output in ("json", "avro", "protobuf"):  # predictions written: the cost of the output format against JSON's
             runs[f"json -> {output}"] = {"format": "json", "predictions_topic": f"{TOPIC}.predictions-{output}", "predictions_format": output}
         for run, kafka in runs.items():
             topic = f"{TOPIC}-{kafka['format']}"
@@ -221,9 +206,9 @@ def main() -> None:
         print(f"{name:<12} {spent / args.events * 1e6:>10.2f} {spent / encoded['json']:>7.2f}x")
     if rates:
         print("\nthe daemon (riverbeam consume --until-caught-up, confluent-kafka), its processing phase")
-        print(f"{'format':<14} {'events/s':>10} {'vs json':>8}")
+        print(f"{'format':<16} {'events/s':>10} {'vs json':>8}")
         for name, rate in rates.items():
-            print(f"{name:<14} {rate:>10.0f} {rate / rates['json']:>7.2f}x")
+            print(f"{name:<16} {rate:>10.0f} {rate / rates['json']:>7.2f}x")
 
 
 if __name__ == "__main__":
