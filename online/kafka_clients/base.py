@@ -349,7 +349,9 @@ class ConsumerState:
 
         Returns whether it succeeded. The client's own callback machinery never sees the
         exception: `poll_batches` or `close` re-raises it unchanged once the client returns.
-        A revocation of nothing (kafka-python's first join) is not reported.
+        A revocation of nothing (kafka-python's first join) is not reported. Each rebalance is
+        logged once the callback returns ("partitions revoked" / "partitions assigned", with the
+        seconds the callback took), so a handover that is slow or never comes shows in the log.
         """
         partitions = list(partitions)
         if callback is None or (revoking and not partitions):
@@ -357,14 +359,19 @@ class ConsumerState:
         if self._callback_error is not None:
             return False
         self._in_callback = True
+        plain, started = sorted((tp[0], tp[1]) for tp in partitions), time.monotonic()
         try:
-            callback(sorted((tp[0], tp[1]) for tp in partitions))
+            callback(plain)
             return True
         except BaseException as error:
             self._callback_error = error
             return False
         finally:
             self._in_callback = False
+            logging.getLogger(__name__).info(
+                "partitions revoked" if revoking else "partitions assigned",
+                extra={"fields": {"partitions": [f"{topic}/{partition}" for topic, partition in plain], "seconds": round(time.monotonic() - started, 3)}},
+            )
 
     def _raise_callback_error(self) -> None:
         error, self._callback_error = self._callback_error, None

@@ -302,7 +302,9 @@ def test_keyed_models_split_partitions_and_survive_a_kill(tmp_path, kafka_bootst
     out, err = second.communicate(timeout=60)
     assert second.returncode == 0, err[-2000:]
     summary = json.loads(out.strip().splitlines()[-1])
-    assert sorted(summary["units"]) == sorted(f"{topic}.{p}" for p in range(4))  # the survivor holds every partition
+    handover = [line for line in err.splitlines() if any(f'"msg":"{m}' in line for m in ("partitions ", "restored", "starting fresh", "lost"))]
+    assert sorted(summary["units"]) == sorted(f"{topic}.{p}" for p in range(4)), "\n".join(handover[-30:]) + "\n" + err[-1500:]  # the survivor holds every partition
+    assert any('"msg":"partitions assigned"' in line and all(f'"{topic}/{p}"' in line for p in range(4)) for line in handover)  # and said when it got them
     # every partition's unit holds exactly the events of its partition, each learned once
     manifests = unit_manifests()
     for p, manifest in manifests.items():
