@@ -261,6 +261,24 @@ def test_a_protobuf_prediction_of_a_classifier_and_a_regressor_with_a_key_keeps_
     assert_registered_as_written(schema_registry.url, f"{topic}-riverbeam.Prediction", "prediction")  # the topic_record strategy
 
 
+def test_protobuf_outputs_stop_in_one_line_when_the_registry_is_down_or_lacks_the_subject(schema_registry, topic):
+    from core.errors import ConfigError
+    from online.formats import SchemaRegistryUnavailable
+
+    down = RecordSerializer("prediction", "protobuf", {"url": "http://127.0.0.1:9"}, setting="kafka.predictions_format")
+    unregistered = RecordSerializer("dead letter", "protobuf", {"url": schema_registry.url}, "topic", auto_register=False, setting="kafka.dead_letter_format")
+
+    with pytest.raises(SchemaRegistryUnavailable) as unreachable:
+        down.check(f"{topic}.p", {"prediction": None})
+    with pytest.raises(ConfigError) as missing:
+        unregistered.check(f"{topic}.dlq", {"version": 1, "source": {}, "reason": "schema check", "truncated": False, "time": "t"})
+
+    assert str(unreachable.value).startswith("kafka.schema_registry.url: the schema registry at http://127.0.0.1:9 cannot be reached to write "
+                                             f"prediction records as protobuf (kafka.predictions_format, subject {topic}.p-value)")  # fmt: skip
+    assert str(missing.value).startswith(f"kafka.auto_register_schemas: subject {topic}.dlq-value in the schema registry at {schema_registry.url} "
+                                         "does not hold riverbeam's dead letter protobuf schema")  # fmt: skip
+
+
 def config_check(tmp_path, kafka: str) -> subprocess.CompletedProcess:
     path = tmp_path / "job.yaml"
     path.write_text("model: {pipeline: [{linear_model.LogisticRegression: {}}]}\nevents: {target: label}\ncheckpoint: {uri: ./checkpoints}\n"
