@@ -84,17 +84,40 @@ def start_daemon(config_path: str, *extra: str) -> subprocess.Popen:
 
 
 def wait_for_log(process: subprocess.Popen, *needles: str, timeout: float = 60) -> str:
-    """Read the daemon's stderr until one of `needles` appears (the rest is kept for communicate)."""
-    seen = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = process.stderr.readline()
-        if not line and process.poll() is not None:
-            break
-        seen.append(line)
-        if any(needle in line for needle in needles):
-            return "".join(seen)
-    raise AssertionError(f"daemon never logged {needles}: {''.join(seen)[-2000:]}")
+    """Read the daemon's stderr until one of `needles` appears (the rest is kept for communicate).
+
+    A daemon silent past `timeout` is killed, so that the wait fails with what it logged (a read of a silent
+    daemon's stderr blocks: a stuck standby ended in pytest's timeout, with none of its log).
+    """
+    import threading
+
+    seen, lock, state = [], threading.Lock(), {"done": False, "killed": False}
+
+    def give_up():
+        with lock:
+            if not state["done"]:
+                state["killed"] = True
+                process.kill()
+
+    timer = threading.Timer(timeout, give_up)
+    timer.daemon = True
+    timer.start()
+    try:
+        while True:
+            line = process.stderr.readline()
+            if not line and process.poll() is not None:
+                break
+            seen.append(line)
+            if any(needle in line for needle in needles):
+                with lock:
+                    if not state["killed"]:
+                        state["done"] = True
+                        return "".join(seen)
+                break
+    finally:
+        timer.cancel()
+    silent = f" within {timeout:g} s (killed then)" if state["killed"] else ""
+    raise AssertionError(f"daemon never logged {needles}{silent}: {''.join(seen)[-2000:]}")
 
 
 def produce_with_broken_lines(bootstrap: str, topic: str, count: int, first: int, every: int, broken: bytes = b"{broken") -> tuple[list[dict], set[int]]:
