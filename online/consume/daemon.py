@@ -122,6 +122,7 @@ class Daemon:
         self.first_event_at: float | None = None
         self.last_event_at: float | None = None
         self._dropped_checkpoints = 0  # checkpoints written by units since dropped (revoked, lease lost)
+        self._closing = False  # in `_close`: the consumer's close revokes the units, which are not checkpointed then
         self._dropped_failures = 0  # and their failed uploads
         self._dropped_units: dict[str, tuple[dict, int]] = {}  # their last reports and models' events learned, for the summary
         self._failures_counted = 0
@@ -315,6 +316,8 @@ class Daemon:
         self.metrics.ready = True
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
+        if self._closing:  # the consumer's close revokes every unit: each was checkpointed at the stop, or an error stopped us and
+            return  # the last durable checkpoint stands (the uploader is shut down by then; the rest is read again at the next start)
         for unit in {id(self.unit_of[tp]): self.unit_of[tp] for tp in partitions if tp in self.unit_of}.values():
             unit.drop()  # an incomplete chunk is read again by the next owner, from the checkpoint's positions
             self._checkpoint(unit, wait=True)
@@ -611,6 +614,7 @@ class Daemon:
                 break
 
     def _close(self) -> None:
+        self._closing = True
         if self.keeper is not None:  # stopped by an error while active: a standby takes over when the lease expires
             self.keeper.stop()
         for closer in (

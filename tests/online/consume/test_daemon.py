@@ -804,3 +804,33 @@ def test_until_caught_up_takes_its_targets_from_the_fetch_high_watermarks(tmp_pa
     monkeypatch.setattr(daemon_module, "make_consumer", counting)
     assert daemon_module.run_daemon(config, until_caught_up=True, progress=False)["events_seen"] == len(events)  # caught up, everything read
     assert looked_up == []
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_keyed_daemon_stopped_by_an_error_closes_without_checkpointing_through_a_closed_uploader(tmp_path, kafka_bootstrap, topic, client, monkeypatch, caplog):
+    """Storage refusing a checkpoint mid-stream stops the daemon in one line; closing then revokes its units without
+    trying to checkpoint them (the uploader is shut down by then: it logged "cannot schedule new futures after
+    shutdown"): the last durable checkpoint stands and the rest is read again at the next start."""
+    import logging
+
+    from core.configuration import load_config
+    from core.storage import StorageUnusable
+    from online.config import ConsumeJobConfig
+    from online.consume.daemon import Daemon, DaemonError
+
+    produce(kafka_bootstrap, topic, [orjson.dumps({**x, "label": y, "user": f"u{i % 4}"}) for i, (x, y) in enumerate(itertools.islice(datasets.Phishing(), 600))], partitions=2)
+    job = load_config(job_config(tmp_path, kafka_bootstrap, topic, client, events={"target": "label", "key": "user"}, checkpoint={"every_events": 100}), ConsumeJobConfig)
+    real_save, saves = CheckpointStore.save, []
+
+    def refusing_save(self, *args, **kwargs):
+        saves.append(1)
+        if len(saves) == 2:  # one unit's first checkpoint is durable, the other's is refused
+            raise StorageUnusable("permission denied")
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(CheckpointStore, "save", refusing_save)
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(DaemonError, match="cannot write checkpoints"):
+        Daemon(job, until_caught_up=True, progress=False).run()
+    after_the_error = [f"{r.getMessage()} {getattr(r, 'fields', '')}" for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [line for line in after_the_error if "shutdown" in line or "error while closing" in line], after_the_error
