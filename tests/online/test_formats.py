@@ -34,7 +34,7 @@ from online.formats import (
 )
 from online.kafka_clients import create_topic
 from online.checkpoints.store import CheckpointStore
-from tests.online.consume.test_daemon import job_config, kill_9_at_random_moments, produce, read_topic, run_daemon, start_daemon
+from tests.online.consume.test_daemon import job_config, kill_9_after_checkpoints, produce, read_topic, run_daemon, start_daemon
 
 PHISHING = [{**x, "label": y} for x, y in datasets.Phishing()]
 TRUMP = [{**x, "approval": y} for x, y in datasets.TrumpApproval()]
@@ -432,9 +432,10 @@ def test_kill_9_during_a_schema_change_equals_an_uninterrupted_run_with_dead_let
     produce_with_registry(kafka_bootstrap, topic, lambda value, ctx: value, values, raw=bad)
     kafka = {"dead_letter_topic": f"{topic}.dlq", "poll_max_records": 500}
     config = registry_job(tmp_path, kafka_bootstrap, topic, schema_registry, model=REGRESSION, events={"target": "y"}, kafka=kafka, checkpoint={"every_events": 700})
-    kill_9_at_random_moments(config)
+    kill_9_after_checkpoints(config)
 
     summary = run_daemon(config)
+    assert summary["resumed_from"] is not None  # the killed runs had learned and checkpointed part of the stream
 
     from online.config import EventsConfig, ModelConfig
     from online.learning.learner import Learner

@@ -78,28 +78,10 @@ def test_the_daemon_writes_avro_predictions_and_dead_letters_that_hold_its_json_
     assert client.get_latest_version(f"{topic}.avro.predictions-value").schema.schema_type == "AVRO"  # the topic name strategy
 
 
-def kill_9_after_checkpoints(config: str, times: int, seed: int) -> None:
-    """Start the daemon and kill -9 it at a random moment just after one of its checkpoints (mid-stream, outputs
-    written), `times` times. Killing at a fixed 2.5-5 s after start, as before, landed before the first event
-    on a loaded machine: nothing had been written, so nothing tested what a kill does to the outputs."""
-    import random
-    import time
-
-    from tests.online.consume.test_daemon import wait_for_log
-
-    rng = random.Random(seed)
-    for _ in range(times):
-        process = start_daemon(config)
-        wait_for_log(process, '"msg":"restored"', '"msg":"starting fresh"', timeout=90)
-        wait_for_log(process, '"msg":"checkpoint"', timeout=90)  # writing its outputs, mid-stream
-        time.sleep(rng.uniform(0.0, 0.3))
-        process.kill()
-        process.wait()
-
 
 def test_kill_9_repeatedly_writes_each_avro_prediction_and_dead_letter_once(tmp_path, kafka_bootstrap, schema_registry, topic):
     from online.consume.outputs import SOURCE_HEADER
-    from tests.online.consume.test_daemon import expected_phishing_metrics, produce_with_broken_lines
+    from tests.online.consume.test_daemon import expected_phishing_metrics, kill_9_after_checkpoints, produce_with_broken_lines
 
     events, bad_positions = produce_with_broken_lines(kafka_bootstrap, topic, 12_000, first=150, every=997)
     outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred", "poll_max_records": 200, "predictions_format": "avro",
@@ -218,7 +200,7 @@ def test_the_daemon_writes_protobuf_predictions_and_dead_letters_that_hold_its_j
 
 def test_kill_9_writes_each_protobuf_prediction_and_dead_letter_once(tmp_path, kafka_bootstrap, schema_registry, topic):
     from online.consume.outputs import SOURCE_HEADER
-    from tests.online.consume.test_daemon import expected_phishing_metrics, produce_with_broken_lines
+    from tests.online.consume.test_daemon import expected_phishing_metrics, kill_9_after_checkpoints, produce_with_broken_lines
 
     events, bad_positions = produce_with_broken_lines(kafka_bootstrap, topic, 8_000, first=150, every=997)
     outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred", "poll_max_records": 200, "predictions_format": "protobuf",

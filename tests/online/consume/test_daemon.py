@@ -131,12 +131,15 @@ def produce_with_broken_lines(bootstrap: str, topic: str, count: int, first: int
     return events, bad
 
 
-def kill_9_at_random_moments(config_path: str, times: int = 3, seed: int = 7) -> None:
-    """Start the daemon and kill -9 it 2.5 to 5 s later, `times` times (the moments drawn from `seed`)."""
+def kill_9_after_checkpoints(config_path: str, times: int = 3, seed: int = 7) -> None:
+    """Start the daemon and kill -9 it at a random moment (0 to 0.3 s, drawn from `seed`) after its first checkpoint of
+    the run, `times` times: mid-stream, outputs written. A kill at a fixed 2.5-5 s after the start, as before, landed
+    before the first event on a loaded machine (the killed runs wrote nothing): it tested nothing."""
     rng = random.Random(seed)
     for _ in range(times):
         process = start_daemon(config_path)
-        time.sleep(rng.uniform(2.5, 5.0))
+        wait_for_log(process, '"msg":"checkpoint"', timeout=90)
+        time.sleep(rng.uniform(0.0, 0.3))
         process.kill()
         process.wait()
 
@@ -225,8 +228,10 @@ def test_kill_9_repeatedly_equals_uninterrupted_run_and_outputs_exactly_once(tmp
     events, bad_positions = produce_with_broken_lines(kafka_bootstrap, topic, 12_000, first=150, every=997)
     outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred", "poll_max_records": 500}
     config = job_config(tmp_path, kafka_bootstrap, topic, client, kafka=outputs, checkpoint={"every_events": 700})
-    kill_9_at_random_moments(config)
+    kill_9_after_checkpoints(config)
+    written_before = len(read_topic(kafka_bootstrap, f"{topic}.pred", client))
     summary = run_daemon(config)
+    assert 0 < written_before < len(events)  # the killed runs wrote some of the predictions, not all
     unit = summary["units"]["all"]
     assert unit["events_seen"] == unit["events_learned"] == len(events)
     assert unit["metrics"] == expected_phishing_metrics(events)
