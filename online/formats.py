@@ -336,29 +336,37 @@ class ProtobufRecordDeserializer:
 
 def _protobuf_dict(message, json_format) -> dict:
     """A message's fields by name: every field without presence (proto3 scalars, 0 included, as JSON would carry them),
-    fields with presence only when set; nested messages as dicts, enums by name, Timestamp as datetime."""
+    fields with presence only when set; nested messages as dicts, maps as dicts, enums by name (in lists too),
+    Timestamp as datetime."""
     out = {}
     for field in message.DESCRIPTOR.fields:
         repeated = field.label == field.LABEL_REPEATED
         if not repeated and field.has_presence and not message.HasField(field.name):
             continue
         value = getattr(message, field.name)
-        if repeated:
-            out[field.name] = list(value)
-        elif field.message_type is not None:
-            full_name = field.message_type.full_name
-            if full_name == "google.protobuf.Timestamp":
-                out[field.name] = value.ToDatetime(tzinfo=datetime.UTC)
-            elif full_name.startswith("google.protobuf."):  # wrappers, Struct, Duration: their JSON mapping
-                out[field.name] = json_format.MessageToDict(value)
-            else:
-                out[field.name] = _protobuf_dict(value, json_format)
-        elif field.enum_type is not None:
-            symbol = field.enum_type.values_by_number.get(value)
-            out[field.name] = symbol.name if symbol is not None else value
+        if repeated and field.message_type is not None and field.message_type.GetOptions().map_entry:
+            entry = field.message_type.fields_by_name["value"]
+            out[field.name] = {key: _protobuf_value(entry, item, json_format) for key, item in value.items()}
+        elif repeated:
+            out[field.name] = [_protobuf_value(field, item, json_format) for item in value]
         else:
-            out[field.name] = value
+            out[field.name] = _protobuf_value(field, value, json_format)
     return out
+
+
+def _protobuf_value(field, value, json_format) -> Any:
+    """One value of `field` (a list's item, a map's value) as `_protobuf_dict` gives it."""
+    if field.message_type is not None:
+        full_name = field.message_type.full_name
+        if full_name == "google.protobuf.Timestamp":
+            return value.ToDatetime(tzinfo=datetime.UTC)
+        if full_name.startswith("google.protobuf."):  # wrappers, Struct, Duration: their JSON mapping
+            return json_format.MessageToDict(value)
+        return _protobuf_dict(value, json_format)
+    if field.enum_type is not None:
+        symbol = field.enum_type.values_by_number.get(value)
+        return symbol.name if symbol is not None else value
+    return value
 
 
 def check_schema_registry(kafka, subjects: bool = False) -> None:

@@ -333,6 +333,21 @@ def test_protobuf_nested_messages_enums_timestamps_and_unset_optionals_through_t
     assert events == [expected, {**expected, "coupon": 0.25}]
 
 
+def test_a_protobuf_map_reaches_the_learner_as_its_entries_never_as_the_list_of_its_keys(schema_registry, topic):
+    """riverbeam's own Protobuf prediction record (``probabilities`` is a map<string, double>) read back as events: the
+    map's entries are features by the flattening rule (``probabilities.<key>``); before, the map became its keys."""
+    from online.formats_write import RecordSerializer
+
+    serialize = RecordSerializer("prediction", "protobuf", {"url": schema_registry.url}, "topic")
+    record = {"key": "u7", "prediction": 1, "probabilities": {"0": 0.25, "1": 0.75}, "label": 0, "learned": True, "topic": "events", "partition": 1, "offset": 9}
+
+    events, reasons = RegistryDecoder("protobuf", {"url": schema_registry.url})([serialize(record, topic)], topic)
+
+    assert reasons == {}
+    assert (events[0]["probabilities.0"], events[0]["probabilities.1"], events[0]["offset"]) == (0.25, 0.75, 9)
+    assert "probabilities" not in events[0]
+
+
 def test_the_daemon_learns_from_protobuf_exactly_what_it_learns_from_json(tmp_path, kafka_bootstrap, schema_registry, topic):
     from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
     from google.protobuf import descriptor_pb2
