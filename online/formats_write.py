@@ -225,14 +225,18 @@ def _scalar(value: Any) -> Any:
 
 
 def to_avro_prediction(record: dict) -> dict:
-    """A prediction record (`Prediction.record`) with every field of `PREDICTION_AVRO`: the absent ones null.
+    """A prediction record (`Prediction.record`) with every field of `PREDICTION_AVRO`: the absent ones null; an
+    integer beyond Avro's long as its text, as Protobuf writes it (fastavro would pick the union's double, losing digits).
 
     >>> to_avro_prediction({"key": "u7", "prediction": 2.5, "checkpoint": "ck-1"})["prediction"]
     2.5
+    >>> to_avro_prediction({"key": 2**64 + 1, "prediction": 1})["key"]
+    '18446744073709551617'
     """
     out = {name: record.get(name) for name in PREDICTION_FIELDS}
     for name in ("key", "prediction", "label", "id"):
-        out[name] = _scalar(out[name])
+        value = _scalar(out[name])
+        out[name] = str(value) if type(value) is int and not _INT64_MIN <= value <= _INT64_MAX else value
     return out
 
 

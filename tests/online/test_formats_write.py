@@ -132,6 +132,17 @@ def test_an_avro_prediction_of_a_regressor_with_a_key_keeps_its_types(schema_reg
     assert f"{topic}-riverbeam.Prediction" in client.get_subjects()
 
 
+def test_an_avro_prediction_keeps_every_digit_of_an_integer_beyond_a_long(schema_registry, topic):
+    """fastavro writes an integer beyond Avro's long into the union's double branch (2**64 + 1 comes back as
+    1.8446744073709552e19): riverbeam writes it as its text, as in JSON Schema's and Protobuf's outputs."""
+    serialize = RecordSerializer("prediction", "avro", {"url": schema_registry.url}, "topic")
+    record = {"key": 2**64 + 1, "prediction": -(2**70), "label": 2**63 - 1, "learned": True}
+
+    back = AvroDeserializer(registry_client({"url": schema_registry.url})[0], conf=READ_SUBJECTS)(serialize(record, topic), SerializationContext(topic, MessageField.VALUE))
+
+    assert (back["key"], back["prediction"], back["label"]) == (str(2**64 + 1), str(-(2**70)), 2**63 - 1)  # a long stays a long
+
+
 # -- Protobuf outputs ----------------------------------------------------------------------------------
 
 
