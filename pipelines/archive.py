@@ -51,7 +51,7 @@ from apache_beam.transforms import window
 
 from pipelines.java_services import java_consumer_key
 from pipelines.options import add_required_argument, check_required, waits_for_result
-from online.dead_letters import DeadLetterRecord
+from pipelines.parsing import RecordParseFn, dead_letter
 from online.events import record_event
 from core.configuration import parse_config, read_yaml
 from core.errors import ConfigError, UsageError, run_main
@@ -151,30 +151,21 @@ def parse_event(payload: bytes | str, time_field: str | None, decode=None, topic
     return event, None
 
 
-class ParseEventFn(beam.DoFn):
+class ParseEventFn(RecordParseFn):
     """Emit valid events (timestamped by `time_field` when set) and tag the rest as dead letters.
 
     With `registry` (``(kafka.format, kafka.schema_registry, topic)``) records are decoded through
-    the schema registry; its client is made in `setup`, on the worker, never at module import.
+    the schema registry (`pipelines.parsing.RecordParseFn`: its client is made on the worker).
     """
 
     def __init__(self, time_field: str | None, registry: tuple[str, dict, str] | None = None):
+        super().__init__(registry)
         self.time_field = time_field
-        self.registry = registry
-        self._decode = None
-
-    def setup(self):
-        if self.registry is not None:
-            from online.formats import RegistryDecoder  # the registry's client: on the worker only
-
-            fmt, conf, _ = self.registry
-            self._decode = RegistryDecoder(fmt, conf)
 
     def process(self, payload):
-        event, reason = parse_event(payload, self.time_field, self._decode, self.registry[2] if self.registry else "")
+        event, reason = parse_event(payload, self.time_field, self.decoder, self.subject_topic(None))
         if reason is not None:
-            value = payload if isinstance(payload, bytes) else str(payload).encode("utf-8")
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetterRecord(reason, value, stage="parse").as_dict())  # schema v1
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(payload, reason, "parse"))  # schema v1
         elif self.time_field:
             yield window.TimestampedValue(event, event_time(event[self.time_field]))
         else:

@@ -124,7 +124,6 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 
-from online.dead_letters import DeadLetterRecord
 from online.checkpoints.store import CheckpointStore, FencingError
 from online.checkpoints.units import OtherUnits, check_layout, key_unit, unit_uri
 from online.config import ConsumeJobConfig
@@ -134,6 +133,7 @@ from online.learning.unit import LearningUnit, Stepped
 from online.checkpoints.persistence import Cadence, Checkpointer, LearnerSpec, open_checkpoint_store, position_context, resume
 from online.sources import EventBatch, FedSource, kafka_positions, position_key
 from pipelines.options import add_required_argument, check_required, waits_for_result
+from pipelines.parsing import RecordParseFn, dead_letter
 from pipelines.filesystems import configure_filesystems
 from core.configuration import load_config
 from core.errors import ConfigError, UsageError, run_main
@@ -277,46 +277,25 @@ def parse_event(payload: bytes | str, key_field: str | None, decode=None, topic:
     return event, None
 
 
-def dead_letter(payload: bytes | str, reason: str, stage: str) -> dict:
-    """A dead-letter record (`online.dead_letters`, schema version 1): the original bytes, the reason and the stage that refused it.
-
-    >>> record = dead_letter(b"{oops", "not JSON", "parse")
-    >>> record["version"], record["value"], record["reason"], record["stage"]
-    (1, '{oops', 'not JSON', 'parse')
-    """
-    value = payload if isinstance(payload, bytes) else str(payload).encode("utf-8")
-    return DeadLetterRecord(reason, value, stage=stage).as_dict()
-
-
-class ParseEventFn(beam.DoFn):
+class ParseEventFn(RecordParseFn):
     """Emit events (dicts) and tag the records that are not JSON objects with a model key as dead letters.
 
     With `registry` (``(kafka.format, kafka.schema_registry, default topic)``, `registry_decoding`)
-    records are decoded through the schema registry; its client is made in `setup`, on the worker,
-    never at module import. A Kafka record's subject is its own topic's.
+    records are decoded through the schema registry (`pipelines.parsing.RecordParseFn`: its client
+    is made on the worker). A Kafka record's subject is its own topic's.
     """
 
     def __init__(self, key_field: str | None, registry: tuple[str, dict, str] | None = None):
+        super().__init__(registry)
         self.key_field = key_field
-        self.registry = registry
         self.rejected = Metrics.counter("stream_learn", "events_rejected_parse")
-        self._decode = None
-
-    def setup(self):
-        if self.registry is not None:
-            from online.formats import RegistryDecoder  # the registry's client: on the worker only
-
-            fmt, conf, _ = self.registry
-            self._decode = RegistryDecoder(fmt, conf)
 
     def process(self, payload):
         source = None
         if type(payload) is tuple:  # (file, line, bytes) from the files source; (topic/partition, next offset, bytes) from Kafka
             *source, payload = payload
-        topic = ""
-        if self.registry is not None:
-            topic = source[0].rsplit("/", 1)[0] if source else self.registry[2]
-        event, reason = parse_event(payload, self.key_field, self._decode, topic)
+        topic = self.subject_topic(source[0].rsplit("/", 1)[0] if source else None)
+        event, reason = parse_event(payload, self.key_field, self.decoder, topic)
         if reason is None:
             if source is not None:
                 event[SOURCE_FIELD] = tuple(source)

@@ -198,9 +198,7 @@ class ReplaySinks:
         self.errors = errors
         self.path = os.path.abspath(path) if path is not None else None
         self.extra = extra or (lambda: {})  # manifest fields known at checkpoint time (counts)
-
-    def dead_letter(self, batch, index: int, reason: str, model: str | None = None) -> None:
-        self.errors.dead_letter(batch, index, reason, model)
+        self.dead_letter = errors.dead_letter  # a rejected line goes straight into the errors file (`ErrorLog.dead_letter`)
 
     def predictions(self, batch, outcomes: list) -> None:  # replay writes no prediction records
         pass
