@@ -549,8 +549,9 @@ def _decode_tfrecords(pattern: str, spec) -> list[tuple]:
 def test_record_batches_write_what_instance_dicts_wrote(tmp_path):
     """Both paths on the same 500 CSV rows plus bad lines: TFRecord, Parquet, bad rows and the fitted transform agree.
 
-    (Reading and validation are the same code on both paths; the other input formats reach the
-    record batches through it, see the gs://, portable-runner and pca tests.)
+    (The record batches read CSV in blocks through pyarrow, the instance dicts line by line: see also
+    `test_csv_blocks_read_exactly_what_the_per_line_path_reads`; the other input formats reach the
+    record batches through the per-line validation, see the gs://, portable-runner and pca tests.)
     """
     import pyarrow.parquet as pq
     import tensorflow_transform as tft
@@ -589,6 +590,56 @@ def test_record_batches_write_what_instance_dicts_wrote(tmp_path):
         assert dict_tables[0].schema == batch_tables[0].schema
         assert _same_rows([tuple(sorted(r.items())) for t in batch_tables for r in t.to_pylist()],
                           [tuple(sorted(r.items())) for t in dict_tables for r in t.to_pylist()])
+
+
+def test_csv_blocks_read_exactly_what_the_per_line_path_reads(tmp_path, monkeypatch):
+    """CSV read in byte ranges and blocks (pyarrow where a block allows it, line by line where not) gives the
+    per-line path's rows bit for bit, the same bad rows with their reasons, and the same train/eval split.
+
+    Small ranges and blocks put lines across range and block boundaries; the values include what
+    pyarrow and Python parse differently (a float that rounds differently to float32 when parsed
+    straight to float32, ``+5``, ``3.0`` as an int, spaces, quotes, CRLF, NUL-free blanks, nan).
+    """
+    import pyarrow.parquet as pq
+
+    import pipelines.preprocess as preprocess
+
+    monkeypatch.setattr(preprocess, "CSV_BLOCK_BYTES", 70)
+    tie = "1.0000000596046447753906250000001"  # float64 1 + 2**-24, a float32 tie: 1.0 (float32 straight: 1.0000001192)
+    clean = [f"{i / 7!r},{i},c{i % 3},u" for i in range(300)]
+    odd = [tie + ",7,a,u", "2e3,007,b,u", "-0.5,-0,c,u", "+1.5,+5,d,u", "3.5,3.0,e,u", " 1.25,4,f,u", '4.5,4,"g,h",u',
+           "6.5,6,crlf,u\r", "nan,1,i,u", "1,2,3", "x,1,j,u", "", "   ", "inf,2,k,u", "7.5,,l,u"]
+    lines = clean[:100] + odd[:6] + clean[100:200] + odd[6:] + clean[200:] + [tie + ",8,z,u"]
+    data = ("x,n,class,unused\n" + "\n".join(lines)).encode()  # no newline at the end
+    (tmp_path / "in.csv").write_bytes(data)
+    line_starts = [i + 1 for i, byte in enumerate(data) if byte == ord("\n")]
+    monkeypatch.setattr(preprocess, "CSV_RANGE_BYTES", line_starts[11])  # a range boundary at a line's start, others inside lines
+    assert any(k * line_starts[11] not in line_starts for k in range(2, 10))
+    features = [{"name": "x", "type": "float", "transform": "identity"}, {"name": "n", "type": "int", "transform": "identity"}]
+    assert preprocess.csv_block_columns("\n".join(clean[:5]).encode(), ["x", "n", "class", "unused"],
+                                        [("x", "float"), ("n", "int"), ("class", "string")]).num_rows == 5  # the fast path is taken
+    outputs = {}
+    for batch_format in ("instance_dicts", "record_batches"):
+        config = write_config(tmp_path / f"{batch_format}.yaml", features, {"pattern": str(tmp_path / "in.csv"), "format": "csv"},
+                              {"dir": str(tmp_path / batch_format), "formats": ["parquet"], "split": {"eval_fraction": 0.3}},
+                              max_bad_rows=10)
+        summary = preprocess.run(["--config", config, "--runner=FnApiRunner"], batch_format=batch_format)
+        out = tmp_path / batch_format
+        outputs[batch_format] = {
+            "summary": (summary["rows"], summary["bad_rows"]),
+            "bad": sorted(line for path in glob.glob(f"{out}/errors/bad_rows-*.jsonl") for line in open(path)),
+            **{split: sorted((r["x"], r["n"], r["class"]) for path in glob.glob(f"{out}/data/{split}-*.parquet")
+                             for r in pq.read_table(path).to_pylist()) for split in ("train", "eval")},
+        }
+    dicts, blocks = outputs["instance_dicts"], outputs["record_batches"]
+    assert dicts["summary"] == blocks["summary"] == (len(clean) + 9, 5)
+    assert [json.loads(line)["reason"] for line in blocks["bad"]] == [json.loads(line)["reason"] for line in dicts["bad"]]
+    assert blocks["bad"] == dicts["bad"]
+    assert blocks["train"] == dicts["train"] and blocks["eval"] == dicts["eval"]  # exactly: no tolerance
+    assert dicts["train"] and dicts["eval"]
+    rows = {r[2]: r for r in blocks["train"] + blocks["eval"]}
+    assert rows["a"][0] == rows["z"][0] == 1.0 and rows["b"][:2] == (2000.0, 7) and rows["d"][:2] == (1.5, 5)
+    assert rows["e"][1] == 3 and rows["f"][0] == 1.25 and rows["g,h"][:2] == (4.5, 4) and "crlf" in rows
 
 
 def test_the_record_batch_sink_writes_the_bytes_of_beams_tfrecord_writer_on_public_beam_classes(tmp_path):
