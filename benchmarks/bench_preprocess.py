@@ -1,10 +1,12 @@
 """Preprocessing throughput and online transform cost, each against an anchor measured in the same run.
 
 1. ``batch``: ``pipelines.preprocess`` on the FnApiRunner, TFT fed Arrow record batches (the
-   product path) against the same pipeline fed instance dicts (the path before issue 17), and
-   a pandas implementation of the same transforms as a floor; rows/s, wall clock including TF
-   graph building and analysis, on the same CSV. ``--rows`` sets the size (200k for issue 17;
-   that run takes about a minute and a half on 2 cores).
+   product path) and instance dicts (the path before issue 17), against a plain TFT pipeline
+   doing the same job (`plain_tft`: CSV into instance dicts, the anchor of issue 30), in rounds;
+   ``--against REV`` adds the pipeline as of a git revision (before/after in one run); a pandas
+   implementation of the same transforms is a floor. Rows/s, wall clock including TF graph
+   building and analysis, on the same CSV. ``--rows`` sets the size (200k for issues 17 and 30;
+   three rounds take about 4 minutes on 2 cores).
 2. ``online``: `FittedTransform.apply` in µs/event, compiled (now) and as it was before issue 17
    (the closure-per-feature version of ``transforms/fitted.py`` at commit ``BEFORE_COMMIT``,
    loaded from git), against River's ``StandardScaler() | LogisticRegression()`` predict +
@@ -14,13 +16,14 @@
    a linear model, a Hoeffding tree and k-nearest neighbours, progressive validation accuracy
    and µs/event, raw vs transformed.
 
-Run: ``NO_GCE_CHECK=true python benchmarks/bench_preprocess.py [--only batch|online|pca] [--rows N] [--events N]``.
+Run: ``NO_GCE_CHECK=true python benchmarks/bench_preprocess.py [--only batch|online|pca] [--rows N] [--rounds N] [--against REV] [--events N]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import glob
 import importlib.util
 import os
 import subprocess
@@ -45,7 +48,6 @@ LABEL = {"name": "class", "type": "string"}
 COLOURS = ["intensity-mean", "rawred-mean", "rawblue-mean", "rawgreen-mean", "exred-mean", "exblue-mean", "exgreen-mean",
            "value-mean", "saturation-mean", "hue-mean"]
 BEFORE_COMMIT = "6ebbc87"  # transforms/fitted.py before issue 17 (one closure per feature, walked per event)
-PREPROCESS_BEFORE_COMMIT = "3fe831a"  # pipelines/preprocess.py before issue 17 (instance dicts, per-row steps)
 
 
 def dataset(rows: int) -> list[dict]:
@@ -78,6 +80,52 @@ def preprocess(config: str, batch_format: str = "record_batches") -> tuple[float
     return time.perf_counter() - start, summary["output_dir"]
 
 
+def plain_tft(config: str) -> float:
+    """Seconds of a plain tensorflow-transform pipeline doing the same job (the anchor of issue 30).
+
+    What a TFT user writes from the census example without TFXIO: CSV lines parsed with the `csv`
+    module into instance dicts of typed values, ``AnalyzeAndTransformDataset`` with the same
+    ``preprocessing_fn``, the transformed dicts written in the job's formats, TFRecord
+    (``EncodeTransformedDataset``) and/or Parquet (``WriteToParquet``), and the transform
+    function; no validation, no bad rows.
+    """
+    import apache_beam as beam
+    import tensorflow_transform.beam as tft_beam
+
+    from pipelines.preprocess import parquet_schema
+    from transforms.config import PreprocessJobConfig
+    from transforms.spec import raw_columns
+    from transforms.tft_fn import build_preprocessing_fn, raw_metadata
+
+    job = PreprocessJobConfig.model_validate(yaml.safe_load(open(config)))
+    features, label, out = list(job.features), job.label, job.output.dir + "-plain"
+    header = next(csv.reader(open(job.input.pattern)))
+    casts = {"float": float, "int": int, "string": str}
+    columns = [(header.index(name), name, casts[kind]) for name, kind in raw_columns(features, label)]
+    schema = parquet_schema(features, label)
+
+    def parse(line: str) -> dict:
+        fields = next(csv.reader([line]))
+        return {name: cast(fields[i]) for i, name, cast in columns}
+
+    def plain(row: dict) -> dict:
+        return {k: (v.decode() if isinstance(v, bytes) else v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+
+    start = time.perf_counter()
+    with beam.Pipeline(options=beam.options.pipeline_options.PipelineOptions(["--runner=FnApiRunner"])) as pipeline:
+        with tft_beam.Context(temp_dir=tempfile.mkdtemp(prefix="bench-plain-tft-")):
+            rows = pipeline | "Read" >> beam.io.ReadFromText(job.input.pattern, skip_header_lines=1) | "Parse" >> beam.Map(parse)
+            (data, metadata), transform_fn = (rows, raw_metadata(features, label)) | tft_beam.AnalyzeAndTransformDataset(
+                build_preprocessing_fn(features, label))
+            if "tfrecord" in job.output.formats:
+                _ = ((data, metadata) | tft_beam.EncodeTransformedDataset()
+                     | beam.io.WriteToTFRecord(os.path.join(out, "data", "train"), file_name_suffix=".tfrecord"))
+            if "parquet" in job.output.formats:
+                _ = data | beam.Map(plain) | beam.io.WriteToParquet(os.path.join(out, "data", "train"), schema, file_name_suffix=".parquet")
+            _ = transform_fn | tft_beam.WriteTransformFn(out)
+    return time.perf_counter() - start
+
+
 def pandas_transform(frame: pd.DataFrame) -> pd.DataFrame:
     """The same transforms, fitted and applied with pandas/numpy (the anchor)."""
     from transforms.fitted import fingerprint64
@@ -102,31 +150,58 @@ def pandas_transform(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def bench_batch(rows: int) -> None:
+def parquet_rows(out: str) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(path).metadata.num_rows for path in glob.glob(os.path.join(out, "data", "*.parquet")))
+
+
+def bench_batch(rows: int, rounds: int = 3, against: str | None = None, formats: tuple[str, ...] = ("tfrecord", "parquet")) -> None:
+    """Rounds of: the plain TFT pipeline (the anchor), riverbeam's record batches, its instance dicts and, with
+    `against`, riverbeam's record batches as of that git revision; rows/s and ratios to the anchor, best and
+    median of the wall clock, and median of the process's CPU time (less disturbed by a shared machine)."""
+    import statistics
+
     import tensorflow_transform  # noqa: F401  (import cost is not the pipeline's)
+
+    import pipelines.preprocess  # noqa: F401
 
     data = dataset(rows)
     work = tempfile.mkdtemp(prefix="bench-preprocess-")
-    config = write_job(work, data, FEATURES, formats=("tfrecord", "parquet"))
+    config = write_job(work, data, FEATURES, formats=formats)
     start = time.perf_counter()
     frame = pd.read_csv(os.path.join(work, "data.csv"))
     pandas_transform(frame).to_parquet(os.path.join(work, "pandas.parquet"))
     pandas_rate = rows / (time.perf_counter() - start)
-    before = module_before("pipelines/preprocess.py", PREPROCESS_BEFORE_COMMIT)
-    if before is not None:
-        start = time.perf_counter()
-        before.run(["--config", config, "--runner=FnApiRunner"])
-        before_seconds = time.perf_counter() - start
-    dicts_seconds, _ = preprocess(config, batch_format="instance_dicts")
-    batches_seconds, _ = preprocess(config, batch_format="record_batches")
-    line = (f"batch  : {rows:,} rows (CSV -> TFRecord + Parquet): record batches {rows / batches_seconds:,.0f} rows/s, "
-            f"instance dicts (today's reading, validation and writing) {rows / dicts_seconds:,.0f} rows/s, ")
-    if before is not None:
-        line += f"the pipeline before issue 17 ({PREPROCESS_BEFORE_COMMIT}, instance dicts) {rows / before_seconds:,.0f} rows/s, "
-    line += f"pandas {pandas_rate:,.0f} rows/s; record batches / instance dicts = {dicts_seconds / batches_seconds:.2f}x"
-    if before is not None:
-        line += f", record batches / before = {before_seconds / batches_seconds:.2f}x"
-    print(line + f", record batches / pandas = {rows / batches_seconds / pandas_rate:.3f}")
+    then = module_before("pipelines/preprocess.py", against) if against else None
+    contenders = {"plain TFT": lambda: plain_tft(config), "record batches": lambda: preprocess(config)[0],
+                  "instance dicts": lambda: preprocess(config, batch_format="instance_dicts")[0]}
+    if then is not None:
+        def run_then() -> float:
+            start = time.perf_counter()
+            then.run(["--config", config, "--runner=FnApiRunner"])
+            return time.perf_counter() - start
+
+        contenders[f"record batches at {against}"] = run_then
+    seconds: dict[str, list[float]] = {name: [] for name in contenders}
+    cpu: dict[str, list[float]] = {name: [] for name in contenders}
+    for round_ in range(rounds):
+        for name, contender in contenders.items():
+            start = time.process_time()
+            seconds[name].append(contender())
+            cpu[name].append(time.process_time() - start)
+        print(f"batch  : round {round_ + 1}: " + ", ".join(f"{name} {s[-1]:.1f} s" for name, s in seconds.items())
+              + f"; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
+    if "parquet" in formats:
+        job = yaml.safe_load(open(config))
+        written = parquet_rows(job["output"]["dir"])
+        assert parquet_rows(job["output"]["dir"] + "-plain") == written == rows, "the pipelines wrote different row counts"
+    anchor, anchor_cpu = seconds["plain TFT"], statistics.median(cpu["plain TFT"])
+    print(f"batch  : {rows:,} rows (CSV -> {' + '.join(formats)}), {rounds} rounds; pandas {pandas_rate:,.0f} rows/s")
+    for name, s in seconds.items():
+        print(f"batch  : {name}: best {rows / min(s):,.0f} rows/s, median {rows / statistics.median(s):,.0f} rows/s; "
+              f"/ plain TFT: best {min(anchor) / min(s):.2f}x, median {statistics.median(anchor) / statistics.median(s):.2f}x, "
+              f"CPU median {statistics.median(cpu[name]):.1f} s ({anchor_cpu / statistics.median(cpu[name]):.2f}x)")
 
 
 def module_before(path: str, commit: str):
@@ -244,13 +319,16 @@ def bench_pca(ks: tuple[int, ...] = (3, 5)) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=("batch", "online", "pca"), help="run one part only")
-    parser.add_argument("--rows", type=int, default=20_000, help="batch: rows of the CSV (ImageSegments repeated); 200000 for issue 17")
+    parser.add_argument("--rows", type=int, default=20_000, help="batch: rows of the CSV (ImageSegments repeated); 200000 for issues 17 and 30")
+    parser.add_argument("--rounds", type=int, default=3, help="batch: rounds of every contender")
+    parser.add_argument("--formats", default="tfrecord,parquet", help="batch: the output formats of every contender")
+    parser.add_argument("--against", help="batch: also riverbeam's pipeline as of this git revision (3fe831a: before issue 17)")
     parser.add_argument("--events", type=int, default=200_000, help="online: events transformed")
     args = parser.parse_args()
     os.environ.setdefault("NO_GCE_CHECK", "true")
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if args.only in (None, "batch"):
-        bench_batch(args.rows)
+        bench_batch(args.rows, args.rounds, args.against, tuple(args.formats.split(",")))
     if args.only in (None, "online"):
         bench_online(args.events)
     if args.only in (None, "pca"):
