@@ -461,10 +461,10 @@ def test_stale_writer_resumed_after_takeover_writes_nothing_and_goes_back_to_sta
     store = CheckpointStore(str(tmp_path / "checkpoints"))
     wait_for_position(store, f"{topic}/0", len(events) + len(bad), alive=(active, standby))
     assert active.poll() is None and standby.poll() is None
-    for process in (standby, active):
+    for name, process in (("the new active", standby), ("the stale instance", active)):
         process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=60)
-        assert process.returncode == 0
+        err = process.communicate(timeout=60)[1]
+        assert process.returncode == 0, f"{name} exited {process.returncode}: {err[-3000:]}"
     assert_outputs_exactly_once(kafka_bootstrap, topic, len(events), bad)
     assert store.load_latest().manifest["events_learned"] == len(events)
 
