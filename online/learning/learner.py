@@ -500,7 +500,9 @@ class Learner(OnlineLearner):
                     classes = list(proba.columns)
                     y_preds = [dict(zip(classes, row)) for row in proba.to_numpy().tolist()]
                 else:
-                    y_preds = model.predict_many(frame).tolist()
+                    predicted = model.predict_many(frame)
+                    # a classifier that knows no class yet (its first chunk) answers River's empty table: no predictions
+                    y_preds = [None] * len(frame) if isinstance(predicted, pd.DataFrame) and predicted.empty else predicted.tolist()
                 labelled = [j for j, y in enumerate(ys) if y is not None]
                 if len(labelled) == len(ys):
                     model.learn_many(frame, pd.Series(ys)) if self._supervised else model.learn_many(frame)

@@ -303,3 +303,22 @@ def test_replay_of_uneven_events_in_mini_batches_dead_letters_them_and_checkpoin
     manifest = CheckpointStore(str(checkpoints)).list()[0]  # the newest
     assert manifest["events_learned"] == len(PHISHING) - 2
     assert manifest["metrics"] == reference_without(PHISHING, set(UNEVEN), 100)[0]  # what was checkpointed is River's model on the good events
+
+
+@pytest.mark.parametrize("estimator", ["naive_bayes.GaussianNB", "naive_bayes.BernoulliNB"])
+def test_a_classifier_that_knows_no_class_yet_learns_its_first_chunk_as_rivers_own_loop(estimator):
+    """River's predict_many answers an empty table before any class is known; with a labels-only metric every
+    chunk was dead-lettered for it (AttributeError: 'DataFrame' object has no attribute 'tolist'), and nothing learned."""
+    config = ModelConfig(pipeline=[{estimator: {}}], metrics=["Accuracy"], batch={"size": 100})
+    learner = Learner(config, EventsConfig(target="label"))
+    rejected: list = []
+    assert learner.process_many(copy.deepcopy(PHISHING), on_error=lambda i, e: rejected.append(str(e))) == len(PHISHING)
+    assert rejected == []
+    model, accuracy = learner.prototype.clone(), metrics.Accuracy()
+    data = [({k: v for k, v in e.items() if k != "label"}, e["label"]) for e in PHISHING]
+    for start in range(0, len(data), 100):  # River's own loop: an empty table scores nothing
+        X, y = pd.DataFrame([x for x, _ in data[start:start + 100]]), pd.Series([y for _, y in data[start:start + 100]])
+        for y_true, y_pred in zip(y, model.predict_many(X)):
+            accuracy.update(y_true, y_pred)
+        model.learn_many(X, y)
+    assert learner.metric_values() == {"Accuracy": accuracy.get()} and learner.state.events_seen == len(PHISHING)
