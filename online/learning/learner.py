@@ -39,6 +39,7 @@ import contextlib
 import copyreg
 import functools
 import io
+import itertools
 import json
 import math
 import pickle
@@ -325,7 +326,9 @@ class Learner(OnlineLearner):
         mode's learn step predicts and learns it (per event; `_join` for delayed labels; in
         mini-batches, `_learn_chunks`); what was learned is scored here (metrics, drift, counters,
         predictions). A record the model fails on is that record's failure (`model_failure`), in
-        every mode. No per-event work beyond split, predict, score and learn.
+        every mode. No per-event work beyond split, predict, score and learn: a chunk without drift
+        detection or predictions asked, labelled and predicted throughout, has its metrics updated in
+        one pass, as River's own mini-batch loop does.
         """
         state = self.state
         labels_only = self._labels_suffice and predictions is None  # mini-batches: predict_many gives the same labels
@@ -341,22 +344,42 @@ class Learner(OnlineLearner):
             on_error(index, error)
 
         learned = seen = 0
-        outcomes = self._learned(events, fail) if self.batch_size is None else self._learn_chunks(events, fail, labels_only)
+        # per event, one stream of outcomes (index, key, y_pred, y); in mini-batches, each chunk's (each key's share's) columns
+        blocks = (self._learned(events, fail),) if self.batch_size is None else self._learn_chunks(events, fail, labels_only)
+        plain = drift is None and predictions is None  # a chunk then needs only its metrics updated, as River's own loop does
         try:
-            for index, key, y_pred, y in outcomes:
-                try:  # free in Python 3.11 unless something raises
-                    if y is not None:
-                        if y_pred is not None and y_pred != {}:
-                            metric_update(y, y_pred)
-                        if drift is not None:
-                            self._update_drift(y, y_pred, at=state.events_seen + seen + 1)
-                        learned += 1
-                except Exception as error:  # River's metric or detector refused this event
-                    fail(index, model_failure(error), error)
-                    continue
-                seen += 1
-                if predictions is not None:
-                    predictions.append((index, Prediction(key, y_pred, y, y is not None)))
+            for outcomes in blocks:
+                if type(outcomes) is tuple:  # a chunk's columns: (indices, keys, y_preds, ys), in event order
+                    indices, keys, y_preds, ys = outcomes
+                    if plain and None not in ys and None not in y_preds and {} not in y_preds:
+                        total, counted, pairs = len(ys), 0, zip(indices, ys, y_preds)
+                        while True:
+                            try:
+                                for index, y, y_pred in pairs:
+                                    metric_update(y, y_pred)
+                            except Exception as error:  # River's metric refused this event: the others go on
+                                at = indices.index(index)
+                                learned, seen, counted = learned + at - counted, seen + at - counted, at + 1
+                                fail(index, model_failure(error), error)
+                                continue
+                            learned, seen = learned + total - counted, seen + total - counted
+                            break
+                        continue
+                    outcomes = zip(indices, keys, y_preds, ys)
+                for index, key, y_pred, y in outcomes:
+                    try:  # free in Python 3.11 unless something raises
+                        if y is not None:
+                            if y_pred is not None and y_pred != {}:
+                                metric_update(y, y_pred)
+                            if drift is not None:
+                                self._update_drift(y, y_pred, at=state.events_seen + seen + 1)
+                            learned += 1
+                    except Exception as error:  # River's metric or detector refused this event
+                        fail(index, model_failure(error), error)
+                        continue
+                    seen += 1
+                    if predictions is not None:
+                        predictions.append((index, Prediction(key, y_pred, y, y is not None)))
         finally:  # counters are kept per call, not per event
             state.events_rejected += rejected
             state.events_seen += seen
@@ -450,7 +473,13 @@ class Learner(OnlineLearner):
         order, then the model learns the labelled ones (``learn_many``). This equals, bit for bit,
         River's own mini-batch loop over the same chunks. A chunk on which River fails is rejected
         as a whole (each of its events gets the failure); a chunk's failures are reported after it,
-        in the events' order.
+        in the events' order. Yields each chunk's columns ``(indices, keys, y_preds, ys)`` in event order.
+
+        The fast path: a chunk the reader takes whole (`online.events.EventReader.split_chunk`: plain
+        events, the same fields, finite numbers and booleans, labels the model takes) whose labels
+        were all tried already is learned as that table, without routing its events one by one; any
+        other chunk takes the general path (`_learned` groups each routed record), which names each
+        bad event. Both give the same table, the same predictions and the same model.
 
         >>> from river import datasets, linear_model, metrics, preprocessing
         >>> import pandas as pd
@@ -470,53 +499,68 @@ class Learner(OnlineLearner):
         True
         """
         events = events if isinstance(events, list) else list(events)
-        size = self.batch_size
+        size, split_chunk = self.batch_size, self.reader.split_chunk
+        tried = self._labels_tried if self._try_labels else None
         for start in range(0, len(events), size):
+            chunk = events[start:start + size]
             failures: list = []  # (index, error, cause), reported once the chunk is learned
-            groups: dict = {}  # model key -> (model, indices, features, labels), in event order
-            for _ in self._learned(events[start:start + size], lambda *failure: failures.append(failure), start, groups):
-                pass  # every routed record joins its group: nothing is yielded
-            yield from self._learn_chunk(groups, failures, labels_only)
+            table = split_chunk(chunk)  # the fast path: a chunk the reader takes whole, as one table
+            if table is not None and (tried is None or tried.issuperset(table[1])):
+                frame, ys = table
+                block = self._learn_table(None, self._model_for(None), range(start, start + len(chunk)), ys, failures, labels_only, frame=frame)
+            else:
+                groups: dict = {}  # model key -> (model, indices, features, labels), in event order
+                for _ in self._learned(chunk, lambda *failure: failures.append(failure), start, groups):
+                    pass  # every routed record joins its group: nothing is yielded
+                block = self._learn_chunk(groups, failures, labels_only)
+            if block is not None:
+                yield block
             failures.sort(key=lambda failure: failure[0])
             for failure in failures:
                 fail(*failure)
 
-    def _learn_chunk(self, groups: dict, failures: list, labels_only: bool) -> list:
-        """One chunk's groups predicted and learned (``learn_many``): ``(index, key, y_pred, y)`` in event order."""
+    def _learn_chunk(self, groups: dict, failures: list, labels_only: bool) -> tuple | None:
+        """One chunk's groups predicted and learned (``learn_many``): the columns ``(indices, keys, y_preds, ys)`` in event order."""
+        blocks = [block for key, (model, indices, xs, ys) in groups.items()
+                  if (block := self._learn_table(key, model, indices, ys, failures, labels_only, xs=xs)) is not None]
+        if len(blocks) < 2:
+            return blocks[0] if blocks else None
+        outcomes = sorted(itertools.chain.from_iterable(zip(*block) for block in blocks), key=lambda outcome: outcome[0])
+        return tuple(zip(*outcomes))
+
+    def _learn_table(self, key, model, indices, ys: list, failures: list, labels_only: bool, xs: list | None = None, frame=None) -> tuple | None:
+        """One key's share of a chunk, its features as `frame` (`online.events.EventReader.split_chunk`) or as
+        dicts `xs`, predicted then learned (``learn_many``): the columns ``(indices, keys, y_preds, ys)``, None when River refused it."""
         import pandas as pd
 
         probabilities = self._predict_name == "predict_proba_one" and not labels_only
-        outcomes: list = []
-        for key, (model, indices, xs, ys) in groups.items():
-            try:
-                frame = pd.DataFrame(xs)  # as River's own mini-batch loop builds it (measured: faster than building columns here)
+        try:
+            if frame is None:
+                frame = pd.DataFrame(xs)  # as River's own mini-batch loop builds it
                 if len(frame.columns) * len(xs) != sum(map(len, xs)):  # an event lacks a column: its NaN would poison the model
                     refused = uneven_features(xs)
                     failures.extend((indices[i], EventError(reason), None) for i, reason in refused.items())
                     indices, xs, ys = ([item for i, item in enumerate(items) if i not in refused] for items in (indices, xs, ys))
                     frame = pd.DataFrame(xs)
-                if probabilities:  # one dict per row, as to_dict("records") builds them, without its per-row overhead
-                    proba = model.predict_proba_many(frame)
-                    classes = list(proba.columns)
-                    y_preds = [dict(zip(classes, row)) for row in proba.to_numpy().tolist()]
-                else:
-                    predicted = model.predict_many(frame)
-                    # a classifier that knows no class yet (its first chunk) answers River's empty table: no predictions
-                    y_preds = [None] * len(frame) if isinstance(predicted, pd.DataFrame) and predicted.empty else predicted.tolist()
-                labelled = [j for j, y in enumerate(ys) if y is not None]
-                if len(labelled) == len(ys):
-                    model.learn_many(frame, pd.Series(ys)) if self._supervised else model.learn_many(frame)
-                elif labelled:
-                    part = frame.iloc[labelled].reset_index(drop=True)
-                    model.learn_many(part, pd.Series([ys[j] for j in labelled])) if self._supervised else model.learn_many(part)
-            except Exception as error:  # River refused this chunk: its events fail, nothing else
-                failure = model_failure(error)
-                failures.extend((index, failure, error) for index in indices)
-                continue
-            outcomes.extend(zip(indices, [key] * len(indices), y_preds, ys))
-        if len(groups) > 1:
-            outcomes.sort(key=lambda outcome: outcome[0])
-        return outcomes
+            if probabilities:  # one dict per row, as to_dict("records") builds them, without its per-row overhead
+                proba = model.predict_proba_many(frame)
+                classes = list(proba.columns)
+                y_preds = [dict(zip(classes, row)) for row in proba.to_numpy().tolist()]
+            else:
+                predicted = model.predict_many(frame)
+                # a classifier that knows no class yet (its first chunk) answers River's empty table: no predictions
+                y_preds = [None] * len(frame) if isinstance(predicted, pd.DataFrame) and predicted.empty else predicted.tolist()
+            labelled = None if None not in ys else [j for j, y in enumerate(ys) if y is not None]
+            if labelled is None:
+                model.learn_many(frame, pd.Series(ys)) if self._supervised else model.learn_many(frame)
+            elif labelled:
+                part = frame.iloc[labelled].reset_index(drop=True)
+                model.learn_many(part, pd.Series([ys[j] for j in labelled])) if self._supervised else model.learn_many(part)
+        except Exception as error:  # River refused this chunk: its events fail, nothing else
+            failure = model_failure(error)
+            failures.extend((index, failure, error) for index in indices)
+            return None
+        return indices, [key] * len(ys), y_preds, ys
 
     def _check_declared_labels(self, events: EventsConfig) -> frozenset | None:
         """``events.labels`` as a set, checked against the model (`ConfigError` naming the key)."""

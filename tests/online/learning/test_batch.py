@@ -305,6 +305,81 @@ def test_replay_of_uneven_events_in_mini_batches_dead_letters_them_and_checkpoin
     assert manifest["metrics"] == reference_without(PHISHING, set(UNEVEN), 100)[0]  # what was checkpointed is River's model on the good events
 
 
+# -- chunks split at once (issue 30, item 3: EventReader.split_chunk, the chunk's metrics in one pass) --------
+
+
+def test_a_chunk_of_floats_integers_booleans_and_mixed_columns_learns_as_rivers_own_loop():
+    """The whole-chunk path builds the table itself: it must be River's (pandas' dtypes), bit for bit."""
+    events = []
+    for i, e in enumerate(copy.deepcopy(PHISHING)):
+        e["popup_window"] = e["popup_window"] > 0.25  # booleans
+        e["https"] = int(e["https"] * 2)  # integers
+        e["long_url"] = int(e["long_url"]) if i % 3 else e["long_url"]  # integers and floats in one column
+        events.append(e)
+    for size in (7, 100):
+        learner = Learner(classifier_config(size), EventsConfig(target="label"))
+        assert learner.process_many(copy.deepcopy(events)) == len(events)
+        assert learner.metric_values() == phishing_reference(size, events)
+        model = preprocessing.StandardScaler() | linear_model.LogisticRegression(optimizer=optim.SGD(0.1))
+        bare_minibatch([({k: v for k, v in e.items() if k != "label"}, e["label"]) for e in events], size, model, metrics.Accuracy(), proba=False)
+        assert learner.state.models[None]["LogisticRegression"].weights == model["LogisticRegression"].weights
+
+
+def test_a_metric_refusing_events_of_a_whole_chunk_rejects_those_alone_with_exact_counts():
+    """Per event as in the general scoring loop: the refused event is a dead letter, the others are scored and counted."""
+    outcomes = {}
+    for asked in (False, True):  # asking for predictions takes the general loop
+        learner = Learner(classifier_config(100), EventsConfig(target="label"))
+        calls = itertools.count()
+        update = learner._metric_update  # Accuracy and LogLoss: probabilities in both loops
+
+        def refusing(y, y_pred, update=update, calls=calls):
+            if next(calls) in (3, 150, 151, 1249):
+                raise ValueError("refused")
+            update(y, y_pred)
+
+        learner._label_update = learner._metric_update = refusing
+        rejected: list = []
+        learned = learner.process_many(copy.deepcopy(PHISHING), on_error=lambda i, e: rejected.append((i, str(e))), predictions=[] if asked else None)
+        outcomes[asked] = (learned, rejected, learner.report())
+    assert outcomes[False] == outcomes[True]
+    learned, rejected, report = outcomes[False]
+    assert [i for i, _ in rejected] == [3, 150, 151, 1249] and rejected[0][1] == "the model failed on this event: ValueError: refused"
+    assert learned == report["events_learned"] == report["events_seen"] == len(PHISHING) - 4 and report["events_rejected"] == 4
+
+
+def test_null_labels_in_a_chunk_are_predicted_and_not_learned_as_in_rivers_loop():
+    events = copy.deepcopy(TRUMP)
+    for i in range(0, len(events), 9):
+        events[i]["y"] = None
+    learner = Learner(ModelConfig(pipeline=[{"preprocessing.StandardScaler": {}}, {"linear_model.LinearRegression": {}}], metrics=["MAE"], batch={"size": 50}),
+                      EventsConfig(target="y"))
+    assert learner.process_many(copy.deepcopy(events)) == len(events) - len(range(0, len(events), 9))
+    model, mae = preprocessing.StandardScaler() | linear_model.LinearRegression(), metrics.MAE()
+    for start in range(0, len(events), 50):
+        chunk = events[start:start + 50]
+        X = pd.DataFrame([{k: v for k, v in e.items() if k != "y"} for e in chunk])
+        labelled = [j for j, e in enumerate(chunk) if e["y"] is not None]
+        for j, y_pred in zip(range(len(chunk)), model.predict_many(X).tolist()):
+            if chunk[j]["y"] is not None:
+                mae.update(chunk[j]["y"], y_pred)
+        model.learn_many(X.iloc[labelled].reset_index(drop=True), pd.Series([chunk[j]["y"] for j in labelled]))
+    assert learner.metric_values() == {"MAE": mae.get()}
+    assert learner.report()["events_seen"] == len(events)
+
+
+def test_a_label_of_another_type_in_a_later_chunk_is_still_tried_and_refused_alone():
+    """A chunk is learned whole only once each of its labels was tried; a new one takes the event-by-event path."""
+    events = [{**e, "label": "phish" if e["label"] else "legit"} for e in copy.deepcopy(PHISHING[:400])]
+    events[230]["label"] = 7  # a number among text labels: River's naive Bayes would take it and answer it for good
+    config = ModelConfig(pipeline=[{"naive_bayes.GaussianNB": {}}], metrics=["Accuracy"], batch={"size": 50})
+    learner = Learner(config, EventsConfig(target="label"))
+    rejected: list = []
+    assert learner.process_many(events, on_error=lambda i, e: rejected.append((i, str(e)))) == 399
+    assert [i for i, _ in rejected] == [230] and "7 is not text" in rejected[0][1]
+    assert set(learner.state.models[None].class_counts) == {"phish", "legit"}
+
+
 @pytest.mark.parametrize("estimator", ["naive_bayes.GaussianNB", "naive_bayes.BernoulliNB"])
 def test_a_classifier_that_knows_no_class_yet_learns_its_first_chunk_as_rivers_own_loop(estimator):
     """River's predict_many answers an empty table before any class is known; with a labels-only metric every
