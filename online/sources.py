@@ -130,6 +130,15 @@ class EventSource(Protocol):
 # -- Kafka ---------------------------------------------------------------------------------------
 
 
+def split_reasons(reasons: dict[int, str], count: int) -> tuple[dict[int, str], dict[int, str]]:
+    """A batch's reasons (index -> why that record is bad) split as `take` splits the batch: the first `count`, the rest re-indexed.
+
+    >>> split_reasons({0: "a", 3: "b"}, 2)
+    ({0: 'a'}, {1: 'b'})
+    """
+    return {i: r for i, r in reasons.items() if i < count}, {i - count: r for i, r in reasons.items() if i >= count}
+
+
 @dataclass
 class KafkaBatch:
     """Records of one Kafka partition (raw values and their offsets), from one poll or a part of one."""
@@ -156,9 +165,13 @@ class KafkaBatch:
         >>> head, tail = KafkaBatch(("t", 0), [b"a", b"b", b"c"], [4, 5, 6]).take(2)
         >>> head.offsets, tail.offsets, head.next_position
         ([4, 5], [6], 6)
+        >>> head, tail = KafkaBatch(("t", 0), [{"x": 1}, None, None], [4, 5, 6], decoded=True, reasons={1: "bad", 2: "worse"}).take(2)
+        >>> (head.decoded, head.reasons), (tail.decoded, tail.reasons)
+        ((True, {1: 'bad'}), (True, {0: 'worse'}))
         """
-        return (KafkaBatch(self.partition, self.values[:count], self.offsets[:count]),
-                KafkaBatch(self.partition, self.values[count:], self.offsets[count:]))
+        before, after = split_reasons(self.reasons, count)
+        return (KafkaBatch(self.partition, self.values[:count], self.offsets[:count], self.decoded, before),
+                KafkaBatch(self.partition, self.values[count:], self.offsets[count:], self.decoded, after))
 
     def source(self, index: int) -> tuple[TopicPartition, int]:
         return self.partition, self.offsets[index]
@@ -225,7 +238,9 @@ class EventBatch:
         return self.before + len(self.values)
 
     def take(self, count: int) -> tuple["EventBatch", "EventBatch"]:
-        return EventBatch(self.partition, self.values[:count], self.before), EventBatch(self.partition, self.values[count:], self.before + count)
+        before, after = split_reasons(self.reasons, count)
+        return (EventBatch(self.partition, self.values[:count], self.before, self.decoded, before),
+                EventBatch(self.partition, self.values[count:], self.before + count, self.decoded, after))
 
 
 class FedSource:
