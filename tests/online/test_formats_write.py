@@ -79,33 +79,6 @@ def test_the_daemon_writes_avro_predictions_and_dead_letters_that_hold_its_json_
 
 
 
-def test_kill_9_repeatedly_writes_each_avro_prediction_and_dead_letter_once(tmp_path, kafka_bootstrap, schema_registry, topic):
-    from online.consume.outputs import SOURCE_HEADER
-    from tests.online.consume.test_daemon import expected_phishing_metrics, kill_9_after_checkpoints, produce_with_broken_lines
-
-    events, bad_positions = produce_with_broken_lines(kafka_bootstrap, topic, 12_000, first=150, every=997)
-    outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred", "poll_max_records": 200, "predictions_format": "avro",
-               "dead_letter_format": "avro", "schema_registry": {"url": schema_registry.url}}  # fmt: skip
-    config = job_config(tmp_path, kafka_bootstrap, topic, "confluent-kafka", kafka=outputs, checkpoint={"every_events": 700, "every_seconds": 1})
-    kill_9_after_checkpoints(config, times=3, seed=7)
-    written_before = len(read_topic(kafka_bootstrap, f"{topic}.pred", "confluent-kafka"))
-
-    summary = run_daemon(config)
-
-    assert 0 < written_before < len(events)  # the killed runs wrote some of the predictions, not all
-    unit = summary["units"]["all"]
-    assert unit["events_seen"] == unit["events_learned"] == len(events)
-    assert unit["metrics"] == expected_phishing_metrics(events)
-    deserialize = AvroDeserializer(registry_client({"url": schema_registry.url})[0], conf=READ_SUBJECTS)
-    dead = decoded(kafka_bootstrap, f"{topic}.dlq", deserialize)
-    assert [d["source"]["offset"] for d in dead] == sorted(bad_positions)  # each exactly once
-    predictions = read_topic(kafka_bootstrap, f"{topic}.pred", "confluent-kafka")
-    sources = [dict(r.headers)[SOURCE_HEADER] for r in predictions]
-    assert len(sources) == len(set(sources)) == len(events)  # no prediction missing or doubled
-    context = SerializationContext(f"{topic}.pred", MessageField.VALUE)
-    assert all(deserialize(r.value, context)["offset"] == int(dict(r.headers)[SOURCE_HEADER].rsplit(b"/", 1)[1]) for r in predictions)
-
-
 def test_json_schema_predictions_under_the_record_name_strategy(tmp_path, kafka_bootstrap, schema_registry, topic):
     produce_phishing_with_broken_lines(kafka_bootstrap, topic, count=200)
 
@@ -209,15 +182,24 @@ def test_the_daemon_writes_protobuf_predictions_and_dead_letters_that_hold_its_j
     assert message.WhichOneof("prediction") == "prediction_bool" and message.WhichOneof("key") is None  # a oneof member per type, none for null
 
 
-def test_kill_9_writes_each_protobuf_prediction_and_dead_letter_once(tmp_path, kafka_bootstrap, schema_registry, topic):
+def registry_reader(fmt: str, registry_url: str, kind: str):
+    """Records of `kind` ("prediction", "dead letter") written in `fmt` read back as dicts: confluent-kafka's
+    `AvroDeserializer`, or `protobuf_reader` (the generated class)."""
+    if fmt == "avro":
+        return AvroDeserializer(registry_client({"url": registry_url})[0], conf=READ_SUBJECTS)
+    return protobuf_reader(kind)
+
+
+@pytest.mark.parametrize("fmt, count, kills, seed", [("avro", 12_000, 3, 7), ("protobuf", 8_000, 2, 5)])
+def test_kill_9_repeatedly_writes_each_registry_prediction_and_dead_letter_once(tmp_path, kafka_bootstrap, schema_registry, topic, fmt, count, kills, seed):
     from online.consume.outputs import SOURCE_HEADER
     from tests.online.consume.test_daemon import expected_phishing_metrics, kill_9_after_checkpoints, produce_with_broken_lines
 
-    events, bad_positions = produce_with_broken_lines(kafka_bootstrap, topic, 8_000, first=150, every=997)
-    outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred", "poll_max_records": 200, "predictions_format": "protobuf",
-               "dead_letter_format": "protobuf", "schema_registry": {"url": schema_registry.url}}  # fmt: skip
+    events, bad_positions = produce_with_broken_lines(kafka_bootstrap, topic, count, first=150, every=997)
+    outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred", "poll_max_records": 200, "predictions_format": fmt,
+               "dead_letter_format": fmt, "schema_registry": {"url": schema_registry.url}}  # fmt: skip
     config = job_config(tmp_path, kafka_bootstrap, topic, "confluent-kafka", kafka=outputs, checkpoint={"every_events": 700, "every_seconds": 1})
-    kill_9_after_checkpoints(config, times=2, seed=5)
+    kill_9_after_checkpoints(config, times=kills, seed=seed)
     written_before = len(read_topic(kafka_bootstrap, f"{topic}.pred", "confluent-kafka"))
 
     summary = run_daemon(config)
@@ -226,12 +208,12 @@ def test_kill_9_writes_each_protobuf_prediction_and_dead_letter_once(tmp_path, k
     unit = summary["units"]["all"]
     assert unit["events_seen"] == unit["events_learned"] == len(events)
     assert unit["metrics"] == expected_phishing_metrics(events)
-    dead = decoded(kafka_bootstrap, f"{topic}.dlq", protobuf_reader("dead letter"))
+    dead = decoded(kafka_bootstrap, f"{topic}.dlq", registry_reader(fmt, schema_registry.url, "dead letter"))
     assert [d["source"]["offset"] for d in dead] == sorted(bad_positions)  # each exactly once
     predictions = read_topic(kafka_bootstrap, f"{topic}.pred", "confluent-kafka")
     sources = [dict(r.headers)[SOURCE_HEADER] for r in predictions]
     assert len(sources) == len(set(sources)) == len(events)  # no prediction missing or doubled
-    deserialize, context = protobuf_reader("prediction"), SerializationContext(f"{topic}.pred", MessageField.VALUE)
+    deserialize, context = registry_reader(fmt, schema_registry.url, "prediction"), SerializationContext(f"{topic}.pred", MessageField.VALUE)
     assert all(deserialize(r.value, context)["offset"] == int(dict(r.headers)[SOURCE_HEADER].rsplit(b"/", 1)[1]) for r in predictions)
 
 
