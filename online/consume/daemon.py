@@ -70,6 +70,7 @@ class DaemonError(RiverbeamError):
 
 
 STORAGE_LOG_EVERY = 30.0  # seconds between log lines while a checkpoint upload keeps retrying
+JOIN_LOG_EVERY = 30.0  # seconds between log lines while the consumer group has given this daemon no assignment yet
 
 
 def offset_gap(position: int, start: int, end: int, recorded_id: str | None = None, current_id: str | None = None) -> str | None:
@@ -138,6 +139,8 @@ class Daemon:
         self._gap_checks: dict[TopicPartition, dict] = {}  # keyed units restored in a callback, not yet checked for offset gaps
         self._upload_started: dict[str, tuple] = {}  # unit -> (its upload in flight, when first seen)
         self._pending_logged = 0.0
+        self.joined = False  # keyed: the group gave this daemon an assignment (an empty one too)
+        self._join_logged = self._subscribed_at = 0.0
         self.final_summary: dict | None = None
         self.resumed: dict[str, Resumed] = {}  # unit -> the checkpoint it continued from
         self.decoder = record_decoder(config.kafka)  # kafka.format: None (JSON) or the schema registry's (online.formats)
@@ -310,6 +313,7 @@ class Daemon:
             scanner.close()
 
     def _on_assign(self, partitions: list[TopicPartition]) -> None:
+        self.joined = True
         for tp in partitions:
             if tp not in self.unit_of:
                 self._restore_unit(f"{tp[0]}.{tp[1]}", [tp])
@@ -519,7 +523,7 @@ class Daemon:
         """`--until-caught-up`: this daemon's partitions (`_caught_up`), or, for a worker, the group's as its supervisor decides."""
         if self.group is None:
             return self._caught_up()
-        return self.group.caught_up(self, not self.units or self._caught_up())
+        return self.group.caught_up(self, (self.joined and not self.units) or self._caught_up())  # not joined yet: not caught up
 
     def _model_progress(self) -> None:
         """The models' gauges (metrics, drifts, events learned in all) and a learning-curve point of each."""
@@ -532,6 +536,20 @@ class Daemon:
                 self.metrics.drifts.labels(unit.name).set(unit.learner.state.drifts_detected)
             unit.record_curve()
         self.metrics.model_events.set(sum(unit.learner.state.events_learned for unit in self.units.values()))
+
+    def _watch_join(self, now: float) -> None:
+        """Keyed: a line every `JOIN_LOG_EVERY` s while the consumer group has not given this daemon an assignment.
+
+        A join waits for the group's other members (up to their ``max.poll.interval.ms``); on Tansu
+        0.6 a group whose members all just left can hold new members for minutes (README, "Two
+        brokers"). Without this line such a wait looks like a daemon that does nothing.
+        """
+        if not self.keyed or self.joined or now - self._join_logged < JOIN_LOG_EVERY:
+            return
+        self._join_logged = now
+        log.warning("no partitions assigned yet: the consumer group has not answered this daemon's join",
+                    extra={"fields": {"group_id": self.config.kafka.group_id, "topics": self.config.kafka.source_topics,
+                                     "seconds": round(now - self._subscribed_at)}})
 
     def _report_progress(self, last: list) -> None:
         now = time.monotonic()
@@ -566,6 +584,7 @@ class Daemon:
                 self.topic_ids = {topic: self.consumer.topic_id(topic) for topic in self.config.kafka.source_topics}  # recorded in each checkpoint
                 if self.group is not None:
                     self.group.joining(self)  # the workers subscribe together: one group generation at start, no rebalance
+                self._subscribed_at = self._join_logged = time.monotonic()  # `_watch_join`
                 self.consumer.subscribe(self.config.kafka.source_topics, self._on_assign, self._on_revoke)
                 self._loop()
                 for unit in list(self.units.values()):
@@ -609,6 +628,7 @@ class Daemon:
             self._check_lease()
             self._watch_uploads(now)
             self._report_progress(progress)
+            self._watch_join(now)
             if self.until_caught_up and self._caught_up_here():
                 self._flush()  # mini-batch mode: the last chunk, short
                 break
