@@ -83,6 +83,39 @@ def port_is_taken(port: int) -> bool:
         return False
 
 
+_TCP_STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1", "05": "FIN_WAIT2", "06": "TIME_WAIT",
+               "07": "CLOSE", "08": "CLOSE_WAIT", "09": "LAST_ACK", "0A": "LISTEN", "0B": "CLOSING"}
+
+
+def port_holder(port: int) -> str:
+    """Who holds local TCP `port`, from Linux's /proc: "pid 12 (java ...)" for a listener, else the sockets' states.
+
+    Best effort for an error message (empty where /proc does not tell, or another user's process).
+
+    >>> port_holder(free_port())
+    ''
+    """
+    sockets = []  # (state, inode) of sockets bound to the port
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                sockets.append((_TCP_STATES.get(fields[3], fields[3]), fields[9]))
+    listening = {inode for state, inode in sockets if state == "LISTEN"}
+    for pid in filter(str.isdigit, os.listdir("/proc")) if listening else ():
+        try:
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in {f"socket:[{inode}]" for inode in listening} for fd in os.listdir(f"/proc/{pid}/fd")):
+                command = " ".join(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ").split())
+                return f"pid {pid}: {command[:120]}"
+        except OSError:
+            continue
+    return ", ".join(sorted({state for state, _ in sockets}))
+
+
 def accepts_connections(port: int, timeout: float = 0.2) -> bool:
     try:
         with socket.create_connection((HOST, port), timeout=timeout):
@@ -242,7 +275,8 @@ class LocalService:
         if self.pid() is not None:
             raise LocalStackError(f"{self.name} is already running (pid {self.pid()}); run 'riverbeam local down' first")
         if port_is_taken(self.port):
-            raise LocalStackError(f"{self.name}: port {self.port} on {HOST} is taken by another process; choose another port")
+            holder = port_holder(self.port)
+            raise LocalStackError(f"{self.name}: port {self.port} on {HOST} is taken by another process{f' ({holder})' if holder else ''}; choose another port")
         command = self.command()
         self.prepare()
         with open(self.log_file, "ab") as log:

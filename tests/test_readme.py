@@ -21,6 +21,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -118,6 +120,23 @@ def test_the_main_story_starts_and_stops_the_local_stack():
     assert "riverbeam local up" in script and "riverbeam local down" in script
 
 
+STORY_PORTS = (9092, 8080, 8081)  # Kafka, serve, the schema registry: the README's defaults
+
+
+def wait_for_story_ports(name: str, timeout: float = 60.0) -> None:
+    """Wait until the stories' default ports are free; warn naming who held one (a previous test's leftover, or not ours)."""
+    from riverbeam.local_stack import port_holder, port_is_taken
+
+    deadline = time.monotonic() + timeout
+    for port in STORY_PORTS:
+        holder = port_holder(port) if port_is_taken(port) else None
+        while port_is_taken(port) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if holder is not None:
+            warnings.warn(f"story {name}: port {port} was held ({holder or 'no socket seen'}); "
+                          f"{'still taken' if port_is_taken(port) else 'free again'} {timeout - max(0.0, deadline - time.monotonic()):.0f} s later")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 @pytest.mark.xdist_group("readme-default-ports")  # the stories use the default ports (9092, 8080, 8081): one at a time
@@ -127,6 +146,7 @@ def test_the_readme_story_runs_as_written(name, tmp_path):
     clone = fresh_copy(tmp_path / "riverbeam")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    wait_for_story_ports(name)
     env = new_user_environment(venv)
     story = subprocess.Popen(["bash", "-euo", "pipefail", "-c", script], cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, start_new_session=True)

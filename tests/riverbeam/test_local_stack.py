@@ -64,7 +64,7 @@ def test_taken_port_is_a_clear_error(tmp_path):
         blocker.listen()
         port = blocker.getsockname()[1]
         stack = LocalStack(tmp_path, kafka_port=port, gcs_port=0)
-        with pytest.raises(LocalStackError, match=f"port {port} .* is taken"):
+        with pytest.raises(LocalStackError, match=f"port {port} .* is taken by another process \\(pid {os.getpid()}: "):  # who holds it
             stack.up()
     assert not any(state["running"] for state in stack.status().values())
 
