@@ -272,6 +272,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fetch-wait-max-ms", type=int, help="librdkafka's fetch.wait.max.ms (default 500)")
     parser.add_argument("--stagger", type=float, default=0.0, help="seconds between starting the first daemon and the second")
     parser.add_argument("--workers", type=int, help="compare one daemon with one 'consume --workers N' instead of two daemons started by hand")
+    parser.add_argument("--kafka", choices=["tansu", "apache"], default="tansu",
+                        help="the broker (apache: Apache Kafka 4 with Java 17; Tansu's group join waits half the session timeout)")
     args = parser.parse_args(argv)
     riverbeam = riverbeam_command()
     if riverbeam is None:
@@ -279,13 +281,13 @@ def main(argv: list[str] | None = None) -> None:
     from riverbeam.local_stack import LocalStack
 
     work = Path(tempfile.mkdtemp(prefix="two-daemons-"))
-    stack = LocalStack(work / "stack", kafka_port=0, gcs_port=0)
+    stack = LocalStack(work / "stack", kafka_port=0, gcs_port=0, kafka=args.kafka)
     try:
         bootstrap = stack.up().bootstrap_servers
         topic = f"keyed-{uuid.uuid4().hex[:8]}"
         produce(bootstrap, topic, phishing_events(args.events, args.keys), args.partitions)
         environment = bytecode_environment(work / "pycache", {"riverbeam"})  # compiled once, before any run
-        print(f"{args.events:,} events, {args.keys:,} keys, {args.partitions} partitions, confluent-kafka, checkpoint every {args.every:,}, "
+        print(f"{args.events:,} events, {args.keys:,} keys, {args.partitions} partitions, {args.kafka} broker, confluent-kafka, checkpoint every {args.every:,}, "
               f"session.timeout.ms {args.session_timeout_ms}, second daemon started {args.stagger:g} s after the first, "
               f"assignment {args.assignment or ('cooperative-sticky (the workers default)' if args.workers else 'eager (default)')}, fetch.wait.max.ms {args.fetch_wait_max_ms or 'default'}")
         if args.workers:
