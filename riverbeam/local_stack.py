@@ -88,7 +88,7 @@ _TCP_STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "F
 
 
 def port_holder(port: int) -> str:
-    """Who holds local TCP `port`, from Linux's /proc: "pid 12 (java ...)" for a listener, else the sockets' states.
+    """Who holds local TCP `port`, from Linux's /proc: "pid 12: java ..., in /its/directory" for a listener, else the sockets' states.
 
     Best effort for an error message (empty where /proc does not tell, or another user's process).
 
@@ -110,7 +110,7 @@ def port_holder(port: int) -> str:
         try:
             if any(os.readlink(f"/proc/{pid}/fd/{fd}") in {f"socket:[{inode}]" for inode in listening} for fd in os.listdir(f"/proc/{pid}/fd")):
                 command = " ".join(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ").split())
-                return f"pid {pid}: {command[:120]}"
+                return f"pid {pid}: {command[:120]}, in {os.readlink(f'/proc/{pid}/cwd')}"
         except OSError:
             continue
     return ", ".join(sorted({state for state, _ in sockets}))

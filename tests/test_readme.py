@@ -137,6 +137,19 @@ def wait_for_story_ports(name: str, timeout: float = 60.0) -> None:
                           f"{'still taken' if port_is_taken(port) else 'free again'} {timeout - max(0.0, deadline - time.monotonic()):.0f} s later")
 
 
+def processes_in(directory: Path) -> list[tuple[int, str]]:
+    """Processes whose working directory is `directory` or below it: (pid, command)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+            if cwd == directory or directory in cwd.parents:
+                found.append((int(pid), " ".join(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ").split())[:120]))
+        except OSError:
+            continue
+    return found
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 @pytest.mark.xdist_group("readme-default-ports")  # the stories use the default ports (9092, 8080, 8081): one at a time
@@ -161,5 +174,13 @@ def test_the_readme_story_runs_as_written(name, tmp_path):
         riverbeam = shutil.which("riverbeam", path=env["PATH"]) or shutil.which("riverbeam", path=str(clone / ".venv" / "bin"))
         if riverbeam and (clone / ".riverbeam").exists():
             subprocess.run([riverbeam, "local", "down"], cwd=clone, env=env, capture_output=True, timeout=60)
+        left = processes_in(clone)  # nothing of the story may outlive it: the next story needs its ports
+        for pid, _ in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if left:
+            warnings.warn(f"story {name}: still running after the story and 'riverbeam local down' (killed now): {left}")
     assert result.returncode == 0, f"story {name}: exit {result.returncode}\nstdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-6000:]}"
     assert "Traceback" not in result.stderr, result.stderr[-6000:]
