@@ -105,15 +105,23 @@ def port_holder(port: int) -> str:
             fields = line.split()
             if len(fields) > 9 and int(fields[1].rsplit(":", 1)[1], 16) == port:
                 sockets.append((_TCP_STATES.get(fields[3], fields[3]), fields[9]))
-    listening = {inode for state, inode in sockets if state == "LISTEN"}
+    listening = {f"socket:[{inode}]" for state, inode in sockets if state == "LISTEN"}
     for pid in filter(str.isdigit, os.listdir("/proc")) if listening else ():
         try:
-            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in {f"socket:[{inode}]" for inode in listening} for fd in os.listdir(f"/proc/{pid}/fd")):
-                command = " ".join(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ").split())
-                return f"pid {pid}: {command[:120]}, in {os.readlink(f'/proc/{pid}/cwd')}"
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in listening for fd in os.listdir(f"/proc/{pid}/fd")):
+                return f"pid {pid}: {process_command(int(pid))}, in {os.readlink(f'/proc/{pid}/cwd')}"
         except OSError:
             continue
     return ", ".join(sorted({state for state, _ in sockets}))
+
+
+def process_command(pid: int, limit: int = 120) -> str:
+    """A process's command line from /proc, on one line, cut at `limit` characters; raises OSError when it is gone.
+
+    >>> "python" in process_command(os.getpid())
+    True
+    """
+    return " ".join(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ").split())[:limit]
 
 
 def accepts_connections(port: int, timeout: float = 0.2) -> bool:

@@ -127,24 +127,27 @@ def wait_for_story_ports(name: str, timeout: float = 60.0) -> None:
     """Wait until the stories' default ports are free; warn naming who held one (a previous test's leftover, or not ours)."""
     from riverbeam.local_stack import port_holder, port_is_taken
 
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     for port in STORY_PORTS:
         holder = port_holder(port) if port_is_taken(port) else None
         while port_is_taken(port) and time.monotonic() < deadline:
             time.sleep(0.5)
         if holder is not None:
             warnings.warn(f"story {name}: port {port} was held ({holder or 'no socket seen'}); "
-                          f"{'still taken' if port_is_taken(port) else 'free again'} {timeout - max(0.0, deadline - time.monotonic()):.0f} s later")
+                          f"{'still taken' if port_is_taken(port) else 'free again'} {time.monotonic() - started:.0f} s later")
 
 
 def processes_in(directory: Path) -> list[tuple[int, str]]:
     """Processes whose working directory is `directory` or below it: (pid, command)."""
+    from riverbeam.local_stack import process_command
+
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
             if cwd == directory or directory in cwd.parents:
-                found.append((int(pid), " ".join(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ").split())[:120]))
+                found.append((int(pid), process_command(int(pid))))
         except OSError:
             continue
     return found
