@@ -165,11 +165,13 @@ def test_incremental_checkpoints_restore_exactly_the_full_state(tmp_path, delaye
     checkpointer = Checkpointer(store, learner, spec(cache=8, delayed=delayed), Cadence(every_events=200))
     checkpointer.slice_seconds = 0.0  # one model per slice: copy-on-write does the rest
     run(learner, checkpointer, rows)
+    checkpointer.close()  # waits for the compaction in flight: the next manifest names its folded part
     checkpointer.checkpoint({"events/0": len(rows)}, wait=True)
     checkpointer.close()
-    manifest = store.list()[0]
-    assert 1 <= len(manifest["parts"]) <= 4  # compact_parts, plus deltas written while a compaction ran
-    assert manifest["parts"][0].get("compacted")  # 15 checkpoints: folded in the background
+    parts = store.list()[0]["parts"]
+    # 16 checkpoints, each with a delta: without compaction 16 parts. How many deltas a slow machine writes
+    # while a compaction runs is timing (CI once saw 5 parts), so the bound is "folded", not a count.
+    assert parts[0].get("compacted", 0) >= 3 and len(parts) + parts[0]["compacted"] - 1 <= checkpointer.written
     restored, _ = resume(CheckpointStore(str(tmp_path)), spec(cache=8, delayed=delayed))
     full = Learner.restore(learner.snapshot(), MODEL, spec(delayed=delayed).events)
     recorded = restore_learner(CheckpointStore(str(tmp_path)).load_latest())  # predict and serve: the configuration it records
