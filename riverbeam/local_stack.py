@@ -109,7 +109,8 @@ def port_holder(port: int) -> str:
     for pid in filter(str.isdigit, os.listdir("/proc")) if listening else ():
         try:
             if any(os.readlink(f"/proc/{pid}/fd/{fd}") in listening for fd in os.listdir(f"/proc/{pid}/fd")):
-                return f"pid {pid}: {process_command(int(pid))}, in {os.readlink(f'/proc/{pid}/cwd')}"
+                return (f"pid {pid}: {process_command(int(pid))}, in {os.readlink(f'/proc/{pid}/cwd')}, "
+                        f"started {process_age(int(pid)):.0f} s ago by pid {process_parent(int(pid))}")
         except OSError:
             continue
     return ", ".join(sorted({state for state, _ in sockets}))
@@ -122,6 +123,25 @@ def process_command(pid: int, limit: int = 120) -> str:
     True
     """
     return " ".join(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ").split())[:limit]
+
+
+def process_age(pid: int) -> float:
+    """Seconds since process `pid` started, from /proc; raises OSError when it is gone.
+
+    >>> 0 <= process_age(os.getpid()) < 3600 * 24 * 365
+    True
+    """
+    started_ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    return float(Path("/proc/uptime").read_text().split()[0]) - started_ticks / os.sysconf("SC_CLK_TCK")
+
+
+def process_parent(pid: int) -> int:
+    """The parent pid of process `pid` (1 once its parent is gone), from /proc; raises OSError when it is gone.
+
+    >>> process_parent(os.getpid()) == os.getppid()
+    True
+    """
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def accepts_connections(port: int, timeout: float = 0.2) -> bool:

@@ -121,6 +121,7 @@ def test_the_main_story_starts_and_stops_the_local_stack():
 
 
 STORY_PORTS = (9092, 8080, 8081)  # Kafka, serve, the schema registry: the README's defaults
+STORIES_RUN: list[tuple[str, Path, float]] = []  # this worker's finished stories: (name, clone, ended at time.time())
 
 
 def wait_for_story_ports(name: str, timeout: float = 60.0) -> None:
@@ -134,8 +135,10 @@ def wait_for_story_ports(name: str, timeout: float = 60.0) -> None:
         while port_is_taken(port) and time.monotonic() < deadline:
             time.sleep(0.5)
         if holder is not None:
+            earlier = "; ".join(f"{story} in {clone} ended {time.time() - ended:.0f} s ago" for story, clone, ended in STORIES_RUN)
             warnings.warn(f"story {name}: port {port} was held ({holder or 'no socket seen'}); "
-                          f"{'still taken' if port_is_taken(port) else 'free again'} {time.monotonic() - started:.0f} s later")
+                          f"{'still taken' if port_is_taken(port) else 'free again'} {time.monotonic() - started:.0f} s later; "
+                          f"earlier stories here: {earlier or 'none'}")
 
 
 def processes_in(directory: Path) -> list[tuple[int, str]]:
@@ -185,5 +188,6 @@ def test_the_readme_story_runs_as_written(name, tmp_path):
                 pass
         if left:
             warnings.warn(f"story {name}: still running after the story and 'riverbeam local down' (killed now): {left}")
+        STORIES_RUN.append((name, clone, time.time()))
     assert result.returncode == 0, f"story {name}: exit {result.returncode}\nstdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-6000:]}"
     assert "Traceback" not in result.stderr, result.stderr[-6000:]
