@@ -65,7 +65,7 @@ from tests.online.consume.test_daemon import (
     start_daemon,
 )
 
-pytestmark = [pytest.mark.java, pytest.mark.slow]
+pytestmark = [pytest.mark.java, pytest.mark.slow, pytest.mark.xdist_group("apache-kafka-cluster")]  # one three-node cluster per run, not one per worker
 
 SEQUENCE_HEADER = "feeder-sequence"
 RATE = 60  # events per second
