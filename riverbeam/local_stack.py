@@ -125,13 +125,22 @@ def process_command(pid: int, limit: int = 120) -> str:
     return " ".join(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ").split())[:limit]
 
 
+def process_stat(pid: int) -> list[str]:
+    """The fields of /proc/`pid`/stat after the command name (state first, as ``man 5 proc`` numbers them from 3); raises OSError when it is gone.
+
+    >>> process_stat(os.getpid())[0] in "RS"
+    True
+    """
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def process_age(pid: int) -> float:
     """Seconds since process `pid` started, from /proc; raises OSError when it is gone.
 
     >>> 0 <= process_age(os.getpid()) < 3600 * 24 * 365
     True
     """
-    started_ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    started_ticks = int(process_stat(pid)[19])
     return float(Path("/proc/uptime").read_text().split()[0]) - started_ticks / os.sysconf("SC_CLK_TCK")
 
 
@@ -141,7 +150,7 @@ def process_parent(pid: int) -> int:
     >>> process_parent(os.getpid()) == os.getppid()
     True
     """
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return int(process_stat(pid)[1])
 
 
 def accepts_connections(port: int, timeout: float = 0.2) -> bool:
@@ -347,7 +356,7 @@ class LocalService:
 
 def _alive(pid: int) -> bool:
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        state = process_stat(pid)[0]
     except (OSError, IndexError):
         return False
     if state == "Z":  # exited; reap it if it is our own child
