@@ -58,7 +58,7 @@ from online.learning.unit import LearningUnit, Stepped
 from online.sources import FedSource, KafkaBatch, KafkaSource, kafka_positions, position_key
 from online.checkpoints.lease import Lease, LeaseKeeper, LeaseLost, instance_id, wait_for_lease
 from online.observability import DaemonMetrics, HealthServer, LearningCurve, ProgressLine
-from online.consume.outputs import KafkaSinks, OutputWriter
+from online.consume.outputs import KafkaSinks, OutputWriter, merge_restore_points
 from online.consume.summary import daemon_job_summary  # noqa: F401  (its home; imported from here by callers)
 from online.checkpoints.persistence import Cadence, LearnerSpec, ModelsSpec, kafka_context, open_checkpoint_store, resume_unit
 
@@ -200,15 +200,31 @@ class Daemon:
             log.warning("partition vanished: going on without it", extra={"fields": {"topic": topic, "partition": partition, "checkpointed": checkpointed[(topic, partition)]}})
             self.metrics.offset_gaps.labels(topic, str(partition)).inc()
 
-    def _restore_unit(self, name: str, partitions: list[TopicPartition]) -> LearningUnit:
-        resumed = resume_unit(open_checkpoint_store(self.config.checkpoint), self.spec, None if name == "all" else partition_unit(*name.rsplit(".", 1)),
-                              Cadence.from_config(self.config.checkpoint), uploader=self.uploader)  # a partition's unit: online.checkpoints.units
-        store, learner, checkpoint, checkpointer = resumed.store, resumed.learner, resumed.checkpoint, resumed.checkpointer
-        positions = kafka_positions(checkpoint.positions) if checkpoint is not None else {}
-        extra = kafka_context(checkpoint, store.uri)  # topic ids, output offsets, outputs ahead: one line if any is missing
-        self._check_vanished(positions, partitions)
-        positions = {tp: positions.get(tp, 0) for tp in partitions}
-        self.outputs.restore(partitions, extra.get("outputs"), extra.get("outputs_ahead"))
+    def _restore_units(self, assigned: list[tuple[str, list[TopicPartition]]]) -> None:
+        """Restore each ``(unit name, its partitions)`` from its latest checkpoint and seek the consumer there.
+
+        The output topics are scanned once for all of them (`OutputWriter.restore` from the
+        earliest output offsets any of their checkpoints recorded, `merge_restore_points`): a
+        keyed daemon given many partitions at a rebalance reads its outputs once, not once per partition.
+        """
+        if not assigned:
+            return
+        restored = []
+        for name, partitions in assigned:
+            resumed = resume_unit(open_checkpoint_store(self.config.checkpoint), self.spec, None if name == "all" else partition_unit(*name.rsplit(".", 1)),
+                                  Cadence.from_config(self.config.checkpoint), uploader=self.uploader)  # a partition's unit: online.checkpoints.units
+            extra = kafka_context(resumed.checkpoint, resumed.store.uri)  # topic ids, output offsets, outputs ahead: one line if any is missing
+            positions = kafka_positions(resumed.checkpoint.positions) if resumed.checkpoint is not None else {}
+            self._check_vanished(positions, partitions)
+            restored.append((name, partitions, resumed, extra, {tp: positions.get(tp, 0) for tp in partitions}))
+        since, ahead = merge_restore_points([(extra.get("outputs"), extra.get("outputs_ahead")) for _, _, _, extra, _ in restored])
+        self.outputs.restore([tp for _, partitions, *_ in restored for tp in partitions], since, ahead)
+        for name, partitions, resumed, extra, positions in restored:
+            self._start_unit(name, partitions, resumed, extra, positions)
+
+    def _start_unit(self, name: str, partitions: list[TopicPartition], resumed, extra: dict, positions: dict[TopicPartition, int]) -> LearningUnit:
+        """A restored unit's offset-gap checks, sinks and `LearningUnit`, sought to its `positions`."""
+        learner, checkpoint, checkpointer = resumed.learner, resumed.checkpoint, resumed.checkpointer
         if checkpoint is not None:
             recorded_ids = extra.get("topic_ids") or {}
             if self.keyed:  # no broker look-ups inside a rebalance callback: checked after the poll returns
@@ -314,9 +330,7 @@ class Daemon:
 
     def _on_assign(self, partitions: list[TopicPartition]) -> None:
         self.joined = True
-        for tp in partitions:
-            if tp not in self.unit_of:
-                self._restore_unit(f"{tp[0]}.{tp[1]}", [tp])
+        self._restore_units([(f"{tp[0]}.{tp[1]}", [tp]) for tp in partitions if tp not in self.unit_of])
         self.metrics.ready = True
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
@@ -365,7 +379,7 @@ class Daemon:
         partitions = [(topic, p) for topic in self.config.kafka.source_topics for p in self.consumer.partitions_for(topic)]
         self.topic_ids = {topic: self.consumer.topic_id(topic) for topic in self.config.kafka.source_topics}  # recorded in each checkpoint
         self.consumer.assign(partitions)
-        self._restore_unit("all", partitions)
+        self._restore_units([("all", partitions)])
         self._check_lease()
         self.metrics.ready = True
 

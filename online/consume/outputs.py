@@ -56,6 +56,32 @@ def parse_source_header(value: bytes) -> tuple[TopicPartition, int] | None:
         return None
 
 
+def merge_restore_points(points: list[tuple[dict[str, int] | None, dict[str, dict[str, int]] | None]]) -> tuple[dict[str, int] | None, dict[str, dict[str, int]]]:
+    """One restore scan for several units: the earliest output offsets and every written-ahead record of their checkpoints.
+
+    `points` holds each unit's ``(outputs, outputs_ahead)`` as its checkpoint recorded them (None:
+    no checkpoint, scan from the start). An output partition is scanned from the lowest offset any
+    unit needs (from 0 where one recorded none): a wider scan only finds more of what was written,
+    and a record found for a source offset a unit has already passed is never skipped again.
+
+    >>> merge_restore_points([({"out/0": 40, "out/1": 7}, {"out": {"src/0": 12}}), ({"out/0": 25}, {"out": {"src/1": 3}})])
+    ({'out/0': 25}, {'out': {'src/0': 12, 'src/1': 3}})
+    >>> merge_restore_points([({"out/0": 40}, None), (None, None)])
+    (None, {})
+    """
+    recorded = [since for since, _ in points]
+    if not recorded or any(since is None for since in recorded):
+        since = None
+    else:
+        keys = set.intersection(*(set(s) for s in recorded))
+        since = {key: min(s[key] for s in recorded) for key in sorted(keys)}
+    ahead: dict[str, dict[str, int]] = {}
+    for _, unit_ahead in points:
+        for topic, sources in (unit_ahead or {}).items():
+            ahead.setdefault(topic, {}).update(sources)
+    return since, ahead
+
+
 class OutputWriter:
     """Writes dead letters and predictions for the daemon, skipping what an earlier run already wrote.
 
@@ -222,32 +248,34 @@ class OutputWriter:
     def restore(self, sources: list[TopicPartition], since: dict[str, int] | None, ahead: dict[str, dict[str, int]] | None = None) -> None:
         """Find what was already written for `sources`: what the checkpoint recorded as written
         `ahead` of its positions (`written_ahead`), and what the output topics hold from the
-        output offsets `since` (None: from the start) to their end."""
+        output offsets `since` (None: from the start) to their end, all output topics in one scan."""
         since = since or {}
         wanted = set(sources)
+        for key in [k for k in self.written_through if k[1] in wanted]:
+            del self.written_through[key]
+        tps: list[TopicPartition] = []
         for topic in self.topics:
-            for key in [k for k in self.written_through if k[1] in wanted and k[0] == topic]:
-                del self.written_through[key]
-            tps = self._partitions(topic)  # or KafkaClientError: an output topic is never skipped for want of an answer
-            if not tps:
+            partitions = self._partitions(topic)  # or KafkaClientError: an output topic is never skipped for want of an answer
+            if not partitions:
                 if any(parse_position_key(key)[0] == topic for key in since):
                     log.warning("an output topic the checkpoint recorded does not exist any more: nothing written there can be written twice", extra={"fields": {"topic": topic}})
                 continue  # and nothing recorded as written ahead there is skipped: it is gone
+            tps.extend(partitions)
             for source, offset in (ahead or {}).get(topic, {}).items():
                 if parse_position_key(source) in wanted:
                     self.written_through[(topic, parse_position_key(source))] = offset
-            start = {tp: since.get(position_key(tp), 0) for tp in tps}
+        if tps and wanted:
             try:
-                found = self._scan(tps, start, wanted)
+                found = self._scan(tps, {tp: since.get(position_key(tp), 0) for tp in tps}, wanted)
             finally:
                 self.close()  # a fresh scanner next time: a client's cached high watermarks would be stale
-            for tp, offset in found.items():
-                self.written_through[(topic, tp)] = max(offset, self.written_through.get((topic, tp), -1))
+            for key, offset in found.items():
+                self.written_through[key] = max(offset, self.written_through.get(key, -1))
         if self.written_through:
             log.info("outputs already written before the restart will be skipped", extra={"fields": {"through": {f"{o}:{position_key(tp)}": v for (o, tp), v in self.written_through.items()}}})
 
-    def _scan(self, tps: list[TopicPartition], start: dict[TopicPartition, int], wanted: set[TopicPartition]) -> dict[TopicPartition, int]:
-        """The highest source offset of `wanted` in the records of `tps` from `start` to their end.
+    def _scan(self, tps: list[TopicPartition], start: dict[TopicPartition, int], wanted: set[TopicPartition]) -> dict[tuple[str, TopicPartition], int]:
+        """``{(output topic, source partition): highest source offset}`` of `wanted` in the records of `tps` from `start` to their end.
 
         Every partition is read to the high watermark its fetch responses carry (exact, and past
         a transaction still open), never to a ListOffsets answer. Tansu-specific, correct on both
@@ -265,7 +293,7 @@ class OutputWriter:
         scanner.assign(sorted(tps))
         for tp in tps:
             scanner.seek(tp, start[tp])
-        found: dict[TopicPartition, int] = {}
+        found: dict[tuple[str, TopicPartition], int] = {}
         position = dict(start)
         remaining = set(tps)
         marks: dict[TopicPartition, int] = {}
@@ -274,12 +302,13 @@ class OutputWriter:
             batches = scanner.poll_batches(0.5, 5000)
             for batch in batches:
                 idle_deadline = time.monotonic() + SCAN_IDLE_SECONDS
+                output_topic = batch.partition[0]
                 for record in batch.records:
                     for name, value in record.headers:
                         if name == SOURCE_HEADER:
                             parsed = parse_source_header(value)
-                            if parsed is not None and parsed[0] in wanted and parsed[1] > found.get(parsed[0], -1):
-                                found[parsed[0]] = parsed[1]
+                            if parsed is not None and parsed[0] in wanted and parsed[1] > found.get((output_topic, parsed[0]), -1):
+                                found[(output_topic, parsed[0])] = parsed[1]
                 position[batch.partition] = max(position[batch.partition], batch.next_offset)
             for tp in remaining:  # past transaction markers, which take offsets but hold no record
                 at = scanner.position(tp)

@@ -753,13 +753,16 @@ def test_partitions_that_vanished_with_a_recreated_topic_fail_in_one_line_or_are
 
 
 @pytest.mark.parametrize("client", CLIENTS)
-def test_keyed_units_restored_together_are_checked_for_offset_gaps_in_one_look_up(tmp_path, kafka_bootstrap, topic, client, monkeypatch):
+def test_keyed_units_restored_together_are_checked_for_offset_gaps_and_outputs_in_one_look_up(tmp_path, kafka_bootstrap, topic, client, monkeypatch):
     """Each look-up of log starts and ends can wait behind a fetch the broker holds at the log end (up to
     fetch.wait.max.ms): restoring 4 keyed units checked them one partition at a time, 4 look-ups in a row
-    (benchmarks/README.md, "Two daemons in one group", finding 5). Now one look-up for all."""
+    (benchmarks/README.md, "Two daemons in one group", finding 5). Now one look-up for all. Likewise the
+    restore scan of the output topics: once per unit and per output topic (8 scans of ~0.6 s or more
+    here), now one scan of both topics for the 4 units, and still every output once."""
     from core.configuration import load_config
     from online.config import ConsumeJobConfig
     from online.consume import daemon as daemon_module
+    from online.consume.outputs import OutputWriter
 
     shops = ["a", "b", "c", "d"]
     events = [{**e, "shop": shops[i % 4]} for i, e in enumerate(PHISHING[:800])]
@@ -773,9 +776,14 @@ def test_keyed_units_restored_together_are_checked_for_offset_gaps_in_one_look_u
 
     create_topic(kafka_bootstrap, topic, partitions=4)
     send(events[:400])
-    config = load_config(job_config(tmp_path, kafka_bootstrap, topic, client, events={"target": "label", "key": "shop"}), ConsumeJobConfig)
+    outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred"}
+    create_topic(kafka_bootstrap, outputs["dead_letter_topic"], partitions=2)
+    config = load_config(job_config(tmp_path, kafka_bootstrap, topic, client, events={"target": "label", "key": "shop"}, kafka=outputs), ConsumeJobConfig)
     assert daemon_module.run_daemon(config, until_caught_up=True, progress=False)["events_seen"] == 400
     send(events[400:])  # the restored units are behind the log end: each must be checked
+    scans = []
+    scan = OutputWriter._scan
+    monkeypatch.setattr(OutputWriter, "_scan", lambda writer, tps, start, wanted: scans.append((sorted(tps), sorted(wanted))) or scan(writer, tps, start, wanted))
 
     looked_up = []
     opened = daemon_module.make_consumer
@@ -791,6 +799,9 @@ def test_keyed_units_restored_together_are_checked_for_offset_gaps_in_one_look_u
     summary = daemon_module.run_daemon(config, until_caught_up=True, progress=False)
     assert summary["events_seen"] == 400 and summary["resumed_from"]["checkpoints"] == 4  # the 4 units restored, each checked
     assert looked_up == [[(topic, p) for p in range(4)]]
+    assert scans == [([(f"{topic}.dlq", 0), (f"{topic}.dlq", 1)] + [(f"{topic}.pred", p) for p in range(4)], [(topic, p) for p in range(4)])]
+    sources = [dict(r.headers)[SOURCE_HEADER] for r in read_topic(kafka_bootstrap, f"{topic}.pred", client)]
+    assert len(sources) == len(set(sources)) == 800  # a prediction per event, each once
 
 
 @pytest.mark.parametrize("client", CLIENTS)
