@@ -22,13 +22,15 @@ os.environ["NO_GCE_CHECK"] = "true"
 os.environ.setdefault("GOOGLE_CLOUD_PROJECT", "riverbeam-local")
 
 from core.maven import JavaToolError  # noqa: E402
+from online.config import KAFKA_CLIENTS  # noqa: E402
 from riverbeam.local_stack import ApacheKafkaBroker, ApacheKafkaCluster, LocalService, LocalStack, fetch_apache_kafka, free_port  # noqa: E402
 
 BROKERS = ["tansu", "apache"]
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "both_brokers: run on Tansu and on Apache Kafka (a guarantee's test)")
+    config.addinivalue_line("markers", "both_brokers(tansu_clients=None): run on Tansu and on Apache Kafka (a guarantee's test); "
+                            "with tansu_clients, Tansu with those clients only and Apache Kafka with every client")
     check_xdist_groups_hold(config)
 
 
@@ -57,8 +59,18 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_generate_tests(metafunc):
-    if metafunc.definition.get_closest_marker("both_brokers") and "kafka_broker" in metafunc.fixturenames:
+    """``both_brokers``: the test once per broker. ``both_brokers(tansu_clients=[...])`` on a test that takes
+    ``client``: Apache Kafka with every client (`KAFKA_CLIENTS`), Tansu with the clients named only (the heaviest
+    kill -9 tests run Tansu, the demo's broker, with its default client: the proof is Apache Kafka's)."""
+    marker = metafunc.definition.get_closest_marker("both_brokers")
+    if not marker or "kafka_broker" not in metafunc.fixturenames:
+        return
+    tansu_clients = marker.kwargs.get("tansu_clients")
+    if tansu_clients is None or "client" not in metafunc.fixturenames:
         metafunc.parametrize("kafka_broker", BROKERS, indirect=True, scope="session")
+        return
+    pairs = [("tansu", client) for client in tansu_clients] + [("apache", client) for client in KAFKA_CLIENTS]
+    metafunc.parametrize(("kafka_broker", "client"), pairs, indirect=["kafka_broker"], scope="session", ids=[f"{b}-{c}" for b, c in pairs])
 
 
 def apache_kafka_or_skip() -> list[Path]:

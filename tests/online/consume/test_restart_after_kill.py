@@ -77,7 +77,7 @@ LEASE_LOST = "lost the lease"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.both_brokers(tansu_clients=["kafka-python"])  # Apache Kafka with both clients
 def test_kill_9_after_checkpoints_restarts_cleanly_with_outputs_exactly_once(tmp_path, kafka_bootstrap, topic, client):
     events, bad = produce_with_broken_lines(kafka_bootstrap, topic, EVENTS, first=120, every=599)
     outputs = {"dead_letter_topic": f"{topic}.dlq", "predictions_topic": f"{topic}.pred", "poll_max_records": 200}
@@ -133,7 +133,7 @@ def roll_back(checkpoints: Path, sequence: int) -> None:
     (checkpoints / LATEST).write_text(json.dumps({"id": history[0], "sequence": sequence, "history": history}))
 
 
-@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.both_brokers(tansu_clients=["kafka-python"])  # Apache Kafka with both clients
 def test_a_checkpoint_behind_outputs_already_written_still_skips_them(tmp_path, kafka_bootstrap, topic, client):
     """Outputs written ahead of a checkpoint must stay once through two restarts.
 
@@ -260,7 +260,7 @@ def test_restore_skips_an_output_topic_that_does_not_exist(kafka_bootstrap, topi
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.both_brokers(tansu_clients=["kafka-python"])  # Apache Kafka with both clients
 def test_keyed_units_killed_repeatedly_write_each_output_once(tmp_path, kafka_bootstrap, topic, client):
     """Per-key models on 4 partitions, with dead letters and predictions, killed three times mid-stream.
 

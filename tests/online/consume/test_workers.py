@@ -154,9 +154,8 @@ class LogLines:
         raise AssertionError(f"never logged {what}: {''.join(self.text)[-3000:]}")
 
 
-@pytest.mark.both_brokers
+@pytest.mark.both_brokers(tansu_clients=["kafka-python"])  # Apache Kafka with both clients
 @pytest.mark.slow
-@pytest.mark.parametrize("client", CLIENTS)
 def test_kill_9_of_one_worker_loses_and_doubles_nothing(tmp_path, kafka_bootstrap, topic, client):
     """A worker killed, and killed again at each restart until the other worker took its partitions (at most 4 deaths):
     they move to the other worker once its session expires, come back when it is restarted, and every event is learned and
