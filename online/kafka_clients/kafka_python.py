@@ -22,7 +22,6 @@ from kafka import TopicPartition as KafkaTopicPartition
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import CommitFailedError, IllegalStateError, KafkaConfigurationError, KafkaConnectionError, KafkaError, ProducerFencedError as KafkaProducerFenced, RebalanceInProgressError, UnknownBrokerIdError
 from kafka.future import Future
-from kafka.net.compat import KafkaNetClient
 from kafka.structs import MemberState, OffsetAndMetadata
 
 from online.kafka_clients.base import (
@@ -299,7 +298,13 @@ def _fenced(error: BaseException) -> bool:
     return isinstance(error, KafkaProducerFenced) or any(isinstance(arg, KafkaProducerFenced) for arg in getattr(error, "args", ()))
 
 
-class _ProducerNetClient(KafkaNetClient):
+try:  # kafka-python 3.0's network layer; setup.py allows any 3.x, whose internals may move
+    from kafka.net.compat import KafkaNetClient
+except ImportError:  # pragma: no cover - then the producer keeps kafka-python's own client
+    KafkaNetClient = None
+
+
+class _ProducerNetClient(KafkaNetClient or object):
     """kafka-python's network client, whose `await_ready` answers False for a node not ready instead of raising.
 
     kafka-python 3.0.12's sender sends a transactional request (AddPartitionsToTxn, EndTxn) only
@@ -488,7 +493,8 @@ def make_producer(config, transactional_id: str | None = None, transaction_timeo
     """
     user = dict(config.producer)
     check_options(user, known=KafkaProducer.DEFAULT_CONFIG, managed=PRODUCER_MANAGED, section="producer", client=CLIENT)
-    options = {**RECONNECT_DEFAULTS, "kafka_client": _ProducerNetClient, **user, "bootstrap_servers": config.bootstrap_servers, "acks": "all", "enable_idempotence": True}
+    fixed_client = {"kafka_client": _ProducerNetClient} if KafkaNetClient is not None else {}
+    options = {**RECONNECT_DEFAULTS, **fixed_client, **user, "bootstrap_servers": config.bootstrap_servers, "acks": "all", "enable_idempotence": True}
     if transactional_id:
         options.update(transactional_id=transactional_id, transaction_timeout_ms=int(transaction_timeout_s * 1000))
     return KafkaPythonProducer(options)
