@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -206,32 +207,118 @@ def test_a_local_listing_survives_folders_vanishing_under_it(tmp_path):
         worker.join()
 
 
-def test_a_local_compare_and_swap_lock_held_too_long_is_a_storage_error_not_a_wait(tmp_path, monkeypatch):
-    """The lock of a local compare-and-swap, held by a writer stopped inside it, is an error naming the object after
-    `LOCK_WAIT_SECONDS` (a standby logs it and retries), never a silent wait; once released, the write goes through."""
-    import fcntl
+STOPPED_WRITER = """
+import sys
+from core.storage import PreconditionFailed, open_store
 
-    from core.storage.local import LocalStore
+store = open_store(sys.argv[1])
+while True:  # swap LEASE as fast as it can, as a lease keeper and a checkpointer would
+    data, generation = store.read_with_generation("LEASE")
+    try:
+        store.write_if_generation("LEASE", b"writer", generation)
+    except PreconditionFailed:
+        pass
+"""
+
+
+def _stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def test_a_local_compare_and_swap_writer_stopped_at_any_instant_never_keeps_another_out(tmp_path):
+    """A writer frozen at any instant (SIGSTOP, a paused container) never blocks another writer of the
+    same object: 60 stops at random instants of a tight compare-and-swap loop, and each time this
+    process reads and swaps at once. A compare-and-swap under a lock fails this when the stop lands
+    while the lock is held (the other waits until SIGCONT); the local store's is lock-free: a new version
+    is one `link` of a finished file, and the highest version is the object."""
+    import random
+    import signal
+    import time
 
     store = open_store(str(tmp_path / "store"))
-    first = store.write_if_generation("LEASE", b"a", ABSENT)
-    monkeypatch.setattr(LocalStore, "LOCK_WAIT_SECONDS", 0.5, raising=False)
-    outcome = []
+    store.write_if_generation("LEASE", b"first", ABSENT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH")]))}
+    writer = subprocess.Popen([sys.executable, "-c", STOPPED_WRITER, str(tmp_path / "store")], env=env, stderr=subprocess.PIPE)
+    rng = random.Random(5)
+    try:
+        for stop in range(60):
+            time.sleep(rng.uniform(0.001, 0.02))
+            writer.send_signal(signal.SIGSTOP)
+            while not _stopped(writer.pid):
+                time.sleep(0.0005)
+            outcome = []
 
-    def write():
-        try:
-            outcome.append(store.write_if_generation("LEASE", b"b", first))
-        except StorageError as error:
-            outcome.append(error)
+            def swap():
+                for _ in range(3):  # the stopped writer's own swap may have landed after this read: one retry is fair
+                    _, generation = store.read_with_generation("LEASE")
+                    try:
+                        outcome.append(store.write_if_generation("LEASE", f"standby {stop}".encode(), generation))
+                        return
+                    except PreconditionFailed:
+                        continue
+                    except StorageError as error:
+                        outcome.append(error)
+                        return
 
-    with open(tmp_path / "store" / ".LEASE.lock", "a") as held:  # another open file: flock excludes it as another process
-        fcntl.flock(held, fcntl.LOCK_EX)
-        writer = threading.Thread(target=write, daemon=True)
-        writer.start()
-        writer.join(timeout=30)  # a hang detector: the bound is 0.5 s
-        fcntl.flock(held, fcntl.LOCK_UN)
-    assert outcome and isinstance(outcome[0], StorageError) and not isinstance(outcome[0], PreconditionFailed), outcome
-    assert "LEASE: another process has held its lock for 0.5 s" in str(outcome[0])
-    assert store.read_with_generation("LEASE") == (b"a", first)  # nothing written
-    assert store.read("LEASE") == b"a" and store.write_if_generation("LEASE", b"b", first)
-    assert [name for name in os.listdir(tmp_path / "store") if name.startswith(".LEASE.") and not name.endswith(".lock")] == []  # no temporary left
+            standby = threading.Thread(target=swap, daemon=True)
+            standby.start()
+            standby.join(timeout=5)  # it takes milliseconds; a lock held by the stopped writer keeps it out until SIGCONT
+            done_while_stopped = not standby.is_alive()
+            writer.send_signal(signal.SIGCONT)
+            standby.join(timeout=30)
+            assert done_while_stopped, f"stop {stop}: the standby waited for the stopped writer ({outcome})"
+            assert outcome and not isinstance(outcome[0], Exception), (stop, outcome)
+            assert writer.poll() is None, writer.stderr.read().decode()
+    finally:
+        writer.kill()
+        writer.wait()
+    versions = os.listdir(tmp_path / "store" / ".LEASE.v")
+    assert 0 < len(versions) <= 16, versions  # old versions are cleaned up as new ones land
+    left = sorted(set(os.listdir(tmp_path / "store")) - {".LEASE.v", "LEASE"})
+    assert len(left) <= 1, left  # no temporary left behind but the one the kill -9 of the writer may have interrupted
+
+def test_a_local_swapped_object_keeps_its_name_and_a_writer_far_behind_always_loses(tmp_path):
+    """The local store's versions stay behind the object's name: it is listed, opened, replaced and deleted by
+    that name; a plain file from before becomes version 1 at its first swap; a writer that read a version
+    long gone (cleaned up since) loses even when it claims that number again; a link left pointing at a
+    removed version (its writer frozen between two steps) changes nothing the store reads."""
+    from core.storage.local import LocalStore
+
+    root = tmp_path / "store"
+    store = LocalStore(root)
+    store.write("unit/LATEST", b"plain")  # as `write` and riverbeam before versions leave it: a plain file
+    data, plain = store.read_with_generation("unit/LATEST")
+    assert data == b"plain" and not (root / "unit" / ".LATEST.v").exists()
+    first = store.write_if_generation("unit/LATEST", b"one", plain)
+    assert first == 1 and (root / "unit" / "LATEST").is_symlink() and (root / "unit" / "LATEST").read_bytes() == b"one"
+    with pytest.raises(PreconditionFailed):
+        store.write_if_generation("unit/LATEST", b"stale", plain)  # the plain file's generation is gone with it
+    stale = first
+    for number in range(2, LocalStore.KEEP_VERSIONS + 4):
+        assert store.write_if_generation("unit/LATEST", f"v{number}".encode(), number - 1) == number
+    newest = LocalStore.KEEP_VERSIONS + 3
+    assert sorted(int(v) for v in os.listdir(root / "unit" / ".LATEST.v")) == list(range(newest - LocalStore.KEEP_VERSIONS + 1, newest + 1))
+    with pytest.raises(PreconditionFailed):
+        store.write_if_generation("unit/LATEST", b"stale", stale)
+    # the same writer frozen after its check: it claims number 2 again, which is free since the clean-up
+    temporary = store._prepare(root / "unit" / "LATEST", b"stale")
+    assert store._claim(root / "unit" / "LATEST", temporary, stale) == 0
+    os.unlink(temporary)
+    assert store.read_with_generation("unit/LATEST") == (f"v{newest}".encode(), newest)
+    assert "2" not in os.listdir(root / "unit" / ".LATEST.v")
+    # `write` (a forged pointer in the tests, a restore by hand) adds a version; it never hides one behind a plain file
+    store.write("unit/LATEST", b"written")
+    assert store.read_with_generation("unit/LATEST") == (b"written", newest + 1)
+    # a link left at a removed version: the store reads, lists and opens the newest version all the same
+    os.unlink(root / "unit" / "LATEST")
+    os.symlink(".LATEST.v/1", root / "unit" / "LATEST")
+    assert store.read("unit/LATEST") == b"written" and store.open_read("unit/LATEST").read() == b"written"
+    store.write("unit/blob", b"12345")
+    assert [(i.name, i.size) for i in store.list_info("unit/")] == [("unit/LATEST", 7), ("unit/blob", 5)]
+    store.delete("unit/LATEST")
+    store.delete("unit/blob")
+    assert store.list() == [] and not (root / "unit").exists()
+    with pytest.raises(ObjectNotFound):
+        store.read("unit/LATEST")
+    assert store.write_if_generation("unit/LATEST", b"again", ABSENT) == 1  # created again from nothing
