@@ -209,10 +209,10 @@ class Daemon:
         """
         if not assigned:
             return
-        restored = []
+        restored, root = [], open_checkpoint_store(self.config.checkpoint)  # one root for all: a unit's store is below it
         for name, partitions in assigned:
-            resumed = resume_unit(open_checkpoint_store(self.config.checkpoint), self.spec, None if name == "all" else partition_unit(*name.rsplit(".", 1)),
-                                  Cadence.from_config(self.config.checkpoint), uploader=self.uploader)  # a partition's unit: online.checkpoints.units
+            resumed = resume_unit(root, self.spec, None if name == "all" else partition_unit(*name.rsplit(".", 1)),
+                                  Cadence.from_config(self.config.checkpoint), uploader=self.uploader)  # a cadence counts one unit's events: one each
             extra = kafka_context(resumed.checkpoint, resumed.store.uri)  # topic ids, output offsets, outputs ahead: one line if any is missing
             positions = kafka_positions(resumed.checkpoint.positions) if resumed.checkpoint is not None else {}
             self._check_vanished(positions, partitions)
