@@ -51,7 +51,7 @@ VERSION_LIMIT = 1 << 40  # version numbers stay below it; a plain file's generat
 class LocalStore(ObjectStore):
     """A directory; writes go to a temporary file renamed into place (atomic on POSIX)."""
 
-    KEEP_VERSIONS = 8  # versions of a swapped object kept (a reader that listed one finds it for that many writes)
+    KEEP_VERSIONS = 3  # versions of a swapped object kept (a reader that listed one finds it for that many writes); few: keyed layouts hold one object per key
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -166,9 +166,15 @@ class LocalStore(ObjectStore):
             Path(temporary).unlink(missing_ok=True)  # linked into place, or the write lost
 
     def _claim(self, path: Path, temporary: str, current: Generation) -> int:
-        """Link the finished `temporary` as the version after `current` (1 after a plain file or none):
-        that number, or 0 when another writer claimed it first or a newer version exists (a writer that
-        read `current` long ago, and whose number was cleaned up since, must lose too)."""
+        """Link the finished `temporary` as the version after `current` (1 after a plain file or none): that
+        number, or 0 when another writer claimed it first.
+
+        Also 0 when `KEEP_VERSIONS` newer versions exist by the time the link is done: the number may
+        then be one cleaned up since this writer read `current` (it was frozen in between), linked
+        again but never the newest. That verdict is exact for such a writer; the only other writer it
+        catches is one frozen between its link and this look while others swapped `KEEP_VERSIONS`
+        times, and such a writer lost the object as surely (a lease it held has expired; its LATEST
+        was moved on by the next owner)."""
         versions = self._versions_of(path)
         number = current + 1 if isinstance(current, int) and 0 < current < VERSION_LIMIT else 1
         versions.mkdir(exist_ok=True)
@@ -178,8 +184,8 @@ class LocalStore(ObjectStore):
             return 0
         self._sync_folder(versions / str(number))
         numbers = self._version_numbers(versions)
-        if numbers[-1] > number:  # ours is not the newest: it was cleaned up long ago and no reader takes it
-            (versions / str(number)).unlink(missing_ok=True)
+        if numbers[-1] >= number + self.KEEP_VERSIONS:
+            (versions / str(number)).unlink(missing_ok=True)  # no reader takes it: not the newest, and cleaned up below the newest
             return 0
         self._publish(path, numbers)
         return number
