@@ -272,6 +272,18 @@ class CheckpointStore:
         self._pointer = pointer
         return pointer
 
+    def _named_by_latest(self, checkpoint_id: str) -> bool:
+        """Whether `LATEST` names `checkpoint_id` (as its id or in its history), as it stands now; True when it
+        cannot be read. A lost compare-and-swap may still have been seen: a writer told it lost after others
+        moved on from its pointer (`core.storage.local.LocalStore._claim`) must not delete what they restored."""
+        try:
+            pointer = json.loads(self.store.read(LATEST))
+            return checkpoint_id == pointer.get("id") or checkpoint_id in pointer.get("history", [])
+        except ObjectNotFound:
+            return False
+        except (StorageError, ValueError, AttributeError, TypeError):
+            return True
+
     def _check_pointer(self, pointer: dict, verify: bool = True) -> None:
         """Plain ids, the signature (with a key; refused without one if signed), sequences in order, never backwards."""
         named = [pointer["id"], *pointer.get("history", [])]
@@ -433,7 +445,8 @@ class CheckpointStore:
         try:
             self._generation = self.store.write_if_generation(LATEST, json.dumps(pointer).encode(), self._generation)
         except PreconditionFailed:
-            self._delete_checkpoint(checkpoint_id)  # our orphan: nobody will ever point at it
+            if not self._named_by_latest(checkpoint_id):
+                self._delete_checkpoint(checkpoint_id)  # our orphan: nobody will ever point at it
             raise FencingError(
                 f"{self.uri}: another writer moved the latest checkpoint since this one last read it; "
                 "this instance is stale and stops (is a second daemon writing to the same checkpoint URI?)"

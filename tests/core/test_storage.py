@@ -273,55 +273,144 @@ def test_a_local_compare_and_swap_writer_stopped_at_any_instant_never_keeps_anot
     finally:
         writer.kill()
         writer.wait()
-    versions = os.listdir(tmp_path / "store" / ".LEASE.v")
-    assert 0 < len(versions) <= 16, versions  # old versions are cleaned up as new ones land
-    left = sorted(set(os.listdir(tmp_path / "store")) - {".LEASE.v", "LEASE"})
+    versions = [entry for entry in os.listdir(tmp_path / "store" / "LEASE.versions") if entry.isdigit()]
+    assert 0 < len(versions) <= 8, versions  # old versions are cleaned up as new ones land
+    left = sorted(set(os.listdir(tmp_path / "store")) - {"LEASE.versions", "LEASE"})
     assert len(left) <= 1, left  # no temporary left behind but the one the kill -9 of the writer may have interrupted
 
 def test_a_local_swapped_object_keeps_its_name_and_a_writer_far_behind_always_loses(tmp_path):
     """The local store's versions stay behind the object's name: it is listed, opened, replaced and deleted by
     that name; a plain file from before becomes version 1 at its first swap; a writer that read a version
-    long gone (cleaned up since) loses even when it claims that number again; a link left pointing at a
-    removed version (its writer frozen between two steps) changes nothing the store reads."""
+    long gone (cleaned up since) loses even when it claims that number again; a name left pointing at a
+    removed version changes nothing the store reads."""
     from core.storage.local import LocalStore
 
     root = tmp_path / "store"
     store = LocalStore(root)
+    number = lambda generation: int(generation.rsplit(":", 1)[1])  # noqa: E731
     store.write("unit/LATEST", b"plain")  # as `write` and riverbeam before versions leave it: a plain file
     data, plain = store.read_with_generation("unit/LATEST")
-    assert data == b"plain" and not (root / "unit" / ".LATEST.v").exists()
+    assert data == b"plain" and not (root / "unit" / "LATEST.versions").exists()
     first = store.write_if_generation("unit/LATEST", b"one", plain)
-    assert first == 1 and (root / "unit" / "LATEST").is_symlink() and (root / "unit" / "LATEST").read_bytes() == b"one"
+    assert number(first) == 1 and (root / "unit" / "LATEST").is_symlink() and (root / "unit" / "LATEST").read_bytes() == b"one"
     with pytest.raises(PreconditionFailed):
         store.write_if_generation("unit/LATEST", b"stale", plain)  # the plain file's generation is gone with it
-    stale = first
-    for number in range(2, LocalStore.KEEP_VERSIONS + 4):
-        assert store.write_if_generation("unit/LATEST", f"v{number}".encode(), number - 1) == number
-    newest = LocalStore.KEEP_VERSIONS + 3
-    assert sorted(int(v) for v in os.listdir(root / "unit" / ".LATEST.v")) == list(range(newest - LocalStore.KEEP_VERSIONS + 1, newest + 1))
+    generation = first
+    for _ in range(LocalStore.KEEP_VERSIONS + 2):
+        generation = store.write_if_generation("unit/LATEST", f"v{number(generation) + 1}".encode(), generation)
+    newest = number(generation)
+    folder = root / "unit" / "LATEST.versions"
+    assert sorted(int(v) for v in os.listdir(folder) if v.isdigit()) == list(range(newest - LocalStore.KEEP_VERSIONS + 1, newest + 1))
     with pytest.raises(PreconditionFailed):
-        store.write_if_generation("unit/LATEST", b"stale", stale)
+        store.write_if_generation("unit/LATEST", b"stale", first)
     # the same writer frozen after its check: it claims number 2 again, which is free since the clean-up
     temporary = store._prepare(root / "unit" / "LATEST", b"stale")
-    assert store._claim(root / "unit" / "LATEST", temporary, stale) == 0
+    versions = store._look(root / "unit" / "LATEST")
+    assert store._claim(root / "unit" / "LATEST", temporary, versions, 2) is False
+    os.close(versions.fd)
     os.unlink(temporary)
-    assert store.read_with_generation("unit/LATEST") == (f"v{newest}".encode(), newest)
-    assert "2" not in os.listdir(root / "unit" / ".LATEST.v")
-    # `write` (a forged pointer in the tests, a restore by hand) adds a version; it never hides one behind a plain file
+    assert store.read_with_generation("unit/LATEST") == (f"v{newest}".encode(), generation)
+    assert "2" not in os.listdir(folder)
+    # `write` (a forged pointer in the tests, a restore by hand) adds one version; it never hides one behind a plain file
     store.write("unit/LATEST", b"written")
-    assert store.read_with_generation("unit/LATEST") == (b"written", newest + 1)
-    # a link left at a removed version: the store reads, lists and opens the newest version all the same
+    data, written = store.read_with_generation("unit/LATEST")
+    assert data == b"written" and number(written) == newest + 1
+    # a name left pointing at a removed version: the store reads, lists and opens the newest version all the same
     os.unlink(root / "unit" / "LATEST")
-    os.symlink(".LATEST.v/1", root / "unit" / "LATEST")
+    os.symlink("LATEST.versions/1", root / "unit" / "LATEST")
     assert store.read("unit/LATEST") == b"written" and store.open_read("unit/LATEST").read() == b"written"
     store.write("unit/blob", b"12345")
     assert [(i.name, i.size) for i in store.list_info("unit/")] == [("unit/LATEST", 7), ("unit/blob", 5)]
     store.delete("unit/LATEST")
+    store.delete("unit/LATEST")  # twice: nothing to do
     store.delete("unit/blob")
     assert store.list() == [] and not (root / "unit").exists()
     with pytest.raises(ObjectNotFound):
         store.read("unit/LATEST")
-    assert store.write_if_generation("unit/LATEST", b"again", ABSENT) == 1  # created again from nothing
+    again = store.write_if_generation("unit/LATEST", b"again", ABSENT)
+    assert number(again) == 1 and again != first  # made again from nothing: a new epoch, never an old generation
+
+
+def test_a_local_object_deleted_and_made_again_fences_every_writer_of_the_old_one(tmp_path):
+    """An object wiped (``rm -rf dir/*``, `delete`) and made again by a new writer: a writer of the old one, with
+    the same version number in hand, or frozen between its check and its link, loses; the new writer keeps it."""
+    import shutil
+
+    from core.storage.local import LocalStore
+
+    root = tmp_path / "store"
+    old = LocalStore(root)
+    generation = old.write_if_generation("LATEST", b"old 1", ABSENT)
+    generation = old.write_if_generation("LATEST", b"old 2", generation)
+    for entry in os.listdir(root):  # rm -rf store/*: the versions folder goes too
+        (shutil.rmtree if (root / entry).is_dir() and not (root / entry).is_symlink() else os.unlink)(root / entry)
+    with pytest.raises(ObjectNotFound):
+        old.read("LATEST")
+    new = LocalStore(root)
+    mine = new.write_if_generation("LATEST", b"new 1", ABSENT)
+    mine = new.write_if_generation("LATEST", b"new 2", mine)  # the same number the old writer holds
+    with pytest.raises(PreconditionFailed):
+        old.write_if_generation("LATEST", b"old 3", generation)
+    # frozen between its check and its link, with the old folder open: the link lands in the removed folder, and loses
+    path = root / "LATEST"
+    versions = old._look(path)
+    new.delete("LATEST")
+    mine = new.write_if_generation("LATEST", b"new again", ABSENT)
+    temporary = old._prepare(path, b"old 3")
+    assert not old._claim(path, temporary, versions, versions.numbers[-1] + 1)  # not linked (its folder is gone) or linked and lost
+    os.close(versions.fd)
+    os.unlink(temporary)
+    assert new.read_with_generation("LATEST") == (b"new again", mine) and new.write_if_generation("LATEST", b"new 3", mine)
+    # frozen again, and the folder it read moved aside (as `delete` does first) and made anew: linked, and lost
+    versions = old._look(path)
+    os.rename(root / "LATEST.versions", tmp_path / "aside")
+    mine = new.write_if_generation("LATEST", b"newest", ABSENT)
+    temporary = old._prepare(path, b"old 4")
+    assert old._claim(path, temporary, versions, versions.numbers[-1] + 1) is False
+    os.close(versions.fd)
+    os.unlink(temporary)
+    assert new.read_with_generation("LATEST") == (b"newest", mine)
+
+
+def test_local_write_lands_once_and_a_failure_after_its_link_is_not_a_lost_swap(tmp_path, monkeypatch):
+    """`write` on a swapped object adds exactly one version; a swap whose version is linked reports it won even
+    when linking the name fails afterwards (a file system without symbolic links): the version is in place."""
+    from core.storage.local import LocalStore
+
+    store = LocalStore(tmp_path / "store")
+    generation = store.write_if_generation("LEASE", b"a", ABSENT)
+    store.write("LEASE", b"b")
+    assert store.read("LEASE") == b"b" and sorted(v for v in os.listdir(tmp_path / "store" / "LEASE.versions") if v.isdigit()) == ["1", "2"]
+
+    def no_symlinks(*args, **kwargs):
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(os, "symlink", no_symlinks)
+    _, generation = store.read_with_generation("LEASE")
+    won = store.write_if_generation("LEASE", b"c", generation)
+    assert store.read_with_generation("LEASE") == (b"c", won)
+    for n in range(6):  # old versions are still cleaned up
+        won = store.write_if_generation("LEASE", f"d{n}".encode(), won)
+    assert len([v for v in os.listdir(tmp_path / "store" / "LEASE.versions") if v.isdigit()]) == LocalStore.KEEP_VERSIONS
+
+
+def test_a_local_versions_folder_copied_over_another_is_one_line_not_a_silent_merge(tmp_path):
+    """``cp -a backup/. live/`` merges two objects' version folders: the newer numbers would win silently; the
+    store refuses to guess and names the folder."""
+    import shutil
+
+    from core.storage.local import LocalStore
+
+    backup, live = LocalStore(tmp_path / "backup"), LocalStore(tmp_path / "live")
+    backup.write_if_generation("LATEST", b"backup", ABSENT)
+    generation = live.write_if_generation("LATEST", b"live", ABSENT)
+    live.write_if_generation("LATEST", b"live 2", generation)
+    shutil.copytree(tmp_path / "backup" / "LATEST.versions", tmp_path / "live" / "LATEST.versions", dirs_exist_ok=True)
+    with pytest.raises(StorageError, match=r"LATEST: its versions folder .* holds 2 histories"):
+        live.read("LATEST")
+    shutil.copytree(tmp_path / "backup", tmp_path / "copy", symlinks=True)  # a plain copy of a whole directory reads as the original
+    assert LocalStore(tmp_path / "copy").read("LATEST") == b"backup"
+
 
 
 RACING_SWAPPER = """
@@ -335,7 +424,7 @@ for attempt in range(int(sys.argv[3])):
         won.append((generation, store.write_if_generation("LATEST", f"{me} {attempt} after {data.decode()}".encode(), generation)))
     except PreconditionFailed:
         pass
-print(" ".join(f"{before}:{after}" for before, after in won))
+print(" ".join(f"{before}|{after}" for before, after in won))
 """
 
 
@@ -359,12 +448,14 @@ def test_local_compare_and_swap_racing_processes_form_one_chain(tmp_path):
         swappers[0].send_signal(signal.SIGSTOP)
         time.sleep(rng.uniform(0.001, 0.05))
         swappers[0].send_signal(signal.SIGCONT)
-    wins = [tuple(map(int, pair.split(":"))) for swapper in swappers for pair in swapper.communicate(timeout=120)[0].split()]
+    number = lambda generation: int(str(generation).rsplit(":", 1)[1])  # noqa: E731  (a local generation: "<epoch>:<number>")
+    wins = [tuple(map(number, pair.split("|"))) for swapper in swappers for pair in swapper.communicate(timeout=120)[0].split()]
     assert all(swapper.returncode == 0 for swapper in swappers)
     won = sorted(new for _, new in wins)
     assert len(won) == len(set(won)), "a generation won twice: a lost update"
     assert all(new == before + 1 for before, new in wins), "a swap won from a generation that was not the newest"
     data, generation = store.read_with_generation("LATEST")
+    generation = number(generation)
     assert generation >= won[-1] and len(won) > 100
     # a swap reported lost may still have been seen, but only by writers that overtook a frozen writer KEEP_VERSIONS
     # times in between (see LocalStore._claim): most generations are won outright

@@ -113,6 +113,27 @@ def test_two_concurrent_writers_one_is_fenced(uri):
     assert CheckpointStore(uri).load_latest().state == b"state-4"
 
 
+
+def test_a_fenced_writer_keeps_the_checkpoint_its_lost_pointer_named_if_latest_names_it(uri, monkeypatch):
+    """A compare-and-swap told lost may still have been seen (a local writer overtaken right after its link:
+    core.storage.local.LocalStore._claim), and the next owner restored from it: the fenced writer keeps that
+    checkpoint instead of deleting it as an orphan."""
+    from core.storage import PreconditionFailed
+
+    first = CheckpointStore(uri)
+    save(first, 1)
+    landed_but_lost = first.store.write_if_generation
+
+    def write_then_lose(name, data, generation):
+        landed_but_lost(name, data, generation)
+        raise PreconditionFailed(f"{name}: overtaken")
+
+    monkeypatch.setattr(first.store, "write_if_generation", write_then_lose)
+    with pytest.raises(FencingError):
+        save(first, 2)
+    assert CheckpointStore(uri).load_latest().state == b"state-2"  # what the next owner restores is all there
+    assert len(CheckpointStore(uri).ids()) == 2
+
 def test_first_writers_race_on_empty_store(uri):
     first, second = CheckpointStore(uri), CheckpointStore(uri)
     assert first.load_latest() is None and second.load_latest() is None
