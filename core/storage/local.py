@@ -34,6 +34,7 @@ import glob
 import logging
 import os
 import secrets
+import stat
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
@@ -157,17 +158,23 @@ class LocalStore(ObjectStore):
             temporary = self._prepare(path, data)
             try:
                 if not self._link_newest(path, temporary):  # a plain object: replaced as a whole
-                    os.replace(temporary, path)
+                    staged = f"{temporary}.plain"
+                    os.link(temporary, staged)  # the temporary keeps these bytes' inode for the look below
+                    try:
+                        os.replace(staged, path)
+                    except BaseException:
+                        Path(staged).unlink(missing_ok=True)
+                        raise
                     self._sync_folder(path)
-                    self._link_newest(path, path)  # a first swap in between made it versioned: this write goes on top
+                    self._link_newest(path, temporary)  # a first swap made it versioned meanwhile: this write goes on top
             finally:
                 Path(temporary).unlink(missing_ok=True)
         except OSError as error:
             raise _storage_error(f"cannot write {self.join(name)}", error) from None
 
-    def _link_newest(self, path: Path, source: str | Path) -> bool:
+    def _link_newest(self, path: Path, source: str) -> bool:
         """For `write`: `source` linked as a versioned object's newest version (False when `path` has no versions)."""
-        while True:
+        for _ in range(LOOKS):
             versions = self._look(path)
             if versions is None or not versions.numbers:
                 if versions is not None:
@@ -178,6 +185,7 @@ class LocalStore(ObjectStore):
                     return True  # linked: never twice, even when overtaken at once
             finally:
                 os.close(versions.fd)
+        raise StorageError(f"cannot write {self.join(self._relative(path))}: other writers took its next version {LOOKS} times in a row")
 
     @staticmethod
     def _prepare(path: Path, data: bytes) -> str:
@@ -210,32 +218,52 @@ class LocalStore(ObjectStore):
         except OSError as error:
             raise _storage_error(f"cannot write {self.join(name)}", error) from None
         try:
-            versions = self._look(path)
-            try:
-                if versions is not None and versions.numbers:
-                    current: Generation = versions.token(versions.numbers[-1])
-                else:
-                    current = self._generation(path.stat()) if path.exists() else ABSENT
-                if current != generation:
-                    raise PreconditionFailed(f"{name}: generation is {current}, expected {generation}")
-                if versions is None:
-                    versions = self._make_folder(path)
-                if versions.numbers and versions.token(versions.numbers[-1]) != generation:  # another first swap made it before us
-                    raise PreconditionFailed(f"{name}: generation is {versions.token(versions.numbers[-1])}, expected {generation}")
-                number = versions.numbers[-1] + 1 if versions.numbers else 1
-                outcome = self._claim(path, temporary, versions, number)
-            finally:
-                if versions is not None:
-                    os.close(versions.fd)
-            if not outcome:
-                raise PreconditionFailed(f"{name}: generation moved past {generation} while this writer swapped")
-            return versions.token(number)
+            for _ in range(3):  # a folder deleted as soon as it was made: look again
+                versions = self._look(path)
+                try:
+                    if versions is not None and versions.numbers:
+                        current: Generation = versions.token(versions.numbers[-1])
+                    else:
+                        current = self._generation(path.stat()) if path.exists() else ABSENT
+                    if current != generation:
+                        raise PreconditionFailed(f"{name}: generation is {current}, expected {generation}")
+                    if versions is None:
+                        versions = self._make_folder(path)
+                        if versions is None:
+                            continue
+                    if versions.numbers and versions.token(versions.numbers[-1]) != generation:  # another first swap made it before us
+                        raise PreconditionFailed(f"{name}: generation is {versions.token(versions.numbers[-1])}, expected {generation}")
+                    number = versions.numbers[-1] + 1 if versions.numbers else 1
+                    if number == 1 and generation != ABSENT:
+                        number = self._version_the_plain_file(name, path, versions, generation)
+                    outcome = self._claim(path, temporary, versions, number)
+                finally:
+                    if versions is not None:
+                        os.close(versions.fd)
+                if not outcome:
+                    raise PreconditionFailed(f"{name}: generation moved past {generation} while this writer swapped")
+                return versions.token(number)
+            raise PreconditionFailed(f"{name}: deleted while this writer swapped it")
         except OSError as error:
             raise _storage_error(f"cannot write {self.join(name)}", error) from None
         finally:
             Path(temporary).unlink(missing_ok=True)  # linked into place, or the write lost
 
-    def _make_folder(self, path: Path) -> _Versions:
+    def _version_the_plain_file(self, name: str, path: Path, versions: _Versions, generation: Generation) -> int:
+        """The first swap of a plain file: that very file (its inode, whatever replaced it since the check)
+        linked as version 1 and checked against `generation`; the swap then claims 2. A plain file
+        rewritten or deleted meanwhile makes the swap lose, never hides the newer bytes."""
+        try:
+            os.link(path, "1", dst_dir_fd=versions.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            raise PreconditionFailed(f"{name}: deleted since generation {generation}") from None
+        except FileExistsError:
+            raise PreconditionFailed(f"{name}: another writer swapped it first") from None
+        if self._generation(os.stat("1", dir_fd=versions.fd)) != generation:
+            raise PreconditionFailed(f"{name}: rewritten since generation {generation}")  # version 1 holds what replaced it: the object as it is
+        return 2
+
+    def _make_folder(self, path: Path) -> _Versions | None:
         """`path`'s versions folder, made whole (with its epoch) by one rename; another writer's if it made one first."""
         staging = path.parent / f".{path.name}{VERSIONS}.{secrets.token_hex(6)}"
         staging.mkdir()
@@ -252,10 +280,7 @@ class LocalStore(ObjectStore):
                 for entry in os.listdir(staging):
                     os.unlink(staging / entry)
                 staging.rmdir()
-        versions = self._look(path)
-        if versions is None:  # deleted as soon as it was made
-            raise PreconditionFailed(f"{self._relative(path)}: deleted while this writer made it")
-        return versions
+        return self._look(path)  # None: deleted as soon as it was made
 
     def _claim(self, path: Path, source: str | Path, versions: _Versions, number: int) -> bool | None:
         """Link the finished `source` as version `number` in the folder `versions` was read from.
@@ -273,8 +298,12 @@ class LocalStore(ObjectStore):
         """
         try:
             os.link(source, str(number), dst_dir_fd=versions.fd)
-        except (FileExistsError, FileNotFoundError):
+        except FileExistsError:
             return None
+        except FileNotFoundError:
+            if not os.path.lexists(source):
+                raise
+            return None  # the folder is gone
         try:
             os.fsync(versions.fd)
             here = os.stat(self._folder(path))
@@ -286,15 +315,41 @@ class LocalStore(ObjectStore):
         except OSError as error:
             log.warning("%s: version %d is written but could not be checked: %s", self.join(self._relative(path)), number, error.strerror)
             return True
-        numbers = sorted(int(entry) for entry in os.listdir(versions.fd) if _is_number(entry))
-        if numbers and numbers[-1] >= number + self.KEEP_VERSIONS:
-            try:
-                os.unlink(str(number), dir_fd=versions.fd)  # no reader takes it: not the newest, and below the clean-up line
-            except FileNotFoundError:
-                pass
-            return False
+        try:
+            numbers = sorted(int(entry) for entry in os.listdir(versions.fd) if _is_number(entry))
+            if numbers and numbers[-1] >= number + self.KEEP_VERSIONS:
+                try:
+                    os.unlink(str(number), dir_fd=versions.fd)  # no reader takes it: not the newest, and below the clean-up line
+                except FileNotFoundError:
+                    pass
+                return False
+            if number == 1:  # a swap from nothing: a plain file there now was written after its check
+                self._keep_a_plain_write(path, versions, number)
+        except OSError as error:
+            log.warning("%s: version %d is written but could not be checked: %s", self.join(self._relative(path)), number, error.strerror)
+            return True
         self._publish(path, versions)
         return True
+
+    @staticmethod
+    def _keep_a_plain_write(path: Path, versions: _Versions, number: int) -> None:
+        """A swap from nothing: a plain file that `write` renamed into `path` while the swap was being made goes
+        on top, as the newest version, before the name is linked over it. Only then: a plain file beside
+        a versions folder is otherwise a copy of the name's link (``cp -r`` copies what a link points at),
+        never newer than the versions."""
+        here = os.lstat(path) if os.path.lexists(path) else None
+        if here is None or not stat.S_ISREG(here.st_mode):
+            return
+        for existing in range(1, number + 1):
+            try:
+                if os.stat(str(existing), dir_fd=versions.fd).st_ino == here.st_ino:
+                    return
+            except FileNotFoundError:
+                continue
+        try:
+            os.link(path, str(number + 1), dst_dir_fd=versions.fd, follow_symlinks=False)
+        except (FileExistsError, FileNotFoundError):
+            pass  # another writer went on top first, or the plain file is gone
 
     def _publish(self, path: Path, versions: _Versions) -> None:
         """Point `path` at the newest version (for people and tools that open it; the store reads the
@@ -303,10 +358,12 @@ class LocalStore(ObjectStore):
         numbers: list[int] = []
         try:
             pointed = None
+            mine = os.fstat(versions.fd)
             for _ in range(5):
                 numbers = sorted(int(entry) for entry in os.listdir(versions.fd) if _is_number(entry))
-                if not numbers or numbers[-1] == pointed:
-                    break
+                here = os.stat(self._folder(path))
+                if not numbers or numbers[-1] == pointed or (here.st_ino, here.st_dev) != (mine.st_ino, mine.st_dev):
+                    break  # pointed at the newest, or the folder was deleted (and made again): its own writers link the name
                 pointed = numbers[-1]
                 link = path.parent / f".{path.name}.{secrets.token_hex(6)}.link"
                 os.symlink(f"{self._folder(path).name}/{pointed}", link)
@@ -353,6 +410,8 @@ class LocalStore(ObjectStore):
                         found.append(ObjectInfo(name, os.stat(os.path.join(folder, file)).st_size))
                 except (FileNotFoundError, ObjectNotFound):
                     continue  # deleted since it was listed (or a dangling name of nothing)
+                except StorageError as error:  # one damaged object (two histories in its folder): the rest are listed
+                    log.warning("listing %s: %s", self.uri, error)
         return sorted(found)
 
     def delete(self, name: str) -> None:

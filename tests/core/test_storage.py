@@ -292,7 +292,7 @@ def test_a_local_swapped_object_keeps_its_name_and_a_writer_far_behind_always_lo
     data, plain = store.read_with_generation("unit/LATEST")
     assert data == b"plain" and not (root / "unit" / "LATEST.versions").exists()
     first = store.write_if_generation("unit/LATEST", b"one", plain)
-    assert number(first) == 1 and (root / "unit" / "LATEST").is_symlink() and (root / "unit" / "LATEST").read_bytes() == b"one"
+    assert number(first) == 2 and (root / "unit" / "LATEST").is_symlink() and (root / "unit" / "LATEST").read_bytes() == b"one"  # 1: the plain file
     with pytest.raises(PreconditionFailed):
         store.write_if_generation("unit/LATEST", b"stale", plain)  # the plain file's generation is gone with it
     generation = first
@@ -408,6 +408,8 @@ def test_a_local_versions_folder_copied_over_another_is_one_line_not_a_silent_me
     shutil.copytree(tmp_path / "backup" / "LATEST.versions", tmp_path / "live" / "LATEST.versions", dirs_exist_ok=True)
     with pytest.raises(StorageError, match=r"LATEST: its versions folder .* holds 2 histories"):
         live.read("LATEST")
+    live.write("other", b"x")
+    assert live.list() == ["other"]  # one damaged object: the others are still listed (and the damaged one is logged)
     shutil.copytree(tmp_path / "backup", tmp_path / "copy", symlinks=True)  # a plain copy of a whole directory reads as the original
     assert LocalStore(tmp_path / "copy").read("LATEST") == b"backup"
 
@@ -460,3 +462,59 @@ def test_local_compare_and_swap_racing_processes_form_one_chain(tmp_path):
     # a swap reported lost may still have been seen, but only by writers that overtook a frozen writer KEEP_VERSIONS
     # times in between (see LocalStore._claim): most generations are won outright
     assert len(won) > 0.8 * (generation - 1), (len(won), generation)
+
+
+@pytest.mark.parametrize("meanwhile", ["rewritten", "deleted", "written-over-nothing"])
+def test_a_local_first_swap_never_hides_or_revives_what_happened_to_the_plain_file_meanwhile(tmp_path, monkeypatch, meanwhile):
+    """The first swap of a plain file (or of nothing) while `write` or `delete` lands between its check and its
+    claim: a plain file rewritten or deleted since the swap read it makes the swap lose (never a deleted object
+    brought back, never newer bytes hidden); a plain file written over nothing goes on top of the swap's version."""
+    from core.storage.local import LocalStore
+
+    store = LocalStore(tmp_path / "store")
+    if meanwhile != "written-over-nothing":
+        store.write("LATEST", b"plain")
+    _, generation = store.read_with_generation("LATEST") if meanwhile != "written-over-nothing" else (None, ABSENT)
+    make_folder = LocalStore._make_folder
+
+    def after_the_check(self, path):
+        if meanwhile == "deleted":
+            LocalStore(tmp_path / "store").delete("LATEST")
+        else:
+            LocalStore(tmp_path / "store").write("LATEST", b"written meanwhile")
+        return make_folder(self, path)
+
+    monkeypatch.setattr(LocalStore, "_make_folder", after_the_check)
+    if meanwhile == "written-over-nothing":
+        store.write_if_generation("LATEST", b"swap", generation)  # linearized first: the write goes on top
+        assert store.read("LATEST") == b"written meanwhile"
+        return
+    with pytest.raises(PreconditionFailed):
+        store.write_if_generation("LATEST", b"swap", generation)
+    monkeypatch.setattr(LocalStore, "_make_folder", make_folder)
+    if meanwhile == "deleted":
+        with pytest.raises(ObjectNotFound):
+            store.read("LATEST")
+        assert store.list() == []
+    else:
+        assert store.read("LATEST") == b"written meanwhile" and store.list() == ["LATEST"]
+
+
+def test_a_local_directory_copied_with_cp_r_goes_on_from_its_versions(tmp_path):
+    """``cp -r`` (and `shutil.copytree`) copies the name's link as a plain file beside the versions folder: the copy
+    reads and swaps on from its versions, and that plain copy never comes back on top (the keyed checkpoint
+    matrix caught it doing so)."""
+    import shutil
+
+    from core.storage.local import LocalStore
+
+    LocalStore(tmp_path / "a").write_if_generation("unit/LATEST", b"one", ABSENT)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    assert not (tmp_path / "b" / "unit" / "LATEST").is_symlink()
+    copy = LocalStore(tmp_path / "b")
+    data, generation = copy.read_with_generation("unit/LATEST")
+    assert data == b"one"
+    generation = copy.write_if_generation("unit/LATEST", b"two", generation)
+    assert copy.read("unit/LATEST") == b"two"
+    copy.write_if_generation("unit/LATEST", b"three", generation)
+    assert copy.read("unit/LATEST") == b"three" == (tmp_path / "b" / "unit" / "LATEST").read_bytes()
