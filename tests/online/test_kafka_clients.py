@@ -188,6 +188,8 @@ class PollingMember(threading.Thread):
 
     def on_revoke(self, partitions):
         self.events.append((time.monotonic(), self.name_, "revoke", partitions))
+        if self.stop.is_set():  # what the daemon does at close: nothing (a commit there can meet a rebalance in progress)
+            return
         # what the daemon does: checkpoint, then commit, before the partitions are given up
         self.consumer.commit({tp: 5 for tp in partitions})
 
