@@ -34,7 +34,6 @@ import glob
 import logging
 import os
 import secrets
-import stat
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
@@ -173,15 +172,25 @@ class LocalStore(ObjectStore):
             raise _storage_error(f"cannot write {self.join(name)}", error) from None
 
     def _link_newest(self, path: Path, source: str) -> bool:
-        """For `write`: `source` linked as a versioned object's newest version (False when `path` has no versions)."""
+        """For `write`: `source` linked as a versioned object's newest version (version 1 in a folder just made);
+        False when `path` has no versions folder. True at once when `source` is already one of them: a
+        first swap took this very file in as version 1 (``plain``, never cleaned up, keeps its inode).
+
+        A first swap makes the folder, then looks at the name again; `write` renames, then looks for the
+        folder: one of them always sees the other, so a plain write is never hidden behind a swap."""
+        mine = os.stat(source).st_ino
         for _ in range(LOOKS):
             versions = self._look(path)
-            if versions is None or not versions.numbers:
-                if versions is not None:
-                    os.close(versions.fd)
+            if versions is None:
                 return False
             try:
-                if self._claim(path, source, versions, versions.numbers[-1] + 1) is not None:
+                for n in ["plain", *versions.numbers]:  # F2: already in the history (a first swap versioned this very file)
+                    try:
+                        if os.stat(str(n), dir_fd=versions.fd).st_ino == mine:
+                            return True
+                    except FileNotFoundError:
+                        pass
+                if self._claim(path, source, versions, versions.numbers[-1] + 1 if versions.numbers else 1) is not None:
                     return True  # linked: never twice, even when overtaken at once
             finally:
                 os.close(versions.fd)
@@ -231,6 +240,8 @@ class LocalStore(ObjectStore):
                         versions = self._make_folder(path)
                         if versions is None:
                             continue
+                        if not versions.numbers and (self._generation(path.stat()) if path.exists() else ABSENT) != generation:
+                            raise PreconditionFailed(f"{name}: written since generation {generation}")  # a write landed before the folder: see `_link_newest`
                     if versions.numbers and versions.token(versions.numbers[-1]) != generation:  # another first swap made it before us
                         raise PreconditionFailed(f"{name}: generation is {versions.token(versions.numbers[-1])}, expected {generation}")
                     number = versions.numbers[-1] + 1 if versions.numbers else 1
@@ -259,6 +270,10 @@ class LocalStore(ObjectStore):
             raise PreconditionFailed(f"{name}: deleted since generation {generation}") from None
         except FileExistsError:
             raise PreconditionFailed(f"{name}: another writer swapped it first") from None
+        try:
+            os.link("1", "plain", src_dir_fd=versions.fd, dst_dir_fd=versions.fd)  # the versioned plain file, never cleaned up: `write` looks for it
+        except FileExistsError:
+            pass
         if self._generation(os.stat("1", dir_fd=versions.fd)) != generation:
             raise PreconditionFailed(f"{name}: rewritten since generation {generation}")  # version 1 holds what replaced it: the object as it is
         return 2
@@ -323,33 +338,11 @@ class LocalStore(ObjectStore):
                 except FileNotFoundError:
                     pass
                 return False
-            if number == 1:  # a swap from nothing: a plain file there now was written after its check
-                self._keep_a_plain_write(path, versions, number)
         except OSError as error:
             log.warning("%s: version %d is written but could not be checked: %s", self.join(self._relative(path)), number, error.strerror)
             return True
         self._publish(path, versions)
         return True
-
-    @staticmethod
-    def _keep_a_plain_write(path: Path, versions: _Versions, number: int) -> None:
-        """A swap from nothing: a plain file that `write` renamed into `path` while the swap was being made goes
-        on top, as the newest version, before the name is linked over it. Only then: a plain file beside
-        a versions folder is otherwise a copy of the name's link (``cp -r`` copies what a link points at),
-        never newer than the versions."""
-        here = os.lstat(path) if os.path.lexists(path) else None
-        if here is None or not stat.S_ISREG(here.st_mode):
-            return
-        for existing in range(1, number + 1):
-            try:
-                if os.stat(str(existing), dir_fd=versions.fd).st_ino == here.st_ino:
-                    return
-            except FileNotFoundError:
-                continue
-        try:
-            os.link(path, str(number + 1), dst_dir_fd=versions.fd, follow_symlinks=False)
-        except (FileExistsError, FileNotFoundError):
-            pass  # another writer went on top first, or the plain file is gone
 
     def _publish(self, path: Path, versions: _Versions) -> None:
         """Point `path` at the newest version (for people and tools that open it; the store reads the

@@ -467,8 +467,8 @@ def test_local_compare_and_swap_racing_processes_form_one_chain(tmp_path):
 @pytest.mark.parametrize("meanwhile", ["rewritten", "deleted", "written-over-nothing"])
 def test_a_local_first_swap_never_hides_or_revives_what_happened_to_the_plain_file_meanwhile(tmp_path, monkeypatch, meanwhile):
     """The first swap of a plain file (or of nothing) while `write` or `delete` lands between its check and its
-    claim: a plain file rewritten or deleted since the swap read it makes the swap lose (never a deleted object
-    brought back, never newer bytes hidden); a plain file written over nothing goes on top of the swap's version."""
+    claim: a plain file written, rewritten or deleted since the swap read it makes the swap lose (never a deleted
+    object brought back, never newer bytes hidden)."""
     from core.storage.local import LocalStore
 
     store = LocalStore(tmp_path / "store")
@@ -486,7 +486,8 @@ def test_a_local_first_swap_never_hides_or_revives_what_happened_to_the_plain_fi
 
     monkeypatch.setattr(LocalStore, "_make_folder", after_the_check)
     if meanwhile == "written-over-nothing":
-        store.write_if_generation("LATEST", b"swap", generation)  # linearized first: the write goes on top
+        with pytest.raises(PreconditionFailed):  # the write came first: the swap from nothing loses
+            store.write_if_generation("LATEST", b"swap", generation)
         assert store.read("LATEST") == b"written meanwhile"
         return
     with pytest.raises(PreconditionFailed):
