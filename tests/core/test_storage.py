@@ -519,3 +519,29 @@ def test_a_local_directory_copied_with_cp_r_goes_on_from_its_versions(tmp_path):
     assert copy.read("unit/LATEST") == b"two"
     copy.write_if_generation("unit/LATEST", b"three", generation)
     assert copy.read("unit/LATEST") == b"three" == (tmp_path / "b" / "unit" / "LATEST").read_bytes()
+
+
+def test_a_local_write_taken_in_by_a_first_swap_is_not_put_back_on_top(tmp_path, monkeypatch):
+    """`write` renames its plain file in; before it looks for a versions folder, a swap reads that file and swaps
+    on from it (versioning the file itself): the swap's bytes are the object, and the write does not link its
+    own, older bytes again on top (the third review's reproduction)."""
+    from core.storage.local import LocalStore
+
+    store = LocalStore(tmp_path / "store")
+    store.write("LATEST", b"before")
+    sync_folder, swapped = LocalStore._sync_folder, []
+
+    def then_a_swap(path):
+        sync_folder(path)
+        if not swapped and path.name == "LATEST":  # the write's rename is durable: a swap lands before its look
+            swapped.append(True)
+            other = LocalStore(tmp_path / "store")
+            data, generation = other.read_with_generation("LATEST")
+            assert data == b"written"
+            swapped.append(other.write_if_generation("LATEST", b"swapped", generation))
+
+    monkeypatch.setattr(LocalStore, "_sync_folder", staticmethod(then_a_swap))
+    store.write("LATEST", b"written")
+    monkeypatch.setattr(LocalStore, "_sync_folder", staticmethod(sync_folder))
+    assert len(swapped) == 2
+    assert store.read_with_generation("LATEST") == (b"swapped", swapped[1])
