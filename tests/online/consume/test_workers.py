@@ -115,7 +115,7 @@ def test_two_workers_learn_every_event_once_into_rivers_per_key_models(tmp_path,
     assert summary["events_seen"] == summary["events_learned"] == summary["events_learned_total"] == len(events)
     assert sorted(summary["units"]) == [f"{topic}.{p}" for p in range(PARTITIONS)]
     units = assigned(log_lines(err))
-    assert {worker for worker, _, _ in units} == {0, 1}  # both workers learned
+    assert {worker for worker, _, _ in units} == {0, 1}, err[-6000:]  # both workers learned (the daemons' log: stress saw worker 0 get nothing once)
     # one rebalance at start at most: the workers subscribe together, so they join one generation, or (a join answered before the
     # other worker's arrives: Apache Kafka's test cluster has no initial rebalance delay, a loaded machine) a unit moves once
     assert set(collections.Counter(unit for _, unit, _ in units)) == {f"{topic}.{p}" for p in range(PARTITIONS)}
