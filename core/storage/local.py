@@ -59,6 +59,11 @@ def _is_number(entry: str) -> bool:
     return entry.isascii() and entry.isdigit() and str(int(entry)) == entry
 
 
+def _numbers(folder_fd: int) -> list[int]:
+    """The version numbers in the open versions folder `folder_fd`, ascending."""
+    return sorted(int(entry) for entry in os.listdir(folder_fd) if _is_number(entry))
+
+
 class _Versions(NamedTuple):
     """One look at an object's versions folder: an open descriptor of it, its epoch, its numbers (ascending)."""
 
@@ -85,6 +90,10 @@ class LocalStore(ObjectStore):
     @staticmethod
     def _generation(stat: os.stat_result) -> int:
         return (stat.st_mtime_ns << 16) ^ stat.st_ino or 1
+
+    def _plain_generation(self, path: Path) -> Generation:
+        """The generation of the plain file at `path` (following a link), `ABSENT` when there is none."""
+        return self._generation(path.stat()) if path.exists() else ABSENT
 
     @staticmethod
     def _folder(path: Path) -> Path:
@@ -178,13 +187,14 @@ class LocalStore(ObjectStore):
 
         A first swap makes the folder, then looks at the name again; `write` renames, then looks for the
         folder: one of them always sees the other, so a plain write is never hidden behind a swap."""
-        mine = os.stat(source).st_ino
+        mine = None
         for _ in range(LOOKS):
             versions = self._look(path)
             if versions is None:
                 return False
             try:
-                for n in ["plain", *versions.numbers]:  # F2: already in the history (a first swap versioned this very file)
+                mine = mine or os.stat(source).st_ino
+                for n in ["plain", *versions.numbers]:  # already in the history: a first swap versioned this very file
                     try:
                         if os.stat(str(n), dir_fd=versions.fd).st_ino == mine:
                             return True
@@ -233,14 +243,14 @@ class LocalStore(ObjectStore):
                     if versions is not None and versions.numbers:
                         current: Generation = versions.token(versions.numbers[-1])
                     else:
-                        current = self._generation(path.stat()) if path.exists() else ABSENT
+                        current = self._plain_generation(path)
                     if current != generation:
                         raise PreconditionFailed(f"{name}: generation is {current}, expected {generation}")
                     if versions is None:
                         versions = self._make_folder(path)
                         if versions is None:
                             continue
-                        if not versions.numbers and (self._generation(path.stat()) if path.exists() else ABSENT) != generation:
+                        if not versions.numbers and self._plain_generation(path) != generation:
                             raise PreconditionFailed(f"{name}: written since generation {generation}")  # a write landed before the folder: see `_link_newest`
                     if versions.numbers and versions.token(versions.numbers[-1]) != generation:  # another first swap made it before us
                         raise PreconditionFailed(f"{name}: generation is {versions.token(versions.numbers[-1])}, expected {generation}")
@@ -321,9 +331,7 @@ class LocalStore(ObjectStore):
             return None  # the folder is gone
         try:
             os.fsync(versions.fd)
-            here = os.stat(self._folder(path))
-            mine = os.fstat(versions.fd)
-            if (here.st_ino, here.st_dev) != (mine.st_ino, mine.st_dev):
+            if not self._still_there(path, versions):
                 return False  # the folder was deleted (and maybe made again) since this writer read it
         except FileNotFoundError:
             return False
@@ -331,7 +339,7 @@ class LocalStore(ObjectStore):
             log.warning("%s: version %d is written but could not be checked: %s", self.join(self._relative(path)), number, error.strerror)
             return True
         try:
-            numbers = sorted(int(entry) for entry in os.listdir(versions.fd) if _is_number(entry))
+            numbers = _numbers(versions.fd)
             if numbers and numbers[-1] >= number + self.KEEP_VERSIONS:
                 try:
                     os.unlink(str(number), dir_fd=versions.fd)  # no reader takes it: not the newest, and below the clean-up line
@@ -344,6 +352,11 @@ class LocalStore(ObjectStore):
         self._publish(path, versions)
         return True
 
+    def _still_there(self, path: Path, versions: _Versions) -> bool:
+        """Whether the versions folder at `path` is still the one `versions` holds open (not deleted or made again)."""
+        here, mine = os.stat(self._folder(path)), os.fstat(versions.fd)
+        return (here.st_ino, here.st_dev) == (mine.st_ino, mine.st_dev)
+
     def _publish(self, path: Path, versions: _Versions) -> None:
         """Point `path` at the newest version (for people and tools that open it; the store reads the
         versions; looked at again after the link moves, so a slow writer leaves no older link behind) and
@@ -351,11 +364,9 @@ class LocalStore(ObjectStore):
         numbers: list[int] = []
         try:
             pointed = None
-            mine = os.fstat(versions.fd)
             for _ in range(5):
-                numbers = sorted(int(entry) for entry in os.listdir(versions.fd) if _is_number(entry))
-                here = os.stat(self._folder(path))
-                if not numbers or numbers[-1] == pointed or (here.st_ino, here.st_dev) != (mine.st_ino, mine.st_dev):
+                numbers = _numbers(versions.fd)
+                if not numbers or numbers[-1] == pointed or not self._still_there(path, versions):
                     break  # pointed at the newest, or the folder was deleted (and made again): its own writers link the name
                 pointed = numbers[-1]
                 link = path.parent / f".{path.name}.{secrets.token_hex(6)}.link"
@@ -368,7 +379,7 @@ class LocalStore(ObjectStore):
         except OSError as error:
             log.warning("%s: the newest version is written, but linking its name to it failed: %s", self.join(self._relative(path)), error.strerror)
         try:
-            numbers = numbers or sorted(int(entry) for entry in os.listdir(versions.fd) if _is_number(entry))
+            numbers = numbers or _numbers(versions.fd)
             for old in numbers[: -self.KEEP_VERSIONS]:
                 try:
                     os.unlink(str(old), dir_fd=versions.fd)
