@@ -97,6 +97,27 @@ def assigned(lines: list[dict]) -> list[tuple[int, str, str]]:
     return [(line["worker"], line["unit"], line["msg"]) for line in lines if line.get("msg") in ("restored", "starting fresh")]
 
 
+def owners(log: "LogLines") -> dict:
+    """Each unit's latest owner, as the workers logged it."""
+    return {unit: worker for worker, unit, _ in assigned(log.lines)}
+
+
+def checkpointed_then_stopped(process, log: "LogLines", uri: str, topic: str, count: int) -> dict:
+    """Wait until the units' checkpoints hold `count` events in all, then SIGTERM the supervisor: its summary (exit 0 asserted)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        manifests = unit_manifests(uri, topic)
+        if all(manifests.values()) and sum(m["events_seen"] for m in manifests.values()) == count:
+            break
+        assert process.poll() is None, "".join(log.text)[-3000:]
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=90)
+    log.thread.join(10)
+    assert process.returncode == 0, "".join(log.text)[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def keyed_job(tmp_path, bootstrap, topic, client, **overrides) -> str:
     return job_config(tmp_path, bootstrap, topic, client, events={"target": "label", "key": "user"}, **overrides)
 
@@ -117,26 +138,11 @@ def test_two_workers_learn_every_event_once_into_rivers_per_key_models(tmp_path,
     uri = str(tmp_path / "checkpoints")
     process = start_daemon(config, "--workers", "2")
     log = LogLines(process)
-
-    def owners() -> dict:
-        return {unit: worker for worker, unit, _ in assigned(log.lines)}  # each unit's latest owner
-
-    log.wait_for(lambda line: sorted(collections.Counter(owners().values()).items()) == [(0, 2), (1, 2)], "the split, 2 units each",
+    log.wait_for(lambda line: sorted(collections.Counter(owners(log).values()).items()) == [(0, 2), (1, 2)], "the split, 2 units each",
                  process, timeout=90)
     produce_keyed(kafka_bootstrap, topic, tail, create=False)
     everything = head + tail
-    deadline = time.monotonic() + 120  # each unit's checkpoints: every 250 events, and 1 s after its last one
-    while time.monotonic() < deadline:
-        manifests = unit_manifests(uri, topic)
-        if all(manifests.values()) and sum(m["events_seen"] for m in manifests.values()) == len(everything):
-            break
-        assert process.poll() is None, "".join(log.text)[-3000:]
-        time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
-    out, _ = process.communicate(timeout=90)
-    log.thread.join(10)
-    assert process.returncode == 0, "".join(log.text)[-3000:]
-    summary = json.loads(out.strip().splitlines()[-1])
+    summary = checkpointed_then_stopped(process, log, uri, topic, len(everything))  # checkpoints every 250 events, and 1 s after the last
     assert (summary["workers"], summary["worker_restarts"]) == (2, 0)
     assert summary["events_seen"] == summary["events_learned"] == summary["events_learned_total"] == len(everything)
     assert sorted(summary["units"]) == [f"{topic}.{p}" for p in range(PARTITIONS)]
@@ -145,7 +151,7 @@ def test_two_workers_learn_every_event_once_into_rivers_per_key_models(tmp_path,
     # other worker's arrives) a unit moves once; none after the split
     assert set(collections.Counter(unit for _, unit, _ in units)) == {f"{topic}.{p}" for p in range(PARTITIONS)}
     assert max(collections.Counter(unit for _, unit, _ in units).values()) <= 2, "".join(log.text)[-6000:]
-    assert sorted(collections.Counter(owners().values()).items()) == [(0, 2), (1, 2)]  # still split at the end: both workers learned the tail
+    assert sorted(collections.Counter(owners(log).values()).items()) == [(0, 2), (1, 2)]  # still split at the end: both workers learned the tail
     for p, manifest in unit_manifests(uri, topic).items():  # each partition's unit: its events, each learned once
         assert manifest["positions"][f"{topic}/{p}"] == manifest["events_seen"] == manifest["events_learned"] == len(everything) // PARTITIONS
     assert_models_equal_river(uri, everything)
@@ -194,12 +200,9 @@ def test_kill_9_of_one_worker_loses_and_doubles_nothing(tmp_path, kafka_bootstra
     log = LogLines(process)
     victim = 1
 
-    def owners() -> dict:
-        return {unit: worker for worker, unit, _ in assigned(log.lines)}  # each unit's latest owner
-
-    split = lambda line: sorted(collections.Counter(owners().values()).items()) == [(0, 2), (victim, 2)]  # noqa: E731
+    split = lambda line: sorted(collections.Counter(owners(log).values()).items()) == [(0, 2), (victim, 2)]  # noqa: E731
     log.wait_for(split, "the group's split, 2 units each", process, timeout=90)
-    victims_units = {unit for unit, worker in owners().items() if worker == victim}
+    victims_units = {unit for unit, worker in owners(log).items() if worker == victim}
     assert len(victims_units) == 2  # the group split the partitions at start
     started = [line for line in log.lines if line.get("msg") == "worker started" and line["worker"] == victim]
     while not any(m and m["events_seen"] for m in unit_manifests(uri, topic).values()):  # learning: a checkpoint is written
@@ -225,18 +228,7 @@ def test_kill_9_of_one_worker_loses_and_doubles_nothing(tmp_path, kafka_bootstra
                  "the restarted worker taking units back", process)
     produce_keyed(kafka_bootstrap, topic, tail, create=False)
     everything = head + tail
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        manifests = unit_manifests(uri, topic)
-        if all(manifests.values()) and sum(m["events_seen"] for m in manifests.values()) == len(everything):
-            break
-        assert process.poll() is None, "".join(log.text)[-3000:]
-        time.sleep(0.5)
-    process.send_signal(signal.SIGTERM)
-    out, _ = process.communicate(timeout=90)
-    log.thread.join(10)
-    assert process.returncode == 0, "".join(log.text)[-3000:]
-    summary = json.loads(out.strip().splitlines()[-1])
+    summary = checkpointed_then_stopped(process, log, uri, topic, len(everything))
     assert summary["worker_restarts"] == len(killed)
     moved = {line["unit"] for line in log.lines if taken(line)}
     assert victims_units <= moved  # the dead worker's partitions moved to the other worker
@@ -385,18 +377,7 @@ def test_a_worker_fenced_on_a_partition_is_restarted_not_the_groups_failure(tmp_
             continue
     produce_keyed(kafka_bootstrap, topic, tail, create=False)  # more to learn: the unit checkpoints again, over the moved LATEST
     log.wait_for(lambda line: line.get("msg") == "worker is stale on a partition another worker took: restarting it", "the stale worker's restart", process)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        manifests = unit_manifests(uri, topic)
-        if all(manifests.values()) and sum(m["events_seen"] for m in manifests.values()) == len(events):
-            break
-        assert process.poll() is None, "".join(log.text)[-3000:]
-        time.sleep(0.5)
-    process.send_signal(signal.SIGTERM)
-    out, _ = process.communicate(timeout=90)
-    log.thread.join(10)
-    assert process.returncode == 0, "".join(log.text)[-3000:]
-    assert json.loads(out.strip().splitlines()[-1])["worker_restarts"] >= 1
+    assert checkpointed_then_stopped(process, log, uri, topic, len(events))["worker_restarts"] >= 1
     for p, manifest in unit_manifests(uri, topic).items():  # nothing lost or learned twice
         assert manifest["positions"][f"{topic}/{p}"] == manifest["events_seen"] == manifest["events_learned"] == len(events) // PARTITIONS
     assert_models_equal_river(uri, events)
