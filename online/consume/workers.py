@@ -27,7 +27,9 @@ user (or Kubernetes) starts:
 * **``--until-caught-up``** is decided for the group: each worker reports whether its partitions
   reached the end offsets seen at their assignment, and once the workers' partitions cover the
   topic and all are caught up, the supervisor tells all to finish together (so no worker leaves
-  while the others learn, which would move its partitions to them).
+  while the others learn, which would move its partitions to them). A worker that joined and
+  holds no partition counts as caught up (more workers than partitions, or a join the group
+  answered after the others had read everything: on a small topic one worker may learn it all).
 * **One /metrics port.** Workers write their series to prometheus-client's multiprocess files;
   the supervisor serves them merged (``MultiProcessCollector``) with ``/healthz``, ``/readyz`` and
   the dashboard through `online.observability.HealthServer`. Ready: every worker running and one
