@@ -271,27 +271,40 @@ class ProtobufRecordDeserializer:
     message class, and the message becomes a dict by field name: nested messages as dicts, enums
     by name, ``google.protobuf.Timestamp`` as `datetime` (for `flatten`), the other well-known
     types by their JSON mapping (``json_format.MessageToDict``).
+
+    A message of plain scalars only (numbers, booleans, strings; none repeated, none with presence)
+    is already a flat event: its fields are read in one ``attrgetter`` call, with no walk over its
+    descriptor per record (measured on 9 doubles and a boolean: ~1.5 us per event against ~9 us).
+    The wire header's common case, the first message type (its message indexes written as one zero
+    byte), is read in place; any other goes through confluent-kafka's `SchemaId`.
     """
 
     def __init__(self, client):
-        self.client = client
-        self._classes: dict[tuple[int, tuple[int, ...]], Any] = {}
-
-    def __call__(self, value: bytes, context) -> dict:
-        from confluent_kafka.schema_registry.common.protobuf import PROTOBUF_TYPE
-        from confluent_kafka.schema_registry.common.serde import SchemaId
         from google.protobuf import json_format
 
-        schema_id = SchemaId(PROTOBUF_TYPE)
-        payload = schema_id.from_bytes(io.BytesIO(value))
-        indexes = tuple(schema_id.message_indexes or [0])
-        key = (schema_id.id, indexes)
-        message_class = self._classes.get(key)
-        if message_class is None:
-            message_class = self._classes[key] = self._message_class(schema_id.id, indexes)
-        message = message_class()
-        message.ParseFromString(payload.read())
-        return flatten(_protobuf_dict(message, json_format))
+        self.client = client
+        self._json_format = json_format
+        self._classes: dict[tuple[int, tuple[int, ...]], tuple] = {}  # (schema id, indexes) -> (message class, scalars getter or None)
+
+    def __call__(self, value: bytes, context) -> dict:
+        if len(value) > 5 and value[5] == 0:  # message indexes [0]: one zero byte after the magic byte and the schema id
+            key, payload = (int.from_bytes(value[1:5], "big"), (0,)), value[6:]
+        else:
+            from confluent_kafka.schema_registry.common.protobuf import PROTOBUF_TYPE
+            from confluent_kafka.schema_registry.common.serde import SchemaId
+
+            schema_id = SchemaId(PROTOBUF_TYPE)
+            payload = schema_id.from_bytes(io.BytesIO(value)).read()
+            key = (schema_id.id, tuple(schema_id.message_indexes or [0]))
+        found = self._classes.get(key)
+        if found is None:
+            message_class = self._message_class(*key)
+            found = self._classes[key] = (message_class, _scalars_getter(message_class.DESCRIPTOR))
+        message_class, scalars = found
+        message = message_class.FromString(payload)
+        if scalars is not None:
+            return scalars(message)
+        return flatten(_protobuf_dict(message, self._json_format))
 
     def _message_class(self, schema_id: int, indexes: tuple[int, ...]):
         import base64
@@ -334,13 +347,39 @@ class ProtobufRecordDeserializer:
         return GetMessageClass(descriptor)
 
 
+def _repeated(field) -> bool:
+    """Whether a Protobuf field is repeated (``is_repeated`` in protobuf 6, where ``label`` is deprecated)."""
+    repeated = getattr(field, "is_repeated", None)
+    return repeated if isinstance(repeated, bool) else field.label == field.LABEL_REPEATED
+
+
+def _scalars_getter(descriptor) -> Callable[[Any], dict] | None:
+    """For a message of plain scalar fields only (no presence, none repeated), a function giving its event
+    (what `_protobuf_dict` then `flatten` give, in one ``attrgetter`` call); None for any other message."""
+    import operator
+
+    from google.protobuf.descriptor import FieldDescriptor as F
+
+    plain = {F.TYPE_DOUBLE, F.TYPE_FLOAT, F.TYPE_INT64, F.TYPE_UINT64, F.TYPE_INT32, F.TYPE_FIXED64, F.TYPE_FIXED32, F.TYPE_BOOL,
+             F.TYPE_STRING, F.TYPE_UINT32, F.TYPE_SFIXED32, F.TYPE_SFIXED64, F.TYPE_SINT32, F.TYPE_SINT64}  # not bytes, enums, messages
+    fields = descriptor.fields
+    if not fields or any(field.type not in plain or field.has_presence or _repeated(field) for field in fields):
+        return None
+    names = tuple(field.name for field in fields)
+    if len(names) == 1:
+        name = names[0]
+        return lambda message: {name: getattr(message, name)}
+    values = operator.attrgetter(*names)
+    return lambda message: dict(zip(names, values(message)))
+
+
 def _protobuf_dict(message, json_format) -> dict:
     """A message's fields by name: every field without presence (proto3 scalars, 0 included, as JSON would carry them),
     fields with presence only when set; nested messages as dicts, maps as dicts, enums by name (in lists too),
     Timestamp as datetime."""
     out = {}
     for field in message.DESCRIPTOR.fields:
-        repeated = field.label == field.LABEL_REPEATED
+        repeated = _repeated(field)
         if not repeated and field.has_presence and not message.HasField(field.name):
             continue
         value = getattr(message, field.name)

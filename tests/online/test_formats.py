@@ -333,6 +333,32 @@ def test_protobuf_nested_messages_enums_timestamps_and_unset_optionals_through_t
     assert events == [expected, {**expected, "coupon": 0.25}]
 
 
+@pytest.mark.parametrize("header", [b"\x00", b"\x02\x00"], ids=["indexes-shortcut", "indexes-list"])
+def test_a_protobuf_message_of_plain_scalars_reads_as_the_descriptor_walk_reads_it(topic, header):
+    """The scalars-only fast path (one attrgetter call) gives what the general path gives, zeros, an empty string and big
+    integers included; a message with presence (a proto3 optional) takes the general path. The first message type's indexes,
+    as the one-zero-byte shortcut or as a list ([0]: count 1 zigzagged, then 0), read the same."""
+    from google.protobuf import descriptor_pb2, json_format
+
+    from online.formats import ProtobufRecordDeserializer, _protobuf_dict, flatten
+
+    F = descriptor_pb2.FieldDescriptorProto
+    scalars = [("d", F.TYPE_DOUBLE), ("f", F.TYPE_FLOAT), ("i", F.TYPE_INT64), ("u", F.TYPE_UINT32), ("s", F.TYPE_SINT64),
+               ("b", F.TYPE_BOOL), ("t", F.TYPE_STRING)]  # fmt: skip
+    Plain = protobuf_class(f"plain{topic[2:]}", "Plain", [(name, kind, None, False) for name, kind in scalars])
+    Optional = protobuf_class(f"optional{topic[2:]}", "Optional", [("d", F.TYPE_DOUBLE, None, False), ("o", F.TYPE_DOUBLE, None, True)])
+    messages = [Plain(d=1.5, f=0.1, i=2**60 + 1, u=7, s=-3, b=True, t="x"), Plain(), Optional(d=2.0), Optional(o=0.0)]
+    decoder = ProtobufRecordDeserializer(None)
+    decoder._message_class = lambda schema_id, indexes: {(1, (0,)): Plain, (2, (0,)): Optional}[(schema_id, indexes)]
+
+    decoded = [decoder(b"\x00" + (1 if isinstance(m, Plain) else 2).to_bytes(4, "big") + header + m.SerializeToString(), None) for m in messages]
+
+    assert decoded == [flatten(_protobuf_dict(m, json_format)) for m in messages]
+    assert decoded[0]["i"] == 2**60 + 1 and decoded[1] == {"d": 0.0, "f": 0.0, "i": 0, "u": 0, "s": 0, "b": False, "t": ""}
+    assert decoded[2:] == [{"d": 2.0}, {"d": 0.0, "o": 0.0}]  # an unset optional left out, a set one kept at 0
+    assert [found[1] is not None for found in decoder._classes.values()] == [True, False]  # the fast path, then the general one
+
+
 def test_a_protobuf_map_reaches_the_learner_as_its_entries_never_as_the_list_of_its_keys(schema_registry, topic):
     """riverbeam's own Protobuf prediction record (``probabilities`` is a map<string, double>) read back as events: the
     map's entries are features by the flattening rule (``probabilities.<key>``); before, the map became its keys."""
@@ -348,19 +374,31 @@ def test_a_protobuf_map_reaches_the_learner_as_its_entries_never_as_the_list_of_
     assert "probabilities" not in events[0]
 
 
-def test_the_daemon_learns_from_protobuf_exactly_what_it_learns_from_json(tmp_path, kafka_bootstrap, schema_registry, topic):
+@pytest.mark.parametrize(
+    ("dataset", "target", "model"),
+    [(PHISHING, "label", None), (TRUMP, "approval", REGRESSION)],
+    ids=["phishing", "trump_approval"],
+)
+def test_the_daemon_learns_from_protobuf_exactly_what_it_learns_from_json(tmp_path, kafka_bootstrap, schema_registry, topic, dataset, target, model):
     from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
     from google.protobuf import descriptor_pb2
 
     F = descriptor_pb2.FieldDescriptorProto
-    fields = [(key, F.TYPE_BOOL if type(value) is bool else F.TYPE_DOUBLE, None, False) for key, value in PHISHING[0].items()]
-    Event = protobuf_class(f"phishing{topic[2:]}", "Event", fields)
+    kinds: dict[str, set] = {}
+    for event in dataset:
+        for key, value in event.items():
+            kinds.setdefault(key, set()).add(type(value))
+    types = {bool: F.TYPE_BOOL, int: F.TYPE_INT64, float: F.TYPE_DOUBLE}  # integers mixed with floats: a double, as in `avro_schema`
+    fields = [(key, F.TYPE_DOUBLE if len(kind) > 1 else types[next(iter(kind))], None, False) for key, kind in kinds.items()]
+    Event = protobuf_class(f"{target}{topic[2:]}", "Event", fields)
     serializer = ProtobufSerializer(Event, registry_client({"url": schema_registry.url})[0], {"use.deprecated.format": False, **TOPIC_STRATEGY})
+    overrides = {"events": {"target": target}, **({"model": model} if model else {})}
 
     from_protobuf, from_json = learned_from_registry_and_json(
-        tmp_path, kafka_bootstrap, topic, schema_registry, "protobuf", lambda event, ctx: serializer(Event(**event), ctx), PHISHING
+        tmp_path, kafka_bootstrap, topic, schema_registry, "protobuf", lambda event, ctx: serializer(Event(**event), ctx), dataset, **overrides
     )
 
+    assert from_protobuf["events_learned"] == len(dataset)
     assert from_protobuf["units"]["all"]["metrics"] == from_json["units"]["all"]["metrics"]
 
 
