@@ -59,9 +59,9 @@ def _is_number(entry: str) -> bool:
     return entry.isascii() and entry.isdigit() and str(int(entry)) == entry
 
 
-def _numbers(folder_fd: int) -> list[int]:
-    """The version numbers in the open versions folder `folder_fd`, ascending."""
-    return sorted(int(entry) for entry in os.listdir(folder_fd) if _is_number(entry))
+def _numbers(entries: list[str]) -> list[int]:
+    """The version numbers among a versions folder's `entries` (its listing), ascending."""
+    return sorted(int(entry) for entry in entries if _is_number(entry))
 
 
 class _Versions(NamedTuple):
@@ -119,7 +119,7 @@ class LocalStore(ObjectStore):
                 return None
             raise StorageError(f"{self.join(self._relative(path))}: its versions folder {self._folder(path)} holds {len(epochs)} histories "
                                "(was another copy of it copied over this one?); keep one, or remove the folder and its link")
-        return _Versions(fd, epochs[0], sorted(int(entry) for entry in entries if _is_number(entry)))
+        return _Versions(fd, epochs[0], _numbers(entries))
 
     def _relative(self, path: Path) -> str:
         return os.path.relpath(path, self.root).replace(os.sep, "/")
@@ -339,7 +339,7 @@ class LocalStore(ObjectStore):
             log.warning("%s: version %d is written but could not be checked: %s", self.join(self._relative(path)), number, error.strerror)
             return True
         try:
-            numbers = _numbers(versions.fd)
+            numbers = _numbers(os.listdir(versions.fd))
             if numbers and numbers[-1] >= number + self.KEEP_VERSIONS:
                 try:
                     os.unlink(str(number), dir_fd=versions.fd)  # no reader takes it: not the newest, and below the clean-up line
@@ -365,7 +365,7 @@ class LocalStore(ObjectStore):
         try:
             pointed = None
             for _ in range(5):
-                numbers = _numbers(versions.fd)
+                numbers = _numbers(os.listdir(versions.fd))
                 if not numbers or numbers[-1] == pointed or not self._still_there(path, versions):
                     break  # pointed at the newest, or the folder was deleted (and made again): its own writers link the name
                 pointed = numbers[-1]
@@ -379,7 +379,7 @@ class LocalStore(ObjectStore):
         except OSError as error:
             log.warning("%s: the newest version is written, but linking its name to it failed: %s", self.join(self._relative(path)), error.strerror)
         try:
-            numbers = numbers or _numbers(versions.fd)
+            numbers = numbers or _numbers(os.listdir(versions.fd))
             for old in numbers[: -self.KEEP_VERSIONS]:
                 try:
                     os.unlink(str(old), dir_fd=versions.fd)
