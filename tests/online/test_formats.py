@@ -56,12 +56,18 @@ def AvroSerializer(client, schema, conf=None):  # noqa: N802  (confluent-kafka's
     return ConfluentAvroSerializer(client, schema, conf={**TOPIC_STRATEGY, **(conf or {})})
 
 
-def avro_schema(name: str, events: list[dict]) -> str:
-    """A flat Avro record schema for `events` (a field that is an integer somewhere and a float elsewhere is a double)."""
+def field_kinds(events: list[dict]) -> dict[str, set]:
+    """Each field of `events` (in first-seen order) with the Python types its values have."""
     kinds: dict[str, set] = {}
     for event in events:
         for key, value in event.items():
             kinds.setdefault(key, set()).add(type(value))
+    return kinds
+
+
+def avro_schema(name: str, events: list[dict]) -> str:
+    """A flat Avro record schema for `events` (a field that is an integer somewhere and a float elsewhere is a double)."""
+    kinds = field_kinds(events)
     fields = [
         {
             "name": key,
@@ -384,10 +390,7 @@ def test_the_daemon_learns_from_protobuf_exactly_what_it_learns_from_json(tmp_pa
     from google.protobuf import descriptor_pb2
 
     F = descriptor_pb2.FieldDescriptorProto
-    kinds: dict[str, set] = {}
-    for event in dataset:
-        for key, value in event.items():
-            kinds.setdefault(key, set()).add(type(value))
+    kinds = field_kinds(dataset)
     types = {bool: F.TYPE_BOOL, int: F.TYPE_INT64, float: F.TYPE_DOUBLE}  # integers mixed with floats: a double, as in `avro_schema`
     fields = [(key, F.TYPE_DOUBLE if len(kind) > 1 else types[next(iter(kind))], None, False) for key, kind in kinds.items()]
     Event = protobuf_class(f"{target}{topic[2:]}", "Event", fields)
