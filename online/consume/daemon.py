@@ -71,6 +71,7 @@ class DaemonError(RiverbeamError):
 
 STORAGE_LOG_EVERY = 30.0  # seconds between log lines while a checkpoint upload keeps retrying
 JOIN_LOG_EVERY = 30.0  # seconds between log lines while the consumer group has given this daemon no assignment yet
+GROUP_WAIT_POLL_SECONDS = 0.05  # a worker caught up polls this briefly, so that the group's finish reaches it at once
 
 
 def offset_gap(position: int, start: int, end: int, recorded_id: str | None = None, current_id: str | None = None) -> str | None:
@@ -537,7 +538,10 @@ class Daemon:
         """`--until-caught-up`: this daemon's partitions (`_caught_up`), or, for a worker, the group's as its supervisor decides."""
         if self.group is None:
             return self._caught_up()
-        return self.group.caught_up(self, (self.joined and not self.units) or self._caught_up())  # not joined yet: not caught up
+        mine = (self.joined and not self.units) or self._caught_up()  # not joined yet: not caught up
+        # Waiting for the supervisor's word, a poll's full timeout would hold the finish back: poll briefly.
+        self.source.poll_timeout = min(GROUP_WAIT_POLL_SECONDS, self.config.kafka.poll_timeout_ms / 1000) if mine else self.config.kafka.poll_timeout_ms / 1000
+        return self.group.caught_up(self, mine)
 
     def _model_progress(self) -> None:
         """The models' gauges (metrics, drifts, events learned in all) and a learning-curve point of each."""
