@@ -8,7 +8,10 @@ user (or Kubernetes) starts:
 * **Start-up once.** Workers are forked from a `multiprocessing` fork server that imports the
   daemon (River, the Kafka clients) once; a worker, or its restart, starts in milliseconds instead
   of paying the imports again. All workers subscribe together (a barrier before the subscription),
-  so the group forms in one generation: no rebalance at start.
+  so the group forms in one generation when the broker gathers joins at start
+  (``group.initial.rebalance.delay.ms``, 3 s by default). A broker that does not (the local stack's
+  0) completes the first join alone: one more generation moves that worker's extra partitions to
+  the others about a second later (two heartbeats), each unit once.
 * **Cooperative assignment.** Unless ``kafka.consumer`` names an assignor, workers use the
   cooperative-sticky one (both clients support incremental assignment): a worker that leaves or
   joins moves only its own partitions; the others' units are neither checkpointed nor restored.
