@@ -7,11 +7,11 @@ user (or Kubernetes) starts:
 
 * **Start-up once.** Workers are forked from a `multiprocessing` fork server that imports the
   daemon (River, the Kafka clients) once; a worker, or its restart, starts in milliseconds instead
-  of paying the imports again. All workers subscribe together (a barrier before the subscription),
-  so the group forms in one generation when the broker gathers joins at start
-  (``group.initial.rebalance.delay.ms``, 3 s by default). A broker that does not (the local stack's
-  0) completes the first join alone: one more generation moves that worker's extra partitions to
-  the others about a second later (two heartbeats), each unit once.
+  of paying the imports again. All workers find the group's coordinator, then subscribe together
+  (a barrier before the subscription), so the group forms in one generation: surely when the broker
+  gathers joins at start (``group.initial.rebalance.delay.ms``, 3 s by default), most times when it
+  does not (the local stack's 0). A join completed alone costs one more generation about a second
+  later (two heartbeats), moving that worker's extra partitions to the others, each unit once.
 * **Cooperative assignment.** Unless ``kafka.consumer`` names an assignor, workers use the
   cooperative-sticky one (both clients support incremental assignment): a worker that leaves or
   joins moves only its own partitions; the others' units are neither checkpointed nor restored.
@@ -93,9 +93,19 @@ class GroupMember:
         self._partitions: list | None = None
 
     def joining(self, daemon) -> None:
-        """Before subscribing: wait until every worker of the first start is here (not for a restart)."""
+        """Before subscribing: find the group's coordinator, then wait until every worker of the first start is here (not for a restart).
+
+        A subscription sends its join at once only to a coordinator already found; a worker still
+        looking it up joined about 0.5 s after the others, so the group formed without it and a
+        second generation moved units to it (measured on Apache Kafka: in every one of 9 starts).
+        An offset look-up (OffsetFetch, answered by the coordinator) finds it first.
+        """
         if self.barrier is None:
             return
+        try:
+            daemon.consumer.committed((daemon.config.kafka.source_topics[0], 0))
+        except RiverbeamError as error:  # the join finds the coordinator itself, later
+            log.debug("finding the group's coordinator before joining failed: %s", error)
         try:
             self.barrier.wait(JOIN_TIMEOUT)
         except threading.BrokenBarrierError:  # a worker died before joining: subscribe anyway
