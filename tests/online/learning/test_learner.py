@@ -105,6 +105,37 @@ def test_a_snapshot_leaves_the_model_in_the_compact_attribute_layout():
     assert not any(type(r) is dict for r in gc.get_referents(restored.state.models[None]["StandardScaler"]))
 
 
+@pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="CPython 3.11's attribute layout")
+@pytest.mark.parametrize("batch", [None, {"size": 50}])
+def test_the_metrics_and_the_drift_detector_continue_in_the_compact_layout_after_each_snapshot_and_stay_exact(batch):
+    """A checkpoint pickles the whole state: the metrics and the drift detector (updated per event) continue as compact copies too.
+
+    Pickled in place, River's Accuracy updated 0.42 against 0.25 us per event (measured); the copies
+    must also be the objects the learner updates from then on, or the metrics would stop moving.
+    """
+    config = ModelConfig(pipeline=LOGREG, metrics=["Accuracy", "LogLoss"], drift=DriftConfig(detector="drift.ADWIN", params={"delta": 0.01}), batch=batch)
+    events = EventsConfig(target="y")
+    data = events_of(datasets.Phishing())
+    whole = Learner(config, events)
+    whole.process_many(copy.deepcopy(data))
+    learner = Learner(config, events)
+
+    def in_a_dict(obj) -> bool:  # a materialized __dict__: the only plain dict these objects refer to
+        return any(type(r) is dict for r in gc.get_referents(obj))
+
+    for start in range(0, len(data), 250):
+        learner.process_many(copy.deepcopy(data[start:start + 250]))
+        metrics, detector = learner.state.metrics, learner.state.drift_detector
+        learner.snapshot()
+        assert learner.state.metrics is not metrics and learner.state.drift_detector is not detector
+        assert not any(in_a_dict(metric) for metric in learner.state.metrics)
+        assert not in_a_dict(learner.state.drift_detector)
+    assert learner.metric_values() == whole.metric_values()
+    assert (learner.state.drifts_detected, learner.state.last_drift_at) == (whole.state.drifts_detected, whole.state.last_drift_at)
+    restored = Learner.restore(learner.snapshot(), config, events)
+    assert not any(in_a_dict(metric) for metric in restored.state.metrics) and not in_a_dict(restored.state.drift_detector)
+
+
 def test_compact_copy_returns_what_it_cannot_copy():
     unpicklable = (lambda: None)
     assert compact_copy(unpicklable) is unpicklable
