@@ -26,6 +26,7 @@ before/after is this script run in two clones.
     python benchmarks/bench_batch.py                       # 50k events, best of 3, in-process parts (~1 min)
     python benchmarks/bench_batch.py --daemon              # and the daemon on a local broker (~2 min more)
     python benchmarks/bench_batch.py --daemon --clients confluent-kafka --rounds 5
+    python benchmarks/bench_batch.py --daemon --clients confluent-kafka --checkpoint-every 100000  # fewer checkpoints
     python benchmarks/bench_batch.py --events 20000 --rounds 1
 """
 
@@ -126,7 +127,7 @@ def replay(path: Path, size: int | None, workdir: Path) -> tuple[float, float]:
     return time.perf_counter() - start, result.leaderboard[0]["metrics"]["Accuracy"]
 
 
-def daemon(bootstrap: str, topic: str, client: str, size: int | None, workdir: Path) -> tuple[float, float]:
+def daemon(bootstrap: str, topic: str, client: str, size: int | None, workdir: Path, every: int = 10_000) -> tuple[float, float]:
     import yaml
 
     consumer = ({"session_timeout_ms": 2000, "heartbeat_interval_ms": 500, "max_poll_interval_ms": 5000} if client == "kafka-python"
@@ -134,7 +135,7 @@ def daemon(bootstrap: str, topic: str, client: str, size: int | None, workdir: P
     model = {"pipeline": SPEC, "metrics": ["Accuracy"], **({"batch": {"size": size}} if size else {})}
     config = {"kafka": {"client": client, "bootstrap_servers": bootstrap, "topic": topic, "group_id": f"b-{uuid.uuid4().hex[:8]}", "consumer": consumer},
               "model": model, "events": {"target": "label"}, "metrics": {"port": None},
-              "checkpoint": {"uri": str(workdir / f"daemon-{uuid.uuid4().hex[:6]}"), "every_events": 10_000}}
+              "checkpoint": {"uri": str(workdir / f"daemon-{uuid.uuid4().hex[:6]}"), "every_events": every}}
     path = workdir / f"consume-{uuid.uuid4().hex[:6]}.yaml"
     path.write_text(yaml.safe_dump(config))
     env = dict(os.environ, NO_GCE_CHECK="true", PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
@@ -160,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--daemon", action="store_true", help="also run the daemon end to end on a local Tansu broker")
     parser.add_argument("--clients", default="confluent-kafka,kafka-python", help="the daemon's Kafka clients (comma-separated)")
+    parser.add_argument("--checkpoint-every", type=int, default=10_000,
+                        help="the daemon's checkpoint.every_events (each checkpoint is written and fsynced by an upload thread beside the learning)")
     args = parser.parse_args(argv)
     events = phishing_events(args.events)
     data = split(events)
@@ -207,9 +210,9 @@ def main(argv: list[str] | None = None) -> int:
                 producer.close()
                 for client in args.clients.split(","):
                     rounds = max(1, args.rounds - 1)
-                    rows[f"daemon {client} per-event"] = best([daemon(bootstrap, topic, client, None, workdir) for _ in range(rounds)])
+                    rows[f"daemon {client} per-event"] = best([daemon(bootstrap, topic, client, None, workdir, args.checkpoint_every) for _ in range(rounds)])
                     for size in SIZES:
-                        pairs = [(bare_minibatch(data, size), daemon(bootstrap, topic, client, size, workdir)) for _ in range(args.rounds)]
+                        pairs = [(bare_minibatch(data, size), daemon(bootstrap, topic, client, size, workdir, args.checkpoint_every)) for _ in range(args.rounds)]
                         rows[f"daemon {client} batch {size}"] = best([run for _, run in pairs])
                         paired[f"daemon {client} batch {size}"] = [(bare[0], run[0]) for bare, run in pairs]
             finally:
