@@ -680,7 +680,10 @@ class LearnStateFn(beam.DoFn):
         if cached.token == "":  # first event of this key in this DoFn instance: end-of-input checkpoint
             flush_timer.set(GlobalWindow().max_timestamp())
         unit = cached.unit
-        source = event.pop(SOURCE_FIELD, None) if type(event) is dict else None
+        source = None
+        if type(event) is dict:  # a Beam element is read-only (another transform may read the same object): the learner consumes a copy
+            event = dict(event)
+            source = event.pop(SOURCE_FIELD, None)
         if source is not None and source[1] <= unit.positions.get(source[0], 0):  # in the checkpoint already (a rerun over the same files)
             self.skipped.inc()
             return

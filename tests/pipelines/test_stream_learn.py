@@ -39,6 +39,7 @@ from pipelines.stream_learn import (  # noqa: E402
     GLOBAL_KEY,
     LearnSettings,
     LearnStateFn,
+    LearnStateful,
     StreamLearnOptions,
     build_stream_learn,
     checkpoint_uri,
@@ -165,6 +166,26 @@ def test_global_model_equals_daemon_and_progressive_validation(tmp_path):
     manifest = store.list()[0]
     assert manifest["metrics"] == reference.metric_values()
     assert manifest["extra"]["pipeline"] == "stream-learn"
+
+
+@pytest.mark.parametrize("batch", [None, 7])
+def test_the_learner_leaves_its_input_elements_as_they_were(tmp_path, batch):
+    """Beam elements are read-only: another transform given the same objects (both consumers of a fused
+    collection on the FnApiRunner are) must see every event whole. The DoFn used to pop the label and the
+    source position from the element itself."""
+    model = {**MODEL, **({"batch": {"size": batch}} if batch else {})}
+    config = parse_config({"model": model, "events": {"target": "label"}, "kafka": {"topic": "events"}, "checkpoint": {"uri": str(tmp_path / "ckpt")}},
+                          ConsumeJobConfig, environ={})
+    events = phishing(30)
+    sourced = [{**event, stream_learn.SOURCE_FIELD: ("/data/a.jsonl", i + 1)} for i, event in enumerate(events)]
+    elements = [(GLOBAL_KEY, dict(event)) for event in sourced]
+    fn = LearnStateFn(config, settings())
+    fn.setup()
+    fn.start_bundle()
+    state = new_state()
+    outputs = [value for element in elements for value in fn.process(element, **state)]
+    assert [event for _, event in elements] == sourced
+    assert len([value for value in outputs if isinstance(value, bytes)]) == (30 if batch is None else 28)  # the last 2 are held
 
 
 def test_a_new_job_continues_from_the_latest_checkpoint(tmp_path):
