@@ -39,7 +39,6 @@ from pipelines.stream_learn import (  # noqa: E402
     GLOBAL_KEY,
     LearnSettings,
     LearnStateFn,
-    LearnStateful,
     StreamLearnOptions,
     build_stream_learn,
     checkpoint_uri,
