@@ -194,20 +194,14 @@ def main(argv: list[str] | None = None) -> int:
             measure(f"{k} model(s), per event (loop, raw bytes)", lambda k=k: loop_from_bytes(values, [None] * k))
         decode_seconds = min(timed_decode(values) for _ in range(args.rounds))
         if args.daemon:
-            from online.kafka_clients import create_topic, make_producer
-            from online.config import KafkaConfig
+            from daemon_vs_peers import produce_events  # benchmarks/ is on sys.path when run as a script
             from riverbeam.local_stack import LocalStack
 
             stack = LocalStack(workdir / "stack", kafka_port=0, gcs_port=0)
             bootstrap = stack.up().bootstrap_servers
             try:
                 topic = f"bench-{uuid.uuid4().hex[:8]}"
-                create_topic(bootstrap, topic, partitions=1)
-                producer = make_producer(KafkaConfig(bootstrap_servers=bootstrap, topic=topic))
-                for value in values:
-                    producer.send(topic, value, partition=0)
-                producer.flush()
-                producer.close()
+                produce_events(bootstrap, topic, values)
                 for client in args.clients.split(","):
                     rounds = max(1, args.rounds - 1)
                     rows[f"daemon {client} per-event"] = best([daemon(bootstrap, topic, client, None, workdir, args.checkpoint_every) for _ in range(rounds)])

@@ -100,20 +100,14 @@ def consume_contenders(broker: str, events: list[dict], folder: Path, repeat: in
     import uuid
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from online.config import KafkaConfig
-    from online.kafka_clients import create_topic, make_producer
+    from daemon_vs_peers import produce_events  # benchmarks/ is on sys.path when run as a script
     from riverbeam.local_stack import LocalStack
 
     stack = LocalStack(folder / "stack", kafka_port=0, gcs_port=0, kafka=broker)
     bootstrap = stack.up().bootstrap_servers
     try:
         topic = f"startup-{uuid.uuid4().hex[:8]}"
-        create_topic(bootstrap, topic, partitions=1)
-        producer = make_producer(KafkaConfig(bootstrap_servers=bootstrap, topic=topic))
-        for event in events:
-            producer.send(topic, orjson.dumps(event), partition=0)
-        producer.flush()
-        producer.close()
+        produce_events(bootstrap, topic, [orjson.dumps(event) for event in events])
         model = {"pipeline": [{"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {}}], "metrics": ["Accuracy"]}
         for n in range(repeat):
             (folder / f"consume-{n}.yaml").write_text(yaml.safe_dump({
