@@ -737,6 +737,7 @@ class Learner(OnlineLearner):
         """
         with self.core_state() as state:
             core = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+        self.continue_compact()  # the metrics and the drift detector were pickled too
         return core, self.pending_labels()
 
     @contextlib.contextmanager

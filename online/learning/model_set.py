@@ -172,6 +172,8 @@ class ModelSet(OnlineLearner):
         with contextlib.ExitStack() as stack:
             states = {name: stack.enter_context(learner.core_state()) for name, learner in self.learners.items()}
             core = pickle.dumps(ModelSetState(states), protocol=pickle.HIGHEST_PROTOCOL)
+        for learner in self.learners.values():
+            learner.continue_compact()  # the metrics and the drift detectors were pickled too
         return core, self.pending_labels()
 
     @classmethod

@@ -136,6 +136,23 @@ def test_the_metrics_and_the_drift_detector_continue_in_the_compact_layout_after
     assert not any(in_a_dict(metric) for metric in restored.state.metrics) and not in_a_dict(restored.state.drift_detector)
 
 
+@pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="CPython 3.11's attribute layout")
+def test_a_keyed_learners_core_snapshot_leaves_its_metrics_in_the_compact_layout_and_exact():
+    """Per-key models checkpoint incrementally (`core_snapshot` pickles the rest): the metrics continue as compact copies there too."""
+    config = ModelConfig(pipeline=LOGREG, metrics=["Accuracy", "LogLoss"])
+    events = EventsConfig(target="y", key="user")
+    data = [{**event, "user": f"u{i % 7}"} for i, event in enumerate(events_of(itertools.islice(datasets.Phishing(), 600)))]
+    whole, learner = Learner(config, events), Learner(config, events)
+    whole.process_many(copy.deepcopy(data))
+    for start in range(0, len(data), 100):
+        learner.process_many(copy.deepcopy(data[start:start + 100]))
+        metrics = learner.state.metrics
+        learner.core_snapshot()
+        assert learner.state.metrics is not metrics
+        assert not any(type(r) is dict for metric in learner.state.metrics for r in gc.get_referents(metric))
+    assert learner.metric_values() == whole.metric_values()
+
+
 def test_compact_copy_returns_what_it_cannot_copy():
     unpicklable = (lambda: None)
     assert compact_copy(unpicklable) is unpicklable
