@@ -52,10 +52,11 @@ REPO = Path(__file__).resolve().parents[2]
 MODEL = {"pipeline": [{"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {}}], "metrics": ["Accuracy", "LogLoss"]}
 
 
-def job_config(checkpoints: Path | str, **events) -> ConsumeJobConfig:
-    """The daemon's configuration: the same YAML sections the consumer reads."""
+def job_config(checkpoints: Path | str, batch: int | None = None, **events) -> ConsumeJobConfig:
+    """The daemon's configuration: the same YAML sections the consumer reads (mini-batches of `batch` events when given)."""
+    model = {**MODEL, "batch": {"size": batch}} if batch else MODEL
     return parse_config(
-        {"model": MODEL, "events": {"target": "label", **events}, "kafka": {"topic": "events"}, "checkpoint": {"uri": str(checkpoints)}},
+        {"model": model, "events": {"target": "label", **events}, "kafka": {"topic": "events"}, "checkpoint": {"uri": str(checkpoints)}},
         ConsumeJobConfig,
         environ={},
     )
@@ -172,9 +173,7 @@ def test_the_learner_leaves_its_input_elements_as_they_were(tmp_path, batch):
     """Beam elements are read-only: another transform given the same objects (both consumers of a fused
     collection on the FnApiRunner are) must see every event whole. The DoFn used to pop the label and the
     source position from the element itself."""
-    model = {**MODEL, **({"batch": {"size": batch}} if batch else {})}
-    config = parse_config({"model": model, "events": {"target": "label"}, "kafka": {"topic": "events"}, "checkpoint": {"uri": str(tmp_path / "ckpt")}},
-                          ConsumeJobConfig, environ={})
+    config = job_config(tmp_path / "ckpt", batch=batch)
     events = phishing(30)
     sourced = [{**event, stream_learn.SOURCE_FIELD: ("/data/a.jsonl", i + 1)} for i, event in enumerate(events)]
     elements = [(GLOBAL_KEY, dict(event)) for event in sourced]

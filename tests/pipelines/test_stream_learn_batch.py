@@ -10,7 +10,6 @@ beam = pytest.importorskip("apache_beam")
 
 import orjson  # noqa: E402
 
-from core.configuration import parse_config  # noqa: E402
 from online.checkpoints.store import CheckpointStore  # noqa: E402
 from online.config import ConsumeJobConfig  # noqa: E402
 from online.learning.learner import Learner  # noqa: E402
@@ -18,12 +17,11 @@ from pipelines.stream_learn import GLOBAL_KEY, LearnStateFn, to_json  # noqa: E4
 from river import linear_model, metrics, preprocessing  # noqa: E402
 
 from tests.online.learning.test_batch import bare_minibatch  # noqa: E402
-from tests.pipelines.test_stream_learn import MODEL, new_state, phishing, run_bundle, settings  # noqa: E402
+from tests.pipelines.test_stream_learn import job_config, new_state, phishing, run_bundle, settings  # noqa: E402
 
 
 def batch_config(checkpoints, size: int) -> ConsumeJobConfig:
-    return parse_config({"model": {**MODEL, "batch": {"size": size}}, "events": {"target": "label"}, "kafka": {"topic": "events"},
-                         "checkpoint": {"uri": str(checkpoints)}}, ConsumeJobConfig, environ={})
+    return job_config(checkpoints, batch=size)
 
 
 def flush(fn: LearnStateFn, state: dict) -> list[dict]:
