@@ -539,8 +539,8 @@ class Daemon:
         if self.group is None:
             return self._caught_up()
         mine = (self.joined and not self.units) or self._caught_up()  # not joined yet: not caught up
-        # Waiting for the supervisor's word, a poll's full timeout would hold the finish back: poll briefly.
-        self.source.poll_timeout = min(GROUP_WAIT_POLL_SECONDS, self.config.kafka.poll_timeout_ms / 1000) if mine else self.config.kafka.poll_timeout_ms / 1000
+        configured = self.config.kafka.poll_timeout_ms / 1000  # waiting for the supervisor's word, a full poll would hold the finish back
+        self.source.poll_timeout = min(GROUP_WAIT_POLL_SECONDS, configured) if mine else configured
         return self.group.caught_up(self, mine)
 
     def _model_progress(self) -> None:

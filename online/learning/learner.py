@@ -762,7 +762,8 @@ class Learner(OnlineLearner):
     @classmethod
     def from_state(cls, state: Any, model: ModelConfig, events: EventsConfig, transform=None, parts: Iterable[bytes] = ()) -> "Learner":
         """A learner continuing from an unpickled `LearnerState` (`restore`; each model of a `online.learning.model_set.ModelSet`):
-        the global model (and the metrics) continue as a `compact_copy`, and `parts` are applied."""
+        what it updates per event (the global model, the metrics, the drift detector) continues as a `compact_copy`
+        (`_compact_state`), and `parts` are applied."""
         if not isinstance(state, LearnerState) or state.format != STATE_FORMAT:
             raise ValueError("checkpoint state is not a riverbeam learner state of this format")
         _compact_state(state)  # unpickled: learn in the compact layout
